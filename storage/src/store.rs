@@ -1,0 +1,672 @@
+//! The per-core map: every key of every tenant whose slot this core owns.
+//!
+//! # Shape
+//! Keys live in one small hash table per (tenant, slot), found through an
+//! outer map. That costs one extra probe per operation and buys three things:
+//! a cursor scan that walks one slot at a time (so it never stalls the core
+//! and never misses a key that exists throughout the scan, however the
+//! tables grow), scans of one tenant that never touch another tenant's keys,
+//! and, later, moving a slot to another shard by handing over its tables.
+//!
+//! Each entry is one heap allocation holding the key followed by the value,
+//! plus 40 bytes in the table (see `docs/ARCHITECTURE.md`, "Memory per key").
+//!
+//! # Expiry
+//! An entry whose `expires_at_ms` has passed is invisible at once to every
+//! read (lazy expiry), is replaced by the next write to its key, and is
+//! removed for good by [`Store::expire_due`], which a background task calls
+//! with a bounded budget (active expiry). Until then it still counts in its
+//! tenant's usage, as in Redis's DBSIZE.
+//!
+//! # Quotas
+//! A tenant's [`Quota`] here is this store's share of the tenant's node-wide
+//! quota (the node divides it among cores). A write that would take usage
+//! over the share fails with [`StoreError`] and changes nothing.
+
+use std::cell::Cell;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::marker::PhantomData;
+
+use hashbrown::hash_table::Entry as TableEntry;
+use hashbrown::{HashMap, HashTable};
+
+use crate::slot::Slot;
+
+/// A tenant's id local to one node (the node maps names to ids).
+pub type TenantId = u32;
+
+/// Limits on one tenant's usage of one store. `None` means unlimited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Quota {
+    /// Most keys the tenant may hold here.
+    pub max_keys: Option<u64>,
+    /// Most key + value bytes the tenant may hold here.
+    pub max_bytes: Option<u64>,
+}
+
+/// What a tenant uses of one store, and its quota there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TenantUsage {
+    /// Keys held, including expired keys not yet removed.
+    pub keys: u64,
+    /// Sum of key and value lengths of those keys.
+    pub bytes: u64,
+    /// The quota this store enforces for the tenant.
+    pub quota: Quota,
+}
+
+/// The condition a write must meet to be applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteCondition {
+    /// Always write.
+    Always,
+    /// Write only if the key does not exist (Redis NX).
+    IfAbsent,
+    /// Write only if the key exists (Redis XX).
+    IfPresent,
+    /// Write only if the key's version is this one; 0 means "does not exist"
+    /// (compare-and-set).
+    IfVersion(u64),
+}
+
+/// What happens to a key's expiry on write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expiry {
+    /// The key never expires (any earlier expiry is cleared).
+    Never,
+    /// The key expires at this Unix time in milliseconds.
+    AtMs(u64),
+    /// Keep the expiry the key has (Redis KEEPTTL); `Never` for a new key.
+    Keep,
+}
+
+/// Options of [`Store::set`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SetOptions {
+    /// When the write applies.
+    pub condition: WriteCondition,
+    /// The key's expiry after the write.
+    pub expiry: Expiry,
+}
+
+impl Default for SetOptions {
+    fn default() -> Self {
+        SetOptions {
+            condition: WriteCondition::Always,
+            expiry: Expiry::Never,
+        }
+    }
+}
+
+/// Result of a conditional write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// False when the condition was not met; nothing was written.
+    pub applied: bool,
+    /// The new version if applied, else the current one (0: no such key).
+    pub version: u64,
+}
+
+/// A live entry as seen by a reader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryView<'a> {
+    /// The value bytes.
+    pub value: &'a [u8],
+    /// The version the last write gave it.
+    pub version: u64,
+    /// When it expires (Unix ms), if ever.
+    pub expires_at_ms: Option<u64>,
+}
+
+/// Why a write was refused. Nothing was written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// One more key would exceed the tenant's key quota.
+    #[error("tenant {tenant} is at its quota of {max_keys} keys on this core")]
+    KeyQuotaExceeded {
+        /// The tenant.
+        tenant: TenantId,
+        /// The quota that would be exceeded.
+        max_keys: u64,
+    },
+    /// The write would exceed the tenant's byte quota.
+    #[error("tenant {tenant} would exceed its quota of {max_bytes} bytes on this core")]
+    ByteQuotaExceeded {
+        /// The tenant.
+        tenant: TenantId,
+        /// The quota that would be exceeded.
+        max_bytes: u64,
+    },
+}
+
+/// One stored key: key bytes then value bytes in one allocation.
+struct Entry {
+    key_and_value: Box<[u8]>,
+    key_len: u32,
+    /// Unix ms; `NO_EXPIRY` when the key never expires.
+    expires_at_ms: u64,
+    version: u64,
+}
+
+const NO_EXPIRY: u64 = u64::MAX;
+
+impl Entry {
+    fn new(key: &[u8], value: &[u8], expires_at_ms: u64, version: u64) -> Entry {
+        let mut key_and_value = Vec::with_capacity(key.len() + value.len());
+        key_and_value.extend_from_slice(key);
+        key_and_value.extend_from_slice(value);
+        Entry {
+            key_and_value: key_and_value.into_boxed_slice(),
+            key_len: u32::try_from(key.len()).expect("key length checked by the caller"),
+            expires_at_ms,
+            version,
+        }
+    }
+
+    fn key(&self) -> &[u8] {
+        &self.key_and_value[..self.key_len as usize]
+    }
+
+    fn value(&self) -> &[u8] {
+        &self.key_and_value[self.key_len as usize..]
+    }
+
+    fn charged_bytes(&self) -> u64 {
+        self.key_and_value.len() as u64
+    }
+
+    fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms <= now_ms
+    }
+
+    fn view(&self) -> EntryView<'_> {
+        EntryView {
+            value: self.value(),
+            version: self.version,
+            expires_at_ms: (self.expires_at_ms != NO_EXPIRY).then_some(self.expires_at_ms),
+        }
+    }
+}
+
+/// A key due to expire, queued for the active expiry sweep. It may be stale
+/// (the key was rewritten or deleted since); the sweep checks.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct ExpiryItem {
+    expires_at_ms: u64,
+    tenant: TenantId,
+    slot: Slot,
+    key: Box<[u8]>,
+}
+
+/// Stale items the expiry queue may hold beyond the live keys with a TTL
+/// before it is compacted (bounds its memory).
+const EXPIRY_QUEUE_SLACK: usize = 1024;
+
+/// One core's keys. See the module docs.
+pub struct Store {
+    hasher: ahash::RandomState,
+    tables: HashMap<(TenantId, Slot), HashTable<Entry>, ahash::RandomState>,
+    tenants: HashMap<TenantId, TenantUsage, ahash::RandomState>,
+    expiry_queue: BinaryHeap<Reverse<ExpiryItem>>,
+    /// Entries whose `expires_at_ms` is not `NO_EXPIRY`.
+    keys_with_expiry: usize,
+    last_version: u64,
+    /// A store belongs to one thread: keep it `!Sync` and `!Send`.
+    _single_thread: PhantomData<*const Cell<()>>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store::new()
+    }
+}
+
+impl Store {
+    /// An empty store.
+    pub fn new() -> Store {
+        Store {
+            hasher: ahash::RandomState::new(),
+            tables: HashMap::default(),
+            tenants: HashMap::default(),
+            expiry_queue: BinaryHeap::new(),
+            keys_with_expiry: 0,
+            last_version: 0,
+            _single_thread: PhantomData,
+        }
+    }
+
+    /// Sets the quota this store enforces for `tenant` (its share of the
+    /// node-wide quota). Existing keys over a lowered quota stay.
+    pub fn set_quota(&mut self, tenant: TenantId, quota: Quota) {
+        self.tenants.entry(tenant).or_default().quota = quota;
+    }
+
+    /// Usage and quota of `tenant` in this store.
+    pub fn tenant_usage(&self, tenant: TenantId) -> TenantUsage {
+        self.tenants.get(&tenant).copied().unwrap_or_default()
+    }
+
+    /// Keys of all tenants held, including expired ones not yet removed.
+    pub fn key_count(&self) -> u64 {
+        self.tenants.values().map(|usage| usage.keys).sum()
+    }
+
+    /// The last version handed out (0 before the first write).
+    pub fn last_version(&self) -> u64 {
+        self.last_version
+    }
+
+    /// The live entry of `key`, if any.
+    pub fn get(&self, tenant: TenantId, slot: Slot, key: &[u8], now_ms: u64) -> Option<EntryView<'_>> {
+        let hash = self.hasher.hash_one(key);
+        let entry = self
+            .tables
+            .get(&(tenant, slot))?
+            .find(hash, |entry| entry.key() == key)?;
+        (!entry.is_expired(now_ms)).then(|| entry.view())
+    }
+
+    /// Does `key` exist (and is it unexpired)?
+    pub fn exists(&self, tenant: TenantId, slot: Slot, key: &[u8], now_ms: u64) -> bool {
+        self.get(tenant, slot, key, now_ms).is_some()
+    }
+
+    /// Writes `value` under `key` if `options.condition` holds.
+    pub fn set(
+        &mut self,
+        tenant: TenantId,
+        slot: Slot,
+        key: &[u8],
+        value: &[u8],
+        options: SetOptions,
+        now_ms: u64,
+    ) -> Result<WriteOutcome, StoreError> {
+        assert!(key.len() <= u32::MAX as usize, "key length must be checked by the caller");
+        let Store {
+            hasher,
+            tables,
+            tenants,
+            expiry_queue,
+            keys_with_expiry,
+            last_version,
+            ..
+        } = self;
+        let hash = hasher.hash_one(key);
+        let usage = tenants.entry(tenant).or_default();
+        let table = tables.entry((tenant, slot)).or_default();
+        let new_bytes = (key.len() + value.len()) as u64;
+        let new_expiry_if_new_key = match options.expiry {
+            Expiry::Never | Expiry::Keep => NO_EXPIRY,
+            Expiry::AtMs(at) => at,
+        };
+        let (old_expires_at_ms, new_expires_at_ms, version) = match table.entry(
+            hash,
+            |entry| entry.key() == key,
+            |entry| hasher.hash_one(entry.key()),
+        ) {
+            TableEntry::Occupied(mut occupied) => {
+                let entry = occupied.get_mut();
+                let live = !entry.is_expired(now_ms);
+                let current_version = if live { entry.version } else { 0 };
+                if !condition_holds(options.condition, live.then_some(current_version)) {
+                    return Ok(WriteOutcome {
+                        applied: false,
+                        version: current_version,
+                    });
+                }
+                let old_bytes = entry.charged_bytes();
+                let bytes_after = usage.bytes - old_bytes + new_bytes;
+                if let Some(max_bytes) = usage.quota.max_bytes {
+                    if new_bytes > old_bytes && bytes_after > max_bytes {
+                        return Err(StoreError::ByteQuotaExceeded { tenant, max_bytes });
+                    }
+                }
+                let old_expires_at_ms = entry.expires_at_ms;
+                let new_expires_at_ms = match options.expiry {
+                    Expiry::Never => NO_EXPIRY,
+                    Expiry::AtMs(at) => at,
+                    // An expired entry is a new key to the writer: no TTL to keep.
+                    Expiry::Keep if live => old_expires_at_ms,
+                    Expiry::Keep => NO_EXPIRY,
+                };
+                *last_version += 1;
+                if entry.value().len() == value.len() {
+                    // Same size: overwrite in place, no allocation.
+                    let key_len = entry.key_len as usize;
+                    entry.key_and_value[key_len..].copy_from_slice(value);
+                } else {
+                    entry.key_and_value = Entry::new(key, value, 0, 0).key_and_value;
+                }
+                entry.expires_at_ms = new_expires_at_ms;
+                entry.version = *last_version;
+                usage.bytes = bytes_after;
+                (old_expires_at_ms, new_expires_at_ms, *last_version)
+            }
+            TableEntry::Vacant(vacant) => {
+                if !condition_holds(options.condition, None) {
+                    return Ok(WriteOutcome {
+                        applied: false,
+                        version: 0,
+                    });
+                }
+                if let Some(max_keys) = usage.quota.max_keys {
+                    if usage.keys >= max_keys {
+                        return Err(StoreError::KeyQuotaExceeded { tenant, max_keys });
+                    }
+                }
+                if let Some(max_bytes) = usage.quota.max_bytes {
+                    if usage.bytes + new_bytes > max_bytes {
+                        return Err(StoreError::ByteQuotaExceeded { tenant, max_bytes });
+                    }
+                }
+                *last_version += 1;
+                vacant.insert(Entry::new(key, value, new_expiry_if_new_key, *last_version));
+                usage.keys += 1;
+                usage.bytes += new_bytes;
+                (NO_EXPIRY, new_expiry_if_new_key, *last_version)
+            }
+        };
+        match (old_expires_at_ms == NO_EXPIRY, new_expires_at_ms == NO_EXPIRY) {
+            (true, false) => *keys_with_expiry += 1,
+            (false, true) => *keys_with_expiry -= 1,
+            _ => {}
+        }
+        if new_expires_at_ms != NO_EXPIRY && new_expires_at_ms != old_expires_at_ms {
+            expiry_queue.push(Reverse(ExpiryItem {
+                expires_at_ms: new_expires_at_ms,
+                tenant,
+                slot,
+                key: key.into(),
+            }));
+        }
+        Ok(WriteOutcome {
+            applied: true,
+            version,
+        })
+    }
+
+    /// Removes `key`. Returns whether a live (unexpired) key was removed.
+    pub fn delete(&mut self, tenant: TenantId, slot: Slot, key: &[u8], now_ms: u64) -> bool {
+        let hash = self.hasher.hash_one(key);
+        match self.remove_entry(tenant, slot, hash, |entry| entry.key() == key) {
+            Some(entry) => !entry.is_expired(now_ms),
+            None => false,
+        }
+    }
+
+    /// Calls `visit` with every live key of `tenant` in `slot`; returns how
+    /// many entries were looked at (live or not), the measure of work done.
+    pub fn for_each_key_in_slot(
+        &self,
+        tenant: TenantId,
+        slot: Slot,
+        now_ms: u64,
+        mut visit: impl FnMut(&[u8]),
+    ) -> usize {
+        let Some(table) = self.tables.get(&(tenant, slot)) else {
+            return 0;
+        };
+        for entry in table.iter() {
+            if !entry.is_expired(now_ms) {
+                visit(entry.key());
+            }
+        }
+        table.len()
+    }
+
+    /// Active expiry: removes keys whose time has come, looking at no more
+    /// than `max_items` queue items. Returns how many keys were removed.
+    pub fn expire_due(&mut self, now_ms: u64, max_items: usize) -> usize {
+        let mut removed = 0;
+        for _ in 0..max_items {
+            match self.expiry_queue.peek() {
+                Some(Reverse(item)) if item.expires_at_ms <= now_ms => {}
+                _ => break,
+            }
+            let Reverse(item) = self.expiry_queue.pop().expect("peeked");
+            let hash = self.hasher.hash_one(&item.key);
+            let due = |entry: &Entry| {
+                entry.key() == &*item.key && entry.expires_at_ms == item.expires_at_ms
+            };
+            if self.remove_entry(item.tenant, item.slot, hash, due).is_some() {
+                removed += 1;
+            }
+        }
+        if self.expiry_queue.len() > 2 * self.keys_with_expiry + EXPIRY_QUEUE_SLACK {
+            self.compact_expiry_queue();
+        }
+        removed
+    }
+
+    /// Drops queue items whose key was since deleted or given another expiry.
+    fn compact_expiry_queue(&mut self) {
+        let Store {
+            hasher,
+            tables,
+            expiry_queue,
+            ..
+        } = self;
+        expiry_queue.retain(|Reverse(item)| {
+            let hash = hasher.hash_one(&item.key);
+            tables
+                .get(&(item.tenant, item.slot))
+                .and_then(|table| table.find(hash, |entry| entry.key() == &*item.key))
+                .is_some_and(|entry| entry.expires_at_ms == item.expires_at_ms)
+        });
+    }
+
+    fn remove_entry(
+        &mut self,
+        tenant: TenantId,
+        slot: Slot,
+        hash: u64,
+        matches: impl FnMut(&Entry) -> bool,
+    ) -> Option<Entry> {
+        let table = self.tables.get_mut(&(tenant, slot))?;
+        let (entry, _) = table.find_entry(hash, matches).ok()?.remove();
+        if table.is_empty() {
+            self.tables.remove(&(tenant, slot));
+        }
+        let usage = self
+            .tenants
+            .get_mut(&tenant)
+            .expect("a tenant with keys has usage");
+        assert!(usage.keys >= 1 && usage.bytes >= entry.charged_bytes());
+        usage.keys -= 1;
+        usage.bytes -= entry.charged_bytes();
+        if entry.expires_at_ms != NO_EXPIRY {
+            self.keys_with_expiry -= 1;
+        }
+        Some(entry)
+    }
+}
+
+fn condition_holds(condition: WriteCondition, current_version: Option<u64>) -> bool {
+    match condition {
+        WriteCondition::Always => true,
+        WriteCondition::IfAbsent => current_version.is_none(),
+        WriteCondition::IfPresent => current_version.is_some(),
+        WriteCondition::IfVersion(0) => current_version.is_none(),
+        WriteCondition::IfVersion(expected) => current_version == Some(expected),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    const T: TenantId = 1;
+
+    fn set(store: &mut Store, key: &str, value: &str) -> WriteOutcome {
+        store
+            .set(T, 0, key.as_bytes(), value.as_bytes(), SetOptions::default(), 0)
+            .unwrap()
+    }
+
+    #[test]
+    fn versions_grow_and_are_never_reused() {
+        let mut store = Store::new();
+        let first = set(&mut store, "a", "1");
+        assert!(store.delete(T, 0, b"a", 0));
+        let second = set(&mut store, "a", "1");
+        assert!(second.version > first.version);
+    }
+
+    #[test]
+    fn conditions() {
+        let mut store = Store::new();
+        let opts = |condition| SetOptions {
+            condition,
+            expiry: Expiry::Never,
+        };
+        let xx = store.set(T, 0, b"k", b"v", opts(WriteCondition::IfPresent), 0).unwrap();
+        assert_eq!(xx, WriteOutcome { applied: false, version: 0 });
+        let nx = store.set(T, 0, b"k", b"v", opts(WriteCondition::IfAbsent), 0).unwrap();
+        assert!(nx.applied);
+        let nx_again = store.set(T, 0, b"k", b"w", opts(WriteCondition::IfAbsent), 0).unwrap();
+        assert_eq!(nx_again, WriteOutcome { applied: false, version: nx.version });
+        let cas_wrong = store
+            .set(T, 0, b"k", b"w", opts(WriteCondition::IfVersion(nx.version + 7)), 0)
+            .unwrap();
+        assert!(!cas_wrong.applied);
+        let cas = store
+            .set(T, 0, b"k", b"w", opts(WriteCondition::IfVersion(nx.version)), 0)
+            .unwrap();
+        assert!(cas.applied);
+        assert_eq!(store.get(T, 0, b"k", 0).unwrap().value, b"w");
+    }
+
+    #[test]
+    fn tenants_are_disjoint() {
+        let mut store = Store::new();
+        store.set(1, 5, b"k", b"one", SetOptions::default(), 0).unwrap();
+        store.set(2, 5, b"k", b"two", SetOptions::default(), 0).unwrap();
+        assert_eq!(store.get(1, 5, b"k", 0).unwrap().value, b"one");
+        assert_eq!(store.get(2, 5, b"k", 0).unwrap().value, b"two");
+        assert!(store.delete(1, 5, b"k", 0));
+        assert!(store.exists(2, 5, b"k", 0));
+        let mut seen = Vec::new();
+        store.for_each_key_in_slot(1, 5, 0, |key| seen.push(key.to_vec()));
+        assert!(seen.is_empty());
+    }
+
+    #[test]
+    fn expiry_is_lazy_then_active() {
+        let mut store = Store::new();
+        let ttl = SetOptions {
+            condition: WriteCondition::Always,
+            expiry: Expiry::AtMs(100),
+        };
+        store.set(T, 0, b"k", b"v", ttl, 0).unwrap();
+        assert_eq!(store.get(T, 0, b"k", 99).unwrap().expires_at_ms, Some(100));
+        assert!(store.get(T, 0, b"k", 100).is_none(), "invisible once due");
+        assert_eq!(store.tenant_usage(T).keys, 1, "not yet removed");
+        assert_eq!(store.expire_due(100, 10), 1);
+        assert_eq!(store.tenant_usage(T), TenantUsage::default());
+    }
+
+    #[test]
+    fn keep_ttl_and_rewrite_clear_expiry() {
+        let mut store = Store::new();
+        let at = |ms| SetOptions {
+            condition: WriteCondition::Always,
+            expiry: Expiry::AtMs(ms),
+        };
+        let keep = SetOptions {
+            condition: WriteCondition::Always,
+            expiry: Expiry::Keep,
+        };
+        store.set(T, 0, b"k", b"v", at(50), 0).unwrap();
+        store.set(T, 0, b"k", b"w", keep, 0).unwrap();
+        assert_eq!(store.get(T, 0, b"k", 0).unwrap().expires_at_ms, Some(50));
+        store.set(T, 0, b"k", b"x", SetOptions::default(), 0).unwrap();
+        assert_eq!(store.expire_due(1000, 10), 0, "stale queue item ignored");
+        assert_eq!(store.get(T, 0, b"k", 1000).unwrap().value, b"x");
+    }
+
+    #[test]
+    fn quotas_refuse_and_change_nothing() {
+        let mut store = Store::new();
+        store.set_quota(T, Quota { max_keys: Some(2), max_bytes: Some(10) });
+        set(&mut store, "a", "1");
+        set(&mut store, "b", "2");
+        let third = store.set(T, 0, b"c", b"3", SetOptions::default(), 0);
+        assert_eq!(third, Err(StoreError::KeyQuotaExceeded { tenant: T, max_keys: 2 }));
+        let big = store.set(T, 0, b"a", b"123456789", SetOptions::default(), 0);
+        assert_eq!(big, Err(StoreError::ByteQuotaExceeded { tenant: T, max_bytes: 10 }));
+        assert_eq!(store.get(T, 0, b"a", 0).unwrap().value, b"1");
+        assert_eq!(store.tenant_usage(T).bytes, 4);
+        // Shrinking is always allowed, overwriting does not count a new key.
+        set(&mut store, "a", "");
+        assert_eq!(store.tenant_usage(T).bytes, 3);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Set { key: u8, value: u8, ttl: Option<u8>, condition: u8 },
+        Delete { key: u8 },
+        Advance { ms: u8 },
+        Expire,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..8, any::<u8>(), proptest::option::of(1u8..20), 0u8..4)
+                .prop_map(|(key, value, ttl, condition)| Op::Set { key, value, ttl, condition }),
+            (0u8..8).prop_map(|key| Op::Delete { key }),
+            (0u8..10).prop_map(|ms| Op::Advance { ms }),
+            Just(Op::Expire),
+        ]
+    }
+
+    proptest! {
+        // The store behaves like a plain ordered map of (value, version,
+        // expiry) under any sequence of writes, deletes and clock moves.
+        #[test]
+        fn behaves_like_a_model(ops in proptest::collection::vec(op(), 1..200)) {
+            let mut store = Store::new();
+            let mut model: BTreeMap<u8, (u8, u64, Option<u64>)> = BTreeMap::new();
+            let mut now = 0u64;
+            for op in ops {
+                model.retain(|_, (_, _, at)| at.is_none_or(|at| at > now));
+                match op {
+                    Op::Set { key, value, ttl, condition } => {
+                        let current = model.get(&key).map(|(_, version, _)| *version);
+                        let condition = match condition {
+                            0 => WriteCondition::Always,
+                            1 => WriteCondition::IfAbsent,
+                            2 => WriteCondition::IfPresent,
+                            _ => WriteCondition::IfVersion(current.unwrap_or(0)),
+                        };
+                        let expiry = ttl.map_or(Expiry::Never, |ttl| Expiry::AtMs(now + u64::from(ttl)));
+                        let outcome = store.set(T, u16::from(key % 3), &[key], &[value], SetOptions { condition, expiry }, now).unwrap();
+                        prop_assert_eq!(outcome.applied, condition_holds(condition, current));
+                        if outcome.applied {
+                            let at = match expiry { Expiry::AtMs(at) => Some(at), _ => None };
+                            model.insert(key, (value, outcome.version, at));
+                        } else {
+                            prop_assert_eq!(outcome.version, current.unwrap_or(0));
+                        }
+                    }
+                    Op::Delete { key } => {
+                        prop_assert_eq!(store.delete(T, u16::from(key % 3), &[key], now), model.remove(&key).is_some());
+                    }
+                    Op::Advance { ms } => now += u64::from(ms),
+                    Op::Expire => { store.expire_due(now, 1000); }
+                }
+                for key in 0u8..8 {
+                    let got = store.get(T, u16::from(key % 3), &[key], now).map(|view| (view.value[0], view.version, view.expires_at_ms));
+                    let want = model.get(&key).copied().filter(|(_, _, at)| at.is_none_or(|at| at > now));
+                    prop_assert_eq!(got, want);
+                }
+            }
+            store.expire_due(now, usize::MAX);
+            model.retain(|_, (_, _, at)| at.is_none_or(|at| at > now));
+            prop_assert_eq!(store.tenant_usage(T).keys, model.len() as u64);
+            prop_assert_eq!(store.tenant_usage(T).bytes, 2 * model.len() as u64);
+        }
+    }
+}
