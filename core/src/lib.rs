@@ -1,1 +1,30 @@
-//! placeholder
+//! The TinkerDB node: thread-per-core, shared-nothing.
+//!
+//! Each core runs one glommio executor and owns the hash slots the
+//! [`slots::SlotMap`] gives it, with their keys in its own
+//! [`shard::Shard`]. Any core accepts client connections; a request for a
+//! key another core owns travels to that core as a message ([`router`]) and
+//! the answer comes back. There is no lock and no shared mutable state on the
+//! data path: what cores share (slot map, tenants, config) is read-only.
+//!
+//! # Layout
+//! - [`config`]: the node's configuration and its named limits.
+//! - [`node`]: start-up: executors, channels, listeners.
+//! - [`connection`]: one client connection: frames in, answers out.
+//! - [`protocol`]: wire frames <-> [`protocol::Command`] / [`protocol::Reply`].
+//! - [`router`]: the per-core context and cross-core messaging.
+//! - [`shard`]: the requests a core executes on its store.
+//! - [`slots`]: slot -> core ownership.
+//! - [`tenants`]: tenant names, ids and quota shares.
+//!
+//! The binary `tinkerdb` (src/bin/tinkerdb.rs) is a thin wrapper over
+//! [`node::run`]. See `docs/ARCHITECTURE.md` for a request's whole journey.
+
+pub mod config;
+pub mod connection;
+pub mod node;
+pub mod protocol;
+pub mod router;
+pub mod shard;
+pub mod slots;
+pub mod tenants;

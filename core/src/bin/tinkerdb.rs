@@ -1,1 +1,72 @@
-fn main(){}
+//! `tinkerdb`: runs one TinkerDB node. With no arguments it serves the
+//! client protocol on 127.0.0.1:7379 with one core per CPU and its data in
+//! ./tinkerdb-data.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use tinkerdb_core::config::NodeConfig;
+
+#[derive(Parser, Debug)]
+#[command(name = "tinkerdb", version, about = "TinkerDB node: a thread-per-core key-value server")]
+struct Args {
+    /// TOML configuration file (see docs/config.sample.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Client protocol address [default: 127.0.0.1:7379].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Data directory [default: ./tinkerdb-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Cores (executors) to run; 0 = one per CPU [default: 0].
+    #[arg(long)]
+    cores: Option<usize>,
+    /// Log line format (logs go to stderr; level from RUST_LOG, default info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+
+    let mut config = match &args.config {
+        Some(path) => NodeConfig::from_file(path)?,
+        None => NodeConfig::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(data_dir) = args.data_dir {
+        config.data_dir = data_dir;
+    }
+    if let Some(cores) = args.cores {
+        config.cores = cores;
+    }
+    tinkerdb_core::node::run(config, |info| {
+        // Tests and scripts read this line: keep its shape.
+        println!(
+            "TinkerDB {} ready: clients on {} (cores: {}, data dir: {})",
+            env!("CARGO_PKG_VERSION"),
+            info.client_addr,
+            info.cores,
+            info.data_dir.display()
+        );
+        println!("Try it: tinker --addr {} set hello world", info.client_addr);
+        tracing::info!(client_addr = %info.client_addr, cores = info.cores, "node ready");
+    })
+}

@@ -1,0 +1,245 @@
+//! Node configuration: one serde struct, read from a TOML file (`--config`),
+//! overridden by command-line flags, checked by [`NodeConfig::validate`]
+//! before anything starts. `docs/config.sample.toml` lists every key with its
+//! default; keep the two in step.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The tenant every node has, used when a client's Hello names none.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// Longest tenant name, in bytes.
+pub const MAX_TENANT_NAME_BYTES: usize = 64;
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Address of the client (flatbuffers) protocol. Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Directory for the node's files (the WAL and snapshots once durability
+    /// lands); created if missing.
+    pub data_dir: PathBuf,
+    /// Executors (cores) to run; 0 means one per CPU the process may use.
+    pub cores: usize,
+    /// Size limits on requests and queues.
+    pub limits: Limits,
+    /// Tenants and their quotas. `default` is added if not listed.
+    pub tenants: Vec<TenantConfig>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            listen: "127.0.0.1:7379".parse().expect("valid address"),
+            data_dir: PathBuf::from("./tinkerdb-data"),
+            cores: 0,
+            limits: Limits::default(),
+            tenants: vec![TenantConfig::unlimited(DEFAULT_TENANT)],
+        }
+    }
+}
+
+/// Named limits. Every request size, batch and queue is bounded by one of
+/// these; exceeding one gives the client a typed error, never a hang.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest frame (request) body a client may send.
+    pub max_frame_bytes: usize,
+    /// Longest key.
+    pub max_key_bytes: usize,
+    /// Longest value.
+    pub max_value_bytes: usize,
+    /// Most keys in one multi-key request (MGET, MSET, DELETE, EXISTS).
+    pub max_keys_per_request: usize,
+    /// Most keys one KEYS request may return (use SCAN beyond that).
+    pub max_keys_result: usize,
+    /// Keys a SCAN step returns when the request says 0.
+    pub scan_count_default: usize,
+    /// Most keys a SCAN step returns, whatever the request says.
+    pub scan_count_max: usize,
+    /// Open client connections per core; more are answered `Busy` and closed.
+    pub max_connections_per_core: usize,
+    /// Requests in flight between each pair of cores; senders wait when full.
+    pub core_channel_capacity: usize,
+    /// Requests one connection may have read but not yet answered; reading
+    /// pauses until answers are written.
+    pub max_pipelined_requests: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: 8 << 20,
+            max_key_bytes: 16 << 10,
+            max_value_bytes: 4 << 20,
+            max_keys_per_request: 10_000,
+            max_keys_result: 100_000,
+            scan_count_default: 100,
+            scan_count_max: 10_000,
+            max_connections_per_core: 10_000,
+            core_channel_capacity: 1024,
+            max_pipelined_requests: 1024,
+        }
+    }
+}
+
+/// One tenant and its node-wide quotas.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Name clients give in Hello: 1-64 bytes of `[A-Za-z0-9_.-]`.
+    pub name: String,
+    /// Most keys the tenant may hold on this node (absent: unlimited).
+    #[serde(default)]
+    pub max_keys: Option<u64>,
+    /// Most key + value bytes the tenant may hold (absent: unlimited).
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+}
+
+impl TenantConfig {
+    /// A tenant with no quotas.
+    pub fn unlimited(name: &str) -> TenantConfig {
+        TenantConfig {
+            name: name.to_owned(),
+            max_keys: None,
+            max_bytes: None,
+        }
+    }
+}
+
+/// A configuration that cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this struct.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl NodeConfig {
+    /// Reads a TOML file; keys it does not give keep their defaults.
+    pub fn from_file(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Checks every value; adds the `default` tenant if missing.
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        let invalid = |why: String| Err(ConfigError::Invalid(why));
+        let limits = &self.limits;
+        for (name, value) in [
+            ("max_frame_bytes", limits.max_frame_bytes),
+            ("max_key_bytes", limits.max_key_bytes),
+            ("max_value_bytes", limits.max_value_bytes),
+            ("max_keys_per_request", limits.max_keys_per_request),
+            ("max_keys_result", limits.max_keys_result),
+            ("scan_count_default", limits.scan_count_default),
+            ("scan_count_max", limits.scan_count_max),
+            ("max_connections_per_core", limits.max_connections_per_core),
+            ("core_channel_capacity", limits.core_channel_capacity),
+            ("max_pipelined_requests", limits.max_pipelined_requests),
+        ] {
+            if value == 0 {
+                return invalid(format!("limits.{name} must be at least 1"));
+            }
+        }
+        if limits.max_frame_bytes > u32::MAX as usize {
+            return invalid("limits.max_frame_bytes must fit in 32 bits".into());
+        }
+        if limits.max_key_bytes + limits.max_value_bytes + 1024 > limits.max_frame_bytes {
+            return invalid(format!(
+                "limits.max_frame_bytes ({}) must exceed max_key_bytes + max_value_bytes + 1024",
+                limits.max_frame_bytes
+            ));
+        }
+        if limits.scan_count_default > limits.scan_count_max {
+            return invalid("limits.scan_count_default must not exceed scan_count_max".into());
+        }
+        if !self.tenants.iter().any(|tenant| tenant.name == DEFAULT_TENANT) {
+            self.tenants.insert(0, TenantConfig::unlimited(DEFAULT_TENANT));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for tenant in &self.tenants {
+            let name = &tenant.name;
+            let well_formed = !name.is_empty()
+                && name.len() <= MAX_TENANT_NAME_BYTES
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+            if !well_formed {
+                return invalid(format!(
+                    "tenant name {name:?} must be 1-{MAX_TENANT_NAME_BYTES} bytes of [A-Za-z0-9_.-]"
+                ));
+            }
+            if !seen.insert(name) {
+                return invalid(format!("tenant {name:?} is listed twice"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_sample_parses_to_defaults() {
+        let mut config = NodeConfig::default();
+        config.validate().unwrap();
+        let sample = include_str!("../../docs/config.sample.toml");
+        let mut parsed: NodeConfig = toml::from_str(sample).unwrap();
+        parsed.validate().unwrap();
+        // The sample documents the defaults, plus one example tenant.
+        assert_eq!(parsed.limits, Limits::default());
+        assert_eq!(parsed.listen, config.listen);
+        assert_eq!(parsed.data_dir, config.data_dir);
+        assert_eq!(parsed.tenants[0], TenantConfig::unlimited(DEFAULT_TENANT));
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        let bad = [
+            "cores = 1\nbogus = 2",
+            "[limits]\nmax_key_bytes = 0",
+            "[limits]\nmax_frame_bytes = 100",
+            "[[tenants]]\nname = \"has space\"",
+            "[[tenants]]\nname = \"a\"\n[[tenants]]\nname = \"a\"",
+        ];
+        for text in bad {
+            let parsed: Result<NodeConfig, _> = toml::from_str(text);
+            let rejected = match parsed {
+                Err(_) => true,
+                Ok(mut config) => config.validate().is_err(),
+            };
+            assert!(rejected, "accepted: {text}");
+        }
+    }
+}

@@ -1,0 +1,536 @@
+//! One client connection: read frames, execute them, write answers.
+//!
+//! A connection is served by the core that accepted it (the kernel spreads
+//! connections over cores with `SO_REUSEPORT`). Each turn of the loop takes
+//! every whole frame already read (up to `max_pipelined_requests`), starts
+//! them all in order (single-key requests for another core are sent without
+//! waiting, so a pipeline costs one round trip between cores, not one per
+//! request), then waits for the answers in order and writes them with one
+//! system call. Answers carry the request's id; they happen to come in
+//! request order, but clients must match by id (docs/protocol.md).
+//!
+//! What can go wrong and what the client sees:
+//! - a frame that does not verify: `MalformedFrame` (request id 0), and the
+//!   connection stays, as the length prefix kept the stream in step;
+//! - a length prefix over `max_frame_bytes`: `FrameTooLarge`, then the
+//!   connection is closed, because the stream can no longer be followed;
+//! - everything else: a typed error for that request only.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use flatbuffers::FlatBufferBuilder;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use tinkerdb_schemas::frame::peek_frame;
+use tinkerdb_schemas::wire::ErrorCode;
+use tinkerdb_schemas::{FRAME_HEADER_BYTES, PROTOCOL_VERSION};
+use tinkerdb_storage::{hash_slot, Expiry, SetOptions, StoreError, TenantId, WriteCondition, SLOT_COUNT};
+
+use crate::config::DEFAULT_TENANT;
+use crate::protocol::{decode_command, encode_reply, Command, ProtocolError, Reply};
+use crate::router::{now_ms, CoreContext, Dispatched};
+use crate::shard::{KeyFilter, ShardReply, ShardRequest, SlotKey};
+use crate::slots::CoreId;
+
+/// Bytes a connection's read buffer starts with (it grows for large frames
+/// and shrinks back once they are consumed).
+pub const READ_BUFFER_INITIAL_BYTES: usize = 8 << 10;
+
+/// The tenant a connection is bound to after Hello.
+#[derive(Clone)]
+struct Session {
+    tenant: TenantId,
+    tenant_name: Arc<str>,
+}
+
+/// An answer being produced.
+enum Pending {
+    Ready(Reply),
+    /// A single-key request sent to another core.
+    Remote(Dispatched, Session),
+}
+
+/// Serves one client until it disconnects or the stream breaks.
+pub async fn serve_connection(context: Rc<CoreContext>, stream: TcpStream) {
+    let peer = stream.peer_addr().ok();
+    let mut connection = Connection {
+        context,
+        stream,
+        input: ReadBuffer::new(),
+        output: Vec::with_capacity(READ_BUFFER_INITIAL_BYTES),
+        builder: FlatBufferBuilder::new(),
+        session: None,
+    };
+    if let Err(error) = connection.run().await {
+        tracing::debug!(?peer, %error, "connection ended with an I/O error");
+    }
+}
+
+struct Connection {
+    context: Rc<CoreContext>,
+    stream: TcpStream,
+    input: ReadBuffer,
+    output: Vec<u8>,
+    builder: FlatBufferBuilder<'static>,
+    session: Option<Session>,
+}
+
+impl Connection {
+    async fn run(&mut self) -> std::io::Result<()> {
+        let limits = self.context.limits.clone();
+        let mut batch: Vec<(u64, Pending)> = Vec::new();
+        loop {
+            let mut close_after_answers = false;
+            let mut bytes_wanted = FRAME_HEADER_BYTES;
+            while batch.len() < limits.max_pipelined_requests {
+                match peek_frame(self.input.unread(), limits.max_frame_bytes) {
+                    Ok(Some(body_len)) => {
+                        let unread = self.input.unread();
+                        let frame = Bytes::copy_from_slice(&unread[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + body_len]);
+                        self.input.consume(FRAME_HEADER_BYTES + body_len);
+                        let answer = self.start(frame).await;
+                        batch.push(answer);
+                    }
+                    Ok(None) => {
+                        if let Some(header) = self.input.unread().first_chunk::<FRAME_HEADER_BYTES>() {
+                            bytes_wanted = FRAME_HEADER_BYTES + u32::from_le_bytes(*header) as usize;
+                        }
+                        break;
+                    }
+                    Err(error) => {
+                        let error = ProtocolError::new(ErrorCode::FrameTooLarge, error.to_string());
+                        batch.push((0, Pending::Ready(Reply::Error(error))));
+                        close_after_answers = true;
+                        break;
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                self.answer(&mut batch).await?;
+                if close_after_answers {
+                    return Ok(());
+                }
+                continue;
+            }
+            if self.input.fill(&mut self.stream, bytes_wanted).await? == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Waits for every answer of the batch in order, encodes, writes.
+    async fn answer(&mut self, batch: &mut Vec<(u64, Pending)>) -> std::io::Result<()> {
+        let now = now_ms();
+        for (request_id, pending) in batch.drain(..) {
+            let reply = match pending {
+                Pending::Ready(reply) => reply,
+                Pending::Remote(dispatched, session) => match dispatched.reply().await {
+                    Ok(reply) => single_key_reply(reply, &session),
+                    Err(error) => Reply::Error(error),
+                },
+            };
+            let stats = &self.context.stats;
+            stats.requests_total.set(stats.requests_total.get() + 1);
+            if let Reply::Error(error) = &reply {
+                stats.count_error(error.code);
+            }
+            encode_reply(&mut self.builder, request_id, &reply, &self.context.limits, now, &mut self.output);
+        }
+        self.stream.write_all(&self.output).await?;
+        self.output.clear();
+        if self.output.capacity() > 4 * READ_BUFFER_INITIAL_BYTES {
+            self.output = Vec::with_capacity(READ_BUFFER_INITIAL_BYTES);
+        }
+        Ok(())
+    }
+
+    /// Decodes one frame and starts its execution.
+    async fn start(&mut self, frame: Bytes) -> (u64, Pending) {
+        let (request_id, command) = match decode_command(&frame, &self.context.limits) {
+            Ok(decoded) => decoded,
+            Err((request_id, error)) => return (request_id, Pending::Ready(Reply::Error(error))),
+        };
+        let pending = match (command, self.session.clone()) {
+            (
+                Command::Hello {
+                    protocol_version,
+                    tenant,
+                    ..
+                },
+                _,
+            ) => Pending::Ready(self.hello(protocol_version, &tenant)),
+            (_, None) => Pending::Ready(Reply::Error(ProtocolError::new(
+                ErrorCode::HandshakeRequired,
+                "send Hello before any other request",
+            ))),
+            (Command::Ping, Some(_)) => Pending::Ready(Reply::Pong),
+            (Command::Get { key }, Some(session)) => {
+                let slot = hash_slot(&session.tenant_name, &key);
+                let request = ShardRequest::Get {
+                    tenant: session.tenant,
+                    key: SlotKey { slot, key },
+                };
+                self.start_single(slot, request, session).await
+            }
+            (
+                Command::Set {
+                    key,
+                    value,
+                    ttl_ms,
+                    condition,
+                },
+                Some(session),
+            ) => {
+                let slot = hash_slot(&session.tenant_name, &key);
+                let request = ShardRequest::Set {
+                    tenant: session.tenant,
+                    key: SlotKey { slot, key },
+                    value,
+                    options: set_options(condition, ttl_ms),
+                };
+                self.start_single(slot, request, session).await
+            }
+            (command, Some(session)) => {
+                let reply = match execute_multi(&self.context, &session, command).await {
+                    Ok(reply) => reply,
+                    Err(error) => Reply::Error(error),
+                };
+                Pending::Ready(reply)
+            }
+        };
+        (request_id, pending)
+    }
+
+    async fn start_single(&self, slot: u16, request: ShardRequest, session: Session) -> Pending {
+        let owner = self.context.slot_map.owner(slot);
+        match self.context.dispatch(owner, request).await {
+            Ok(Dispatched::Ready(reply)) => Pending::Ready(single_key_reply(reply, &session)),
+            Ok(pending) => Pending::Remote(pending, session),
+            Err(error) => Pending::Ready(Reply::Error(error)),
+        }
+    }
+
+    fn hello(&mut self, protocol_version: u32, tenant: &str) -> Reply {
+        if protocol_version != PROTOCOL_VERSION {
+            return Reply::Error(ProtocolError::new(
+                ErrorCode::UnsupportedVersion,
+                format!("protocol version {protocol_version} is not supported; this node speaks {PROTOCOL_VERSION}"),
+            ));
+        }
+        if let Some(session) = &self.session {
+            return Reply::Error(ProtocolError::new(
+                ErrorCode::InvalidArgument,
+                format!("this connection is already bound to tenant {:?}", &*session.tenant_name),
+            ));
+        }
+        let name = if tenant.is_empty() { DEFAULT_TENANT } else { tenant };
+        let Some(tenant) = self.context.tenants.by_name(name) else {
+            return Reply::Error(ProtocolError::new(
+                ErrorCode::UnknownTenant,
+                format!("tenant {name:?} is not defined on this node"),
+            ));
+        };
+        self.session = Some(Session {
+            tenant: tenant.id,
+            tenant_name: tenant.name.clone(),
+        });
+        Reply::HelloOk {
+            tenant: tenant.name.to_string(),
+            cores: self.context.slot_map.cores() as u32,
+        }
+    }
+}
+
+fn set_options(condition: WriteCondition, ttl_ms: u64) -> SetOptions {
+    SetOptions {
+        condition,
+        expiry: match ttl_ms {
+            0 => Expiry::Never,
+            ttl_ms => Expiry::AtMs(now_ms().saturating_add(ttl_ms)),
+        },
+    }
+}
+
+/// Turns a shard's answer to Get or Set into the client's reply.
+fn single_key_reply(reply: ShardReply, session: &Session) -> Reply {
+    match reply {
+        ShardReply::Value(value) => Reply::Value(value),
+        ShardReply::Written(Ok(outcome)) => Reply::Written(outcome),
+        ShardReply::Written(Err(error)) => Reply::Error(quota_error(&error, session)),
+        other => unreachable!("single-key request answered with {other:?}"),
+    }
+}
+
+fn quota_error(error: &StoreError, session: &Session) -> ProtocolError {
+    let name = &*session.tenant_name;
+    let message = match error {
+        StoreError::KeyQuotaExceeded { max_keys, .. } => {
+            format!("tenant {name:?} reached its key quota (this core's share: {max_keys} keys)")
+        }
+        StoreError::ByteQuotaExceeded { max_bytes, .. } => {
+            format!("tenant {name:?} reached its byte quota (this core's share: {max_bytes} bytes)")
+        }
+    };
+    ProtocolError::new(ErrorCode::QuotaExceeded, message)
+}
+
+fn unexpected(reply: &ShardReply) -> ProtocolError {
+    ProtocolError::new(ErrorCode::Internal, format!("unexpected shard reply {reply:?}"))
+}
+
+/// Groups keys by owning core, remembering each key's position.
+fn group_by_core(context: &CoreContext, session: &Session, keys: Vec<Bytes>) -> Vec<(CoreId, Vec<usize>, Vec<SlotKey>)> {
+    let mut groups: Vec<(Vec<usize>, Vec<SlotKey>)> = vec![(Vec::new(), Vec::new()); context.slot_map.cores()];
+    for (index, key) in keys.into_iter().enumerate() {
+        let slot = hash_slot(&session.tenant_name, &key);
+        let (indexes, slot_keys) = &mut groups[context.slot_map.owner(slot)];
+        indexes.push(index);
+        slot_keys.push(SlotKey { slot, key });
+    }
+    groups
+        .into_iter()
+        .enumerate()
+        .filter(|(_, (indexes, _))| !indexes.is_empty())
+        .map(|(core, (indexes, keys))| (core, indexes, keys))
+        .collect()
+}
+
+/// Sends one request per core, then waits for all (so cores work at once).
+async fn fan_out(
+    context: &CoreContext,
+    requests: Vec<(CoreId, ShardRequest)>,
+) -> Result<Vec<ShardReply>, ProtocolError> {
+    let mut dispatched = Vec::with_capacity(requests.len());
+    for (core, request) in requests {
+        dispatched.push(context.dispatch(core, request).await?);
+    }
+    let mut replies = Vec::with_capacity(dispatched.len());
+    for pending in dispatched {
+        replies.push(pending.reply().await?);
+    }
+    Ok(replies)
+}
+
+/// Requests that may touch several cores: run to completion.
+async fn execute_multi(context: &CoreContext, session: &Session, command: Command) -> Result<Reply, ProtocolError> {
+    let tenant = session.tenant;
+    match command {
+        Command::Delete { keys } => {
+            let requests = group_by_core(context, session, keys)
+                .into_iter()
+                .map(|(core, _, keys)| (core, ShardRequest::Delete { tenant, keys }))
+                .collect();
+            sum_counts(fan_out(context, requests).await?)
+        }
+        Command::Exists { keys } => {
+            let requests = group_by_core(context, session, keys)
+                .into_iter()
+                .map(|(core, _, keys)| (core, ShardRequest::Exists { tenant, keys }))
+                .collect();
+            sum_counts(fan_out(context, requests).await?)
+        }
+        Command::Count => {
+            let requests = (0..context.slot_map.cores())
+                .map(|core| (core, ShardRequest::Usage { tenant }))
+                .collect();
+            let mut total = 0;
+            for reply in fan_out(context, requests).await? {
+                match reply {
+                    ShardReply::Usage(usage) => total += usage.keys,
+                    other => return Err(unexpected(&other)),
+                }
+            }
+            Ok(Reply::Count(total))
+        }
+        Command::MGet { keys } => {
+            let key_count = keys.len();
+            let groups = group_by_core(context, session, keys);
+            let (positions, requests): (Vec<_>, Vec<_>) = groups
+                .into_iter()
+                .map(|(core, indexes, keys)| (indexes, (core, ShardRequest::GetMany { tenant, keys })))
+                .unzip();
+            let mut values = vec![None; key_count];
+            for (indexes, reply) in positions.into_iter().zip(fan_out(context, requests).await?) {
+                let ShardReply::Values(found) = reply else {
+                    return Err(unexpected(&reply));
+                };
+                for (index, value) in indexes.into_iter().zip(found) {
+                    values[index] = value;
+                }
+            }
+            Ok(Reply::Values(values))
+        }
+        Command::MSet { entries } => {
+            let key_count = entries.len();
+            let (keys, mut values): (Vec<Bytes>, Vec<Bytes>) = entries.into_iter().unzip();
+            let groups = group_by_core(context, session, keys);
+            let (positions, requests): (Vec<_>, Vec<_>) = groups
+                .into_iter()
+                .map(|(core, indexes, keys)| {
+                    let entries = indexes
+                        .iter()
+                        .zip(keys)
+                        .map(|(&index, key)| (key, std::mem::take(&mut values[index])))
+                        .collect();
+                    (indexes, (core, ShardRequest::SetMany { tenant, entries }))
+                })
+                .unzip();
+            let mut versions = vec![0; key_count];
+            let mut written = 0;
+            let mut refused = None;
+            for (indexes, reply) in positions.into_iter().zip(fan_out(context, requests).await?) {
+                let ShardReply::WrittenMany(done, error) = reply else {
+                    return Err(unexpected(&reply));
+                };
+                written += done.len();
+                for (index, version) in indexes.into_iter().zip(done) {
+                    versions[index] = version;
+                }
+                refused = refused.or(error);
+            }
+            match refused {
+                None => Ok(Reply::Versions(versions)),
+                Some(error) => {
+                    let mut error = quota_error(&error, session);
+                    error.message = format!("{}; {written} of {key_count} keys were written", error.message);
+                    Err(error)
+                }
+            }
+        }
+        Command::Scan {
+            cursor,
+            prefix,
+            pattern,
+            count,
+        } => {
+            let filter = Arc::new(KeyFilter { prefix, pattern });
+            let (keys, next) = scan(context, tenant, cursor, filter, count).await?;
+            Ok(Reply::Scanned {
+                cursor: if next as usize >= SLOT_COUNT { 0 } else { u64::from(next) },
+                keys,
+            })
+        }
+        Command::Keys { pattern } => {
+            let filter = Arc::new(KeyFilter {
+                prefix: Bytes::new(),
+                pattern,
+            });
+            let limit = context.limits.max_keys_result;
+            let mut keys = Vec::new();
+            let mut cursor = 0;
+            while (cursor as usize) < SLOT_COUNT {
+                let (found, next) = scan(context, tenant, cursor, filter.clone(), limit + 1 - keys.len()).await?;
+                keys.extend(found);
+                if keys.len() > limit {
+                    return Err(ProtocolError::new(
+                        ErrorCode::ResultTooLarge,
+                        format!("more than max_keys_result ({limit}) keys match: use SCAN"),
+                    ));
+                }
+                cursor = next;
+                // Between steps, let the core serve others: KEYS never stalls it.
+                glommio::yield_if_needed().await;
+            }
+            Ok(Reply::Keys(keys))
+        }
+        other @ (Command::Hello { .. } | Command::Ping | Command::Get { .. } | Command::Set { .. }) => {
+            unreachable!("single requests are handled by the caller: {other:?}")
+        }
+    }
+}
+
+/// Scans from slot `cursor` until `count` keys are found or every core
+/// that owns the following slots has taken one bounded step.
+async fn scan(
+    context: &CoreContext,
+    tenant: TenantId,
+    mut cursor: u32,
+    filter: Arc<KeyFilter>,
+    count: usize,
+) -> Result<(Vec<Bytes>, u32), ProtocolError> {
+    let mut keys = Vec::new();
+    let mut steps = 0;
+    while (cursor as usize) < SLOT_COUNT && keys.len() < count && steps < context.slot_map.cores() {
+        let owner = context.slot_map.owner(cursor as u16);
+        let request = ShardRequest::Scan {
+            tenant,
+            start_slot: cursor,
+            filter: filter.clone(),
+            max_keys: count - keys.len(),
+        };
+        match context.call(owner, request).await? {
+            ShardReply::Scanned { keys: found, next_slot } => {
+                assert!(next_slot > cursor, "a scan step always advances");
+                keys.extend(found);
+                cursor = next_slot;
+            }
+            other => return Err(unexpected(&other)),
+        }
+        steps += 1;
+    }
+    Ok((keys, cursor))
+}
+
+fn sum_counts(replies: Vec<ShardReply>) -> Result<Reply, ProtocolError> {
+    let mut total = 0;
+    for reply in replies {
+        match reply {
+            ShardReply::Count(count) => total += count,
+            other => return Err(unexpected(&other)),
+        }
+    }
+    Ok(Reply::Count(total))
+}
+
+/// A read buffer that never zero-fills on the hot path: one allocation,
+/// reused, compacted when the unread bytes reach its end.
+struct ReadBuffer {
+    data: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl ReadBuffer {
+    fn new() -> ReadBuffer {
+        ReadBuffer {
+            data: vec![0; READ_BUFFER_INITIAL_BYTES],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn unread(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    fn consume(&mut self, bytes: usize) {
+        assert!(self.start + bytes <= self.end);
+        self.start += bytes;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            if self.data.len() > 4 * READ_BUFFER_INITIAL_BYTES {
+                // A large frame has gone: give its memory back.
+                self.data = vec![0; READ_BUFFER_INITIAL_BYTES];
+            }
+        }
+    }
+
+    /// Reads once from `stream`, making room for at least `bytes_wanted`
+    /// unread bytes (the frame being assembled). Returns bytes read (0: EOF).
+    async fn fill(&mut self, stream: &mut TcpStream, bytes_wanted: usize) -> std::io::Result<usize> {
+        if self.data.len() - self.start < bytes_wanted || self.end == self.data.len() {
+            self.data.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            if self.data.len() < bytes_wanted {
+                self.data.resize(bytes_wanted, 0);
+            }
+        }
+        let read = stream.read(&mut self.data[self.end..]).await?;
+        self.end += read;
+        Ok(read)
+    }
+}

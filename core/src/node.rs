@@ -1,0 +1,262 @@
+//! Starting a node: one pinned glommio executor per core, the channels
+//! between them, and a client listener on every core.
+//!
+//! Start-up order matters and is:
+//! 1. validate the config, create the data directory;
+//! 2. build the read-only tables every core shares (slot map, tenants) and
+//!    one channel per ordered pair of cores;
+//! 3. start core 0, which binds the client address (port 0 becomes a real
+//!    port here), then the other cores, which bind the same address with
+//!    `SO_REUSEPORT` so the kernel spreads connections over them;
+//! 4. once every core has bound and connected its channels, report ready.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::config::NodeConfig;
+use crate::connection::serve_connection;
+use crate::router::{now_ms, serve_peer, CoreContext, CoreMessage};
+use crate::shard::ShardRequest;
+use crate::slots::{CoreId, SlotMap};
+use crate::tenants::{quota_share, TenantRegistry};
+
+/// Memory each executor registers with io_uring for its I/O buffers. Kept
+/// small: the default `ulimit -l` here is 8 MiB for the whole process.
+pub const IO_MEMORY_BYTES_PER_CORE: usize = 1 << 20;
+
+/// How often each core removes expired keys (active expiry).
+pub const ACTIVE_EXPIRY_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Most expiry-queue items one core looks at per tick (bounds the pause).
+pub const ACTIVE_EXPIRY_MAX_ITEMS_PER_TICK: usize = 10_000;
+
+/// What a started node tells its caller.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    /// The bound client address (the real port if 0 was asked).
+    pub client_addr: SocketAddr,
+    /// Number of cores serving.
+    pub cores: usize,
+    /// The data directory.
+    pub data_dir: PathBuf,
+}
+
+/// Runs a node until its cores stop. Calls `on_ready` once every core is
+/// serving.
+pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::Result<()> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let cpus: Vec<usize> = glommio::CpuSet::online()
+        .map(|set| set.into_iter().map(|location| location.cpu).collect())
+        .unwrap_or_default();
+    let cores = match config.cores {
+        0 => cpus.len().max(1),
+        cores => cores,
+    };
+    let slot_map = Arc::new(SlotMap::contiguous(cores));
+    let tenants = Arc::new(TenantRegistry::new(&config.tenants));
+
+    // channels[from][to]: one bounded SPSC channel per ordered pair of cores.
+    let mut outbound: Vec<Vec<Option<SharedSender<CoreMessage>>>> = (0..cores).map(|_| Vec::new()).collect();
+    let mut inbound: Vec<Vec<SharedReceiver<CoreMessage>>> = (0..cores).map(|_| Vec::new()).collect();
+    for (from, senders) in outbound.iter_mut().enumerate() {
+        for (to, receivers) in inbound.iter_mut().enumerate() {
+            if from == to {
+                senders.push(None);
+            } else {
+                let (sender, receiver) = shared_channel::new_bounded(config.limits.core_channel_capacity);
+                senders.push(Some(sender));
+                receivers.push(receiver);
+            }
+        }
+    }
+
+    let (bound_tx, bound_rx) = mpsc::channel::<anyhow::Result<SocketAddr>>();
+    let (serving_tx, serving_rx) = mpsc::channel::<()>();
+    let mut listen_addr = config.listen;
+    let mut handles = Vec::with_capacity(cores);
+    for (core, (senders, receivers)) in outbound.into_iter().zip(inbound).enumerate() {
+        // Pin each core to its own CPU when there are enough CPUs.
+        let placement = match cpus.get(core) {
+            Some(&cpu) if cores <= cpus.len() => Placement::Fixed(cpu),
+            _ => Placement::Unbound,
+        };
+        let core_setup = CoreSetup {
+            core,
+            listen_addr,
+            slot_map: slot_map.clone(),
+            tenants: tenants.clone(),
+            config: config.clone(),
+            senders,
+            receivers,
+            bound: bound_tx.clone(),
+            serving: serving_tx.clone(),
+        };
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("tinkerdb-core-{core}"))
+            .io_memory(IO_MEMORY_BYTES_PER_CORE)
+            .spawn(move || run_core(core_setup))
+            .map_err(|error| anyhow!("cannot start executor of core {core}: {error}"))?;
+        handles.push(handle);
+        if core == 0 {
+            // Later cores bind the address core 0 actually got.
+            listen_addr = bound_rx.recv().context("core 0 stopped during start-up")??;
+        }
+    }
+    for core in 1..cores {
+        bound_rx
+            .recv()
+            .with_context(|| format!("core {core} stopped during start-up"))??;
+    }
+    drop(serving_tx);
+    for _ in 0..cores {
+        serving_rx
+            .recv()
+            .context("a core stopped while connecting to the others")?;
+    }
+    on_ready(&NodeInfo {
+        client_addr: listen_addr,
+        cores,
+        data_dir: config.data_dir.clone(),
+    });
+    for (core, handle) in handles.into_iter().enumerate() {
+        handle
+            .join()
+            .map_err(|error| anyhow!("core {core} failed: {error}"))??;
+    }
+    Ok(())
+}
+
+/// What one core needs to start, moved into its thread.
+struct CoreSetup {
+    core: CoreId,
+    listen_addr: SocketAddr,
+    slot_map: Arc<SlotMap>,
+    tenants: Arc<TenantRegistry>,
+    config: NodeConfig,
+    senders: Vec<Option<SharedSender<CoreMessage>>>,
+    receivers: Vec<SharedReceiver<CoreMessage>>,
+    /// Told the bound address (or why binding failed) first thing.
+    bound: mpsc::Sender<anyhow::Result<SocketAddr>>,
+    /// Told once the core is connected to the others and serving.
+    serving: mpsc::Sender<()>,
+}
+
+async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
+    let core = setup.core;
+    let listener = match TcpListener::bind(setup.listen_addr) {
+        Ok(listener) => listener,
+        Err(error) => {
+            let error = anyhow!("core {core} cannot listen on {}: {error}", setup.listen_addr);
+            let _ = setup.bound.send(Err(anyhow!("{error}")));
+            return Err(error);
+        }
+    };
+    let local_addr = listener
+        .local_addr()
+        .map_err(|error| anyhow!("listener address: {error}"))?;
+    // Report before connecting the channels: connecting waits for the other
+    // cores, which are started only once core 0's address is known.
+    let _ = setup.bound.send(Ok(local_addr));
+
+    // A channel's two ends wait for each other while connecting: start
+    // connecting the receiving ends first so no two cores wait in a cycle.
+    let inbound_connecting: Vec<_> = setup
+        .receivers
+        .into_iter()
+        .map(|receiver| glommio::spawn_local(receiver.connect()))
+        .collect();
+    let mut peers = Vec::with_capacity(setup.senders.len());
+    for sender in setup.senders {
+        peers.push(match sender {
+            Some(sender) => Some(sender.connect().await),
+            None => None,
+        });
+    }
+    let context = Rc::new(CoreContext::new(
+        core,
+        setup.slot_map.clone(),
+        setup.tenants.clone(),
+        setup.config.limits.clone(),
+        peers,
+    ));
+    let slots_owned = setup.slot_map.slots_owned(core);
+    for tenant in setup.tenants.iter() {
+        let quota = quota_share(tenant.quota, slots_owned);
+        context
+            .shard
+            .borrow_mut()
+            .execute(ShardRequest::SetQuota { tenant: tenant.id, quota }, now_ms());
+    }
+    for connecting in inbound_connecting {
+        let inbound = connecting.await;
+        glommio::spawn_local(serve_peer(context.clone(), inbound)).detach();
+    }
+    glommio::spawn_local(active_expiry(context.clone())).detach();
+    let _ = setup.serving.send(());
+    tracing::debug!(core, %local_addr, "core serving");
+
+    let max_connections = context.limits.max_connections_per_core as u64;
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(error) => {
+                // Out of file descriptors and the like: wait and go on.
+                tracing::warn!(core, %error, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let stats = &context.stats;
+        stats.connections_total.set(stats.connections_total.get() + 1);
+        if stats.connections_open.get() >= max_connections {
+            glommio::spawn_local(refuse_connection(stream)).detach();
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        stats.connections_open.set(stats.connections_open.get() + 1);
+        let context = context.clone();
+        glommio::spawn_local(async move {
+            serve_connection(context.clone(), stream).await;
+            let open = &context.stats.connections_open;
+            open.set(open.get() - 1);
+        })
+        .detach();
+    }
+}
+
+/// Answers a connection over the limit with one `Busy` error, then closes it.
+async fn refuse_connection(mut stream: glommio::net::TcpStream) {
+    use futures_lite::AsyncWriteExt;
+    let error = crate::protocol::ProtocolError::new(
+        tinkerdb_schemas::wire::ErrorCode::Busy,
+        "too many connections on this core (max_connections_per_core)",
+    );
+    let mut builder = flatbuffers::FlatBufferBuilder::new();
+    let mut out = Vec::new();
+    let limits = crate::config::Limits::default();
+    crate::protocol::encode_reply(&mut builder, 0, &crate::protocol::Reply::Error(error), &limits, 0, &mut out);
+    let _ = stream.write_all(&out).await;
+    let _ = stream.close().await;
+}
+
+async fn active_expiry(context: Rc<CoreContext>) {
+    loop {
+        glommio::timer::sleep(ACTIVE_EXPIRY_INTERVAL).await;
+        let now = now_ms();
+        context
+            .shard
+            .borrow_mut()
+            .store_mut()
+            .expire_due(now, ACTIVE_EXPIRY_MAX_ITEMS_PER_TICK);
+    }
+}

@@ -1,0 +1,166 @@
+//! Cross-core routing: how a request reaches the core that owns its slot.
+//!
+//! Every ordered pair of cores (a, b) has one bounded single-producer,
+//! single-consumer channel (glommio `shared_channel`, lock-free, with an
+//! eventfd wake-up only when b sleeps). A request travels as a
+//! [`CoreMessage`] holding the request and a oneshot sender for the reply;
+//! the owning core's [`serve_peer`] task executes it on its shard and sends
+//! the reply back, which wakes the waiting task on core a.
+//!
+//! Invariants:
+//! - a request for a slot owned by the calling core is executed inline,
+//!   without a message (no hop, no allocation for the reply);
+//! - messages from one core to another are executed in send order, so two
+//!   requests on the same key from one connection keep their order;
+//! - the channel bound (`limits.core_channel_capacity`) gives backpressure:
+//!   a sender waits, it never drops a request.
+
+use std::cell::{Cell, RefCell};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures_channel::oneshot;
+use glommio::channels::shared_channel::{ConnectedReceiver, ConnectedSender};
+use tinkerdb_schemas::wire::ErrorCode;
+
+use crate::config::Limits;
+use crate::protocol::ProtocolError;
+use crate::shard::{Shard, ShardReply, ShardRequest};
+use crate::slots::{CoreId, SlotMap};
+use crate::tenants::TenantRegistry;
+
+/// A request sent to another core, with where to send its reply.
+pub struct CoreMessage {
+    /// The work.
+    pub request: ShardRequest,
+    /// Where the owning core puts the answer.
+    pub reply_to: oneshot::Sender<ShardReply>,
+}
+
+/// Counters of one core (exported by the admin plane once it exists).
+#[derive(Debug, Default)]
+pub struct CoreStats {
+    /// Requests answered, errors included.
+    pub requests_total: Cell<u64>,
+    /// Requests answered with an error, by `ErrorCode` value.
+    pub errors_total: [Cell<u64>; 16],
+    /// Client connections accepted.
+    pub connections_total: Cell<u64>,
+    /// Client connections open now.
+    pub connections_open: Cell<u64>,
+    /// Requests received from other cores.
+    pub peer_requests_total: Cell<u64>,
+}
+
+impl CoreStats {
+    /// Counts one error answered with `code`.
+    pub fn count_error(&self, code: ErrorCode) {
+        let index = usize::from(code.0).min(self.errors_total.len() - 1);
+        let counter = &self.errors_total[index];
+        counter.set(counter.get() + 1);
+    }
+}
+
+/// Everything one core's tasks share. Lives in an `Rc` on its core.
+pub struct CoreContext {
+    /// This core.
+    pub core: CoreId,
+    /// Slot ownership (read-only).
+    pub slot_map: Arc<SlotMap>,
+    /// Tenants (read-only).
+    pub tenants: Arc<TenantRegistry>,
+    /// Request limits.
+    pub limits: Limits,
+    /// This core's keys. Borrowed only inside synchronous code, never across
+    /// an `.await`, so a borrow can never be held by a suspended task.
+    pub shard: RefCell<Shard>,
+    /// Channel to each other core (`None` at this core's own index).
+    peers: Vec<Option<ConnectedSender<CoreMessage>>>,
+    /// Counters.
+    pub stats: CoreStats,
+}
+
+/// A request on its way: answered already (local) or awaiting another core.
+pub enum Dispatched {
+    /// Executed inline.
+    Ready(ShardReply),
+    /// Sent to another core.
+    Pending(oneshot::Receiver<ShardReply>),
+}
+
+impl Dispatched {
+    /// Waits for the reply.
+    pub async fn reply(self) -> Result<ShardReply, ProtocolError> {
+        match self {
+            Dispatched::Ready(reply) => Ok(reply),
+            Dispatched::Pending(receiver) => receiver.await.map_err(|_| shutting_down()),
+        }
+    }
+}
+
+fn shutting_down() -> ProtocolError {
+    ProtocolError::new(ErrorCode::ShuttingDown, "a core of the node stopped")
+}
+
+/// Current wall-clock time in Unix milliseconds (TTLs are wall-clock so that
+/// they mean the same after a restart).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+impl CoreContext {
+    /// Builds the context of `core` from its connected channels.
+    pub fn new(
+        core: CoreId,
+        slot_map: Arc<SlotMap>,
+        tenants: Arc<TenantRegistry>,
+        limits: Limits,
+        peers: Vec<Option<ConnectedSender<CoreMessage>>>,
+    ) -> CoreContext {
+        assert_eq!(peers.len(), slot_map.cores());
+        assert!(peers[core].is_none(), "no channel from a core to itself");
+        CoreContext {
+            core,
+            shard: RefCell::new(Shard::new(core, slot_map.clone())),
+            slot_map,
+            tenants,
+            limits,
+            peers,
+            stats: CoreStats::default(),
+        }
+    }
+
+    /// Sends `request` to `core` (or runs it here if `core` is this one).
+    pub async fn dispatch(&self, core: CoreId, request: ShardRequest) -> Result<Dispatched, ProtocolError> {
+        if core == self.core {
+            let reply = self.shard.borrow_mut().execute(request, now_ms());
+            return Ok(Dispatched::Ready(reply));
+        }
+        let (reply_to, receiver) = oneshot::channel();
+        let peer = self.peers[core].as_ref().expect("a channel to every other core");
+        peer.send(CoreMessage { request, reply_to })
+            .await
+            .map_err(|_| shutting_down())?;
+        Ok(Dispatched::Pending(receiver))
+    }
+
+    /// Runs `request` on `core` and waits for the reply.
+    pub async fn call(&self, core: CoreId, request: ShardRequest) -> Result<ShardReply, ProtocolError> {
+        self.dispatch(core, request).await?.reply().await
+    }
+}
+
+/// Serves the requests another core sends to this one, in order, until that
+/// core closes its end.
+pub async fn serve_peer(context: std::rc::Rc<CoreContext>, inbound: ConnectedReceiver<CoreMessage>) {
+    while let Some(message) = inbound.recv().await {
+        let reply = context.shard.borrow_mut().execute(message.request, now_ms());
+        let stats = &context.stats;
+        stats.peer_requests_total.set(stats.peer_requests_total.get() + 1);
+        // The requester may have gone (connection closed): nothing to do then.
+        let _ = message.reply_to.send(reply);
+        glommio::yield_if_needed().await;
+    }
+}

@@ -1,0 +1,299 @@
+//! A core's share of the keyspace and the requests it executes.
+//!
+//! A [`Shard`] owns one [`Store`]. Requests reach it as [`ShardRequest`]
+//! values, either called directly by a connection on the same core or carried
+//! over a cross-core channel (see `router`); both paths run the same
+//! [`Shard::execute`], synchronously, so a request is atomic on its shard and
+//! requests from one sender run in the order they were sent.
+//!
+//! Requests and replies are plain Rust values (`Send`, with `Bytes` that
+//! share the connection's frame buffer): inside one process there is nothing
+//! to gain from serialising them. Between nodes (replication) they will be
+//! flatbuffers.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tinkerdb_storage::glob::glob_match;
+use tinkerdb_storage::{
+    Quota, SetOptions, Slot, Store, StoreError, TenantId, TenantUsage, WriteOutcome, SLOT_COUNT,
+};
+
+use crate::slots::{CoreId, SlotMap};
+
+/// A key with its slot (computed once, by the core that decoded it).
+#[derive(Debug, Clone)]
+pub struct SlotKey {
+    /// The key's hash slot.
+    pub slot: Slot,
+    /// The key.
+    pub key: Bytes,
+}
+
+/// Which keys a scan returns.
+#[derive(Debug, Clone, Default)]
+pub struct KeyFilter {
+    /// Keys must start with this (empty: any).
+    pub prefix: Bytes,
+    /// Keys must match this glob (empty: any).
+    pub pattern: Bytes,
+}
+
+impl KeyFilter {
+    /// Does `key` pass?
+    pub fn accepts(&self, key: &[u8]) -> bool {
+        key.starts_with(&self.prefix) && (self.pattern.is_empty() || glob_match(&self.pattern, key))
+    }
+}
+
+/// A value read from a shard, copied out of the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueRead {
+    /// The value.
+    pub value: Bytes,
+    /// Its version.
+    pub version: u64,
+    /// Unix ms when it expires, if it does.
+    pub expires_at_ms: Option<u64>,
+}
+
+/// Work for the shard that owns the keys named in it.
+#[derive(Debug)]
+pub enum ShardRequest {
+    /// Read one key.
+    Get {
+        /// Tenant.
+        tenant: TenantId,
+        /// Key.
+        key: SlotKey,
+    },
+    /// Write one key (plain, conditional or compare-and-set).
+    Set {
+        /// Tenant.
+        tenant: TenantId,
+        /// Key.
+        key: SlotKey,
+        /// Value.
+        value: Bytes,
+        /// Condition and expiry.
+        options: SetOptions,
+    },
+    /// Read several keys of this shard.
+    GetMany {
+        /// Tenant.
+        tenant: TenantId,
+        /// Keys, answered in this order.
+        keys: Vec<SlotKey>,
+    },
+    /// Write several keys of this shard; stops at the first refused write.
+    SetMany {
+        /// Tenant.
+        tenant: TenantId,
+        /// Keys and values.
+        entries: Vec<(SlotKey, Bytes)>,
+    },
+    /// Delete keys; answers how many existed.
+    Delete {
+        /// Tenant.
+        tenant: TenantId,
+        /// Keys.
+        keys: Vec<SlotKey>,
+    },
+    /// Count how many of the keys exist.
+    Exists {
+        /// Tenant.
+        tenant: TenantId,
+        /// Keys.
+        keys: Vec<SlotKey>,
+    },
+    /// One step of a cursor scan over this shard's slots.
+    Scan {
+        /// Tenant.
+        tenant: TenantId,
+        /// First slot to look at (must be owned by this shard).
+        start_slot: u32,
+        /// Which keys to return.
+        filter: Arc<KeyFilter>,
+        /// Stop once this many keys are gathered (a whole slot at a time).
+        max_keys: usize,
+    },
+    /// The tenant's usage on this shard.
+    Usage {
+        /// Tenant.
+        tenant: TenantId,
+    },
+    /// Set the tenant's quota share on this shard.
+    SetQuota {
+        /// Tenant.
+        tenant: TenantId,
+        /// The share.
+        quota: Quota,
+    },
+}
+
+/// A shard's answer, variant by variant matching [`ShardRequest`].
+#[derive(Debug)]
+pub enum ShardReply {
+    /// Answer to `Get`.
+    Value(Option<ValueRead>),
+    /// Answer to `Set`.
+    Written(Result<WriteOutcome, StoreError>),
+    /// Answer to `GetMany`.
+    Values(Vec<Option<ValueRead>>),
+    /// Answer to `SetMany`: versions of the writes done, and the error that
+    /// stopped the rest, if any.
+    WrittenMany(Vec<u64>, Option<StoreError>),
+    /// Answer to `Delete` and `Exists`.
+    Count(u64),
+    /// Answer to `Scan`.
+    Scanned {
+        /// Matching keys.
+        keys: Vec<Bytes>,
+        /// Where the next step starts; `SLOT_COUNT` when past the last slot.
+        next_slot: u32,
+    },
+    /// Answer to `Usage`.
+    Usage(TenantUsage),
+    /// Answer to `SetQuota`.
+    Done,
+}
+
+/// Most entries one scan step looks at (live or not, matching or not)
+/// before it returns, so a scan over a huge keyspace or a selective pattern
+/// never holds the core for long. The step still ends on a slot boundary.
+pub const SCAN_STEP_MAX_ENTRIES_VISITED: usize = 20_000;
+
+/// Most (possibly empty) slots one scan step looks at.
+pub const SCAN_STEP_MAX_SLOTS_VISITED: usize = 4096;
+
+/// One core's keys.
+pub struct Shard {
+    core: CoreId,
+    slot_map: Arc<SlotMap>,
+    store: Store,
+}
+
+impl Shard {
+    /// An empty shard for `core`.
+    pub fn new(core: CoreId, slot_map: Arc<SlotMap>) -> Shard {
+        Shard {
+            core,
+            slot_map,
+            store: Store::new(),
+        }
+    }
+
+    /// The store, for the background expiry task.
+    pub fn store_mut(&mut self) -> &mut Store {
+        &mut self.store
+    }
+
+    /// Executes one request. Never yields: a request is atomic on its shard.
+    pub fn execute(&mut self, request: ShardRequest, now_ms: u64) -> ShardReply {
+        let Shard {
+            core,
+            slot_map,
+            store,
+        } = self;
+        let assert_owned = |slot: Slot| {
+            assert_eq!(
+                slot_map.owner(slot),
+                *core,
+                "slot {slot} routed to a core that does not own it"
+            );
+        };
+        match request {
+            ShardRequest::Get { tenant, key } => {
+                assert_owned(key.slot);
+                ShardReply::Value(read(store, tenant, &key, now_ms))
+            }
+            ShardRequest::Set {
+                tenant,
+                key,
+                value,
+                options,
+            } => {
+                assert_owned(key.slot);
+                ShardReply::Written(store.set(tenant, key.slot, &key.key, &value, options, now_ms))
+            }
+            ShardRequest::GetMany { tenant, keys } => ShardReply::Values(
+                keys.iter()
+                    .map(|key| read(store, tenant, key, now_ms))
+                    .collect(),
+            ),
+            ShardRequest::SetMany { tenant, entries } => {
+                let mut versions = Vec::with_capacity(entries.len());
+                for (key, value) in &entries {
+                    match store.set(tenant, key.slot, &key.key, value, SetOptions::default(), now_ms) {
+                        Ok(outcome) => versions.push(outcome.version),
+                        Err(error) => return ShardReply::WrittenMany(versions, Some(error)),
+                    }
+                }
+                ShardReply::WrittenMany(versions, None)
+            }
+            ShardRequest::Delete { tenant, keys } => ShardReply::Count(
+                keys.iter()
+                    .filter(|key| store.delete(tenant, key.slot, &key.key, now_ms))
+                    .count() as u64,
+            ),
+            ShardRequest::Exists { tenant, keys } => ShardReply::Count(
+                keys.iter()
+                    .filter(|key| store.exists(tenant, key.slot, &key.key, now_ms))
+                    .count() as u64,
+            ),
+            ShardRequest::Scan {
+                tenant,
+                start_slot,
+                filter,
+                max_keys,
+            } => scan_step(store, slot_map, *core, tenant, start_slot, &filter, max_keys, now_ms),
+            ShardRequest::Usage { tenant } => ShardReply::Usage(store.tenant_usage(tenant)),
+            ShardRequest::SetQuota { tenant, quota } => {
+                store.set_quota(tenant, quota);
+                ShardReply::Done
+            }
+        }
+    }
+
+}
+
+#[allow(clippy::too_many_arguments)]
+fn scan_step(
+        store: &Store,
+        slot_map: &SlotMap,
+        core: CoreId,
+        tenant: TenantId,
+        start_slot: u32,
+        filter: &KeyFilter,
+        max_keys: usize,
+        now_ms: u64,
+    ) -> ShardReply {
+        let mut keys = Vec::new();
+        let mut entries_visited = 0;
+        let mut slot = start_slot as usize;
+        let slot_limit = (slot + SCAN_STEP_MAX_SLOTS_VISITED).min(SLOT_COUNT);
+        while slot < slot_limit && slot_map.owner(slot as Slot) == core {
+            entries_visited += store.for_each_key_in_slot(tenant, slot as Slot, now_ms, |key| {
+                if filter.accepts(key) {
+                    keys.push(Bytes::copy_from_slice(key));
+                }
+            });
+            slot += 1;
+            if keys.len() >= max_keys || entries_visited >= SCAN_STEP_MAX_ENTRIES_VISITED {
+                break;
+            }
+        }
+        ShardReply::Scanned {
+            keys,
+            next_slot: slot as u32,
+        }
+    }
+
+
+fn read(store: &Store, tenant: TenantId, key: &SlotKey, now_ms: u64) -> Option<ValueRead> {
+    store.get(tenant, key.slot, &key.key, now_ms).map(|view| ValueRead {
+        value: Bytes::copy_from_slice(view.value),
+        version: view.version,
+        expires_at_ms: view.expires_at_ms,
+    })
+}

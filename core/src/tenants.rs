@@ -1,0 +1,102 @@
+//! The tenants a node knows: name <-> local id, and each tenant's quota.
+//!
+//! Tenant ids are local to a node (the index in the config's list); slot
+//! hashing uses the name, so ids never leave the node. The registry is built
+//! at start-up and shared read-only; a tenant created at runtime (admin API,
+//! later) will reach the cores as a message, never through shared mutation.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tinkerdb_storage::{Quota, TenantId, SLOT_COUNT};
+
+use crate::config::TenantConfig;
+
+/// One known tenant.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    /// Local id.
+    pub id: TenantId,
+    /// Name, as clients give it.
+    pub name: Arc<str>,
+    /// Node-wide quota.
+    pub quota: Quota,
+}
+
+/// All tenants of the node.
+#[derive(Debug, Clone)]
+pub struct TenantRegistry {
+    tenants: Vec<Tenant>,
+    id_by_name: HashMap<Arc<str>, TenantId>,
+}
+
+impl TenantRegistry {
+    /// Builds the registry from validated config.
+    pub fn new(configs: &[TenantConfig]) -> TenantRegistry {
+        let tenants: Vec<Tenant> = configs
+            .iter()
+            .enumerate()
+            .map(|(index, config)| Tenant {
+                id: TenantId::try_from(index).expect("fewer than 2^32 tenants"),
+                name: Arc::from(config.name.as_str()),
+                quota: Quota {
+                    max_keys: config.max_keys,
+                    max_bytes: config.max_bytes,
+                },
+            })
+            .collect();
+        let id_by_name = tenants.iter().map(|t| (t.name.clone(), t.id)).collect();
+        TenantRegistry {
+            tenants,
+            id_by_name,
+        }
+    }
+
+    /// The tenant called `name`.
+    pub fn by_name(&self, name: &str) -> Option<&Tenant> {
+        self.id_by_name.get(name).map(|&id| &self.tenants[id as usize])
+    }
+
+    /// The tenant with local id `id`.
+    pub fn by_id(&self, id: TenantId) -> &Tenant {
+        &self.tenants[id as usize]
+    }
+
+    /// Every tenant.
+    pub fn iter(&self) -> impl Iterator<Item = &Tenant> {
+        self.tenants.iter()
+    }
+}
+
+/// The part of a node-wide quota that a core owning `slots_owned` slots
+/// enforces: proportional to its slots, rounded up.
+///
+/// Why shares: a shared counter would put cross-core traffic (or an atomic)
+/// on every insert, and later, with Raft, each shard must decide alone and
+/// deterministically. The cost: with keys hashing unevenly, a tenant can be
+/// refused a little before reaching its node-wide quota, never after.
+pub fn quota_share(quota: Quota, slots_owned: usize) -> Quota {
+    let share = |limit: u64| (u128::from(limit) * slots_owned as u128).div_ceil(SLOT_COUNT as u128) as u64;
+    Quota {
+        max_keys: quota.max_keys.map(share),
+        max_bytes: quota.max_bytes.map(share),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_add_up_to_at_least_the_quota() {
+        let quota = Quota {
+            max_keys: Some(11),
+            max_bytes: Some(1 << 40),
+        };
+        let half = quota_share(quota, SLOT_COUNT / 2);
+        assert_eq!(half.max_keys, Some(6));
+        assert_eq!(half.max_bytes, Some(1 << 39));
+        assert_eq!(quota_share(quota, SLOT_COUNT), quota);
+        assert_eq!(quota_share(Quota::default(), 3), Quota::default());
+    }
+}
