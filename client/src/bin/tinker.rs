@@ -1,1 +1,335 @@
-fn main(){}
+//! `tinker`: the TinkerDB command-line client.
+//!
+//! `tinker [--addr HOST:PORT] [--tenant T] COMMAND ...` runs one command;
+//! without a command it reads commands line by line (an interactive prompt
+//! on a terminal). Exit status: 0 success, 1 "no such key" or a condition not
+//! met, 2 an error.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tinkerdb_client::{Client, ClientConfig, ClientError, ScanOptions, SetCondition, SetOptions};
+
+#[derive(Parser, Debug)]
+#[command(name = "tinker", version, about = "TinkerDB command-line client")]
+struct Args {
+    /// Node address.
+    #[arg(long, default_value = "127.0.0.1:7379", env = "TINKER_ADDR")]
+    addr: String,
+    /// Tenant.
+    #[arg(long, default_value = "default", env = "TINKER_TENANT")]
+    tenant: String,
+    /// Request timeout in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Write a key.
+    Set {
+        /// Key.
+        key: String,
+        /// Value.
+        value: String,
+        /// Expire after this many milliseconds.
+        #[arg(long)]
+        ttl_ms: Option<u64>,
+        /// Only if the key does not exist.
+        #[arg(long, conflicts_with = "xx")]
+        nx: bool,
+        /// Only if the key exists.
+        #[arg(long)]
+        xx: bool,
+    },
+    /// Read a key (exit status 1 if missing).
+    Get {
+        /// Key.
+        key: String,
+        /// Also print version and TTL.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// Delete keys; prints how many existed.
+    Del {
+        /// Keys.
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Count how many of the keys exist.
+    Exists {
+        /// Keys.
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Keys matching a glob pattern (default `*`).
+    Keys {
+        /// Pattern.
+        #[arg(default_value = "*")]
+        pattern: String,
+    },
+    /// Scan keys with a cursor; with --all, to the end.
+    Scan {
+        /// Cursor from a previous scan (0 starts).
+        #[arg(long, default_value_t = 0)]
+        cursor: u64,
+        /// Only keys with this prefix.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Only keys matching this glob.
+        #[arg(long = "match", default_value = "")]
+        pattern: String,
+        /// Keys per step.
+        #[arg(long, default_value_t = 0)]
+        count: u32,
+        /// Follow the cursor to the end.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Read several keys.
+    Mget {
+        /// Keys.
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Write several keys: KEY VALUE [KEY VALUE ...].
+    Mset {
+        /// Alternating keys and values.
+        #[arg(required = true, num_args = 2..)]
+        pairs: Vec<String>,
+    },
+    /// Compare-and-set: write only if the key's version is EXPECTED (0: absent).
+    Cas {
+        /// Key.
+        key: String,
+        /// Expected version.
+        expected: u64,
+        /// New value.
+        value: String,
+    },
+    /// Number of keys of the tenant.
+    Count,
+    /// Round trip to the node.
+    Ping,
+}
+
+/// What a command's outcome means for the exit status.
+enum Outcome {
+    Done,
+    /// Missing key or condition not met (status 1).
+    Negative,
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "", no_binary_name = true, disable_help_flag = false)]
+struct Line {
+    #[command(subcommand)]
+    command: Command,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async move {
+        let config = ClientConfig::new(&args.addr)
+            .tenant(&args.tenant)
+            .connections(1)
+            .request_timeout(Duration::from_millis(args.timeout_ms));
+        let client = match Client::connect(config).await {
+            Ok(client) => client,
+            Err(error) => {
+                eprintln!("(error) {error}");
+                return ExitCode::from(2);
+            }
+        };
+        match args.command {
+            Some(command) => match run(&client, command, false).await {
+                Ok(Outcome::Done) => ExitCode::SUCCESS,
+                Ok(Outcome::Negative) => ExitCode::from(1),
+                Err(error) => {
+                    eprintln!("(error) {error}");
+                    ExitCode::from(2)
+                }
+            },
+            None => interactive(&client, &args.addr).await,
+        }
+    })
+}
+
+async fn interactive(client: &Client, addr: &str) -> ExitCode {
+    let stdin = std::io::stdin();
+    let on_terminal = stdin.is_terminal();
+    let prompt = format!("{addr} [{}]> ", client.tenant());
+    let mut lines = stdin.lock().lines();
+    loop {
+        if on_terminal {
+            print!("{prompt}");
+            let _ = std::io::stdout().flush();
+        }
+        let Some(Ok(line)) = lines.next() else {
+            return ExitCode::SUCCESS;
+        };
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if line == "quit" || line == "exit" {
+            return ExitCode::SUCCESS;
+        }
+        let Some(words) = shlex::split(line) else {
+            println!("(error) unbalanced quotes");
+            continue;
+        };
+        match Line::try_parse_from(words) {
+            Ok(parsed) => {
+                if let Err(error) = run(client, parsed.command, true).await {
+                    println!("(error) {error}");
+                }
+            }
+            Err(error) => println!("{}", error.to_string().trim_end()),
+        }
+    }
+}
+
+fn show(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+async fn run(client: &Client, command: Command, interactive: bool) -> Result<Outcome, ClientError> {
+    // Negative answers go to stderr in one-shot mode (scripts read stdout),
+    // to stdout at the prompt.
+    let negative = |message: &str| {
+        if interactive {
+            println!("{message}");
+        } else {
+            eprintln!("{message}");
+        }
+        Outcome::Negative
+    };
+    Ok(match command {
+        Command::Set {
+            key,
+            value,
+            ttl_ms,
+            nx,
+            xx,
+        } => {
+            let condition = match (nx, xx) {
+                (true, _) => SetCondition::IfAbsent,
+                (_, true) => SetCondition::IfPresent,
+                _ => SetCondition::Always,
+            };
+            let options = SetOptions {
+                ttl: ttl_ms.map(Duration::from_millis),
+                condition,
+            };
+            let result = client.set_with(&key, &value, options).await?;
+            if result.applied {
+                println!("OK (version {})", result.version);
+                Outcome::Done
+            } else if nx {
+                negative(&format!("(not set) key exists (version {})", result.version))
+            } else {
+                negative("(not set) key does not exist")
+            }
+        }
+        Command::Get { key, verbose } => match client.get(&key).await? {
+            Some(value) => {
+                println!("{}", show(&value.value));
+                if verbose {
+                    let ttl = value.ttl.map_or("none".to_owned(), |ttl| format!("{} ms", ttl.as_millis()));
+                    println!("(version {}, ttl {ttl})", value.version);
+                }
+                Outcome::Done
+            }
+            None => negative(&format!("(nil) key {key:?} not found")),
+        },
+        Command::Del { keys } => {
+            println!("{}", client.delete(&keys).await?);
+            Outcome::Done
+        }
+        Command::Exists { keys } => {
+            println!("{}", client.exists(&keys).await?);
+            Outcome::Done
+        }
+        Command::Keys { pattern } => {
+            let mut keys = client.keys(&pattern).await?;
+            keys.sort();
+            for key in keys {
+                println!("{}", show(&key));
+            }
+            Outcome::Done
+        }
+        Command::Scan {
+            cursor,
+            prefix,
+            pattern,
+            count,
+            all,
+        } => {
+            let options = ScanOptions {
+                prefix: prefix.into_bytes(),
+                pattern: pattern.into_bytes(),
+                count,
+            };
+            if all {
+                for key in client.scan_all(&options).await? {
+                    println!("{}", show(&key));
+                }
+            } else {
+                let page = client.scan(cursor, &options).await?;
+                println!("cursor {}", page.cursor);
+                for key in page.keys {
+                    println!("{}", show(&key));
+                }
+            }
+            Outcome::Done
+        }
+        Command::Mget { keys } => {
+            for value in client.mget(&keys).await? {
+                match value {
+                    Some(value) => println!("{}", show(&value.value)),
+                    None => println!("(nil)"),
+                }
+            }
+            Outcome::Done
+        }
+        Command::Mset { pairs } => {
+            if pairs.len() % 2 != 0 {
+                return Err(ClientError::InvalidRequest("mset takes KEY VALUE pairs".into()));
+            }
+            let entries: Vec<(&str, &str)> = pairs
+                .chunks(2)
+                .map(|pair| (pair[0].as_str(), pair[1].as_str()))
+                .collect();
+            let versions = client.mset(&entries).await?;
+            println!("OK ({} keys)", versions.len());
+            Outcome::Done
+        }
+        Command::Cas { key, expected, value } => {
+            let result = client.compare_and_set(&key, expected, &value, None).await?;
+            if result.applied {
+                println!("OK (version {})", result.version);
+                Outcome::Done
+            } else {
+                negative(&format!("(not set) current version is {}", result.version))
+            }
+        }
+        Command::Count => {
+            println!("{}", client.count().await?);
+            Outcome::Done
+        }
+        Command::Ping => {
+            let elapsed = client.ping().await?;
+            println!("PONG ({} us)", elapsed.as_micros());
+            Outcome::Done
+        }
+    })
+}

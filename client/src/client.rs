@@ -1,0 +1,348 @@
+//! [`Client`]: the public API over a small pool of pipelined connections.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::codec::{Request, Response};
+use crate::connection::{Connection, HelloInfo};
+use crate::error::ClientError;
+
+/// How to reach a node and how patient to be.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `host:port` of the node's client protocol.
+    pub addr: String,
+    /// Tenant to bind every connection to.
+    pub tenant: String,
+    /// Name shown in the node's logs.
+    pub client_name: String,
+    /// Connections in the pool; requests are spread over them in turn.
+    pub connections: usize,
+    /// Longest wait for a TCP connection.
+    pub connect_timeout: Duration,
+    /// Longest wait for any one answer.
+    pub request_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// Defaults for `addr`: tenant `default`, 2 connections, 5 s timeouts.
+    pub fn new(addr: impl Into<String>) -> ClientConfig {
+        ClientConfig {
+            addr: addr.into(),
+            tenant: "default".into(),
+            client_name: "tinkerdb-client".into(),
+            connections: 2,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The same with another tenant.
+    pub fn tenant(mut self, tenant: impl Into<String>) -> ClientConfig {
+        self.tenant = tenant.into();
+        self
+    }
+
+    /// The same with another pool size (at least 1).
+    pub fn connections(mut self, connections: usize) -> ClientConfig {
+        self.connections = connections.max(1);
+        self
+    }
+
+    /// The same with another request timeout.
+    pub fn request_timeout(mut self, timeout: Duration) -> ClientConfig {
+        self.request_timeout = timeout;
+        self
+    }
+}
+
+/// A stored value with its metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Value {
+    /// The bytes.
+    pub value: Bytes,
+    /// Version, for [`Client::compare_and_set`].
+    pub version: u64,
+    /// Time left to live, if the key expires.
+    pub ttl: Option<Duration>,
+}
+
+/// Outcome of a conditional write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteResult {
+    /// False when the condition was not met (nothing written).
+    pub applied: bool,
+    /// New version if applied; else the current one (0: key absent).
+    pub version: u64,
+}
+
+/// When a SET applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SetCondition {
+    /// Always.
+    #[default]
+    Always,
+    /// Only if the key does not exist (NX).
+    IfAbsent,
+    /// Only if the key exists (XX).
+    IfPresent,
+}
+
+/// Options of [`Client::set_with`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SetOptions {
+    /// Expire after this long (None: never; rounded to milliseconds).
+    pub ttl: Option<Duration>,
+    /// When to apply.
+    pub condition: SetCondition,
+}
+
+/// Options of [`Client::scan`].
+#[derive(Debug, Clone, Default)]
+pub struct ScanOptions {
+    /// Only keys with this prefix.
+    pub prefix: Vec<u8>,
+    /// Only keys matching this glob.
+    pub pattern: Vec<u8>,
+    /// Keys wanted per step (0: node default).
+    pub count: u32,
+}
+
+/// One step of a scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanPage {
+    /// Pass to the next [`Client::scan`]; 0 when the scan is complete.
+    pub cursor: u64,
+    /// Keys of this step.
+    pub keys: Vec<Bytes>,
+}
+
+/// A TinkerDB client: cheap to clone, safe to share.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ClientConfig,
+    pool: Vec<tokio::sync::Mutex<Option<Arc<Connection>>>>,
+    next: AtomicUsize,
+    hello: HelloInfo,
+}
+
+fn ttl_ms(ttl: Option<Duration>) -> u64 {
+    // A TTL under 1 ms would mean "no TTL" on the wire: round it up.
+    ttl.map_or(0, |ttl| (ttl.as_millis() as u64).max(1))
+}
+
+impl Client {
+    /// Opens the pool's connections; fails if the node is unreachable or the
+    /// tenant unknown.
+    pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        let mut pool = Vec::with_capacity(config.connections.max(1));
+        let mut hello = None;
+        for _ in 0..config.connections.max(1) {
+            let (connection, info) = open(&config).await?;
+            hello = Some(info);
+            pool.push(tokio::sync::Mutex::new(Some(Arc::new(connection))));
+        }
+        Ok(Client {
+            inner: Arc::new(Inner {
+                config,
+                pool,
+                next: AtomicUsize::new(0),
+                hello: hello.expect("at least one connection"),
+            }),
+        })
+    }
+
+    /// Tenant the client is bound to, as the node confirmed it.
+    pub fn tenant(&self) -> &str {
+        &self.inner.hello.tenant
+    }
+
+    /// Cores of the node, as it announced them.
+    pub fn node_cores(&self) -> u32 {
+        self.inner.hello.cores
+    }
+
+    async fn connection(&self) -> Result<Arc<Connection>, ClientError> {
+        let index = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.pool.len();
+        let mut slot = self.inner.pool[index].lock().await;
+        if let Some(connection) = slot.as_ref().filter(|c| !c.is_broken()) {
+            return Ok(connection.clone());
+        }
+        let (connection, _) = open(&self.inner.config).await?;
+        let connection = Arc::new(connection);
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    async fn call(&self, request: Request<'_>) -> Result<Response, ClientError> {
+        let connection = self.connection().await?;
+        match connection.call(&request, self.inner.config.request_timeout).await? {
+            Response::Error { code, message } => Err(ClientError::Server { code, message }),
+            response => Ok(response),
+        }
+    }
+
+    /// Round trip to the node; returns how long it took.
+    pub async fn ping(&self) -> Result<Duration, ClientError> {
+        let started = std::time::Instant::now();
+        match self.call(Request::Ping).await? {
+            Response::Pong => Ok(started.elapsed()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The value of `key`, or `None`.
+    pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Value>, ClientError> {
+        match self.call(Request::Get { key: key.as_ref() }).await? {
+            Response::Value(value) => Ok(value),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Writes `value` under `key`; returns the new version.
+    pub async fn set(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<u64, ClientError> {
+        Ok(self.set_with(key, value, SetOptions::default()).await?.version)
+    }
+
+    /// Writes with a TTL and/or a condition.
+    pub async fn set_with(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        options: SetOptions,
+    ) -> Result<WriteResult, ClientError> {
+        let request = Request::Set {
+            key: key.as_ref(),
+            value: value.as_ref(),
+            ttl_ms: ttl_ms(options.ttl),
+            condition: options.condition,
+        };
+        match self.call(request).await? {
+            Response::Written(result) => Ok(result),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Writes only if the key's version is `expected_version` (0: the key
+    /// must not exist).
+    pub async fn compare_and_set(
+        &self,
+        key: impl AsRef<[u8]>,
+        expected_version: u64,
+        value: impl AsRef<[u8]>,
+        ttl: Option<Duration>,
+    ) -> Result<WriteResult, ClientError> {
+        let request = Request::CompareAndSet {
+            key: key.as_ref(),
+            value: value.as_ref(),
+            expected_version,
+            ttl_ms: ttl_ms(ttl),
+        };
+        match self.call(request).await? {
+            Response::Written(result) => Ok(result),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Deletes keys; returns how many existed.
+    pub async fn delete<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<u64, ClientError> {
+        let keys: Vec<&[u8]> = keys.iter().map(AsRef::as_ref).collect();
+        self.count_of(Request::Delete { keys: &keys }).await
+    }
+
+    /// How many of the keys exist.
+    pub async fn exists<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<u64, ClientError> {
+        let keys: Vec<&[u8]> = keys.iter().map(AsRef::as_ref).collect();
+        self.count_of(Request::Exists { keys: &keys }).await
+    }
+
+    /// Number of keys of the tenant on the node.
+    pub async fn count(&self) -> Result<u64, ClientError> {
+        self.count_of(Request::Count).await
+    }
+
+    async fn count_of(&self, request: Request<'_>) -> Result<u64, ClientError> {
+        match self.call(request).await? {
+            Response::Count(count) => Ok(count),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Values of several keys, in order.
+    pub async fn mget<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Value>>, ClientError> {
+        let keys: Vec<&[u8]> = keys.iter().map(AsRef::as_ref).collect();
+        match self.call(Request::MGet { keys: &keys }).await? {
+            Response::Values(values) => Ok(values),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Writes several keys (each atomically, not all together); returns
+    /// their new versions in order.
+    pub async fn mset<K: AsRef<[u8]>, V: AsRef<[u8]>>(&self, entries: &[(K, V)]) -> Result<Vec<u64>, ClientError> {
+        let entries: Vec<(&[u8], &[u8])> = entries.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect();
+        match self.call(Request::MSet { entries: &entries }).await? {
+            Response::Versions(versions) => Ok(versions),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Every key matching a glob (fails with `ResultTooLarge` past the
+    /// node's `max_keys_result`: use [`Client::scan`] then).
+    pub async fn keys(&self, pattern: impl AsRef<[u8]>) -> Result<Vec<Bytes>, ClientError> {
+        match self.call(Request::Keys { pattern: pattern.as_ref() }).await? {
+            Response::Keys(keys) => Ok(keys),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// One scan step from `cursor` (0 starts a scan).
+    pub async fn scan(&self, cursor: u64, options: &ScanOptions) -> Result<ScanPage, ClientError> {
+        let request = Request::Scan {
+            cursor,
+            prefix: &options.prefix,
+            pattern: &options.pattern,
+            count: options.count,
+        };
+        match self.call(request).await? {
+            Response::Scanned { cursor, keys } => Ok(ScanPage { cursor, keys }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Runs a whole scan, step by step, and returns every key found.
+    pub async fn scan_all(&self, options: &ScanOptions) -> Result<Vec<Bytes>, ClientError> {
+        let mut keys = Vec::new();
+        let mut cursor = 0;
+        loop {
+            let page = self.scan(cursor, options).await?;
+            keys.extend(page.keys);
+            if page.cursor == 0 {
+                return Ok(keys);
+            }
+            cursor = page.cursor;
+        }
+    }
+}
+
+async fn open(config: &ClientConfig) -> Result<(Connection, HelloInfo), ClientError> {
+    Connection::open(
+        &config.addr,
+        &config.tenant,
+        &config.client_name,
+        config.connect_timeout,
+        config.request_timeout,
+    )
+    .await
+}
+
+fn unexpected(response: Response) -> ClientError {
+    ClientError::Protocol(format!("unexpected answer {response:?}"))
+}
