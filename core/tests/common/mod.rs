@@ -1,0 +1,112 @@
+//! Test harness: starts a real `tinkerdb` process on a free loopback port
+//! and stops it when dropped. Shared by the core and client test binaries.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a binary of this workspace, next to the test executable's folder.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A running node.
+pub struct TestNode {
+    child: Child,
+    /// Client protocol address.
+    pub addr: SocketAddr,
+    data_dir: PathBuf,
+}
+
+impl TestNode {
+    /// A node with `cores` cores and default configuration.
+    pub fn start(cores: usize) -> TestNode {
+        TestNode::start_with_config(cores, "")
+    }
+
+    /// A node with `cores` cores and the given TOML configuration.
+    pub fn start_with_config(cores: usize, config_toml: &str) -> TestNode {
+        let unique = format!(
+            "tinkerdb-test-{}-{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos() ^ rand_seed()
+        );
+        let data_dir = std::env::temp_dir().join(unique);
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let config_path = data_dir.join("node.toml");
+        std::fs::write(&config_path, config_toml).unwrap();
+        let binary = option_env!("CARGO_BIN_EXE_tinkerdb")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_binary("tinkerdb"));
+        let mut child = Command::new(binary)
+            .args(["--listen", "127.0.0.1:0", "--cores", &cores.to_string()])
+            .arg("--data-dir")
+            .arg(data_dir.join("data"))
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start tinkerdb");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("tinkerdb exited before it was ready")
+                .expect("read tinkerdb stdout");
+            if let Some(rest) = line.split("clients on ").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap();
+                break addr.parse().unwrap();
+            }
+        };
+        // Keep draining stdout so the node never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        TestNode { child, addr, data_dir }
+    }
+
+    /// Is the process still running?
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+fn rand_seed() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u8(0);
+    u128::from(hasher.finish())
+}
+
+/// Polls `check` until it is true or `timeout` passes (for effects with no
+/// event to wait on, such as background expiry).
+pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    check()
+}

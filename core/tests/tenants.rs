@@ -1,0 +1,117 @@
+//! Tenants: disjoint keyspaces and quotas, against a real node.
+
+mod common;
+
+use common::TestNode;
+use tinkerdb_client::{Client, ClientConfig, ErrorCode, ScanOptions};
+
+const CONFIG: &str = r#"
+[[tenants]]
+name = "alpha"
+[[tenants]]
+name = "beta"
+[[tenants]]
+name = "small"
+max_keys = 100
+[[tenants]]
+name = "tiny-bytes"
+max_bytes = 2000
+"#;
+
+async fn tenant_client(node: &TestNode, tenant: &str) -> Client {
+    Client::connect(ClientConfig::new(node.addr.to_string()).tenant(tenant)).await.unwrap()
+}
+
+#[tokio::test]
+async fn no_operation_crosses_tenants() {
+    let node = TestNode::start_with_config(2, CONFIG);
+    let alpha = tenant_client(&node, "alpha").await;
+    let beta = tenant_client(&node, "beta").await;
+    let default = tenant_client(&node, "default").await;
+    let keys: Vec<String> = (0..50).map(|i| format!("shared{i}")).collect();
+    let entries: Vec<(String, &str)> = keys.iter().map(|k| (k.clone(), "alpha")).collect();
+    alpha.mset(&entries).await.unwrap();
+    alpha.set("only-alpha", "a").await.unwrap();
+    beta.set("shared0", "beta").await.unwrap();
+
+    assert_eq!(&alpha.get("shared0").await.unwrap().unwrap().value[..], b"alpha");
+    assert_eq!(&beta.get("shared0").await.unwrap().unwrap().value[..], b"beta");
+    assert_eq!(beta.get("only-alpha").await.unwrap(), None);
+    assert_eq!(default.get("shared0").await.unwrap(), None);
+    assert_eq!(beta.exists(&keys).await.unwrap(), 1);
+    assert_eq!(beta.mget(&keys[..3]).await.unwrap().iter().filter(|v| v.is_some()).count(), 1);
+    assert_eq!(beta.keys("*").await.unwrap().len(), 1);
+    assert_eq!(beta.scan_all(&ScanOptions::default()).await.unwrap().len(), 1);
+    assert_eq!(default.keys("*").await.unwrap().len(), 0);
+    assert_eq!(alpha.count().await.unwrap(), 51);
+    assert_eq!(beta.count().await.unwrap(), 1);
+    // Deleting in one tenant leaves the other's key alone.
+    assert_eq!(beta.delete(&keys).await.unwrap(), 1);
+    assert_eq!(alpha.exists(&keys).await.unwrap(), 50);
+    assert!(beta.compare_and_set("only-alpha", 0, "b", None).await.unwrap().applied);
+    assert_eq!(&alpha.get("only-alpha").await.unwrap().unwrap().value[..], b"a");
+}
+
+#[tokio::test]
+async fn unknown_tenant_is_refused_at_handshake() {
+    let node = TestNode::start_with_config(2, CONFIG);
+    let error = Client::connect(ClientConfig::new(node.addr.to_string()).tenant("nobody"))
+        .await
+        .err()
+        .expect("unknown tenant accepted");
+    assert_eq!(error.code(), Some(ErrorCode::UnknownTenant));
+}
+
+#[tokio::test]
+async fn key_quota_is_enforced_and_frees_on_delete() {
+    let node = TestNode::start_with_config(2, CONFIG);
+    let small = tenant_client(&node, "small").await;
+    let mut written = Vec::new();
+    let mut refused = 0;
+    for i in 0..200 {
+        let key = format!("q{i}");
+        match small.set(&key, "v").await {
+            Ok(_) => written.push(key),
+            Err(error) => {
+                assert_eq!(error.code(), Some(ErrorCode::QuotaExceeded), "{error}");
+                refused += 1;
+            }
+        }
+    }
+    // Each of 2 cores enforces half of 100: never more than 100 keys, and
+    // with keys spread by hash, nearly all of them.
+    assert!(written.len() <= 100, "{} keys written over a quota of 100", written.len());
+    assert!(written.len() >= 90, "only {} keys written", written.len());
+    assert_eq!(refused, 200 - written.len());
+    assert_eq!(small.count().await.unwrap(), written.len() as u64);
+    // Overwriting an existing key is not a new key.
+    small.set(&written[0], "again").await.unwrap();
+    // Other tenants are unaffected.
+    tenant_client(&node, "alpha").await.set("q-extra", "v").await.unwrap();
+    // Deleting frees room.
+    small.delete(&written[..10]).await.unwrap();
+    let mut rewritten = 0;
+    for i in 0..200 {
+        if small.set(format!("q{i}"), "v").await.is_ok() {
+            rewritten += 1;
+        }
+    }
+    assert!(rewritten >= written.len() - 10);
+}
+
+#[tokio::test]
+async fn byte_quota_is_enforced() {
+    let node = TestNode::start_with_config(2, CONFIG);
+    let client = tenant_client(&node, "tiny-bytes").await;
+    // Each core's share is 1000 bytes: a 1200-byte value fits nowhere.
+    let error = client.set("big", vec![b'x'; 1200]).await.unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::QuotaExceeded));
+    assert_eq!(client.get("big").await.unwrap(), None);
+    let mut total = 0;
+    for i in 0..40 {
+        if client.set(format!("b{i}"), vec![b'x'; 98]).await.is_ok() {
+            total += 100;
+        }
+    }
+    assert!(total <= 2000 && total >= 1600, "{total} bytes stored under a 2000-byte quota");
+}
