@@ -183,7 +183,10 @@ impl Client {
 
     async fn call(&self, request: Request<'_>) -> Result<Response, ClientError> {
         let connection = self.connection().await?;
-        match connection.call(&request, self.inner.config.request_timeout).await? {
+        match connection
+            .call(&request, self.inner.config.request_timeout)
+            .await?
+        {
             Response::Error { code, message } => Err(ClientError::Server { code, message }),
             response => Ok(response),
         }
@@ -207,8 +210,15 @@ impl Client {
     }
 
     /// Writes `value` under `key`; returns the new version.
-    pub async fn set(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<u64, ClientError> {
-        Ok(self.set_with(key, value, SetOptions::default()).await?.version)
+    pub async fn set(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> Result<u64, ClientError> {
+        Ok(self
+            .set_with(key, value, SetOptions::default())
+            .await?
+            .version)
     }
 
     /// Writes with a TTL and/or a condition.
@@ -276,7 +286,10 @@ impl Client {
     }
 
     /// Values of several keys, in order.
-    pub async fn mget<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Value>>, ClientError> {
+    pub async fn mget<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+    ) -> Result<Vec<Option<Value>>, ClientError> {
         let keys: Vec<&[u8]> = keys.iter().map(AsRef::as_ref).collect();
         match self.call(Request::MGet { keys: &keys }).await? {
             Response::Values(values) => Ok(values),
@@ -286,8 +299,14 @@ impl Client {
 
     /// Writes several keys (each atomically, not all together); returns
     /// their new versions in order.
-    pub async fn mset<K: AsRef<[u8]>, V: AsRef<[u8]>>(&self, entries: &[(K, V)]) -> Result<Vec<u64>, ClientError> {
-        let entries: Vec<(&[u8], &[u8])> = entries.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect();
+    pub async fn mset<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        &self,
+        entries: &[(K, V)],
+    ) -> Result<Vec<u64>, ClientError> {
+        let entries: Vec<(&[u8], &[u8])> = entries
+            .iter()
+            .map(|(k, v)| (k.as_ref(), v.as_ref()))
+            .collect();
         match self.call(Request::MSet { entries: &entries }).await? {
             Response::Versions(versions) => Ok(versions),
             other => Err(unexpected(other)),
@@ -297,7 +316,12 @@ impl Client {
     /// Every key matching a glob (fails with `ResultTooLarge` past the
     /// node's `max_keys_result`: use [`Client::scan`] then).
     pub async fn keys(&self, pattern: impl AsRef<[u8]>) -> Result<Vec<Bytes>, ClientError> {
-        match self.call(Request::Keys { pattern: pattern.as_ref() }).await? {
+        match self
+            .call(Request::Keys {
+                pattern: pattern.as_ref(),
+            })
+            .await?
+        {
             Response::Keys(keys) => Ok(keys),
             other => Err(unexpected(other)),
         }

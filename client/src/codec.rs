@@ -133,7 +133,8 @@ pub enum Response {
     },
 }
 
-type KeyOffsets<'b> = WIPOffset<flatbuffers::Vector<'b, flatbuffers::ForwardsUOffset<wire::Key<'b>>>>;
+type KeyOffsets<'b> =
+    WIPOffset<flatbuffers::Vector<'b, flatbuffers::ForwardsUOffset<wire::Key<'b>>>>;
 
 fn key_vector<'b>(builder: &mut FlatBufferBuilder<'b>, keys: &[&[u8]]) -> KeyOffsets<'b> {
     let tables: Vec<_> = keys
@@ -147,10 +148,18 @@ fn key_vector<'b>(builder: &mut FlatBufferBuilder<'b>, keys: &[&[u8]]) -> KeyOff
 }
 
 /// Appends `request` as one frame to `out`.
-pub fn encode_request(builder: &mut FlatBufferBuilder<'_>, request_id: u64, request: &Request<'_>, out: &mut Vec<u8>) {
+pub fn encode_request(
+    builder: &mut FlatBufferBuilder<'_>,
+    request_id: u64,
+    request: &Request<'_>,
+    out: &mut Vec<u8>,
+) {
     builder.reset();
     let (request_type, body) = match *request {
-        Request::Hello { tenant, client_name } => {
+        Request::Hello {
+            tenant,
+            client_name,
+        } => {
             let tenant = builder.create_string(tenant);
             let client_name = builder.create_string(client_name);
             let table = wire::Hello::create(
@@ -163,7 +172,10 @@ pub fn encode_request(builder: &mut FlatBufferBuilder<'_>, request_id: u64, requ
             );
             (wire::Request::Hello, table.as_union_value())
         }
-        Request::Ping => (wire::Request::Ping, wire::Ping::create(builder, &wire::PingArgs {}).as_union_value()),
+        Request::Ping => (
+            wire::Request::Ping,
+            wire::Ping::create(builder, &wire::PingArgs {}).as_union_value(),
+        ),
         Request::Get { key } => {
             let key = builder.create_vector(key);
             let table = wire::Get::create(builder, &wire::GetArgs { key: Some(key) });
@@ -243,12 +255,22 @@ pub fn encode_request(builder: &mut FlatBufferBuilder<'_>, request_id: u64, requ
                 })
                 .collect();
             let entries = builder.create_vector(&tables);
-            let table = wire::MSet::create(builder, &wire::MSetArgs { entries: Some(entries) });
+            let table = wire::MSet::create(
+                builder,
+                &wire::MSetArgs {
+                    entries: Some(entries),
+                },
+            );
             (wire::Request::MSet, table.as_union_value())
         }
         Request::Keys { pattern } => {
             let pattern = builder.create_vector(pattern);
-            let table = wire::Keys::create(builder, &wire::KeysArgs { pattern: Some(pattern) });
+            let table = wire::Keys::create(
+                builder,
+                &wire::KeysArgs {
+                    pattern: Some(pattern),
+                },
+            );
             (wire::Request::Keys, table.as_union_value())
         }
         Request::Scan {
@@ -270,7 +292,10 @@ pub fn encode_request(builder: &mut FlatBufferBuilder<'_>, request_id: u64, requ
             );
             (wire::Request::Scan, table.as_union_value())
         }
-        Request::Count => (wire::Request::Count, wire::Count::create(builder, &wire::CountArgs {}).as_union_value()),
+        Request::Count => (
+            wire::Request::Count,
+            wire::Count::create(builder, &wire::CountArgs {}).as_union_value(),
+        ),
     };
     let frame = wire::RequestFrame::create(
         builder,
@@ -292,7 +317,9 @@ fn value_of(result: wire::GetResult<'_>) -> Option<Value> {
     })
 }
 
-fn keys_of(keys: Option<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<wire::Key<'_>>>>) -> Vec<Bytes> {
+fn keys_of(
+    keys: Option<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<wire::Key<'_>>>>,
+) -> Vec<Bytes> {
     keys.map(|keys| {
         keys.iter()
             .map(|key| Bytes::copy_from_slice(key.bytes().map(|b| b.bytes()).unwrap_or_default()))
@@ -324,7 +351,9 @@ pub fn decode(body: &[u8]) -> Result<(u64, Response), ClientError> {
             }
         }
         wire::Response::Pong => Response::Pong,
-        wire::Response::GetResult => Response::Value(value_of(frame.response_as_get_result().ok_or_else(missing)?)),
+        wire::Response::GetResult => Response::Value(value_of(
+            frame.response_as_get_result().ok_or_else(missing)?,
+        )),
         wire::Response::SetResult => {
             let result = frame.response_as_set_result().ok_or_else(missing)?;
             Response::Written(WriteResult {
@@ -332,16 +361,33 @@ pub fn decode(body: &[u8]) -> Result<(u64, Response), ClientError> {
                 version: result.version(),
             })
         }
-        wire::Response::CountResult => Response::Count(frame.response_as_count_result().ok_or_else(missing)?.count()),
+        wire::Response::CountResult => Response::Count(
+            frame
+                .response_as_count_result()
+                .ok_or_else(missing)?
+                .count(),
+        ),
         wire::Response::MGetResult => {
-            let values = frame.response_as_mget_result().ok_or_else(missing)?.values();
-            Response::Values(values.map(|v| v.iter().map(value_of).collect()).unwrap_or_default())
+            let values = frame
+                .response_as_mget_result()
+                .ok_or_else(missing)?
+                .values();
+            Response::Values(
+                values
+                    .map(|v| v.iter().map(value_of).collect())
+                    .unwrap_or_default(),
+            )
         }
         wire::Response::MSetResult => {
-            let versions = frame.response_as_mset_result().ok_or_else(missing)?.versions();
+            let versions = frame
+                .response_as_mset_result()
+                .ok_or_else(missing)?
+                .versions();
             Response::Versions(versions.map(|v| v.iter().collect()).unwrap_or_default())
         }
-        wire::Response::KeysResult => Response::Keys(keys_of(frame.response_as_keys_result().ok_or_else(missing)?.keys())),
+        wire::Response::KeysResult => Response::Keys(keys_of(
+            frame.response_as_keys_result().ok_or_else(missing)?.keys(),
+        )),
         wire::Response::ScanResult => {
             let scan = frame.response_as_scan_result().ok_or_else(missing)?;
             Response::Scanned {
@@ -349,7 +395,12 @@ pub fn decode(body: &[u8]) -> Result<(u64, Response), ClientError> {
                 keys: keys_of(scan.keys()),
             }
         }
-        other => return Err(ClientError::Protocol(format!("unknown response type {}", other.0))),
+        other => {
+            return Err(ClientError::Protocol(format!(
+                "unknown response type {}",
+                other.0
+            )))
+        }
     };
     Ok((frame.request_id(), response))
 }

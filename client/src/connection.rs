@@ -85,7 +85,9 @@ impl Connection {
             .await
             .map_err(|_| failed(format!("no connection within {connect_timeout:?}")))?
             .map_err(|error| failed(error.to_string()))?;
-        stream.set_nodelay(true).map_err(|error| failed(error.to_string()))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|error| failed(error.to_string()))?;
         let (reader, writer) = stream.into_split();
         let in_flight = Arc::new(Mutex::new(InFlight::default()));
         let broken = Arc::new(AtomicBool::new(false));
@@ -106,11 +108,18 @@ impl Connection {
             broken,
             tasks,
         };
-        let hello = Request::Hello { tenant, client_name };
+        let hello = Request::Hello {
+            tenant,
+            client_name,
+        };
         match connection.call(&hello, request_timeout).await? {
-            Response::HelloOk { tenant, cores, .. } => Ok((connection, HelloInfo { tenant, cores })),
+            Response::HelloOk { tenant, cores, .. } => {
+                Ok((connection, HelloInfo { tenant, cores }))
+            }
             Response::Error { code, message } => Err(ClientError::Server { code, message }),
-            other => Err(ClientError::Protocol(format!("expected HelloOk, got {other:?}"))),
+            other => Err(ClientError::Protocol(format!(
+                "expected HelloOk, got {other:?}"
+            ))),
         }
     }
 
@@ -120,10 +129,19 @@ impl Connection {
     }
 
     /// Sends `request` and waits up to `timeout` for its answer.
-    pub async fn call(&self, request: &Request<'_>, timeout: Duration) -> Result<Response, ClientError> {
+    pub async fn call(
+        &self,
+        request: &Request<'_>,
+        timeout: Duration,
+    ) -> Result<Response, ClientError> {
         let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
         let mut frame = Vec::new();
-        encode_request(&mut FlatBufferBuilder::new(), request_id, request, &mut frame);
+        encode_request(
+            &mut FlatBufferBuilder::new(),
+            request_id,
+            request,
+            &mut frame,
+        );
         let (slot, answer) = oneshot::channel();
         {
             let mut in_flight = self.in_flight.lock().expect("in-flight map poisoned");
@@ -183,7 +201,11 @@ impl Breaker {
     }
 }
 
-async fn write_frames(mut writer: tokio::net::tcp::OwnedWriteHalf, mut frames: mpsc::Receiver<Vec<u8>>, breaker: Breaker) {
+async fn write_frames(
+    mut writer: tokio::net::tcp::OwnedWriteHalf,
+    mut frames: mpsc::Receiver<Vec<u8>>,
+    breaker: Breaker,
+) {
     let mut batch = Vec::new();
     while let Some(frame) = frames.recv().await {
         batch.clear();
@@ -211,7 +233,9 @@ async fn read_frames(reader: tokio::net::tcp::OwnedReadHalf, breaker: Breaker) {
         }
         let length = u32::from_le_bytes(header) as usize;
         if length > MAX_RESPONSE_FRAME_BYTES {
-            break ClientError::Protocol(format!("response frame of {length} bytes is over the client's limit"));
+            break ClientError::Protocol(format!(
+                "response frame of {length} bytes is over the client's limit"
+            ));
         }
         body.resize(length, 0);
         if let Err(error) = reader.read_exact(&mut body).await {

@@ -16,7 +16,7 @@
 //! - [`connection`]: one pipelined connection: a writer task batching frames,
 //!   a reader task matching answers to requests by id.
 //! - [`codec`]: requests to frames, frames to [`codec::Response`].
-//! - [`error`]: [`ClientError`].
+//! - [`error`]: the error type, [`ClientError`].
 //!
 //! # Invariants
 //! - A request gets exactly one outcome: its answer, a timeout, or the error
@@ -28,6 +28,8 @@ pub mod codec;
 pub mod connection;
 pub mod error;
 
-pub use client::{Client, ClientConfig, ScanOptions, ScanPage, SetOptions, SetCondition, Value, WriteResult};
+pub use client::{
+    Client, ClientConfig, ScanOptions, ScanPage, SetCondition, SetOptions, Value, WriteResult,
+};
 pub use error::ClientError;
 pub use tinkerdb_schemas::wire::ErrorCode;

@@ -182,8 +182,13 @@ impl NodeConfig {
         if limits.scan_count_default > limits.scan_count_max {
             return invalid("limits.scan_count_default must not exceed scan_count_max".into());
         }
-        if !self.tenants.iter().any(|tenant| tenant.name == DEFAULT_TENANT) {
-            self.tenants.insert(0, TenantConfig::unlimited(DEFAULT_TENANT));
+        if !self
+            .tenants
+            .iter()
+            .any(|tenant| tenant.name == DEFAULT_TENANT)
+        {
+            self.tenants
+                .insert(0, TenantConfig::unlimited(DEFAULT_TENANT));
         }
         let mut seen = std::collections::HashSet::new();
         for tenant in &self.tenants {

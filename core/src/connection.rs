@@ -26,7 +26,9 @@ use glommio::net::TcpStream;
 use tinkerdb_schemas::frame::peek_frame;
 use tinkerdb_schemas::wire::ErrorCode;
 use tinkerdb_schemas::{FRAME_HEADER_BYTES, PROTOCOL_VERSION};
-use tinkerdb_storage::{hash_slot, Expiry, SetOptions, StoreError, TenantId, WriteCondition, SLOT_COUNT};
+use tinkerdb_storage::{
+    hash_slot, Expiry, SetOptions, StoreError, TenantId, WriteCondition, SLOT_COUNT,
+};
 
 use crate::config::DEFAULT_TENANT;
 use crate::protocol::{decode_command, encode_reply, Command, ProtocolError, Reply};
@@ -88,14 +90,19 @@ impl Connection {
                 match peek_frame(self.input.unread(), limits.max_frame_bytes) {
                     Ok(Some(body_len)) => {
                         let unread = self.input.unread();
-                        let frame = Bytes::copy_from_slice(&unread[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + body_len]);
+                        let frame = Bytes::copy_from_slice(
+                            &unread[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + body_len],
+                        );
                         self.input.consume(FRAME_HEADER_BYTES + body_len);
                         let answer = self.start(frame).await;
                         batch.push(answer);
                     }
                     Ok(None) => {
-                        if let Some(header) = self.input.unread().first_chunk::<FRAME_HEADER_BYTES>() {
-                            bytes_wanted = FRAME_HEADER_BYTES + u32::from_le_bytes(*header) as usize;
+                        if let Some(header) =
+                            self.input.unread().first_chunk::<FRAME_HEADER_BYTES>()
+                        {
+                            bytes_wanted =
+                                FRAME_HEADER_BYTES + u32::from_le_bytes(*header) as usize;
                         }
                         break;
                     }
@@ -136,7 +143,14 @@ impl Connection {
             if let Reply::Error(error) = &reply {
                 stats.count_error(error.code);
             }
-            encode_reply(&mut self.builder, request_id, &reply, &self.context.limits, now, &mut self.output);
+            encode_reply(
+                &mut self.builder,
+                request_id,
+                &reply,
+                &self.context.limits,
+                now,
+                &mut self.output,
+            );
         }
         self.stream.write_all(&self.output).await?;
         self.output.clear();
@@ -222,10 +236,17 @@ impl Connection {
         if let Some(session) = &self.session {
             return Reply::Error(ProtocolError::new(
                 ErrorCode::InvalidArgument,
-                format!("this connection is already bound to tenant {:?}", &*session.tenant_name),
+                format!(
+                    "this connection is already bound to tenant {:?}",
+                    &*session.tenant_name
+                ),
             ));
         }
-        let name = if tenant.is_empty() { DEFAULT_TENANT } else { tenant };
+        let name = if tenant.is_empty() {
+            DEFAULT_TENANT
+        } else {
+            tenant
+        };
         let Some(tenant) = self.context.tenants.by_name(name) else {
             return Reply::Error(ProtocolError::new(
                 ErrorCode::UnknownTenant,
@@ -277,12 +298,20 @@ fn quota_error(error: &StoreError, session: &Session) -> ProtocolError {
 }
 
 fn unexpected(reply: &ShardReply) -> ProtocolError {
-    ProtocolError::new(ErrorCode::Internal, format!("unexpected shard reply {reply:?}"))
+    ProtocolError::new(
+        ErrorCode::Internal,
+        format!("unexpected shard reply {reply:?}"),
+    )
 }
 
 /// Groups keys by owning core, remembering each key's position.
-fn group_by_core(context: &CoreContext, session: &Session, keys: Vec<Bytes>) -> Vec<(CoreId, Vec<usize>, Vec<SlotKey>)> {
-    let mut groups: Vec<(Vec<usize>, Vec<SlotKey>)> = vec![(Vec::new(), Vec::new()); context.slot_map.cores()];
+fn group_by_core(
+    context: &CoreContext,
+    session: &Session,
+    keys: Vec<Bytes>,
+) -> Vec<(CoreId, Vec<usize>, Vec<SlotKey>)> {
+    let mut groups: Vec<(Vec<usize>, Vec<SlotKey>)> =
+        vec![(Vec::new(), Vec::new()); context.slot_map.cores()];
     for (index, key) in keys.into_iter().enumerate() {
         let slot = hash_slot(&session.tenant_name, &key);
         let (indexes, slot_keys) = &mut groups[context.slot_map.owner(slot)];
@@ -314,7 +343,11 @@ async fn fan_out(
 }
 
 /// Requests that may touch several cores: run to completion.
-async fn execute_multi(context: &CoreContext, session: &Session, command: Command) -> Result<Reply, ProtocolError> {
+async fn execute_multi(
+    context: &CoreContext,
+    session: &Session,
+    command: Command,
+) -> Result<Reply, ProtocolError> {
     let tenant = session.tenant;
     match command {
         Command::Delete { keys } => {
@@ -349,7 +382,9 @@ async fn execute_multi(context: &CoreContext, session: &Session, command: Comman
             let groups = group_by_core(context, session, keys);
             let (positions, requests): (Vec<_>, Vec<_>) = groups
                 .into_iter()
-                .map(|(core, indexes, keys)| (indexes, (core, ShardRequest::GetMany { tenant, keys })))
+                .map(|(core, indexes, keys)| {
+                    (indexes, (core, ShardRequest::GetMany { tenant, keys }))
+                })
                 .unzip();
             let mut values = vec![None; key_count];
             for (indexes, reply) in positions.into_iter().zip(fan_out(context, requests).await?) {
@@ -394,7 +429,10 @@ async fn execute_multi(context: &CoreContext, session: &Session, command: Comman
                 None => Ok(Reply::Versions(versions)),
                 Some(error) => {
                     let mut error = quota_error(&error, session);
-                    error.message = format!("{}; {written} of {key_count} keys were written", error.message);
+                    error.message = format!(
+                        "{}; {written} of {key_count} keys were written",
+                        error.message
+                    );
                     Err(error)
                 }
             }
@@ -408,7 +446,11 @@ async fn execute_multi(context: &CoreContext, session: &Session, command: Comman
             let filter = Arc::new(KeyFilter { prefix, pattern });
             let (keys, next) = scan(context, tenant, cursor, filter, count).await?;
             Ok(Reply::Scanned {
-                cursor: if next as usize >= SLOT_COUNT { 0 } else { u64::from(next) },
+                cursor: if next as usize >= SLOT_COUNT {
+                    0
+                } else {
+                    u64::from(next)
+                },
                 keys,
             })
         }
@@ -421,7 +463,14 @@ async fn execute_multi(context: &CoreContext, session: &Session, command: Comman
             let mut keys = Vec::new();
             let mut cursor = 0;
             while (cursor as usize) < SLOT_COUNT {
-                let (found, next) = scan(context, tenant, cursor, filter.clone(), limit + 1 - keys.len()).await?;
+                let (found, next) = scan(
+                    context,
+                    tenant,
+                    cursor,
+                    filter.clone(),
+                    limit + 1 - keys.len(),
+                )
+                .await?;
                 keys.extend(found);
                 if keys.len() > limit {
                     return Err(ProtocolError::new(
@@ -435,7 +484,10 @@ async fn execute_multi(context: &CoreContext, session: &Session, command: Comman
             }
             Ok(Reply::Keys(keys))
         }
-        other @ (Command::Hello { .. } | Command::Ping | Command::Get { .. } | Command::Set { .. }) => {
+        other @ (Command::Hello { .. }
+        | Command::Ping
+        | Command::Get { .. }
+        | Command::Set { .. }) => {
             unreachable!("single requests are handled by the caller: {other:?}")
         }
     }
@@ -461,7 +513,10 @@ async fn scan(
             max_keys: count - keys.len(),
         };
         match context.call(owner, request).await? {
-            ShardReply::Scanned { keys: found, next_slot } => {
+            ShardReply::Scanned {
+                keys: found,
+                next_slot,
+            } => {
                 assert!(next_slot > cursor, "a scan step always advances");
                 keys.extend(found);
                 cursor = next_slot;
@@ -520,7 +575,11 @@ impl ReadBuffer {
 
     /// Reads once from `stream`, making room for at least `bytes_wanted`
     /// unread bytes (the frame being assembled). Returns bytes read (0: EOF).
-    async fn fill(&mut self, stream: &mut TcpStream, bytes_wanted: usize) -> std::io::Result<usize> {
+    async fn fill(
+        &mut self,
+        stream: &mut TcpStream,
+        bytes_wanted: usize,
+    ) -> std::io::Result<usize> {
         if self.data.len() - self.start < bytes_wanted || self.end == self.data.len() {
             self.data.copy_within(self.start..self.end, 0);
             self.end -= self.start;

@@ -66,14 +66,17 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
     let tenants = Arc::new(TenantRegistry::new(&config.tenants));
 
     // channels[from][to]: one bounded SPSC channel per ordered pair of cores.
-    let mut outbound: Vec<Vec<Option<SharedSender<CoreMessage>>>> = (0..cores).map(|_| Vec::new()).collect();
-    let mut inbound: Vec<Vec<SharedReceiver<CoreMessage>>> = (0..cores).map(|_| Vec::new()).collect();
+    let mut outbound: Vec<Vec<Option<SharedSender<CoreMessage>>>> =
+        (0..cores).map(|_| Vec::new()).collect();
+    let mut inbound: Vec<Vec<SharedReceiver<CoreMessage>>> =
+        (0..cores).map(|_| Vec::new()).collect();
     for (from, senders) in outbound.iter_mut().enumerate() {
         for (to, receivers) in inbound.iter_mut().enumerate() {
             if from == to {
                 senders.push(None);
             } else {
-                let (sender, receiver) = shared_channel::new_bounded(config.limits.core_channel_capacity);
+                let (sender, receiver) =
+                    shared_channel::new_bounded(config.limits.core_channel_capacity);
                 senders.push(Some(sender));
                 receivers.push(receiver);
             }
@@ -109,7 +112,9 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
         handles.push(handle);
         if core == 0 {
             // Later cores bind the address core 0 actually got.
-            listen_addr = bound_rx.recv().context("core 0 stopped during start-up")??;
+            listen_addr = bound_rx
+                .recv()
+                .context("core 0 stopped during start-up")??;
         }
     }
     for core in 1..cores {
@@ -156,7 +161,10 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
     let listener = match TcpListener::bind(setup.listen_addr) {
         Ok(listener) => listener,
         Err(error) => {
-            let error = anyhow!("core {core} cannot listen on {}: {error}", setup.listen_addr);
+            let error = anyhow!(
+                "core {core} cannot listen on {}: {error}",
+                setup.listen_addr
+            );
             let _ = setup.bound.send(Err(anyhow!("{error}")));
             return Err(error);
         }
@@ -192,10 +200,13 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
     let slots_owned = setup.slot_map.slots_owned(core);
     for tenant in setup.tenants.iter() {
         let quota = quota_share(tenant.quota, slots_owned);
-        context
-            .shard
-            .borrow_mut()
-            .execute(ShardRequest::SetQuota { tenant: tenant.id, quota }, now_ms());
+        context.shard.borrow_mut().execute(
+            ShardRequest::SetQuota {
+                tenant: tenant.id,
+                quota,
+            },
+            now_ms(),
+        );
     }
     for connecting in inbound_connecting {
         let inbound = connecting.await;
@@ -217,7 +228,9 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
             }
         };
         let stats = &context.stats;
-        stats.connections_total.set(stats.connections_total.get() + 1);
+        stats
+            .connections_total
+            .set(stats.connections_total.get() + 1);
         if stats.connections_open.get() >= max_connections {
             glommio::spawn_local(refuse_connection(stream)).detach();
             continue;
@@ -244,7 +257,14 @@ async fn refuse_connection(mut stream: glommio::net::TcpStream) {
     let mut builder = flatbuffers::FlatBufferBuilder::new();
     let mut out = Vec::new();
     let limits = crate::config::Limits::default();
-    crate::protocol::encode_reply(&mut builder, 0, &crate::protocol::Reply::Error(error), &limits, 0, &mut out);
+    crate::protocol::encode_reply(
+        &mut builder,
+        0,
+        &crate::protocol::Reply::Error(error),
+        &limits,
+        0,
+        &mut out,
+    );
     let _ = stream.write_all(&out).await;
     let _ = stream.close().await;
 }

@@ -106,19 +106,37 @@ impl ProtocolError {
 
 /// Decodes one frame body. On error, the request id is given when the frame
 /// was readable enough to have one (0 otherwise).
-pub fn decode_command(frame: &Bytes, limits: &Limits) -> Result<(u64, Command), (u64, ProtocolError)> {
-    let request = decode_request(frame)
-        .map_err(|error| (0, ProtocolError::new(ErrorCode::MalformedFrame, error.to_string())))?;
+pub fn decode_command(
+    frame: &Bytes,
+    limits: &Limits,
+) -> Result<(u64, Command), (u64, ProtocolError)> {
+    let request = decode_request(frame).map_err(|error| {
+        (
+            0,
+            ProtocolError::new(ErrorCode::MalformedFrame, error.to_string()),
+        )
+    })?;
     let request_id = request.request_id();
-    command_of(request, frame, limits).map(|command| (request_id, command)).map_err(|error| (request_id, error))
+    command_of(request, frame, limits)
+        .map(|command| (request_id, command))
+        .map_err(|error| (request_id, error))
 }
 
-fn command_of(request: wire::RequestFrame<'_>, frame: &Bytes, limits: &Limits) -> Result<Command, ProtocolError> {
+fn command_of(
+    request: wire::RequestFrame<'_>,
+    frame: &Bytes,
+    limits: &Limits,
+) -> Result<Command, ProtocolError> {
     let bytes_of = |vector| bytes_in_frame(frame, vector);
     let key_of = |vector| checked_key(bytes_in_frame(frame, vector), limits);
     let value_of = |vector| checked_value(bytes_in_frame(frame, vector), limits);
     let keys_of = |keys: Option<KeyVector<'_>>| checked_keys(frame, keys, limits);
-    let missing = || ProtocolError::new(ErrorCode::MalformedFrame, "request union type without a body");
+    let missing = || {
+        ProtocolError::new(
+            ErrorCode::MalformedFrame,
+            "request union type without a body",
+        )
+    };
     let command = match request.request_type() {
         wire::Request::Hello => {
             let hello = request.request_as_hello().ok_or_else(missing)?;
@@ -131,7 +149,9 @@ fn command_of(request: wire::RequestFrame<'_>, frame: &Bytes, limits: &Limits) -
         wire::Request::Ping => Command::Ping,
         wire::Request::Get => {
             let get = request.request_as_get().ok_or_else(missing)?;
-            Command::Get { key: key_of(get.key())? }
+            Command::Get {
+                key: key_of(get.key())?,
+            }
         }
         wire::Request::Set => {
             let set = request.request_as_set().ok_or_else(missing)?;
@@ -176,7 +196,9 @@ fn command_of(request: wire::RequestFrame<'_>, frame: &Bytes, limits: &Limits) -
                 .request_as_mset()
                 .ok_or_else(missing)?
                 .entries()
-                .ok_or_else(|| ProtocolError::new(ErrorCode::InvalidArgument, "no entries given"))?;
+                .ok_or_else(|| {
+                    ProtocolError::new(ErrorCode::InvalidArgument, "no entries given")
+                })?;
             check_key_count(entries.len(), limits)?;
             let entries = entries
                 .iter()
@@ -232,7 +254,11 @@ fn checked_key(key: Bytes, limits: &Limits) -> Result<Bytes, ProtocolError> {
     if key.len() > limits.max_key_bytes {
         return Err(ProtocolError::new(
             ErrorCode::KeyTooLarge,
-            format!("key of {} bytes exceeds max_key_bytes {}", key.len(), limits.max_key_bytes),
+            format!(
+                "key of {} bytes exceeds max_key_bytes {}",
+                key.len(),
+                limits.max_key_bytes
+            ),
         ));
     }
     Ok(key)
@@ -242,14 +268,23 @@ fn checked_value(value: Bytes, limits: &Limits) -> Result<Bytes, ProtocolError> 
     if value.len() > limits.max_value_bytes {
         return Err(ProtocolError::new(
             ErrorCode::ValueTooLarge,
-            format!("value of {} bytes exceeds max_value_bytes {}", value.len(), limits.max_value_bytes),
+            format!(
+                "value of {} bytes exceeds max_value_bytes {}",
+                value.len(),
+                limits.max_value_bytes
+            ),
         ));
     }
     Ok(value)
 }
 
-fn checked_keys(frame: &Bytes, keys: Option<KeyVector<'_>>, limits: &Limits) -> Result<Vec<Bytes>, ProtocolError> {
-    let keys = keys.ok_or_else(|| ProtocolError::new(ErrorCode::InvalidArgument, "no keys given"))?;
+fn checked_keys(
+    frame: &Bytes,
+    keys: Option<KeyVector<'_>>,
+    limits: &Limits,
+) -> Result<Vec<Bytes>, ProtocolError> {
+    let keys =
+        keys.ok_or_else(|| ProtocolError::new(ErrorCode::InvalidArgument, "no keys given"))?;
     check_key_count(keys.len(), limits)?;
     keys.iter()
         .map(|key| checked_key(bytes_in_frame(frame, key.bytes()), limits))
@@ -258,12 +293,18 @@ fn checked_keys(frame: &Bytes, keys: Option<KeyVector<'_>>, limits: &Limits) -> 
 
 fn check_key_count(count: usize, limits: &Limits) -> Result<(), ProtocolError> {
     if count == 0 {
-        return Err(ProtocolError::new(ErrorCode::InvalidArgument, "no keys given"));
+        return Err(ProtocolError::new(
+            ErrorCode::InvalidArgument,
+            "no keys given",
+        ));
     }
     if count > limits.max_keys_per_request {
         return Err(ProtocolError::new(
             ErrorCode::TooManyKeys,
-            format!("{count} keys exceed max_keys_per_request {}", limits.max_keys_per_request),
+            format!(
+                "{count} keys exceed max_keys_per_request {}",
+                limits.max_keys_per_request
+            ),
         ));
     }
     Ok(())
@@ -377,7 +418,8 @@ pub fn encode_reply(
             (wire::Response::SetResult, table.as_union_value())
         }
         Reply::Count(count) => {
-            let table = wire::CountResult::create(builder, &wire::CountResultArgs { count: *count });
+            let table =
+                wire::CountResult::create(builder, &wire::CountResultArgs { count: *count });
             (wire::Response::CountResult, table.as_union_value())
         }
         Reply::Values(values) => {
@@ -386,7 +428,12 @@ pub fn encode_reply(
                 .map(|value| get_result(builder, value.as_ref(), now_ms))
                 .collect();
             let values = builder.create_vector(&tables);
-            let table = wire::MGetResult::create(builder, &wire::MGetResultArgs { values: Some(values) });
+            let table = wire::MGetResult::create(
+                builder,
+                &wire::MGetResultArgs {
+                    values: Some(values),
+                },
+            );
             (wire::Response::MGetResult, table.as_union_value())
         }
         Reply::Versions(versions) => {
@@ -401,7 +448,8 @@ pub fn encode_reply(
         }
         Reply::Keys(keys) => {
             let keys = key_vector(builder, keys);
-            let table = wire::KeysResult::create(builder, &wire::KeysResultArgs { keys: Some(keys) });
+            let table =
+                wire::KeysResult::create(builder, &wire::KeysResultArgs { keys: Some(keys) });
             (wire::Response::KeysResult, table.as_union_value())
         }
         Reply::Scanned { cursor, keys } => {
@@ -440,7 +488,9 @@ fn get_result<'b>(
             value: Some(builder.create_vector(&read.value[..])),
             version: read.version,
             // A key that is still readable has at least 1 ms to live.
-            ttl_ms: read.expires_at_ms.map_or(0, |at| at.saturating_sub(now_ms).max(1)),
+            ttl_ms: read
+                .expires_at_ms
+                .map_or(0, |at| at.saturating_sub(now_ms).max(1)),
         },
     };
     wire::GetResult::create(builder, &args)
@@ -465,7 +515,11 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn frame_with(build: impl FnOnce(&mut FlatBufferBuilder<'static>) -> (wire::Request, WIPOffset<flatbuffers::UnionWIPOffset>)) -> Bytes {
+    fn frame_with(
+        build: impl FnOnce(
+            &mut FlatBufferBuilder<'static>,
+        ) -> (wire::Request, WIPOffset<flatbuffers::UnionWIPOffset>),
+    ) -> Bytes {
         let mut builder = FlatBufferBuilder::new();
         let (request_type, request) = build(&mut builder);
         let frame = wire::RequestFrame::create(

@@ -133,13 +133,19 @@ impl CoreContext {
     }
 
     /// Sends `request` to `core` (or runs it here if `core` is this one).
-    pub async fn dispatch(&self, core: CoreId, request: ShardRequest) -> Result<Dispatched, ProtocolError> {
+    pub async fn dispatch(
+        &self,
+        core: CoreId,
+        request: ShardRequest,
+    ) -> Result<Dispatched, ProtocolError> {
         if core == self.core {
             let reply = self.shard.borrow_mut().execute(request, now_ms());
             return Ok(Dispatched::Ready(reply));
         }
         let (reply_to, receiver) = oneshot::channel();
-        let peer = self.peers[core].as_ref().expect("a channel to every other core");
+        let peer = self.peers[core]
+            .as_ref()
+            .expect("a channel to every other core");
         peer.send(CoreMessage { request, reply_to })
             .await
             .map_err(|_| shutting_down())?;
@@ -147,18 +153,30 @@ impl CoreContext {
     }
 
     /// Runs `request` on `core` and waits for the reply.
-    pub async fn call(&self, core: CoreId, request: ShardRequest) -> Result<ShardReply, ProtocolError> {
+    pub async fn call(
+        &self,
+        core: CoreId,
+        request: ShardRequest,
+    ) -> Result<ShardReply, ProtocolError> {
         self.dispatch(core, request).await?.reply().await
     }
 }
 
 /// Serves the requests another core sends to this one, in order, until that
 /// core closes its end.
-pub async fn serve_peer(context: std::rc::Rc<CoreContext>, inbound: ConnectedReceiver<CoreMessage>) {
+pub async fn serve_peer(
+    context: std::rc::Rc<CoreContext>,
+    inbound: ConnectedReceiver<CoreMessage>,
+) {
     while let Some(message) = inbound.recv().await {
-        let reply = context.shard.borrow_mut().execute(message.request, now_ms());
+        let reply = context
+            .shard
+            .borrow_mut()
+            .execute(message.request, now_ms());
         let stats = &context.stats;
-        stats.peer_requests_total.set(stats.peer_requests_total.get() + 1);
+        stats
+            .peer_requests_total
+            .set(stats.peer_requests_total.get() + 1);
         // The requester may have gone (connection closed): nothing to do then.
         let _ = message.reply_to.send(reply);
         glommio::yield_if_needed().await;

@@ -224,7 +224,14 @@ impl Shard {
             ShardRequest::SetMany { tenant, entries } => {
                 let mut versions = Vec::with_capacity(entries.len());
                 for (key, value) in &entries {
-                    match store.set(tenant, key.slot, &key.key, value, SetOptions::default(), now_ms) {
+                    match store.set(
+                        tenant,
+                        key.slot,
+                        &key.key,
+                        value,
+                        SetOptions::default(),
+                        now_ms,
+                    ) {
                         Ok(outcome) => versions.push(outcome.version),
                         Err(error) => return ShardReply::WrittenMany(versions, Some(error)),
                     }
@@ -246,7 +253,9 @@ impl Shard {
                 start_slot,
                 filter,
                 max_keys,
-            } => scan_step(store, slot_map, *core, tenant, start_slot, &filter, max_keys, now_ms),
+            } => scan_step(
+                store, slot_map, *core, tenant, start_slot, &filter, max_keys, now_ms,
+            ),
             ShardRequest::Usage { tenant } => ShardReply::Usage(store.tenant_usage(tenant)),
             ShardRequest::SetQuota { tenant, quota } => {
                 store.set_quota(tenant, quota);
@@ -254,46 +263,46 @@ impl Shard {
             }
         }
     }
-
 }
 
 #[allow(clippy::too_many_arguments)]
 fn scan_step(
-        store: &Store,
-        slot_map: &SlotMap,
-        core: CoreId,
-        tenant: TenantId,
-        start_slot: u32,
-        filter: &KeyFilter,
-        max_keys: usize,
-        now_ms: u64,
-    ) -> ShardReply {
-        let mut keys = Vec::new();
-        let mut entries_visited = 0;
-        let mut slot = start_slot as usize;
-        let slot_limit = (slot + SCAN_STEP_MAX_SLOTS_VISITED).min(SLOT_COUNT);
-        while slot < slot_limit && slot_map.owner(slot as Slot) == core {
-            entries_visited += store.for_each_key_in_slot(tenant, slot as Slot, now_ms, |key| {
-                if filter.accepts(key) {
-                    keys.push(Bytes::copy_from_slice(key));
-                }
-            });
-            slot += 1;
-            if keys.len() >= max_keys || entries_visited >= SCAN_STEP_MAX_ENTRIES_VISITED {
-                break;
+    store: &Store,
+    slot_map: &SlotMap,
+    core: CoreId,
+    tenant: TenantId,
+    start_slot: u32,
+    filter: &KeyFilter,
+    max_keys: usize,
+    now_ms: u64,
+) -> ShardReply {
+    let mut keys = Vec::new();
+    let mut entries_visited = 0;
+    let mut slot = start_slot as usize;
+    let slot_limit = (slot + SCAN_STEP_MAX_SLOTS_VISITED).min(SLOT_COUNT);
+    while slot < slot_limit && slot_map.owner(slot as Slot) == core {
+        entries_visited += store.for_each_key_in_slot(tenant, slot as Slot, now_ms, |key| {
+            if filter.accepts(key) {
+                keys.push(Bytes::copy_from_slice(key));
             }
-        }
-        ShardReply::Scanned {
-            keys,
-            next_slot: slot as u32,
+        });
+        slot += 1;
+        if keys.len() >= max_keys || entries_visited >= SCAN_STEP_MAX_ENTRIES_VISITED {
+            break;
         }
     }
-
+    ShardReply::Scanned {
+        keys,
+        next_slot: slot as u32,
+    }
+}
 
 fn read(store: &Store, tenant: TenantId, key: &SlotKey, now_ms: u64) -> Option<ValueRead> {
-    store.get(tenant, key.slot, &key.key, now_ms).map(|view| ValueRead {
-        value: Bytes::copy_from_slice(view.value),
-        version: view.version,
-        expires_at_ms: view.expires_at_ms,
-    })
+    store
+        .get(tenant, key.slot, &key.key, now_ms)
+        .map(|view| ValueRead {
+            value: Bytes::copy_from_slice(view.value),
+            version: view.version,
+            expires_at_ms: view.expires_at_ms,
+        })
 }

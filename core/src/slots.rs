@@ -21,7 +21,10 @@ pub struct SlotMap {
 impl SlotMap {
     /// Splits the slots into `cores` contiguous ranges of (nearly) equal size.
     pub fn contiguous(cores: usize) -> SlotMap {
-        assert!((1..=SLOT_COUNT).contains(&cores), "cores must be 1..={SLOT_COUNT}");
+        assert!(
+            (1..=SLOT_COUNT).contains(&cores),
+            "cores must be 1..={SLOT_COUNT}"
+        );
         let owner_by_slot = (0..SLOT_COUNT)
             .map(|slot| (slot * cores / SLOT_COUNT) as u16)
             .collect::<Box<[u16]>>();

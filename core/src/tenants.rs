@@ -54,7 +54,9 @@ impl TenantRegistry {
 
     /// The tenant called `name`.
     pub fn by_name(&self, name: &str) -> Option<&Tenant> {
-        self.id_by_name.get(name).map(|&id| &self.tenants[id as usize])
+        self.id_by_name
+            .get(name)
+            .map(|&id| &self.tenants[id as usize])
     }
 
     /// The tenant with local id `id`.
@@ -76,7 +78,8 @@ impl TenantRegistry {
 /// deterministically. The cost: with keys hashing unevenly, a tenant can be
 /// refused a little before reaching its node-wide quota, never after.
 pub fn quota_share(quota: Quota, slots_owned: usize) -> Quota {
-    let share = |limit: u64| (u128::from(limit) * slots_owned as u128).div_ceil(SLOT_COUNT as u128) as u64;
+    let share =
+        |limit: u64| (u128::from(limit) * slots_owned as u128).div_ceil(SLOT_COUNT as u128) as u64;
     Quota {
         max_keys: quota.max_keys.map(share),
         max_bytes: quota.max_bytes.map(share),

@@ -9,7 +9,9 @@ use common::TestNode;
 use tinkerdb_client::{Client, ClientConfig, ErrorCode, ScanOptions, SetCondition, SetOptions};
 
 async fn client(node: &TestNode) -> Client {
-    Client::connect(ClientConfig::new(node.addr.to_string())).await.unwrap()
+    Client::connect(ClientConfig::new(node.addr.to_string()))
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -19,7 +21,10 @@ async fn get_set_delete_exists_and_versions() {
     assert_eq!(client.get("missing").await.unwrap(), None);
     let v1 = client.set("k", "one").await.unwrap();
     let read = client.get("k").await.unwrap().unwrap();
-    assert_eq!((&read.value[..], read.version, read.ttl), (&b"one"[..], v1, None));
+    assert_eq!(
+        (&read.value[..], read.version, read.ttl),
+        (&b"one"[..], v1, None)
+    );
     let v2 = client.set("k", "two").await.unwrap();
     assert!(v2 > v1, "versions grow");
     assert_eq!(client.exists(&["k", "missing", "k"]).await.unwrap(), 2);
@@ -27,7 +32,10 @@ async fn get_set_delete_exists_and_versions() {
     assert_eq!(client.get("k").await.unwrap(), None);
     // Empty keys and binary keys and values are fine.
     client.set("", [0u8, 255, 10]).await.unwrap();
-    assert_eq!(&client.get("").await.unwrap().unwrap().value[..], &[0u8, 255, 10]);
+    assert_eq!(
+        &client.get("").await.unwrap().unwrap().value[..],
+        &[0u8, 255, 10]
+    );
     assert!(client.ping().await.unwrap() < Duration::from_secs(5));
 }
 
@@ -35,29 +43,61 @@ async fn get_set_delete_exists_and_versions() {
 async fn conditional_sets_and_compare_and_set() {
     let node = TestNode::start(2);
     let client = client(&node).await;
-    let nx = |condition| SetOptions { ttl: None, condition };
-    let xx = client.set_with("c", "v", nx(SetCondition::IfPresent)).await.unwrap();
+    let nx = |condition| SetOptions {
+        ttl: None,
+        condition,
+    };
+    let xx = client
+        .set_with("c", "v", nx(SetCondition::IfPresent))
+        .await
+        .unwrap();
     assert!(!xx.applied);
     assert_eq!(client.get("c").await.unwrap(), None);
-    let first = client.set_with("c", "v", nx(SetCondition::IfAbsent)).await.unwrap();
+    let first = client
+        .set_with("c", "v", nx(SetCondition::IfAbsent))
+        .await
+        .unwrap();
     assert!(first.applied);
-    let again = client.set_with("c", "w", nx(SetCondition::IfAbsent)).await.unwrap();
+    let again = client
+        .set_with("c", "w", nx(SetCondition::IfAbsent))
+        .await
+        .unwrap();
     assert_eq!((again.applied, again.version), (false, first.version));
-    let stale = client.compare_and_set("c", first.version + 1000, "x", None).await.unwrap();
+    let stale = client
+        .compare_and_set("c", first.version + 1000, "x", None)
+        .await
+        .unwrap();
     assert_eq!((stale.applied, stale.version), (false, first.version));
-    let swapped = client.compare_and_set("c", first.version, "x", None).await.unwrap();
+    let swapped = client
+        .compare_and_set("c", first.version, "x", None)
+        .await
+        .unwrap();
     assert!(swapped.applied);
     assert_eq!(&client.get("c").await.unwrap().unwrap().value[..], b"x");
     // Expected version 0 means "must not exist".
-    assert!(!client.compare_and_set("c", 0, "y", None).await.unwrap().applied);
-    assert!(client.compare_and_set("fresh", 0, "y", None).await.unwrap().applied);
+    assert!(
+        !client
+            .compare_and_set("c", 0, "y", None)
+            .await
+            .unwrap()
+            .applied
+    );
+    assert!(
+        client
+            .compare_and_set("fresh", 0, "y", None)
+            .await
+            .unwrap()
+            .applied
+    );
 }
 
 #[tokio::test]
 async fn mget_mset_keep_order_across_cores() {
     let node = TestNode::start(2);
     let client = client(&node).await;
-    let entries: Vec<(String, String)> = (0..200).map(|i| (format!("m{i}"), format!("value-{i}"))).collect();
+    let entries: Vec<(String, String)> = (0..200)
+        .map(|i| (format!("m{i}"), format!("value-{i}")))
+        .collect();
     let versions = client.mset(&entries).await.unwrap();
     assert_eq!(versions.len(), 200);
     assert!(versions.iter().all(|&v| v > 0));
@@ -82,7 +122,16 @@ async fn keys_and_scan_see_every_key_once() {
     for chunk in (0..5000).collect::<Vec<_>>().chunks(500) {
         let entries: Vec<(String, &str)> = chunk
             .iter()
-            .map(|i| (if i % 2 == 0 { format!("user:{i}") } else { format!("item:{i}") }, "x"))
+            .map(|i| {
+                (
+                    if i % 2 == 0 {
+                        format!("user:{i}")
+                    } else {
+                        format!("item:{i}")
+                    },
+                    "x",
+                )
+            })
             .collect();
         all.extend(entries.iter().map(|(k, _)| k.clone()));
         client.mset(&entries).await.unwrap();
@@ -92,9 +141,25 @@ async fn keys_and_scan_see_every_key_once() {
     let mut cursor = 0;
     let mut steps = 0;
     loop {
-        let page = client.scan(cursor, &ScanOptions { count: 100, ..Default::default() }).await.unwrap();
-        assert!(page.keys.len() <= 100 + 200, "a step ends on a slot boundary, near count");
-        seen.extend(page.keys.into_iter().map(|k| String::from_utf8(k.to_vec()).unwrap()));
+        let page = client
+            .scan(
+                cursor,
+                &ScanOptions {
+                    count: 100,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(
+            page.keys.len() <= 100 + 200,
+            "a step ends on a slot boundary, near count"
+        );
+        seen.extend(
+            page.keys
+                .into_iter()
+                .map(|k| String::from_utf8(k.to_vec()).unwrap()),
+        );
         steps += 1;
         if page.cursor == 0 {
             break;
@@ -106,16 +171,28 @@ async fn keys_and_scan_see_every_key_once() {
     assert_eq!(seen.into_iter().collect::<BTreeSet<_>>(), all);
 
     let prefixed = client
-        .scan_all(&ScanOptions { prefix: b"user:".to_vec(), ..Default::default() })
+        .scan_all(&ScanOptions {
+            prefix: b"user:".to_vec(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert_eq!(prefixed.len(), 2500);
     let matched = client
-        .scan_all(&ScanOptions { pattern: b"item:1?".to_vec(), ..Default::default() })
+        .scan_all(&ScanOptions {
+            pattern: b"item:1?".to_vec(),
+            ..Default::default()
+        })
         .await
         .unwrap();
-    let matched: HashSet<_> = matched.iter().map(|k| String::from_utf8(k.to_vec()).unwrap()).collect();
-    assert_eq!(matched, (11..20).step_by(2).map(|i| format!("item:{i}")).collect());
+    let matched: HashSet<_> = matched
+        .iter()
+        .map(|k| String::from_utf8(k.to_vec()).unwrap())
+        .collect();
+    assert_eq!(
+        matched,
+        (11..20).step_by(2).map(|i| format!("item:{i}")).collect()
+    );
 
     let keys = client.keys("user:1*").await.unwrap();
     let expected = all.iter().filter(|k| k.starts_with("user:1")).count();
@@ -138,7 +215,10 @@ async fn keys_refuses_results_over_the_limit() {
 async fn ttl_expires_lazily_and_actively() {
     let node = TestNode::start(2);
     let client = client(&node).await;
-    let ttl = |ms| SetOptions { ttl: Some(Duration::from_millis(ms)), condition: SetCondition::Always };
+    let ttl = |ms| SetOptions {
+        ttl: Some(Duration::from_millis(ms)),
+        condition: SetCondition::Always,
+    };
     client.set_with("short", "v", ttl(150)).await.unwrap();
     client.set_with("long", "v", ttl(600_000)).await.unwrap();
     let read = client.get("short").await.unwrap().unwrap();
@@ -155,7 +235,10 @@ async fn ttl_expires_lazily_and_actively() {
     assert!(gone.is_ok(), "key still readable long after its TTL");
     // Active: removed from the count without being read again.
     for i in 0..100 {
-        client.set_with(format!("burst{i}"), "v", ttl(100)).await.unwrap();
+        client
+            .set_with(format!("burst{i}"), "v", ttl(100))
+            .await
+            .unwrap();
     }
     let drained = tokio::time::timeout(Duration::from_secs(5), async {
         while client.count().await.unwrap() != 1 {
@@ -163,7 +246,10 @@ async fn ttl_expires_lazily_and_actively() {
         }
     })
     .await;
-    assert!(drained.is_ok(), "expired keys not removed in the background");
+    assert!(
+        drained.is_ok(),
+        "expired keys not removed in the background"
+    );
     // A plain SET clears a TTL.
     client.set_with("k", "v", ttl(100_000)).await.unwrap();
     client.set("k", "w").await.unwrap();
@@ -173,7 +259,9 @@ async fn ttl_expires_lazily_and_actively() {
 #[tokio::test]
 async fn pipelining_many_requests_on_one_connection() {
     let node = TestNode::start(2);
-    let client = Client::connect(ClientConfig::new(node.addr.to_string()).connections(1)).await.unwrap();
+    let client = Client::connect(ClientConfig::new(node.addr.to_string()).connections(1))
+        .await
+        .unwrap();
     let writes = (0..2000).map(|i| {
         let client = client.clone();
         async move { client.set(format!("p{i}"), format!("{i}")).await }
@@ -214,30 +302,51 @@ async fn compare_and_set_from_many_connections_loses_no_update() {
         let config = ClientConfig::new(node.addr.to_string()).connections(1);
         clients.push(Client::connect(config).await.unwrap());
     }
-    let tasks = clients.into_iter().enumerate().map(|(n, client)| async move {
-        let mut conflicts = 0u64;
-        for i in 0..INCREMENTS_PER_CLIENT {
-            let key = format!("counter{}", (n + i) % COUNTERS);
-            loop {
-                let (current, version) = match client.get(&key).await.unwrap() {
-                    Some(value) => (std::str::from_utf8(&value.value).unwrap().parse::<u64>().unwrap(), value.version),
-                    None => (0, 0),
-                };
-                let result = client.compare_and_set(&key, version, (current + 1).to_string(), None).await.unwrap();
-                if result.applied {
-                    break;
+    let tasks = clients
+        .into_iter()
+        .enumerate()
+        .map(|(n, client)| async move {
+            let mut conflicts = 0u64;
+            for i in 0..INCREMENTS_PER_CLIENT {
+                let key = format!("counter{}", (n + i) % COUNTERS);
+                loop {
+                    let (current, version) = match client.get(&key).await.unwrap() {
+                        Some(value) => (
+                            std::str::from_utf8(&value.value)
+                                .unwrap()
+                                .parse::<u64>()
+                                .unwrap(),
+                            value.version,
+                        ),
+                        None => (0, 0),
+                    };
+                    let result = client
+                        .compare_and_set(&key, version, (current + 1).to_string(), None)
+                        .await
+                        .unwrap();
+                    if result.applied {
+                        break;
+                    }
+                    conflicts += 1;
                 }
-                conflicts += 1;
             }
-        }
-        conflicts
-    });
+            conflicts
+        });
     let conflicts: u64 = futures_join_all(tasks).await.into_iter().sum();
-    let check = Client::connect(ClientConfig::new(node.addr.to_string())).await.unwrap();
+    let check = Client::connect(ClientConfig::new(node.addr.to_string()))
+        .await
+        .unwrap();
     let mut total = 0;
     for counter in 0..COUNTERS {
-        let value = check.get(format!("counter{counter}")).await.unwrap().unwrap();
-        total += std::str::from_utf8(&value.value).unwrap().parse::<usize>().unwrap();
+        let value = check
+            .get(format!("counter{counter}"))
+            .await
+            .unwrap()
+            .unwrap();
+        total += std::str::from_utf8(&value.value)
+            .unwrap()
+            .parse::<usize>()
+            .unwrap();
     }
     assert_eq!(total, CLIENTS * INCREMENTS_PER_CLIENT, "lost updates");
     assert!(conflicts > 0, "the test must actually contend");

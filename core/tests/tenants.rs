@@ -19,7 +19,9 @@ max_bytes = 2000
 "#;
 
 async fn tenant_client(node: &TestNode, tenant: &str) -> Client {
-    Client::connect(ClientConfig::new(node.addr.to_string()).tenant(tenant)).await.unwrap()
+    Client::connect(ClientConfig::new(node.addr.to_string()).tenant(tenant))
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -34,22 +36,47 @@ async fn no_operation_crosses_tenants() {
     alpha.set("only-alpha", "a").await.unwrap();
     beta.set("shared0", "beta").await.unwrap();
 
-    assert_eq!(&alpha.get("shared0").await.unwrap().unwrap().value[..], b"alpha");
-    assert_eq!(&beta.get("shared0").await.unwrap().unwrap().value[..], b"beta");
+    assert_eq!(
+        &alpha.get("shared0").await.unwrap().unwrap().value[..],
+        b"alpha"
+    );
+    assert_eq!(
+        &beta.get("shared0").await.unwrap().unwrap().value[..],
+        b"beta"
+    );
     assert_eq!(beta.get("only-alpha").await.unwrap(), None);
     assert_eq!(default.get("shared0").await.unwrap(), None);
     assert_eq!(beta.exists(&keys).await.unwrap(), 1);
-    assert_eq!(beta.mget(&keys[..3]).await.unwrap().iter().filter(|v| v.is_some()).count(), 1);
+    assert_eq!(
+        beta.mget(&keys[..3])
+            .await
+            .unwrap()
+            .iter()
+            .filter(|v| v.is_some())
+            .count(),
+        1
+    );
     assert_eq!(beta.keys("*").await.unwrap().len(), 1);
-    assert_eq!(beta.scan_all(&ScanOptions::default()).await.unwrap().len(), 1);
+    assert_eq!(
+        beta.scan_all(&ScanOptions::default()).await.unwrap().len(),
+        1
+    );
     assert_eq!(default.keys("*").await.unwrap().len(), 0);
     assert_eq!(alpha.count().await.unwrap(), 51);
     assert_eq!(beta.count().await.unwrap(), 1);
     // Deleting in one tenant leaves the other's key alone.
     assert_eq!(beta.delete(&keys).await.unwrap(), 1);
     assert_eq!(alpha.exists(&keys).await.unwrap(), 50);
-    assert!(beta.compare_and_set("only-alpha", 0, "b", None).await.unwrap().applied);
-    assert_eq!(&alpha.get("only-alpha").await.unwrap().unwrap().value[..], b"a");
+    assert!(
+        beta.compare_and_set("only-alpha", 0, "b", None)
+            .await
+            .unwrap()
+            .applied
+    );
+    assert_eq!(
+        &alpha.get("only-alpha").await.unwrap().unwrap().value[..],
+        b"a"
+    );
 }
 
 #[tokio::test]
@@ -80,14 +107,22 @@ async fn key_quota_is_enforced_and_frees_on_delete() {
     }
     // Each of 2 cores enforces half of 100: never more than 100 keys, and
     // with keys spread by hash, nearly all of them.
-    assert!(written.len() <= 100, "{} keys written over a quota of 100", written.len());
+    assert!(
+        written.len() <= 100,
+        "{} keys written over a quota of 100",
+        written.len()
+    );
     assert!(written.len() >= 90, "only {} keys written", written.len());
     assert_eq!(refused, 200 - written.len());
     assert_eq!(small.count().await.unwrap(), written.len() as u64);
     // Overwriting an existing key is not a new key.
     small.set(&written[0], "again").await.unwrap();
     // Other tenants are unaffected.
-    tenant_client(&node, "alpha").await.set("q-extra", "v").await.unwrap();
+    tenant_client(&node, "alpha")
+        .await
+        .set("q-extra", "v")
+        .await
+        .unwrap();
     // Deleting frees room.
     small.delete(&written[..10]).await.unwrap();
     let mut rewritten = 0;
@@ -113,5 +148,8 @@ async fn byte_quota_is_enforced() {
             total += 100;
         }
     }
-    assert!(total <= 2000 && total >= 1600, "{total} bytes stored under a 2000-byte quota");
+    assert!(
+        (1600..=2000).contains(&total),
+        "{total} bytes stored under a 2000-byte quota"
+    );
 }

@@ -118,7 +118,10 @@ mod tests {
         assert_eq!(peek_frame(&out, 1024), Ok(Some(5)));
         assert!(matches!(
             peek_frame(&out, 4),
-            Err(FrameError::TooLarge { length_bytes: 5, .. })
+            Err(FrameError::TooLarge {
+                length_bytes: 5,
+                ..
+            })
         ));
     }
 

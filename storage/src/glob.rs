@@ -92,7 +92,11 @@ fn match_class(pattern: &[u8], open: usize, byte: u8) -> Option<(bool, usize)> {
         };
         if pattern.get(i + 1) == Some(&b'-') && pattern.get(i + 2).is_some_and(|&b| b != b']') {
             let high = pattern[i + 2];
-            let (low, high) = if low <= high { (low, high) } else { (high, low) };
+            let (low, high) = if low <= high {
+                (low, high)
+            } else {
+                (high, low)
+            };
             matched |= (low..=high).contains(&byte);
             i += 3;
         } else {

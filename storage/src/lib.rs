@@ -27,6 +27,6 @@ pub mod store;
 
 pub use slot::{hash_slot, Slot, SLOT_COUNT};
 pub use store::{
-    EntryView, Expiry, Quota, SetOptions, Store, StoreError, TenantId, TenantUsage,
-    WriteCondition, WriteOutcome,
+    EntryView, Expiry, Quota, SetOptions, Store, StoreError, TenantId, TenantUsage, WriteCondition,
+    WriteOutcome,
 };

@@ -258,7 +258,13 @@ impl Store {
     }
 
     /// The live entry of `key`, if any.
-    pub fn get(&self, tenant: TenantId, slot: Slot, key: &[u8], now_ms: u64) -> Option<EntryView<'_>> {
+    pub fn get(
+        &self,
+        tenant: TenantId,
+        slot: Slot,
+        key: &[u8],
+        now_ms: u64,
+    ) -> Option<EntryView<'_>> {
         let hash = self.hasher.hash_one(key);
         let entry = self
             .tables
@@ -282,7 +288,10 @@ impl Store {
         options: SetOptions,
         now_ms: u64,
     ) -> Result<WriteOutcome, StoreError> {
-        assert!(key.len() <= u32::MAX as usize, "key length must be checked by the caller");
+        assert!(
+            key.len() <= u32::MAX as usize,
+            "key length must be checked by the caller"
+        );
         let Store {
             hasher,
             tables,
@@ -367,7 +376,10 @@ impl Store {
                 (NO_EXPIRY, new_expiry_if_new_key, *last_version)
             }
         };
-        match (old_expires_at_ms == NO_EXPIRY, new_expires_at_ms == NO_EXPIRY) {
+        match (
+            old_expires_at_ms == NO_EXPIRY,
+            new_expires_at_ms == NO_EXPIRY,
+        ) {
             (true, false) => *keys_with_expiry += 1,
             (false, true) => *keys_with_expiry -= 1,
             _ => {}
@@ -429,7 +441,10 @@ impl Store {
             let due = |entry: &Entry| {
                 entry.key() == &*item.key && entry.expires_at_ms == item.expires_at_ms
             };
-            if self.remove_entry(item.tenant, item.slot, hash, due).is_some() {
+            if self
+                .remove_entry(item.tenant, item.slot, hash, due)
+                .is_some()
+            {
                 removed += 1;
             }
         }
@@ -502,7 +517,14 @@ mod tests {
 
     fn set(store: &mut Store, key: &str, value: &str) -> WriteOutcome {
         store
-            .set(T, 0, key.as_bytes(), value.as_bytes(), SetOptions::default(), 0)
+            .set(
+                T,
+                0,
+                key.as_bytes(),
+                value.as_bytes(),
+                SetOptions::default(),
+                0,
+            )
             .unwrap()
     }
 
@@ -522,18 +544,50 @@ mod tests {
             condition,
             expiry: Expiry::Never,
         };
-        let xx = store.set(T, 0, b"k", b"v", opts(WriteCondition::IfPresent), 0).unwrap();
-        assert_eq!(xx, WriteOutcome { applied: false, version: 0 });
-        let nx = store.set(T, 0, b"k", b"v", opts(WriteCondition::IfAbsent), 0).unwrap();
+        let xx = store
+            .set(T, 0, b"k", b"v", opts(WriteCondition::IfPresent), 0)
+            .unwrap();
+        assert_eq!(
+            xx,
+            WriteOutcome {
+                applied: false,
+                version: 0
+            }
+        );
+        let nx = store
+            .set(T, 0, b"k", b"v", opts(WriteCondition::IfAbsent), 0)
+            .unwrap();
         assert!(nx.applied);
-        let nx_again = store.set(T, 0, b"k", b"w", opts(WriteCondition::IfAbsent), 0).unwrap();
-        assert_eq!(nx_again, WriteOutcome { applied: false, version: nx.version });
+        let nx_again = store
+            .set(T, 0, b"k", b"w", opts(WriteCondition::IfAbsent), 0)
+            .unwrap();
+        assert_eq!(
+            nx_again,
+            WriteOutcome {
+                applied: false,
+                version: nx.version
+            }
+        );
         let cas_wrong = store
-            .set(T, 0, b"k", b"w", opts(WriteCondition::IfVersion(nx.version + 7)), 0)
+            .set(
+                T,
+                0,
+                b"k",
+                b"w",
+                opts(WriteCondition::IfVersion(nx.version + 7)),
+                0,
+            )
             .unwrap();
         assert!(!cas_wrong.applied);
         let cas = store
-            .set(T, 0, b"k", b"w", opts(WriteCondition::IfVersion(nx.version)), 0)
+            .set(
+                T,
+                0,
+                b"k",
+                b"w",
+                opts(WriteCondition::IfVersion(nx.version)),
+                0,
+            )
             .unwrap();
         assert!(cas.applied);
         assert_eq!(store.get(T, 0, b"k", 0).unwrap().value, b"w");
@@ -542,8 +596,12 @@ mod tests {
     #[test]
     fn tenants_are_disjoint() {
         let mut store = Store::new();
-        store.set(1, 5, b"k", b"one", SetOptions::default(), 0).unwrap();
-        store.set(2, 5, b"k", b"two", SetOptions::default(), 0).unwrap();
+        store
+            .set(1, 5, b"k", b"one", SetOptions::default(), 0)
+            .unwrap();
+        store
+            .set(2, 5, b"k", b"two", SetOptions::default(), 0)
+            .unwrap();
         assert_eq!(store.get(1, 5, b"k", 0).unwrap().value, b"one");
         assert_eq!(store.get(2, 5, b"k", 0).unwrap().value, b"two");
         assert!(store.delete(1, 5, b"k", 0));
@@ -582,7 +640,9 @@ mod tests {
         store.set(T, 0, b"k", b"v", at(50), 0).unwrap();
         store.set(T, 0, b"k", b"w", keep, 0).unwrap();
         assert_eq!(store.get(T, 0, b"k", 0).unwrap().expires_at_ms, Some(50));
-        store.set(T, 0, b"k", b"x", SetOptions::default(), 0).unwrap();
+        store
+            .set(T, 0, b"k", b"x", SetOptions::default(), 0)
+            .unwrap();
         assert_eq!(store.expire_due(1000, 10), 0, "stale queue item ignored");
         assert_eq!(store.get(T, 0, b"k", 1000).unwrap().value, b"x");
     }
@@ -590,13 +650,31 @@ mod tests {
     #[test]
     fn quotas_refuse_and_change_nothing() {
         let mut store = Store::new();
-        store.set_quota(T, Quota { max_keys: Some(2), max_bytes: Some(10) });
+        store.set_quota(
+            T,
+            Quota {
+                max_keys: Some(2),
+                max_bytes: Some(10),
+            },
+        );
         set(&mut store, "a", "1");
         set(&mut store, "b", "2");
         let third = store.set(T, 0, b"c", b"3", SetOptions::default(), 0);
-        assert_eq!(third, Err(StoreError::KeyQuotaExceeded { tenant: T, max_keys: 2 }));
+        assert_eq!(
+            third,
+            Err(StoreError::KeyQuotaExceeded {
+                tenant: T,
+                max_keys: 2
+            })
+        );
         let big = store.set(T, 0, b"a", b"123456789", SetOptions::default(), 0);
-        assert_eq!(big, Err(StoreError::ByteQuotaExceeded { tenant: T, max_bytes: 10 }));
+        assert_eq!(
+            big,
+            Err(StoreError::ByteQuotaExceeded {
+                tenant: T,
+                max_bytes: 10
+            })
+        );
         assert_eq!(store.get(T, 0, b"a", 0).unwrap().value, b"1");
         assert_eq!(store.tenant_usage(T).bytes, 4);
         // Shrinking is always allowed, overwriting does not count a new key.
@@ -606,16 +684,31 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Set { key: u8, value: u8, ttl: Option<u8>, condition: u8 },
-        Delete { key: u8 },
-        Advance { ms: u8 },
+        Set {
+            key: u8,
+            value: u8,
+            ttl: Option<u8>,
+            condition: u8,
+        },
+        Delete {
+            key: u8,
+        },
+        Advance {
+            ms: u8,
+        },
         Expire,
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            (0u8..8, any::<u8>(), proptest::option::of(1u8..20), 0u8..4)
-                .prop_map(|(key, value, ttl, condition)| Op::Set { key, value, ttl, condition }),
+            (0u8..8, any::<u8>(), proptest::option::of(1u8..20), 0u8..4).prop_map(
+                |(key, value, ttl, condition)| Op::Set {
+                    key,
+                    value,
+                    ttl,
+                    condition
+                }
+            ),
             (0u8..8).prop_map(|key| Op::Delete { key }),
             (0u8..10).prop_map(|ms| Op::Advance { ms }),
             Just(Op::Expire),

@@ -235,7 +235,10 @@ async fn run(client: &Client, command: Command, interactive: bool) -> Result<Out
                 println!("OK (version {})", result.version);
                 Outcome::Done
             } else if nx {
-                negative(&format!("(not set) key exists (version {})", result.version))
+                negative(&format!(
+                    "(not set) key exists (version {})",
+                    result.version
+                ))
             } else {
                 negative("(not set) key does not exist")
             }
@@ -244,7 +247,9 @@ async fn run(client: &Client, command: Command, interactive: bool) -> Result<Out
             Some(value) => {
                 println!("{}", show(&value.value));
                 if verbose {
-                    let ttl = value.ttl.map_or("none".to_owned(), |ttl| format!("{} ms", ttl.as_millis()));
+                    let ttl = value
+                        .ttl
+                        .map_or("none".to_owned(), |ttl| format!("{} ms", ttl.as_millis()));
                     println!("(version {}, ttl {ttl})", value.version);
                 }
                 Outcome::Done
@@ -303,7 +308,9 @@ async fn run(client: &Client, command: Command, interactive: bool) -> Result<Out
         }
         Command::Mset { pairs } => {
             if pairs.len() % 2 != 0 {
-                return Err(ClientError::InvalidRequest("mset takes KEY VALUE pairs".into()));
+                return Err(ClientError::InvalidRequest(
+                    "mset takes KEY VALUE pairs".into(),
+                ));
             }
             let entries: Vec<(&str, &str)> = pairs
                 .chunks(2)
@@ -313,7 +320,11 @@ async fn run(client: &Client, command: Command, interactive: bool) -> Result<Out
             println!("OK ({} keys)", versions.len());
             Outcome::Done
         }
-        Command::Cas { key, expected, value } => {
+        Command::Cas {
+            key,
+            expected,
+            value,
+        } => {
             let result = client.compare_and_set(&key, expected, &value, None).await?;
             if result.applied {
                 println!("OK (version {})", result.version);

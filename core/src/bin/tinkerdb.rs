@@ -9,7 +9,11 @@ use clap::{Parser, ValueEnum};
 use tinkerdb_core::config::NodeConfig;
 
 #[derive(Parser, Debug)]
-#[command(name = "tinkerdb", version, about = "TinkerDB node: a thread-per-core key-value server")]
+#[command(
+    name = "tinkerdb",
+    version,
+    about = "TinkerDB node: a thread-per-core key-value server"
+)]
 struct Args {
     /// TOML configuration file (see docs/config.sample.toml).
     #[arg(long)]
@@ -38,7 +42,9 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 /// Path of a binary of this workspace, next to the test executable's folder.
 pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>");
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -55,7 +58,10 @@ impl TestNode {
             .arg(data_dir.join("data"))
             .arg("--config")
             .arg(&config_path)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -74,7 +80,11 @@ impl TestNode {
         };
         // Keep draining stdout so the node never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        TestNode { child, addr, data_dir }
+        TestNode {
+            child,
+            addr,
+            data_dir,
+        }
     }
 
     /// Is the process still running?
