@@ -24,6 +24,7 @@
     mismatched_lifetime_syntaxes,
     non_camel_case_types
 )]
+#[rustfmt::skip]
 #[path = "generated/tinkerdb_generated.rs"]
 mod generated;
 

@@ -2,2768 +2,2300 @@
 // @generated
 extern crate alloc;
 
+
 #[allow(unused_imports, dead_code)]
 pub mod tinkerdb {
 
-    #[allow(unused_imports, dead_code)]
-    pub mod wire {
-
-        #[deprecated(
-            since = "2.0.0",
-            note = "Use associated constants instead. This will no longer be generated in 2021."
-        )]
-        pub const ENUM_MIN_ERROR_CODE: u16 = 0;
-        #[deprecated(
-            since = "2.0.0",
-            note = "Use associated constants instead. This will no longer be generated in 2021."
-        )]
-        pub const ENUM_MAX_ERROR_CODE: u16 = 15;
-        #[deprecated(
-            since = "2.0.0",
-            note = "Use associated constants instead. This will no longer be generated in 2021."
-        )]
-        #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 16] = [
-            ErrorCode::None,
-            ErrorCode::MalformedFrame,
-            ErrorCode::UnsupportedVersion,
-            ErrorCode::UnknownOperation,
-            ErrorCode::HandshakeRequired,
-            ErrorCode::UnknownTenant,
-            ErrorCode::KeyTooLarge,
-            ErrorCode::ValueTooLarge,
-            ErrorCode::FrameTooLarge,
-            ErrorCode::TooManyKeys,
-            ErrorCode::QuotaExceeded,
-            ErrorCode::InvalidArgument,
-            ErrorCode::ResultTooLarge,
-            ErrorCode::Busy,
-            ErrorCode::ShuttingDown,
-            ErrorCode::Internal,
-        ];
-
-        /// Why a request failed. Stable numbers: clients switch on them.
-        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-        #[repr(transparent)]
-        pub struct ErrorCode(pub u16);
-        #[allow(non_upper_case_globals)]
-        impl ErrorCode {
-            /// Not an error; never sent inside an Error table.
-            pub const None: Self = Self(0);
-            /// The frame's bytes are not a valid RequestFrame flatbuffer.
-            pub const MalformedFrame: Self = Self(1);
-            /// Hello asked for a protocol version this node does not speak.
-            pub const UnsupportedVersion: Self = Self(2);
-            /// The request union holds a member this node does not know.
-            pub const UnknownOperation: Self = Self(3);
-            /// A request other than Hello arrived before a successful Hello.
-            pub const HandshakeRequired: Self = Self(4);
-            /// Hello named a tenant that the node's configuration does not define.
-            pub const UnknownTenant: Self = Self(5);
-            /// A key is empty or longer than the node's max_key_bytes.
-            pub const KeyTooLarge: Self = Self(6);
-            /// A value is longer than the node's max_value_bytes.
-            pub const ValueTooLarge: Self = Self(7);
-            /// A frame's length prefix is larger than max_frame_bytes; the node
-            /// closes the connection after sending this, as the stream is lost.
-            pub const FrameTooLarge: Self = Self(8);
-            /// A multi-key request names more than max_keys_per_request keys.
-            pub const TooManyKeys: Self = Self(9);
-            /// The write would take the tenant over its max_keys or max_bytes quota.
-            pub const QuotaExceeded: Self = Self(10);
-            /// A field holds a value outside its documented range (bad cursor,
-            /// empty key list, Hello sent twice, ...).
-            pub const InvalidArgument: Self = Self(11);
-            /// KEYS matched more than max_keys_result keys: use SCAN instead.
-            pub const ResultTooLarge: Self = Self(12);
-            /// The node is overloaded (a bounded queue is full); retry later.
-            pub const Busy: Self = Self(13);
-            /// The node is shutting down; reconnect elsewhere.
-            pub const ShuttingDown: Self = Self(14);
-            /// A bug or an unexpected condition inside the node.
-            pub const Internal: Self = Self(15);
-
-            pub const ENUM_MIN: u16 = 0;
-            pub const ENUM_MAX: u16 = 15;
-            pub const ENUM_VALUES: &'static [Self] = &[
-                Self::None,
-                Self::MalformedFrame,
-                Self::UnsupportedVersion,
-                Self::UnknownOperation,
-                Self::HandshakeRequired,
-                Self::UnknownTenant,
-                Self::KeyTooLarge,
-                Self::ValueTooLarge,
-                Self::FrameTooLarge,
-                Self::TooManyKeys,
-                Self::QuotaExceeded,
-                Self::InvalidArgument,
-                Self::ResultTooLarge,
-                Self::Busy,
-                Self::ShuttingDown,
-                Self::Internal,
-            ];
-            /// Returns the variant's name or "" if unknown.
-            pub fn variant_name(self) -> Option<&'static str> {
-                match self {
-                    Self::None => Some("None"),
-                    Self::MalformedFrame => Some("MalformedFrame"),
-                    Self::UnsupportedVersion => Some("UnsupportedVersion"),
-                    Self::UnknownOperation => Some("UnknownOperation"),
-                    Self::HandshakeRequired => Some("HandshakeRequired"),
-                    Self::UnknownTenant => Some("UnknownTenant"),
-                    Self::KeyTooLarge => Some("KeyTooLarge"),
-                    Self::ValueTooLarge => Some("ValueTooLarge"),
-                    Self::FrameTooLarge => Some("FrameTooLarge"),
-                    Self::TooManyKeys => Some("TooManyKeys"),
-                    Self::QuotaExceeded => Some("QuotaExceeded"),
-                    Self::InvalidArgument => Some("InvalidArgument"),
-                    Self::ResultTooLarge => Some("ResultTooLarge"),
-                    Self::Busy => Some("Busy"),
-                    Self::ShuttingDown => Some("ShuttingDown"),
-                    Self::Internal => Some("Internal"),
-                    _ => None,
-                }
-            }
-        }
-        impl ::core::fmt::Debug for ErrorCode {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
-                if let Some(name) = self.variant_name() {
-                    f.write_str(name)
-                } else {
-                    f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
-                }
-            }
-        }
-        impl<'a> ::flatbuffers::Follow<'a> for ErrorCode {
-            type Inner = Self;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                let b = unsafe { ::flatbuffers::read_scalar_at::<u16>(buf, loc) };
-                Self(b)
-            }
-        }
-
-        impl ::flatbuffers::Push for ErrorCode {
-            type Output = ErrorCode;
-            #[inline]
-            unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
-                unsafe { ::flatbuffers::emplace_scalar::<u16>(dst, self.0) };
-            }
-        }
-
-        impl ::flatbuffers::EndianScalar for ErrorCode {
-            type Scalar = u16;
-            #[inline]
-            fn to_little_endian(self) -> u16 {
-                self.0.to_le()
-            }
-            #[inline]
-            #[allow(clippy::wrong_self_convention)]
-            fn from_little_endian(v: u16) -> Self {
-                let b = u16::from_le(v);
-                Self(b)
-            }
-        }
-
-        impl<'a> ::flatbuffers::Verifiable for ErrorCode {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                u16::run_verifier(v, pos)
-            }
-        }
-
-        impl ::flatbuffers::SimpleToVerifyInSlice for ErrorCode {}
-        #[deprecated(
-            since = "2.0.0",
-            note = "Use associated constants instead. This will no longer be generated in 2021."
-        )]
-        pub const ENUM_MIN_SET_CONDITION: u8 = 0;
-        #[deprecated(
-            since = "2.0.0",
-            note = "Use associated constants instead. This will no longer be generated in 2021."
-        )]
-        pub const ENUM_MAX_SET_CONDITION: u8 = 2;
-        #[deprecated(
-            since = "2.0.0",
-            note = "Use associated constants instead. This will no longer be generated in 2021."
-        )]
-        #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_SET_CONDITION: [SetCondition; 3] = [
-            SetCondition::Always,
-            SetCondition::IfAbsent,
-            SetCondition::IfPresent,
-        ];
-
-        /// The condition a Set must meet to be applied.
-        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-        #[repr(transparent)]
-        pub struct SetCondition(pub u8);
-        #[allow(non_upper_case_globals)]
-        impl SetCondition {
-            /// Write whether or not the key exists.
-            pub const Always: Self = Self(0);
-            /// Write only if the key does not exist (Redis NX).
-            pub const IfAbsent: Self = Self(1);
-            /// Write only if the key exists (Redis XX).
-            pub const IfPresent: Self = Self(2);
-
-            pub const ENUM_MIN: u8 = 0;
-            pub const ENUM_MAX: u8 = 2;
-            pub const ENUM_VALUES: &'static [Self] =
-                &[Self::Always, Self::IfAbsent, Self::IfPresent];
-            /// Returns the variant's name or "" if unknown.
-            pub fn variant_name(self) -> Option<&'static str> {
-                match self {
-                    Self::Always => Some("Always"),
-                    Self::IfAbsent => Some("IfAbsent"),
-                    Self::IfPresent => Some("IfPresent"),
-                    _ => None,
-                }
-            }
-        }
-        impl ::core::fmt::Debug for SetCondition {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
-                if let Some(name) = self.variant_name() {
-                    f.write_str(name)
-                } else {
-                    f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
-                }
-            }
-        }
-        impl<'a> ::flatbuffers::Follow<'a> for SetCondition {
-            type Inner = Self;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
-                Self(b)
-            }
-        }
-
-        impl ::flatbuffers::Push for SetCondition {
-            type Output = SetCondition;
-            #[inline]
-            unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
-                unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
-            }
-        }
-
-        impl ::flatbuffers::EndianScalar for SetCondition {
-            type Scalar = u8;
-            #[inline]
-            fn to_little_endian(self) -> u8 {
-                self.0.to_le()
-            }
-            #[inline]
-            #[allow(clippy::wrong_self_convention)]
-            fn from_little_endian(v: u8) -> Self {
-                let b = u8::from_le(v);
-                Self(b)
-            }
-        }
-
-        impl<'a> ::flatbuffers::Verifiable for SetCondition {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                u8::run_verifier(v, pos)
-            }
-        }
-
-        impl ::flatbuffers::SimpleToVerifyInSlice for SetCondition {}
-        #[deprecated(
-            since = "2.0.0",
-            note = "Use associated constants instead. This will no longer be generated in 2021."
-        )]
-        pub const ENUM_MIN_REQUEST: u8 = 0;
-        #[deprecated(
-            since = "2.0.0",
-            note = "Use associated constants instead. This will no longer be generated in 2021."
-        )]
-        pub const ENUM_MAX_REQUEST: u8 = 12;
-        #[deprecated(
-            since = "2.0.0",
-            note = "Use associated constants instead. This will no longer be generated in 2021."
-        )]
-        #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_REQUEST: [Request; 13] = [
-            Request::NONE,
-            Request::Hello,
-            Request::Ping,
-            Request::Get,
-            Request::Set,
-            Request::CompareAndSet,
-            Request::Delete,
-            Request::Exists,
-            Request::MGet,
-            Request::MSet,
-            Request::Keys,
-            Request::Scan,
-            Request::Count,
-        ];
-
-        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-        #[repr(transparent)]
-        pub struct Request(pub u8);
-        #[allow(non_upper_case_globals)]
-        impl Request {
-            pub const NONE: Self = Self(0);
-            pub const Hello: Self = Self(1);
-            pub const Ping: Self = Self(2);
-            pub const Get: Self = Self(3);
-            pub const Set: Self = Self(4);
-            pub const CompareAndSet: Self = Self(5);
-            pub const Delete: Self = Self(6);
-            pub const Exists: Self = Self(7);
-            pub const MGet: Self = Self(8);
-            pub const MSet: Self = Self(9);
-            pub const Keys: Self = Self(10);
-            pub const Scan: Self = Self(11);
-            pub const Count: Self = Self(12);
-
-            pub const ENUM_MIN: u8 = 0;
-            pub const ENUM_MAX: u8 = 12;
-            pub const ENUM_VALUES: &'static [Self] = &[
-                Self::NONE,
-                Self::Hello,
-                Self::Ping,
-                Self::Get,
-                Self::Set,
-                Self::CompareAndSet,
-                Self::Delete,
-                Self::Exists,
-                Self::MGet,
-                Self::MSet,
-                Self::Keys,
-                Self::Scan,
-                Self::Count,
-            ];
-            /// Returns the variant's name or "" if unknown.
-            pub fn variant_name(self) -> Option<&'static str> {
-                match self {
-                    Self::NONE => Some("NONE"),
-                    Self::Hello => Some("Hello"),
-                    Self::Ping => Some("Ping"),
-                    Self::Get => Some("Get"),
-                    Self::Set => Some("Set"),
-                    Self::CompareAndSet => Some("CompareAndSet"),
-                    Self::Delete => Some("Delete"),
-                    Self::Exists => Some("Exists"),
-                    Self::MGet => Some("MGet"),
-                    Self::MSet => Some("MSet"),
-                    Self::Keys => Some("Keys"),
-                    Self::Scan => Some("Scan"),
-                    Self::Count => Some("Count"),
-                    _ => None,
-                }
-            }
-        }
-        impl ::core::fmt::Debug for Request {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
-                if let Some(name) = self.variant_name() {
-                    f.write_str(name)
-                } else {
-                    f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
-                }
-            }
-        }
-        impl<'a> ::flatbuffers::Follow<'a> for Request {
-            type Inner = Self;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
-                Self(b)
-            }
-        }
-
-        impl ::flatbuffers::Push for Request {
-            type Output = Request;
-            #[inline]
-            unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
-                unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
-            }
-        }
-
-        impl ::flatbuffers::EndianScalar for Request {
-            type Scalar = u8;
-            #[inline]
-            fn to_little_endian(self) -> u8 {
-                self.0.to_le()
-            }
-            #[inline]
-            #[allow(clippy::wrong_self_convention)]
-            fn from_little_endian(v: u8) -> Self {
-                let b = u8::from_le(v);
-                Self(b)
-            }
-        }
-
-        impl<'a> ::flatbuffers::Verifiable for Request {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                u8::run_verifier(v, pos)
-            }
-        }
-
-        impl ::flatbuffers::SimpleToVerifyInSlice for Request {}
-        pub struct RequestUnionTableOffset {}
-
-        #[deprecated(
-            since = "2.0.0",
-            note = "Use associated constants instead. This will no longer be generated in 2021."
-        )]
-        pub const ENUM_MIN_RESPONSE: u8 = 0;
-        #[deprecated(
-            since = "2.0.0",
-            note = "Use associated constants instead. This will no longer be generated in 2021."
-        )]
-        pub const ENUM_MAX_RESPONSE: u8 = 10;
-        #[deprecated(
-            since = "2.0.0",
-            note = "Use associated constants instead. This will no longer be generated in 2021."
-        )]
-        #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_RESPONSE: [Response; 11] = [
-            Response::NONE,
-            Response::Error,
-            Response::HelloOk,
-            Response::Pong,
-            Response::GetResult,
-            Response::SetResult,
-            Response::CountResult,
-            Response::MGetResult,
-            Response::MSetResult,
-            Response::KeysResult,
-            Response::ScanResult,
-        ];
-
-        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-        #[repr(transparent)]
-        pub struct Response(pub u8);
-        #[allow(non_upper_case_globals)]
-        impl Response {
-            pub const NONE: Self = Self(0);
-            pub const Error: Self = Self(1);
-            pub const HelloOk: Self = Self(2);
-            pub const Pong: Self = Self(3);
-            pub const GetResult: Self = Self(4);
-            pub const SetResult: Self = Self(5);
-            pub const CountResult: Self = Self(6);
-            pub const MGetResult: Self = Self(7);
-            pub const MSetResult: Self = Self(8);
-            pub const KeysResult: Self = Self(9);
-            pub const ScanResult: Self = Self(10);
-
-            pub const ENUM_MIN: u8 = 0;
-            pub const ENUM_MAX: u8 = 10;
-            pub const ENUM_VALUES: &'static [Self] = &[
-                Self::NONE,
-                Self::Error,
-                Self::HelloOk,
-                Self::Pong,
-                Self::GetResult,
-                Self::SetResult,
-                Self::CountResult,
-                Self::MGetResult,
-                Self::MSetResult,
-                Self::KeysResult,
-                Self::ScanResult,
-            ];
-            /// Returns the variant's name or "" if unknown.
-            pub fn variant_name(self) -> Option<&'static str> {
-                match self {
-                    Self::NONE => Some("NONE"),
-                    Self::Error => Some("Error"),
-                    Self::HelloOk => Some("HelloOk"),
-                    Self::Pong => Some("Pong"),
-                    Self::GetResult => Some("GetResult"),
-                    Self::SetResult => Some("SetResult"),
-                    Self::CountResult => Some("CountResult"),
-                    Self::MGetResult => Some("MGetResult"),
-                    Self::MSetResult => Some("MSetResult"),
-                    Self::KeysResult => Some("KeysResult"),
-                    Self::ScanResult => Some("ScanResult"),
-                    _ => None,
-                }
-            }
-        }
-        impl ::core::fmt::Debug for Response {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
-                if let Some(name) = self.variant_name() {
-                    f.write_str(name)
-                } else {
-                    f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
-                }
-            }
-        }
-        impl<'a> ::flatbuffers::Follow<'a> for Response {
-            type Inner = Self;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
-                Self(b)
-            }
-        }
-
-        impl ::flatbuffers::Push for Response {
-            type Output = Response;
-            #[inline]
-            unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
-                unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
-            }
-        }
-
-        impl ::flatbuffers::EndianScalar for Response {
-            type Scalar = u8;
-            #[inline]
-            fn to_little_endian(self) -> u8 {
-                self.0.to_le()
-            }
-            #[inline]
-            #[allow(clippy::wrong_self_convention)]
-            fn from_little_endian(v: u8) -> Self {
-                let b = u8::from_le(v);
-                Self(b)
-            }
-        }
-
-        impl<'a> ::flatbuffers::Verifiable for Response {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                u8::run_verifier(v, pos)
-            }
-        }
-
-        impl ::flatbuffers::SimpleToVerifyInSlice for Response {}
-        pub struct ResponseUnionTableOffset {}
-
-        pub enum KeyOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        /// A key, wrapped in a table because flatbuffers has no vector of vectors.
-        pub struct Key<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for Key<'a> {
-            type Inner = Key<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> Key<'a> {
-            pub const VT_BYTES: ::flatbuffers::VOffsetT = 4;
-
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                Key { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args KeyArgs<'args>,
-            ) -> ::flatbuffers::WIPOffset<Key<'bldr>> {
-                let mut builder = KeyBuilder::new(_fbb);
-                if let Some(x) = args.bytes {
-                    builder.add_bytes(x);
-                }
-                builder.finish()
-            }
-
-            #[inline]
-            pub fn bytes(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
-                            Key::VT_BYTES,
-                            None,
-                        )
-                }
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for Key<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
-                        "bytes",
-                        Self::VT_BYTES,
-                        false,
-                    )?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct KeyArgs<'a> {
-            pub bytes: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
-        }
-        impl<'a> Default for KeyArgs<'a> {
-            #[inline]
-            fn default() -> Self {
-                KeyArgs { bytes: None }
-            }
-        }
-
-        pub struct KeyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> KeyBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_bytes(
-                &mut self,
-                bytes: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
-            ) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Key::VT_BYTES, bytes);
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> KeyBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                KeyBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<Key<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for Key<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("Key");
-                ds.field("bytes", &self.bytes());
-                ds.finish()
-            }
-        }
-        pub enum KeyValueOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        /// One key and its value (MSet).
-        pub struct KeyValue<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for KeyValue<'a> {
-            type Inner = KeyValue<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> KeyValue<'a> {
-            pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
-            pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
-
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                KeyValue { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args KeyValueArgs<'args>,
-            ) -> ::flatbuffers::WIPOffset<KeyValue<'bldr>> {
-                let mut builder = KeyValueBuilder::new(_fbb);
-                if let Some(x) = args.value {
-                    builder.add_value(x);
-                }
-                if let Some(x) = args.key {
-                    builder.add_key(x);
-                }
-                builder.finish()
-            }
-
-            #[inline]
-            pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
-                            KeyValue::VT_KEY,
-                            None,
-                        )
-                }
-            }
-            #[inline]
-            pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
-                            KeyValue::VT_VALUE,
-                            None,
-                        )
-                }
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for KeyValue<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
-                        "key",
-                        Self::VT_KEY,
-                        false,
-                    )?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
-                        "value",
-                        Self::VT_VALUE,
-                        false,
-                    )?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct KeyValueArgs<'a> {
-            pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
-            pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
-        }
-        impl<'a> Default for KeyValueArgs<'a> {
-            #[inline]
-            fn default() -> Self {
-                KeyValueArgs {
-                    key: None,
-                    value: None,
-                }
-            }
-        }
-
-        pub struct KeyValueBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> KeyValueBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_key(
-                &mut self,
-                key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
-            ) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(KeyValue::VT_KEY, key);
-            }
-            #[inline]
-            pub fn add_value(
-                &mut self,
-                value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
-            ) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(KeyValue::VT_VALUE, value);
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> KeyValueBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                KeyValueBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<KeyValue<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for KeyValue<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("KeyValue");
-                ds.field("key", &self.key());
-                ds.field("value", &self.value());
-                ds.finish()
-            }
-        }
-        pub enum HelloOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        /// First request on every connection: agrees the protocol version and
-        /// binds the connection to a tenant.
-        pub struct Hello<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for Hello<'a> {
-            type Inner = Hello<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> Hello<'a> {
-            pub const VT_PROTOCOL_VERSION: ::flatbuffers::VOffsetT = 4;
-            pub const VT_TENANT: ::flatbuffers::VOffsetT = 6;
-            pub const VT_CLIENT_NAME: ::flatbuffers::VOffsetT = 8;
-
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                Hello { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args HelloArgs<'args>,
-            ) -> ::flatbuffers::WIPOffset<Hello<'bldr>> {
-                let mut builder = HelloBuilder::new(_fbb);
-                if let Some(x) = args.client_name {
-                    builder.add_client_name(x);
-                }
-                if let Some(x) = args.tenant {
-                    builder.add_tenant(x);
-                }
-                builder.add_protocol_version(args.protocol_version);
-                builder.finish()
-            }
-
-            #[inline]
-            pub fn protocol_version(&self) -> u32 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<u32>(Hello::VT_PROTOCOL_VERSION, Some(0))
-                        .unwrap()
-                }
-            }
-            /// Empty or absent means the tenant "default".
-            #[inline]
-            pub fn tenant(&self) -> Option<&'a str> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<::flatbuffers::ForwardsUOffset<&str>>(Hello::VT_TENANT, None)
-                }
-            }
-            /// Free text shown in logs and, later, in the admin API.
-            #[inline]
-            pub fn client_name(&self) -> Option<&'a str> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<::flatbuffers::ForwardsUOffset<&str>>(Hello::VT_CLIENT_NAME, None)
-                }
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for Hello<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<u32>("protocol_version", Self::VT_PROTOCOL_VERSION, false)?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
-                        "tenant",
-                        Self::VT_TENANT,
-                        false,
-                    )?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
-                        "client_name",
-                        Self::VT_CLIENT_NAME,
-                        false,
-                    )?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct HelloArgs<'a> {
-            pub protocol_version: u32,
-            pub tenant: Option<::flatbuffers::WIPOffset<&'a str>>,
-            pub client_name: Option<::flatbuffers::WIPOffset<&'a str>>,
-        }
-        impl<'a> Default for HelloArgs<'a> {
-            #[inline]
-            fn default() -> Self {
-                HelloArgs {
-                    protocol_version: 0,
-                    tenant: None,
-                    client_name: None,
-                }
-            }
-        }
-
-        pub struct HelloBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HelloBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_protocol_version(&mut self, protocol_version: u32) {
-                self.fbb_
-                    .push_slot::<u32>(Hello::VT_PROTOCOL_VERSION, protocol_version, 0);
-            }
-            #[inline]
-            pub fn add_tenant(&mut self, tenant: ::flatbuffers::WIPOffset<&'b str>) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Hello::VT_TENANT, tenant);
-            }
-            #[inline]
-            pub fn add_client_name(&mut self, client_name: ::flatbuffers::WIPOffset<&'b str>) {
-                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
-                    Hello::VT_CLIENT_NAME,
-                    client_name,
-                );
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> HelloBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                HelloBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<Hello<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for Hello<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("Hello");
-                ds.field("protocol_version", &self.protocol_version());
-                ds.field("tenant", &self.tenant());
-                ds.field("client_name", &self.client_name());
-                ds.finish()
-            }
-        }
-        pub enum PingOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        /// Round trip with no effect.
-        pub struct Ping<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for Ping<'a> {
-            type Inner = Ping<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> Ping<'a> {
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                Ping { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                _args: &'args PingArgs,
-            ) -> ::flatbuffers::WIPOffset<Ping<'bldr>> {
-                let mut builder = PingBuilder::new(_fbb);
-                builder.finish()
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for Ping<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?.finish();
-                Ok(())
-            }
-        }
-        pub struct PingArgs {}
-        impl<'a> Default for PingArgs {
-            #[inline]
-            fn default() -> Self {
-                PingArgs {}
-            }
-        }
-
-        pub struct PingBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PingBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> PingBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                PingBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<Ping<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for Ping<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("Ping");
-                ds.finish()
-            }
-        }
-        pub enum GetOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        /// Read one key.
-        pub struct Get<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for Get<'a> {
-            type Inner = Get<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> Get<'a> {
-            pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
-
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                Get { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args GetArgs<'args>,
-            ) -> ::flatbuffers::WIPOffset<Get<'bldr>> {
-                let mut builder = GetBuilder::new(_fbb);
-                if let Some(x) = args.key {
-                    builder.add_key(x);
-                }
-                builder.finish()
-            }
-
-            #[inline]
-            pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
-                            Get::VT_KEY,
-                            None,
-                        )
-                }
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for Get<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
-                        "key",
-                        Self::VT_KEY,
-                        false,
-                    )?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct GetArgs<'a> {
-            pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
-        }
-        impl<'a> Default for GetArgs<'a> {
-            #[inline]
-            fn default() -> Self {
-                GetArgs { key: None }
-            }
-        }
-
-        pub struct GetBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GetBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_key(
-                &mut self,
-                key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
-            ) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Get::VT_KEY, key);
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> GetBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                GetBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<Get<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for Get<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("Get");
-                ds.field("key", &self.key());
-                ds.finish()
-            }
-        }
-        pub enum SetOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        /// Write one key.
-        pub struct Set<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for Set<'a> {
-            type Inner = Set<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> Set<'a> {
-            pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
-            pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
-            pub const VT_TTL_MS: ::flatbuffers::VOffsetT = 8;
-            pub const VT_CONDITION: ::flatbuffers::VOffsetT = 10;
-
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                Set { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args SetArgs<'args>,
-            ) -> ::flatbuffers::WIPOffset<Set<'bldr>> {
-                let mut builder = SetBuilder::new(_fbb);
-                builder.add_ttl_ms(args.ttl_ms);
-                if let Some(x) = args.value {
-                    builder.add_value(x);
-                }
-                if let Some(x) = args.key {
-                    builder.add_key(x);
-                }
-                builder.add_condition(args.condition);
-                builder.finish()
-            }
-
-            #[inline]
-            pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
-                            Set::VT_KEY,
-                            None,
-                        )
-                }
-            }
-            #[inline]
-            pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
-                            Set::VT_VALUE,
-                            None,
-                        )
-                }
-            }
-            /// Time to live in milliseconds; 0 means the key never expires.
-            #[inline]
-            pub fn ttl_ms(&self) -> u64 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe { self._tab.get::<u64>(Set::VT_TTL_MS, Some(0)).unwrap() }
-            }
-            #[inline]
-            pub fn condition(&self) -> SetCondition {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<SetCondition>(Set::VT_CONDITION, Some(SetCondition::Always))
-                        .unwrap()
-                }
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for Set<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
-                        "key",
-                        Self::VT_KEY,
-                        false,
-                    )?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
-                        "value",
-                        Self::VT_VALUE,
-                        false,
-                    )?
-                    .visit_field::<u64>("ttl_ms", Self::VT_TTL_MS, false)?
-                    .visit_field::<SetCondition>("condition", Self::VT_CONDITION, false)?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct SetArgs<'a> {
-            pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
-            pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
-            pub ttl_ms: u64,
-            pub condition: SetCondition,
-        }
-        impl<'a> Default for SetArgs<'a> {
-            #[inline]
-            fn default() -> Self {
-                SetArgs {
-                    key: None,
-                    value: None,
-                    ttl_ms: 0,
-                    condition: SetCondition::Always,
-                }
-            }
-        }
-
-        pub struct SetBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SetBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_key(
-                &mut self,
-                key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
-            ) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Set::VT_KEY, key);
-            }
-            #[inline]
-            pub fn add_value(
-                &mut self,
-                value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
-            ) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Set::VT_VALUE, value);
-            }
-            #[inline]
-            pub fn add_ttl_ms(&mut self, ttl_ms: u64) {
-                self.fbb_.push_slot::<u64>(Set::VT_TTL_MS, ttl_ms, 0);
-            }
-            #[inline]
-            pub fn add_condition(&mut self, condition: SetCondition) {
-                self.fbb_.push_slot::<SetCondition>(
-                    Set::VT_CONDITION,
-                    condition,
-                    SetCondition::Always,
-                );
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> SetBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                SetBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<Set<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for Set<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("Set");
-                ds.field("key", &self.key());
-                ds.field("value", &self.value());
-                ds.field("ttl_ms", &self.ttl_ms());
-                ds.field("condition", &self.condition());
-                ds.finish()
-            }
-        }
-        pub enum CompareAndSetOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        /// Write one key only if its current version is expected_version.
-        pub struct CompareAndSet<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for CompareAndSet<'a> {
-            type Inner = CompareAndSet<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> CompareAndSet<'a> {
-            pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
-            pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
-            pub const VT_EXPECTED_VERSION: ::flatbuffers::VOffsetT = 8;
-            pub const VT_TTL_MS: ::flatbuffers::VOffsetT = 10;
-
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                CompareAndSet { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args CompareAndSetArgs<'args>,
-            ) -> ::flatbuffers::WIPOffset<CompareAndSet<'bldr>> {
-                let mut builder = CompareAndSetBuilder::new(_fbb);
-                builder.add_ttl_ms(args.ttl_ms);
-                builder.add_expected_version(args.expected_version);
-                if let Some(x) = args.value {
-                    builder.add_value(x);
-                }
-                if let Some(x) = args.key {
-                    builder.add_key(x);
-                }
-                builder.finish()
-            }
-
-            #[inline]
-            pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
-                            CompareAndSet::VT_KEY,
-                            None,
-                        )
-                }
-            }
-            #[inline]
-            pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
-                            CompareAndSet::VT_VALUE,
-                            None,
-                        )
-                }
-            }
-            /// 0 means "the key must not exist".
-            #[inline]
-            pub fn expected_version(&self) -> u64 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<u64>(CompareAndSet::VT_EXPECTED_VERSION, Some(0))
-                        .unwrap()
-                }
-            }
-            #[inline]
-            pub fn ttl_ms(&self) -> u64 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<u64>(CompareAndSet::VT_TTL_MS, Some(0))
-                        .unwrap()
-                }
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for CompareAndSet<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
-                        "key",
-                        Self::VT_KEY,
-                        false,
-                    )?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
-                        "value",
-                        Self::VT_VALUE,
-                        false,
-                    )?
-                    .visit_field::<u64>("expected_version", Self::VT_EXPECTED_VERSION, false)?
-                    .visit_field::<u64>("ttl_ms", Self::VT_TTL_MS, false)?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct CompareAndSetArgs<'a> {
-            pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
-            pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
-            pub expected_version: u64,
-            pub ttl_ms: u64,
-        }
-        impl<'a> Default for CompareAndSetArgs<'a> {
-            #[inline]
-            fn default() -> Self {
-                CompareAndSetArgs {
-                    key: None,
-                    value: None,
-                    expected_version: 0,
-                    ttl_ms: 0,
-                }
-            }
-        }
-
-        pub struct CompareAndSetBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CompareAndSetBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_key(
-                &mut self,
-                key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
-            ) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(CompareAndSet::VT_KEY, key);
-            }
-            #[inline]
-            pub fn add_value(
-                &mut self,
-                value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
-            ) {
-                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
-                    CompareAndSet::VT_VALUE,
-                    value,
-                );
-            }
-            #[inline]
-            pub fn add_expected_version(&mut self, expected_version: u64) {
-                self.fbb_
-                    .push_slot::<u64>(CompareAndSet::VT_EXPECTED_VERSION, expected_version, 0);
-            }
-            #[inline]
-            pub fn add_ttl_ms(&mut self, ttl_ms: u64) {
-                self.fbb_
-                    .push_slot::<u64>(CompareAndSet::VT_TTL_MS, ttl_ms, 0);
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> CompareAndSetBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                CompareAndSetBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<CompareAndSet<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for CompareAndSet<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("CompareAndSet");
-                ds.field("key", &self.key());
-                ds.field("value", &self.value());
-                ds.field("expected_version", &self.expected_version());
-                ds.field("ttl_ms", &self.ttl_ms());
-                ds.finish()
-            }
-        }
-        pub enum DeleteOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        /// Delete keys; answers CountResult (keys that existed).
-        pub struct Delete<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for Delete<'a> {
-            type Inner = Delete<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> Delete<'a> {
-            pub const VT_KEYS: ::flatbuffers::VOffsetT = 4;
-
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                Delete { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args DeleteArgs<'args>,
-            ) -> ::flatbuffers::WIPOffset<Delete<'bldr>> {
-                let mut builder = DeleteBuilder::new(_fbb);
-                if let Some(x) = args.keys {
-                    builder.add_keys(x);
-                }
-                builder.finish()
-            }
-
-            #[inline]
-            pub fn keys(
-                &self,
-            ) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key<'a>>>>
-            {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab.get::<::flatbuffers::ForwardsUOffset<
-                        ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key>>,
-                    >>(Delete::VT_KEYS, None)
-                }
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for Delete<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<
-                        ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Key>>,
-                    >>("keys", Self::VT_KEYS, false)?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct DeleteArgs<'a> {
-            pub keys: Option<
-                ::flatbuffers::WIPOffset<
-                    ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key<'a>>>,
-                >,
-            >,
-        }
-        impl<'a> Default for DeleteArgs<'a> {
-            #[inline]
-            fn default() -> Self {
-                DeleteArgs { keys: None }
-            }
-        }
-
-        pub struct DeleteBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DeleteBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_keys(
-                &mut self,
-                keys: ::flatbuffers::WIPOffset<
-                    ::flatbuffers::Vector<'b, ::flatbuffers::ForwardsUOffset<Key<'b>>>,
-                >,
-            ) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Delete::VT_KEYS, keys);
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> DeleteBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                DeleteBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<Delete<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for Delete<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("Delete");
-                ds.field("keys", &self.keys());
-                ds.finish()
-            }
-        }
-        pub enum ExistsOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        /// Count how many of the keys exist; answers CountResult.
-        pub struct Exists<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for Exists<'a> {
-            type Inner = Exists<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> Exists<'a> {
-            pub const VT_KEYS: ::flatbuffers::VOffsetT = 4;
-
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                Exists { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args ExistsArgs<'args>,
-            ) -> ::flatbuffers::WIPOffset<Exists<'bldr>> {
-                let mut builder = ExistsBuilder::new(_fbb);
-                if let Some(x) = args.keys {
-                    builder.add_keys(x);
-                }
-                builder.finish()
-            }
-
-            #[inline]
-            pub fn keys(
-                &self,
-            ) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key<'a>>>>
-            {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab.get::<::flatbuffers::ForwardsUOffset<
-                        ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key>>,
-                    >>(Exists::VT_KEYS, None)
-                }
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for Exists<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<
-                        ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Key>>,
-                    >>("keys", Self::VT_KEYS, false)?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct ExistsArgs<'a> {
-            pub keys: Option<
-                ::flatbuffers::WIPOffset<
-                    ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key<'a>>>,
-                >,
-            >,
-        }
-        impl<'a> Default for ExistsArgs<'a> {
-            #[inline]
-            fn default() -> Self {
-                ExistsArgs { keys: None }
-            }
-        }
-
-        pub struct ExistsBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ExistsBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_keys(
-                &mut self,
-                keys: ::flatbuffers::WIPOffset<
-                    ::flatbuffers::Vector<'b, ::flatbuffers::ForwardsUOffset<Key<'b>>>,
-                >,
-            ) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Exists::VT_KEYS, keys);
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> ExistsBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                ExistsBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<Exists<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for Exists<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("Exists");
-                ds.field("keys", &self.keys());
-                ds.finish()
-            }
-        }
-        pub enum MGetOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        /// Read many keys; answers MGetResult, one GetResult per key, in order.
-        pub struct MGet<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for MGet<'a> {
-            type Inner = MGet<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> MGet<'a> {
-            pub const VT_KEYS: ::flatbuffers::VOffsetT = 4;
-
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                MGet { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args MGetArgs<'args>,
-            ) -> ::flatbuffers::WIPOffset<MGet<'bldr>> {
-                let mut builder = MGetBuilder::new(_fbb);
-                if let Some(x) = args.keys {
-                    builder.add_keys(x);
-                }
-                builder.finish()
-            }
-
-            #[inline]
-            pub fn keys(
-                &self,
-            ) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key<'a>>>>
-            {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab.get::<::flatbuffers::ForwardsUOffset<
-                        ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key>>,
-                    >>(MGet::VT_KEYS, None)
-                }
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for MGet<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<
-                        ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Key>>,
-                    >>("keys", Self::VT_KEYS, false)?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct MGetArgs<'a> {
-            pub keys: Option<
-                ::flatbuffers::WIPOffset<
-                    ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key<'a>>>,
-                >,
-            >,
-        }
-        impl<'a> Default for MGetArgs<'a> {
-            #[inline]
-            fn default() -> Self {
-                MGetArgs { keys: None }
-            }
-        }
-
-        pub struct MGetBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MGetBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_keys(
-                &mut self,
-                keys: ::flatbuffers::WIPOffset<
-                    ::flatbuffers::Vector<'b, ::flatbuffers::ForwardsUOffset<Key<'b>>>,
-                >,
-            ) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(MGet::VT_KEYS, keys);
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> MGetBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                MGetBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<MGet<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for MGet<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("MGet");
-                ds.field("keys", &self.keys());
-                ds.finish()
-            }
-        }
-        pub enum MSetOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        /// Write many keys (not atomic across keys); answers MSetResult.
-        pub struct MSet<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for MSet<'a> {
-            type Inner = MSet<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> MSet<'a> {
-            pub const VT_ENTRIES: ::flatbuffers::VOffsetT = 4;
-
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                MSet { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args MSetArgs<'args>,
-            ) -> ::flatbuffers::WIPOffset<MSet<'bldr>> {
-                let mut builder = MSetBuilder::new(_fbb);
-                if let Some(x) = args.entries {
-                    builder.add_entries(x);
-                }
-                builder.finish()
-            }
-
-            #[inline]
-            pub fn entries(
-                &self,
-            ) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyValue<'a>>>>
-            {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab.get::<::flatbuffers::ForwardsUOffset<
-                        ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyValue>>,
-                    >>(MSet::VT_ENTRIES, None)
-                }
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for MSet<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<
-                        ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<KeyValue>>,
-                    >>("entries", Self::VT_ENTRIES, false)?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct MSetArgs<'a> {
-            pub entries: Option<
-                ::flatbuffers::WIPOffset<
-                    ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyValue<'a>>>,
-                >,
-            >,
-        }
-        impl<'a> Default for MSetArgs<'a> {
-            #[inline]
-            fn default() -> Self {
-                MSetArgs { entries: None }
-            }
-        }
-
-        pub struct MSetBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MSetBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_entries(
-                &mut self,
-                entries: ::flatbuffers::WIPOffset<
-                    ::flatbuffers::Vector<'b, ::flatbuffers::ForwardsUOffset<KeyValue<'b>>>,
-                >,
-            ) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(MSet::VT_ENTRIES, entries);
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> MSetBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                MSetBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<MSet<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for MSet<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("MSet");
-                ds.field("entries", &self.entries());
-                ds.finish()
-            }
-        }
-        pub enum KeysOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        /// All keys of the tenant matching a glob pattern; answers KeysResult.
-        pub struct Keys<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for Keys<'a> {
-            type Inner = Keys<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> Keys<'a> {
-            pub const VT_PATTERN: ::flatbuffers::VOffsetT = 4;
-
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                Keys { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args KeysArgs<'args>,
-            ) -> ::flatbuffers::WIPOffset<Keys<'bldr>> {
-                let mut builder = KeysBuilder::new(_fbb);
-                if let Some(x) = args.pattern {
-                    builder.add_pattern(x);
-                }
-                builder.finish()
-            }
-
-            #[inline]
-            pub fn pattern(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
-                            Keys::VT_PATTERN,
-                            None,
-                        )
-                }
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for Keys<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
-                        "pattern",
-                        Self::VT_PATTERN,
-                        false,
-                    )?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct KeysArgs<'a> {
-            pub pattern: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
-        }
-        impl<'a> Default for KeysArgs<'a> {
-            #[inline]
-            fn default() -> Self {
-                KeysArgs { pattern: None }
-            }
-        }
-
-        pub struct KeysBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> KeysBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_pattern(
-                &mut self,
-                pattern: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
-            ) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Keys::VT_PATTERN, pattern);
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> KeysBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                KeysBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<Keys<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for Keys<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("Keys");
-                ds.field("pattern", &self.pattern());
-                ds.finish()
-            }
-        }
-        pub enum ScanOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        /// One step of a cursor scan; answers ScanResult.
-        pub struct Scan<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for Scan<'a> {
-            type Inner = Scan<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> Scan<'a> {
-            pub const VT_CURSOR: ::flatbuffers::VOffsetT = 4;
-            pub const VT_PREFIX: ::flatbuffers::VOffsetT = 6;
-            pub const VT_PATTERN: ::flatbuffers::VOffsetT = 8;
-            pub const VT_COUNT: ::flatbuffers::VOffsetT = 10;
-
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                Scan { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args ScanArgs<'args>,
-            ) -> ::flatbuffers::WIPOffset<Scan<'bldr>> {
-                let mut builder = ScanBuilder::new(_fbb);
-                builder.add_cursor(args.cursor);
-                builder.add_count(args.count);
-                if let Some(x) = args.pattern {
-                    builder.add_pattern(x);
-                }
-                if let Some(x) = args.prefix {
-                    builder.add_prefix(x);
-                }
-                builder.finish()
-            }
-
-            /// 0 starts a scan; then pass the cursor of the previous ScanResult.
-            #[inline]
-            pub fn cursor(&self) -> u64 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe { self._tab.get::<u64>(Scan::VT_CURSOR, Some(0)).unwrap() }
-            }
-            /// Only keys starting with these bytes (empty: all keys).
-            #[inline]
-            pub fn prefix(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
-                            Scan::VT_PREFIX,
-                            None,
-                        )
-                }
-            }
-            /// Only keys matching this glob (empty: all keys).
-            #[inline]
-            pub fn pattern(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
-                            Scan::VT_PATTERN,
-                            None,
-                        )
-                }
-            }
-            /// A hint of how many keys to return; 0 means the node's default.
-            #[inline]
-            pub fn count(&self) -> u32 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe { self._tab.get::<u32>(Scan::VT_COUNT, Some(0)).unwrap() }
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for Scan<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<u64>("cursor", Self::VT_CURSOR, false)?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
-                        "prefix",
-                        Self::VT_PREFIX,
-                        false,
-                    )?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
-                        "pattern",
-                        Self::VT_PATTERN,
-                        false,
-                    )?
-                    .visit_field::<u32>("count", Self::VT_COUNT, false)?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct ScanArgs<'a> {
-            pub cursor: u64,
-            pub prefix: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
-            pub pattern: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
-            pub count: u32,
-        }
-        impl<'a> Default for ScanArgs<'a> {
-            #[inline]
-            fn default() -> Self {
-                ScanArgs {
-                    cursor: 0,
-                    prefix: None,
-                    pattern: None,
-                    count: 0,
-                }
-            }
-        }
-
-        pub struct ScanBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ScanBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_cursor(&mut self, cursor: u64) {
-                self.fbb_.push_slot::<u64>(Scan::VT_CURSOR, cursor, 0);
-            }
-            #[inline]
-            pub fn add_prefix(
-                &mut self,
-                prefix: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
-            ) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Scan::VT_PREFIX, prefix);
-            }
-            #[inline]
-            pub fn add_pattern(
-                &mut self,
-                pattern: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
-            ) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Scan::VT_PATTERN, pattern);
-            }
-            #[inline]
-            pub fn add_count(&mut self, count: u32) {
-                self.fbb_.push_slot::<u32>(Scan::VT_COUNT, count, 0);
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> ScanBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                ScanBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<Scan<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for Scan<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("Scan");
-                ds.field("cursor", &self.cursor());
-                ds.field("prefix", &self.prefix());
-                ds.field("pattern", &self.pattern());
-                ds.field("count", &self.count());
-                ds.finish()
-            }
-        }
-        pub enum CountOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        /// Number of live keys of the tenant; answers CountResult.
-        pub struct Count<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for Count<'a> {
-            type Inner = Count<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> Count<'a> {
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                Count { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                _args: &'args CountArgs,
-            ) -> ::flatbuffers::WIPOffset<Count<'bldr>> {
-                let mut builder = CountBuilder::new(_fbb);
-                builder.finish()
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for Count<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?.finish();
-                Ok(())
-            }
-        }
-        pub struct CountArgs {}
-        impl<'a> Default for CountArgs {
-            #[inline]
-            fn default() -> Self {
-                CountArgs {}
-            }
-        }
-
-        pub struct CountBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CountBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> CountBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                CountBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<Count<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for Count<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("Count");
-                ds.finish()
-            }
-        }
-        pub enum RequestFrameOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        pub struct RequestFrame<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for RequestFrame<'a> {
-            type Inner = RequestFrame<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> RequestFrame<'a> {
-            pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
-            pub const VT_REQUEST_TYPE: ::flatbuffers::VOffsetT = 6;
-            pub const VT_REQUEST: ::flatbuffers::VOffsetT = 8;
-
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                RequestFrame { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args RequestFrameArgs,
-            ) -> ::flatbuffers::WIPOffset<RequestFrame<'bldr>> {
-                let mut builder = RequestFrameBuilder::new(_fbb);
-                builder.add_request_id(args.request_id);
-                if let Some(x) = args.request {
-                    builder.add_request(x);
-                }
-                builder.add_request_type(args.request_type);
-                builder.finish()
-            }
-
-            /// Chosen by the client, echoed in the response; lets one connection
-            /// carry many requests at once (pipelining).
-            #[inline]
-            pub fn request_id(&self) -> u64 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<u64>(RequestFrame::VT_REQUEST_ID, Some(0))
-                        .unwrap()
-                }
-            }
-            #[inline]
-            pub fn request_type(&self) -> Request {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<Request>(RequestFrame::VT_REQUEST_TYPE, Some(Request::NONE))
-                        .unwrap()
-                }
-            }
-            #[inline]
-            pub fn request(&self) -> Option<::flatbuffers::Table<'a>> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Table<'a>>>(
-                            RequestFrame::VT_REQUEST,
-                            None,
-                        )
-                }
-            }
-            #[inline]
-            #[allow(non_snake_case)]
-            pub fn request_as_hello(&self) -> Option<Hello<'a>> {
-                if self.request_type() == Request::Hello {
-                    self.request().map(|t| {
-                        // Safety:
-                        // Created from a valid Table for this object
-                        // Which contains a valid union in this slot
-                        unsafe { Hello::init_from_table(t) }
-                    })
-                } else {
-                    None
-                }
-            }
-
-            #[inline]
-            #[allow(non_snake_case)]
-            pub fn request_as_ping(&self) -> Option<Ping<'a>> {
-                if self.request_type() == Request::Ping {
-                    self.request().map(|t| {
-                        // Safety:
-                        // Created from a valid Table for this object
-                        // Which contains a valid union in this slot
-                        unsafe { Ping::init_from_table(t) }
-                    })
-                } else {
-                    None
-                }
-            }
-
-            #[inline]
-            #[allow(non_snake_case)]
-            pub fn request_as_get(&self) -> Option<Get<'a>> {
-                if self.request_type() == Request::Get {
-                    self.request().map(|t| {
-                        // Safety:
-                        // Created from a valid Table for this object
-                        // Which contains a valid union in this slot
-                        unsafe { Get::init_from_table(t) }
-                    })
-                } else {
-                    None
-                }
-            }
-
-            #[inline]
-            #[allow(non_snake_case)]
-            pub fn request_as_set(&self) -> Option<Set<'a>> {
-                if self.request_type() == Request::Set {
-                    self.request().map(|t| {
-                        // Safety:
-                        // Created from a valid Table for this object
-                        // Which contains a valid union in this slot
-                        unsafe { Set::init_from_table(t) }
-                    })
-                } else {
-                    None
-                }
-            }
-
-            #[inline]
-            #[allow(non_snake_case)]
-            pub fn request_as_compare_and_set(&self) -> Option<CompareAndSet<'a>> {
-                if self.request_type() == Request::CompareAndSet {
-                    self.request().map(|t| {
-                        // Safety:
-                        // Created from a valid Table for this object
-                        // Which contains a valid union in this slot
-                        unsafe { CompareAndSet::init_from_table(t) }
-                    })
-                } else {
-                    None
-                }
-            }
-
-            #[inline]
-            #[allow(non_snake_case)]
-            pub fn request_as_delete(&self) -> Option<Delete<'a>> {
-                if self.request_type() == Request::Delete {
-                    self.request().map(|t| {
-                        // Safety:
-                        // Created from a valid Table for this object
-                        // Which contains a valid union in this slot
-                        unsafe { Delete::init_from_table(t) }
-                    })
-                } else {
-                    None
-                }
-            }
-
-            #[inline]
-            #[allow(non_snake_case)]
-            pub fn request_as_exists(&self) -> Option<Exists<'a>> {
-                if self.request_type() == Request::Exists {
-                    self.request().map(|t| {
-                        // Safety:
-                        // Created from a valid Table for this object
-                        // Which contains a valid union in this slot
-                        unsafe { Exists::init_from_table(t) }
-                    })
-                } else {
-                    None
-                }
-            }
-
-            #[inline]
-            #[allow(non_snake_case)]
-            pub fn request_as_mget(&self) -> Option<MGet<'a>> {
-                if self.request_type() == Request::MGet {
-                    self.request().map(|t| {
-                        // Safety:
-                        // Created from a valid Table for this object
-                        // Which contains a valid union in this slot
-                        unsafe { MGet::init_from_table(t) }
-                    })
-                } else {
-                    None
-                }
-            }
-
-            #[inline]
-            #[allow(non_snake_case)]
-            pub fn request_as_mset(&self) -> Option<MSet<'a>> {
-                if self.request_type() == Request::MSet {
-                    self.request().map(|t| {
-                        // Safety:
-                        // Created from a valid Table for this object
-                        // Which contains a valid union in this slot
-                        unsafe { MSet::init_from_table(t) }
-                    })
-                } else {
-                    None
-                }
-            }
-
-            #[inline]
-            #[allow(non_snake_case)]
-            pub fn request_as_keys(&self) -> Option<Keys<'a>> {
-                if self.request_type() == Request::Keys {
-                    self.request().map(|t| {
-                        // Safety:
-                        // Created from a valid Table for this object
-                        // Which contains a valid union in this slot
-                        unsafe { Keys::init_from_table(t) }
-                    })
-                } else {
-                    None
-                }
-            }
-
-            #[inline]
-            #[allow(non_snake_case)]
-            pub fn request_as_scan(&self) -> Option<Scan<'a>> {
-                if self.request_type() == Request::Scan {
-                    self.request().map(|t| {
-                        // Safety:
-                        // Created from a valid Table for this object
-                        // Which contains a valid union in this slot
-                        unsafe { Scan::init_from_table(t) }
-                    })
-                } else {
-                    None
-                }
-            }
-
-            #[inline]
-            #[allow(non_snake_case)]
-            pub fn request_as_count(&self) -> Option<Count<'a>> {
-                if self.request_type() == Request::Count {
-                    self.request().map(|t| {
-                        // Safety:
-                        // Created from a valid Table for this object
-                        // Which contains a valid union in this slot
-                        unsafe { Count::init_from_table(t) }
-                    })
-                } else {
-                    None
-                }
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for RequestFrame<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
+#[allow(unused_imports, dead_code)]
+pub mod wire {
+
+
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_ERROR_CODE: u16 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_ERROR_CODE: u16 = 15;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 16] = [
+  ErrorCode::None,
+  ErrorCode::MalformedFrame,
+  ErrorCode::UnsupportedVersion,
+  ErrorCode::UnknownOperation,
+  ErrorCode::HandshakeRequired,
+  ErrorCode::UnknownTenant,
+  ErrorCode::KeyTooLarge,
+  ErrorCode::ValueTooLarge,
+  ErrorCode::FrameTooLarge,
+  ErrorCode::TooManyKeys,
+  ErrorCode::QuotaExceeded,
+  ErrorCode::InvalidArgument,
+  ErrorCode::ResultTooLarge,
+  ErrorCode::Busy,
+  ErrorCode::ShuttingDown,
+  ErrorCode::Internal,
+];
+
+/// Why a request failed. Stable numbers: clients switch on them.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct ErrorCode(pub u16);
+#[allow(non_upper_case_globals)]
+impl ErrorCode {
+  /// Not an error; never sent inside an Error table.
+  pub const None: Self = Self(0);
+  /// The frame's bytes are not a valid RequestFrame flatbuffer.
+  pub const MalformedFrame: Self = Self(1);
+  /// Hello asked for a protocol version this node does not speak.
+  pub const UnsupportedVersion: Self = Self(2);
+  /// The request union holds a member this node does not know.
+  pub const UnknownOperation: Self = Self(3);
+  /// A request other than Hello arrived before a successful Hello.
+  pub const HandshakeRequired: Self = Self(4);
+  /// Hello named a tenant that the node's configuration does not define.
+  pub const UnknownTenant: Self = Self(5);
+  /// A key is empty or longer than the node's max_key_bytes.
+  pub const KeyTooLarge: Self = Self(6);
+  /// A value is longer than the node's max_value_bytes.
+  pub const ValueTooLarge: Self = Self(7);
+  /// A frame's length prefix is larger than max_frame_bytes; the node
+  /// closes the connection after sending this, as the stream is lost.
+  pub const FrameTooLarge: Self = Self(8);
+  /// A multi-key request names more than max_keys_per_request keys.
+  pub const TooManyKeys: Self = Self(9);
+  /// The write would take the tenant over its max_keys or max_bytes quota.
+  pub const QuotaExceeded: Self = Self(10);
+  /// A field holds a value outside its documented range (bad cursor,
+  /// empty key list, Hello sent twice, ...).
+  pub const InvalidArgument: Self = Self(11);
+  /// KEYS matched more than max_keys_result keys: use SCAN instead.
+  pub const ResultTooLarge: Self = Self(12);
+  /// The node is overloaded (a bounded queue is full); retry later.
+  pub const Busy: Self = Self(13);
+  /// The node is shutting down; reconnect elsewhere.
+  pub const ShuttingDown: Self = Self(14);
+  /// A bug or an unexpected condition inside the node.
+  pub const Internal: Self = Self(15);
+
+  pub const ENUM_MIN: u16 = 0;
+  pub const ENUM_MAX: u16 = 15;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::None,
+    Self::MalformedFrame,
+    Self::UnsupportedVersion,
+    Self::UnknownOperation,
+    Self::HandshakeRequired,
+    Self::UnknownTenant,
+    Self::KeyTooLarge,
+    Self::ValueTooLarge,
+    Self::FrameTooLarge,
+    Self::TooManyKeys,
+    Self::QuotaExceeded,
+    Self::InvalidArgument,
+    Self::ResultTooLarge,
+    Self::Busy,
+    Self::ShuttingDown,
+    Self::Internal,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::None => Some("None"),
+      Self::MalformedFrame => Some("MalformedFrame"),
+      Self::UnsupportedVersion => Some("UnsupportedVersion"),
+      Self::UnknownOperation => Some("UnknownOperation"),
+      Self::HandshakeRequired => Some("HandshakeRequired"),
+      Self::UnknownTenant => Some("UnknownTenant"),
+      Self::KeyTooLarge => Some("KeyTooLarge"),
+      Self::ValueTooLarge => Some("ValueTooLarge"),
+      Self::FrameTooLarge => Some("FrameTooLarge"),
+      Self::TooManyKeys => Some("TooManyKeys"),
+      Self::QuotaExceeded => Some("QuotaExceeded"),
+      Self::InvalidArgument => Some("InvalidArgument"),
+      Self::ResultTooLarge => Some("ResultTooLarge"),
+      Self::Busy => Some("Busy"),
+      Self::ShuttingDown => Some("ShuttingDown"),
+      Self::Internal => Some("Internal"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for ErrorCode {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for ErrorCode {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u16>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for ErrorCode {
+    type Output = ErrorCode;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u16>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for ErrorCode {
+  type Scalar = u16;
+  #[inline]
+  fn to_little_endian(self) -> u16 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u16) -> Self {
+    let b = u16::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for ErrorCode {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u16::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for ErrorCode {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_SET_CONDITION: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_SET_CONDITION: u8 = 2;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_SET_CONDITION: [SetCondition; 3] = [
+  SetCondition::Always,
+  SetCondition::IfAbsent,
+  SetCondition::IfPresent,
+];
+
+/// The condition a Set must meet to be applied.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct SetCondition(pub u8);
+#[allow(non_upper_case_globals)]
+impl SetCondition {
+  /// Write whether or not the key exists.
+  pub const Always: Self = Self(0);
+  /// Write only if the key does not exist (Redis NX).
+  pub const IfAbsent: Self = Self(1);
+  /// Write only if the key exists (Redis XX).
+  pub const IfPresent: Self = Self(2);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 2;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::Always,
+    Self::IfAbsent,
+    Self::IfPresent,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::Always => Some("Always"),
+      Self::IfAbsent => Some("IfAbsent"),
+      Self::IfPresent => Some("IfPresent"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for SetCondition {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for SetCondition {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for SetCondition {
+    type Output = SetCondition;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for SetCondition {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for SetCondition {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for SetCondition {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_REQUEST: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_REQUEST: u8 = 12;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_REQUEST: [Request; 13] = [
+  Request::NONE,
+  Request::Hello,
+  Request::Ping,
+  Request::Get,
+  Request::Set,
+  Request::CompareAndSet,
+  Request::Delete,
+  Request::Exists,
+  Request::MGet,
+  Request::MSet,
+  Request::Keys,
+  Request::Scan,
+  Request::Count,
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct Request(pub u8);
+#[allow(non_upper_case_globals)]
+impl Request {
+  pub const NONE: Self = Self(0);
+  pub const Hello: Self = Self(1);
+  pub const Ping: Self = Self(2);
+  pub const Get: Self = Self(3);
+  pub const Set: Self = Self(4);
+  pub const CompareAndSet: Self = Self(5);
+  pub const Delete: Self = Self(6);
+  pub const Exists: Self = Self(7);
+  pub const MGet: Self = Self(8);
+  pub const MSet: Self = Self(9);
+  pub const Keys: Self = Self(10);
+  pub const Scan: Self = Self(11);
+  pub const Count: Self = Self(12);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 12;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::NONE,
+    Self::Hello,
+    Self::Ping,
+    Self::Get,
+    Self::Set,
+    Self::CompareAndSet,
+    Self::Delete,
+    Self::Exists,
+    Self::MGet,
+    Self::MSet,
+    Self::Keys,
+    Self::Scan,
+    Self::Count,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::NONE => Some("NONE"),
+      Self::Hello => Some("Hello"),
+      Self::Ping => Some("Ping"),
+      Self::Get => Some("Get"),
+      Self::Set => Some("Set"),
+      Self::CompareAndSet => Some("CompareAndSet"),
+      Self::Delete => Some("Delete"),
+      Self::Exists => Some("Exists"),
+      Self::MGet => Some("MGet"),
+      Self::MSet => Some("MSet"),
+      Self::Keys => Some("Keys"),
+      Self::Scan => Some("Scan"),
+      Self::Count => Some("Count"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for Request {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for Request {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for Request {
+    type Output = Request;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for Request {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for Request {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for Request {}
+pub struct RequestUnionTableOffset {}
+
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_RESPONSE: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_RESPONSE: u8 = 10;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_RESPONSE: [Response; 11] = [
+  Response::NONE,
+  Response::Error,
+  Response::HelloOk,
+  Response::Pong,
+  Response::GetResult,
+  Response::SetResult,
+  Response::CountResult,
+  Response::MGetResult,
+  Response::MSetResult,
+  Response::KeysResult,
+  Response::ScanResult,
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct Response(pub u8);
+#[allow(non_upper_case_globals)]
+impl Response {
+  pub const NONE: Self = Self(0);
+  pub const Error: Self = Self(1);
+  pub const HelloOk: Self = Self(2);
+  pub const Pong: Self = Self(3);
+  pub const GetResult: Self = Self(4);
+  pub const SetResult: Self = Self(5);
+  pub const CountResult: Self = Self(6);
+  pub const MGetResult: Self = Self(7);
+  pub const MSetResult: Self = Self(8);
+  pub const KeysResult: Self = Self(9);
+  pub const ScanResult: Self = Self(10);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 10;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::NONE,
+    Self::Error,
+    Self::HelloOk,
+    Self::Pong,
+    Self::GetResult,
+    Self::SetResult,
+    Self::CountResult,
+    Self::MGetResult,
+    Self::MSetResult,
+    Self::KeysResult,
+    Self::ScanResult,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::NONE => Some("NONE"),
+      Self::Error => Some("Error"),
+      Self::HelloOk => Some("HelloOk"),
+      Self::Pong => Some("Pong"),
+      Self::GetResult => Some("GetResult"),
+      Self::SetResult => Some("SetResult"),
+      Self::CountResult => Some("CountResult"),
+      Self::MGetResult => Some("MGetResult"),
+      Self::MSetResult => Some("MSetResult"),
+      Self::KeysResult => Some("KeysResult"),
+      Self::ScanResult => Some("ScanResult"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for Response {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for Response {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for Response {
+    type Output = Response;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for Response {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for Response {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for Response {}
+pub struct ResponseUnionTableOffset {}
+
+pub enum KeyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A key, wrapped in a table because flatbuffers has no vector of vectors.
+pub struct Key<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Key<'a> {
+  type Inner = Key<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Key<'a> {
+  pub const VT_BYTES: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Key { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args KeyArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Key<'bldr>> {
+    let mut builder = KeyBuilder::new(_fbb);
+    if let Some(x) = args.bytes { builder.add_bytes(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn bytes(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Key::VT_BYTES, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Key<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("bytes", Self::VT_BYTES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct KeyArgs<'a> {
+    pub bytes: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for KeyArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    KeyArgs {
+      bytes: None,
+    }
+  }
+}
+
+pub struct KeyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> KeyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_bytes(&mut self, bytes: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Key::VT_BYTES, bytes);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> KeyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    KeyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Key<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Key<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Key");
+      ds.field("bytes", &self.bytes());
+      ds.finish()
+  }
+}
+pub enum KeyValueOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// One key and its value (MSet).
+pub struct KeyValue<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for KeyValue<'a> {
+  type Inner = KeyValue<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> KeyValue<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    KeyValue { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args KeyValueArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<KeyValue<'bldr>> {
+    let mut builder = KeyValueBuilder::new(_fbb);
+    if let Some(x) = args.value { builder.add_value(x); }
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(KeyValue::VT_KEY, None)}
+  }
+  #[inline]
+  pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(KeyValue::VT_VALUE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for KeyValue<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct KeyValueArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for KeyValueArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    KeyValueArgs {
+      key: None,
+      value: None,
+    }
+  }
+}
+
+pub struct KeyValueBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> KeyValueBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(KeyValue::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_value(&mut self, value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(KeyValue::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> KeyValueBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    KeyValueBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<KeyValue<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for KeyValue<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("KeyValue");
+      ds.field("key", &self.key());
+      ds.field("value", &self.value());
+      ds.finish()
+  }
+}
+pub enum HelloOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// First request on every connection: agrees the protocol version and
+/// binds the connection to a tenant.
+pub struct Hello<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Hello<'a> {
+  type Inner = Hello<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Hello<'a> {
+  pub const VT_PROTOCOL_VERSION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_TENANT: ::flatbuffers::VOffsetT = 6;
+  pub const VT_CLIENT_NAME: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Hello { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args HelloArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Hello<'bldr>> {
+    let mut builder = HelloBuilder::new(_fbb);
+    if let Some(x) = args.client_name { builder.add_client_name(x); }
+    if let Some(x) = args.tenant { builder.add_tenant(x); }
+    builder.add_protocol_version(args.protocol_version);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn protocol_version(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Hello::VT_PROTOCOL_VERSION, Some(0)).unwrap()}
+  }
+  /// Empty or absent means the tenant "default".
+  #[inline]
+  pub fn tenant(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Hello::VT_TENANT, None)}
+  }
+  /// Free text shown in logs and, later, in the admin API.
+  #[inline]
+  pub fn client_name(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Hello::VT_CLIENT_NAME, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Hello<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u32>("protocol_version", Self::VT_PROTOCOL_VERSION, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("tenant", Self::VT_TENANT, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("client_name", Self::VT_CLIENT_NAME, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct HelloArgs<'a> {
+    pub protocol_version: u32,
+    pub tenant: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub client_name: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for HelloArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    HelloArgs {
+      protocol_version: 0,
+      tenant: None,
+      client_name: None,
+    }
+  }
+}
+
+pub struct HelloBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HelloBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_protocol_version(&mut self, protocol_version: u32) {
+    self.fbb_.push_slot::<u32>(Hello::VT_PROTOCOL_VERSION, protocol_version, 0);
+  }
+  #[inline]
+  pub fn add_tenant(&mut self, tenant: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Hello::VT_TENANT, tenant);
+  }
+  #[inline]
+  pub fn add_client_name(&mut self, client_name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Hello::VT_CLIENT_NAME, client_name);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HelloBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    HelloBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Hello<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Hello<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Hello");
+      ds.field("protocol_version", &self.protocol_version());
+      ds.field("tenant", &self.tenant());
+      ds.field("client_name", &self.client_name());
+      ds.finish()
+  }
+}
+pub enum PingOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Round trip with no effect.
+pub struct Ping<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Ping<'a> {
+  type Inner = Ping<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Ping<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Ping { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args PingArgs
+  ) -> ::flatbuffers::WIPOffset<Ping<'bldr>> {
+    let mut builder = PingBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for Ping<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PingArgs {
+}
+impl<'a> Default for PingArgs {
+  #[inline]
+  fn default() -> Self {
+    PingArgs {
+    }
+  }
+}
+
+pub struct PingBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PingBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PingBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PingBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Ping<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Ping<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Ping");
+      ds.finish()
+  }
+}
+pub enum GetOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Read one key.
+pub struct Get<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Get<'a> {
+  type Inner = Get<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Get<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Get { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GetArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Get<'bldr>> {
+    let mut builder = GetBuilder::new(_fbb);
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Get::VT_KEY, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Get<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GetArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for GetArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GetArgs {
+      key: None,
+    }
+  }
+}
+
+pub struct GetBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GetBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Get::VT_KEY, key);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GetBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GetBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Get<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Get<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Get");
+      ds.field("key", &self.key());
+      ds.finish()
+  }
+}
+pub enum SetOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Write one key.
+pub struct Set<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Set<'a> {
+  type Inner = Set<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Set<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_TTL_MS: ::flatbuffers::VOffsetT = 8;
+  pub const VT_CONDITION: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Set { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args SetArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Set<'bldr>> {
+    let mut builder = SetBuilder::new(_fbb);
+    builder.add_ttl_ms(args.ttl_ms);
+    if let Some(x) = args.value { builder.add_value(x); }
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.add_condition(args.condition);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Set::VT_KEY, None)}
+  }
+  #[inline]
+  pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Set::VT_VALUE, None)}
+  }
+  /// Time to live in milliseconds; 0 means the key never expires.
+  #[inline]
+  pub fn ttl_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Set::VT_TTL_MS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn condition(&self) -> SetCondition {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<SetCondition>(Set::VT_CONDITION, Some(SetCondition::Always)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Set<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
+     .visit_field::<u64>("ttl_ms", Self::VT_TTL_MS, false)?
+     .visit_field::<SetCondition>("condition", Self::VT_CONDITION, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct SetArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub ttl_ms: u64,
+    pub condition: SetCondition,
+}
+impl<'a> Default for SetArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    SetArgs {
+      key: None,
+      value: None,
+      ttl_ms: 0,
+      condition: SetCondition::Always,
+    }
+  }
+}
+
+pub struct SetBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SetBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Set::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_value(&mut self, value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Set::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn add_ttl_ms(&mut self, ttl_ms: u64) {
+    self.fbb_.push_slot::<u64>(Set::VT_TTL_MS, ttl_ms, 0);
+  }
+  #[inline]
+  pub fn add_condition(&mut self, condition: SetCondition) {
+    self.fbb_.push_slot::<SetCondition>(Set::VT_CONDITION, condition, SetCondition::Always);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SetBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    SetBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Set<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Set<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Set");
+      ds.field("key", &self.key());
+      ds.field("value", &self.value());
+      ds.field("ttl_ms", &self.ttl_ms());
+      ds.field("condition", &self.condition());
+      ds.finish()
+  }
+}
+pub enum CompareAndSetOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Write one key only if its current version is expected_version.
+pub struct CompareAndSet<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for CompareAndSet<'a> {
+  type Inner = CompareAndSet<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> CompareAndSet<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_EXPECTED_VERSION: ::flatbuffers::VOffsetT = 8;
+  pub const VT_TTL_MS: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    CompareAndSet { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args CompareAndSetArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<CompareAndSet<'bldr>> {
+    let mut builder = CompareAndSetBuilder::new(_fbb);
+    builder.add_ttl_ms(args.ttl_ms);
+    builder.add_expected_version(args.expected_version);
+    if let Some(x) = args.value { builder.add_value(x); }
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(CompareAndSet::VT_KEY, None)}
+  }
+  #[inline]
+  pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(CompareAndSet::VT_VALUE, None)}
+  }
+  /// 0 means "the key must not exist".
+  #[inline]
+  pub fn expected_version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(CompareAndSet::VT_EXPECTED_VERSION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn ttl_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(CompareAndSet::VT_TTL_MS, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for CompareAndSet<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
+     .visit_field::<u64>("expected_version", Self::VT_EXPECTED_VERSION, false)?
+     .visit_field::<u64>("ttl_ms", Self::VT_TTL_MS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct CompareAndSetArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub expected_version: u64,
+    pub ttl_ms: u64,
+}
+impl<'a> Default for CompareAndSetArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    CompareAndSetArgs {
+      key: None,
+      value: None,
+      expected_version: 0,
+      ttl_ms: 0,
+    }
+  }
+}
+
+pub struct CompareAndSetBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CompareAndSetBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CompareAndSet::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_value(&mut self, value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CompareAndSet::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn add_expected_version(&mut self, expected_version: u64) {
+    self.fbb_.push_slot::<u64>(CompareAndSet::VT_EXPECTED_VERSION, expected_version, 0);
+  }
+  #[inline]
+  pub fn add_ttl_ms(&mut self, ttl_ms: u64) {
+    self.fbb_.push_slot::<u64>(CompareAndSet::VT_TTL_MS, ttl_ms, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CompareAndSetBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    CompareAndSetBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<CompareAndSet<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for CompareAndSet<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("CompareAndSet");
+      ds.field("key", &self.key());
+      ds.field("value", &self.value());
+      ds.field("expected_version", &self.expected_version());
+      ds.field("ttl_ms", &self.ttl_ms());
+      ds.finish()
+  }
+}
+pub enum DeleteOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Delete keys; answers CountResult (keys that existed).
+pub struct Delete<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Delete<'a> {
+  type Inner = Delete<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Delete<'a> {
+  pub const VT_KEYS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Delete { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args DeleteArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Delete<'bldr>> {
+    let mut builder = DeleteBuilder::new(_fbb);
+    if let Some(x) = args.keys { builder.add_keys(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn keys(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key>>>>(Delete::VT_KEYS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Delete<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Key>>>>("keys", Self::VT_KEYS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DeleteArgs<'a> {
+    pub keys: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key<'a>>>>>,
+}
+impl<'a> Default for DeleteArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    DeleteArgs {
+      keys: None,
+    }
+  }
+}
+
+pub struct DeleteBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DeleteBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_keys(&mut self, keys: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Key<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Delete::VT_KEYS, keys);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DeleteBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    DeleteBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Delete<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Delete<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Delete");
+      ds.field("keys", &self.keys());
+      ds.finish()
+  }
+}
+pub enum ExistsOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Count how many of the keys exist; answers CountResult.
+pub struct Exists<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Exists<'a> {
+  type Inner = Exists<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Exists<'a> {
+  pub const VT_KEYS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Exists { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ExistsArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Exists<'bldr>> {
+    let mut builder = ExistsBuilder::new(_fbb);
+    if let Some(x) = args.keys { builder.add_keys(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn keys(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key>>>>(Exists::VT_KEYS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Exists<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Key>>>>("keys", Self::VT_KEYS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ExistsArgs<'a> {
+    pub keys: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key<'a>>>>>,
+}
+impl<'a> Default for ExistsArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ExistsArgs {
+      keys: None,
+    }
+  }
+}
+
+pub struct ExistsBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ExistsBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_keys(&mut self, keys: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Key<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Exists::VT_KEYS, keys);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ExistsBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ExistsBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Exists<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Exists<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Exists");
+      ds.field("keys", &self.keys());
+      ds.finish()
+  }
+}
+pub enum MGetOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Read many keys; answers MGetResult, one GetResult per key, in order.
+pub struct MGet<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for MGet<'a> {
+  type Inner = MGet<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> MGet<'a> {
+  pub const VT_KEYS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    MGet { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args MGetArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<MGet<'bldr>> {
+    let mut builder = MGetBuilder::new(_fbb);
+    if let Some(x) = args.keys { builder.add_keys(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn keys(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key>>>>(MGet::VT_KEYS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for MGet<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Key>>>>("keys", Self::VT_KEYS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct MGetArgs<'a> {
+    pub keys: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key<'a>>>>>,
+}
+impl<'a> Default for MGetArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    MGetArgs {
+      keys: None,
+    }
+  }
+}
+
+pub struct MGetBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MGetBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_keys(&mut self, keys: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Key<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MGet::VT_KEYS, keys);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MGetBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    MGetBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<MGet<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for MGet<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("MGet");
+      ds.field("keys", &self.keys());
+      ds.finish()
+  }
+}
+pub enum MSetOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Write many keys (not atomic across keys); answers MSetResult.
+pub struct MSet<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for MSet<'a> {
+  type Inner = MSet<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> MSet<'a> {
+  pub const VT_ENTRIES: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    MSet { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args MSetArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<MSet<'bldr>> {
+    let mut builder = MSetBuilder::new(_fbb);
+    if let Some(x) = args.entries { builder.add_entries(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn entries(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyValue<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyValue>>>>(MSet::VT_ENTRIES, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for MSet<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<KeyValue>>>>("entries", Self::VT_ENTRIES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct MSetArgs<'a> {
+    pub entries: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyValue<'a>>>>>,
+}
+impl<'a> Default for MSetArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    MSetArgs {
+      entries: None,
+    }
+  }
+}
+
+pub struct MSetBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MSetBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_entries(&mut self, entries: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<KeyValue<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MSet::VT_ENTRIES, entries);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MSetBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    MSetBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<MSet<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for MSet<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("MSet");
+      ds.field("entries", &self.entries());
+      ds.finish()
+  }
+}
+pub enum KeysOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// All keys of the tenant matching a glob pattern; answers KeysResult.
+pub struct Keys<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Keys<'a> {
+  type Inner = Keys<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Keys<'a> {
+  pub const VT_PATTERN: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Keys { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args KeysArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Keys<'bldr>> {
+    let mut builder = KeysBuilder::new(_fbb);
+    if let Some(x) = args.pattern { builder.add_pattern(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn pattern(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Keys::VT_PATTERN, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Keys<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("pattern", Self::VT_PATTERN, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct KeysArgs<'a> {
+    pub pattern: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for KeysArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    KeysArgs {
+      pattern: None,
+    }
+  }
+}
+
+pub struct KeysBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> KeysBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_pattern(&mut self, pattern: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Keys::VT_PATTERN, pattern);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> KeysBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    KeysBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Keys<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Keys<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Keys");
+      ds.field("pattern", &self.pattern());
+      ds.finish()
+  }
+}
+pub enum ScanOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// One step of a cursor scan; answers ScanResult.
+pub struct Scan<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Scan<'a> {
+  type Inner = Scan<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Scan<'a> {
+  pub const VT_CURSOR: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PREFIX: ::flatbuffers::VOffsetT = 6;
+  pub const VT_PATTERN: ::flatbuffers::VOffsetT = 8;
+  pub const VT_COUNT: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Scan { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ScanArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Scan<'bldr>> {
+    let mut builder = ScanBuilder::new(_fbb);
+    builder.add_cursor(args.cursor);
+    builder.add_count(args.count);
+    if let Some(x) = args.pattern { builder.add_pattern(x); }
+    if let Some(x) = args.prefix { builder.add_prefix(x); }
+    builder.finish()
+  }
+
+
+  /// 0 starts a scan; then pass the cursor of the previous ScanResult.
+  #[inline]
+  pub fn cursor(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Scan::VT_CURSOR, Some(0)).unwrap()}
+  }
+  /// Only keys starting with these bytes (empty: all keys).
+  #[inline]
+  pub fn prefix(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Scan::VT_PREFIX, None)}
+  }
+  /// Only keys matching this glob (empty: all keys).
+  #[inline]
+  pub fn pattern(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Scan::VT_PATTERN, None)}
+  }
+  /// A hint of how many keys to return; 0 means the node's default.
+  #[inline]
+  pub fn count(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Scan::VT_COUNT, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Scan<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("cursor", Self::VT_CURSOR, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("prefix", Self::VT_PREFIX, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("pattern", Self::VT_PATTERN, false)?
+     .visit_field::<u32>("count", Self::VT_COUNT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ScanArgs<'a> {
+    pub cursor: u64,
+    pub prefix: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub pattern: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub count: u32,
+}
+impl<'a> Default for ScanArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ScanArgs {
+      cursor: 0,
+      prefix: None,
+      pattern: None,
+      count: 0,
+    }
+  }
+}
+
+pub struct ScanBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ScanBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_cursor(&mut self, cursor: u64) {
+    self.fbb_.push_slot::<u64>(Scan::VT_CURSOR, cursor, 0);
+  }
+  #[inline]
+  pub fn add_prefix(&mut self, prefix: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Scan::VT_PREFIX, prefix);
+  }
+  #[inline]
+  pub fn add_pattern(&mut self, pattern: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Scan::VT_PATTERN, pattern);
+  }
+  #[inline]
+  pub fn add_count(&mut self, count: u32) {
+    self.fbb_.push_slot::<u32>(Scan::VT_COUNT, count, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ScanBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ScanBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Scan<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Scan<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Scan");
+      ds.field("cursor", &self.cursor());
+      ds.field("prefix", &self.prefix());
+      ds.field("pattern", &self.pattern());
+      ds.field("count", &self.count());
+      ds.finish()
+  }
+}
+pub enum CountOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Number of live keys of the tenant; answers CountResult.
+pub struct Count<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Count<'a> {
+  type Inner = Count<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Count<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Count { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args CountArgs
+  ) -> ::flatbuffers::WIPOffset<Count<'bldr>> {
+    let mut builder = CountBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for Count<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct CountArgs {
+}
+impl<'a> Default for CountArgs {
+  #[inline]
+  fn default() -> Self {
+    CountArgs {
+    }
+  }
+}
+
+pub struct CountBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CountBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CountBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    CountBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Count<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Count<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Count");
+      ds.finish()
+  }
+}
+pub enum RequestFrameOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct RequestFrame<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RequestFrame<'a> {
+  type Inner = RequestFrame<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RequestFrame<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_REQUEST_TYPE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_REQUEST: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RequestFrame { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RequestFrameArgs
+  ) -> ::flatbuffers::WIPOffset<RequestFrame<'bldr>> {
+    let mut builder = RequestFrameBuilder::new(_fbb);
+    builder.add_request_id(args.request_id);
+    if let Some(x) = args.request { builder.add_request(x); }
+    builder.add_request_type(args.request_type);
+    builder.finish()
+  }
+
+
+  /// Chosen by the client, echoed in the response; lets one connection
+  /// carry many requests at once (pipelining).
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RequestFrame::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn request_type(&self) -> Request {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Request>(RequestFrame::VT_REQUEST_TYPE, Some(Request::NONE)).unwrap()}
+  }
+  #[inline]
+  pub fn request(&self) -> Option<::flatbuffers::Table<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Table<'a>>>(RequestFrame::VT_REQUEST, None)}
+  }
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_hello(&self) -> Option<Hello<'a>> {
+    if self.request_type() == Request::Hello {
+      self.request().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Hello::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_ping(&self) -> Option<Ping<'a>> {
+    if self.request_type() == Request::Ping {
+      self.request().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Ping::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_get(&self) -> Option<Get<'a>> {
+    if self.request_type() == Request::Get {
+      self.request().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Get::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_set(&self) -> Option<Set<'a>> {
+    if self.request_type() == Request::Set {
+      self.request().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Set::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_compare_and_set(&self) -> Option<CompareAndSet<'a>> {
+    if self.request_type() == Request::CompareAndSet {
+      self.request().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { CompareAndSet::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_delete(&self) -> Option<Delete<'a>> {
+    if self.request_type() == Request::Delete {
+      self.request().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Delete::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_exists(&self) -> Option<Exists<'a>> {
+    if self.request_type() == Request::Exists {
+      self.request().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Exists::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_mget(&self) -> Option<MGet<'a>> {
+    if self.request_type() == Request::MGet {
+      self.request().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { MGet::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_mset(&self) -> Option<MSet<'a>> {
+    if self.request_type() == Request::MSet {
+      self.request().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { MSet::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_keys(&self) -> Option<Keys<'a>> {
+    if self.request_type() == Request::Keys {
+      self.request().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Keys::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_scan(&self) -> Option<Scan<'a>> {
+    if self.request_type() == Request::Scan {
+      self.request().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Scan::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_count(&self) -> Option<Count<'a>> {
+    if self.request_type() == Request::Count {
+      self.request().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Count::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for RequestFrame<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
      .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
      .visit_union::<Request, _>("request_type", Self::VT_REQUEST_TYPE, "request", Self::VT_REQUEST, false, |key, v, pos| {
         match key {
@@ -2783,2008 +2315,1638 @@ pub mod tinkerdb {
         }
      })?
      .finish();
-                Ok(())
-            }
-        }
-        pub struct RequestFrameArgs {
-            pub request_id: u64,
-            pub request_type: Request,
-            pub request: Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>>,
-        }
-        impl<'a> Default for RequestFrameArgs {
-            #[inline]
-            fn default() -> Self {
-                RequestFrameArgs {
-                    request_id: 0,
-                    request_type: Request::NONE,
-                    request: None,
-                }
-            }
-        }
-
-        pub struct RequestFrameBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RequestFrameBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_request_id(&mut self, request_id: u64) {
-                self.fbb_
-                    .push_slot::<u64>(RequestFrame::VT_REQUEST_ID, request_id, 0);
-            }
-            #[inline]
-            pub fn add_request_type(&mut self, request_type: Request) {
-                self.fbb_.push_slot::<Request>(
-                    RequestFrame::VT_REQUEST_TYPE,
-                    request_type,
-                    Request::NONE,
-                );
-            }
-            #[inline]
-            pub fn add_request(
-                &mut self,
-                request: ::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>,
-            ) {
-                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
-                    RequestFrame::VT_REQUEST,
-                    request,
-                );
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> RequestFrameBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                RequestFrameBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<RequestFrame<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for RequestFrame<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("RequestFrame");
-                ds.field("request_id", &self.request_id());
-                ds.field("request_type", &self.request_type());
-                match self.request_type() {
-                    Request::Hello => {
-                        if let Some(x) = self.request_as_hello() {
-                            ds.field("request", &x)
-                        } else {
-                            ds.field(
-                                "request",
-                                &"InvalidFlatbuffer: Union discriminant does not match value.",
-                            )
-                        }
-                    }
-                    Request::Ping => {
-                        if let Some(x) = self.request_as_ping() {
-                            ds.field("request", &x)
-                        } else {
-                            ds.field(
-                                "request",
-                                &"InvalidFlatbuffer: Union discriminant does not match value.",
-                            )
-                        }
-                    }
-                    Request::Get => {
-                        if let Some(x) = self.request_as_get() {
-                            ds.field("request", &x)
-                        } else {
-                            ds.field(
-                                "request",
-                                &"InvalidFlatbuffer: Union discriminant does not match value.",
-                            )
-                        }
-                    }
-                    Request::Set => {
-                        if let Some(x) = self.request_as_set() {
-                            ds.field("request", &x)
-                        } else {
-                            ds.field(
-                                "request",
-                                &"InvalidFlatbuffer: Union discriminant does not match value.",
-                            )
-                        }
-                    }
-                    Request::CompareAndSet => {
-                        if let Some(x) = self.request_as_compare_and_set() {
-                            ds.field("request", &x)
-                        } else {
-                            ds.field(
-                                "request",
-                                &"InvalidFlatbuffer: Union discriminant does not match value.",
-                            )
-                        }
-                    }
-                    Request::Delete => {
-                        if let Some(x) = self.request_as_delete() {
-                            ds.field("request", &x)
-                        } else {
-                            ds.field(
-                                "request",
-                                &"InvalidFlatbuffer: Union discriminant does not match value.",
-                            )
-                        }
-                    }
-                    Request::Exists => {
-                        if let Some(x) = self.request_as_exists() {
-                            ds.field("request", &x)
-                        } else {
-                            ds.field(
-                                "request",
-                                &"InvalidFlatbuffer: Union discriminant does not match value.",
-                            )
-                        }
-                    }
-                    Request::MGet => {
-                        if let Some(x) = self.request_as_mget() {
-                            ds.field("request", &x)
-                        } else {
-                            ds.field(
-                                "request",
-                                &"InvalidFlatbuffer: Union discriminant does not match value.",
-                            )
-                        }
-                    }
-                    Request::MSet => {
-                        if let Some(x) = self.request_as_mset() {
-                            ds.field("request", &x)
-                        } else {
-                            ds.field(
-                                "request",
-                                &"InvalidFlatbuffer: Union discriminant does not match value.",
-                            )
-                        }
-                    }
-                    Request::Keys => {
-                        if let Some(x) = self.request_as_keys() {
-                            ds.field("request", &x)
-                        } else {
-                            ds.field(
-                                "request",
-                                &"InvalidFlatbuffer: Union discriminant does not match value.",
-                            )
-                        }
-                    }
-                    Request::Scan => {
-                        if let Some(x) = self.request_as_scan() {
-                            ds.field("request", &x)
-                        } else {
-                            ds.field(
-                                "request",
-                                &"InvalidFlatbuffer: Union discriminant does not match value.",
-                            )
-                        }
-                    }
-                    Request::Count => {
-                        if let Some(x) = self.request_as_count() {
-                            ds.field("request", &x)
-                        } else {
-                            ds.field(
-                                "request",
-                                &"InvalidFlatbuffer: Union discriminant does not match value.",
-                            )
-                        }
-                    }
-                    _ => {
-                        let x: Option<()> = None;
-                        ds.field("request", &x)
-                    }
-                };
-                ds.finish()
-            }
-        }
-        pub enum ErrorOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        pub struct Error<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for Error<'a> {
-            type Inner = Error<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> Error<'a> {
-            pub const VT_CODE: ::flatbuffers::VOffsetT = 4;
-            pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 6;
-
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                Error { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args ErrorArgs<'args>,
-            ) -> ::flatbuffers::WIPOffset<Error<'bldr>> {
-                let mut builder = ErrorBuilder::new(_fbb);
-                if let Some(x) = args.message {
-                    builder.add_message(x);
-                }
-                builder.add_code(args.code);
-                builder.finish()
-            }
-
-            #[inline]
-            pub fn code(&self) -> ErrorCode {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<ErrorCode>(Error::VT_CODE, Some(ErrorCode::None))
-                        .unwrap()
-                }
-            }
-            #[inline]
-            pub fn message(&self) -> Option<&'a str> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<::flatbuffers::ForwardsUOffset<&str>>(Error::VT_MESSAGE, None)
-                }
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for Error<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<ErrorCode>("code", Self::VT_CODE, false)?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
-                        "message",
-                        Self::VT_MESSAGE,
-                        false,
-                    )?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct ErrorArgs<'a> {
-            pub code: ErrorCode,
-            pub message: Option<::flatbuffers::WIPOffset<&'a str>>,
-        }
-        impl<'a> Default for ErrorArgs<'a> {
-            #[inline]
-            fn default() -> Self {
-                ErrorArgs {
-                    code: ErrorCode::None,
-                    message: None,
-                }
-            }
-        }
-
-        pub struct ErrorBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ErrorBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_code(&mut self, code: ErrorCode) {
-                self.fbb_
-                    .push_slot::<ErrorCode>(Error::VT_CODE, code, ErrorCode::None);
-            }
-            #[inline]
-            pub fn add_message(&mut self, message: ::flatbuffers::WIPOffset<&'b str>) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Error::VT_MESSAGE, message);
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> ErrorBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                ErrorBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<Error<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for Error<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("Error");
-                ds.field("code", &self.code());
-                ds.field("message", &self.message());
-                ds.finish()
-            }
-        }
-        pub enum LimitsOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        /// The node's limits, announced in HelloOk so clients can check early.
-        pub struct Limits<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for Limits<'a> {
-            type Inner = Limits<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> Limits<'a> {
-            pub const VT_MAX_FRAME_BYTES: ::flatbuffers::VOffsetT = 4;
-            pub const VT_MAX_KEY_BYTES: ::flatbuffers::VOffsetT = 6;
-            pub const VT_MAX_VALUE_BYTES: ::flatbuffers::VOffsetT = 8;
-            pub const VT_MAX_KEYS_PER_REQUEST: ::flatbuffers::VOffsetT = 10;
-
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                Limits { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args LimitsArgs,
-            ) -> ::flatbuffers::WIPOffset<Limits<'bldr>> {
-                let mut builder = LimitsBuilder::new(_fbb);
-                builder.add_max_keys_per_request(args.max_keys_per_request);
-                builder.add_max_value_bytes(args.max_value_bytes);
-                builder.add_max_key_bytes(args.max_key_bytes);
-                builder.add_max_frame_bytes(args.max_frame_bytes);
-                builder.finish()
-            }
-
-            #[inline]
-            pub fn max_frame_bytes(&self) -> u32 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<u32>(Limits::VT_MAX_FRAME_BYTES, Some(0))
-                        .unwrap()
-                }
-            }
-            #[inline]
-            pub fn max_key_bytes(&self) -> u32 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<u32>(Limits::VT_MAX_KEY_BYTES, Some(0))
-                        .unwrap()
-                }
-            }
-            #[inline]
-            pub fn max_value_bytes(&self) -> u32 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<u32>(Limits::VT_MAX_VALUE_BYTES, Some(0))
-                        .unwrap()
-                }
-            }
-            #[inline]
-            pub fn max_keys_per_request(&self) -> u32 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<u32>(Limits::VT_MAX_KEYS_PER_REQUEST, Some(0))
-                        .unwrap()
-                }
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for Limits<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<u32>("max_frame_bytes", Self::VT_MAX_FRAME_BYTES, false)?
-                    .visit_field::<u32>("max_key_bytes", Self::VT_MAX_KEY_BYTES, false)?
-                    .visit_field::<u32>("max_value_bytes", Self::VT_MAX_VALUE_BYTES, false)?
-                    .visit_field::<u32>(
-                        "max_keys_per_request",
-                        Self::VT_MAX_KEYS_PER_REQUEST,
-                        false,
-                    )?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct LimitsArgs {
-            pub max_frame_bytes: u32,
-            pub max_key_bytes: u32,
-            pub max_value_bytes: u32,
-            pub max_keys_per_request: u32,
-        }
-        impl<'a> Default for LimitsArgs {
-            #[inline]
-            fn default() -> Self {
-                LimitsArgs {
-                    max_frame_bytes: 0,
-                    max_key_bytes: 0,
-                    max_value_bytes: 0,
-                    max_keys_per_request: 0,
-                }
-            }
-        }
-
-        pub struct LimitsBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> LimitsBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_max_frame_bytes(&mut self, max_frame_bytes: u32) {
-                self.fbb_
-                    .push_slot::<u32>(Limits::VT_MAX_FRAME_BYTES, max_frame_bytes, 0);
-            }
-            #[inline]
-            pub fn add_max_key_bytes(&mut self, max_key_bytes: u32) {
-                self.fbb_
-                    .push_slot::<u32>(Limits::VT_MAX_KEY_BYTES, max_key_bytes, 0);
-            }
-            #[inline]
-            pub fn add_max_value_bytes(&mut self, max_value_bytes: u32) {
-                self.fbb_
-                    .push_slot::<u32>(Limits::VT_MAX_VALUE_BYTES, max_value_bytes, 0);
-            }
-            #[inline]
-            pub fn add_max_keys_per_request(&mut self, max_keys_per_request: u32) {
-                self.fbb_.push_slot::<u32>(
-                    Limits::VT_MAX_KEYS_PER_REQUEST,
-                    max_keys_per_request,
-                    0,
-                );
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> LimitsBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                LimitsBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<Limits<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for Limits<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("Limits");
-                ds.field("max_frame_bytes", &self.max_frame_bytes());
-                ds.field("max_key_bytes", &self.max_key_bytes());
-                ds.field("max_value_bytes", &self.max_value_bytes());
-                ds.field("max_keys_per_request", &self.max_keys_per_request());
-                ds.finish()
-            }
-        }
-        pub enum HelloOkOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        pub struct HelloOk<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for HelloOk<'a> {
-            type Inner = HelloOk<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> HelloOk<'a> {
-            pub const VT_PROTOCOL_VERSION: ::flatbuffers::VOffsetT = 4;
-            pub const VT_SERVER_VERSION: ::flatbuffers::VOffsetT = 6;
-            pub const VT_TENANT: ::flatbuffers::VOffsetT = 8;
-            pub const VT_CORES: ::flatbuffers::VOffsetT = 10;
-            pub const VT_LIMITS: ::flatbuffers::VOffsetT = 12;
-
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                HelloOk { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args HelloOkArgs<'args>,
-            ) -> ::flatbuffers::WIPOffset<HelloOk<'bldr>> {
-                let mut builder = HelloOkBuilder::new(_fbb);
-                if let Some(x) = args.limits {
-                    builder.add_limits(x);
-                }
-                builder.add_cores(args.cores);
-                if let Some(x) = args.tenant {
-                    builder.add_tenant(x);
-                }
-                if let Some(x) = args.server_version {
-                    builder.add_server_version(x);
-                }
-                builder.add_protocol_version(args.protocol_version);
-                builder.finish()
-            }
-
-            #[inline]
-            pub fn protocol_version(&self) -> u32 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<u32>(HelloOk::VT_PROTOCOL_VERSION, Some(0))
-                        .unwrap()
-                }
-            }
-            #[inline]
-            pub fn server_version(&self) -> Option<&'a str> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
-                        HelloOk::VT_SERVER_VERSION,
-                        None,
-                    )
-                }
-            }
-            #[inline]
-            pub fn tenant(&self) -> Option<&'a str> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<::flatbuffers::ForwardsUOffset<&str>>(HelloOk::VT_TENANT, None)
-                }
-            }
-            #[inline]
-            pub fn cores(&self) -> u32 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe { self._tab.get::<u32>(HelloOk::VT_CORES, Some(0)).unwrap() }
-            }
-            #[inline]
-            pub fn limits(&self) -> Option<Limits<'a>> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<::flatbuffers::ForwardsUOffset<Limits>>(HelloOk::VT_LIMITS, None)
-                }
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for HelloOk<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<u32>("protocol_version", Self::VT_PROTOCOL_VERSION, false)?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
-                        "server_version",
-                        Self::VT_SERVER_VERSION,
-                        false,
-                    )?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
-                        "tenant",
-                        Self::VT_TENANT,
-                        false,
-                    )?
-                    .visit_field::<u32>("cores", Self::VT_CORES, false)?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<Limits>>(
-                        "limits",
-                        Self::VT_LIMITS,
-                        false,
-                    )?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct HelloOkArgs<'a> {
-            pub protocol_version: u32,
-            pub server_version: Option<::flatbuffers::WIPOffset<&'a str>>,
-            pub tenant: Option<::flatbuffers::WIPOffset<&'a str>>,
-            pub cores: u32,
-            pub limits: Option<::flatbuffers::WIPOffset<Limits<'a>>>,
-        }
-        impl<'a> Default for HelloOkArgs<'a> {
-            #[inline]
-            fn default() -> Self {
-                HelloOkArgs {
-                    protocol_version: 0,
-                    server_version: None,
-                    tenant: None,
-                    cores: 0,
-                    limits: None,
-                }
-            }
-        }
-
-        pub struct HelloOkBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HelloOkBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_protocol_version(&mut self, protocol_version: u32) {
-                self.fbb_
-                    .push_slot::<u32>(HelloOk::VT_PROTOCOL_VERSION, protocol_version, 0);
-            }
-            #[inline]
-            pub fn add_server_version(
-                &mut self,
-                server_version: ::flatbuffers::WIPOffset<&'b str>,
-            ) {
-                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
-                    HelloOk::VT_SERVER_VERSION,
-                    server_version,
-                );
-            }
-            #[inline]
-            pub fn add_tenant(&mut self, tenant: ::flatbuffers::WIPOffset<&'b str>) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(HelloOk::VT_TENANT, tenant);
-            }
-            #[inline]
-            pub fn add_cores(&mut self, cores: u32) {
-                self.fbb_.push_slot::<u32>(HelloOk::VT_CORES, cores, 0);
-            }
-            #[inline]
-            pub fn add_limits(&mut self, limits: ::flatbuffers::WIPOffset<Limits<'b>>) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<Limits>>(
-                        HelloOk::VT_LIMITS,
-                        limits,
-                    );
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> HelloOkBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                HelloOkBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<HelloOk<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for HelloOk<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("HelloOk");
-                ds.field("protocol_version", &self.protocol_version());
-                ds.field("server_version", &self.server_version());
-                ds.field("tenant", &self.tenant());
-                ds.field("cores", &self.cores());
-                ds.field("limits", &self.limits());
-                ds.finish()
-            }
-        }
-        pub enum PongOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        pub struct Pong<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for Pong<'a> {
-            type Inner = Pong<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> Pong<'a> {
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                Pong { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                _args: &'args PongArgs,
-            ) -> ::flatbuffers::WIPOffset<Pong<'bldr>> {
-                let mut builder = PongBuilder::new(_fbb);
-                builder.finish()
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for Pong<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?.finish();
-                Ok(())
-            }
-        }
-        pub struct PongArgs {}
-        impl<'a> Default for PongArgs {
-            #[inline]
-            fn default() -> Self {
-                PongArgs {}
-            }
-        }
-
-        pub struct PongBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PongBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> PongBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                PongBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<Pong<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for Pong<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("Pong");
-                ds.finish()
-            }
-        }
-        pub enum GetResultOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        pub struct GetResult<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for GetResult<'a> {
-            type Inner = GetResult<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> GetResult<'a> {
-            pub const VT_FOUND: ::flatbuffers::VOffsetT = 4;
-            pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
-            pub const VT_VERSION: ::flatbuffers::VOffsetT = 8;
-            pub const VT_TTL_MS: ::flatbuffers::VOffsetT = 10;
-
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                GetResult { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args GetResultArgs<'args>,
-            ) -> ::flatbuffers::WIPOffset<GetResult<'bldr>> {
-                let mut builder = GetResultBuilder::new(_fbb);
-                builder.add_ttl_ms(args.ttl_ms);
-                builder.add_version(args.version);
-                if let Some(x) = args.value {
-                    builder.add_value(x);
-                }
-                builder.add_found(args.found);
-                builder.finish()
-            }
-
-            #[inline]
-            pub fn found(&self) -> bool {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<bool>(GetResult::VT_FOUND, Some(false))
-                        .unwrap()
-                }
-            }
-            #[inline]
-            pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
-                            GetResult::VT_VALUE,
-                            None,
-                        )
-                }
-            }
-            /// Version of the value (see CompareAndSet); 0 when not found.
-            #[inline]
-            pub fn version(&self) -> u64 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<u64>(GetResult::VT_VERSION, Some(0))
-                        .unwrap()
-                }
-            }
-            /// Milliseconds left to live; 0 when the key has no expiry.
-            #[inline]
-            pub fn ttl_ms(&self) -> u64 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe { self._tab.get::<u64>(GetResult::VT_TTL_MS, Some(0)).unwrap() }
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for GetResult<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<bool>("found", Self::VT_FOUND, false)?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
-                        "value",
-                        Self::VT_VALUE,
-                        false,
-                    )?
-                    .visit_field::<u64>("version", Self::VT_VERSION, false)?
-                    .visit_field::<u64>("ttl_ms", Self::VT_TTL_MS, false)?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct GetResultArgs<'a> {
-            pub found: bool,
-            pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
-            pub version: u64,
-            pub ttl_ms: u64,
-        }
-        impl<'a> Default for GetResultArgs<'a> {
-            #[inline]
-            fn default() -> Self {
-                GetResultArgs {
-                    found: false,
-                    value: None,
-                    version: 0,
-                    ttl_ms: 0,
-                }
-            }
-        }
-
-        pub struct GetResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GetResultBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_found(&mut self, found: bool) {
-                self.fbb_
-                    .push_slot::<bool>(GetResult::VT_FOUND, found, false);
-            }
-            #[inline]
-            pub fn add_value(
-                &mut self,
-                value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
-            ) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(GetResult::VT_VALUE, value);
-            }
-            #[inline]
-            pub fn add_version(&mut self, version: u64) {
-                self.fbb_
-                    .push_slot::<u64>(GetResult::VT_VERSION, version, 0);
-            }
-            #[inline]
-            pub fn add_ttl_ms(&mut self, ttl_ms: u64) {
-                self.fbb_.push_slot::<u64>(GetResult::VT_TTL_MS, ttl_ms, 0);
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> GetResultBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                GetResultBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<GetResult<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for GetResult<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("GetResult");
-                ds.field("found", &self.found());
-                ds.field("value", &self.value());
-                ds.field("version", &self.version());
-                ds.field("ttl_ms", &self.ttl_ms());
-                ds.finish()
-            }
-        }
-        pub enum SetResultOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        pub struct SetResult<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for SetResult<'a> {
-            type Inner = SetResult<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> SetResult<'a> {
-            pub const VT_APPLIED: ::flatbuffers::VOffsetT = 4;
-            pub const VT_VERSION: ::flatbuffers::VOffsetT = 6;
-
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                SetResult { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args SetResultArgs,
-            ) -> ::flatbuffers::WIPOffset<SetResult<'bldr>> {
-                let mut builder = SetResultBuilder::new(_fbb);
-                builder.add_version(args.version);
-                builder.add_applied(args.applied);
-                builder.finish()
-            }
-
-            /// False when the condition (IfAbsent, IfPresent, expected_version)
-            /// was not met; nothing was written then.
-            #[inline]
-            pub fn applied(&self) -> bool {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<bool>(SetResult::VT_APPLIED, Some(false))
-                        .unwrap()
-                }
-            }
-            /// If applied, the new version; otherwise the current version
-            /// (0 when the key does not exist).
-            #[inline]
-            pub fn version(&self) -> u64 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<u64>(SetResult::VT_VERSION, Some(0))
-                        .unwrap()
-                }
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for SetResult<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<bool>("applied", Self::VT_APPLIED, false)?
-                    .visit_field::<u64>("version", Self::VT_VERSION, false)?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct SetResultArgs {
-            pub applied: bool,
-            pub version: u64,
-        }
-        impl<'a> Default for SetResultArgs {
-            #[inline]
-            fn default() -> Self {
-                SetResultArgs {
-                    applied: false,
-                    version: 0,
-                }
-            }
-        }
-
-        pub struct SetResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SetResultBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_applied(&mut self, applied: bool) {
-                self.fbb_
-                    .push_slot::<bool>(SetResult::VT_APPLIED, applied, false);
-            }
-            #[inline]
-            pub fn add_version(&mut self, version: u64) {
-                self.fbb_
-                    .push_slot::<u64>(SetResult::VT_VERSION, version, 0);
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> SetResultBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                SetResultBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<SetResult<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for SetResult<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("SetResult");
-                ds.field("applied", &self.applied());
-                ds.field("version", &self.version());
-                ds.finish()
-            }
-        }
-        pub enum CountResultOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        pub struct CountResult<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for CountResult<'a> {
-            type Inner = CountResult<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> CountResult<'a> {
-            pub const VT_COUNT: ::flatbuffers::VOffsetT = 4;
-
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                CountResult { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args CountResultArgs,
-            ) -> ::flatbuffers::WIPOffset<CountResult<'bldr>> {
-                let mut builder = CountResultBuilder::new(_fbb);
-                builder.add_count(args.count);
-                builder.finish()
-            }
-
-            #[inline]
-            pub fn count(&self) -> u64 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<u64>(CountResult::VT_COUNT, Some(0))
-                        .unwrap()
-                }
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for CountResult<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<u64>("count", Self::VT_COUNT, false)?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct CountResultArgs {
-            pub count: u64,
-        }
-        impl<'a> Default for CountResultArgs {
-            #[inline]
-            fn default() -> Self {
-                CountResultArgs { count: 0 }
-            }
-        }
-
-        pub struct CountResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CountResultBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_count(&mut self, count: u64) {
-                self.fbb_.push_slot::<u64>(CountResult::VT_COUNT, count, 0);
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> CountResultBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                CountResultBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<CountResult<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for CountResult<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("CountResult");
-                ds.field("count", &self.count());
-                ds.finish()
-            }
-        }
-        pub enum MGetResultOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        pub struct MGetResult<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for MGetResult<'a> {
-            type Inner = MGetResult<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> MGetResult<'a> {
-            pub const VT_VALUES: ::flatbuffers::VOffsetT = 4;
-
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                MGetResult { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args MGetResultArgs<'args>,
-            ) -> ::flatbuffers::WIPOffset<MGetResult<'bldr>> {
-                let mut builder = MGetResultBuilder::new(_fbb);
-                if let Some(x) = args.values {
-                    builder.add_values(x);
-                }
-                builder.finish()
-            }
-
-            #[inline]
-            pub fn values(
-                &self,
-            ) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GetResult<'a>>>>
-            {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab.get::<::flatbuffers::ForwardsUOffset<
-                        ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GetResult>>,
-                    >>(MGetResult::VT_VALUES, None)
-                }
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for MGetResult<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<
-                        ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<GetResult>>,
-                    >>("values", Self::VT_VALUES, false)?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct MGetResultArgs<'a> {
-            pub values: Option<
-                ::flatbuffers::WIPOffset<
-                    ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GetResult<'a>>>,
-                >,
-            >,
-        }
-        impl<'a> Default for MGetResultArgs<'a> {
-            #[inline]
-            fn default() -> Self {
-                MGetResultArgs { values: None }
-            }
-        }
-
-        pub struct MGetResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MGetResultBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_values(
-                &mut self,
-                values: ::flatbuffers::WIPOffset<
-                    ::flatbuffers::Vector<'b, ::flatbuffers::ForwardsUOffset<GetResult<'b>>>,
-                >,
-            ) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(MGetResult::VT_VALUES, values);
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> MGetResultBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                MGetResultBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<MGetResult<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for MGetResult<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("MGetResult");
-                ds.field("values", &self.values());
-                ds.finish()
-            }
-        }
-        pub enum MSetResultOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        pub struct MSetResult<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for MSetResult<'a> {
-            type Inner = MSetResult<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> MSetResult<'a> {
-            pub const VT_VERSIONS: ::flatbuffers::VOffsetT = 4;
-
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                MSetResult { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args MSetResultArgs<'args>,
-            ) -> ::flatbuffers::WIPOffset<MSetResult<'bldr>> {
-                let mut builder = MSetResultBuilder::new(_fbb);
-                if let Some(x) = args.versions {
-                    builder.add_versions(x);
-                }
-                builder.finish()
-            }
-
-            #[inline]
-            pub fn versions(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(
-                            MSetResult::VT_VERSIONS,
-                            None,
-                        )
-                }
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for MSetResult<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>(
-                        "versions",
-                        Self::VT_VERSIONS,
-                        false,
-                    )?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct MSetResultArgs<'a> {
-            pub versions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
-        }
-        impl<'a> Default for MSetResultArgs<'a> {
-            #[inline]
-            fn default() -> Self {
-                MSetResultArgs { versions: None }
-            }
-        }
-
-        pub struct MSetResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MSetResultBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_versions(
-                &mut self,
-                versions: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u64>>,
-            ) {
-                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
-                    MSetResult::VT_VERSIONS,
-                    versions,
-                );
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> MSetResultBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                MSetResultBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<MSetResult<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for MSetResult<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("MSetResult");
-                ds.field("versions", &self.versions());
-                ds.finish()
-            }
-        }
-        pub enum KeysResultOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        pub struct KeysResult<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for KeysResult<'a> {
-            type Inner = KeysResult<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> KeysResult<'a> {
-            pub const VT_KEYS: ::flatbuffers::VOffsetT = 4;
-
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                KeysResult { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args KeysResultArgs<'args>,
-            ) -> ::flatbuffers::WIPOffset<KeysResult<'bldr>> {
-                let mut builder = KeysResultBuilder::new(_fbb);
-                if let Some(x) = args.keys {
-                    builder.add_keys(x);
-                }
-                builder.finish()
-            }
-
-            #[inline]
-            pub fn keys(
-                &self,
-            ) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key<'a>>>>
-            {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab.get::<::flatbuffers::ForwardsUOffset<
-                        ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key>>,
-                    >>(KeysResult::VT_KEYS, None)
-                }
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for KeysResult<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<
-                        ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Key>>,
-                    >>("keys", Self::VT_KEYS, false)?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct KeysResultArgs<'a> {
-            pub keys: Option<
-                ::flatbuffers::WIPOffset<
-                    ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key<'a>>>,
-                >,
-            >,
-        }
-        impl<'a> Default for KeysResultArgs<'a> {
-            #[inline]
-            fn default() -> Self {
-                KeysResultArgs { keys: None }
-            }
-        }
-
-        pub struct KeysResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> KeysResultBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_keys(
-                &mut self,
-                keys: ::flatbuffers::WIPOffset<
-                    ::flatbuffers::Vector<'b, ::flatbuffers::ForwardsUOffset<Key<'b>>>,
-                >,
-            ) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(KeysResult::VT_KEYS, keys);
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> KeysResultBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                KeysResultBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<KeysResult<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for KeysResult<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("KeysResult");
-                ds.field("keys", &self.keys());
-                ds.finish()
-            }
-        }
-        pub enum ScanResultOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        pub struct ScanResult<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for ScanResult<'a> {
-            type Inner = ScanResult<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> ScanResult<'a> {
-            pub const VT_CURSOR: ::flatbuffers::VOffsetT = 4;
-            pub const VT_KEYS: ::flatbuffers::VOffsetT = 6;
-
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                ScanResult { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args ScanResultArgs<'args>,
-            ) -> ::flatbuffers::WIPOffset<ScanResult<'bldr>> {
-                let mut builder = ScanResultBuilder::new(_fbb);
-                builder.add_cursor(args.cursor);
-                if let Some(x) = args.keys {
-                    builder.add_keys(x);
-                }
-                builder.finish()
-            }
-
-            /// Pass this to the next Scan; 0 means the scan is complete.
-            #[inline]
-            pub fn cursor(&self) -> u64 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<u64>(ScanResult::VT_CURSOR, Some(0))
-                        .unwrap()
-                }
-            }
-            #[inline]
-            pub fn keys(
-                &self,
-            ) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key<'a>>>>
-            {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab.get::<::flatbuffers::ForwardsUOffset<
-                        ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key>>,
-                    >>(ScanResult::VT_KEYS, None)
-                }
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for ScanResult<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<u64>("cursor", Self::VT_CURSOR, false)?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<
-                        ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Key>>,
-                    >>("keys", Self::VT_KEYS, false)?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct ScanResultArgs<'a> {
-            pub cursor: u64,
-            pub keys: Option<
-                ::flatbuffers::WIPOffset<
-                    ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key<'a>>>,
-                >,
-            >,
-        }
-        impl<'a> Default for ScanResultArgs<'a> {
-            #[inline]
-            fn default() -> Self {
-                ScanResultArgs {
-                    cursor: 0,
-                    keys: None,
-                }
-            }
-        }
-
-        pub struct ScanResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ScanResultBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_cursor(&mut self, cursor: u64) {
-                self.fbb_.push_slot::<u64>(ScanResult::VT_CURSOR, cursor, 0);
-            }
-            #[inline]
-            pub fn add_keys(
-                &mut self,
-                keys: ::flatbuffers::WIPOffset<
-                    ::flatbuffers::Vector<'b, ::flatbuffers::ForwardsUOffset<Key<'b>>>,
-                >,
-            ) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(ScanResult::VT_KEYS, keys);
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> ScanResultBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                ScanResultBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<ScanResult<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for ScanResult<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("ScanResult");
-                ds.field("cursor", &self.cursor());
-                ds.field("keys", &self.keys());
-                ds.finish()
-            }
-        }
-        pub enum ResponseFrameOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        pub struct ResponseFrame<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for ResponseFrame<'a> {
-            type Inner = ResponseFrame<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> ResponseFrame<'a> {
-            pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
-            pub const VT_RESPONSE_TYPE: ::flatbuffers::VOffsetT = 6;
-            pub const VT_RESPONSE: ::flatbuffers::VOffsetT = 8;
-
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                ResponseFrame { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args ResponseFrameArgs,
-            ) -> ::flatbuffers::WIPOffset<ResponseFrame<'bldr>> {
-                let mut builder = ResponseFrameBuilder::new(_fbb);
-                builder.add_request_id(args.request_id);
-                if let Some(x) = args.response {
-                    builder.add_response(x);
-                }
-                builder.add_response_type(args.response_type);
-                builder.finish()
-            }
-
-            #[inline]
-            pub fn request_id(&self) -> u64 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<u64>(ResponseFrame::VT_REQUEST_ID, Some(0))
-                        .unwrap()
-                }
-            }
-            #[inline]
-            pub fn response_type(&self) -> Response {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<Response>(ResponseFrame::VT_RESPONSE_TYPE, Some(Response::NONE))
-                        .unwrap()
-                }
-            }
-            #[inline]
-            pub fn response(&self) -> Option<::flatbuffers::Table<'a>> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Table<'a>>>(
-                            ResponseFrame::VT_RESPONSE,
-                            None,
-                        )
-                }
-            }
-            #[inline]
-            #[allow(non_snake_case)]
-            pub fn response_as_error(&self) -> Option<Error<'a>> {
-                if self.response_type() == Response::Error {
-                    self.response().map(|t| {
-                        // Safety:
-                        // Created from a valid Table for this object
-                        // Which contains a valid union in this slot
-                        unsafe { Error::init_from_table(t) }
-                    })
-                } else {
-                    None
-                }
-            }
-
-            #[inline]
-            #[allow(non_snake_case)]
-            pub fn response_as_hello_ok(&self) -> Option<HelloOk<'a>> {
-                if self.response_type() == Response::HelloOk {
-                    self.response().map(|t| {
-                        // Safety:
-                        // Created from a valid Table for this object
-                        // Which contains a valid union in this slot
-                        unsafe { HelloOk::init_from_table(t) }
-                    })
-                } else {
-                    None
-                }
-            }
-
-            #[inline]
-            #[allow(non_snake_case)]
-            pub fn response_as_pong(&self) -> Option<Pong<'a>> {
-                if self.response_type() == Response::Pong {
-                    self.response().map(|t| {
-                        // Safety:
-                        // Created from a valid Table for this object
-                        // Which contains a valid union in this slot
-                        unsafe { Pong::init_from_table(t) }
-                    })
-                } else {
-                    None
-                }
-            }
-
-            #[inline]
-            #[allow(non_snake_case)]
-            pub fn response_as_get_result(&self) -> Option<GetResult<'a>> {
-                if self.response_type() == Response::GetResult {
-                    self.response().map(|t| {
-                        // Safety:
-                        // Created from a valid Table for this object
-                        // Which contains a valid union in this slot
-                        unsafe { GetResult::init_from_table(t) }
-                    })
-                } else {
-                    None
-                }
-            }
-
-            #[inline]
-            #[allow(non_snake_case)]
-            pub fn response_as_set_result(&self) -> Option<SetResult<'a>> {
-                if self.response_type() == Response::SetResult {
-                    self.response().map(|t| {
-                        // Safety:
-                        // Created from a valid Table for this object
-                        // Which contains a valid union in this slot
-                        unsafe { SetResult::init_from_table(t) }
-                    })
-                } else {
-                    None
-                }
-            }
-
-            #[inline]
-            #[allow(non_snake_case)]
-            pub fn response_as_count_result(&self) -> Option<CountResult<'a>> {
-                if self.response_type() == Response::CountResult {
-                    self.response().map(|t| {
-                        // Safety:
-                        // Created from a valid Table for this object
-                        // Which contains a valid union in this slot
-                        unsafe { CountResult::init_from_table(t) }
-                    })
-                } else {
-                    None
-                }
-            }
-
-            #[inline]
-            #[allow(non_snake_case)]
-            pub fn response_as_mget_result(&self) -> Option<MGetResult<'a>> {
-                if self.response_type() == Response::MGetResult {
-                    self.response().map(|t| {
-                        // Safety:
-                        // Created from a valid Table for this object
-                        // Which contains a valid union in this slot
-                        unsafe { MGetResult::init_from_table(t) }
-                    })
-                } else {
-                    None
-                }
-            }
-
-            #[inline]
-            #[allow(non_snake_case)]
-            pub fn response_as_mset_result(&self) -> Option<MSetResult<'a>> {
-                if self.response_type() == Response::MSetResult {
-                    self.response().map(|t| {
-                        // Safety:
-                        // Created from a valid Table for this object
-                        // Which contains a valid union in this slot
-                        unsafe { MSetResult::init_from_table(t) }
-                    })
-                } else {
-                    None
-                }
-            }
-
-            #[inline]
-            #[allow(non_snake_case)]
-            pub fn response_as_keys_result(&self) -> Option<KeysResult<'a>> {
-                if self.response_type() == Response::KeysResult {
-                    self.response().map(|t| {
-                        // Safety:
-                        // Created from a valid Table for this object
-                        // Which contains a valid union in this slot
-                        unsafe { KeysResult::init_from_table(t) }
-                    })
-                } else {
-                    None
-                }
-            }
-
-            #[inline]
-            #[allow(non_snake_case)]
-            pub fn response_as_scan_result(&self) -> Option<ScanResult<'a>> {
-                if self.response_type() == Response::ScanResult {
-                    self.response().map(|t| {
-                        // Safety:
-                        // Created from a valid Table for this object
-                        // Which contains a valid union in this slot
-                        unsafe { ScanResult::init_from_table(t) }
-                    })
-                } else {
-                    None
-                }
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for ResponseFrame<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
+    Ok(())
+  }
+}
+pub struct RequestFrameArgs {
+    pub request_id: u64,
+    pub request_type: Request,
+    pub request: Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>>,
+}
+impl<'a> Default for RequestFrameArgs {
+  #[inline]
+  fn default() -> Self {
+    RequestFrameArgs {
+      request_id: 0,
+      request_type: Request::NONE,
+      request: None,
+    }
+  }
+}
+
+pub struct RequestFrameBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RequestFrameBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(RequestFrame::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn add_request_type(&mut self, request_type: Request) {
+    self.fbb_.push_slot::<Request>(RequestFrame::VT_REQUEST_TYPE, request_type, Request::NONE);
+  }
+  #[inline]
+  pub fn add_request(&mut self, request: ::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RequestFrame::VT_REQUEST, request);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RequestFrameBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RequestFrameBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RequestFrame<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RequestFrame<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RequestFrame");
+      ds.field("request_id", &self.request_id());
+      ds.field("request_type", &self.request_type());
+      match self.request_type() {
+        Request::Hello => {
+          if let Some(x) = self.request_as_hello() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::Ping => {
+          if let Some(x) = self.request_as_ping() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::Get => {
+          if let Some(x) = self.request_as_get() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::Set => {
+          if let Some(x) = self.request_as_set() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::CompareAndSet => {
+          if let Some(x) = self.request_as_compare_and_set() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::Delete => {
+          if let Some(x) = self.request_as_delete() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::Exists => {
+          if let Some(x) = self.request_as_exists() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::MGet => {
+          if let Some(x) = self.request_as_mget() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::MSet => {
+          if let Some(x) = self.request_as_mset() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::Keys => {
+          if let Some(x) = self.request_as_keys() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::Scan => {
+          if let Some(x) = self.request_as_scan() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::Count => {
+          if let Some(x) = self.request_as_count() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        _ => {
+          let x: Option<()> = None;
+          ds.field("request", &x)
+        },
+      };
+      ds.finish()
+  }
+}
+pub enum ErrorOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Error<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Error<'a> {
+  type Inner = Error<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Error<'a> {
+  pub const VT_CODE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Error { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ErrorArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Error<'bldr>> {
+    let mut builder = ErrorBuilder::new(_fbb);
+    if let Some(x) = args.message { builder.add_message(x); }
+    builder.add_code(args.code);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn code(&self) -> ErrorCode {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ErrorCode>(Error::VT_CODE, Some(ErrorCode::None)).unwrap()}
+  }
+  #[inline]
+  pub fn message(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Error::VT_MESSAGE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Error<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<ErrorCode>("code", Self::VT_CODE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("message", Self::VT_MESSAGE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ErrorArgs<'a> {
+    pub code: ErrorCode,
+    pub message: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for ErrorArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ErrorArgs {
+      code: ErrorCode::None,
+      message: None,
+    }
+  }
+}
+
+pub struct ErrorBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ErrorBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_code(&mut self, code: ErrorCode) {
+    self.fbb_.push_slot::<ErrorCode>(Error::VT_CODE, code, ErrorCode::None);
+  }
+  #[inline]
+  pub fn add_message(&mut self, message: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Error::VT_MESSAGE, message);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ErrorBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ErrorBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Error<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Error<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Error");
+      ds.field("code", &self.code());
+      ds.field("message", &self.message());
+      ds.finish()
+  }
+}
+pub enum LimitsOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The node's limits, announced in HelloOk so clients can check early.
+pub struct Limits<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Limits<'a> {
+  type Inner = Limits<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Limits<'a> {
+  pub const VT_MAX_FRAME_BYTES: ::flatbuffers::VOffsetT = 4;
+  pub const VT_MAX_KEY_BYTES: ::flatbuffers::VOffsetT = 6;
+  pub const VT_MAX_VALUE_BYTES: ::flatbuffers::VOffsetT = 8;
+  pub const VT_MAX_KEYS_PER_REQUEST: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Limits { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args LimitsArgs
+  ) -> ::flatbuffers::WIPOffset<Limits<'bldr>> {
+    let mut builder = LimitsBuilder::new(_fbb);
+    builder.add_max_keys_per_request(args.max_keys_per_request);
+    builder.add_max_value_bytes(args.max_value_bytes);
+    builder.add_max_key_bytes(args.max_key_bytes);
+    builder.add_max_frame_bytes(args.max_frame_bytes);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn max_frame_bytes(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Limits::VT_MAX_FRAME_BYTES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn max_key_bytes(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Limits::VT_MAX_KEY_BYTES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn max_value_bytes(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Limits::VT_MAX_VALUE_BYTES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn max_keys_per_request(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Limits::VT_MAX_KEYS_PER_REQUEST, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Limits<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u32>("max_frame_bytes", Self::VT_MAX_FRAME_BYTES, false)?
+     .visit_field::<u32>("max_key_bytes", Self::VT_MAX_KEY_BYTES, false)?
+     .visit_field::<u32>("max_value_bytes", Self::VT_MAX_VALUE_BYTES, false)?
+     .visit_field::<u32>("max_keys_per_request", Self::VT_MAX_KEYS_PER_REQUEST, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct LimitsArgs {
+    pub max_frame_bytes: u32,
+    pub max_key_bytes: u32,
+    pub max_value_bytes: u32,
+    pub max_keys_per_request: u32,
+}
+impl<'a> Default for LimitsArgs {
+  #[inline]
+  fn default() -> Self {
+    LimitsArgs {
+      max_frame_bytes: 0,
+      max_key_bytes: 0,
+      max_value_bytes: 0,
+      max_keys_per_request: 0,
+    }
+  }
+}
+
+pub struct LimitsBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> LimitsBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_max_frame_bytes(&mut self, max_frame_bytes: u32) {
+    self.fbb_.push_slot::<u32>(Limits::VT_MAX_FRAME_BYTES, max_frame_bytes, 0);
+  }
+  #[inline]
+  pub fn add_max_key_bytes(&mut self, max_key_bytes: u32) {
+    self.fbb_.push_slot::<u32>(Limits::VT_MAX_KEY_BYTES, max_key_bytes, 0);
+  }
+  #[inline]
+  pub fn add_max_value_bytes(&mut self, max_value_bytes: u32) {
+    self.fbb_.push_slot::<u32>(Limits::VT_MAX_VALUE_BYTES, max_value_bytes, 0);
+  }
+  #[inline]
+  pub fn add_max_keys_per_request(&mut self, max_keys_per_request: u32) {
+    self.fbb_.push_slot::<u32>(Limits::VT_MAX_KEYS_PER_REQUEST, max_keys_per_request, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> LimitsBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    LimitsBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Limits<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Limits<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Limits");
+      ds.field("max_frame_bytes", &self.max_frame_bytes());
+      ds.field("max_key_bytes", &self.max_key_bytes());
+      ds.field("max_value_bytes", &self.max_value_bytes());
+      ds.field("max_keys_per_request", &self.max_keys_per_request());
+      ds.finish()
+  }
+}
+pub enum HelloOkOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct HelloOk<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for HelloOk<'a> {
+  type Inner = HelloOk<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> HelloOk<'a> {
+  pub const VT_PROTOCOL_VERSION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_SERVER_VERSION: ::flatbuffers::VOffsetT = 6;
+  pub const VT_TENANT: ::flatbuffers::VOffsetT = 8;
+  pub const VT_CORES: ::flatbuffers::VOffsetT = 10;
+  pub const VT_LIMITS: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    HelloOk { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args HelloOkArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<HelloOk<'bldr>> {
+    let mut builder = HelloOkBuilder::new(_fbb);
+    if let Some(x) = args.limits { builder.add_limits(x); }
+    builder.add_cores(args.cores);
+    if let Some(x) = args.tenant { builder.add_tenant(x); }
+    if let Some(x) = args.server_version { builder.add_server_version(x); }
+    builder.add_protocol_version(args.protocol_version);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn protocol_version(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(HelloOk::VT_PROTOCOL_VERSION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn server_version(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(HelloOk::VT_SERVER_VERSION, None)}
+  }
+  #[inline]
+  pub fn tenant(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(HelloOk::VT_TENANT, None)}
+  }
+  #[inline]
+  pub fn cores(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(HelloOk::VT_CORES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn limits(&self) -> Option<Limits<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<Limits>>(HelloOk::VT_LIMITS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for HelloOk<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u32>("protocol_version", Self::VT_PROTOCOL_VERSION, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("server_version", Self::VT_SERVER_VERSION, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("tenant", Self::VT_TENANT, false)?
+     .visit_field::<u32>("cores", Self::VT_CORES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<Limits>>("limits", Self::VT_LIMITS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct HelloOkArgs<'a> {
+    pub protocol_version: u32,
+    pub server_version: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub tenant: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub cores: u32,
+    pub limits: Option<::flatbuffers::WIPOffset<Limits<'a>>>,
+}
+impl<'a> Default for HelloOkArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    HelloOkArgs {
+      protocol_version: 0,
+      server_version: None,
+      tenant: None,
+      cores: 0,
+      limits: None,
+    }
+  }
+}
+
+pub struct HelloOkBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HelloOkBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_protocol_version(&mut self, protocol_version: u32) {
+    self.fbb_.push_slot::<u32>(HelloOk::VT_PROTOCOL_VERSION, protocol_version, 0);
+  }
+  #[inline]
+  pub fn add_server_version(&mut self, server_version: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(HelloOk::VT_SERVER_VERSION, server_version);
+  }
+  #[inline]
+  pub fn add_tenant(&mut self, tenant: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(HelloOk::VT_TENANT, tenant);
+  }
+  #[inline]
+  pub fn add_cores(&mut self, cores: u32) {
+    self.fbb_.push_slot::<u32>(HelloOk::VT_CORES, cores, 0);
+  }
+  #[inline]
+  pub fn add_limits(&mut self, limits: ::flatbuffers::WIPOffset<Limits<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<Limits>>(HelloOk::VT_LIMITS, limits);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HelloOkBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    HelloOkBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<HelloOk<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for HelloOk<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("HelloOk");
+      ds.field("protocol_version", &self.protocol_version());
+      ds.field("server_version", &self.server_version());
+      ds.field("tenant", &self.tenant());
+      ds.field("cores", &self.cores());
+      ds.field("limits", &self.limits());
+      ds.finish()
+  }
+}
+pub enum PongOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Pong<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Pong<'a> {
+  type Inner = Pong<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Pong<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Pong { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args PongArgs
+  ) -> ::flatbuffers::WIPOffset<Pong<'bldr>> {
+    let mut builder = PongBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for Pong<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PongArgs {
+}
+impl<'a> Default for PongArgs {
+  #[inline]
+  fn default() -> Self {
+    PongArgs {
+    }
+  }
+}
+
+pub struct PongBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PongBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PongBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PongBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Pong<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Pong<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Pong");
+      ds.finish()
+  }
+}
+pub enum GetResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct GetResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GetResult<'a> {
+  type Inner = GetResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GetResult<'a> {
+  pub const VT_FOUND: ::flatbuffers::VOffsetT = 4;
+  pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 8;
+  pub const VT_TTL_MS: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GetResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GetResultArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<GetResult<'bldr>> {
+    let mut builder = GetResultBuilder::new(_fbb);
+    builder.add_ttl_ms(args.ttl_ms);
+    builder.add_version(args.version);
+    if let Some(x) = args.value { builder.add_value(x); }
+    builder.add_found(args.found);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn found(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(GetResult::VT_FOUND, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(GetResult::VT_VALUE, None)}
+  }
+  /// Version of the value (see CompareAndSet); 0 when not found.
+  #[inline]
+  pub fn version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GetResult::VT_VERSION, Some(0)).unwrap()}
+  }
+  /// Milliseconds left to live; 0 when the key has no expiry.
+  #[inline]
+  pub fn ttl_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GetResult::VT_TTL_MS, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GetResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<bool>("found", Self::VT_FOUND, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
+     .visit_field::<u64>("version", Self::VT_VERSION, false)?
+     .visit_field::<u64>("ttl_ms", Self::VT_TTL_MS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GetResultArgs<'a> {
+    pub found: bool,
+    pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub version: u64,
+    pub ttl_ms: u64,
+}
+impl<'a> Default for GetResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GetResultArgs {
+      found: false,
+      value: None,
+      version: 0,
+      ttl_ms: 0,
+    }
+  }
+}
+
+pub struct GetResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GetResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_found(&mut self, found: bool) {
+    self.fbb_.push_slot::<bool>(GetResult::VT_FOUND, found, false);
+  }
+  #[inline]
+  pub fn add_value(&mut self, value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GetResult::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn add_version(&mut self, version: u64) {
+    self.fbb_.push_slot::<u64>(GetResult::VT_VERSION, version, 0);
+  }
+  #[inline]
+  pub fn add_ttl_ms(&mut self, ttl_ms: u64) {
+    self.fbb_.push_slot::<u64>(GetResult::VT_TTL_MS, ttl_ms, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GetResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GetResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GetResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GetResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GetResult");
+      ds.field("found", &self.found());
+      ds.field("value", &self.value());
+      ds.field("version", &self.version());
+      ds.field("ttl_ms", &self.ttl_ms());
+      ds.finish()
+  }
+}
+pub enum SetResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct SetResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for SetResult<'a> {
+  type Inner = SetResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> SetResult<'a> {
+  pub const VT_APPLIED: ::flatbuffers::VOffsetT = 4;
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    SetResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args SetResultArgs
+  ) -> ::flatbuffers::WIPOffset<SetResult<'bldr>> {
+    let mut builder = SetResultBuilder::new(_fbb);
+    builder.add_version(args.version);
+    builder.add_applied(args.applied);
+    builder.finish()
+  }
+
+
+  /// False when the condition (IfAbsent, IfPresent, expected_version)
+  /// was not met; nothing was written then.
+  #[inline]
+  pub fn applied(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(SetResult::VT_APPLIED, Some(false)).unwrap()}
+  }
+  /// If applied, the new version; otherwise the current version
+  /// (0 when the key does not exist).
+  #[inline]
+  pub fn version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SetResult::VT_VERSION, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for SetResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<bool>("applied", Self::VT_APPLIED, false)?
+     .visit_field::<u64>("version", Self::VT_VERSION, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct SetResultArgs {
+    pub applied: bool,
+    pub version: u64,
+}
+impl<'a> Default for SetResultArgs {
+  #[inline]
+  fn default() -> Self {
+    SetResultArgs {
+      applied: false,
+      version: 0,
+    }
+  }
+}
+
+pub struct SetResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SetResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_applied(&mut self, applied: bool) {
+    self.fbb_.push_slot::<bool>(SetResult::VT_APPLIED, applied, false);
+  }
+  #[inline]
+  pub fn add_version(&mut self, version: u64) {
+    self.fbb_.push_slot::<u64>(SetResult::VT_VERSION, version, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SetResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    SetResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<SetResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for SetResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("SetResult");
+      ds.field("applied", &self.applied());
+      ds.field("version", &self.version());
+      ds.finish()
+  }
+}
+pub enum CountResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct CountResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for CountResult<'a> {
+  type Inner = CountResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> CountResult<'a> {
+  pub const VT_COUNT: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    CountResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args CountResultArgs
+  ) -> ::flatbuffers::WIPOffset<CountResult<'bldr>> {
+    let mut builder = CountResultBuilder::new(_fbb);
+    builder.add_count(args.count);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn count(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(CountResult::VT_COUNT, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for CountResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("count", Self::VT_COUNT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct CountResultArgs {
+    pub count: u64,
+}
+impl<'a> Default for CountResultArgs {
+  #[inline]
+  fn default() -> Self {
+    CountResultArgs {
+      count: 0,
+    }
+  }
+}
+
+pub struct CountResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CountResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_count(&mut self, count: u64) {
+    self.fbb_.push_slot::<u64>(CountResult::VT_COUNT, count, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CountResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    CountResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<CountResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for CountResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("CountResult");
+      ds.field("count", &self.count());
+      ds.finish()
+  }
+}
+pub enum MGetResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct MGetResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for MGetResult<'a> {
+  type Inner = MGetResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> MGetResult<'a> {
+  pub const VT_VALUES: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    MGetResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args MGetResultArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<MGetResult<'bldr>> {
+    let mut builder = MGetResultBuilder::new(_fbb);
+    if let Some(x) = args.values { builder.add_values(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn values(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GetResult<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GetResult>>>>(MGetResult::VT_VALUES, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for MGetResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<GetResult>>>>("values", Self::VT_VALUES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct MGetResultArgs<'a> {
+    pub values: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GetResult<'a>>>>>,
+}
+impl<'a> Default for MGetResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    MGetResultArgs {
+      values: None,
+    }
+  }
+}
+
+pub struct MGetResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MGetResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_values(&mut self, values: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<GetResult<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MGetResult::VT_VALUES, values);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MGetResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    MGetResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<MGetResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for MGetResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("MGetResult");
+      ds.field("values", &self.values());
+      ds.finish()
+  }
+}
+pub enum MSetResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct MSetResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for MSetResult<'a> {
+  type Inner = MSetResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> MSetResult<'a> {
+  pub const VT_VERSIONS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    MSetResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args MSetResultArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<MSetResult<'bldr>> {
+    let mut builder = MSetResultBuilder::new(_fbb);
+    if let Some(x) = args.versions { builder.add_versions(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn versions(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(MSetResult::VT_VERSIONS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for MSetResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("versions", Self::VT_VERSIONS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct MSetResultArgs<'a> {
+    pub versions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
+}
+impl<'a> Default for MSetResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    MSetResultArgs {
+      versions: None,
+    }
+  }
+}
+
+pub struct MSetResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MSetResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_versions(&mut self, versions: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MSetResult::VT_VERSIONS, versions);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MSetResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    MSetResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<MSetResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for MSetResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("MSetResult");
+      ds.field("versions", &self.versions());
+      ds.finish()
+  }
+}
+pub enum KeysResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct KeysResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for KeysResult<'a> {
+  type Inner = KeysResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> KeysResult<'a> {
+  pub const VT_KEYS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    KeysResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args KeysResultArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<KeysResult<'bldr>> {
+    let mut builder = KeysResultBuilder::new(_fbb);
+    if let Some(x) = args.keys { builder.add_keys(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn keys(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key>>>>(KeysResult::VT_KEYS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for KeysResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Key>>>>("keys", Self::VT_KEYS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct KeysResultArgs<'a> {
+    pub keys: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key<'a>>>>>,
+}
+impl<'a> Default for KeysResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    KeysResultArgs {
+      keys: None,
+    }
+  }
+}
+
+pub struct KeysResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> KeysResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_keys(&mut self, keys: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Key<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(KeysResult::VT_KEYS, keys);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> KeysResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    KeysResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<KeysResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for KeysResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("KeysResult");
+      ds.field("keys", &self.keys());
+      ds.finish()
+  }
+}
+pub enum ScanResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ScanResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ScanResult<'a> {
+  type Inner = ScanResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ScanResult<'a> {
+  pub const VT_CURSOR: ::flatbuffers::VOffsetT = 4;
+  pub const VT_KEYS: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ScanResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ScanResultArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ScanResult<'bldr>> {
+    let mut builder = ScanResultBuilder::new(_fbb);
+    builder.add_cursor(args.cursor);
+    if let Some(x) = args.keys { builder.add_keys(x); }
+    builder.finish()
+  }
+
+
+  /// Pass this to the next Scan; 0 means the scan is complete.
+  #[inline]
+  pub fn cursor(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ScanResult::VT_CURSOR, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn keys(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key>>>>(ScanResult::VT_KEYS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ScanResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("cursor", Self::VT_CURSOR, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Key>>>>("keys", Self::VT_KEYS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ScanResultArgs<'a> {
+    pub cursor: u64,
+    pub keys: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key<'a>>>>>,
+}
+impl<'a> Default for ScanResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ScanResultArgs {
+      cursor: 0,
+      keys: None,
+    }
+  }
+}
+
+pub struct ScanResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ScanResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_cursor(&mut self, cursor: u64) {
+    self.fbb_.push_slot::<u64>(ScanResult::VT_CURSOR, cursor, 0);
+  }
+  #[inline]
+  pub fn add_keys(&mut self, keys: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Key<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ScanResult::VT_KEYS, keys);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ScanResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ScanResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ScanResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ScanResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ScanResult");
+      ds.field("cursor", &self.cursor());
+      ds.field("keys", &self.keys());
+      ds.finish()
+  }
+}
+pub enum ResponseFrameOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ResponseFrame<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ResponseFrame<'a> {
+  type Inner = ResponseFrame<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ResponseFrame<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_RESPONSE_TYPE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_RESPONSE: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ResponseFrame { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ResponseFrameArgs
+  ) -> ::flatbuffers::WIPOffset<ResponseFrame<'bldr>> {
+    let mut builder = ResponseFrameBuilder::new(_fbb);
+    builder.add_request_id(args.request_id);
+    if let Some(x) = args.response { builder.add_response(x); }
+    builder.add_response_type(args.response_type);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ResponseFrame::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn response_type(&self) -> Response {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Response>(ResponseFrame::VT_RESPONSE_TYPE, Some(Response::NONE)).unwrap()}
+  }
+  #[inline]
+  pub fn response(&self) -> Option<::flatbuffers::Table<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Table<'a>>>(ResponseFrame::VT_RESPONSE, None)}
+  }
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn response_as_error(&self) -> Option<Error<'a>> {
+    if self.response_type() == Response::Error {
+      self.response().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Error::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn response_as_hello_ok(&self) -> Option<HelloOk<'a>> {
+    if self.response_type() == Response::HelloOk {
+      self.response().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { HelloOk::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn response_as_pong(&self) -> Option<Pong<'a>> {
+    if self.response_type() == Response::Pong {
+      self.response().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Pong::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn response_as_get_result(&self) -> Option<GetResult<'a>> {
+    if self.response_type() == Response::GetResult {
+      self.response().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { GetResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn response_as_set_result(&self) -> Option<SetResult<'a>> {
+    if self.response_type() == Response::SetResult {
+      self.response().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { SetResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn response_as_count_result(&self) -> Option<CountResult<'a>> {
+    if self.response_type() == Response::CountResult {
+      self.response().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { CountResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn response_as_mget_result(&self) -> Option<MGetResult<'a>> {
+    if self.response_type() == Response::MGetResult {
+      self.response().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { MGetResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn response_as_mset_result(&self) -> Option<MSetResult<'a>> {
+    if self.response_type() == Response::MSetResult {
+      self.response().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { MSetResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn response_as_keys_result(&self) -> Option<KeysResult<'a>> {
+    if self.response_type() == Response::KeysResult {
+      self.response().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { KeysResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn response_as_scan_result(&self) -> Option<ScanResult<'a>> {
+    if self.response_type() == Response::ScanResult {
+      self.response().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ScanResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for ResponseFrame<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
      .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
      .visit_union::<Response, _>("response_type", Self::VT_RESPONSE_TYPE, "response", Self::VT_RESPONSE, false, |key, v, pos| {
         match key {
@@ -4802,268 +3964,212 @@ pub mod tinkerdb {
         }
      })?
      .finish();
-                Ok(())
-            }
-        }
-        pub struct ResponseFrameArgs {
-            pub request_id: u64,
-            pub response_type: Response,
-            pub response: Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>>,
-        }
-        impl<'a> Default for ResponseFrameArgs {
-            #[inline]
-            fn default() -> Self {
-                ResponseFrameArgs {
-                    request_id: 0,
-                    response_type: Response::NONE,
-                    response: None,
-                }
-            }
-        }
+    Ok(())
+  }
+}
+pub struct ResponseFrameArgs {
+    pub request_id: u64,
+    pub response_type: Response,
+    pub response: Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>>,
+}
+impl<'a> Default for ResponseFrameArgs {
+  #[inline]
+  fn default() -> Self {
+    ResponseFrameArgs {
+      request_id: 0,
+      response_type: Response::NONE,
+      response: None,
+    }
+  }
+}
 
-        pub struct ResponseFrameBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ResponseFrameBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_request_id(&mut self, request_id: u64) {
-                self.fbb_
-                    .push_slot::<u64>(ResponseFrame::VT_REQUEST_ID, request_id, 0);
-            }
-            #[inline]
-            pub fn add_response_type(&mut self, response_type: Response) {
-                self.fbb_.push_slot::<Response>(
-                    ResponseFrame::VT_RESPONSE_TYPE,
-                    response_type,
-                    Response::NONE,
-                );
-            }
-            #[inline]
-            pub fn add_response(
-                &mut self,
-                response: ::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>,
-            ) {
-                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
-                    ResponseFrame::VT_RESPONSE,
-                    response,
-                );
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> ResponseFrameBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                ResponseFrameBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<ResponseFrame<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
+pub struct ResponseFrameBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ResponseFrameBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(ResponseFrame::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn add_response_type(&mut self, response_type: Response) {
+    self.fbb_.push_slot::<Response>(ResponseFrame::VT_RESPONSE_TYPE, response_type, Response::NONE);
+  }
+  #[inline]
+  pub fn add_response(&mut self, response: ::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ResponseFrame::VT_RESPONSE, response);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ResponseFrameBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ResponseFrameBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ResponseFrame<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
 
-        impl ::core::fmt::Debug for ResponseFrame<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("ResponseFrame");
-                ds.field("request_id", &self.request_id());
-                ds.field("response_type", &self.response_type());
-                match self.response_type() {
-                    Response::Error => {
-                        if let Some(x) = self.response_as_error() {
-                            ds.field("response", &x)
-                        } else {
-                            ds.field(
-                                "response",
-                                &"InvalidFlatbuffer: Union discriminant does not match value.",
-                            )
-                        }
-                    }
-                    Response::HelloOk => {
-                        if let Some(x) = self.response_as_hello_ok() {
-                            ds.field("response", &x)
-                        } else {
-                            ds.field(
-                                "response",
-                                &"InvalidFlatbuffer: Union discriminant does not match value.",
-                            )
-                        }
-                    }
-                    Response::Pong => {
-                        if let Some(x) = self.response_as_pong() {
-                            ds.field("response", &x)
-                        } else {
-                            ds.field(
-                                "response",
-                                &"InvalidFlatbuffer: Union discriminant does not match value.",
-                            )
-                        }
-                    }
-                    Response::GetResult => {
-                        if let Some(x) = self.response_as_get_result() {
-                            ds.field("response", &x)
-                        } else {
-                            ds.field(
-                                "response",
-                                &"InvalidFlatbuffer: Union discriminant does not match value.",
-                            )
-                        }
-                    }
-                    Response::SetResult => {
-                        if let Some(x) = self.response_as_set_result() {
-                            ds.field("response", &x)
-                        } else {
-                            ds.field(
-                                "response",
-                                &"InvalidFlatbuffer: Union discriminant does not match value.",
-                            )
-                        }
-                    }
-                    Response::CountResult => {
-                        if let Some(x) = self.response_as_count_result() {
-                            ds.field("response", &x)
-                        } else {
-                            ds.field(
-                                "response",
-                                &"InvalidFlatbuffer: Union discriminant does not match value.",
-                            )
-                        }
-                    }
-                    Response::MGetResult => {
-                        if let Some(x) = self.response_as_mget_result() {
-                            ds.field("response", &x)
-                        } else {
-                            ds.field(
-                                "response",
-                                &"InvalidFlatbuffer: Union discriminant does not match value.",
-                            )
-                        }
-                    }
-                    Response::MSetResult => {
-                        if let Some(x) = self.response_as_mset_result() {
-                            ds.field("response", &x)
-                        } else {
-                            ds.field(
-                                "response",
-                                &"InvalidFlatbuffer: Union discriminant does not match value.",
-                            )
-                        }
-                    }
-                    Response::KeysResult => {
-                        if let Some(x) = self.response_as_keys_result() {
-                            ds.field("response", &x)
-                        } else {
-                            ds.field(
-                                "response",
-                                &"InvalidFlatbuffer: Union discriminant does not match value.",
-                            )
-                        }
-                    }
-                    Response::ScanResult => {
-                        if let Some(x) = self.response_as_scan_result() {
-                            ds.field("response", &x)
-                        } else {
-                            ds.field(
-                                "response",
-                                &"InvalidFlatbuffer: Union discriminant does not match value.",
-                            )
-                        }
-                    }
-                    _ => {
-                        let x: Option<()> = None;
-                        ds.field("response", &x)
-                    }
-                };
-                ds.finish()
-            }
-        }
-        #[inline]
-        /// Verifies that a buffer of bytes contains a `RequestFrame`
-        /// and returns it.
-        /// Note that verification is still experimental and may not
-        /// catch every error, or be maximally performant. For the
-        /// previous, unchecked, behavior use
-        /// `root_as_request_frame_unchecked`.
-        pub fn root_as_request_frame(
-            buf: &[u8],
-        ) -> Result<RequestFrame<'_>, ::flatbuffers::InvalidFlatbuffer> {
-            ::flatbuffers::root::<RequestFrame>(buf)
-        }
-        #[inline]
-        /// Verifies that a buffer of bytes contains a size prefixed
-        /// `RequestFrame` and returns it.
-        /// Note that verification is still experimental and may not
-        /// catch every error, or be maximally performant. For the
-        /// previous, unchecked, behavior use
-        /// `size_prefixed_root_as_request_frame_unchecked`.
-        pub fn size_prefixed_root_as_request_frame(
-            buf: &[u8],
-        ) -> Result<RequestFrame<'_>, ::flatbuffers::InvalidFlatbuffer> {
-            ::flatbuffers::size_prefixed_root::<RequestFrame>(buf)
-        }
-        #[inline]
-        /// Verifies, with the given options, that a buffer of bytes
-        /// contains a `RequestFrame` and returns it.
-        /// Note that verification is still experimental and may not
-        /// catch every error, or be maximally performant. For the
-        /// previous, unchecked, behavior use
-        /// `root_as_request_frame_unchecked`.
-        pub fn root_as_request_frame_with_opts<'b, 'o>(
-            opts: &'o ::flatbuffers::VerifierOptions,
-            buf: &'b [u8],
-        ) -> Result<RequestFrame<'b>, ::flatbuffers::InvalidFlatbuffer> {
-            ::flatbuffers::root_with_opts::<RequestFrame<'b>>(opts, buf)
-        }
-        #[inline]
-        /// Verifies, with the given verifier options, that a buffer of
-        /// bytes contains a size prefixed `RequestFrame` and returns
-        /// it. Note that verification is still experimental and may not
-        /// catch every error, or be maximally performant. For the
-        /// previous, unchecked, behavior use
-        /// `root_as_request_frame_unchecked`.
-        pub fn size_prefixed_root_as_request_frame_with_opts<'b, 'o>(
-            opts: &'o ::flatbuffers::VerifierOptions,
-            buf: &'b [u8],
-        ) -> Result<RequestFrame<'b>, ::flatbuffers::InvalidFlatbuffer> {
-            ::flatbuffers::size_prefixed_root_with_opts::<RequestFrame<'b>>(opts, buf)
-        }
-        #[inline]
-        /// Assumes, without verification, that a buffer of bytes contains a RequestFrame and returns it.
-        /// # Safety
-        /// Callers must trust the given bytes do indeed contain a valid `RequestFrame`.
-        pub unsafe fn root_as_request_frame_unchecked(buf: &[u8]) -> RequestFrame<'_> {
-            unsafe { ::flatbuffers::root_unchecked::<RequestFrame>(buf) }
-        }
-        #[inline]
-        /// Assumes, without verification, that a buffer of bytes contains a size prefixed RequestFrame and returns it.
-        /// # Safety
-        /// Callers must trust the given bytes do indeed contain a valid size prefixed `RequestFrame`.
-        pub unsafe fn size_prefixed_root_as_request_frame_unchecked(
-            buf: &[u8],
-        ) -> RequestFrame<'_> {
-            unsafe { ::flatbuffers::size_prefixed_root_unchecked::<RequestFrame>(buf) }
-        }
-        #[inline]
-        pub fn finish_request_frame_buffer<'a, 'b, A: ::flatbuffers::Allocator + 'a>(
-            fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            root: ::flatbuffers::WIPOffset<RequestFrame<'a>>,
-        ) {
-            fbb.finish(root, None);
-        }
+impl ::core::fmt::Debug for ResponseFrame<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ResponseFrame");
+      ds.field("request_id", &self.request_id());
+      ds.field("response_type", &self.response_type());
+      match self.response_type() {
+        Response::Error => {
+          if let Some(x) = self.response_as_error() {
+            ds.field("response", &x)
+          } else {
+            ds.field("response", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Response::HelloOk => {
+          if let Some(x) = self.response_as_hello_ok() {
+            ds.field("response", &x)
+          } else {
+            ds.field("response", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Response::Pong => {
+          if let Some(x) = self.response_as_pong() {
+            ds.field("response", &x)
+          } else {
+            ds.field("response", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Response::GetResult => {
+          if let Some(x) = self.response_as_get_result() {
+            ds.field("response", &x)
+          } else {
+            ds.field("response", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Response::SetResult => {
+          if let Some(x) = self.response_as_set_result() {
+            ds.field("response", &x)
+          } else {
+            ds.field("response", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Response::CountResult => {
+          if let Some(x) = self.response_as_count_result() {
+            ds.field("response", &x)
+          } else {
+            ds.field("response", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Response::MGetResult => {
+          if let Some(x) = self.response_as_mget_result() {
+            ds.field("response", &x)
+          } else {
+            ds.field("response", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Response::MSetResult => {
+          if let Some(x) = self.response_as_mset_result() {
+            ds.field("response", &x)
+          } else {
+            ds.field("response", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Response::KeysResult => {
+          if let Some(x) = self.response_as_keys_result() {
+            ds.field("response", &x)
+          } else {
+            ds.field("response", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Response::ScanResult => {
+          if let Some(x) = self.response_as_scan_result() {
+            ds.field("response", &x)
+          } else {
+            ds.field("response", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        _ => {
+          let x: Option<()> = None;
+          ds.field("response", &x)
+        },
+      };
+      ds.finish()
+  }
+}
+#[inline]
+/// Verifies that a buffer of bytes contains a `RequestFrame`
+/// and returns it.
+/// Note that verification is still experimental and may not
+/// catch every error, or be maximally performant. For the
+/// previous, unchecked, behavior use
+/// `root_as_request_frame_unchecked`.
+pub fn root_as_request_frame(buf: &[u8]) -> Result<RequestFrame<'_>, ::flatbuffers::InvalidFlatbuffer> {
+  ::flatbuffers::root::<RequestFrame>(buf)
+}
+#[inline]
+/// Verifies that a buffer of bytes contains a size prefixed
+/// `RequestFrame` and returns it.
+/// Note that verification is still experimental and may not
+/// catch every error, or be maximally performant. For the
+/// previous, unchecked, behavior use
+/// `size_prefixed_root_as_request_frame_unchecked`.
+pub fn size_prefixed_root_as_request_frame(buf: &[u8]) -> Result<RequestFrame<'_>, ::flatbuffers::InvalidFlatbuffer> {
+  ::flatbuffers::size_prefixed_root::<RequestFrame>(buf)
+}
+#[inline]
+/// Verifies, with the given options, that a buffer of bytes
+/// contains a `RequestFrame` and returns it.
+/// Note that verification is still experimental and may not
+/// catch every error, or be maximally performant. For the
+/// previous, unchecked, behavior use
+/// `root_as_request_frame_unchecked`.
+pub fn root_as_request_frame_with_opts<'b, 'o>(
+  opts: &'o ::flatbuffers::VerifierOptions,
+  buf: &'b [u8],
+) -> Result<RequestFrame<'b>, ::flatbuffers::InvalidFlatbuffer> {
+  ::flatbuffers::root_with_opts::<RequestFrame<'b>>(opts, buf)
+}
+#[inline]
+/// Verifies, with the given verifier options, that a buffer of
+/// bytes contains a size prefixed `RequestFrame` and returns
+/// it. Note that verification is still experimental and may not
+/// catch every error, or be maximally performant. For the
+/// previous, unchecked, behavior use
+/// `root_as_request_frame_unchecked`.
+pub fn size_prefixed_root_as_request_frame_with_opts<'b, 'o>(
+  opts: &'o ::flatbuffers::VerifierOptions,
+  buf: &'b [u8],
+) -> Result<RequestFrame<'b>, ::flatbuffers::InvalidFlatbuffer> {
+  ::flatbuffers::size_prefixed_root_with_opts::<RequestFrame<'b>>(opts, buf)
+}
+#[inline]
+/// Assumes, without verification, that a buffer of bytes contains a RequestFrame and returns it.
+/// # Safety
+/// Callers must trust the given bytes do indeed contain a valid `RequestFrame`.
+pub unsafe fn root_as_request_frame_unchecked(buf: &[u8]) -> RequestFrame<'_> {
+  unsafe { ::flatbuffers::root_unchecked::<RequestFrame>(buf) }
+}
+#[inline]
+/// Assumes, without verification, that a buffer of bytes contains a size prefixed RequestFrame and returns it.
+/// # Safety
+/// Callers must trust the given bytes do indeed contain a valid size prefixed `RequestFrame`.
+pub unsafe fn size_prefixed_root_as_request_frame_unchecked(buf: &[u8]) -> RequestFrame<'_> {
+  unsafe { ::flatbuffers::size_prefixed_root_unchecked::<RequestFrame>(buf) }
+}
+#[inline]
+pub fn finish_request_frame_buffer<'a, 'b, A: ::flatbuffers::Allocator + 'a>(
+    fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+    root: ::flatbuffers::WIPOffset<RequestFrame<'a>>) {
+  fbb.finish(root, None);
+}
 
-        #[inline]
-        pub fn finish_size_prefixed_request_frame_buffer<
-            'a,
-            'b,
-            A: ::flatbuffers::Allocator + 'a,
-        >(
-            fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            root: ::flatbuffers::WIPOffset<RequestFrame<'a>>,
-        ) {
-            fbb.finish_size_prefixed(root, None);
-        }
-    } // pub mod wire
-} // pub mod tinkerdb
+#[inline]
+pub fn finish_size_prefixed_request_frame_buffer<'a, 'b, A: ::flatbuffers::Allocator + 'a>(fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>, root: ::flatbuffers::WIPOffset<RequestFrame<'a>>) {
+  fbb.finish_size_prefixed(root, None);
+}
+}  // pub mod wire
+}  // pub mod tinkerdb
+
