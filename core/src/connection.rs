@@ -33,6 +33,7 @@ use tinkerdb_storage::{
 use crate::config::DEFAULT_TENANT;
 use crate::protocol::{decode_command, encode_reply, Command, ProtocolError, Reply};
 use crate::router::{now_ms, CoreContext, Dispatched};
+
 use crate::shard::{KeyFilter, ShardReply, ShardRequest, SlotKey};
 use crate::slots::CoreId;
 
@@ -50,8 +51,99 @@ struct Session {
 /// An answer being produced.
 enum Pending {
     Ready(Reply),
-    /// A single-key request sent to another core.
-    Remote(Dispatched, Session),
+    /// A single-key request for another core, the `index`-th of the batch
+    /// `batch` (see [`RemoteBatches`]).
+    Remote {
+        batch: usize,
+        index: usize,
+        session: Session,
+    },
+}
+
+/// Single-key requests for other cores, gathered while a pipeline is read
+/// and sent as one `ShardRequest::Batch` message per core: one cross-core
+/// hop per core per pipeline instead of one per request.
+///
+/// Order: a batch is sent (`flush`) before any multi-key request starts and
+/// at the end of the pipeline, so requests still reach each core in the
+/// order the client sent them.
+#[derive(Default)]
+struct RemoteBatches {
+    /// Requests gathered per core, not yet sent (index = core).
+    gathering: Vec<(Vec<ShardRequest>, Option<usize>)>,
+    /// Batches sent: the reply to await, then the replies once received.
+    sent: Vec<SentBatch>,
+}
+
+enum SentBatch {
+    InFlight(Dispatched),
+    Answered(Vec<Option<ShardReply>>),
+    Failed(ProtocolError),
+}
+
+impl RemoteBatches {
+    /// Queues `request` for `core`; returns (batch id, index in it).
+    fn push(&mut self, cores: usize, core: CoreId, request: ShardRequest) -> (usize, usize) {
+        if self.gathering.is_empty() {
+            self.gathering.resize_with(cores, Default::default);
+        }
+        let (requests, batch_id) = &mut self.gathering[core];
+        let batch = *batch_id.get_or_insert_with(|| {
+            self.sent.push(SentBatch::Answered(Vec::new()));
+            self.sent.len() - 1
+        });
+        requests.push(request);
+        (batch, requests.len() - 1)
+    }
+
+    /// Sends every gathered batch.
+    async fn flush(&mut self, context: &CoreContext) {
+        for (core, (requests, batch_id)) in self.gathering.iter_mut().enumerate() {
+            let Some(batch) = batch_id.take() else {
+                continue;
+            };
+            let requests = std::mem::take(requests);
+            self.sent[batch] = match context.dispatch(core, ShardRequest::Batch(requests)).await {
+                Ok(dispatched) => SentBatch::InFlight(dispatched),
+                Err(error) => SentBatch::Failed(error),
+            };
+        }
+    }
+
+    /// The reply to request `index` of batch `batch`.
+    async fn take(&mut self, batch: usize, index: usize) -> Result<ShardReply, ProtocolError> {
+        let slot = &mut self.sent[batch];
+        if let SentBatch::InFlight(_) = slot {
+            let SentBatch::InFlight(dispatched) =
+                std::mem::replace(slot, SentBatch::Answered(Vec::new()))
+            else {
+                unreachable!()
+            };
+            *slot = match dispatched.reply().await {
+                Ok(ShardReply::Batch(replies)) => {
+                    SentBatch::Answered(replies.into_iter().map(Some).collect())
+                }
+                Ok(other) => SentBatch::Failed(unexpected(&other)),
+                Err(error) => SentBatch::Failed(error),
+            };
+        }
+        match slot {
+            SentBatch::Answered(replies) => replies
+                .get_mut(index)
+                .and_then(Option::take)
+                .ok_or_else(|| ProtocolError::new(ErrorCode::Internal, "batch reply missing")),
+            SentBatch::Failed(error) => Err(error.clone()),
+            SentBatch::InFlight(_) => unreachable!("awaited above"),
+        }
+    }
+
+    fn clear(&mut self) {
+        assert!(self
+            .gathering
+            .iter()
+            .all(|(requests, batch)| requests.is_empty() && batch.is_none()));
+        self.sent.clear();
+    }
 }
 
 /// Serves one client until it disconnects or the stream breaks.
@@ -64,6 +156,7 @@ pub async fn serve_connection(context: Rc<CoreContext>, stream: TcpStream) {
         output: Vec::with_capacity(READ_BUFFER_INITIAL_BYTES),
         builder: FlatBufferBuilder::new(),
         session: None,
+        remote: RemoteBatches::default(),
     };
     if let Err(error) = connection.run().await {
         tracing::debug!(?peer, %error, "connection ended with an I/O error");
@@ -77,6 +170,7 @@ struct Connection {
     output: Vec<u8>,
     builder: FlatBufferBuilder<'static>,
     session: Option<Session>,
+    remote: RemoteBatches,
 }
 
 impl Connection {
@@ -115,7 +209,9 @@ impl Connection {
                 }
             }
             if !batch.is_empty() {
+                self.remote.flush(&self.context).await;
                 self.answer(&mut batch).await?;
+                self.remote.clear();
                 if close_after_answers {
                     return Ok(());
                 }
@@ -133,7 +229,11 @@ impl Connection {
         for (request_id, pending) in batch.drain(..) {
             let reply = match pending {
                 Pending::Ready(reply) => reply,
-                Pending::Remote(dispatched, session) => match dispatched.reply().await {
+                Pending::Remote {
+                    batch,
+                    index,
+                    session,
+                } => match self.remote.take(batch, index).await {
                     Ok(reply) => single_key_reply(reply, &session),
                     Err(error) => Reply::Error(error),
                 },
@@ -207,6 +307,8 @@ impl Connection {
                 self.start_single(slot, request, session).await
             }
             (command, Some(session)) => {
+                // Requests gathered so far must reach their cores first.
+                self.remote.flush(&self.context).await;
                 let reply = match execute_multi(&self.context, &session, command).await {
                     Ok(reply) => reply,
                     Err(error) => Reply::Error(error),
@@ -217,12 +319,24 @@ impl Connection {
         (request_id, pending)
     }
 
-    async fn start_single(&self, slot: u16, request: ShardRequest, session: Session) -> Pending {
+    async fn start_single(
+        &mut self,
+        slot: u16,
+        request: ShardRequest,
+        session: Session,
+    ) -> Pending {
         let owner = self.context.slot_map.owner(slot);
-        match self.context.dispatch(owner, request).await {
-            Ok(Dispatched::Ready(reply)) => Pending::Ready(single_key_reply(reply, &session)),
-            Ok(pending) => Pending::Remote(pending, session),
-            Err(error) => Pending::Ready(Reply::Error(error)),
+        if owner == self.context.core {
+            let reply = self.context.shard.borrow_mut().execute(request, now_ms());
+            return Pending::Ready(single_key_reply(reply, &session));
+        }
+        let (batch, index) = self
+            .remote
+            .push(self.context.slot_map.cores(), owner, request);
+        Pending::Remote {
+            batch,
+            index,
+            session,
         }
     }
 

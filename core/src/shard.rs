@@ -122,6 +122,10 @@ pub enum ShardRequest {
         /// Tenant.
         tenant: TenantId,
     },
+    /// Several single-key requests (`Get`, `Set`) from one connection's
+    /// pipeline, sent as one message to amortise the cross-core hop.
+    /// Executed in order; answered by `ShardReply::Batch` in the same order.
+    Batch(Vec<ShardRequest>),
     /// Set the tenant's quota share on this shard.
     SetQuota {
         /// Tenant.
@@ -154,6 +158,8 @@ pub enum ShardReply {
     },
     /// Answer to `Usage`.
     Usage(TenantUsage),
+    /// Answer to `Batch`, one reply per request, in order.
+    Batch(Vec<ShardReply>),
     /// Answer to `SetQuota`.
     Done,
 }
@@ -257,6 +263,18 @@ impl Shard {
                 store, slot_map, *core, tenant, start_slot, &filter, max_keys, now_ms,
             ),
             ShardRequest::Usage { tenant } => ShardReply::Usage(store.tenant_usage(tenant)),
+            ShardRequest::Batch(requests) => ShardReply::Batch(
+                requests
+                    .into_iter()
+                    .map(|request| {
+                        assert!(
+                            !matches!(request, ShardRequest::Batch(_)),
+                            "batches do not nest"
+                        );
+                        self.execute(request, now_ms)
+                    })
+                    .collect(),
+            ),
             ShardRequest::SetQuota { tenant, quota } => {
                 store.set_quota(tenant, quota);
                 ShardReply::Done
