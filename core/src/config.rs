@@ -20,6 +20,10 @@ pub const MAX_TENANT_NAME_BYTES: usize = 64;
 pub struct NodeConfig {
     /// Address of the client (flatbuffers) protocol. Port 0 picks a free port.
     pub listen: SocketAddr,
+    /// Address of the Redis-protocol (RESP) listener.
+    pub resp_listen: SocketAddr,
+    /// Serve the Redis protocol at all.
+    pub resp_enabled: bool,
     /// Directory for the node's files (the WAL and snapshots once durability
     /// lands); created if missing.
     pub data_dir: PathBuf,
@@ -35,6 +39,8 @@ impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
             listen: "127.0.0.1:7379".parse().expect("valid address"),
+            resp_listen: "127.0.0.1:7381".parse().expect("valid address"),
+            resp_enabled: true,
             data_dir: PathBuf::from("./tinkerdb-data"),
             cores: 0,
             limits: Limits::default(),

@@ -43,9 +43,9 @@ pub const READ_BUFFER_INITIAL_BYTES: usize = 8 << 10;
 
 /// The tenant a connection is bound to after Hello.
 #[derive(Clone)]
-struct Session {
-    tenant: TenantId,
-    tenant_name: Arc<str>,
+pub(crate) struct Session {
+    pub(crate) tenant: TenantId,
+    pub(crate) tenant_name: Arc<str>,
 }
 
 /// An answer being produced.
@@ -68,7 +68,7 @@ enum Pending {
 /// at the end of the pipeline, so requests still reach each core in the
 /// order the client sent them.
 #[derive(Default)]
-struct RemoteBatches {
+pub(crate) struct RemoteBatches {
     /// Requests gathered per core, not yet sent (index = core).
     gathering: Vec<(Vec<ShardRequest>, Option<usize>)>,
     /// Batches sent: the reply to await, then the replies once received.
@@ -83,7 +83,12 @@ enum SentBatch {
 
 impl RemoteBatches {
     /// Queues `request` for `core`; returns (batch id, index in it).
-    fn push(&mut self, cores: usize, core: CoreId, request: ShardRequest) -> (usize, usize) {
+    pub(crate) fn push(
+        &mut self,
+        cores: usize,
+        core: CoreId,
+        request: ShardRequest,
+    ) -> (usize, usize) {
         if self.gathering.is_empty() {
             self.gathering.resize_with(cores, Default::default);
         }
@@ -97,7 +102,7 @@ impl RemoteBatches {
     }
 
     /// Sends every gathered batch.
-    async fn flush(&mut self, context: &CoreContext) {
+    pub(crate) async fn flush(&mut self, context: &CoreContext) {
         for (core, (requests, batch_id)) in self.gathering.iter_mut().enumerate() {
             let Some(batch) = batch_id.take() else {
                 continue;
@@ -111,7 +116,11 @@ impl RemoteBatches {
     }
 
     /// The reply to request `index` of batch `batch`.
-    async fn take(&mut self, batch: usize, index: usize) -> Result<ShardReply, ProtocolError> {
+    pub(crate) async fn take(
+        &mut self,
+        batch: usize,
+        index: usize,
+    ) -> Result<ShardReply, ProtocolError> {
         let slot = &mut self.sent[batch];
         if let SentBatch::InFlight(_) = slot {
             let SentBatch::InFlight(dispatched) =
@@ -137,7 +146,7 @@ impl RemoteBatches {
         }
     }
 
-    fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         assert!(self
             .gathering
             .iter()
@@ -378,7 +387,7 @@ impl Connection {
     }
 }
 
-fn set_options(condition: WriteCondition, ttl_ms: u64) -> SetOptions {
+pub(crate) fn set_options(condition: WriteCondition, ttl_ms: u64) -> SetOptions {
     SetOptions {
         condition,
         expiry: match ttl_ms {
@@ -398,7 +407,7 @@ fn single_key_reply(reply: ShardReply, session: &Session) -> Reply {
     }
 }
 
-fn quota_error(error: &StoreError, session: &Session) -> ProtocolError {
+pub(crate) fn quota_error(error: &StoreError, session: &Session) -> ProtocolError {
     let name = &*session.tenant_name;
     let message = match error {
         StoreError::KeyQuotaExceeded { max_keys, .. } => {
@@ -411,7 +420,7 @@ fn quota_error(error: &StoreError, session: &Session) -> ProtocolError {
     ProtocolError::new(ErrorCode::QuotaExceeded, message)
 }
 
-fn unexpected(reply: &ShardReply) -> ProtocolError {
+pub(crate) fn unexpected(reply: &ShardReply) -> ProtocolError {
     ProtocolError::new(
         ErrorCode::Internal,
         format!("unexpected shard reply {reply:?}"),
@@ -457,7 +466,7 @@ async fn fan_out(
 }
 
 /// Requests that may touch several cores: run to completion.
-async fn execute_multi(
+pub(crate) async fn execute_multi(
     context: &CoreContext,
     session: &Session,
     command: Command,
@@ -655,14 +664,14 @@ fn sum_counts(replies: Vec<ShardReply>) -> Result<Reply, ProtocolError> {
 
 /// A read buffer that never zero-fills on the hot path: one allocation,
 /// reused, compacted when the unread bytes reach its end.
-struct ReadBuffer {
+pub(crate) struct ReadBuffer {
     data: Vec<u8>,
     start: usize,
     end: usize,
 }
 
 impl ReadBuffer {
-    fn new() -> ReadBuffer {
+    pub(crate) fn new() -> ReadBuffer {
         ReadBuffer {
             data: vec![0; READ_BUFFER_INITIAL_BYTES],
             start: 0,
@@ -670,11 +679,11 @@ impl ReadBuffer {
         }
     }
 
-    fn unread(&self) -> &[u8] {
+    pub(crate) fn unread(&self) -> &[u8] {
         &self.data[self.start..self.end]
     }
 
-    fn consume(&mut self, bytes: usize) {
+    pub(crate) fn consume(&mut self, bytes: usize) {
         assert!(self.start + bytes <= self.end);
         self.start += bytes;
         if self.start == self.end {
@@ -689,7 +698,7 @@ impl ReadBuffer {
 
     /// Reads once from `stream`, making room for at least `bytes_wanted`
     /// unread bytes (the frame being assembled). Returns bytes read (0: EOF).
-    async fn fill(
+    pub(crate) async fn fill(
         &mut self,
         stream: &mut TcpStream,
         bytes_wanted: usize,

@@ -12,6 +12,7 @@
 //! - [`node`]: start-up: executors, channels, listeners.
 //! - [`connection`]: one client connection: frames in, answers out.
 //! - [`protocol`]: wire frames <-> [`protocol::Command`] / [`protocol::Reply`].
+//! - [`resp`]: the Redis-protocol listener's parser, commands and replies.
 //! - [`router`]: the per-core context and cross-core messaging.
 //! - [`shard`]: the requests a core executes on its store.
 //! - [`slots`]: slot -> core ownership.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod connection;
 pub mod node;
 pub mod protocol;
+pub mod resp;
 pub mod router;
 pub mod shard;
 pub mod slots;

@@ -43,6 +43,8 @@ pub const ACTIVE_EXPIRY_MAX_ITEMS_PER_TICK: usize = 10_000;
 pub struct NodeInfo {
     /// The bound client address (the real port if 0 was asked).
     pub client_addr: SocketAddr,
+    /// The bound Redis-protocol address, if enabled.
+    pub resp_addr: Option<SocketAddr>,
     /// Number of cores serving.
     pub cores: usize,
     /// The data directory.
@@ -83,9 +85,12 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
         }
     }
 
-    let (bound_tx, bound_rx) = mpsc::channel::<anyhow::Result<SocketAddr>>();
+    let (bound_tx, bound_rx) = mpsc::channel::<anyhow::Result<BoundAddrs>>();
     let (serving_tx, serving_rx) = mpsc::channel::<()>();
-    let mut listen_addr = config.listen;
+    let mut addrs = BoundAddrs {
+        client: config.listen,
+        resp: config.resp_enabled.then_some(config.resp_listen),
+    };
     let mut handles = Vec::with_capacity(cores);
     for (core, (senders, receivers)) in outbound.into_iter().zip(inbound).enumerate() {
         // Pin each core to its own CPU when there are enough CPUs.
@@ -95,7 +100,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
         };
         let core_setup = CoreSetup {
             core,
-            listen_addr,
+            addrs,
             slot_map: slot_map.clone(),
             tenants: tenants.clone(),
             config: config.clone(),
@@ -112,7 +117,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
         handles.push(handle);
         if core == 0 {
             // Later cores bind the address core 0 actually got.
-            listen_addr = bound_rx
+            addrs = bound_rx
                 .recv()
                 .context("core 0 stopped during start-up")??;
         }
@@ -129,7 +134,8 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
             .context("a core stopped while connecting to the others")?;
     }
     on_ready(&NodeInfo {
-        client_addr: listen_addr,
+        client_addr: addrs.client,
+        resp_addr: addrs.resp,
         cores,
         data_dir: config.data_dir.clone(),
     });
@@ -141,40 +147,55 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
     Ok(())
 }
 
+/// The listening addresses of a core (all cores share core 0's).
+#[derive(Debug, Clone, Copy)]
+struct BoundAddrs {
+    client: SocketAddr,
+    resp: Option<SocketAddr>,
+}
+
 /// What one core needs to start, moved into its thread.
 struct CoreSetup {
     core: CoreId,
-    listen_addr: SocketAddr,
+    addrs: BoundAddrs,
     slot_map: Arc<SlotMap>,
     tenants: Arc<TenantRegistry>,
     config: NodeConfig,
     senders: Vec<Option<SharedSender<CoreMessage>>>,
     receivers: Vec<SharedReceiver<CoreMessage>>,
     /// Told the bound address (or why binding failed) first thing.
-    bound: mpsc::Sender<anyhow::Result<SocketAddr>>,
+    bound: mpsc::Sender<anyhow::Result<BoundAddrs>>,
     /// Told once the core is connected to the others and serving.
     serving: mpsc::Sender<()>,
 }
 
 async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
     let core = setup.core;
-    let listener = match TcpListener::bind(setup.listen_addr) {
-        Ok(listener) => listener,
+    let bind = |addr: SocketAddr, what: &str| {
+        TcpListener::bind(addr)
+            .and_then(|listener| Ok((listener.local_addr()?, listener)))
+            .map_err(|error| anyhow!("core {core} cannot listen for {what} on {addr}: {error}"))
+    };
+    let bound = bind(setup.addrs.client, "clients").and_then(|client| {
+        let resp = match setup.addrs.resp {
+            Some(addr) => Some(bind(addr, "the Redis protocol")?),
+            None => None,
+        };
+        Ok((client, resp))
+    });
+    let ((client_addr, listener), resp) = match bound {
+        Ok(bound) => bound,
         Err(error) => {
-            let error = anyhow!(
-                "core {core} cannot listen on {}: {error}",
-                setup.listen_addr
-            );
             let _ = setup.bound.send(Err(anyhow!("{error}")));
             return Err(error);
         }
     };
-    let local_addr = listener
-        .local_addr()
-        .map_err(|error| anyhow!("listener address: {error}"))?;
     // Report before connecting the channels: connecting waits for the other
-    // cores, which are started only once core 0's address is known.
-    let _ = setup.bound.send(Ok(local_addr));
+    // cores, which are started only once core 0's addresses are known.
+    let _ = setup.bound.send(Ok(BoundAddrs {
+        client: client_addr,
+        resp: resp.as_ref().map(|(addr, _)| *addr),
+    }));
 
     // A channel's two ends wait for each other while connecting: start
     // connecting the receiving ends first so no two cores wait in a cycle.
@@ -214,7 +235,23 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
     }
     glommio::spawn_local(active_expiry(context.clone())).detach();
     let _ = setup.serving.send(());
-    tracing::debug!(core, %local_addr, "core serving");
+    tracing::debug!(core, %client_addr, "core serving");
+    if let Some((_, resp_listener)) = resp {
+        glommio::spawn_local(accept_loop(context.clone(), resp_listener, Protocol::Resp)).detach();
+    }
+    accept_loop(context, listener, Protocol::Flatbuffers).await;
+    Ok(())
+}
+
+/// Which protocol a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Flatbuffers,
+    Resp,
+}
+
+async fn accept_loop(context: Rc<CoreContext>, listener: TcpListener, protocol: Protocol) {
+    let core = context.core;
 
     let max_connections = context.limits.max_connections_per_core as u64;
     loop {
@@ -232,14 +269,21 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
             .connections_total
             .set(stats.connections_total.get() + 1);
         if stats.connections_open.get() >= max_connections {
-            glommio::spawn_local(refuse_connection(stream)).detach();
+            glommio::spawn_local(refuse_connection(stream, protocol)).detach();
             continue;
         }
         let _ = stream.set_nodelay(true);
         stats.connections_open.set(stats.connections_open.get() + 1);
         let context = context.clone();
+        let connection_id =
+            stats.connections_total.get() * context.slot_map.cores() as u64 + core as u64;
         glommio::spawn_local(async move {
-            serve_connection(context.clone(), stream).await;
+            match protocol {
+                Protocol::Flatbuffers => serve_connection(context.clone(), stream).await,
+                Protocol::Resp => {
+                    crate::resp::serve_resp_connection(context.clone(), stream, connection_id).await
+                }
+            }
             let open = &context.stats.connections_open;
             open.set(open.get() - 1);
         })
@@ -247,9 +291,17 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
     }
 }
 
-/// Answers a connection over the limit with one `Busy` error, then closes it.
-async fn refuse_connection(mut stream: glommio::net::TcpStream) {
+/// Answers a connection over the limit with one error (`Busy`, or Redis's
+/// "max number of clients reached"), then closes it.
+async fn refuse_connection(mut stream: glommio::net::TcpStream, protocol: Protocol) {
     use futures_lite::AsyncWriteExt;
+    if protocol == Protocol::Resp {
+        let _ = stream
+            .write_all(b"-ERR max number of clients reached\r\n")
+            .await;
+        let _ = stream.close().await;
+        return;
+    }
     let error = crate::protocol::ProtocolError::new(
         tinkerdb_schemas::wire::ErrorCode::Busy,
         "too many connections on this core (max_connections_per_core)",

@@ -122,6 +122,21 @@ pub enum ShardRequest {
         /// Tenant.
         tenant: TenantId,
     },
+    /// Read-modify-write of one key, atomic on its shard (RESP's INCR,
+    /// APPEND, GETDEL, SET ... GET, EXPIRE, PERSIST).
+    Update {
+        /// Tenant.
+        tenant: TenantId,
+        /// Key.
+        key: SlotKey,
+        /// What to do.
+        update: Update,
+    },
+    /// Remove every key of the tenant on this shard.
+    Flush {
+        /// Tenant.
+        tenant: TenantId,
+    },
     /// Several single-key requests (`Get`, `Set`) from one connection's
     /// pipeline, sent as one message to amortise the cross-core hop.
     /// Executed in order; answered by `ShardReply::Batch` in the same order.
@@ -133,6 +148,51 @@ pub enum ShardRequest {
         /// The share.
         quota: Quota,
     },
+}
+
+/// A read-modify-write of one key.
+#[derive(Debug, Clone)]
+pub enum Update {
+    /// Add to the key's value read as a decimal i64 (absent: 0); keeps TTL.
+    IncrBy(i64),
+    /// Append bytes to the value (absent: empty); keeps TTL.
+    Append(Bytes),
+    /// Read the value and delete the key.
+    GetDelete,
+    /// Write like `Set` and also return the old value.
+    SetAndGet {
+        /// New value.
+        value: Bytes,
+        /// Condition and expiry.
+        options: SetOptions,
+    },
+    /// Set the expiry (Unix ms), or clear it with `None`; a past time deletes.
+    Expire(Option<u64>),
+}
+
+/// The outcome of an [`Update`].
+#[derive(Debug)]
+pub enum UpdateOutcome {
+    /// The new integer (IncrBy).
+    Integer(i64),
+    /// The new length (Append).
+    Length(u64),
+    /// The old value (GetDelete, SetAndGet) and, for SetAndGet, whether the
+    /// write applied.
+    Previous(Option<Bytes>, bool),
+    /// Whether the key existed (Expire).
+    Existed(bool),
+}
+
+/// Why an [`Update`] was refused; nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateError {
+    /// IncrBy on a value that is not a decimal i64.
+    NotAnInteger,
+    /// IncrBy would overflow i64.
+    Overflow,
+    /// The tenant's quota.
+    Quota(StoreError),
 }
 
 /// A shard's answer, variant by variant matching [`ShardRequest`].
@@ -158,6 +218,8 @@ pub enum ShardReply {
     },
     /// Answer to `Usage`.
     Usage(TenantUsage),
+    /// Answer to `Update`.
+    Updated(Result<UpdateOutcome, UpdateError>),
     /// Answer to `Batch`, one reply per request, in order.
     Batch(Vec<ShardReply>),
     /// Answer to `SetQuota`.
@@ -263,6 +325,15 @@ impl Shard {
                 store, slot_map, *core, tenant, start_slot, &filter, max_keys, now_ms,
             ),
             ShardRequest::Usage { tenant } => ShardReply::Usage(store.tenant_usage(tenant)),
+            ShardRequest::Update {
+                tenant,
+                key,
+                update,
+            } => {
+                assert_owned(key.slot);
+                ShardReply::Updated(apply_update(store, tenant, &key, update, now_ms))
+            }
+            ShardRequest::Flush { tenant } => ShardReply::Count(store.flush_tenant(tenant)),
             ShardRequest::Batch(requests) => ShardReply::Batch(
                 requests
                     .into_iter()
@@ -312,6 +383,78 @@ fn scan_step(
     ShardReply::Scanned {
         keys,
         next_slot: slot as u32,
+    }
+}
+
+/// Runs one read-modify-write synchronously: nothing else runs on this
+/// shard in between, so it is atomic.
+fn apply_update(
+    store: &mut Store,
+    tenant: TenantId,
+    key: &SlotKey,
+    update: Update,
+    now_ms: u64,
+) -> Result<UpdateOutcome, UpdateError> {
+    let keep_ttl = SetOptions {
+        condition: tinkerdb_storage::WriteCondition::Always,
+        expiry: tinkerdb_storage::Expiry::Keep,
+    };
+    let current = read(store, tenant, key, now_ms);
+    match update {
+        Update::IncrBy(delta) => {
+            let number = match &current {
+                None => 0,
+                Some(read) => std::str::from_utf8(&read.value)
+                    .ok()
+                    .and_then(|text| text.parse::<i64>().ok())
+                    .ok_or(UpdateError::NotAnInteger)?,
+            };
+            let number = number.checked_add(delta).ok_or(UpdateError::Overflow)?;
+            store
+                .set(
+                    tenant,
+                    key.slot,
+                    &key.key,
+                    number.to_string().as_bytes(),
+                    keep_ttl,
+                    now_ms,
+                )
+                .map_err(UpdateError::Quota)?;
+            Ok(UpdateOutcome::Integer(number))
+        }
+        Update::Append(suffix) => {
+            let mut value = current.map(|read| read.value.to_vec()).unwrap_or_default();
+            value.extend_from_slice(&suffix);
+            store
+                .set(tenant, key.slot, &key.key, &value, keep_ttl, now_ms)
+                .map_err(UpdateError::Quota)?;
+            Ok(UpdateOutcome::Length(value.len() as u64))
+        }
+        Update::GetDelete => {
+            if current.is_some() {
+                store.delete(tenant, key.slot, &key.key, now_ms);
+            }
+            Ok(UpdateOutcome::Previous(
+                current.map(|read| read.value),
+                true,
+            ))
+        }
+        Update::SetAndGet { value, options } => {
+            let outcome = store
+                .set(tenant, key.slot, &key.key, &value, options, now_ms)
+                .map_err(UpdateError::Quota)?;
+            Ok(UpdateOutcome::Previous(
+                current.map(|read| read.value),
+                outcome.applied,
+            ))
+        }
+        Update::Expire(expires_at_ms) => Ok(UpdateOutcome::Existed(store.set_expiry(
+            tenant,
+            key.slot,
+            &key.key,
+            expires_at_ms,
+            now_ms,
+        ))),
     }
 }
 

@@ -407,6 +407,78 @@ impl Store {
         }
     }
 
+    /// Sets or clears the expiry of a live key (Redis EXPIRE / PERSIST),
+    /// without a new version: the value did not change. An expiry at or
+    /// before `now_ms` deletes the key. Returns whether the key was live.
+    pub fn set_expiry(
+        &mut self,
+        tenant: TenantId,
+        slot: Slot,
+        key: &[u8],
+        expires_at_ms: Option<u64>,
+        now_ms: u64,
+    ) -> bool {
+        let hash = self.hasher.hash_one(key);
+        let Some(entry) = self
+            .tables
+            .get_mut(&(tenant, slot))
+            .and_then(|table| table.find_mut(hash, |entry| entry.key() == key))
+        else {
+            return false;
+        };
+        if entry.is_expired(now_ms) {
+            return false;
+        }
+        let new_expires_at_ms = expires_at_ms.unwrap_or(NO_EXPIRY);
+        if new_expires_at_ms <= now_ms {
+            return self.delete(tenant, slot, key, now_ms);
+        }
+        let old_expires_at_ms = std::mem::replace(&mut entry.expires_at_ms, new_expires_at_ms);
+        match (
+            old_expires_at_ms == NO_EXPIRY,
+            new_expires_at_ms == NO_EXPIRY,
+        ) {
+            (true, false) => self.keys_with_expiry += 1,
+            (false, true) => self.keys_with_expiry -= 1,
+            _ => {}
+        }
+        if new_expires_at_ms != NO_EXPIRY && new_expires_at_ms != old_expires_at_ms {
+            self.expiry_queue.push(Reverse(ExpiryItem {
+                expires_at_ms: new_expires_at_ms,
+                tenant,
+                slot,
+                key: key.into(),
+            }));
+        }
+        true
+    }
+
+    /// Removes every key of `tenant` (Redis FLUSHDB on the tenant's keyspace).
+    /// Returns how many entries were removed. Cost is proportional to the
+    /// number of the tenant's (tenant, slot) tables on this store.
+    pub fn flush_tenant(&mut self, tenant: TenantId) -> u64 {
+        let mut removed = 0u64;
+        let mut removed_with_expiry = 0usize;
+        self.tables.retain(|&(owner, _), table| {
+            if owner != tenant {
+                return true;
+            }
+            removed += table.len() as u64;
+            removed_with_expiry += table
+                .iter()
+                .filter(|e| e.expires_at_ms != NO_EXPIRY)
+                .count();
+            false
+        });
+        self.keys_with_expiry -= removed_with_expiry;
+        if let Some(usage) = self.tenants.get_mut(&tenant) {
+            assert_eq!(usage.keys, removed, "usage counts every key of the tenant");
+            usage.keys = 0;
+            usage.bytes = 0;
+        }
+        removed
+    }
+
     /// Calls `visit` with every live key of `tenant` in `slot`; returns how
     /// many entries were looked at (live or not), the measure of work done.
     pub fn for_each_key_in_slot(
@@ -680,6 +752,43 @@ mod tests {
         // Shrinking is always allowed, overwriting does not count a new key.
         set(&mut store, "a", "");
         assert_eq!(store.tenant_usage(T).bytes, 3);
+    }
+
+    #[test]
+    fn set_expiry_and_flush_tenant() {
+        let mut store = Store::new();
+        set(&mut store, "a", "1");
+        store
+            .set(2, 0, b"a", b"other", SetOptions::default(), 0)
+            .unwrap();
+        assert!(store.set_expiry(T, 0, b"a", Some(50), 0));
+        assert_eq!(store.get(T, 0, b"a", 0).unwrap().expires_at_ms, Some(50));
+        assert!(store.set_expiry(T, 0, b"a", None, 0), "persist");
+        assert_eq!(store.get(T, 0, b"a", 0).unwrap().expires_at_ms, None);
+        assert!(!store.set_expiry(T, 0, b"missing", Some(50), 0));
+        assert!(
+            store.set_expiry(T, 0, b"a", Some(10), 10),
+            "a past expiry deletes"
+        );
+        assert!(store.get(T, 0, b"a", 10).is_none());
+        set(&mut store, "b", "1");
+        store
+            .set(
+                T,
+                9,
+                b"c",
+                b"2",
+                SetOptions {
+                    condition: WriteCondition::Always,
+                    expiry: Expiry::AtMs(99),
+                },
+                0,
+            )
+            .unwrap();
+        assert_eq!(store.flush_tenant(T), 2);
+        assert_eq!(store.tenant_usage(T).keys, 0);
+        assert_eq!(store.get(2, 0, b"a", 0).unwrap().value, b"other");
+        assert_eq!(store.expire_due(1000, 10), 0);
     }
 
     #[derive(Debug, Clone)]

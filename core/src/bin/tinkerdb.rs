@@ -21,6 +21,12 @@ struct Args {
     /// Client protocol address [default: 127.0.0.1:7379].
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Redis-protocol (RESP) address [default: 127.0.0.1:7381].
+    #[arg(long)]
+    resp_listen: Option<SocketAddr>,
+    /// Do not serve the Redis protocol.
+    #[arg(long, conflicts_with = "resp_listen")]
+    no_resp: bool,
     /// Data directory [default: ./tinkerdb-data].
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -57,6 +63,12 @@ fn main() -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
+    if let Some(resp_listen) = args.resp_listen {
+        config.resp_listen = resp_listen;
+    }
+    if args.no_resp {
+        config.resp_enabled = false;
+    }
     if let Some(data_dir) = args.data_dir {
         config.data_dir = data_dir;
     }
@@ -72,6 +84,12 @@ fn main() -> anyhow::Result<()> {
             info.cores,
             info.data_dir.display()
         );
+        if let Some(resp_addr) = info.resp_addr {
+            println!(
+                "Redis protocol on {resp_addr} (redis-cli -p {})",
+                resp_addr.port()
+            );
+        }
         println!("Try it: tinker --addr {} set hello world", info.client_addr);
         tracing::info!(client_addr = %info.client_addr, cores = info.cores, "node ready");
     })

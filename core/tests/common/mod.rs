@@ -29,6 +29,8 @@ pub struct TestNode {
     child: Child,
     /// Client protocol address.
     pub addr: SocketAddr,
+    /// Redis-protocol address.
+    pub resp_addr: SocketAddr,
     data_dir: PathBuf,
 }
 
@@ -53,7 +55,8 @@ impl TestNode {
             .map(PathBuf::from)
             .unwrap_or_else(|| workspace_binary("tinkerdb"));
         let mut child = Command::new(binary)
-            .args(["--listen", "127.0.0.1:0", "--cores", &cores.to_string()])
+            .args(["--listen", "127.0.0.1:0", "--resp-listen", "127.0.0.1:0"])
+            .args(["--cores", &cores.to_string()])
             .arg("--data-dir")
             .arg(data_dir.join("data"))
             .arg("--config")
@@ -68,21 +71,26 @@ impl TestNode {
             .expect("start tinkerdb");
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
-        let addr = loop {
+        let mut addr = None;
+        let resp_addr = loop {
             let line = lines
                 .next()
                 .expect("tinkerdb exited before it was ready")
                 .expect("read tinkerdb stdout");
             if let Some(rest) = line.split("clients on ").nth(1) {
-                let addr = rest.split_whitespace().next().unwrap();
-                break addr.parse().unwrap();
+                addr = Some(rest.split_whitespace().next().unwrap().parse().unwrap());
+            }
+            if let Some(rest) = line.strip_prefix("Redis protocol on ") {
+                break rest.split_whitespace().next().unwrap().parse().unwrap();
             }
         };
+        let addr = addr.expect("the ready line comes first");
         // Keep draining stdout so the node never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         TestNode {
             child,
             addr,
+            resp_addr,
             data_dir,
         }
     }

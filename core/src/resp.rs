@@ -1,0 +1,1250 @@
+//! The Redis protocol (RESP2 and RESP3) listener, so existing Redis clients,
+//! `redis-cli` and `redis-benchmark` work unmodified.
+//!
+//! A RESP connection goes through exactly the same shard path as the
+//! flatbuffers protocol: single-key commands become `ShardRequest`s (batched
+//! per remote core over a pipeline, see `connection::RemoteBatches`),
+//! multi-key commands reuse `connection::execute_multi`. Only parsing and
+//! reply encoding differ. Differences from Redis are listed in
+//! `docs/redis-compatibility.md`.
+//!
+//! Tenants: a connection starts in tenant `default` (Redis DB 0).
+//! `AUTH tenant [password]` and `HELLO 3 AUTH tenant password` switch to a
+//! tenant (passwords are not checked: authentication is milestone 6);
+//! `SELECT n` selects `default` for 0 and the tenant named `db<n>` otherwise.
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use futures_lite::AsyncWriteExt;
+use glommio::net::TcpStream;
+use tinkerdb_storage::{hash_slot, Expiry, SetOptions, WriteCondition, SLOT_COUNT};
+
+use crate::config::DEFAULT_TENANT;
+use crate::connection::{execute_multi, quota_error, ReadBuffer, RemoteBatches, Session};
+use crate::protocol::{Command, ProtocolError, Reply};
+use crate::router::{now_ms, CoreContext};
+use crate::shard::{
+    ShardReply, ShardRequest, SlotKey, Update, UpdateError, UpdateOutcome, ValueRead,
+};
+
+/// Longest inline command (a line without the `*` array header), as Redis.
+pub const RESP_MAX_INLINE_BYTES: usize = 64 << 10;
+
+/// Most commands read from one connection before answering them.
+pub const RESP_MAX_PIPELINED_COMMANDS: usize = 1024;
+
+/// A RESP value to send.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RespValue {
+    /// `+text`.
+    Simple(&'static str),
+    /// `-text` (text includes the code, e.g. "ERR ...").
+    Error(String),
+    /// `:n`.
+    Integer(i64),
+    /// `$n` bulk string.
+    Bulk(Bytes),
+    /// `$-1` in RESP2, `_` in RESP3.
+    Null,
+    /// `*n` array.
+    Array(Vec<RespValue>),
+    /// `%n` map in RESP3, a flat array in RESP2.
+    Map(Vec<(RespValue, RespValue)>),
+    /// `=n txt:` verbatim string in RESP3, bulk in RESP2.
+    Verbatim(String),
+}
+
+impl RespValue {
+    fn bulk(text: impl Into<Bytes>) -> RespValue {
+        RespValue::Bulk(text.into())
+    }
+
+    fn error(text: impl Into<String>) -> RespValue {
+        RespValue::Error(text.into())
+    }
+
+    /// Appends the encoding of `self` in protocol `version` (2 or 3).
+    pub fn encode(&self, version: u8, out: &mut Vec<u8>) {
+        use std::io::Write;
+        match self {
+            RespValue::Simple(text) => {
+                out.push(b'+');
+                out.extend_from_slice(text.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            RespValue::Error(text) => {
+                out.push(b'-');
+                // A reply line must not break: newlines become spaces.
+                out.extend(
+                    text.bytes()
+                        .map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+                );
+                out.extend_from_slice(b"\r\n");
+            }
+            RespValue::Integer(n) => write!(out, ":{n}\r\n").expect("write to a Vec"),
+            RespValue::Bulk(bytes) => {
+                write!(out, "${}\r\n", bytes.len()).expect("write to a Vec");
+                out.extend_from_slice(bytes);
+                out.extend_from_slice(b"\r\n");
+            }
+            RespValue::Null if version >= 3 => out.extend_from_slice(b"_\r\n"),
+            RespValue::Null => out.extend_from_slice(b"$-1\r\n"),
+            RespValue::Array(items) => {
+                write!(out, "*{}\r\n", items.len()).expect("write to a Vec");
+                for item in items {
+                    item.encode(version, out);
+                }
+            }
+            RespValue::Map(pairs) => {
+                if version >= 3 {
+                    write!(out, "%{}\r\n", pairs.len()).expect("write to a Vec");
+                } else {
+                    write!(out, "*{}\r\n", pairs.len() * 2).expect("write to a Vec");
+                }
+                for (key, value) in pairs {
+                    key.encode(version, out);
+                    value.encode(version, out);
+                }
+            }
+            RespValue::Verbatim(text) if version >= 3 => {
+                write!(out, "={}\r\ntxt:{text}\r\n", text.len() + 4).expect("write to a Vec");
+            }
+            RespValue::Verbatim(text) => RespValue::bulk(text.clone()).encode(version, out),
+        }
+    }
+}
+
+/// What the parser found at the front of the buffer.
+#[derive(Debug, PartialEq)]
+pub enum Parsed {
+    /// A whole command (its arguments) and the bytes it took.
+    Command(Vec<Bytes>, usize),
+    /// An empty inline line to skip.
+    Skip(usize),
+    /// More bytes are needed.
+    Incomplete,
+    /// The stream is broken: send this error and close (as Redis does).
+    Broken(String),
+}
+
+/// Parses one command. `max_args` bounds a multibulk's length and
+/// `max_bulk_bytes` each argument: a hostile length costs nothing.
+pub fn parse_command(buffer: &[u8], max_args: usize, max_bulk_bytes: usize) -> Parsed {
+    if buffer.is_empty() {
+        return Parsed::Incomplete;
+    }
+    if buffer[0] != b'*' {
+        return parse_inline(buffer);
+    }
+    let Some((count, mut at)) = read_line_number(buffer, 1) else {
+        return incomplete_or(buffer, 1, "invalid multibulk length");
+    };
+    let Ok(count) = count else {
+        return Parsed::Broken("ERR Protocol error: invalid multibulk length".into());
+    };
+    if count > max_args as i64 {
+        return Parsed::Broken(format!(
+            "ERR Protocol error: invalid multibulk length (over the limit of {max_args} arguments)"
+        ));
+    }
+    if count <= 0 {
+        return Parsed::Skip(at);
+    }
+    let mut ranges = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        match buffer.get(at) {
+            None => return Parsed::Incomplete,
+            Some(b'$') => {}
+            Some(&other) => {
+                return Parsed::Broken(format!(
+                    "ERR Protocol error: expected '$', got '{}'",
+                    other as char
+                ));
+            }
+        }
+        let Some((length, data_at)) = read_line_number(buffer, at + 1) else {
+            return incomplete_or(buffer, at + 1, "invalid bulk length");
+        };
+        let length = match length {
+            Ok(length) if (0..=max_bulk_bytes as i64).contains(&length) => length as usize,
+            Ok(length) if length > max_bulk_bytes as i64 => {
+                return Parsed::Broken(format!(
+                    "ERR Protocol error: invalid bulk length (over the limit of {max_bulk_bytes} bytes)"
+                ));
+            }
+            _ => return Parsed::Broken("ERR Protocol error: invalid bulk length".into()),
+        };
+        if buffer.len() < data_at + length + 2 {
+            return Parsed::Incomplete;
+        }
+        if &buffer[data_at + length..data_at + length + 2] != b"\r\n" {
+            return Parsed::Broken("ERR Protocol error: bulk string not terminated by CRLF".into());
+        }
+        ranges.push(data_at..data_at + length);
+        at = data_at + length + 2;
+    }
+    let command = Bytes::copy_from_slice(&buffer[..at]);
+    Parsed::Command(
+        ranges
+            .into_iter()
+            .map(|range| command.slice(range))
+            .collect(),
+        at,
+    )
+}
+
+/// `Incomplete` if no CRLF is there yet (and the line is short), else broken.
+fn incomplete_or(buffer: &[u8], from: usize, what: &str) -> Parsed {
+    let rest = &buffer[from.min(buffer.len())..];
+    if rest.len() > 32 || rest.contains(&b'\n') {
+        Parsed::Broken(format!("ERR Protocol error: {what}"))
+    } else {
+        Parsed::Incomplete
+    }
+}
+
+/// Reads a decimal number ended by CRLF at `from`. `None`: no CRLF yet.
+/// `Some((Err, _))`: not a number.
+fn read_line_number(buffer: &[u8], from: usize) -> Option<(Result<i64, ()>, usize)> {
+    let rest = buffer.get(from..)?;
+    let end = rest.iter().take(32).position(|&b| b == b'\r')?;
+    if rest.get(end + 1) != Some(&b'\n') {
+        return if rest.len() > end + 1 {
+            Some((Err(()), from + end + 2))
+        } else {
+            None
+        };
+    }
+    let number = std::str::from_utf8(&rest[..end])
+        .ok()
+        .and_then(|text| text.parse::<i64>().ok())
+        .ok_or(());
+    Some((number, from + end + 2))
+}
+
+fn parse_inline(buffer: &[u8]) -> Parsed {
+    let Some(end) = buffer.iter().position(|&b| b == b'\n') else {
+        if buffer.len() > RESP_MAX_INLINE_BYTES {
+            return Parsed::Broken("ERR Protocol error: too big inline request".into());
+        }
+        return Parsed::Incomplete;
+    };
+    if end > RESP_MAX_INLINE_BYTES {
+        return Parsed::Broken("ERR Protocol error: too big inline request".into());
+    }
+    let line = &buffer[..end];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let Ok(text) = std::str::from_utf8(line) else {
+        return Parsed::Broken("ERR Protocol error: inline request is not UTF-8".into());
+    };
+    let Some(words) = shlex::split(text) else {
+        return Parsed::Broken("ERR Protocol error: unbalanced quotes in request".into());
+    };
+    if words.is_empty() {
+        return Parsed::Skip(end + 1);
+    }
+    Parsed::Command(words.into_iter().map(Bytes::from).collect(), end + 1)
+}
+
+/// How a remote single-key reply becomes a RESP value.
+#[derive(Debug, Clone, Copy)]
+enum Finish {
+    /// GET.
+    Value,
+    /// SET without GET: OK or null.
+    SetOk,
+    /// SETNX: 1 or 0.
+    SetNx,
+    /// An `Update`.
+    Update(UpdateKind),
+    /// TTL (seconds) or PTTL (ms).
+    Ttl { millis: bool },
+    /// STRLEN.
+    Length,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum UpdateKind {
+    Integer,
+    Length,
+    Previous,
+    /// SET ... GET: the old value, or an error if a condition failed is not
+    /// distinguished by Redis (it returns the old value either way).
+    SetGet,
+    Existed,
+}
+
+enum Pending {
+    Ready(RespValue),
+    Remote {
+        batch: usize,
+        index: usize,
+        finish: Finish,
+    },
+}
+
+/// Serves one RESP client until it disconnects or sends QUIT.
+pub async fn serve_resp_connection(
+    context: Rc<CoreContext>,
+    stream: TcpStream,
+    connection_id: u64,
+) {
+    let peer = stream.peer_addr().ok();
+    let default = context
+        .tenants
+        .by_name(DEFAULT_TENANT)
+        .expect("the default tenant always exists");
+    let session = Session {
+        tenant: default.id,
+        tenant_name: default.name.clone(),
+    };
+    let mut connection = RespConnection {
+        context,
+        stream,
+        input: ReadBuffer::new(),
+        output: Vec::new(),
+        session,
+        protocol: 2,
+        client_name: None,
+        remote: RemoteBatches::default(),
+        connection_id,
+        peer: peer.map(|p| p.to_string()).unwrap_or_default(),
+    };
+    if let Err(error) = connection.run().await {
+        tracing::debug!(?peer, %error, "RESP connection ended with an I/O error");
+    }
+}
+
+struct RespConnection {
+    context: Rc<CoreContext>,
+    stream: TcpStream,
+    input: ReadBuffer,
+    output: Vec<u8>,
+    session: Session,
+    protocol: u8,
+    client_name: Option<String>,
+    remote: RemoteBatches,
+    connection_id: u64,
+    peer: String,
+}
+
+/// What a command asks of the connection besides its answer.
+enum After {
+    Continue,
+    Close,
+}
+
+impl RespConnection {
+    async fn run(&mut self) -> std::io::Result<()> {
+        let limits = self.context.limits.clone();
+        let max_args = 2 * limits.max_keys_per_request + 16;
+        let max_bulk_bytes = limits.max_frame_bytes;
+        let mut batch: Vec<Pending> = Vec::new();
+        loop {
+            let mut after = After::Continue;
+            while batch.len() < RESP_MAX_PIPELINED_COMMANDS {
+                match parse_command(self.input.unread(), max_args, max_bulk_bytes) {
+                    Parsed::Command(args, used) => {
+                        self.input.consume(used);
+                        let (pending, then) = self.plan(args).await;
+                        batch.push(pending);
+                        if let After::Close = then {
+                            after = After::Close;
+                            break;
+                        }
+                    }
+                    Parsed::Skip(used) => self.input.consume(used),
+                    Parsed::Incomplete => break,
+                    Parsed::Broken(message) => {
+                        batch.push(Pending::Ready(RespValue::Error(message)));
+                        after = After::Close;
+                        break;
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                self.remote.flush(&self.context).await;
+                for pending in batch.drain(..) {
+                    let value = match pending {
+                        Pending::Ready(value) => value,
+                        Pending::Remote {
+                            batch,
+                            index,
+                            finish,
+                        } => match self.remote.take(batch, index).await {
+                            Ok(reply) => finish_reply(finish, reply, &self.session),
+                            Err(error) => RespValue::error(format!("ERR {}", error.message)),
+                        },
+                    };
+                    let stats = &self.context.stats;
+                    stats.requests_total.set(stats.requests_total.get() + 1);
+                    value.encode(self.protocol, &mut self.output);
+                }
+                self.remote.clear();
+                self.stream.write_all(&self.output).await?;
+                self.output.clear();
+                if let After::Close = after {
+                    return Ok(());
+                }
+                continue;
+            }
+            if self.input.fill(&mut self.stream, 1).await? == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    fn single(
+        &mut self,
+        key: Bytes,
+        request: impl FnOnce(SlotKey) -> ShardRequest,
+        finish: Finish,
+    ) -> Pending {
+        if key.len() > self.context.limits.max_key_bytes {
+            return Pending::Ready(RespValue::error(format!(
+                "ERR key of {} bytes exceeds max_key_bytes {}",
+                key.len(),
+                self.context.limits.max_key_bytes
+            )));
+        }
+        let slot = hash_slot(&self.session.tenant_name, &key);
+        let request = request(SlotKey { slot, key });
+        let owner = self.context.slot_map.owner(slot);
+        if owner == self.context.core {
+            let reply = self.context.shard.borrow_mut().execute(request, now_ms());
+            return Pending::Ready(finish_reply(finish, reply, &self.session));
+        }
+        let (batch, index) = self
+            .remote
+            .push(self.context.slot_map.cores(), owner, request);
+        Pending::Remote {
+            batch,
+            index,
+            finish,
+        }
+    }
+
+    fn value_ok(&self, value: &Bytes) -> Option<RespValue> {
+        (value.len() > self.context.limits.max_value_bytes).then(|| {
+            RespValue::error(format!(
+                "ERR value of {} bytes exceeds max_value_bytes {}",
+                value.len(),
+                self.context.limits.max_value_bytes
+            ))
+        })
+    }
+
+    async fn multi(&mut self, command: Command) -> RespValue {
+        self.remote.flush(&self.context).await;
+        match execute_multi(&self.context, &self.session, command).await {
+            Ok(reply) => multi_reply(reply),
+            Err(error) => protocol_error(&error),
+        }
+    }
+
+    /// Plans one command: answered now, or sent to a core and answered later.
+    async fn plan(&mut self, args: Vec<Bytes>) -> (Pending, After) {
+        let raw_name = String::from_utf8_lossy(&args[0]).into_owned();
+        let name = raw_name.to_ascii_uppercase();
+        let tenant = self.session.tenant;
+        let argc = args.len();
+        let wrong_arity = || {
+            RespValue::error(format!(
+                "ERR wrong number of arguments for '{}' command",
+                name.to_lowercase()
+            ))
+        };
+        let ready = |value: RespValue| (Pending::Ready(value), After::Continue);
+        macro_rules! arity {
+            ($ok:expr) => {
+                if !$ok {
+                    return ready(wrong_arity());
+                }
+            };
+        }
+        let mut args = args.into_iter().skip(1);
+        let pending = match name.as_str() {
+            "PING" => {
+                arity!(argc <= 2);
+                match args.next() {
+                    Some(message) => RespValue::Bulk(message),
+                    None => RespValue::Simple("PONG"),
+                }
+            }
+            "ECHO" => {
+                arity!(argc == 2);
+                RespValue::Bulk(args.next().expect("arity"))
+            }
+            "QUIT" => return (Pending::Ready(RespValue::Simple("OK")), After::Close),
+            "HELLO" => self.hello(args.collect()),
+            "AUTH" => {
+                arity!(argc == 2 || argc == 3);
+                let tenant = args.next().expect("arity");
+                self.switch_tenant(&String::from_utf8_lossy(&tenant), true)
+            }
+            "SELECT" => {
+                arity!(argc == 2);
+                let index = args.next().expect("arity");
+                match std::str::from_utf8(&index)
+                    .ok()
+                    .and_then(|t| t.parse::<u32>().ok())
+                {
+                    None => RespValue::error("ERR value is not an integer or out of range"),
+                    Some(0) => self.switch_tenant(DEFAULT_TENANT, false),
+                    Some(n) => self.switch_tenant(&format!("db{n}"), false),
+                }
+            }
+            "GET" => {
+                arity!(argc == 2);
+                let key = args.next().expect("arity");
+                return (
+                    self.single(key, |key| ShardRequest::Get { tenant, key }, Finish::Value),
+                    After::Continue,
+                );
+            }
+            "STRLEN" => {
+                arity!(argc == 2);
+                let key = args.next().expect("arity");
+                return (
+                    self.single(key, |key| ShardRequest::Get { tenant, key }, Finish::Length),
+                    After::Continue,
+                );
+            }
+            "TTL" | "PTTL" => {
+                arity!(argc == 2);
+                let key = args.next().expect("arity");
+                let finish = Finish::Ttl {
+                    millis: name == "PTTL",
+                };
+                return (
+                    self.single(key, |key| ShardRequest::Get { tenant, key }, finish),
+                    After::Continue,
+                );
+            }
+            "SET" => {
+                arity!(argc >= 3);
+                let key = args.next().expect("arity");
+                let value = args.next().expect("arity");
+                if let Some(error) = self.value_ok(&value) {
+                    return ready(error);
+                }
+                match parse_set_options(args.collect()) {
+                    Err(error) => error,
+                    Ok((options, with_get)) => {
+                        let pending = if with_get {
+                            let update = Update::SetAndGet { value, options };
+                            self.single(
+                                key,
+                                |key| ShardRequest::Update {
+                                    tenant,
+                                    key,
+                                    update,
+                                },
+                                Finish::Update(UpdateKind::SetGet),
+                            )
+                        } else {
+                            self.single(
+                                key,
+                                |key| ShardRequest::Set {
+                                    tenant,
+                                    key,
+                                    value,
+                                    options,
+                                },
+                                Finish::SetOk,
+                            )
+                        };
+                        return (pending, After::Continue);
+                    }
+                }
+            }
+            "SETNX" => {
+                arity!(argc == 3);
+                let key = args.next().expect("arity");
+                let value = args.next().expect("arity");
+                if let Some(error) = self.value_ok(&value) {
+                    return ready(error);
+                }
+                let options = SetOptions {
+                    condition: WriteCondition::IfAbsent,
+                    expiry: Expiry::Never,
+                };
+                return (
+                    self.single(
+                        key,
+                        |key| ShardRequest::Set {
+                            tenant,
+                            key,
+                            value,
+                            options,
+                        },
+                        Finish::SetNx,
+                    ),
+                    After::Continue,
+                );
+            }
+            "GETDEL" => {
+                arity!(argc == 2);
+                let key = args.next().expect("arity");
+                let update = Update::GetDelete;
+                return (
+                    self.single(
+                        key,
+                        |key| ShardRequest::Update {
+                            tenant,
+                            key,
+                            update,
+                        },
+                        Finish::Update(UpdateKind::Previous),
+                    ),
+                    After::Continue,
+                );
+            }
+            "INCR" | "DECR" | "INCRBY" | "DECRBY" => {
+                let by_argument = name.ends_with("BY");
+                arity!(argc == if by_argument { 3 } else { 2 });
+                let key = args.next().expect("arity");
+                let delta = if by_argument {
+                    match args.next().and_then(|d| {
+                        std::str::from_utf8(&d)
+                            .ok()
+                            .and_then(|t| t.parse::<i64>().ok())
+                    }) {
+                        Some(delta) => delta,
+                        None => {
+                            return ready(RespValue::error(
+                                "ERR value is not an integer or out of range",
+                            ))
+                        }
+                    }
+                } else {
+                    1
+                };
+                let delta = if name.starts_with("DECR") {
+                    match delta.checked_neg() {
+                        Some(delta) => delta,
+                        None => return ready(RespValue::error("ERR decrement would overflow")),
+                    }
+                } else {
+                    delta
+                };
+                let update = Update::IncrBy(delta);
+                return (
+                    self.single(
+                        key,
+                        |key| ShardRequest::Update {
+                            tenant,
+                            key,
+                            update,
+                        },
+                        Finish::Update(UpdateKind::Integer),
+                    ),
+                    After::Continue,
+                );
+            }
+            "APPEND" => {
+                arity!(argc == 3);
+                let key = args.next().expect("arity");
+                let suffix = args.next().expect("arity");
+                if let Some(error) = self.value_ok(&suffix) {
+                    return ready(error);
+                }
+                let update = Update::Append(suffix);
+                return (
+                    self.single(
+                        key,
+                        |key| ShardRequest::Update {
+                            tenant,
+                            key,
+                            update,
+                        },
+                        Finish::Update(UpdateKind::Length),
+                    ),
+                    After::Continue,
+                );
+            }
+            "EXPIRE" | "PEXPIRE" | "PERSIST" => {
+                arity!(if name == "PERSIST" {
+                    argc == 2
+                } else {
+                    argc == 3
+                });
+                let key = args.next().expect("arity");
+                let expires_at_ms = if name == "PERSIST" {
+                    None
+                } else {
+                    let amount = args.next().and_then(|d| {
+                        std::str::from_utf8(&d)
+                            .ok()
+                            .and_then(|t| t.parse::<i64>().ok())
+                    });
+                    let Some(amount) = amount else {
+                        return ready(RespValue::error(
+                            "ERR value is not an integer or out of range",
+                        ));
+                    };
+                    let millis = if name == "EXPIRE" {
+                        amount.checked_mul(1000)
+                    } else {
+                        Some(amount)
+                    };
+                    let Some(at) = millis.and_then(|ms| (now_ms() as i64).checked_add(ms)) else {
+                        return ready(RespValue::error(format!(
+                            "ERR invalid expire time in '{}' command",
+                            name.to_lowercase()
+                        )));
+                    };
+                    // A time in the past deletes the key, as in Redis.
+                    Some(at.max(0) as u64)
+                };
+                let update = Update::Expire(expires_at_ms);
+                return (
+                    self.single(
+                        key,
+                        |key| ShardRequest::Update {
+                            tenant,
+                            key,
+                            update,
+                        },
+                        Finish::Update(UpdateKind::Existed),
+                    ),
+                    After::Continue,
+                );
+            }
+            "DEL" | "UNLINK" => {
+                arity!(argc >= 2);
+                self.multi_keys(args.collect(), |keys| Command::Delete { keys })
+                    .await
+            }
+            "EXISTS" => {
+                arity!(argc >= 2);
+                self.multi_keys(args.collect(), |keys| Command::Exists { keys })
+                    .await
+            }
+            "MGET" => {
+                arity!(argc >= 2);
+                self.multi_keys(args.collect(), |keys| Command::MGet { keys })
+                    .await
+            }
+            "MSET" => {
+                arity!(argc >= 3 && argc % 2 == 1);
+                let flat: Vec<Bytes> = args.collect();
+                if let Some(error) = flat
+                    .iter()
+                    .skip(1)
+                    .step_by(2)
+                    .find_map(|v| self.value_ok(v))
+                {
+                    return ready(error);
+                }
+                if flat.len() / 2 > self.context.limits.max_keys_per_request {
+                    return ready(too_many_keys(
+                        flat.len() / 2,
+                        self.context.limits.max_keys_per_request,
+                    ));
+                }
+                let entries = flat
+                    .chunks(2)
+                    .map(|pair| (pair[0].clone(), pair[1].clone()))
+                    .collect();
+                match self.multi(Command::MSet { entries }).await {
+                    RespValue::Error(error) => RespValue::Error(error),
+                    _ => RespValue::Simple("OK"),
+                }
+            }
+            "KEYS" => {
+                arity!(argc == 2);
+                self.multi(Command::Keys {
+                    pattern: args.next().expect("arity"),
+                })
+                .await
+            }
+            "SCAN" => {
+                arity!(argc >= 2);
+                match self.parse_scan(args.collect()) {
+                    Ok(command) => self.multi(command).await,
+                    Err(error) => error,
+                }
+            }
+            "DBSIZE" => {
+                arity!(argc == 1);
+                self.multi(Command::Count).await
+            }
+            "FLUSHDB" => {
+                arity!(argc <= 2);
+                self.remote.flush(&self.context).await;
+                let requests = (0..self.context.slot_map.cores())
+                    .map(|core| (core, ShardRequest::Flush { tenant }));
+                let mut failed = None;
+                for (core, request) in requests {
+                    if let Err(error) = self.context.call(core, request).await {
+                        failed = Some(protocol_error(&error));
+                    }
+                }
+                failed.unwrap_or(RespValue::Simple("OK"))
+            }
+            "INFO" => RespValue::Verbatim(self.info().await),
+            "COMMAND" => match args
+                .next()
+                .map(|sub| String::from_utf8_lossy(&sub).to_ascii_uppercase())
+            {
+                Some(sub) if sub == "COUNT" => RespValue::Integer(0),
+                // redis-cli asks for command docs to show hints: none here.
+                _ => RespValue::Array(Vec::new()),
+            },
+            "CLIENT" => self.client_command(args.collect()),
+            _ => {
+                let mut message = format!(
+                    "ERR unknown command '{}', with args beginning with: ",
+                    truncate(&raw_name, 128)
+                );
+                for arg in args {
+                    message.push_str(&format!(
+                        "'{}' ",
+                        truncate(&String::from_utf8_lossy(&arg), 128)
+                    ));
+                }
+                RespValue::Error(message)
+            }
+        };
+        ready(pending)
+    }
+
+    async fn multi_keys(
+        &mut self,
+        keys: Vec<Bytes>,
+        command: impl FnOnce(Vec<Bytes>) -> Command,
+    ) -> RespValue {
+        let limits = &self.context.limits;
+        if keys.len() > limits.max_keys_per_request {
+            return too_many_keys(keys.len(), limits.max_keys_per_request);
+        }
+        if let Some(key) = keys.iter().find(|key| key.len() > limits.max_key_bytes) {
+            return RespValue::error(format!(
+                "ERR key of {} bytes exceeds max_key_bytes {}",
+                key.len(),
+                limits.max_key_bytes
+            ));
+        }
+        self.multi(command(keys)).await
+    }
+
+    fn parse_scan(&self, args: Vec<Bytes>) -> Result<Command, RespValue> {
+        let syntax = || RespValue::error("ERR syntax error");
+        let cursor = std::str::from_utf8(&args[0])
+            .ok()
+            .and_then(|text| text.parse::<u64>().ok())
+            .filter(|&cursor| cursor < SLOT_COUNT as u64)
+            .ok_or_else(|| RespValue::error("ERR invalid cursor"))?;
+        let mut pattern = Bytes::new();
+        let mut count = self.context.limits.scan_count_default;
+        let mut rest = args.into_iter().skip(1);
+        while let Some(option) = rest.next() {
+            match option.to_ascii_uppercase().as_slice() {
+                b"MATCH" => pattern = rest.next().ok_or_else(syntax)?,
+                b"COUNT" => {
+                    let value = rest.next().ok_or_else(syntax)?;
+                    count = std::str::from_utf8(&value)
+                        .ok()
+                        .and_then(|text| text.parse::<usize>().ok())
+                        .ok_or_else(|| {
+                            RespValue::error("ERR value is not an integer or out of range")
+                        })?;
+                    if count == 0 {
+                        return Err(syntax());
+                    }
+                    count = count.min(self.context.limits.scan_count_max);
+                }
+                // Every value is a string.
+                b"TYPE" => {
+                    let kind = rest.next().ok_or_else(syntax)?;
+                    if !kind.eq_ignore_ascii_case(b"string") {
+                        pattern = Bytes::from_static(b"\x00no-key-matches\x00[");
+                    }
+                }
+                _ => return Err(syntax()),
+            }
+        }
+        if pattern.as_ref() == b"*" {
+            pattern = Bytes::new();
+        }
+        Ok(Command::Scan {
+            cursor: cursor as u32,
+            prefix: Bytes::new(),
+            pattern,
+            count,
+        })
+    }
+
+    fn switch_tenant(&mut self, name: &str, from_auth: bool) -> RespValue {
+        match self.context.tenants.by_name(name) {
+            Some(tenant) => {
+                self.session = Session {
+                    tenant: tenant.id,
+                    tenant_name: tenant.name.clone(),
+                };
+                RespValue::Simple("OK")
+            }
+            None if from_auth => {
+                RespValue::error("WRONGPASS invalid username-password pair or user is disabled.")
+            }
+            None => RespValue::error("ERR DB index is out of range"),
+        }
+    }
+
+    fn hello(&mut self, args: Vec<Bytes>) -> RespValue {
+        let mut args = args.into_iter();
+        if let Some(version) = args.next() {
+            match std::str::from_utf8(&version)
+                .ok()
+                .and_then(|t| t.parse::<u8>().ok())
+            {
+                Some(version @ (2 | 3)) => self.protocol = version,
+                Some(_) => return RespValue::error("NOPROTO unsupported protocol version"),
+                None => {
+                    return RespValue::error(
+                        "ERR Protocol version is not an integer or out of range",
+                    )
+                }
+            }
+        }
+        while let Some(option) = args.next() {
+            match option.to_ascii_uppercase().as_slice() {
+                b"AUTH" => {
+                    let (Some(user), Some(_password)) = (args.next(), args.next()) else {
+                        return RespValue::error("ERR Syntax error in HELLO option 'auth'");
+                    };
+                    let reply = self.switch_tenant(&String::from_utf8_lossy(&user), true);
+                    if let RespValue::Error(_) = reply {
+                        return reply;
+                    }
+                }
+                b"SETNAME" => {
+                    let Some(name) = args.next() else {
+                        return RespValue::error("ERR Syntax error in HELLO option 'setname'");
+                    };
+                    self.client_name = Some(String::from_utf8_lossy(&name).into_owned());
+                }
+                other => {
+                    return RespValue::error(format!(
+                        "ERR Syntax error in HELLO option '{}'",
+                        String::from_utf8_lossy(other).to_lowercase()
+                    ))
+                }
+            }
+        }
+        RespValue::Map(vec![
+            (RespValue::bulk("server"), RespValue::bulk("tinkerdb")),
+            (
+                RespValue::bulk("version"),
+                RespValue::bulk(env!("CARGO_PKG_VERSION")),
+            ),
+            (
+                RespValue::bulk("proto"),
+                RespValue::Integer(i64::from(self.protocol)),
+            ),
+            (
+                RespValue::bulk("id"),
+                RespValue::Integer(self.connection_id as i64),
+            ),
+            (RespValue::bulk("mode"), RespValue::bulk("standalone")),
+            (RespValue::bulk("role"), RespValue::bulk("master")),
+            (RespValue::bulk("modules"), RespValue::Array(Vec::new())),
+        ])
+    }
+
+    fn client_command(&mut self, args: Vec<Bytes>) -> RespValue {
+        let sub = args
+            .first()
+            .map(|s| String::from_utf8_lossy(s).to_ascii_uppercase());
+        match (sub.as_deref(), args.len()) {
+            (Some("SETNAME"), 2) => {
+                let name = String::from_utf8_lossy(&args[1]).into_owned();
+                if name.contains(' ') || name.contains('\n') {
+                    return RespValue::error(
+                        "ERR Client names cannot contain spaces, newlines or special characters.",
+                    );
+                }
+                self.client_name = (!name.is_empty()).then_some(name);
+                RespValue::Simple("OK")
+            }
+            (Some("GETNAME"), 1) => match &self.client_name {
+                Some(name) => RespValue::bulk(name.clone()),
+                None => RespValue::Null,
+            },
+            (Some("ID"), 1) => RespValue::Integer(self.connection_id as i64),
+            (Some("INFO"), 1) => RespValue::Verbatim(format!(
+                "id={} addr={} name={} tenant={} resp={} core={}\n",
+                self.connection_id,
+                self.peer,
+                self.client_name.as_deref().unwrap_or(""),
+                self.session.tenant_name,
+                self.protocol,
+                self.context.core
+            )),
+            (Some(sub), _) => RespValue::error(format!(
+                "ERR unknown subcommand or wrong number of arguments for '{}'. Try CLIENT HELP.",
+                sub.to_lowercase()
+            )),
+            (None, _) => RespValue::error("ERR wrong number of arguments for 'client' command"),
+        }
+    }
+
+    async fn info(&mut self) -> String {
+        self.remote.flush(&self.context).await;
+        let keys = match execute_multi(&self.context, &self.session, Command::Count).await {
+            Ok(Reply::Count(count)) => count,
+            _ => 0,
+        };
+        let stats = &self.context.stats;
+        format!(
+            "# Server\r\nredis_version:7.0.0\r\ntinkerdb_version:{}\r\nredis_mode:standalone\r\narch_bits:64\r\nprocess_id:{}\r\ntcp_port:{}\r\n\r\n# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n\r\n# Keyspace\r\n{}",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id(),
+            self.stream.local_addr().map(|a| a.port()).unwrap_or(0),
+            stats.connections_total.get(),
+            stats.requests_total.get(),
+            if keys > 0 { format!("db0:keys={keys},expires=0,avg_ttl=0\r\n") } else { String::new() }
+        )
+    }
+}
+
+/// Redis's SET options: `[NX|XX] [GET] [EX s|PX ms|EXAT s|PXAT ms|KEEPTTL]`.
+fn parse_set_options(options: Vec<Bytes>) -> Result<(SetOptions, bool), RespValue> {
+    let syntax = || RespValue::error("ERR syntax error");
+    let mut condition = WriteCondition::Always;
+    let mut expiry = Expiry::Never;
+    let mut expiry_given = false;
+    let mut with_get = false;
+    let mut options = options.into_iter();
+    while let Some(option) = options.next() {
+        let option = option.to_ascii_uppercase();
+        match option.as_slice() {
+            b"NX" if condition == WriteCondition::Always => condition = WriteCondition::IfAbsent,
+            b"XX" if condition == WriteCondition::Always => condition = WriteCondition::IfPresent,
+            b"GET" => with_get = true,
+            b"KEEPTTL" if !expiry_given => {
+                expiry = Expiry::Keep;
+                expiry_given = true;
+            }
+            b"EX" | b"PX" | b"EXAT" | b"PXAT" if !expiry_given => {
+                let value = options.next().ok_or_else(syntax)?;
+                let amount = std::str::from_utf8(&value)
+                    .ok()
+                    .and_then(|text| text.parse::<i64>().ok())
+                    .ok_or_else(|| {
+                        RespValue::error("ERR value is not an integer or out of range")
+                    })?;
+                let invalid = || RespValue::error("ERR invalid expire time in 'set' command");
+                if amount <= 0 {
+                    return Err(invalid());
+                }
+                let at_ms = match option.as_slice() {
+                    b"EX" => amount
+                        .checked_mul(1000)
+                        .and_then(|ms| ms.checked_add(now_ms() as i64)),
+                    b"PX" => amount.checked_add(now_ms() as i64),
+                    b"EXAT" => amount.checked_mul(1000),
+                    _ => Some(amount),
+                }
+                .ok_or_else(invalid)?;
+                expiry = Expiry::AtMs(at_ms as u64);
+                expiry_given = true;
+            }
+            _ => return Err(syntax()),
+        }
+    }
+    Ok((SetOptions { condition, expiry }, with_get))
+}
+
+fn finish_reply(finish: Finish, reply: ShardReply, session: &Session) -> RespValue {
+    match (finish, reply) {
+        (Finish::Value, ShardReply::Value(value)) => {
+            value.map_or(RespValue::Null, |read| RespValue::Bulk(read.value))
+        }
+        (Finish::Length, ShardReply::Value(value)) => {
+            RespValue::Integer(value.map_or(0, |read| read.value.len() as i64))
+        }
+        (Finish::Ttl { millis }, ShardReply::Value(value)) => {
+            RespValue::Integer(ttl_of(value.as_ref(), millis))
+        }
+        (Finish::SetOk, ShardReply::Written(Ok(outcome))) => {
+            if outcome.applied {
+                RespValue::Simple("OK")
+            } else {
+                RespValue::Null
+            }
+        }
+        (Finish::SetNx, ShardReply::Written(Ok(outcome))) => {
+            RespValue::Integer(i64::from(outcome.applied))
+        }
+        (Finish::SetOk | Finish::SetNx, ShardReply::Written(Err(error))) => {
+            RespValue::error(format!("ERR {}", quota_error(&error, session).message))
+        }
+        (Finish::Update(kind), ShardReply::Updated(result)) => match result {
+            Ok(UpdateOutcome::Integer(n)) => RespValue::Integer(n),
+            Ok(UpdateOutcome::Length(n)) => RespValue::Integer(n as i64),
+            Ok(UpdateOutcome::Previous(previous, _)) => {
+                previous.map_or(RespValue::Null, RespValue::Bulk)
+            }
+            Ok(UpdateOutcome::Existed(existed)) => RespValue::Integer(i64::from(existed)),
+            Err(UpdateError::NotAnInteger) => {
+                RespValue::error("ERR value is not an integer or out of range")
+            }
+            Err(UpdateError::Overflow) => {
+                RespValue::error("ERR increment or decrement would overflow")
+            }
+            Err(UpdateError::Quota(error)) => {
+                let _ = kind;
+                RespValue::error(format!("ERR {}", quota_error(&error, session).message))
+            }
+        },
+        (_, other) => RespValue::error(format!("ERR internal: unexpected shard reply {other:?}")),
+    }
+}
+
+/// Redis's TTL/PTTL: -2 no key, -1 no expiry, else time left (TTL rounds
+/// to the nearest second, as Redis does).
+fn ttl_of(value: Option<&ValueRead>, millis: bool) -> i64 {
+    match value {
+        None => -2,
+        Some(ValueRead {
+            expires_at_ms: None,
+            ..
+        }) => -1,
+        Some(ValueRead {
+            expires_at_ms: Some(at),
+            ..
+        }) => {
+            let left = at.saturating_sub(now_ms()) as i64;
+            if millis {
+                left
+            } else {
+                (left + 500) / 1000
+            }
+        }
+    }
+}
+
+fn multi_reply(reply: Reply) -> RespValue {
+    match reply {
+        Reply::Count(count) => RespValue::Integer(count as i64),
+        Reply::Values(values) => RespValue::Array(
+            values
+                .into_iter()
+                .map(|value| value.map_or(RespValue::Null, |read| RespValue::Bulk(read.value)))
+                .collect(),
+        ),
+        Reply::Versions(_) => RespValue::Simple("OK"),
+        Reply::Keys(keys) => RespValue::Array(keys.into_iter().map(RespValue::Bulk).collect()),
+        Reply::Scanned { cursor, keys } => RespValue::Array(vec![
+            RespValue::bulk(cursor.to_string()),
+            RespValue::Array(keys.into_iter().map(RespValue::Bulk).collect()),
+        ]),
+        Reply::Error(error) => protocol_error(&error),
+        other => RespValue::error(format!("ERR internal: unexpected reply {other:?}")),
+    }
+}
+
+fn protocol_error(error: &ProtocolError) -> RespValue {
+    RespValue::error(format!("ERR {}", error.message))
+}
+
+fn too_many_keys(count: usize, max: usize) -> RespValue {
+    RespValue::error(format!(
+        "ERR {count} keys exceed max_keys_per_request {max}"
+    ))
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn args(parsed: Parsed) -> Vec<String> {
+        match parsed {
+            Parsed::Command(args, _) => args
+                .iter()
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_multibulk_and_inline() {
+        let command = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nvalue\r\n";
+        assert_eq!(args(parse_command(command, 10, 100)), ["SET", "k", "value"]);
+        for cut in 0..command.len() {
+            assert_eq!(
+                parse_command(&command[..cut], 10, 100),
+                Parsed::Incomplete,
+                "cut {cut}"
+            );
+        }
+        assert_eq!(
+            args(parse_command(b"set k \"two words\"\r\n", 10, 100)),
+            ["set", "k", "two words"]
+        );
+        assert_eq!(parse_command(b"\r\n", 10, 100), Parsed::Skip(2));
+    }
+
+    #[test]
+    fn hostile_lengths_are_refused() {
+        assert!(
+            matches!(parse_command(b"*99999999999\r\n", 10, 100), Parsed::Broken(m) if m.contains("multibulk"))
+        );
+        assert!(
+            matches!(parse_command(b"*1\r\n$101\r\n", 10, 100), Parsed::Broken(m) if m.contains("bulk length"))
+        );
+        assert!(matches!(
+            parse_command(b"*1\r\n$-5\r\n", 10, 100),
+            Parsed::Broken(_)
+        ));
+        assert!(
+            matches!(parse_command(b"*1\r\nx3\r\n", 10, 100), Parsed::Broken(m) if m.contains("expected '$'"))
+        );
+        assert!(matches!(
+            parse_command(b"*x\r\n", 10, 100),
+            Parsed::Broken(_)
+        ));
+        let long = vec![b'a'; RESP_MAX_INLINE_BYTES + 2];
+        assert!(matches!(parse_command(&long, 10, 100), Parsed::Broken(m) if m.contains("inline")));
+    }
+
+    #[test]
+    fn encodes_resp2_and_resp3() {
+        let mut out = Vec::new();
+        RespValue::Null.encode(2, &mut out);
+        RespValue::Null.encode(3, &mut out);
+        RespValue::Map(vec![(RespValue::bulk("a"), RespValue::Integer(1))]).encode(2, &mut out);
+        RespValue::Map(vec![(RespValue::bulk("a"), RespValue::Integer(1))]).encode(3, &mut out);
+        assert_eq!(
+            out,
+            b"$-1\r\n_\r\n*2\r\n$1\r\na\r\n:1\r\n%1\r\n$1\r\na\r\n:1\r\n"
+        );
+    }
+
+    proptest! {
+        // The parser sees raw network bytes: never a panic, and a command's
+        // length never exceeds the buffer.
+        #[test]
+        fn parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            if let Parsed::Command(_, used) | Parsed::Skip(used) = parse_command(&bytes, 8, 64) {
+                prop_assert!(used <= bytes.len());
+            }
+        }
+
+        #[test]
+        fn truncated_valid_commands_are_incomplete(cut in 0usize..40) {
+            let command = b"*2\r\n$3\r\nGET\r\n$10\r\n0123456789\r\n";
+            let cut = cut.min(command.len() - 1);
+            prop_assert_eq!(parse_command(&command[..cut], 8, 64), Parsed::Incomplete);
+        }
+    }
+}
