@@ -51,7 +51,83 @@ fn summarise(runs: &[&RunResult]) -> Summary {
     }
 }
 
-/// Prints the table for the JSON lines in `path`.
+/// One bar group of a chart: a configuration and each target's value.
+struct ChartRow {
+    label: String,
+    values: Vec<(String, f64)>,
+}
+
+/// Writes a grouped bar chart as a self-contained SVG (no font or drawing
+/// library needed: the browser renders the text).
+fn write_bar_chart(path: &Path, title: &str, unit: &str, rows: &[ChartRow]) -> anyhow::Result<()> {
+    use std::fmt::Write;
+    let colors = ["#2f6fde", "#e0533d", "#3aa655", "#a05ad6"];
+    let targets: Vec<&str> = {
+        let mut targets: Vec<&str> = rows
+            .iter()
+            .flat_map(|r| r.values.iter().map(|(t, _)| t.as_str()))
+            .collect();
+        targets.sort();
+        targets.dedup();
+        targets
+    };
+    let max = rows
+        .iter()
+        .flat_map(|r| r.values.iter().map(|(_, v)| *v))
+        .fold(0.0f64, f64::max)
+        .max(1e-9);
+    let (left, top, row_height, bar_width) =
+        (330.0, 50.0, 18.0 * targets.len() as f64 + 14.0, 520.0);
+    let height = top + row_height * rows.len() as f64 + 40.0;
+    let mut svg = String::new();
+    writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{height}" font-family="sans-serif" font-size="12">"#,
+        left + bar_width + 120.0
+    )?;
+    writeln!(
+        svg,
+        r#"<rect width="100%" height="100%" fill="white"/><text x="10" y="22" font-size="15" font-weight="bold">{title}</text>"#
+    )?;
+    for (i, target) in targets.iter().enumerate() {
+        let x = left + 140.0 * i as f64;
+        writeln!(
+            svg,
+            r#"<rect x="{x}" y="30" width="12" height="12" fill="{}"/><text x="{}" y="41">{target}</text>"#,
+            colors[i % colors.len()],
+            x + 16.0
+        )?;
+    }
+    for (r, row) in rows.iter().enumerate() {
+        let y = top + row_height * r as f64;
+        writeln!(
+            svg,
+            r#"<text x="10" y="{}">{}</text>"#,
+            y + row_height / 2.0,
+            row.label
+        )?;
+        for (i, target) in targets.iter().enumerate() {
+            let Some((_, value)) = row.values.iter().find(|(t, _)| t == target) else {
+                continue;
+            };
+            let width = bar_width * value / max;
+            let bar_y = y + 4.0 + 18.0 * i as f64;
+            writeln!(
+                svg,
+                r#"<rect x="{left}" y="{bar_y}" width="{width:.1}" height="15" fill="{}"/><text x="{:.1}" y="{}">{value:.3} {unit}</text>"#,
+                colors[i % colors.len()],
+                left + width + 4.0,
+                bar_y + 12.0
+            )?;
+        }
+    }
+    writeln!(svg, "</svg>")?;
+    std::fs::write(path, svg)?;
+    Ok(())
+}
+
+/// Prints the table for the JSON lines in `path` and draws its charts next
+/// to it (`<stem>.throughput.svg`, `<stem>.p99.svg`).
 pub fn print(path: &Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path)?;
     let results: Vec<RunResult> = text
@@ -101,6 +177,8 @@ pub fn print(path: &Path) -> anyhow::Result<()> {
         "p99.9 ms",
         "errors"
     );
+    let mut throughput_rows = Vec::new();
+    let mut p99_rows = Vec::new();
     for (config, targets) in &groups {
         let mut summaries = BTreeMap::new();
         for (target, runs) in targets {
@@ -120,6 +198,21 @@ pub fn print(path: &Path) -> anyhow::Result<()> {
             );
             summaries.insert(target.clone(), s);
         }
+        let label = config.split_whitespace().collect::<Vec<_>>().join(" ");
+        throughput_rows.push(ChartRow {
+            label: label.clone(),
+            values: summaries
+                .iter()
+                .map(|(t, s)| (t.clone(), s.ops / 1000.0))
+                .collect(),
+        });
+        p99_rows.push(ChartRow {
+            label,
+            values: summaries
+                .iter()
+                .map(|(t, s)| (t.clone(), s.p99_us / 1000.0))
+                .collect(),
+        });
         if let (Some(ours), Some(peer)) = (
             summaries.get("tinkerdb"),
             summaries
@@ -140,5 +233,23 @@ pub fn print(path: &Path) -> anyhow::Result<()> {
             );
         }
     }
+    let stem = path.with_extension("");
+    write_bar_chart(
+        &stem.with_extension("throughput.svg"),
+        "Throughput (median of rounds)",
+        "k ops/s",
+        &throughput_rows,
+    )?;
+    write_bar_chart(
+        &stem.with_extension("p99.svg"),
+        "p99 latency (median of rounds)",
+        "ms",
+        &p99_rows,
+    )?;
+    println!(
+        "charts: {} and {}",
+        stem.with_extension("throughput.svg").display(),
+        stem.with_extension("p99.svg").display()
+    );
     Ok(())
 }
