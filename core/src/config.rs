@@ -64,6 +64,8 @@ pub struct Limits {
     pub max_keys_per_request: usize,
     /// Most keys one KEYS request may return (use SCAN beyond that).
     pub max_keys_result: usize,
+    /// Largest answer (MGET values, KEYS keys) a request may produce.
+    pub max_response_bytes: usize,
     /// Keys a SCAN step returns when the request says 0.
     pub scan_count_default: usize,
     /// Most keys a SCAN step returns, whatever the request says.
@@ -85,6 +87,7 @@ impl Default for Limits {
             max_value_bytes: 4 << 20,
             max_keys_per_request: 10_000,
             max_keys_result: 100_000,
+            max_response_bytes: 64 << 20,
             scan_count_default: 100,
             scan_count_max: 10_000,
             max_connections_per_core: 10_000,
@@ -166,6 +169,7 @@ impl NodeConfig {
             ("max_value_bytes", limits.max_value_bytes),
             ("max_keys_per_request", limits.max_keys_per_request),
             ("max_keys_result", limits.max_keys_result),
+            ("max_response_bytes", limits.max_response_bytes),
             ("scan_count_default", limits.scan_count_default),
             ("scan_count_max", limits.scan_count_max),
             ("max_connections_per_core", limits.max_connections_per_core),
@@ -184,6 +188,9 @@ impl NodeConfig {
                 "limits.max_frame_bytes ({}) must exceed max_key_bytes + max_value_bytes + 1024",
                 limits.max_frame_bytes
             ));
+        }
+        if limits.max_response_bytes < limits.max_value_bytes + 1024 {
+            return invalid("limits.max_response_bytes must exceed max_value_bytes + 1024".into());
         }
         if limits.scan_count_default > limits.scan_count_max {
             return invalid("limits.scan_count_default must not exceed scan_count_max".into());

@@ -260,6 +260,10 @@ impl Connection {
                 now,
                 &mut self.output,
             );
+            if self.builder.finished_data().len() > 4 * READ_BUFFER_INITIAL_BYTES {
+                // A big answer grew the builder: give the memory back.
+                self.builder = FlatBufferBuilder::new();
+            }
         }
         self.stream.write_all(&self.output).await?;
         self.output.clear();
@@ -506,17 +510,37 @@ pub(crate) async fn execute_multi(
             let (positions, requests): (Vec<_>, Vec<_>) = groups
                 .into_iter()
                 .map(|(core, indexes, keys)| {
-                    (indexes, (core, ShardRequest::GetMany { tenant, keys }))
+                    let max_bytes = context.limits.max_response_bytes;
+                    let request = ShardRequest::GetMany {
+                        tenant,
+                        keys,
+                        max_bytes,
+                    };
+                    (indexes, (core, request))
                 })
                 .unzip();
             let mut values = vec![None; key_count];
+            let mut bytes = 0;
             for (indexes, reply) in positions.into_iter().zip(fan_out(context, requests).await?) {
-                let ShardReply::Values(found) = reply else {
-                    return Err(unexpected(&reply));
+                let found = match reply {
+                    ShardReply::Values(found) => found,
+                    ShardReply::TooLarge(partial) => {
+                        bytes += partial;
+                        continue;
+                    }
+                    other => return Err(unexpected(&other)),
                 };
+                bytes += found.iter().flatten().map(|v| v.value.len()).sum::<usize>();
                 for (index, value) in indexes.into_iter().zip(found) {
                     values[index] = value;
                 }
+            }
+            let limit = context.limits.max_response_bytes;
+            if bytes > limit {
+                return Err(ProtocolError::new(
+                    ErrorCode::ResultTooLarge,
+                    format!("the values exceed max_response_bytes ({limit}): ask for fewer keys"),
+                ));
             }
             Ok(Reply::Values(values))
         }
@@ -595,6 +619,16 @@ pub(crate) async fn execute_multi(
                 )
                 .await?;
                 keys.extend(found);
+                let key_bytes: usize = keys.iter().map(Bytes::len).sum();
+                if key_bytes > context.limits.max_response_bytes {
+                    return Err(ProtocolError::new(
+                        ErrorCode::ResultTooLarge,
+                        format!(
+                            "the keys exceed max_response_bytes ({}): use SCAN",
+                            context.limits.max_response_bytes
+                        ),
+                    ));
+                }
                 if keys.len() > limit {
                     return Err(ProtocolError::new(
                         ErrorCode::ResultTooLarge,
@@ -696,20 +730,27 @@ impl ReadBuffer {
         }
     }
 
-    /// Reads once from `stream`, making room for at least `bytes_wanted`
-    /// unread bytes (the frame being assembled). Returns bytes read (0: EOF).
+    /// Reads once from `stream`. `bytes_wanted` is how many unread bytes the
+    /// caller needs in all (the frame being assembled); the buffer grows
+    /// towards it only by doubling as bytes arrive, so a hostile length
+    /// prefix costs nothing until its bytes are actually sent. A full buffer
+    /// also doubles (a RESP command's size is not announced up front).
+    /// Returns bytes read (0: end of stream).
     pub(crate) async fn fill(
         &mut self,
         stream: &mut TcpStream,
         bytes_wanted: usize,
     ) -> std::io::Result<usize> {
-        if self.data.len() - self.start < bytes_wanted || self.end == self.data.len() {
+        if self.start > 0
+            && (self.end == self.data.len() || self.data.len() - self.start < bytes_wanted)
+        {
             self.data.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
-            if self.data.len() < bytes_wanted {
-                self.data.resize(bytes_wanted, 0);
-            }
+        }
+        if self.end == self.data.len() {
+            let grown = (self.data.len() * 2).max(READ_BUFFER_INITIAL_BYTES);
+            self.data.resize(grown, 0);
         }
         let read = stream.read(&mut self.data[self.end..]).await?;
         self.end += read;

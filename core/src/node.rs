@@ -87,6 +87,11 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
 
     let (bound_tx, bound_rx) = mpsc::channel::<anyhow::Result<BoundAddrs>>();
     let (serving_tx, serving_rx) = mpsc::channel::<()>();
+    let (stopped_tx, stopped_rx) = mpsc::channel::<(CoreId, Result<(), String>)>();
+    refuse_address_in_use(config.listen, "clients")?;
+    if config.resp_enabled {
+        refuse_address_in_use(config.resp_listen, "the Redis protocol")?;
+    }
     let mut addrs = BoundAddrs {
         client: config.listen,
         resp: config.resp_enabled.then_some(config.resp_listen),
@@ -112,7 +117,20 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("tinkerdb-core-{core}"))
             .io_memory(IO_MEMORY_BYTES_PER_CORE)
-            .spawn(move || run_core(core_setup))
+            .spawn({
+                let stopped = stopped_tx.clone();
+                move || async move {
+                    let mut notice = StopNotice {
+                        core,
+                        outcome: None,
+                        stopped,
+                    };
+                    let outcome = run_core(core_setup).await;
+                    notice.outcome =
+                        Some(outcome.as_ref().map(|_| ()).map_err(|e| format!("{e:#}")));
+                    outcome
+                }
+            })
             .map_err(|error| anyhow!("cannot start executor of core {core}: {error}"))?;
         handles.push(handle);
         if core == 0 {
@@ -139,12 +157,44 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
         cores,
         data_dir: config.data_dir.clone(),
     });
-    for (core, handle) in handles.into_iter().enumerate() {
-        handle
-            .join()
-            .map_err(|error| anyhow!("core {core} failed: {error}"))??;
+    // A core never stops on its own: if one does (an error or a panic), its
+    // slots are gone, so the whole node stops rather than limp on.
+    let (core, outcome) = stopped_rx.recv().context("every core stopped")?;
+    drop(handles);
+    match outcome {
+        Ok(()) => Err(anyhow!("core {core} stopped")),
+        Err(error) => Err(anyhow!("core {core} failed: {error}")),
     }
-    Ok(())
+}
+
+/// Tells the main thread when a core's thread ends, however it ends.
+struct StopNotice {
+    core: CoreId,
+    outcome: Option<Result<(), String>>,
+    stopped: mpsc::Sender<(CoreId, Result<(), String>)>,
+}
+
+impl Drop for StopNotice {
+    fn drop(&mut self) {
+        let outcome = self
+            .outcome
+            .take()
+            .unwrap_or_else(|| Err("panicked".into()));
+        let _ = self.stopped.send((self.core, outcome));
+    }
+}
+
+/// Fails if another process already listens on `addr`. Needed because the
+/// cores bind with `SO_REUSEPORT` (glommio always sets it): without this
+/// check a second node on the same port would start and silently share its
+/// connections with the first.
+fn refuse_address_in_use(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    std::net::TcpListener::bind(addr)
+        .map(drop)
+        .with_context(|| format!("cannot listen for {what} on {addr}"))
 }
 
 /// The listening addresses of a core (all cores share core 0's).
@@ -218,9 +268,9 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
         setup.config.limits.clone(),
         peers,
     ));
-    let slots_owned = setup.slot_map.slots_owned(core);
+    let slots = setup.slot_map.slot_range(core);
     for tenant in setup.tenants.iter() {
-        let quota = quota_share(tenant.quota, slots_owned);
+        let quota = quota_share(tenant.quota, slots.clone());
         context.shard.borrow_mut().execute(
             ShardRequest::SetQuota {
                 tenant: tenant.id,

@@ -340,6 +340,7 @@ impl RespConnection {
         let limits = self.context.limits.clone();
         let max_args = 2 * limits.max_keys_per_request + 16;
         let max_bulk_bytes = limits.max_frame_bytes;
+        let max_command_bytes = limits.max_frame_bytes + RESP_MAX_INLINE_BYTES;
         let mut batch: Vec<Pending> = Vec::new();
         loop {
             let mut after = After::Continue;
@@ -388,6 +389,16 @@ impl RespConnection {
                     return Ok(());
                 }
                 continue;
+            }
+            // The parser bounds every length it reads, so a command can only
+            // grow this large by actually sending its bytes.
+            if self.input.unread().len() > max_command_bytes {
+                let error = RespValue::error(format!(
+                    "ERR Protocol error: command over {max_command_bytes} bytes"
+                ));
+                error.encode(self.protocol, &mut self.output);
+                self.stream.write_all(&self.output).await?;
+                return Ok(());
             }
             if self.input.fill(&mut self.stream, 1).await? == 0 {
                 return Ok(());

@@ -84,6 +84,8 @@ pub enum ShardRequest {
         tenant: TenantId,
         /// Keys, answered in this order.
         keys: Vec<SlotKey>,
+        /// Stop and answer `TooLarge` once the values exceed this many bytes.
+        max_bytes: usize,
     },
     /// Write several keys of this shard; stops at the first refused write.
     SetMany {
@@ -204,6 +206,8 @@ pub enum ShardReply {
     Written(Result<WriteOutcome, StoreError>),
     /// Answer to `GetMany`.
     Values(Vec<Option<ValueRead>>),
+    /// `GetMany` stopped: the values passed its byte budget (bytes so far).
+    TooLarge(usize),
     /// Answer to `SetMany`: versions of the writes done, and the error that
     /// stopped the rest, if any.
     WrittenMany(Vec<u64>, Option<StoreError>),
@@ -230,6 +234,9 @@ pub enum ShardReply {
 /// before it returns, so a scan over a huge keyspace or a selective pattern
 /// never holds the core for long. The step still ends on a slot boundary.
 pub const SCAN_STEP_MAX_ENTRIES_VISITED: usize = 20_000;
+
+/// Key bytes after which a scan step stops (at the end of the slot).
+pub const SCAN_STEP_MAX_KEY_BYTES: usize = 4 << 20;
 
 /// Most (possibly empty) slots one scan step looks at.
 pub const SCAN_STEP_MAX_SLOTS_VISITED: usize = 4096;
@@ -284,11 +291,23 @@ impl Shard {
                 assert_owned(key.slot);
                 ShardReply::Written(store.set(tenant, key.slot, &key.key, &value, options, now_ms))
             }
-            ShardRequest::GetMany { tenant, keys } => ShardReply::Values(
-                keys.iter()
-                    .map(|key| read(store, tenant, key, now_ms))
-                    .collect(),
-            ),
+            ShardRequest::GetMany {
+                tenant,
+                keys,
+                max_bytes,
+            } => {
+                let mut values = Vec::with_capacity(keys.len());
+                let mut bytes = 0;
+                for key in &keys {
+                    let value = read(store, tenant, key, now_ms);
+                    bytes += value.as_ref().map_or(0, |v| v.value.len());
+                    if bytes > max_bytes {
+                        return ShardReply::TooLarge(bytes);
+                    }
+                    values.push(value);
+                }
+                ShardReply::Values(values)
+            }
             ShardRequest::SetMany { tenant, entries } => {
                 let mut versions = Vec::with_capacity(entries.len());
                 for (key, value) in &entries {
@@ -367,16 +386,21 @@ fn scan_step(
 ) -> ShardReply {
     let mut keys = Vec::new();
     let mut entries_visited = 0;
+    let mut key_bytes = 0;
     let mut slot = start_slot as usize;
     let slot_limit = (slot + SCAN_STEP_MAX_SLOTS_VISITED).min(SLOT_COUNT);
     while slot < slot_limit && slot_map.owner(slot as Slot) == core {
         entries_visited += store.for_each_key_in_slot(tenant, slot as Slot, now_ms, |key| {
             if filter.accepts(key) {
+                key_bytes += key.len();
                 keys.push(Bytes::copy_from_slice(key));
             }
         });
         slot += 1;
-        if keys.len() >= max_keys || entries_visited >= SCAN_STEP_MAX_ENTRIES_VISITED {
+        if keys.len() >= max_keys
+            || entries_visited >= SCAN_STEP_MAX_ENTRIES_VISITED
+            || key_bytes >= SCAN_STEP_MAX_KEY_BYTES
+        {
             break;
         }
     }

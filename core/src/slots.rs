@@ -4,7 +4,7 @@
 //! equal contiguous ranges, one per core; later the same table says which Raft
 //! group (and node) owns a slot, and rebalancing edits it. Invariant: every
 //! slot has exactly one owner, and each core's slots form one contiguous range
-//! (cursor scans rely on that to visit each core once per request).
+//! (a cursor scan step relies on that to stay on one core).
 
 use tinkerdb_storage::{Slot, SLOT_COUNT};
 
@@ -43,6 +43,17 @@ impl SlotMap {
     /// Number of cores slots are spread over.
     pub fn cores(&self) -> usize {
         self.cores
+    }
+
+    /// The contiguous range of slots `core` owns.
+    pub fn slot_range(&self, core: CoreId) -> std::ops::Range<usize> {
+        let start = self
+            .owner_by_slot
+            .partition_point(|&owner| usize::from(owner) < core);
+        let end = self
+            .owner_by_slot
+            .partition_point(|&owner| usize::from(owner) <= core);
+        start..end
     }
 
     /// How many slots `core` owns.

@@ -70,16 +70,19 @@ impl TenantRegistry {
     }
 }
 
-/// The part of a node-wide quota that a core owning `slots_owned` slots
-/// enforces: proportional to its slots, rounded up.
+/// The part of a node-wide quota that the core owning the contiguous slot
+/// range `slots` enforces: proportional to its slots, with the rounding
+/// arranged so that the shares of all cores add up to exactly the quota.
 ///
 /// Why shares: a shared counter would put cross-core traffic (or an atomic)
 /// on every insert, and later, with Raft, each shard must decide alone and
 /// deterministically. The cost: with keys hashing unevenly, a tenant can be
 /// refused a little before reaching its node-wide quota, never after.
-pub fn quota_share(quota: Quota, slots_owned: usize) -> Quota {
-    let share =
-        |limit: u64| (u128::from(limit) * slots_owned as u128).div_ceil(SLOT_COUNT as u128) as u64;
+pub fn quota_share(quota: Quota, slots: std::ops::Range<usize>) -> Quota {
+    let share = |limit: u64| {
+        let cut = |slot: usize| (u128::from(limit) * slot as u128 / SLOT_COUNT as u128) as u64;
+        cut(slots.end) - cut(slots.start)
+    };
     Quota {
         max_keys: quota.max_keys.map(share),
         max_bytes: quota.max_bytes.map(share),
@@ -91,15 +94,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shares_add_up_to_at_least_the_quota() {
+    fn shares_add_up_to_exactly_the_quota() {
         let quota = Quota {
             max_keys: Some(11),
             max_bytes: Some(1 << 40),
         };
-        let half = quota_share(quota, SLOT_COUNT / 2);
-        assert_eq!(half.max_keys, Some(6));
-        assert_eq!(half.max_bytes, Some(1 << 39));
-        assert_eq!(quota_share(quota, SLOT_COUNT), quota);
-        assert_eq!(quota_share(Quota::default(), 3), Quota::default());
+        for cores in [1usize, 2, 3, 7] {
+            let map = crate::slots::SlotMap::contiguous(cores);
+            let shares: Vec<Quota> = (0..cores)
+                .map(|core| quota_share(quota, map.slot_range(core)))
+                .collect();
+            assert_eq!(shares.iter().map(|q| q.max_keys.unwrap()).sum::<u64>(), 11);
+            assert_eq!(
+                shares.iter().map(|q| q.max_bytes.unwrap()).sum::<u64>(),
+                1 << 40
+            );
+        }
+        assert_eq!(quota_share(Quota::default(), 0..3), Quota::default());
     }
 }

@@ -295,6 +295,62 @@ fn truncated_frames_and_random_bytes_never_hurt_the_node() {
 }
 
 #[test]
+fn answers_over_max_response_bytes_are_refused() {
+    let node = TestNode::start_with_config(2, "[limits]\nmax_value_bytes = 100000\nmax_response_bytes = 250000\nmax_frame_bytes = 1000000\n");
+    let mut raw = Raw::handshaken(&node);
+    for i in 0..4u8 {
+        raw.send(&frame(10 + u64::from(i), |b| {
+            let key = b.create_vector(&[i]);
+            let value = b.create_vector(&[7u8; 90_000]);
+            let set = wire::Set::create(
+                b,
+                &wire::SetArgs {
+                    key: Some(key),
+                    value: Some(value),
+                    ttl_ms: 0,
+                    condition: wire::SetCondition::Always,
+                },
+            );
+            (wire::Request::Set, set.as_union_value())
+        }));
+        assert_eq!(raw.answer().kind, wire::Response::SetResult);
+    }
+    raw.send(&frame(20, |b| {
+        let keys: Vec<_> = (0..4u8)
+            .map(|i| {
+                let bytes = b.create_vector(&[i]);
+                wire::Key::create(b, &wire::KeyArgs { bytes: Some(bytes) })
+            })
+            .collect();
+        let keys = b.create_vector(&keys);
+        (
+            wire::Request::MGet,
+            wire::MGet::create(b, &wire::MGetArgs { keys: Some(keys) }).as_union_value(),
+        )
+    }));
+    assert_eq!(raw.answer(), error(20, ErrorCode::ResultTooLarge));
+}
+
+#[test]
+fn a_second_node_on_the_same_port_refuses_to_start() {
+    let node = TestNode::start(1);
+    let output = std::process::Command::new(common::workspace_binary("tinkerdb"))
+        .args([
+            "--listen",
+            &node.addr.to_string(),
+            "--no-resp",
+            "--cores",
+            "1",
+        ])
+        .arg("--data-dir")
+        .arg(std::env::temp_dir().join(format!("tinkerdb-second-{}", std::process::id())))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot listen for clients"));
+}
+
+#[test]
 fn connections_over_the_limit_are_told_busy() {
     let node = TestNode::start_with_config(1, "[limits]\nmax_connections_per_core = 2\n");
     let _first = Raw::handshaken(&node);

@@ -349,6 +349,24 @@ fn raw_replies_are_byte_exact() {
 }
 
 #[test]
+fn large_values_and_long_pipelines_grow_the_buffer() {
+    let node = TestNode::start(2);
+    let mut redis = connect(&node);
+    for size in [8 << 10, 100 << 10, 3 << 20] {
+        let value = vec![b'v'; size];
+        let _: () = redis.set("big", &value).unwrap();
+        let read: Vec<u8> = redis.get("big").unwrap();
+        assert_eq!(read.len(), size);
+    }
+    let mut pipe = redis::pipe();
+    for i in 0..3000 {
+        pipe.set(format!("k{i}"), vec![b'x'; 100]).ignore();
+    }
+    let _: () = pipe.query(&mut redis).unwrap();
+    assert_eq!(redis::cmd("DBSIZE").query::<i64>(&mut redis).unwrap(), 3001);
+}
+
+#[test]
 fn redis_cli_works_including_error_paths() {
     let node = TestNode::start(2);
     let cli = |args: &[&str]| {

@@ -11,6 +11,8 @@
 //! - [`store`]: the map itself: values, versions, TTLs, per-tenant usage and
 //!   quotas, and slot-by-slot iteration for cursor scans.
 //! - [`glob`]: Redis-style glob patterns over bytes (KEYS, SCAN MATCH).
+//! - [`wal_format`]: the WAL's byte layout (batches, records), pure functions.
+//! - [`log_op`]: what a WAL record holds: the effect of one write.
 //!
 //! # Invariants
 //! - A `Store` is owned by one thread and is `!Sync` by construction (no locks,
@@ -22,8 +24,10 @@
 //!   so a version is never reused, even after a key is deleted and recreated.
 
 pub mod glob;
+pub mod log_op;
 pub mod slot;
 pub mod store;
+pub mod wal_format;
 
 pub use slot::{hash_slot, Slot, SLOT_COUNT};
 pub use store::{

@@ -13,10 +13,10 @@ pub mod wire {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 15;
+pub const ENUM_MAX_ERROR_CODE: u16 = 16;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 16] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 17] = [
   ErrorCode::None,
   ErrorCode::MalformedFrame,
   ErrorCode::UnsupportedVersion,
@@ -33,6 +33,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 16] = [
   ErrorCode::Busy,
   ErrorCode::ShuttingDown,
   ErrorCode::Internal,
+  ErrorCode::StorageFailed,
 ];
 
 /// Why a request failed. Stable numbers: clients switch on them.
@@ -53,7 +54,7 @@ impl ErrorCode {
   pub const HandshakeRequired: Self = Self(4);
   /// Hello named a tenant that the node's configuration does not define.
   pub const UnknownTenant: Self = Self(5);
-  /// A key is empty or longer than the node's max_key_bytes.
+  /// A key is longer than the node's max_key_bytes (empty keys are valid).
   pub const KeyTooLarge: Self = Self(6);
   /// A value is longer than the node's max_value_bytes.
   pub const ValueTooLarge: Self = Self(7);
@@ -67,17 +68,23 @@ impl ErrorCode {
   /// A field holds a value outside its documented range (bad cursor,
   /// empty key list, Hello sent twice, ...).
   pub const InvalidArgument: Self = Self(11);
-  /// KEYS matched more than max_keys_result keys: use SCAN instead.
+  /// KEYS matched more than max_keys_result keys, or an answer would exceed
+  /// max_response_bytes: use SCAN, or ask for fewer keys.
   pub const ResultTooLarge: Self = Self(12);
-  /// The node is overloaded (a bounded queue is full); retry later.
+  /// The node is overloaded; today: the core's max_connections_per_core
+  /// is reached (sent with request id 0, then the connection closes).
   pub const Busy: Self = Self(13);
   /// The node is shutting down; reconnect elsewhere.
   pub const ShuttingDown: Self = Self(14);
   /// A bug or an unexpected condition inside the node.
   pub const Internal: Self = Self(15);
+  /// The core's storage failed (a WAL write or fsync error): it refuses
+  /// every write from then on and keeps serving reads. Not retryable on
+  /// this node.
+  pub const StorageFailed: Self = Self(16);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 15;
+  pub const ENUM_MAX: u16 = 16;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::MalformedFrame,
@@ -95,6 +102,7 @@ impl ErrorCode {
     Self::Busy,
     Self::ShuttingDown,
     Self::Internal,
+    Self::StorageFailed,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -115,6 +123,7 @@ impl ErrorCode {
       Self::Busy => Some("Busy"),
       Self::ShuttingDown => Some("ShuttingDown"),
       Self::Internal => Some("Internal"),
+      Self::StorageFailed => Some("StorageFailed"),
       _ => None,
     }
   }
@@ -264,10 +273,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for SetCondition {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST: u8 = 12;
+pub const ENUM_MAX_REQUEST: u8 = 13;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST: [Request; 13] = [
+pub const ENUM_VALUES_REQUEST: [Request; 14] = [
   Request::NONE,
   Request::Hello,
   Request::Ping,
@@ -281,6 +290,7 @@ pub const ENUM_VALUES_REQUEST: [Request; 13] = [
   Request::Keys,
   Request::Scan,
   Request::Count,
+  Request::Snapshot,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -301,9 +311,10 @@ impl Request {
   pub const Keys: Self = Self(10);
   pub const Scan: Self = Self(11);
   pub const Count: Self = Self(12);
+  pub const Snapshot: Self = Self(13);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 12;
+  pub const ENUM_MAX: u8 = 13;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -318,6 +329,7 @@ impl Request {
     Self::Keys,
     Self::Scan,
     Self::Count,
+    Self::Snapshot,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -335,6 +347,7 @@ impl Request {
       Self::Keys => Some("Keys"),
       Self::Scan => Some("Scan"),
       Self::Count => Some("Count"),
+      Self::Snapshot => Some("Snapshot"),
       _ => None,
     }
   }
@@ -394,10 +407,10 @@ pub struct RequestUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_RESPONSE: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_RESPONSE: u8 = 10;
+pub const ENUM_MAX_RESPONSE: u8 = 11;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_RESPONSE: [Response; 11] = [
+pub const ENUM_VALUES_RESPONSE: [Response; 12] = [
   Response::NONE,
   Response::Error,
   Response::HelloOk,
@@ -409,6 +422,7 @@ pub const ENUM_VALUES_RESPONSE: [Response; 11] = [
   Response::MSetResult,
   Response::KeysResult,
   Response::ScanResult,
+  Response::SnapshotResult,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -427,9 +441,10 @@ impl Response {
   pub const MSetResult: Self = Self(8);
   pub const KeysResult: Self = Self(9);
   pub const ScanResult: Self = Self(10);
+  pub const SnapshotResult: Self = Self(11);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 10;
+  pub const ENUM_MAX: u8 = 11;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Error,
@@ -442,6 +457,7 @@ impl Response {
     Self::MSetResult,
     Self::KeysResult,
     Self::ScanResult,
+    Self::SnapshotResult,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -457,6 +473,7 @@ impl Response {
       Self::MSetResult => Some("MSetResult"),
       Self::KeysResult => Some("KeysResult"),
       Self::ScanResult => Some("ScanResult"),
+      Self::SnapshotResult => Some("SnapshotResult"),
       _ => None,
     }
   }
@@ -778,7 +795,7 @@ impl<'a> Hello<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Hello::VT_TENANT, None)}
   }
-  /// Free text shown in logs and, later, in the admin API.
+  /// Free text describing the client (kept for diagnostics; not used yet).
   #[inline]
   pub fn client_name(&self) -> Option<&'a str> {
     // Safety:
@@ -1972,7 +1989,8 @@ impl ::core::fmt::Debug for Scan<'_> {
 pub enum CountOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
-/// Number of live keys of the tenant; answers CountResult.
+/// Number of keys of the tenant; answers CountResult. Expired keys that
+/// the background sweep has not removed yet are counted (as Redis DBSIZE).
 pub struct Count<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -2045,6 +2063,86 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CountBuilder<'a, 'b, A> {
 impl ::core::fmt::Debug for Count<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("Count");
+      ds.finish()
+  }
+}
+pub enum SnapshotOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Take a snapshot of every core now and wait until it is installed;
+/// answers SnapshotResult. Not tenant-scoped: it covers the whole node.
+pub struct Snapshot<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Snapshot<'a> {
+  type Inner = Snapshot<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Snapshot<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Snapshot { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args SnapshotArgs
+  ) -> ::flatbuffers::WIPOffset<Snapshot<'bldr>> {
+    let mut builder = SnapshotBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for Snapshot<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct SnapshotArgs {
+}
+impl<'a> Default for SnapshotArgs {
+  #[inline]
+  fn default() -> Self {
+    SnapshotArgs {
+    }
+  }
+}
+
+pub struct SnapshotBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SnapshotBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SnapshotBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    SnapshotBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Snapshot<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Snapshot<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Snapshot");
       ds.finish()
   }
 }
@@ -2288,6 +2386,21 @@ impl<'a> RequestFrame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_snapshot(&self) -> Option<Snapshot<'a>> {
+    if self.request_type() == Request::Snapshot {
+      self.request().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Snapshot::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for RequestFrame<'_> {
@@ -2311,6 +2424,7 @@ impl ::flatbuffers::Verifiable for RequestFrame<'_> {
           Request::Keys => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Keys>>("Request::Keys", pos),
           Request::Scan => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Scan>>("Request::Scan", pos),
           Request::Count => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Count>>("Request::Count", pos),
+          Request::Snapshot => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Snapshot>>("Request::Snapshot", pos),
           _ => Ok(()),
         }
      })?
@@ -2451,6 +2565,13 @@ impl ::core::fmt::Debug for RequestFrame<'_> {
         },
         Request::Count => {
           if let Some(x) = self.request_as_count() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::Snapshot => {
+          if let Some(x) = self.request_as_snapshot() {
             ds.field("request", &x)
           } else {
             ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -3731,6 +3852,121 @@ impl ::core::fmt::Debug for ScanResult<'_> {
       ds.finish()
   }
 }
+pub enum SnapshotResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct SnapshotResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for SnapshotResult<'a> {
+  type Inner = SnapshotResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> SnapshotResult<'a> {
+  pub const VT_KEYS: ::flatbuffers::VOffsetT = 4;
+  pub const VT_BYTES: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    SnapshotResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args SnapshotResultArgs
+  ) -> ::flatbuffers::WIPOffset<SnapshotResult<'bldr>> {
+    let mut builder = SnapshotResultBuilder::new(_fbb);
+    builder.add_bytes(args.bytes);
+    builder.add_keys(args.keys);
+    builder.finish()
+  }
+
+
+  /// Entries written, over all cores.
+  #[inline]
+  pub fn keys(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SnapshotResult::VT_KEYS, Some(0)).unwrap()}
+  }
+  /// Bytes of the snapshot files, over all cores.
+  #[inline]
+  pub fn bytes(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SnapshotResult::VT_BYTES, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for SnapshotResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("keys", Self::VT_KEYS, false)?
+     .visit_field::<u64>("bytes", Self::VT_BYTES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct SnapshotResultArgs {
+    pub keys: u64,
+    pub bytes: u64,
+}
+impl<'a> Default for SnapshotResultArgs {
+  #[inline]
+  fn default() -> Self {
+    SnapshotResultArgs {
+      keys: 0,
+      bytes: 0,
+    }
+  }
+}
+
+pub struct SnapshotResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SnapshotResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_keys(&mut self, keys: u64) {
+    self.fbb_.push_slot::<u64>(SnapshotResult::VT_KEYS, keys, 0);
+  }
+  #[inline]
+  pub fn add_bytes(&mut self, bytes: u64) {
+    self.fbb_.push_slot::<u64>(SnapshotResult::VT_BYTES, bytes, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SnapshotResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    SnapshotResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<SnapshotResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for SnapshotResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("SnapshotResult");
+      ds.field("keys", &self.keys());
+      ds.field("bytes", &self.bytes());
+      ds.finish()
+  }
+}
 pub enum ResponseFrameOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3939,6 +4175,21 @@ impl<'a> ResponseFrame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn response_as_snapshot_result(&self) -> Option<SnapshotResult<'a>> {
+    if self.response_type() == Response::SnapshotResult {
+      self.response().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { SnapshotResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for ResponseFrame<'_> {
@@ -3960,6 +4211,7 @@ impl ::flatbuffers::Verifiable for ResponseFrame<'_> {
           Response::MSetResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MSetResult>>("Response::MSetResult", pos),
           Response::KeysResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<KeysResult>>("Response::KeysResult", pos),
           Response::ScanResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ScanResult>>("Response::ScanResult", pos),
+          Response::SnapshotResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SnapshotResult>>("Response::SnapshotResult", pos),
           _ => Ok(()),
         }
      })?
@@ -4086,6 +4338,13 @@ impl ::core::fmt::Debug for ResponseFrame<'_> {
         },
         Response::ScanResult => {
           if let Some(x) = self.response_as_scan_result() {
+            ds.field("response", &x)
+          } else {
+            ds.field("response", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Response::SnapshotResult => {
+          if let Some(x) = self.response_as_snapshot_result() {
             ds.field("response", &x)
           } else {
             ds.field("response", &"InvalidFlatbuffer: Union discriminant does not match value.")
