@@ -27,6 +27,7 @@ pub mod glob;
 pub mod log_op;
 pub mod slot;
 pub mod store;
+pub mod wal;
 pub mod wal_format;
 
 pub use slot::{hash_slot, Slot, SLOT_COUNT};
