@@ -13,6 +13,8 @@
 //! - [`glob`]: Redis-style glob patterns over bytes (KEYS, SCAN MATCH).
 //! - [`wal_format`]: the WAL's byte layout (batches, records), pure functions.
 //! - [`log_op`]: what a WAL record holds: the effect of one write.
+//! - [`wal`]: the per-core write-ahead log (io_uring O_DIRECT, group commit).
+//! - [`snapshot`]: fork-less point-in-time snapshots (copy-on-write by slot).
 //!
 //! # Invariants
 //! - A `Store` is owned by one thread and is `!Sync` by construction (no locks,
@@ -26,6 +28,7 @@
 pub mod glob;
 pub mod log_op;
 pub mod slot;
+pub mod snapshot;
 pub mod store;
 pub mod wal;
 pub mod wal_format;

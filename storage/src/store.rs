@@ -479,6 +479,69 @@ impl Store {
         removed
     }
 
+    /// Calls `visit` with every entry of every tenant in `slot`, expired or
+    /// not: (tenant, key, value, version, expiry). For snapshots.
+    pub fn for_each_entry_in_slot(
+        &self,
+        slot: Slot,
+        mut visit: impl FnMut(TenantId, &[u8], &[u8], u64, Option<u64>),
+    ) {
+        for &tenant in self.tenants.keys() {
+            if let Some(table) = self.tables.get(&(tenant, slot)) {
+                for entry in table.iter() {
+                    let view = entry.view();
+                    visit(
+                        tenant,
+                        entry.key(),
+                        view.value,
+                        view.version,
+                        view.expires_at_ms,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Puts an entry exactly as logged or snapshotted: no condition, no
+    /// quota, the given version (the store's version counter moves up to
+    /// it). For recovery only.
+    pub fn restore(
+        &mut self,
+        tenant: TenantId,
+        slot: Slot,
+        key: &[u8],
+        value: &[u8],
+        version: u64,
+        expires_at_ms: Option<u64>,
+    ) {
+        let quota = self.tenant_usage(tenant).quota;
+        self.set_quota(tenant, Quota::default());
+        let expiry = expires_at_ms.map_or(Expiry::Never, Expiry::AtMs);
+        let options = SetOptions {
+            condition: WriteCondition::Always,
+            expiry,
+        };
+        // Time 0: an entry already expired by the wall clock is restored as
+        // it was; reads will not see it and the sweep will remove it.
+        self.set(tenant, slot, key, value, options, 0)
+            .expect("no quota while restoring");
+        self.set_quota(tenant, quota);
+        let hash = self.hasher.hash_one(key);
+        let entry = self
+            .tables
+            .get_mut(&(tenant, slot))
+            .and_then(|table| table.find_mut(hash, |entry| entry.key() == key))
+            .expect("just restored");
+        entry.version = version;
+        self.last_version = self.last_version.max(version);
+    }
+
+    /// Moves the version counter up to at least `version` (from a snapshot's
+    /// header: versions handed out before it must never be reused).
+    pub fn raise_last_version(&mut self, version: u64) {
+        self.last_version = self.last_version.max(version);
+    }
+
     /// Calls `visit` with every live key of `tenant` in `slot`; returns how
     /// many entries were looked at (live or not), the measure of work done.
     pub fn for_each_key_in_slot(
