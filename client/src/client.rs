@@ -341,6 +341,15 @@ impl Client {
         }
     }
 
+    /// Snapshots every core of the node now and waits until the files are
+    /// installed; returns (entries, bytes) written.
+    pub async fn snapshot(&self) -> Result<(u64, u64), ClientError> {
+        match self.call(Request::Snapshot).await? {
+            Response::Snapshotted { keys, bytes } => Ok((keys, bytes)),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Runs a whole scan, step by step, and returns every key found.
     pub async fn scan_all(&self, options: &ScanOptions) -> Result<Vec<Bytes>, ClientError> {
         let mut keys = Vec::new();

@@ -87,6 +87,8 @@ pub enum Request<'a> {
     },
     /// Tenant key count.
     Count,
+    /// Snapshot the node.
+    Snapshot,
 }
 
 /// An answer, decoded.
@@ -130,6 +132,13 @@ pub enum Response {
         cursor: u64,
         /// Keys.
         keys: Vec<Bytes>,
+    },
+    /// Answer to Snapshot.
+    Snapshotted {
+        /// Entries written.
+        keys: u64,
+        /// Bytes written.
+        bytes: u64,
     },
 }
 
@@ -296,6 +305,10 @@ pub fn encode_request(
             wire::Request::Count,
             wire::Count::create(builder, &wire::CountArgs {}).as_union_value(),
         ),
+        Request::Snapshot => (
+            wire::Request::Snapshot,
+            wire::Snapshot::create(builder, &wire::SnapshotArgs {}).as_union_value(),
+        ),
     };
     let frame = wire::RequestFrame::create(
         builder,
@@ -393,6 +406,13 @@ pub fn decode(body: &[u8]) -> Result<(u64, Response), ClientError> {
             Response::Scanned {
                 cursor: scan.cursor(),
                 keys: keys_of(scan.keys()),
+            }
+        }
+        wire::Response::SnapshotResult => {
+            let result = frame.response_as_snapshot_result().ok_or_else(missing)?;
+            Response::Snapshotted {
+                keys: result.keys(),
+                bytes: result.bytes(),
             }
         }
         other => {

@@ -29,6 +29,14 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Executors (cores) to run; 0 means one per CPU the process may use.
     pub cores: usize,
+    /// When a write is acknowledged: `sync` (after fdatasync, default),
+    /// `interval` (at once; flushed every `flush_interval_ms`), `none`
+    /// (memory only: no WAL, no snapshots, nothing survives a restart).
+    pub durability: Durability,
+    /// Flush period of `interval` durability.
+    pub flush_interval_ms: u64,
+    /// Take a snapshot once a core's WAL has grown this much since the last.
+    pub snapshot_after_wal_bytes: u64,
     /// Size limits on requests and queues.
     pub limits: Limits,
     /// Tenants and their quotas. `default` is added if not listed.
@@ -43,8 +51,37 @@ impl Default for NodeConfig {
             resp_enabled: true,
             data_dir: PathBuf::from("./tinkerdb-data"),
             cores: 0,
+            durability: Durability::Sync,
+            flush_interval_ms: 10,
+            snapshot_after_wal_bytes: 64 << 20,
             limits: Limits::default(),
             tenants: vec![TenantConfig::unlimited(DEFAULT_TENANT)],
+        }
+    }
+}
+
+/// Durability mode (see `docs/durability.md`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Acknowledge a write once its WAL record is on disk (group commit).
+    Sync,
+    /// Acknowledge at once; flush the WAL every `flush_interval_ms`.
+    Interval,
+    /// Memory only.
+    None,
+}
+
+impl NodeConfig {
+    /// The WAL's mode, or `None` for memory only.
+    pub fn durability_mode(&self) -> Option<tinkerdb_storage::wal::DurabilityMode> {
+        use tinkerdb_storage::wal::DurabilityMode;
+        match self.durability {
+            Durability::Sync => Some(DurabilityMode::Sync),
+            Durability::Interval => Some(DurabilityMode::Interval(
+                std::time::Duration::from_millis(self.flush_interval_ms),
+            )),
+            Durability::None => None,
         }
     }
 }

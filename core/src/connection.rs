@@ -51,6 +51,11 @@ pub(crate) struct Session {
 /// An answer being produced.
 enum Pending {
     Ready(Reply),
+    /// A local write's reply, to send only once WAL index `index` is durable.
+    Durable {
+        reply: Reply,
+        index: u64,
+    },
     /// A single-key request for another core, the `index`-th of the batch
     /// `batch` (see [`RemoteBatches`]).
     Remote {
@@ -234,10 +239,17 @@ impl Connection {
 
     /// Waits for every answer of the batch in order, encodes, writes.
     async fn answer(&mut self, batch: &mut Vec<(u64, Pending)>) -> std::io::Result<()> {
+        // One wait covers every local write of the pipeline (group commit).
+        let durable =
+            durable_through(&self.context, batch.iter().map(|(_, pending)| pending)).await;
         let now = now_ms();
         for (request_id, pending) in batch.drain(..) {
             let reply = match pending {
                 Pending::Ready(reply) => reply,
+                Pending::Durable { reply, .. } => match &durable {
+                    Ok(()) => reply,
+                    Err(error) => Reply::Error(error.clone()),
+                },
                 Pending::Remote {
                     batch,
                     index,
@@ -340,8 +352,12 @@ impl Connection {
     ) -> Pending {
         let owner = self.context.slot_map.owner(slot);
         if owner == self.context.core {
-            let reply = self.context.shard.borrow_mut().execute(request, now_ms());
-            return Pending::Ready(single_key_reply(reply, &session));
+            let mut shard = self.context.shard.borrow_mut();
+            let reply = single_key_reply(shard.execute(request, now_ms()), &session);
+            return match shard.take_ack_point() {
+                Some(index) => Pending::Durable { reply, index },
+                None => Pending::Ready(reply),
+            };
         }
         let (batch, index) = self
             .remote
@@ -401,12 +417,39 @@ pub(crate) fn set_options(condition: WriteCondition, ttl_ms: u64) -> SetOptions 
     }
 }
 
+/// Waits until the highest WAL index among `pending` local writes is
+/// durable. The error, if the WAL failed, is what those writes answer.
+async fn durable_through<'a>(
+    context: &CoreContext,
+    pending: impl Iterator<Item = &'a Pending>,
+) -> Result<(), ProtocolError> {
+    let highest = pending
+        .filter_map(|pending| match pending {
+            Pending::Durable { index, .. } => Some(*index),
+            _ => None,
+        })
+        .max();
+    match (highest, &context.wal) {
+        (Some(index), Some(wal)) => wal
+            .wait_durable(index)
+            .await
+            .map_err(|error| storage_failed(&error.to_string())),
+        _ => Ok(()),
+    }
+}
+
+/// The error of a write refused because the core's storage failed.
+pub(crate) fn storage_failed(reason: &str) -> ProtocolError {
+    ProtocolError::new(ErrorCode::StorageFailed, reason.to_owned())
+}
+
 /// Turns a shard's answer to Get or Set into the client's reply.
 fn single_key_reply(reply: ShardReply, session: &Session) -> Reply {
     match reply {
         ShardReply::Value(value) => Reply::Value(value),
         ShardReply::Written(Ok(outcome)) => Reply::Written(outcome),
         ShardReply::Written(Err(error)) => Reply::Error(quota_error(&error, session)),
+        ShardReply::Refused(reason) => Reply::Error(storage_failed(&reason)),
         other => unreachable!("single-key request answered with {other:?}"),
     }
 }
@@ -463,10 +506,17 @@ async fn fan_out(
         dispatched.push(context.dispatch(core, request).await?);
     }
     let mut replies = Vec::with_capacity(dispatched.len());
+    let mut refused = None;
     for pending in dispatched {
-        replies.push(pending.reply().await?);
+        match pending.reply().await? {
+            ShardReply::Refused(reason) => refused = Some(storage_failed(&reason)),
+            reply => replies.push(reply),
+        }
     }
-    Ok(replies)
+    match refused {
+        Some(error) => Err(error),
+        None => Ok(replies),
+    }
 }
 
 /// Requests that may touch several cores: run to completion.
@@ -640,6 +690,28 @@ pub(crate) async fn execute_multi(
                 glommio::yield_if_needed().await;
             }
             Ok(Reply::Keys(keys))
+        }
+        Command::Snapshot => {
+            let requests = (0..context.slot_map.cores())
+                .map(|core| (core, ShardRequest::Snapshot))
+                .collect();
+            let (mut keys, mut bytes) = (0, 0);
+            for reply in fan_out(context, requests).await? {
+                match reply {
+                    ShardReply::Snapshotted(Ok((entries, size))) => {
+                        keys += entries;
+                        bytes += size;
+                    }
+                    ShardReply::Snapshotted(Err(reason)) => {
+                        return Err(ProtocolError::new(
+                            ErrorCode::StorageFailed,
+                            format!("snapshot failed: {reason}"),
+                        ))
+                    }
+                    other => return Err(unexpected(&other)),
+                }
+            }
+            Ok(Reply::Snapshotted { keys, bytes })
         }
         other @ (Command::Hello { .. }
         | Command::Ping

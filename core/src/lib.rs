@@ -14,7 +14,9 @@
 //! - [`protocol`]: wire frames <-> [`protocol::Command`] / [`protocol::Reply`].
 //! - [`resp`]: the Redis-protocol listener's parser, commands and replies.
 //! - [`router`]: the per-core context and cross-core messaging.
-//! - [`shard`]: the requests a core executes on its store.
+//! - [`shard`]: the requests a core executes on its store, and its journal.
+//! - [`recovery`]: rebuilding a core's store from its snapshot and WAL.
+//! - [`snapshots`]: the per-core snapshot driver and file installation.
 //! - [`slots`]: slot -> core ownership.
 //! - [`tenants`]: tenant names, ids and quota shares.
 //!
@@ -25,8 +27,10 @@ pub mod config;
 pub mod connection;
 pub mod node;
 pub mod protocol;
+pub mod recovery;
 pub mod resp;
 pub mod router;
 pub mod shard;
 pub mod slots;
+pub mod snapshots;
 pub mod tenants;

@@ -23,14 +23,19 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::NodeConfig;
 use crate::connection::serve_connection;
+use crate::recovery::recover_core;
 use crate::router::{now_ms, serve_peer, CoreContext, CoreMessage};
-use crate::shard::ShardRequest;
+use crate::shard::{Journal, Shard, ShardRequest};
 use crate::slots::{CoreId, SlotMap};
+use crate::snapshots::drive_snapshots;
 use crate::tenants::{quota_share, TenantRegistry};
 
 /// Memory each executor registers with io_uring for its I/O buffers. Kept
 /// small: the default `ulimit -l` here is 8 MiB for the whole process.
 pub const IO_MEMORY_BYTES_PER_CORE: usize = 1 << 20;
+
+/// Scheduler shares of the snapshot task queue (requests have 1000).
+pub const SNAPSHOT_SHARES: usize = 100;
 
 /// How often each core removes expired keys (active expiry).
 pub const ACTIVE_EXPIRY_INTERVAL: Duration = Duration::from_millis(100);
@@ -49,6 +54,8 @@ pub struct NodeInfo {
     pub cores: usize,
     /// The data directory.
     pub data_dir: PathBuf,
+    /// The durability mode, as configured (`sync`, `interval`, `none`).
+    pub durability: String,
 }
 
 /// Runs a node until its cores stop. Calls `on_ready` once every core is
@@ -57,6 +64,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let _lock = lock_data_dir(&config.data_dir)?;
     let cpus: Vec<usize> = glommio::CpuSet::online()
         .map(|set| set.into_iter().map(|location| location.cpu).collect())
         .unwrap_or_default();
@@ -64,6 +72,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
         0 => cpus.len().max(1),
         cores => cores,
     };
+    check_node_file(&config.data_dir, cores)?;
     let slot_map = Arc::new(SlotMap::contiguous(cores));
     let tenants = Arc::new(TenantRegistry::new(&config.tenants));
 
@@ -156,6 +165,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
         resp_addr: addrs.resp,
         cores,
         data_dir: config.data_dir.clone(),
+        durability: format!("{:?}", config.durability).to_lowercase(),
     });
     // A core never stops on its own: if one does (an error or a panic), its
     // slots are gone, so the whole node stops rather than limp on.
@@ -181,6 +191,47 @@ impl Drop for StopNotice {
             .take()
             .unwrap_or_else(|| Err("panicked".into()));
         let _ = self.stopped.send((self.core, outcome));
+    }
+}
+
+/// Takes an exclusive lock on `<data_dir>/LOCK` for the life of the node,
+/// so two nodes never write the same files.
+fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let path = data_dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    file.try_lock().map_err(|_| {
+        anyhow!(
+            "data directory {} is in use by another tinkerdb process",
+            data_dir.display()
+        )
+    })?;
+    Ok(file)
+}
+
+/// `<data_dir>/NODE` records the core count the data was written with: a
+/// key's core follows from the slot map, so a data directory can only be
+/// reopened with the same number of cores (resharding comes later).
+fn check_node_file(data_dir: &std::path::Path, cores: usize) -> anyhow::Result<()> {
+    let path = data_dir.join("NODE");
+    let expected = format!("format = 1\ncores = {cores}\n");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if text == expected => Ok(()),
+        Ok(text) => Err(anyhow!(
+            "data directory {} was written by a node with different settings ({}); start with the same --cores",
+            data_dir.display(),
+            text.trim().replace('\n', ", ")
+        )),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::write(&path, expected).with_context(|| format!("cannot write {}", path.display()))?;
+            tinkerdb_storage::wal::sync_dir(data_dir)?;
+            Ok(())
+        }
+        Err(error) => Err(error).with_context(|| format!("cannot read {}", path.display())),
     }
 }
 
@@ -261,13 +312,55 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
             None => None,
         });
     }
+    // Recover this core's keys (snapshot, then WAL) before serving. Cores
+    // recover in parallel; clients that connect meanwhile wait in the
+    // listen backlog.
+    let core_dir = setup.config.data_dir.join(format!("core-{core}"));
+    let mode = setup.config.durability_mode();
+    let started = std::time::Instant::now();
+    let recovered = recover_core(&core_dir, &setup.tenants, mode)
+        .with_context(|| format!("core {core} cannot recover from {}", core_dir.display()))?;
+    let (wal, writer) = match recovered.wal {
+        Some(wal) => {
+            tracing::info!(
+                core,
+                snapshot_cut = recovered.snapshot_cut,
+                snapshot_entries = recovered.snapshot_entries,
+                wal_records_replayed = wal.replayed,
+                torn_tail_cut = wal.torn_tail_cut,
+                keys = recovered.store.key_count(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "recovered"
+            );
+            (Some(wal.wal), Some(wal.writer))
+        }
+        None => (None, None),
+    };
+    let journal = Journal::new(wal.clone(), setup.tenants.clone());
+    let shard = Shard::new(core, setup.slot_map.clone(), recovered.store, journal);
     let context = Rc::new(CoreContext::new(
         core,
         setup.slot_map.clone(),
         setup.tenants.clone(),
         setup.config.limits.clone(),
+        shard,
+        wal,
+        core_dir,
         peers,
     ));
+    if let Some(writer) = writer {
+        glommio::spawn_local(writer.run()).detach();
+        // Snapshots only get the time requests leave over.
+        let background = glommio::executor().create_task_queue(
+            glommio::Shares::Static(SNAPSHOT_SHARES),
+            glommio::Latency::NotImportant,
+            "snapshots",
+        );
+        let driver = drive_snapshots(context.clone(), setup.config.snapshot_after_wal_bytes);
+        glommio::spawn_local_into(driver, background)
+            .map_err(|error| anyhow!("cannot start the snapshot task: {error}"))?
+            .detach();
+    }
     let slots = setup.slot_map.slot_range(core);
     for tenant in setup.tenants.iter() {
         let quota = quota_share(tenant.quota, slots.clone());

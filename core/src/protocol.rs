@@ -83,6 +83,8 @@ pub enum Command {
     },
     /// The tenant's key count.
     Count,
+    /// Snapshot every core now.
+    Snapshot,
 }
 
 /// A request that cannot be executed, with the code the client sees.
@@ -230,6 +232,7 @@ fn command_of(
             }
         }
         wire::Request::Count => Command::Count,
+        wire::Request::Snapshot => Command::Snapshot,
         other => {
             return Err(ProtocolError::new(
                 ErrorCode::UnknownOperation,
@@ -342,6 +345,13 @@ pub enum Reply {
         cursor: u64,
         /// Keys found.
         keys: Vec<Bytes>,
+    },
+    /// Answer to Snapshot.
+    Snapshotted {
+        /// Entries written.
+        keys: u64,
+        /// Bytes written.
+        bytes: u64,
     },
 }
 
@@ -462,6 +472,16 @@ pub fn encode_reply(
                 },
             );
             (wire::Response::ScanResult, table.as_union_value())
+        }
+        Reply::Snapshotted { keys, bytes } => {
+            let table = wire::SnapshotResult::create(
+                builder,
+                &wire::SnapshotResultArgs {
+                    keys: *keys,
+                    bytes: *bytes,
+                },
+            );
+            (wire::Response::SnapshotResult, table.as_union_value())
         }
     };
     let frame = wire::ResponseFrame::create(

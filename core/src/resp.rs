@@ -277,6 +277,11 @@ enum UpdateKind {
 
 enum Pending {
     Ready(RespValue),
+    /// A local write's reply, to send only once WAL index `index` is durable.
+    Durable {
+        value: RespValue,
+        index: u64,
+    },
     Remote {
         batch: usize,
         index: usize,
@@ -366,9 +371,26 @@ impl RespConnection {
             }
             if !batch.is_empty() {
                 self.remote.flush(&self.context).await;
+                let highest = batch
+                    .iter()
+                    .filter_map(|pending| match pending {
+                        Pending::Durable { index, .. } => Some(*index),
+                        _ => None,
+                    })
+                    .max();
+                let durable = match (highest, &self.context.wal) {
+                    (Some(index), Some(wal)) => {
+                        wal.wait_durable(index).await.map_err(|e| e.to_string())
+                    }
+                    _ => Ok(()),
+                };
                 for pending in batch.drain(..) {
                     let value = match pending {
                         Pending::Ready(value) => value,
+                        Pending::Durable { value, .. } => match &durable {
+                            Ok(()) => value,
+                            Err(reason) => storage_error(reason),
+                        },
                         Pending::Remote {
                             batch,
                             index,
@@ -423,8 +445,12 @@ impl RespConnection {
         let request = request(SlotKey { slot, key });
         let owner = self.context.slot_map.owner(slot);
         if owner == self.context.core {
-            let reply = self.context.shard.borrow_mut().execute(request, now_ms());
-            return Pending::Ready(finish_reply(finish, reply, &self.session));
+            let mut shard = self.context.shard.borrow_mut();
+            let value = finish_reply(finish, shard.execute(request, now_ms()), &self.session);
+            return match shard.take_ack_point() {
+                Some(index) => Pending::Durable { value, index },
+                None => Pending::Ready(value),
+            };
         }
         let (batch, index) = self
             .remote
@@ -795,6 +821,14 @@ impl RespConnection {
                 }
                 failed.unwrap_or(RespValue::Simple("OK"))
             }
+            "SAVE" | "BGSAVE" => {
+                arity!(argc <= 2);
+                match self.multi(Command::Snapshot).await {
+                    RespValue::Error(error) => RespValue::Error(error),
+                    _ if name == "BGSAVE" => RespValue::Simple("Background saving started"),
+                    _ => RespValue::Simple("OK"),
+                }
+            }
             "INFO" => RespValue::Verbatim(self.info().await),
             "COMMAND" => match args
                 .next()
@@ -1069,8 +1103,13 @@ fn parse_set_options(options: Vec<Bytes>) -> Result<(SetOptions, bool), RespValu
     Ok((SetOptions { condition, expiry }, with_get))
 }
 
+fn storage_error(reason: &str) -> RespValue {
+    RespValue::error(format!("ERR storage failed, writes are refused: {reason}"))
+}
+
 fn finish_reply(finish: Finish, reply: ShardReply, session: &Session) -> RespValue {
     match (finish, reply) {
+        (_, ShardReply::Refused(reason)) => storage_error(&reason),
         (Finish::Value, ShardReply::Value(value)) => {
             value.map_or(RespValue::Null, |read| RespValue::Bulk(read.value))
         }
@@ -1154,6 +1193,7 @@ fn multi_reply(reply: Reply) -> RespValue {
             RespValue::Array(keys.into_iter().map(RespValue::Bulk).collect()),
         ]),
         Reply::Error(error) => protocol_error(&error),
+        Reply::Snapshotted { .. } => RespValue::Simple("OK"),
         other => RespValue::error(format!("ERR internal: unexpected reply {other:?}")),
     }
 }

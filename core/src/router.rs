@@ -27,7 +27,10 @@ use crate::config::Limits;
 use crate::protocol::ProtocolError;
 use crate::shard::{Shard, ShardReply, ShardRequest};
 use crate::slots::{CoreId, SlotMap};
+use crate::snapshots::SnapshotState;
 use crate::tenants::TenantRegistry;
+use std::path::PathBuf;
+use tinkerdb_storage::wal::Wal;
 
 /// A request sent to another core, with where to send its reply.
 pub struct CoreMessage {
@@ -74,6 +77,12 @@ pub struct CoreContext {
     /// This core's keys. Borrowed only inside synchronous code, never across
     /// an `.await`, so a borrow can never be held by a suspended task.
     pub shard: RefCell<Shard>,
+    /// This core's WAL (none with durability `none`).
+    pub wal: Option<Wal>,
+    /// Snapshot bookkeeping of this core.
+    pub snapshots: RefCell<SnapshotState>,
+    /// Where this core's snapshots go.
+    pub core_dir: PathBuf,
     /// Channel to each other core (`None` at this core's own index).
     peers: Vec<Option<ConnectedSender<CoreMessage>>>,
     /// Counters.
@@ -111,24 +120,49 @@ pub fn now_ms() -> u64 {
 }
 
 impl CoreContext {
-    /// Builds the context of `core` from its connected channels.
+    /// Builds the context of `core` from its recovered shard and connected
+    /// channels.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         core: CoreId,
         slot_map: Arc<SlotMap>,
         tenants: Arc<TenantRegistry>,
         limits: Limits,
+        shard: Shard,
+        wal: Option<Wal>,
+        core_dir: PathBuf,
         peers: Vec<Option<ConnectedSender<CoreMessage>>>,
     ) -> CoreContext {
         assert_eq!(peers.len(), slot_map.cores());
         assert!(peers[core].is_none(), "no channel from a core to itself");
         CoreContext {
             core,
-            shard: RefCell::new(Shard::new(core, slot_map.clone())),
+            shard: RefCell::new(shard),
             slot_map,
             tenants,
             limits,
+            wal,
+            snapshots: RefCell::new(SnapshotState::default()),
+            core_dir,
             peers,
             stats: CoreStats::default(),
+        }
+    }
+
+    /// Executes `request` on this core's shard and waits until its writes
+    /// are as durable as the durability mode promises.
+    pub async fn execute_local(&self, request: ShardRequest) -> ShardReply {
+        let (reply, ack_point) = {
+            let mut shard = self.shard.borrow_mut();
+            let reply = shard.execute(request, now_ms());
+            (reply, shard.take_ack_point())
+        };
+        match (ack_point, &self.wal) {
+            (Some(index), Some(wal)) => match wal.wait_durable(index).await {
+                Ok(()) => reply,
+                Err(error) => ShardReply::Refused(error.to_string()),
+            },
+            _ => reply,
         }
     }
 
@@ -139,8 +173,10 @@ impl CoreContext {
         request: ShardRequest,
     ) -> Result<Dispatched, ProtocolError> {
         if core == self.core {
-            let reply = self.shard.borrow_mut().execute(request, now_ms());
-            return Ok(Dispatched::Ready(reply));
+            if let ShardRequest::Snapshot = request {
+                return Ok(Dispatched::Ready(crate::snapshots::snapshot(self).await));
+            }
+            return Ok(Dispatched::Ready(self.execute_local(request).await));
         }
         let (reply_to, receiver) = oneshot::channel();
         let peer = self.peers[core]
@@ -164,21 +200,45 @@ impl CoreContext {
 
 /// Serves the requests another core sends to this one, in order, until that
 /// core closes its end.
+///
+/// A write's reply is held until its WAL record is durable, without holding
+/// up the requests behind it: the WAL runs the reply's callback after the
+/// group commit that covers it (so requests from other cores share flushes).
 pub async fn serve_peer(
     context: std::rc::Rc<CoreContext>,
     inbound: ConnectedReceiver<CoreMessage>,
 ) {
-    while let Some(message) = inbound.recv().await {
-        let reply = context
-            .shard
-            .borrow_mut()
-            .execute(message.request, now_ms());
+    while let Some(CoreMessage { request, reply_to }) = inbound.recv().await {
         let stats = &context.stats;
         stats
             .peer_requests_total
             .set(stats.peer_requests_total.get() + 1);
+        if let ShardRequest::Snapshot = request {
+            let context = context.clone();
+            glommio::spawn_local(async move {
+                let _ = reply_to.send(crate::snapshots::snapshot(&context).await);
+            })
+            .detach();
+            continue;
+        }
+        let (reply, ack_point) = {
+            let mut shard = context.shard.borrow_mut();
+            let reply = shard.execute(request, now_ms());
+            (reply, shard.take_ack_point())
+        };
         // The requester may have gone (connection closed): nothing to do then.
-        let _ = message.reply_to.send(reply);
+        match (ack_point, &context.wal) {
+            (Some(index), Some(wal)) => wal.when_durable(index, move |result| {
+                let reply = match result {
+                    Ok(()) => reply,
+                    Err(error) => ShardReply::Refused(error.to_string()),
+                };
+                let _ = reply_to.send(reply);
+            }),
+            _ => {
+                let _ = reply_to.send(reply);
+            }
+        }
         glommio::yield_if_needed().await;
     }
 }

@@ -20,6 +20,10 @@ use tinkerdb_storage::{
 };
 
 use crate::slots::{CoreId, SlotMap};
+use crate::tenants::TenantRegistry;
+use tinkerdb_storage::log_op::{LoggedOp, RECORD_KIND_KV};
+use tinkerdb_storage::snapshot::SnapshotCut;
+use tinkerdb_storage::wal::Wal;
 
 /// A key with its slot (computed once, by the core that decoded it).
 #[derive(Debug, Clone)]
@@ -143,6 +147,9 @@ pub enum ShardRequest {
     /// pipeline, sent as one message to amortise the cross-core hop.
     /// Executed in order; answered by `ShardReply::Batch` in the same order.
     Batch(Vec<ShardRequest>),
+    /// Take a snapshot of this core (handled by the core's context, not by
+    /// `Shard::execute`: it runs as a background task); answers `Snapshotted`.
+    Snapshot,
     /// Set the tenant's quota share on this shard.
     SetQuota {
         /// Tenant.
@@ -224,10 +231,15 @@ pub enum ShardReply {
     Usage(TenantUsage),
     /// Answer to `Update`.
     Updated(Result<UpdateOutcome, UpdateError>),
+    /// A write refused because the core's storage failed (the WAL is
+    /// poisoned); nothing was changed.
+    Refused(String),
     /// Answer to `Batch`, one reply per request, in order.
     Batch(Vec<ShardReply>),
     /// Answer to `SetQuota`.
     Done,
+    /// Answer to `Snapshot`: entries and bytes written, or why it failed.
+    Snapshotted(Result<(u64, u64), String>),
 }
 
 /// Most entries one scan step looks at (live or not, matching or not)
@@ -241,20 +253,125 @@ pub const SCAN_STEP_MAX_KEY_BYTES: usize = 4 << 20;
 /// Most (possibly empty) slots one scan step looks at.
 pub const SCAN_STEP_MAX_SLOTS_VISITED: usize = 4096;
 
-/// One core's keys.
+/// One core's keys, and the journal that makes their changes durable.
 pub struct Shard {
     core: CoreId,
     slot_map: Arc<SlotMap>,
     store: Store,
+    journal: Journal,
 }
 
+/// What makes a shard's writes durable: the WAL every applied write is
+/// logged to, and the snapshot in progress that must see each slot as it was
+/// at its cut. Without a WAL (durability `none`) it does nothing.
+pub struct Journal {
+    wal: Option<Wal>,
+    tenants: Arc<TenantRegistry>,
+    snapshot: Option<SnapshotCut>,
+    /// The WAL index the current request's acknowledgement must wait for.
+    ack_point: Option<u64>,
+    log_buffer: Vec<u8>,
+}
+
+impl Journal {
+    /// A journal writing to `wal` (none: memory only).
+    pub fn new(wal: Option<Wal>, tenants: Arc<TenantRegistry>) -> Journal {
+        Journal {
+            wal,
+            tenants,
+            snapshot: None,
+            ack_point: None,
+            log_buffer: Vec::new(),
+        }
+    }
+
+    fn tenant_name(&self) -> impl Fn(TenantId) -> String + '_ {
+        |tenant| self.tenants.by_id(tenant).name.to_string()
+    }
+
+    /// Copy-on-write for a snapshot in progress: call before changing `slot`.
+    fn before_write(&mut self, store: &Store, slot: Slot) {
+        if let Some(mut snapshot) = self.snapshot.take() {
+            snapshot.before_write(store, slot, &self.tenant_name());
+            self.snapshot = Some(snapshot);
+        }
+    }
+
+    /// Why writes are refused, if they are (the WAL failed).
+    fn refusal(&self) -> Option<String> {
+        self.wal
+            .as_ref()
+            .and_then(Wal::poisoned)
+            .map(|error| error.to_string())
+    }
+
+    fn append(&mut self, op: LoggedOp<'_>) {
+        let Some(wal) = &self.wal else {
+            return;
+        };
+        self.log_buffer.clear();
+        op.encode(&mut self.log_buffer);
+        // The WAL can only fail inside its flusher task, never between the
+        // refusal check at the start of `execute` and here.
+        let index = wal
+            .append(RECORD_KIND_KV, &self.log_buffer)
+            .expect("WAL poisoned in the middle of a synchronous request");
+        if let Some(point) = wal.ack_point(index) {
+            self.ack_point = Some(self.ack_point.map_or(point, |p| p.max(point)));
+        }
+    }
+
+    /// Logs the key's state after a write: its entry, or its absence.
+    fn log_state(&mut self, store: &Store, tenant: TenantId, key: &SlotKey) {
+        if self.wal.is_none() {
+            return;
+        }
+        let name = self.tenants.by_id(tenant).name.clone();
+        // Time 0: log the entry even if its TTL has already passed.
+        let op = match store.get(tenant, key.slot, &key.key, 0) {
+            Some(view) => LoggedOp::Put {
+                tenant: &name,
+                slot: key.slot,
+                key: &key.key,
+                value: view.value,
+                version: view.version,
+                expires_at_ms: view.expires_at_ms,
+            },
+            None => LoggedOp::Delete {
+                tenant: &name,
+                slot: key.slot,
+                key: &key.key,
+            },
+        };
+        self.append(op);
+    }
+}
+
+impl ShardRequest {
+    /// Does this request change the store?
+    fn is_write(&self) -> bool {
+        matches!(
+            self,
+            ShardRequest::Set { .. }
+                | ShardRequest::SetMany { .. }
+                | ShardRequest::Delete { .. }
+                | ShardRequest::Update { .. }
+                | ShardRequest::Flush { .. }
+        )
+    }
+}
+
+/// How many slots a snapshot step serialises before yielding the core.
+pub const SNAPSHOT_SLOTS_PER_STEP: usize = 64;
+
 impl Shard {
-    /// An empty shard for `core`.
-    pub fn new(core: CoreId, slot_map: Arc<SlotMap>) -> Shard {
+    /// A shard for `core` over a (recovered) store.
+    pub fn new(core: CoreId, slot_map: Arc<SlotMap>, store: Store, journal: Journal) -> Shard {
         Shard {
             core,
             slot_map,
-            store: Store::new(),
+            store,
+            journal,
         }
     }
 
@@ -263,12 +380,71 @@ impl Shard {
         &mut self.store
     }
 
+    /// The WAL index the last executed request's acknowledgement must wait
+    /// for (sync durability), if it wrote anything. Take it right after
+    /// `execute`.
+    pub fn take_ack_point(&mut self) -> Option<u64> {
+        self.journal.ack_point.take()
+    }
+
+    /// Starts a snapshot at the WAL's current end; returns its cut index.
+    pub fn begin_snapshot(&mut self, created_ms: u64) -> Result<u64, String> {
+        let Some(wal) = &self.journal.wal else {
+            return Err("durability is none: there is nothing to snapshot to".into());
+        };
+        if let Some(snapshot) = &self.journal.snapshot {
+            return Ok(snapshot.cut_index);
+        }
+        let cut = SnapshotCut::new(
+            wal.last_index(),
+            self.store.last_version(),
+            self.slot_map.slot_range(self.core),
+            created_ms,
+        );
+        let cut_index = cut.cut_index;
+        self.journal.snapshot = Some(cut);
+        Ok(cut_index)
+    }
+
+    /// Serialises the next slots of the snapshot in progress; returns the
+    /// bytes ready to write and whether every slot is done.
+    pub fn snapshot_step(&mut self) -> (Vec<u8>, bool) {
+        let journal = &mut self.journal;
+        let mut snapshot = journal.snapshot.take().expect("a snapshot in progress");
+        let done = snapshot.advance(&self.store, SNAPSHOT_SLOTS_PER_STEP, &journal.tenant_name());
+        let bytes = snapshot.take_ready_bytes();
+        journal.snapshot = Some(snapshot);
+        (bytes, done)
+    }
+
+    /// Drops the snapshot in progress (its file failed).
+    pub fn abort_snapshot(&mut self) {
+        self.journal.snapshot = None;
+    }
+
+    /// Ends the snapshot in progress: its last bytes and entry count.
+    pub fn finish_snapshot(&mut self) -> (Vec<u8>, u64) {
+        self.journal
+            .snapshot
+            .take()
+            .expect("a snapshot in progress")
+            .finish()
+    }
+
     /// Executes one request. Never yields: a request is atomic on its shard.
+    /// Every applied write is logged before this returns; the caller must
+    /// not acknowledge it before [`Shard::take_ack_point`]'s index is durable.
     pub fn execute(&mut self, request: ShardRequest, now_ms: u64) -> ShardReply {
+        if request.is_write() {
+            if let Some(reason) = self.journal.refusal() {
+                return ShardReply::Refused(reason);
+            }
+        }
         let Shard {
             core,
             slot_map,
             store,
+            journal,
         } = self;
         let assert_owned = |slot: Slot| {
             assert_eq!(
@@ -289,7 +465,12 @@ impl Shard {
                 options,
             } => {
                 assert_owned(key.slot);
-                ShardReply::Written(store.set(tenant, key.slot, &key.key, &value, options, now_ms))
+                journal.before_write(store, key.slot);
+                let result = store.set(tenant, key.slot, &key.key, &value, options, now_ms);
+                if matches!(result, Ok(outcome) if outcome.applied) {
+                    journal.log_state(store, tenant, &key);
+                }
+                ShardReply::Written(result)
             }
             ShardRequest::GetMany {
                 tenant,
@@ -311,6 +492,7 @@ impl Shard {
             ShardRequest::SetMany { tenant, entries } => {
                 let mut versions = Vec::with_capacity(entries.len());
                 for (key, value) in &entries {
+                    journal.before_write(store, key.slot);
                     match store.set(
                         tenant,
                         key.slot,
@@ -319,17 +501,26 @@ impl Shard {
                         SetOptions::default(),
                         now_ms,
                     ) {
-                        Ok(outcome) => versions.push(outcome.version),
+                        Ok(outcome) => {
+                            journal.log_state(store, tenant, key);
+                            versions.push(outcome.version);
+                        }
                         Err(error) => return ShardReply::WrittenMany(versions, Some(error)),
                     }
                 }
                 ShardReply::WrittenMany(versions, None)
             }
-            ShardRequest::Delete { tenant, keys } => ShardReply::Count(
-                keys.iter()
-                    .filter(|key| store.delete(tenant, key.slot, &key.key, now_ms))
-                    .count() as u64,
-            ),
+            ShardRequest::Delete { tenant, keys } => {
+                let mut deleted = 0;
+                for key in &keys {
+                    journal.before_write(store, key.slot);
+                    if store.delete(tenant, key.slot, &key.key, now_ms) {
+                        journal.log_state(store, tenant, key);
+                        deleted += 1;
+                    }
+                }
+                ShardReply::Count(deleted)
+            }
             ShardRequest::Exists { tenant, keys } => ShardReply::Count(
                 keys.iter()
                     .filter(|key| store.exists(tenant, key.slot, &key.key, now_ms))
@@ -350,9 +541,23 @@ impl Shard {
                 update,
             } => {
                 assert_owned(key.slot);
-                ShardReply::Updated(apply_update(store, tenant, &key, update, now_ms))
+                journal.before_write(store, key.slot);
+                let result = apply_update(store, tenant, &key, update, now_ms);
+                if result.is_ok() {
+                    journal.log_state(store, tenant, &key);
+                }
+                ShardReply::Updated(result)
             }
-            ShardRequest::Flush { tenant } => ShardReply::Count(store.flush_tenant(tenant)),
+            ShardRequest::Flush { tenant } => {
+                if let Some(mut snapshot) = journal.snapshot.take() {
+                    snapshot.before_write_everywhere(store, &journal.tenant_name());
+                    journal.snapshot = Some(snapshot);
+                }
+                let removed = store.flush_tenant(tenant);
+                let name = journal.tenants.by_id(tenant).name.clone();
+                journal.append(LoggedOp::Flush { tenant: &name });
+                ShardReply::Count(removed)
+            }
             ShardRequest::Batch(requests) => ShardReply::Batch(
                 requests
                     .into_iter()
@@ -369,6 +574,7 @@ impl Shard {
                 store.set_quota(tenant, quota);
                 ShardReply::Done
             }
+            ShardRequest::Snapshot => unreachable!("snapshots are run by the core's context"),
         }
     }
 }

@@ -584,6 +584,11 @@ pub struct PurgeHandle {
 }
 
 impl PurgeHandle {
+    /// A handle on the WAL directory `dir`.
+    pub fn new(dir: PathBuf) -> PurgeHandle {
+        PurgeHandle { dir }
+    }
+
     /// Deletes every segment whose records all have index `<= index`, i.e.
     /// every segment followed by a segment starting at or before `index + 1`.
     /// Never leaves a hole: the segment holding `index + 1` stays.

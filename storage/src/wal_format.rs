@@ -36,9 +36,10 @@ pub const BATCH_MAGIC: u32 = u32::from_le_bytes(*b"TWAL");
 /// A record larger than this (minus headers) cannot be logged.
 pub const MAX_BATCH_BYTES: usize = 8 << 20;
 
-const _: () = assert!(SEGMENT_BYTES as usize % BLOCK_BYTES == 0);
-const _: () =
-    assert!(MAX_BATCH_BYTES % BLOCK_BYTES == 0 && (MAX_BATCH_BYTES as u64) < SEGMENT_BYTES);
+const _: () = assert!((SEGMENT_BYTES as usize).is_multiple_of(BLOCK_BYTES));
+const _: () = assert!(
+    MAX_BATCH_BYTES.is_multiple_of(BLOCK_BYTES) && (MAX_BATCH_BYTES as u64) < SEGMENT_BYTES
+);
 
 /// One log record as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]

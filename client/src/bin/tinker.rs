@@ -113,6 +113,8 @@ enum Command {
     },
     /// Number of keys of the tenant.
     Count,
+    /// Snapshot every core of the node now (waits until installed).
+    Snapshot,
     /// Round trip to the node.
     Ping,
 }
@@ -335,6 +337,11 @@ async fn run(client: &Client, command: Command, interactive: bool) -> Result<Out
         }
         Command::Count => {
             println!("{}", client.count().await?);
+            Outcome::Done
+        }
+        Command::Snapshot => {
+            let (keys, bytes) = client.snapshot().await?;
+            println!("OK ({keys} keys, {bytes} bytes)");
             Outcome::Done
         }
         Command::Ping => {

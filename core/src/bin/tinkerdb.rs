@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
-use tinkerdb_core::config::NodeConfig;
+use tinkerdb_core::config::{Durability, NodeConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -33,6 +33,9 @@ struct Args {
     /// Cores (executors) to run; 0 = one per CPU [default: 0].
     #[arg(long)]
     cores: Option<usize>,
+    /// When writes are acknowledged [default: sync].
+    #[arg(long, value_enum)]
+    durability: Option<Durability>,
     /// Log line format (logs go to stderr; level from RUST_LOG, default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -47,7 +50,9 @@ enum LogFormat {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // glommio logs an ERROR when a filesystem lacks io_uring polled I/O
+        // (it falls back on its own): not an error of ours.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,glommio::reactor=off"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -72,16 +77,20 @@ fn main() -> anyhow::Result<()> {
     if let Some(data_dir) = args.data_dir {
         config.data_dir = data_dir;
     }
+    if let Some(durability) = args.durability {
+        config.durability = durability;
+    }
     if let Some(cores) = args.cores {
         config.cores = cores;
     }
     tinkerdb_core::node::run(config, |info| {
         // Tests and scripts read this line: keep its shape.
         println!(
-            "TinkerDB {} ready: clients on {} (cores: {}, data dir: {})",
+            "TinkerDB {} ready: clients on {} (cores: {}, durability: {}, data dir: {})",
             env!("CARGO_PKG_VERSION"),
             info.client_addr,
             info.cores,
+            info.durability,
             info.data_dir.display()
         );
         if let Some(resp_addr) = info.resp_addr {
