@@ -95,8 +95,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
     }
 
     let (bound_tx, bound_rx) = mpsc::channel::<anyhow::Result<BoundAddrs>>();
-    let (serving_tx, serving_rx) = mpsc::channel::<()>();
-    let (stopped_tx, stopped_rx) = mpsc::channel::<(CoreId, Result<(), String>)>();
+    let (events_tx, events_rx) = mpsc::channel::<CoreEvent>();
     refuse_address_in_use(config.listen, "clients")?;
     if config.resp_enabled {
         refuse_address_in_use(config.resp_listen, "the Redis protocol")?;
@@ -121,13 +120,13 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
             senders,
             receivers,
             bound: bound_tx.clone(),
-            serving: serving_tx.clone(),
+            events: events_tx.clone(),
         };
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("tinkerdb-core-{core}"))
             .io_memory(IO_MEMORY_BYTES_PER_CORE)
             .spawn({
-                let stopped = stopped_tx.clone();
+                let stopped = events_tx.clone();
                 move || async move {
                     let mut notice = StopNotice {
                         core,
@@ -154,11 +153,21 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
             .recv()
             .with_context(|| format!("core {core} stopped during start-up"))??;
     }
-    drop(serving_tx);
-    for _ in 0..cores {
-        serving_rx
+    drop(events_tx);
+    let mut serving = 0;
+    while serving < cores {
+        match events_rx
             .recv()
-            .context("a core stopped while connecting to the others")?;
+            .context("every core stopped during start-up")?
+        {
+            CoreEvent::Serving => serving += 1,
+            CoreEvent::Stopped(core, outcome) => {
+                return Err(anyhow!(
+                    "core {core} stopped during start-up: {}",
+                    outcome.err().unwrap_or_default()
+                ));
+            }
+        }
     }
     on_ready(&NodeInfo {
         client_addr: addrs.client,
@@ -169,19 +178,30 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
     });
     // A core never stops on its own: if one does (an error or a panic), its
     // slots are gone, so the whole node stops rather than limp on.
-    let (core, outcome) = stopped_rx.recv().context("every core stopped")?;
-    drop(handles);
-    match outcome {
-        Ok(()) => Err(anyhow!("core {core} stopped")),
-        Err(error) => Err(anyhow!("core {core} failed: {error}")),
+    loop {
+        if let CoreEvent::Stopped(core, outcome) = events_rx.recv().context("every core stopped")? {
+            drop(handles);
+            return match outcome {
+                Ok(()) => Err(anyhow!("core {core} stopped")),
+                Err(error) => Err(anyhow!("core {core} failed: {error}")),
+            };
+        }
     }
+}
+
+/// What a core tells the main thread.
+enum CoreEvent {
+    /// Recovered, connected to the other cores, accepting clients.
+    Serving,
+    /// Its thread ended (an error, or `Err("panicked")`).
+    Stopped(CoreId, Result<(), String>),
 }
 
 /// Tells the main thread when a core's thread ends, however it ends.
 struct StopNotice {
     core: CoreId,
     outcome: Option<Result<(), String>>,
-    stopped: mpsc::Sender<(CoreId, Result<(), String>)>,
+    stopped: mpsc::Sender<CoreEvent>,
 }
 
 impl Drop for StopNotice {
@@ -190,7 +210,7 @@ impl Drop for StopNotice {
             .outcome
             .take()
             .unwrap_or_else(|| Err("panicked".into()));
-        let _ = self.stopped.send((self.core, outcome));
+        let _ = self.stopped.send(CoreEvent::Stopped(self.core, outcome));
     }
 }
 
@@ -267,7 +287,7 @@ struct CoreSetup {
     /// Told the bound address (or why binding failed) first thing.
     bound: mpsc::Sender<anyhow::Result<BoundAddrs>>,
     /// Told once the core is connected to the others and serving.
-    serving: mpsc::Sender<()>,
+    events: mpsc::Sender<CoreEvent>,
 }
 
 async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
@@ -377,7 +397,7 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
         glommio::spawn_local(serve_peer(context.clone(), inbound)).detach();
     }
     glommio::spawn_local(active_expiry(context.clone())).detach();
-    let _ = setup.serving.send(());
+    let _ = setup.events.send(CoreEvent::Serving);
     tracing::debug!(core, %client_addr, "core serving");
     if let Some((_, resp_listener)) = resp {
         glommio::spawn_local(accept_loop(context.clone(), resp_listener, Protocol::Resp)).detach();

@@ -42,12 +42,28 @@ impl TestNode {
 
     /// A node with `cores` cores and the given TOML configuration.
     pub fn start_with_config(cores: usize, config_toml: &str) -> TestNode {
-        let unique = format!(
-            "tinkerdb-test-{}-{}",
-            std::process::id(),
-            Instant::now().elapsed().as_nanos() ^ rand_seed()
-        );
-        let data_dir = std::env::temp_dir().join(unique);
+        TestNode::start_in(cores, config_toml, &fresh_dir(), &[])
+    }
+
+    /// Stops the node with SIGKILL (a crash: nothing is flushed or closed)
+    /// and returns its directory, kept for a restart.
+    pub fn crash(mut self) -> PathBuf {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::take(&mut self.data_dir);
+        std::mem::forget(self);
+        dir
+    }
+
+    /// A node on `data_dir` (new or left by [`TestNode::crash`]), with extra
+    /// environment variables (failpoints).
+    pub fn start_in(
+        cores: usize,
+        config_toml: &str,
+        data_dir: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> TestNode {
+        let data_dir = data_dir.to_owned();
         std::fs::create_dir_all(&data_dir).unwrap();
         let config_path = data_dir.join("node.toml");
         std::fs::write(&config_path, config_toml).unwrap();
@@ -65,6 +81,7 @@ impl TestNode {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -107,6 +124,36 @@ impl Drop for TestNode {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }
+}
+
+/// A new, empty directory for a node's files.
+pub fn fresh_dir() -> PathBuf {
+    let unique = format!(
+        "tinkerdb-test-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos() ^ rand_seed()
+    );
+    std::env::temp_dir().join(unique)
+}
+
+/// Starts the node binary on `data_dir` and returns its exit output (for
+/// nodes expected to refuse to start).
+pub fn start_expecting_failure(cores: usize, data_dir: &std::path::Path) -> std::process::Output {
+    let binary = option_env!("CARGO_BIN_EXE_tinkerdb")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_binary("tinkerdb"));
+    Command::new(binary)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--no-resp",
+            "--cores",
+            &cores.to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(data_dir.join("data"))
+        .output()
+        .expect("run tinkerdb")
 }
 
 fn rand_seed() -> u128 {
