@@ -90,7 +90,15 @@ pub fn recover_core(
         }
         None => (0, 0),
     };
-    let recovered = wal::recover(&core_dir.join("wal"), snapshot_cut, mode, |record| {
+    let recovered = wal::recover(&core_dir.join("wal"), snapshot_cut, mode, |event| {
+        let record = match event {
+            wal::Replay::Record(record) => record,
+            wal::Replay::TruncatedAfter(index) => {
+                return Err(format!(
+                    "a truncation after {index}: the key-value log is never truncated"
+                ))
+            }
+        };
         if record.kind != RECORD_KIND_KV {
             return Err(format!("unknown record kind {}", record.kind));
         }

@@ -135,7 +135,8 @@ async fn kill_9_under_load_loses_no_acknowledged_write() {
         let node = TestNode::start_in(2, "snapshot_after_wal_bytes = 1048576\n", &dir, &[]);
         // Verify the previous cycle's acknowledgements.
         let reader = client(&node, "default").await;
-        for (key, (acked, attempted)) in acknowledged.lock().unwrap().clone() {
+        let expected = acknowledged.lock().unwrap().clone();
+        for (key, (acked, attempted)) in expected {
             let value = reader.get(&key).await.unwrap();
             let found: u64 = value.map_or(0, |v| {
                 std::str::from_utf8(&v.value).unwrap().parse().unwrap()
@@ -188,7 +189,8 @@ async fn kill_9_under_load_loses_no_acknowledged_write() {
     }
     let node = TestNode::start_in(2, "", &dir, &[]);
     let reader = client(&node, "default").await;
-    for (key, (acked, attempted)) in acknowledged.lock().unwrap().clone() {
+    let expected = acknowledged.lock().unwrap().clone();
+    for (key, (acked, attempted)) in expected {
         let found: u64 = reader.get(&key).await.unwrap().map_or(0, |v| {
             std::str::from_utf8(&v.value).unwrap().parse().unwrap()
         });

@@ -33,6 +33,8 @@ use std::time::Duration;
 
 use glommio::io::{DmaFile, OpenOptions};
 
+use crate::wal_format::encode_truncation;
+
 use crate::wal_format::{
     encode_batch, encode_record, record_bytes, scan_segment, Record, SegmentEnd,
     BATCH_HEADER_BYTES, BLOCK_BYTES, MAX_BATCH_BYTES, SEGMENT_BYTES,
@@ -88,11 +90,15 @@ pub enum RecoveryError {
 
 type Callback = Box<dyn FnOnce(Result<(), WalError>)>;
 
-/// A chunk of pending records that will become one batch.
+/// A chunk of pending records that will become one batch, or a truncation
+/// marker (flushed alone).
 struct Chunk {
     body: Vec<u8>,
     first_index: u64,
     count: u32,
+    truncation: bool,
+    /// Told when this chunk is durable (truncation markers).
+    notify: Vec<futures_channel::oneshot::Sender<Result<(), WalError>>>,
 }
 
 /// State shared by the handle and the flusher (one core, one thread).
@@ -106,6 +112,69 @@ struct WalState {
     flusher: Option<Waker>,
     /// Bytes written to segments since the last snapshot (for triggering one).
     bytes_since_snapshot: u64,
+    /// Sequence number of the last metadata record written.
+    meta_sequence: u64,
+}
+
+/// The metadata file in a WAL directory.
+pub const META_FILE: &str = "meta";
+/// Bytes of one metadata slot (two slots alternate).
+pub const META_SLOT_BYTES: usize = BLOCK_BYTES;
+/// Header of a metadata slot: magic, crc, sequence, length.
+const META_HEADER_BYTES: usize = 24;
+/// Largest metadata payload.
+pub const META_MAX_BYTES: usize = META_SLOT_BYTES - META_HEADER_BYTES;
+/// "TMET" as a little-endian u32.
+const META_MAGIC: u32 = u32::from_le_bytes(*b"TMET");
+
+/// One metadata slot: magic u32 | crc u32 (of bytes 8..24+len) | sequence u64
+/// | length u32 | reserved u32 | payload, zero-padded to a block.
+fn encode_meta(sequence: u64, payload: &[u8]) -> Vec<u8> {
+    let mut image = Vec::with_capacity(META_SLOT_BYTES);
+    image.extend_from_slice(&META_MAGIC.to_le_bytes());
+    image.extend_from_slice(&[0; 4]);
+    image.extend_from_slice(&sequence.to_le_bytes());
+    image.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    image.extend_from_slice(&[0; 4]);
+    image.extend_from_slice(payload);
+    let crc = crc32c::crc32c(&image[8..]);
+    image[4..8].copy_from_slice(&crc.to_le_bytes());
+    image.resize(META_SLOT_BYTES, 0);
+    image
+}
+
+/// The newest valid metadata record in `dir` and its sequence number.
+pub fn read_meta(dir: &Path) -> Result<Option<(u64, Vec<u8>)>, RecoveryError> {
+    let path = dir.join(META_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(RecoveryError::Io { path, source }),
+    };
+    let mut best: Option<(u64, Vec<u8>)> = None;
+    for slot in bytes.chunks(META_SLOT_BYTES) {
+        if slot.len() < META_HEADER_BYTES
+            || u32::from_le_bytes(slot[0..4].try_into().expect("4")) != META_MAGIC
+        {
+            continue;
+        }
+        let length = u32::from_le_bytes(slot[16..20].try_into().expect("4")) as usize;
+        if META_HEADER_BYTES + length > slot.len() {
+            continue;
+        }
+        let crc = u32::from_le_bytes(slot[4..8].try_into().expect("4"));
+        if crc != crc32c::crc32c(&slot[8..META_HEADER_BYTES + length]) {
+            continue;
+        }
+        let sequence = u64::from_le_bytes(slot[8..16].try_into().expect("8"));
+        if best.as_ref().is_none_or(|(best, _)| sequence > *best) {
+            best = Some((
+                sequence,
+                slot[META_HEADER_BYTES..META_HEADER_BYTES + length].to_vec(),
+            ));
+        }
+    }
+    Ok(best)
 }
 
 /// The handle a shard writes through. Cheap to clone; one core only.
@@ -113,6 +182,7 @@ struct WalState {
 pub struct Wal {
     state: Rc<RefCell<WalState>>,
     mode: DurabilityMode,
+    dir: Rc<PathBuf>,
 }
 
 impl Wal {
@@ -130,15 +200,16 @@ impl Wal {
         );
         let index = state.next_index;
         state.next_index += 1;
-        let fits = state
-            .pending
-            .last()
-            .is_some_and(|chunk| BATCH_HEADER_BYTES + chunk.body.len() + frame <= MAX_BATCH_BYTES);
+        let fits = state.pending.last().is_some_and(|chunk| {
+            !chunk.truncation && BATCH_HEADER_BYTES + chunk.body.len() + frame <= MAX_BATCH_BYTES
+        });
         if !fits {
             state.pending.push(Chunk {
                 body: Vec::with_capacity(frame.max(4096)),
                 first_index: index,
                 count: 0,
+                truncation: false,
+                notify: Vec::new(),
             });
         }
         let chunk = state.pending.last_mut().expect("just ensured");
@@ -201,6 +272,105 @@ impl Wal {
         self.state.borrow().poisoned.clone()
     }
 
+    /// Drops every record after `index` (a suffix; Raft's conflicting,
+    /// uncommitted entries) and waits until the drop is durable. Appended
+    /// as a truncation marker: nothing written before is modified, and
+    /// indexes continue at `index + 1`. Waiters for dropped indexes are
+    /// completed by the records that later take those indexes.
+    pub async fn truncate_after(&self, index: u64) -> Result<(), WalError> {
+        let (done, wait) = futures_channel::oneshot::channel();
+        {
+            let mut state = self.state.borrow_mut();
+            if let Some(error) = &state.poisoned {
+                return Err(error.clone());
+            }
+            assert!(
+                index < state.next_index,
+                "truncate_after({index}) past the end of the log"
+            );
+            // Records not flushed yet are simply forgotten.
+            state
+                .pending
+                .retain(|chunk| chunk.truncation || chunk.first_index <= index);
+            if let Some(chunk) = state.pending.last_mut().filter(|chunk| !chunk.truncation) {
+                let keep = (index + 1 - chunk.first_index) as usize;
+                if keep < chunk.count as usize {
+                    let mut at = 0;
+                    for _ in 0..keep {
+                        let payload =
+                            u32::from_le_bytes(chunk.body[at..at + 4].try_into().expect("4 bytes"))
+                                as usize;
+                        at += record_bytes(payload);
+                    }
+                    chunk.body.truncate(at);
+                    chunk.count = keep as u32;
+                }
+            }
+            state.pending.push(Chunk {
+                body: Vec::new(),
+                first_index: index + 1,
+                count: 0,
+                truncation: true,
+                notify: vec![done],
+            });
+            state.next_index = index + 1;
+            state.durable_index = state.durable_index.min(index);
+            if let Some(flusher) = state.flusher.take() {
+                flusher.wake();
+            }
+        }
+        wait.await
+            .unwrap_or_else(|_| Err(WalError("the WAL flusher stopped".into())))
+    }
+
+    /// Durably replaces the log's small metadata record (Raft's vote), at
+    /// most [`META_MAX_BYTES`]. Two slots alternate, each with a sequence
+    /// number and a CRC, so a torn write leaves the previous record intact.
+    /// A failure poisons the WAL, like a failed log flush.
+    pub async fn save_meta(&self, payload: &[u8]) -> Result<(), WalError> {
+        assert!(
+            payload.len() <= META_MAX_BYTES,
+            "metadata over {META_MAX_BYTES} bytes"
+        );
+        let sequence = {
+            let mut state = self.state.borrow_mut();
+            if let Some(error) = &state.poisoned {
+                return Err(error.clone());
+            }
+            state.meta_sequence += 1;
+            state.meta_sequence
+        };
+        let image = encode_meta(sequence, payload);
+        let path = self.dir.join(META_FILE);
+        let result = async {
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .dma_open(&path)
+                .await
+                .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            let mut buffer = file.alloc_dma_buffer(META_SLOT_BYTES);
+            buffer.as_bytes_mut().copy_from_slice(&image);
+            let slot = (sequence % 2) * META_SLOT_BYTES as u64;
+            file.write_at(buffer, slot)
+                .await
+                .map_err(|e| format!("metadata write failed: {e}"))?;
+            file.fdatasync()
+                .await
+                .map_err(|e| format!("metadata fdatasync failed: {e}"))?;
+            let _ = file.close().await;
+            if sequence == 1 {
+                sync_dir(&self.dir)
+                    .map_err(|e| format!("cannot fsync {}: {e}", self.dir.display()))?;
+            }
+            Ok::<(), String>(())
+        }
+        .await;
+        result.map_err(|reason| poison_state(&self.state, &self.dir, reason))
+    }
+
     /// Bytes written since [`Wal::reset_snapshot_counter`].
     pub fn bytes_since_snapshot(&self) -> u64 {
         self.state.borrow().bytes_since_snapshot
@@ -231,11 +401,13 @@ pub struct WalWriter {
     mode: DurabilityMode,
     log_id: u32,
     segments: Vec<Segment>,
-    file: Option<DmaFile>,
+    file: Option<Rc<DmaFile>>,
     /// Next write offset in the current (last) segment.
     offset: u64,
     fail_after_flushes: Option<u64>,
     flushes: u64,
+    /// A flush waits for the flushes in flight before rolling the segment.
+    roll_pending: bool,
 }
 
 /// What recovery found, ready to continue writing.
@@ -248,6 +420,8 @@ pub struct Recovered {
     pub replayed: u64,
     /// Whether a torn tail was cut off.
     pub torn_tail_cut: bool,
+    /// The last metadata record saved ([`Wal::save_meta`]), if any.
+    pub meta: Option<Vec<u8>>,
 }
 
 fn segment_path(dir: &Path, first_index: u64) -> PathBuf {
@@ -261,17 +435,17 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> RecoveryError + '_ {
     }
 }
 
-/// Opens the WAL in `dir` (created if missing), replays every record after
-/// `after_index` (the snapshot's cut) through `replay`, cuts off a torn
-/// tail, and returns the handle and the flusher. Blocking file I/O: call it
-/// once at start-up.
-pub fn recover(
-    dir: &Path,
-    after_index: u64,
-    mode: DurabilityMode,
-    mut replay: impl FnMut(&Record) -> Result<(), String>,
-) -> Result<Recovered, RecoveryError> {
-    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+/// What recovery hands to its caller, in log order.
+#[derive(Debug)]
+pub enum Replay<'a> {
+    /// A record after the snapshot's cut.
+    Record(&'a Record),
+    /// Every record after this index, replayed before, is void (a
+    /// truncation marker; only Raft logs truncate).
+    TruncatedAfter(u64),
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<Segment>, RecoveryError> {
     let mut segments: Vec<Segment> = std::fs::read_dir(dir)
         .map_err(io_error(dir))?
         .filter_map(|entry| {
@@ -286,10 +460,29 @@ pub fn recover(
         })
         .collect();
     segments.sort_by_key(|segment| segment.first_index);
+    Ok(segments)
+}
+
+/// Where a scan of the log ended.
+struct ScanEnd {
+    next_index: Option<u64>,
+    /// Clean end offset in the last segment, and whether a torn tail was found.
+    offset: u64,
+    torn_tail: Option<(PathBuf, u64)>,
+    segments: Vec<Segment>,
+}
+
+/// Reads every segment in order, checking index continuity, calling `visit`
+/// for records after `after_index` and for truncation markers. Read-only.
+fn scan_log(
+    dir: &Path,
+    after_index: u64,
+    mut visit: impl FnMut(Replay<'_>) -> Result<(), String>,
+) -> Result<ScanEnd, RecoveryError> {
+    let segments = list_segments(dir)?;
     let mut expected = None::<u64>;
-    let mut replayed = 0;
     let mut offset = 0;
-    let mut torn_tail_cut = false;
+    let mut torn_tail = None;
     let last = segments.len().saturating_sub(1);
     for (position, segment) in segments.iter().enumerate() {
         let bytes = std::fs::read(&segment.path).map_err(io_error(&segment.path))?;
@@ -299,7 +492,25 @@ pub fn recover(
             offset: offset as u64,
             reason,
         };
+        let replay_error = |index: u64, reason: String| RecoveryError::Replay {
+            path: segment.path.clone(),
+            index,
+            reason,
+        };
         for batch in &batches {
+            if batch.truncation {
+                let next = batch.first_index;
+                if next == 0 || expected.is_some_and(|e| next > e) || next <= after_index {
+                    return Err(corrupt(
+                        batch.offset,
+                        format!("truncation marker to {next} out of range"),
+                    ));
+                }
+                expected = Some(next);
+                visit(Replay::TruncatedAfter(next - 1))
+                    .map_err(|reason| replay_error(next - 1, reason))?;
+                continue;
+            }
             for record in &batch.records {
                 match expected {
                     Some(index) if record.index != index => {
@@ -321,34 +532,103 @@ pub fn recover(
                 }
                 expected = Some(record.index + 1);
                 if record.index > after_index {
-                    replay(record).map_err(|reason| RecoveryError::Replay {
-                        path: segment.path.clone(),
-                        index: record.index,
-                        reason,
-                    })?;
-                    replayed += 1;
+                    visit(Replay::Record(record))
+                        .map_err(|reason| replay_error(record.index, reason))?;
                 }
             }
         }
-        match end {
-            SegmentEnd::Clean(at) => offset = at as u64,
-            SegmentEnd::TornTail(at) if position == last => {
-                // A flush torn by a crash: never acknowledged. Zero it so a
-                // later scan cannot mistake its remains for data.
-                zero_from(&segment.path, at as u64).map_err(io_error(&segment.path))?;
+        let cut_at = match end {
+            SegmentEnd::Clean(at) => {
                 offset = at as u64;
-                torn_tail_cut = true;
+                None
             }
-            SegmentEnd::TornTail(at) => {
+            SegmentEnd::TornTail(at) => Some(at),
+            SegmentEnd::GapBeforeValid {
+                offset: at,
+                reason,
+                acked_through,
+            } => {
+                // The batch at `at` would hold index `expected`. If a later
+                // batch says that index was already acknowledged, durable
+                // data is damaged; otherwise these are in-flight flushes a
+                // crash cut short, never acknowledged.
+                let missing = expected.unwrap_or(after_index + 1);
+                if missing <= acked_through {
+                    return Err(corrupt(
+                        at,
+                        format!("{reason}, but a later batch says index {acked_through} was acknowledged"),
+                    ));
+                }
+                Some(at)
+            }
+        };
+        if let Some(at) = cut_at {
+            if position != last {
                 return Err(corrupt(
                     at,
                     "invalid batch in a segment that is not the last".into(),
                 ));
             }
-            SegmentEnd::Corrupt { offset, reason } => return Err(corrupt(offset, reason)),
+            offset = at as u64;
+            torn_tail = Some((segment.path.clone(), at as u64));
         }
     }
-    let next_index = expected.unwrap_or(after_index + 1).max(after_index + 1);
+    Ok(ScanEnd {
+        next_index: expected,
+        offset,
+        torn_tail,
+        segments,
+    })
+}
+
+/// The records with indexes in `range`, as the log holds them now (after
+/// truncations). Blocking, and reads every segment: a cold path (Raft will
+/// serve recent entries from memory).
+pub fn read_range(
+    dir: &Path,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<Vec<Record>, RecoveryError> {
+    let mut records: Vec<Record> = Vec::new();
+    scan_log(dir, 0, |event| {
+        match event {
+            Replay::Record(record) if range.contains(&record.index) => records.push(record.clone()),
+            Replay::Record(_) => {}
+            Replay::TruncatedAfter(index) => records.retain(|record| record.index <= index),
+        }
+        Ok(())
+    })?;
+    Ok(records)
+}
+
+/// Opens the WAL in `dir` (created if missing), replays every record after
+/// `after_index` (the snapshot's cut) through `replay`, cuts off a torn
+/// tail, and returns the handle and the flusher. Blocking file I/O: call it
+/// once at start-up.
+pub fn recover(
+    dir: &Path,
+    after_index: u64,
+    mode: DurabilityMode,
+    mut replay: impl FnMut(Replay<'_>) -> Result<(), String>,
+) -> Result<Recovered, RecoveryError> {
+    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+    let mut replayed = 0;
+    let end = scan_log(dir, after_index, |event| {
+        if let Replay::Record(_) = event {
+            replayed += 1;
+        }
+        replay(event)
+    })?;
+    let torn_tail_cut = end.torn_tail.is_some();
+    if let Some((path, at)) = &end.torn_tail {
+        // A flush torn by a crash: never acknowledged. Zero it so a later
+        // scan cannot mistake its remains for data.
+        zero_from(path, *at).map_err(io_error(path))?;
+    }
+    let meta = read_meta(dir)?;
+    let next_index = end
+        .next_index
+        .unwrap_or(after_index + 1)
+        .max(after_index + 1);
     let state = Rc::new(RefCell::new(WalState {
         next_index,
         pending: Vec::new(),
@@ -357,33 +637,38 @@ pub fn recover(
         waiting: BTreeMap::new(),
         flusher: None,
         bytes_since_snapshot: 0,
+        meta_sequence: meta.as_ref().map_or(0, |(sequence, _)| *sequence),
     }));
     let fail_after_flushes = std::env::var(FAILPOINT_FSYNC_FAIL_AFTER)
         .ok()
         .and_then(|n| n.parse().ok());
-    let full = offset + BLOCK_BYTES as u64 > SEGMENT_BYTES;
+    let full = end.offset + BLOCK_BYTES as u64 > SEGMENT_BYTES;
+    let dir_rc = Rc::new(dir.to_owned());
     Ok(Recovered {
         wal: Wal {
             state: state.clone(),
             mode,
+            dir: dir_rc,
         },
         writer: WalWriter {
             dir: dir.to_owned(),
             state,
             mode,
             log_id: 0,
-            offset: if segments.is_empty() || full {
+            offset: if end.segments.is_empty() || full {
                 SEGMENT_BYTES
             } else {
-                offset
+                end.offset
             },
-            segments,
+            segments: end.segments,
             file: None,
             fail_after_flushes,
             flushes: 0,
+            roll_pending: false,
         },
         replayed,
         torn_tail_cut,
+        meta: meta.map(|(_, payload)| payload),
     })
 }
 
@@ -408,37 +693,139 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Flushes a writer keeps in flight at once. Segments are opened with
+/// O_DSYNC, so each write is durable when it completes; with several in
+/// flight the disk works on them in parallel (queue depth), which is what
+/// lets group commit outrun one write-then-fsync at a time.
+pub const MAX_FLUSHES_IN_FLIGHT: usize = 8;
+
+/// O_DSYNC on Linux (every write is durable on completion).
+const O_DSYNC: i32 = 0o10000;
+
+type WriteFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>>>>;
+
+/// One flush on its way to the disk.
+struct InFlight {
+    write: Option<WriteFuture>,
+    result: Option<Result<(), String>>,
+    /// The last index it makes durable (for a truncation marker: the index
+    /// the log was cut back to).
+    durable_through: u64,
+    bytes: u64,
+    notify: Vec<futures_channel::oneshot::Sender<Result<(), WalError>>>,
+}
+
+enum WriterEvent {
+    /// The oldest flush finished (in order).
+    Completed(InFlight),
+    /// Records are pending and there is room for another flush.
+    MoreRecords,
+}
+
 impl WalWriter {
     /// Flushes until the WAL is poisoned. Spawn on the WAL's core.
     pub async fn run(mut self) {
+        let mut in_flight: std::collections::VecDeque<InFlight> = std::collections::VecDeque::new();
         loop {
-            match self.mode {
-                DurabilityMode::Sync => self.wait_for_records().await,
-                DurabilityMode::Interval(every) => glommio::timer::sleep(every).await,
+            if in_flight.is_empty() {
+                match self.mode {
+                    DurabilityMode::Sync => self.wait_for_records().await,
+                    DurabilityMode::Interval(every) => glommio::timer::sleep(every).await,
+                }
             }
-            let chunks = self.take_chunks();
-            if chunks.is_empty() {
+            // Start flushes while there is room and something to flush. A
+            // truncation marker or a segment roll waits for the writes
+            // before it (`start_flush` returns None then).
+            while in_flight.len() < MAX_FLUSHES_IN_FLIGHT {
+                let idle = in_flight.is_empty();
+                let chunks = self.take_chunks(idle);
+                if chunks.is_empty() {
+                    break;
+                }
+                match self.start_flush(chunks, idle).await {
+                    Ok(Some(flush)) => in_flight.push_back(flush),
+                    // Waits for the flushes in flight (a segment roll).
+                    Ok(None) => {
+                        self.roll_pending = true;
+                        break;
+                    }
+                    Err(reason) => return self.poison_with(reason, in_flight),
+                }
+            }
+            if in_flight.is_empty() {
                 continue;
             }
-            let last_index = {
-                let chunk = chunks.last().expect("not empty");
-                chunk.first_index + u64::from(chunk.count) - 1
+            let event = std::future::poll_fn(|cx| {
+                for flush in in_flight.iter_mut() {
+                    if let Some(write) = flush.write.as_mut() {
+                        if let Poll::Ready(result) = write.as_mut().poll(cx) {
+                            flush.write = None;
+                            flush.result = Some(result);
+                        }
+                    }
+                }
+                if in_flight
+                    .front()
+                    .is_some_and(|flush| flush.result.is_some())
+                {
+                    return Poll::Ready(WriterEvent::Completed(
+                        in_flight.pop_front().expect("front"),
+                    ));
+                }
+                if in_flight.len() < MAX_FLUSHES_IN_FLIGHT
+                    && self.mode == DurabilityMode::Sync
+                    && !self.roll_pending
+                {
+                    let mut state = self.state.borrow_mut();
+                    // A truncation marker waits until nothing is in flight.
+                    match state.pending.first() {
+                        Some(chunk) if !chunk.truncation => {
+                            return Poll::Ready(WriterEvent::MoreRecords)
+                        }
+                        _ => state.flusher = Some(cx.waker().clone()),
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            let WriterEvent::Completed(flush) = event else {
+                continue;
             };
-            if let Err(error) = self.write_batches(&chunks).await {
-                self.poison(error);
-                return;
+            if let Some(Err(reason)) = flush.result {
+                return self.poison_with(reason, in_flight);
             }
-            let ready: Vec<Callback> = {
-                let mut state = self.state.borrow_mut();
-                state.durable_index = last_index;
-                let later = state.waiting.split_off(&(last_index + 1));
-                std::mem::replace(&mut state.waiting, later)
-                    .into_values()
-                    .flatten()
-                    .collect()
-            };
-            for callback in ready {
-                callback(Ok(()));
+            self.complete(flush);
+            if in_flight.is_empty() {
+                self.roll_pending = false;
+            }
+        }
+    }
+
+    /// Marks a finished flush durable and runs every callback it covers.
+    fn complete(&mut self, flush: InFlight) {
+        let ready: Vec<Callback> = {
+            let mut state = self.state.borrow_mut();
+            state.durable_index = flush.durable_through;
+            state.bytes_since_snapshot += flush.bytes;
+            let later = state.waiting.split_off(&(flush.durable_through + 1));
+            std::mem::replace(&mut state.waiting, later)
+                .into_values()
+                .flatten()
+                .collect()
+        };
+        for callback in ready {
+            callback(Ok(()));
+        }
+        for notify in flush.notify {
+            let _ = notify.send(Ok(()));
+        }
+    }
+
+    fn poison_with(&mut self, reason: String, in_flight: std::collections::VecDeque<InFlight>) {
+        let error = poison_state(&self.state, &self.dir, reason);
+        for flush in in_flight {
+            for notify in flush.notify {
+                let _ = notify.send(Err(error.clone()));
             }
         }
     }
@@ -456,14 +843,24 @@ impl WalWriter {
         .await;
     }
 
-    /// Takes pending chunks, at most `MAX_BATCH_BYTES` of them (at least one).
-    fn take_chunks(&self) -> Vec<Chunk> {
+    /// Takes pending chunks for one flush: at most `MAX_BATCH_BYTES` of
+    /// records (at least one chunk), or a truncation marker alone, and only
+    /// when `idle` (no flush in flight): a marker must follow every write
+    /// before it.
+    fn take_chunks(&self, idle: bool) -> Vec<Chunk> {
         let mut state = self.state.borrow_mut();
+        if state.pending.first().is_some_and(|chunk| chunk.truncation) {
+            return if idle {
+                state.pending.drain(..1).collect()
+            } else {
+                Vec::new()
+            };
+        }
         let mut taken_bytes = 0;
         let mut count = 0;
         for chunk in &state.pending {
             let bytes = BATCH_HEADER_BYTES + chunk.body.len();
-            if count > 0 && taken_bytes + bytes > MAX_BATCH_BYTES {
+            if chunk.truncation || (count > 0 && taken_bytes + bytes > MAX_BATCH_BYTES) {
                 break;
             }
             taken_bytes += bytes.div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
@@ -472,67 +869,169 @@ impl WalWriter {
         state.pending.drain(..count).collect()
     }
 
-    async fn write_batches(&mut self, chunks: &[Chunk]) -> Result<(), String> {
+    /// Lays the chunks out at the current offset and starts their write.
+    /// Rolling to a new segment first requires no flush in flight: the
+    /// caller only gets here with room, and a roll happens only when the
+    /// segment is full, so earlier writes to the old file are simply left
+    /// to finish (each one is durable on its own with O_DSYNC).
+    async fn start_flush(
+        &mut self,
+        mut chunks: Vec<Chunk>,
+        idle: bool,
+    ) -> Result<Option<InFlight>, String> {
         let mut image = Vec::new();
-        for chunk in chunks {
-            encode_batch(
-                &mut image,
-                chunk.first_index,
-                chunk.count,
-                &chunk.body,
-                self.log_id,
-            );
+        let mut notify = Vec::new();
+        let mut durable_through = 0;
+        let truncation = chunks.first().is_some_and(|chunk| chunk.truncation);
+        let acked_through = self.state.borrow().durable_index;
+        for chunk in &chunks {
+            if chunk.truncation {
+                encode_truncation(&mut image, chunk.first_index, self.log_id, acked_through);
+                durable_through = chunk.first_index - 1;
+            } else {
+                encode_batch(
+                    &mut image,
+                    chunk.first_index,
+                    chunk.count,
+                    &chunk.body,
+                    self.log_id,
+                    acked_through,
+                );
+                durable_through = chunk.first_index + u64::from(chunk.count) - 1;
+            }
+        }
+        let needs_roll = self.file.is_none() || self.offset + image.len() as u64 > SEGMENT_BYTES;
+        if needs_roll && !idle {
+            // Never roll with writes in flight to the old segment: recovery
+            // relies on a crash tearing only the last segment's tail.
+            let mut state = self.state.borrow_mut();
+            let later = std::mem::take(&mut state.pending);
+            state.pending = chunks;
+            state.pending.extend(later);
+            return Ok(None);
+        }
+        for chunk in &mut chunks {
+            notify.append(&mut chunk.notify);
+        }
+        if truncation {
+            self.relocate_for_truncation(durable_through + 1).await?;
         }
         if self.file.is_none() || self.offset + image.len() as u64 > SEGMENT_BYTES {
-            self.roll(chunks[0].first_index).await?;
+            let first_index = if truncation {
+                durable_through + 1
+            } else {
+                self.first_index_of(&image)
+            };
+            self.roll(first_index).await?;
         }
-        let file = self.file.as_ref().expect("rolled");
-        let mut buffer = file.alloc_dma_buffer(image.len());
-        buffer.as_bytes_mut().copy_from_slice(&image);
-        let written = file
-            .write_at(buffer, self.offset)
-            .await
-            .map_err(|error| format!("WAL write failed: {error}"))?;
-        if written != image.len() {
-            return Err(format!(
-                "WAL write was short: {written} of {} bytes",
-                image.len()
-            ));
-        }
-        self.flushes += 1;
-        if self.fail_after_flushes.is_some_and(|n| self.flushes > n) {
-            return Err("fdatasync failed: injected by failpoint".into());
-        }
-        file.fdatasync()
-            .await
-            .map_err(|error| format!("WAL fdatasync failed: {error}"))?;
+        let file = self.file.clone().expect("rolled");
+        let offset = self.offset;
         self.offset += image.len() as u64;
-        self.state.borrow_mut().bytes_since_snapshot += image.len() as u64;
+        self.flushes += 1;
+        let fail = self.fail_after_flushes.is_some_and(|n| self.flushes > n);
+        let bytes = image.len() as u64;
+        let write: WriteFuture = Box::pin(async move {
+            let mut buffer = file.alloc_dma_buffer(image.len());
+            buffer.as_bytes_mut().copy_from_slice(&image);
+            let written = file
+                .write_at(buffer, offset)
+                .await
+                .map_err(|error| format!("WAL write failed: {error}"))?;
+            if written != image.len() {
+                return Err(format!(
+                    "WAL write was short: {written} of {} bytes",
+                    image.len()
+                ));
+            }
+            if fail {
+                return Err("fdatasync failed: injected by failpoint".into());
+            }
+            Ok(())
+        });
+        Ok(Some(InFlight {
+            write: Some(write),
+            result: None,
+            durable_through,
+            bytes,
+            notify,
+        }))
+    }
+
+    fn first_index_of(&self, image: &[u8]) -> u64 {
+        u64::from_le_bytes(image[16..24].try_into().expect("a batch header"))
+    }
+
+    /// Before a truncation marker at `next_index`: segments that start at or
+    /// after it hold only dropped records, so they are deleted and writing
+    /// continues at the end of the segment before them. Segment names stay
+    /// in log order.
+    async fn relocate_for_truncation(&mut self, next_index: u64) -> Result<(), String> {
+        let doomed: Vec<Segment> = self
+            .segments
+            .iter()
+            .filter(|segment| segment.first_index >= next_index)
+            .cloned()
+            .collect();
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        if let Some(file) = self.file.take() {
+            let _ = Rc::try_unwrap(file).map(|file| file.close());
+        }
+        for segment in &doomed {
+            std::fs::remove_file(&segment.path)
+                .map_err(|e| format!("cannot delete {}: {e}", segment.path.display()))?;
+        }
+        sync_dir(&self.dir).map_err(|e| format!("cannot fsync {}: {e}", self.dir.display()))?;
+        self.segments
+            .retain(|segment| segment.first_index < next_index);
+        self.offset = match self.segments.last() {
+            Some(last) => {
+                let bytes = std::fs::read(&last.path)
+                    .map_err(|e| format!("cannot read {}: {e}", last.path.display()))?;
+                match scan_segment(&bytes).1 {
+                    SegmentEnd::Clean(at) => at as u64,
+                    other => {
+                        return Err(format!(
+                            "cannot continue {}: {other:?}",
+                            last.path.display()
+                        ))
+                    }
+                }
+            }
+            None => SEGMENT_BYTES,
+        };
         Ok(())
     }
 
     /// Opens the last segment to append, or starts a new one at `first_index`.
     async fn roll(&mut self, first_index: u64) -> Result<(), String> {
-        if let Some(file) = self.file.take() {
-            let _ = file.close().await;
-        }
+        // Flushes still in flight hold their own reference to the old file.
+        self.file = None;
         if self.offset < SEGMENT_BYTES {
             if let Some(last) = self.segments.last() {
-                // Recovery left room in the last segment: continue it.
+                // Recovery (or a truncation) left room in the last segment.
                 let file = OpenOptions::new()
                     .read(true)
                     .write(true)
+                    .custom_flags(O_DSYNC)
                     .dma_open(&last.path)
                     .await
                     .map_err(|error| {
                         format!("cannot open WAL segment {}: {error}", last.path.display())
                     })?;
-                self.file = Some(file);
+                self.file = Some(Rc::new(file));
                 return Ok(());
             }
         }
         let path = segment_path(&self.dir, first_index);
-        let file = DmaFile::create(&path)
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(O_DSYNC)
+            .dma_open(&path)
             .await
             .map_err(|error| format!("cannot create WAL segment {}: {error}", path.display()))?;
         let zeros_bytes = 1 << 20;
@@ -551,22 +1050,9 @@ impl WalWriter {
         sync_dir(&self.dir)
             .map_err(|error| format!("cannot fsync {}: {error}", self.dir.display()))?;
         self.segments.push(Segment { first_index, path });
-        self.file = Some(file);
+        self.file = Some(Rc::new(file));
         self.offset = 0;
         Ok(())
-    }
-
-    fn poison(&self, reason: String) {
-        tracing::error!(%reason, dir = %self.dir.display(), "WAL poisoned: refusing all writes");
-        let error = WalError(reason);
-        let waiting = {
-            let mut state = self.state.borrow_mut();
-            state.poisoned = Some(error.clone());
-            std::mem::take(&mut state.waiting)
-        };
-        for callback in waiting.into_values().flatten() {
-            callback(Err(error.clone()));
-        }
     }
 
     /// A handle that deletes segments made redundant by a snapshot.
@@ -575,6 +1061,27 @@ impl WalWriter {
             dir: self.dir.clone(),
         }
     }
+}
+
+/// Poisons the WAL: records the error, fails every waiter. Returns the error.
+fn poison_state(state: &Rc<RefCell<WalState>>, dir: &Path, reason: String) -> WalError {
+    tracing::error!(%reason, dir = %dir.display(), "WAL poisoned: refusing all writes");
+    let error = WalError(reason);
+    let (waiting, pending) = {
+        let mut state = state.borrow_mut();
+        state.poisoned = Some(error.clone());
+        (
+            std::mem::take(&mut state.waiting),
+            std::mem::take(&mut state.pending),
+        )
+    };
+    for callback in waiting.into_values().flatten() {
+        callback(Err(error.clone()));
+    }
+    for notify in pending.into_iter().flat_map(|chunk| chunk.notify) {
+        let _ = notify.send(Err(error.clone()));
+    }
+    error
 }
 
 /// Deletes segments a snapshot made redundant.
@@ -634,8 +1141,11 @@ mod tests {
 
     fn collect(dir: &Path, after: u64) -> (Vec<(u64, Vec<u8>)>, Recovered) {
         let mut records = Vec::new();
-        let recovered = recover(dir, after, DurabilityMode::Sync, |record| {
-            records.push((record.index, record.payload.clone()));
+        let recovered = recover(dir, after, DurabilityMode::Sync, |event| {
+            match event {
+                Replay::Record(record) => records.push((record.index, record.payload.clone())),
+                Replay::TruncatedAfter(index) => records.retain(|(i, _)| *i <= index),
+            }
             Ok(())
         })
         .unwrap();
@@ -731,6 +1241,145 @@ mod tests {
             assert_eq!(failed, 8);
             assert!(wal.poisoned().is_some());
         });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn truncation_is_an_append_and_survives_recovery() {
+        let dir = temp_dir("truncate");
+        let (_, recovered) = collect(&dir, 0);
+        run(async move {
+            let Recovered { wal, writer, .. } = recovered;
+            glommio::spawn_local(writer.run()).detach();
+            for i in 1..=10u8 {
+                wal.append(1, &[i]).unwrap();
+            }
+            wal.wait_durable(10).await.unwrap();
+            // Drop 8..=10 (durable) and continue from 8.
+            wal.truncate_after(7).await.unwrap();
+            assert_eq!(wal.last_index(), 7);
+            assert_eq!(wal.append(1, &[80]).unwrap(), 8);
+            // Records not yet flushed are dropped too.
+            wal.append(1, &[90]).unwrap();
+            wal.truncate_after(8).await.unwrap();
+            let index = wal.append(1, &[91]).unwrap();
+            assert_eq!(index, 9);
+            wal.wait_durable(9).await.unwrap();
+        });
+        let (records, _) = collect(&dir, 0);
+        let expected: Vec<(u64, Vec<u8>)> = (1..=7u8)
+            .map(|i| (u64::from(i), vec![i]))
+            .chain([(8, vec![80]), (9, vec![91])])
+            .collect();
+        assert_eq!(records, expected);
+        assert_eq!(
+            read_range(&dir, 6..=9)
+                .unwrap()
+                .iter()
+                .map(|r| r.payload[0])
+                .collect::<Vec<_>>(),
+            [6, 7, 80, 91]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn truncation_across_segments_deletes_the_dropped_ones() {
+        let dir = temp_dir("truncate-segments");
+        let (_, recovered) = collect(&dir, 0);
+        run(async move {
+            let Recovered { wal, writer, .. } = recovered;
+            glommio::spawn_local(writer.run()).detach();
+            let value = vec![3u8; 1 << 20];
+            for _ in 0..40 {
+                let index = wal.append(1, &value).unwrap();
+                wal.wait_durable(index).await.unwrap();
+            }
+            wal.truncate_after(5).await.unwrap();
+            let index = wal.append(1, b"six").unwrap();
+            wal.wait_durable(index).await.unwrap();
+        });
+        let (records, _) = collect(&dir, 0);
+        assert_eq!(records.len(), 6);
+        assert_eq!(records[5], (6, b"six".to_vec()));
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".wal"))
+            .collect();
+        // Segments 17 and 33 held only dropped records; segment 1 was full,
+        // so the marker and record 6 went to a new segment named 6.
+        assert_eq!(names.len(), 2, "{names:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_later_flush_on_disk_before_an_earlier_one_is_cut_not_corruption() {
+        // Flushes in flight complete in any order: batch 3 reached the disk,
+        // batch 2 did not, then a crash. Batch 3 says only index 4 was
+        // acknowledged when it was issued, so 5.. were never acknowledged.
+        use crate::wal_format::encode_batch;
+        let dir = temp_dir("gap");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut image = Vec::new();
+        for (batch, acked) in [(0u64, 0u64), (1, 2), (2, 4), (3, 4)] {
+            let mut body = Vec::new();
+            encode_record(&mut body, batch * 2 + 1, 1, b"a");
+            encode_record(&mut body, batch * 2 + 2, 1, b"b");
+            encode_batch(&mut image, batch * 2 + 1, 2, &body, 0, acked);
+        }
+        image[2 * BLOCK_BYTES..3 * BLOCK_BYTES].fill(0); // batch 2 never written
+        image.resize(SEGMENT_BYTES as usize, 0);
+        std::fs::write(segment_path(&dir, 1), &image).unwrap();
+        let (records, recovered) = collect(&dir, 0);
+        assert_eq!(
+            records.iter().map(|r| r.0).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
+        assert!(recovered.torn_tail_cut);
+        drop(recovered);
+        // Had batch 3 said index 5 was acknowledged, the gap is corruption.
+        let mut damaged = image.clone();
+        let mut lying = Vec::new();
+        let mut body = Vec::new();
+        encode_record(&mut body, 7, 1, b"a");
+        encode_record(&mut body, 8, 1, b"b");
+        encode_batch(&mut lying, 7, 2, &body, 0, 6);
+        damaged[3 * BLOCK_BYTES..4 * BLOCK_BYTES].copy_from_slice(&lying);
+        std::fs::write(segment_path(&dir, 1), &damaged).unwrap();
+        let error = recover(&dir, 0, DurabilityMode::Sync, |_| Ok(()))
+            .err()
+            .expect("accepted a lost acknowledged batch");
+        assert!(error.to_string().contains("acknowledged"), "{error}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn metadata_keeps_the_newest_valid_record() {
+        let dir = temp_dir("meta");
+        let (_, recovered) = collect(&dir, 0);
+        assert_eq!(recovered.meta, None);
+        run(async move {
+            let Recovered { wal, writer, .. } = recovered;
+            glommio::spawn_local(writer.run()).detach();
+            wal.save_meta(b"term 1, voted for 2").await.unwrap();
+            wal.save_meta(b"term 2, voted for 3").await.unwrap();
+        });
+        assert_eq!(
+            read_meta(&dir).unwrap(),
+            Some((2, b"term 2, voted for 3".to_vec()))
+        );
+        // A torn newest slot falls back to the previous record.
+        let path = dir.join(META_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[30] ^= 1; // slot 0 holds sequence 2
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(
+            read_meta(&dir).unwrap(),
+            Some((1, b"term 1, voted for 2".to_vec()))
+        );
+        let (_, recovered) = collect(&dir, 0);
+        assert_eq!(recovered.meta.as_deref(), Some(&b"term 1, voted for 2"[..]));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -11,11 +11,23 @@
 //! ```text
 //! batch  = header(32) record* zero-padding-to-4096
 //! header = magic u32 "TWAL" | header_crc u32 | body_bytes u32 | record_count u32
-//!          | first_index u64 | log_id u32 | reserved u32 (0)
+//!          | first_index u64 | log_id u32 | flags u32 (0, or 1: truncation marker)
+//!          | acked_through u64
 //! record = payload_bytes u32 | crc u32 | index u64 | kind u32 | payload | pad to 8
 //! ```
-//! `header_crc` is CRC-32C of header bytes 8..32; a record's `crc` covers
+//! `header_crc` is CRC-32C of header bytes 8..40; a record's `crc` covers
 //! its bytes 8.. (index, kind, payload). All integers are little-endian.
+//!
+//! `acked_through` is the highest index the writer had seen durable when it
+//! issued the batch. Several flushes may be in flight at once (O_DSYNC
+//! writes at queue depth > 1), so after a crash a later batch can be on disk
+//! while an earlier one is torn or missing. Recovery uses `acked_through` to
+//! tell that (never acknowledged: cut) from damage to an acknowledged batch
+//! (corruption: refuse to start).
+//!
+//! A *truncation marker* is a batch with flag 1 and no records: "the log
+//! continues at `first_index`; every record at or after it written before
+//! this marker is void". Truncating a suffix (Raft) is thus an append too.
 
 /// Size of a WAL segment file.
 pub const SEGMENT_BYTES: u64 = 16 << 20;
@@ -24,7 +36,7 @@ pub const SEGMENT_BYTES: u64 = 16 << 20;
 pub const BLOCK_BYTES: usize = 4096;
 
 /// Bytes of a batch header.
-pub const BATCH_HEADER_BYTES: usize = 32;
+pub const BATCH_HEADER_BYTES: usize = 40;
 
 /// Bytes of a record header.
 pub const RECORD_HEADER_BYTES: usize = 20;
@@ -75,6 +87,22 @@ pub fn encode_record(body: &mut Vec<u8>, index: u64, kind: u32, payload: &[u8]) 
     body.resize(start + record_bytes(payload.len()), 0);
 }
 
+/// Flag of a truncation marker batch.
+pub const FLAG_TRUNCATION: u32 = 1;
+
+/// Builds a truncation marker: the log continues at `next_index`.
+pub fn encode_truncation(out: &mut Vec<u8>, next_index: u64, log_id: u32, acked_through: u64) {
+    encode_batch_with_flags(
+        out,
+        next_index,
+        0,
+        &[],
+        log_id,
+        FLAG_TRUNCATION,
+        acked_through,
+    );
+}
+
 /// Builds a whole batch (header + records + padding) from encoded records.
 pub fn encode_batch(
     out: &mut Vec<u8>,
@@ -82,6 +110,27 @@ pub fn encode_batch(
     record_count: u32,
     body: &[u8],
     log_id: u32,
+    acked_through: u64,
+) {
+    encode_batch_with_flags(
+        out,
+        first_index,
+        record_count,
+        body,
+        log_id,
+        0,
+        acked_through,
+    );
+}
+
+fn encode_batch_with_flags(
+    out: &mut Vec<u8>,
+    first_index: u64,
+    record_count: u32,
+    body: &[u8],
+    log_id: u32,
+    flags: u32,
+    acked_through: u64,
 ) {
     let start = out.len();
     assert_eq!(start % BLOCK_BYTES, 0, "a batch starts on a block boundary");
@@ -92,7 +141,8 @@ pub fn encode_batch(
     out.extend_from_slice(&record_count.to_le_bytes());
     out.extend_from_slice(&first_index.to_le_bytes());
     out.extend_from_slice(&log_id.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&flags.to_le_bytes());
+    out.extend_from_slice(&acked_through.to_le_bytes());
     let header_crc = crc32c::crc32c(&out[start + 8..start + BATCH_HEADER_BYTES]);
     out[start + 4..start + 8].copy_from_slice(&header_crc.to_le_bytes());
     out.extend_from_slice(body);
@@ -109,6 +159,12 @@ pub struct Batch {
     pub padded_bytes: usize,
     /// Its records, in index order.
     pub records: Vec<Record>,
+    /// A truncation marker: the log continues at `first_index`.
+    pub truncation: bool,
+    /// The batch's first index (for a marker: where the log continues).
+    pub first_index: u64,
+    /// The highest index durable when this batch was issued.
+    pub acked_through: u64,
 }
 
 /// Why a batch could not be read.
@@ -147,6 +203,12 @@ pub fn decode_batch(segment: &[u8], offset: usize) -> Result<Batch, BatchError> 
     let body_bytes = u32_at(header, 8) as usize;
     let record_count = u32_at(header, 12) as usize;
     let first_index = u64_at(header, 16);
+    let flags = u32_at(header, 28);
+    if flags > FLAG_TRUNCATION
+        || (flags == FLAG_TRUNCATION && (body_bytes != 0 || record_count != 0))
+    {
+        return invalid("bad batch flags");
+    }
     if BATCH_HEADER_BYTES + body_bytes > MAX_BATCH_BYTES {
         return invalid("batch length out of range");
     }
@@ -188,6 +250,9 @@ pub fn decode_batch(segment: &[u8], offset: usize) -> Result<Batch, BatchError> 
         offset,
         padded_bytes: (BATCH_HEADER_BYTES + body_bytes).div_ceil(BLOCK_BYTES) * BLOCK_BYTES,
         records,
+        truncation: flags == FLAG_TRUNCATION,
+        first_index,
+        acked_through: u64_at(header, 32),
     })
 }
 
@@ -196,17 +261,23 @@ pub fn decode_batch(segment: &[u8], offset: usize) -> Result<Batch, BatchError> 
 pub enum SegmentEnd {
     /// Zeros from this offset on: the clean end of the log.
     Clean(usize),
-    /// An invalid batch at this offset and no valid batch after it: a flush
-    /// torn by a crash, never acknowledged. Safe to cut here.
-    TornTail(usize),
-    /// An invalid batch at this offset *followed by* a valid one: data that
-    /// was once durable is damaged. Never skipped.
-    Corrupt {
-        /// Offset of the bad batch.
+    /// No valid batch at this offset (torn, or never written) but valid
+    /// batches after it, the highest of which says every index up to
+    /// `acked_through` was durable when it was issued. The caller decides:
+    /// if the missing batch's indexes are at most `acked_through`, data that
+    /// was acknowledged is damaged (corruption); otherwise these are flushes
+    /// cut short by a crash, never acknowledged.
+    GapBeforeValid {
+        /// Offset of the missing or invalid batch.
         offset: usize,
         /// What was wrong.
         reason: String,
+        /// Highest `acked_through` among the valid batches after it.
+        acked_through: u64,
     },
+    /// An invalid batch at this offset and no valid batch after it: a flush
+    /// torn by a crash, never acknowledged. Safe to cut here.
+    TornTail(usize),
 }
 
 /// Reads every batch of a segment, in order, and says how it ends.
@@ -214,24 +285,35 @@ pub fn scan_segment(segment: &[u8]) -> (Vec<Batch>, SegmentEnd) {
     let mut batches = Vec::new();
     let mut offset = 0;
     loop {
-        match decode_batch(segment, offset) {
+        let reason = match decode_batch(segment, offset) {
             Ok(batch) => {
                 offset += batch.padded_bytes;
                 batches.push(batch);
+                continue;
             }
-            Err(BatchError::Empty) => return (batches, SegmentEnd::Clean(offset)),
-            Err(BatchError::Invalid(reason)) => {
-                // A valid batch further on means this one was durable once.
-                let mut probe = offset + BLOCK_BYTES;
-                while probe + BATCH_HEADER_BYTES <= segment.len() {
-                    if decode_batch(segment, probe).is_ok() {
-                        return (batches, SegmentEnd::Corrupt { offset, reason });
-                    }
-                    probe += BLOCK_BYTES;
-                }
-                return (batches, SegmentEnd::TornTail(offset));
+            Err(BatchError::Empty) => "a batch is missing".to_owned(),
+            Err(BatchError::Invalid(reason)) => reason,
+        };
+        // Is anything valid written further on?
+        let mut acked_through = None::<u64>;
+        let mut probe = offset + BLOCK_BYTES;
+        while probe + BATCH_HEADER_BYTES <= segment.len() {
+            if let Ok(later) = decode_batch(segment, probe) {
+                acked_through = Some(acked_through.unwrap_or(0).max(later.acked_through));
             }
+            probe += BLOCK_BYTES;
         }
+        let empty = matches!(decode_batch(segment, offset), Err(BatchError::Empty));
+        let end = match acked_through {
+            Some(acked_through) => SegmentEnd::GapBeforeValid {
+                offset,
+                reason,
+                acked_through,
+            },
+            None if empty => SegmentEnd::Clean(offset),
+            None => SegmentEnd::TornTail(offset),
+        };
+        return (batches, end);
     }
 }
 
@@ -251,13 +333,9 @@ mod tests {
                 encode_record(&mut body, index, 1, &vec![(index % 251) as u8; payload]);
                 index += 1;
             }
-            encode_batch(
-                &mut segment,
-                index - per_batch as u64,
-                per_batch as u32,
-                &body,
-                0,
-            );
+            // Acknowledged through the previous batch, as after a serial writer.
+            let first = index - per_batch as u64;
+            encode_batch(&mut segment, first, per_batch as u32, &body, 0, first - 1);
             ends.push(segment.len());
         }
         segment.resize(segment.len() + 4 * BLOCK_BYTES, 0);
@@ -320,7 +398,10 @@ mod tests {
                 prop_assert_eq!(end, SegmentEnd::TornTail(2 * BLOCK_BYTES));
                 prop_assert_eq!(batches.len(), 2);
             } else {
-                let is_corrupt = matches!(end, SegmentEnd::Corrupt { offset, .. } if offset == batch_of_byte * BLOCK_BYTES);
+                // A later batch says this one was acknowledged: corruption.
+                let first_of_batch = (batch_of_byte * 4 + 1) as u64;
+                let is_corrupt = matches!(end, SegmentEnd::GapBeforeValid { offset, acked_through, .. }
+                    if offset == batch_of_byte * BLOCK_BYTES && acked_through >= first_of_batch);
                 prop_assert!(is_corrupt, "{:?}", end);
             }
             // Whatever was read back is exactly what was written.
