@@ -92,5 +92,43 @@ fn store(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, frames, store);
+fn wal(c: &mut Criterion) {
+    use tinkerdb_storage::log_op::LoggedOp;
+    use tinkerdb_storage::wal_format::{decode_batch, encode_batch, encode_record};
+    let value = [b'v'; 100];
+    let mut payload = Vec::new();
+    c.bench_function("WAL: encode a Put (100 B value)", |b| {
+        b.iter(|| {
+            payload.clear();
+            LoggedOp::Put {
+                tenant: "default",
+                slot: 42,
+                key: b"key:000000123456",
+                value: &value,
+                version: 7,
+                expires_at_ms: None,
+            }
+            .encode(&mut payload);
+        })
+    });
+    let mut body = Vec::new();
+    c.bench_function("WAL: frame 32 records + batch (CRC-32C)", |b| {
+        b.iter(|| {
+            body.clear();
+            for index in 1..=32 {
+                encode_record(&mut body, index, 1, black_box(&payload));
+            }
+            let mut image = Vec::with_capacity(8192);
+            encode_batch(&mut image, 1, 32, &body, 0, 0);
+            image
+        })
+    });
+    let mut image = Vec::new();
+    encode_batch(&mut image, 1, 32, &body, 0, 0);
+    c.bench_function("WAL: verify and decode a 32-record batch", |b| {
+        b.iter(|| decode_batch(black_box(&image), 0).unwrap())
+    });
+}
+
+criterion_group!(benches, frames, store, wal);
 criterion_main!(benches);
