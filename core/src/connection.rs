@@ -352,9 +352,9 @@ impl Connection {
     ) -> Pending {
         let owner = self.context.slot_map.owner(slot);
         if owner == self.context.core {
-            let mut shard = self.context.shard.borrow_mut();
-            let reply = single_key_reply(shard.execute(request, now_ms()), &session);
-            return match shard.take_ack_point() {
+            let (reply, ack_point) = self.context.execute_here(request);
+            let reply = single_key_reply(reply, &session);
+            return match ack_point {
                 Some(index) => Pending::Durable { reply, index },
                 None => Pending::Ready(reply),
             };
@@ -429,13 +429,10 @@ async fn durable_through<'a>(
             _ => None,
         })
         .max();
-    match (highest, &context.wal) {
-        (Some(index), Some(wal)) => wal
-            .wait_durable(index)
-            .await
-            .map_err(|error| storage_failed(&error.to_string())),
-        _ => Ok(()),
-    }
+    context
+        .wait_durable(highest)
+        .await
+        .map_err(|reason| storage_failed(&reason))
 }
 
 /// The error of a write refused because the core's storage failed.

@@ -378,12 +378,7 @@ impl RespConnection {
                         _ => None,
                     })
                     .max();
-                let durable = match (highest, &self.context.wal) {
-                    (Some(index), Some(wal)) => {
-                        wal.wait_durable(index).await.map_err(|e| e.to_string())
-                    }
-                    _ => Ok(()),
-                };
+                let durable = self.context.wait_durable(highest).await;
                 for pending in batch.drain(..) {
                     let value = match pending {
                         Pending::Ready(value) => value,
@@ -445,9 +440,9 @@ impl RespConnection {
         let request = request(SlotKey { slot, key });
         let owner = self.context.slot_map.owner(slot);
         if owner == self.context.core {
-            let mut shard = self.context.shard.borrow_mut();
-            let value = finish_reply(finish, shard.execute(request, now_ms()), &self.session);
-            return match shard.take_ack_point() {
+            let (reply, ack_point) = self.context.execute_here(request);
+            let value = finish_reply(finish, reply, &self.session);
+            return match ack_point {
                 Some(index) => Pending::Durable { value, index },
                 None => Pending::Ready(value),
             };
@@ -460,6 +455,20 @@ impl RespConnection {
             index,
             finish,
         }
+    }
+
+    /// A read-modify-write command on one key.
+    fn update(&mut self, key: Bytes, update: Update, kind: UpdateKind) -> (Pending, After) {
+        let tenant = self.session.tenant;
+        let request = |key| ShardRequest::Update {
+            tenant,
+            key,
+            update,
+        };
+        (
+            self.single(key, request, Finish::Update(kind)),
+            After::Continue,
+        )
     }
 
     fn value_ok(&self, value: &Bytes) -> Option<RespValue> {
@@ -568,31 +577,21 @@ impl RespConnection {
                 }
                 match parse_set_options(args.collect()) {
                     Err(error) => error,
-                    Ok((options, with_get)) => {
-                        let pending = if with_get {
-                            let update = Update::SetAndGet { value, options };
-                            self.single(
-                                key,
-                                |key| ShardRequest::Update {
-                                    tenant,
-                                    key,
-                                    update,
-                                },
-                                Finish::Update(UpdateKind::SetGet),
-                            )
-                        } else {
-                            self.single(
-                                key,
-                                |key| ShardRequest::Set {
-                                    tenant,
-                                    key,
-                                    value,
-                                    options,
-                                },
-                                Finish::SetOk,
-                            )
+                    Ok((options, true)) => {
+                        return self.update(
+                            key,
+                            Update::SetAndGet { value, options },
+                            UpdateKind::SetGet,
+                        );
+                    }
+                    Ok((options, false)) => {
+                        let request = |key| ShardRequest::Set {
+                            tenant,
+                            key,
+                            value,
+                            options,
                         };
-                        return (pending, After::Continue);
+                        return (self.single(key, request, Finish::SetOk), After::Continue);
                     }
                 }
             }
@@ -625,18 +624,7 @@ impl RespConnection {
                 arity!(argc == 2);
                 let key = args.next().expect("arity");
                 let update = Update::GetDelete;
-                return (
-                    self.single(
-                        key,
-                        |key| ShardRequest::Update {
-                            tenant,
-                            key,
-                            update,
-                        },
-                        Finish::Update(UpdateKind::Previous),
-                    ),
-                    After::Continue,
-                );
+                return self.update(key, update, UpdateKind::Previous);
             }
             "INCR" | "DECR" | "INCRBY" | "DECRBY" => {
                 let by_argument = name.ends_with("BY");
@@ -667,18 +655,7 @@ impl RespConnection {
                     delta
                 };
                 let update = Update::IncrBy(delta);
-                return (
-                    self.single(
-                        key,
-                        |key| ShardRequest::Update {
-                            tenant,
-                            key,
-                            update,
-                        },
-                        Finish::Update(UpdateKind::Integer),
-                    ),
-                    After::Continue,
-                );
+                return self.update(key, update, UpdateKind::Integer);
             }
             "APPEND" => {
                 arity!(argc == 3);
@@ -688,18 +665,7 @@ impl RespConnection {
                     return ready(error);
                 }
                 let update = Update::Append(suffix);
-                return (
-                    self.single(
-                        key,
-                        |key| ShardRequest::Update {
-                            tenant,
-                            key,
-                            update,
-                        },
-                        Finish::Update(UpdateKind::Length),
-                    ),
-                    After::Continue,
-                );
+                return self.update(key, update, UpdateKind::Length);
             }
             "EXPIRE" | "PEXPIRE" | "PERSIST" => {
                 arity!(if name == "PERSIST" {
@@ -736,18 +702,7 @@ impl RespConnection {
                     Some(at.max(0) as u64)
                 };
                 let update = Update::Expire(expires_at_ms);
-                return (
-                    self.single(
-                        key,
-                        |key| ShardRequest::Update {
-                            tenant,
-                            key,
-                            update,
-                        },
-                        Finish::Update(UpdateKind::Existed),
-                    ),
-                    After::Continue,
-                );
+                return self.update(key, update, UpdateKind::Existed);
             }
             "DEL" | "UNLINK" => {
                 arity!(argc >= 2);

@@ -149,20 +149,33 @@ impl CoreContext {
         }
     }
 
+    /// Executes `request` on this core's shard now; returns the reply and
+    /// the WAL index it must not be acknowledged before (if it wrote).
+    pub fn execute_here(&self, request: ShardRequest) -> (ShardReply, Option<u64>) {
+        let mut shard = self.shard.borrow_mut();
+        let reply = shard.execute(request, now_ms());
+        (reply, shard.take_ack_point())
+    }
+
+    /// Waits until WAL index `index` (if any) is durable; the error is the
+    /// reason the WAL failed.
+    pub async fn wait_durable(&self, index: Option<u64>) -> Result<(), String> {
+        match (index, &self.wal) {
+            (Some(index), Some(wal)) => wal
+                .wait_durable(index)
+                .await
+                .map_err(|error| error.to_string()),
+            _ => Ok(()),
+        }
+    }
+
     /// Executes `request` on this core's shard and waits until its writes
     /// are as durable as the durability mode promises.
     pub async fn execute_local(&self, request: ShardRequest) -> ShardReply {
-        let (reply, ack_point) = {
-            let mut shard = self.shard.borrow_mut();
-            let reply = shard.execute(request, now_ms());
-            (reply, shard.take_ack_point())
-        };
-        match (ack_point, &self.wal) {
-            (Some(index), Some(wal)) => match wal.wait_durable(index).await {
-                Ok(()) => reply,
-                Err(error) => ShardReply::Refused(error.to_string()),
-            },
-            _ => reply,
+        let (reply, ack_point) = self.execute_here(request);
+        match self.wait_durable(ack_point).await {
+            Ok(()) => reply,
+            Err(reason) => ShardReply::Refused(reason),
         }
     }
 
@@ -221,11 +234,7 @@ pub async fn serve_peer(
             .detach();
             continue;
         }
-        let (reply, ack_point) = {
-            let mut shard = context.shard.borrow_mut();
-            let reply = shard.execute(request, now_ms());
-            (reply, shard.take_ack_point())
-        };
+        let (reply, ack_point) = context.execute_here(request);
         // The requester may have gone (connection closed): nothing to do then.
         match (ack_point, &context.wal) {
             (Some(index), Some(wal)) => wal.when_durable(index, move |result| {
