@@ -18,5 +18,10 @@ if ! command -v redis-cli >/dev/null; then
   (apt-get install -y -q redis-tools || (apt-get update -q && apt-get install -y -q redis-tools)) >/dev/null
 fi
 
+if ! command -v mkfs.xfs >/dev/null; then
+  echo "installing xfsprogs (the power-cut test uses XFS on a loop device; it needs root)"
+  (apt-get install -y -q xfsprogs || (apt-get update -q && apt-get install -y -q xfsprogs)) >/dev/null
+fi
+
 cargo build --workspace --bins
 cargo test --workspace "$@"

@@ -247,7 +247,12 @@ fn check_node_file(data_dir: &std::path::Path, cores: usize) -> anyhow::Result<(
             text.trim().replace('\n', ", ")
         )),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::write(&path, expected).with_context(|| format!("cannot write {}", path.display()))?;
+            // Whole or not at all, and durable (found by the power-cut test).
+            let temp = data_dir.join("NODE.tmp");
+            let mut file = std::fs::File::create(&temp).with_context(|| format!("cannot write {}", temp.display()))?;
+            std::io::Write::write_all(&mut file, expected.as_bytes())?;
+            file.sync_all()?;
+            std::fs::rename(&temp, &path).with_context(|| format!("cannot write {}", path.display()))?;
             tinkerdb_storage::wal::sync_dir(data_dir)?;
             Ok(())
         }

@@ -80,8 +80,13 @@ pub fn recover_core(
             snapshot_entries: 0,
         });
     };
-    std::fs::create_dir_all(core_dir)
+    std::fs::create_dir_all(core_dir.join("wal"))
         .with_context(|| format!("cannot create {}", core_dir.display()))?;
+    // Make the new directories' entries durable before anything is
+    // acknowledged from files inside them.
+    for dir in [core_dir, core_dir.parent().unwrap_or(core_dir)] {
+        wal::sync_dir(dir).with_context(|| format!("cannot fsync {}", dir.display()))?;
+    }
     let (snapshot_cut, snapshot_entries) = match snapshot::newest(core_dir)? {
         Some((_, path)) => {
             let info = snapshot::load(&path, |op| apply(&mut store, tenants, op))?;
