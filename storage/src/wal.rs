@@ -408,6 +408,8 @@ pub struct WalWriter {
     flushes: u64,
     /// A flush waits for the flushes in flight before rolling the segment.
     roll_pending: bool,
+    /// The next segment, being prepared in the background.
+    spare: Option<glommio::Task<Result<(PathBuf, DmaFile), String>>>,
 }
 
 /// What recovery found, ready to continue writing.
@@ -611,6 +613,11 @@ pub fn recover(
     mut replay: impl FnMut(Replay<'_>) -> Result<(), String>,
 ) -> Result<Recovered, RecoveryError> {
     std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+    for entry in std::fs::read_dir(dir).map_err(io_error(dir))?.flatten() {
+        if entry.file_name().to_string_lossy().ends_with(SPARE_SUFFIX) {
+            std::fs::remove_file(entry.path()).map_err(io_error(dir))?;
+        }
+    }
     let mut replayed = 0;
     let end = scan_log(dir, after_index, |event| {
         if let Replay::Record(_) = event {
@@ -665,6 +672,7 @@ pub fn recover(
             fail_after_flushes,
             flushes: 0,
             roll_pending: false,
+            spare: None,
         },
         replayed,
         torn_tail_cut,
@@ -1024,33 +1032,31 @@ impl WalWriter {
                 return Ok(());
             }
         }
+        // The next segment was normally prepared in the background (zero-
+        // filling 16 MiB inline would stall every write behind it).
         let path = segment_path(&self.dir, first_index);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .dma_open(&path)
-            .await
-            .map_err(|error| format!("cannot create WAL segment {}: {error}", path.display()))?;
-        let zeros_bytes = 1 << 20;
-        let mut at = 0;
-        while at < SEGMENT_BYTES {
-            let mut zeros = file.alloc_dma_buffer(zeros_bytes);
-            zeros.as_bytes_mut().fill(0);
-            file.write_at(zeros, at).await.map_err(|error| {
-                format!("cannot zero-fill WAL segment {}: {error}", path.display())
-            })?;
-            at += zeros_bytes as u64;
-        }
-        file.fdatasync()
-            .await
-            .map_err(|error| format!("WAL fdatasync failed: {error}"))?;
+        let file = match self.spare.take() {
+            Some(spare) => {
+                let (spare_path, file) = spare.await?;
+                file.rename(&path)
+                    .await
+                    .map_err(|error| format!("cannot rename {}: {error}", spare_path.display()))?;
+                file
+            }
+            None => prepare_segment(path.clone()).await?,
+        };
         sync_dir(&self.dir)
             .map_err(|error| format!("cannot fsync {}: {error}", self.dir.display()))?;
         self.segments.push(Segment { first_index, path });
         self.file = Some(Rc::new(file));
         self.offset = 0;
+        let spare_path = self
+            .dir
+            .join(format!("spare-{first_index:020}{SPARE_SUFFIX}"));
+        self.spare = Some(glommio::spawn_local(async move {
+            let file = prepare_segment(spare_path.clone()).await?;
+            Ok((spare_path, file))
+        }));
         Ok(())
     }
 
@@ -1081,6 +1087,36 @@ fn poison_state(state: &Rc<RefCell<WalState>>, dir: &Path, reason: String) -> Wa
         let _ = notify.send(Err(error.clone()));
     }
     error
+}
+
+/// Suffix of a segment prepared ahead of use; not part of the log until
+/// renamed to `<first index>.wal`. Leftovers are deleted at recovery.
+const SPARE_SUFFIX: &str = ".wal.tmp";
+
+/// Creates `path` as a segment: full size, zero-filled, durable.
+async fn prepare_segment(path: PathBuf) -> Result<DmaFile, String> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .dma_open(&path)
+        .await
+        .map_err(|error| format!("cannot create WAL segment {}: {error}", path.display()))?;
+    let zeros_bytes = 1 << 20;
+    let mut at = 0;
+    while at < SEGMENT_BYTES {
+        let mut zeros = file.alloc_dma_buffer(zeros_bytes);
+        zeros.as_bytes_mut().fill(0);
+        file.write_at(zeros, at)
+            .await
+            .map_err(|error| format!("cannot zero-fill WAL segment {}: {error}", path.display()))?;
+        at += zeros_bytes as u64;
+    }
+    file.fdatasync()
+        .await
+        .map_err(|error| format!("WAL fdatasync failed: {error}"))?;
+    Ok(file)
 }
 
 /// Deletes segments a snapshot made redundant.
@@ -1200,8 +1236,17 @@ mod tests {
                 wal.wait_durable(index).await.unwrap();
             }
         });
-        let segments = std::fs::read_dir(&dir).unwrap().count();
-        assert!(segments >= 3, "{segments} segments for 40 MiB");
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let segments = names.iter().filter(|name| name.ends_with(".wal")).count();
+        assert!(segments >= 3, "{segments} segments for 40 MiB: {names:?}");
+        let spares = names
+            .iter()
+            .filter(|name| name.ends_with(SPARE_SUFFIX))
+            .count();
+        assert_eq!(spares, 1, "the next segment is prepared ahead: {names:?}");
         let purge = PurgeHandle { dir: dir.clone() };
         assert!(purge.purge_up_to(30).unwrap() >= 1);
         let (records, _) = collect(&dir, 30);
@@ -1209,6 +1254,18 @@ mod tests {
             records.iter().map(|r| r.0).collect::<Vec<_>>(),
             (31..=40).collect::<Vec<_>>()
         );
+        let leftovers = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|entry| {
+                entry
+                    .as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(SPARE_SUFFIX)
+            })
+            .count();
+        assert_eq!(leftovers, 0, "recovery deletes an unused spare");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
