@@ -655,6 +655,7 @@ pub(crate) async fn execute_multi(
             });
             let limit = context.limits.max_keys_result;
             let mut keys = Vec::new();
+            let mut key_bytes = 0;
             let mut cursor = 0;
             while (cursor as usize) < SLOT_COUNT {
                 let (found, next) = scan(
@@ -665,8 +666,8 @@ pub(crate) async fn execute_multi(
                     limit + 1 - keys.len(),
                 )
                 .await?;
+                key_bytes += found.iter().map(Bytes::len).sum::<usize>();
                 keys.extend(found);
-                let key_bytes: usize = keys.iter().map(Bytes::len).sum();
                 if key_bytes > context.limits.max_response_bytes {
                     return Err(ProtocolError::new(
                         ErrorCode::ResultTooLarge,

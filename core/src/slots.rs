@@ -55,14 +55,6 @@ impl SlotMap {
             .partition_point(|&owner| usize::from(owner) <= core);
         start..end
     }
-
-    /// How many slots `core` owns.
-    pub fn slots_owned(&self, core: CoreId) -> usize {
-        self.owner_by_slot
-            .iter()
-            .filter(|&&owner| usize::from(owner) == core)
-            .count()
-    }
 }
 
 #[cfg(test)]
@@ -73,7 +65,7 @@ mod tests {
     fn every_slot_has_one_owner_and_ranges_are_contiguous() {
         for cores in [1, 2, 3, 7, 64] {
             let map = SlotMap::contiguous(cores);
-            let total: usize = (0..cores).map(|core| map.slots_owned(core)).sum();
+            let total: usize = (0..cores).map(|core| map.slot_range(core).len()).sum();
             assert_eq!(total, SLOT_COUNT);
             for slot in 1..SLOT_COUNT as u16 {
                 assert!(map.owner(slot) >= map.owner(slot - 1));

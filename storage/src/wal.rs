@@ -923,12 +923,9 @@ impl WalWriter {
             self.relocate_for_truncation(durable_through + 1).await?;
         }
         if self.file.is_none() || self.offset + image.len() as u64 > SEGMENT_BYTES {
-            let first_index = if truncation {
-                durable_through + 1
-            } else {
-                self.first_index_of(&image)
-            };
-            self.roll(first_index).await?;
+            // A new segment is named by its first index (for a truncation
+            // marker, where the log continues).
+            self.roll(chunks[0].first_index).await?;
         }
         let file = self.file.clone().expect("rolled");
         let offset = self.offset;
@@ -964,10 +961,6 @@ impl WalWriter {
             bytes,
             notify,
         }))
-    }
-
-    fn first_index_of(&self, image: &[u8]) -> u64 {
-        u64::from_le_bytes(image[16..24].try_into().expect("a batch header"))
     }
 
     /// Before a truncation marker at `next_index`: segments that start at or
@@ -1058,13 +1051,6 @@ impl WalWriter {
             Ok((spare_path, file))
         }));
         Ok(())
-    }
-
-    /// A handle that deletes segments made redundant by a snapshot.
-    pub fn purge_handle(&self) -> PurgeHandle {
-        PurgeHandle {
-            dir: self.dir.clone(),
-        }
     }
 }
 
