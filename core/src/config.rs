@@ -24,6 +24,10 @@ pub struct NodeConfig {
     pub resp_listen: SocketAddr,
     /// Serve the Redis protocol at all.
     pub resp_enabled: bool,
+    /// Address of the admin plane: HTTP API, `/metrics`, dashboard.
+    pub admin_listen: SocketAddr,
+    /// Serve the admin plane at all.
+    pub admin_enabled: bool,
     /// Directory for the node's files (the WAL and snapshots once durability
     /// lands); created if missing.
     pub data_dir: PathBuf,
@@ -49,6 +53,8 @@ impl Default for NodeConfig {
             listen: "127.0.0.1:7379".parse().expect("valid address"),
             resp_listen: "127.0.0.1:7381".parse().expect("valid address"),
             resp_enabled: true,
+            admin_listen: "127.0.0.1:7380".parse().expect("valid address"),
+            admin_enabled: true,
             data_dir: PathBuf::from("./tinkerdb-data"),
             cores: 0,
             durability: Durability::Sync,

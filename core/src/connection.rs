@@ -18,6 +18,7 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use flatbuffers::FlatBufferBuilder;
@@ -192,6 +193,9 @@ impl Connection {
         let limits = self.context.limits.clone();
         let mut batch: Vec<(u64, Pending)> = Vec::new();
         loop {
+            // Latency is measured from here: the read that completed these
+            // requests (one clock read per batch).
+            let started = Instant::now();
             let mut close_after_answers = false;
             let mut bytes_wanted = FRAME_HEADER_BYTES;
             while batch.len() < limits.max_pipelined_requests {
@@ -224,7 +228,7 @@ impl Connection {
             }
             if !batch.is_empty() {
                 self.remote.flush(&self.context).await;
-                self.answer(&mut batch).await?;
+                self.answer(&mut batch, started).await?;
                 self.remote.clear();
                 if close_after_answers {
                     return Ok(());
@@ -238,7 +242,12 @@ impl Connection {
     }
 
     /// Waits for every answer of the batch in order, encodes, writes.
-    async fn answer(&mut self, batch: &mut Vec<(u64, Pending)>) -> std::io::Result<()> {
+    async fn answer(
+        &mut self,
+        batch: &mut Vec<(u64, Pending)>,
+        started: Instant,
+    ) -> std::io::Result<()> {
+        let answered = batch.len() as u64;
         // One wait covers every local write of the pipeline (group commit).
         let durable =
             durable_through(&self.context, batch.iter().map(|(_, pending)| pending)).await;
@@ -259,10 +268,8 @@ impl Connection {
                     Err(error) => Reply::Error(error),
                 },
             };
-            let stats = &self.context.stats;
-            stats.requests_total.set(stats.requests_total.get() + 1);
             if let Reply::Error(error) = &reply {
-                stats.count_error(error.code);
+                self.context.stats.count_error(error.code);
             }
             encode_reply(
                 &mut self.builder,
@@ -278,6 +285,8 @@ impl Connection {
             }
         }
         self.stream.write_all(&self.output).await?;
+        let tenant = self.session.as_ref().map_or(0, |session| session.tenant);
+        self.context.stats.record_answers(tenant, answered, started);
         self.output.clear();
         if self.output.capacity() > 4 * READ_BUFFER_INITIAL_BYTES {
             self.output = Vec::with_capacity(READ_BUFFER_INITIAL_BYTES);
@@ -441,7 +450,7 @@ pub(crate) fn storage_failed(reason: &str) -> ProtocolError {
 }
 
 /// Turns a shard's answer to Get or Set into the client's reply.
-fn single_key_reply(reply: ShardReply, session: &Session) -> Reply {
+pub(crate) fn single_key_reply(reply: ShardReply, session: &Session) -> Reply {
     match reply {
         ShardReply::Value(value) => Reply::Value(value),
         ShardReply::Written(Ok(outcome)) => Reply::Written(outcome),

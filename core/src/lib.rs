@@ -19,10 +19,13 @@
 //! - [`snapshots`]: the per-core snapshot driver and file installation.
 //! - [`slots`]: slot -> core ownership.
 //! - [`tenants`]: tenant names, ids and quota shares.
+//! - [`admin_service`]: each core's side of the admin plane (reports,
+//!   routed key operations, tenant installs).
 //!
 //! The binary `tinkerdb` (src/bin/tinkerdb.rs) is a thin wrapper over
 //! [`node::run`]. See `docs/ARCHITECTURE.md` for a request's whole journey.
 
+pub mod admin_service;
 pub mod config;
 pub mod connection;
 pub mod node;

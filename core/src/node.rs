@@ -8,7 +8,9 @@
 //! 3. start core 0, which binds the client address (port 0 becomes a real
 //!    port here), then the other cores, which bind the same address with
 //!    `SO_REUSEPORT` so the kernel spreads connections over them;
-//! 4. once every core has bound and connected its channels, report ready.
+//! 4. once every core has bound and connected its channels, start the
+//!    admin plane (its own tokio thread, reaching the cores only through
+//!    one bounded channel each) and report ready.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,10 +27,14 @@ use crate::config::NodeConfig;
 use crate::connection::serve_connection;
 use crate::recovery::recover_core;
 use crate::router::{now_ms, serve_peer, CoreContext, CoreMessage};
-use crate::shard::{Journal, Shard, ShardRequest};
+use crate::shard::{Journal, Shard};
 use crate::slots::{CoreId, SlotMap};
 use crate::snapshots::drive_snapshots;
-use crate::tenants::{quota_share, TenantRegistry};
+use crate::tenants::{CoreTenants, TenantRegistry};
+use tinkerdb_admin::tenants_file::{self, TenantSpec};
+use tinkerdb_admin::{CoreInbox, NodeFacts, NodeHandle};
+
+use crate::admin_service::{apply_quotas, serve_admin};
 
 /// Memory each executor registers with io_uring for its I/O buffers. Kept
 /// small: the default `ulimit -l` here is 8 MiB for the whole process.
@@ -56,6 +62,8 @@ pub struct NodeInfo {
     pub data_dir: PathBuf,
     /// The durability mode, as configured (`sync`, `interval`, `none`).
     pub durability: String,
+    /// The bound admin address, if the admin plane runs.
+    pub admin_addr: Option<SocketAddr>,
 }
 
 /// Runs a node until its cores stop. Calls `on_ready` once every core is
@@ -74,7 +82,25 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
     };
     check_node_file(&config.data_dir, cores)?;
     let slot_map = Arc::new(SlotMap::contiguous(cores));
-    let tenants = Arc::new(TenantRegistry::new(&config.tenants));
+    // The config's tenants, then those created or changed at runtime.
+    let configured = config
+        .tenants
+        .iter()
+        .map(|tenant| TenantSpec {
+            name: tenant.name.clone(),
+            max_keys: tenant.max_keys,
+            max_bytes: tenant.max_bytes,
+        })
+        .collect();
+    let tenant_specs = tenants_file::merge(configured, tenants_file::load(&config.data_dir)?);
+    let tenants = Arc::new(TenantRegistry::new(&tenant_specs));
+    // Bound now so a taken port fails the start before any core runs.
+    let admin_listener = match config.admin_enabled {
+        true => Some(tinkerdb_admin::bind(config.admin_listen)?),
+        false => None,
+    };
+    let (admin_senders, mut admin_inboxes): (Vec<_>, Vec<_>) =
+        (0..cores).map(|_| tinkerdb_admin::core_channel()).unzip();
 
     // channels[from][to]: one bounded SPSC channel per ordered pair of cores.
     let mut outbound: Vec<Vec<Option<SharedSender<CoreMessage>>>> =
@@ -121,6 +147,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
             receivers,
             bound: bound_tx.clone(),
             events: events_tx.clone(),
+            admin_inbox: admin_listener.is_some().then(|| admin_inboxes.remove(0)),
         };
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("tinkerdb-core-{core}"))
@@ -169,12 +196,38 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
             }
         }
     }
+    let durability = format!("{:?}", config.durability).to_lowercase();
+    let admin = match admin_listener {
+        Some(listener) => {
+            let facts = NodeFacts {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                cores,
+                durability: durability.clone(),
+                data_dir: config.data_dir.clone(),
+                client_addr: addrs.client,
+                resp_addr: addrs.resp,
+                core_slots: (0..cores)
+                    .map(|core| {
+                        let range = slot_map.slot_range(core);
+                        (range.start as u32, range.end as u32 - 1)
+                    })
+                    .collect(),
+                started_unix_ms: now_ms(),
+                max_key_bytes: config.limits.max_key_bytes,
+                max_value_bytes: config.limits.max_value_bytes,
+            };
+            let handle = NodeHandle::new(facts, admin_senders, tenant_specs);
+            Some(tinkerdb_admin::start(listener, handle)?)
+        }
+        None => None,
+    };
     on_ready(&NodeInfo {
         client_addr: addrs.client,
         resp_addr: addrs.resp,
         cores,
         data_dir: config.data_dir.clone(),
-        durability: format!("{:?}", config.durability).to_lowercase(),
+        durability,
+        admin_addr: admin.as_ref().map(|admin| admin.addr),
     });
     // A core never stops on its own: if one does (an error or a panic), its
     // slots are gone, so the whole node stops rather than limp on.
@@ -293,6 +346,8 @@ struct CoreSetup {
     bound: mpsc::Sender<anyhow::Result<BoundAddrs>>,
     /// Told once the core is connected to the others and serving.
     events: mpsc::Sender<CoreEvent>,
+    /// This core's admin channel, if the admin plane runs.
+    admin_inbox: Option<CoreInbox>,
 }
 
 async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
@@ -361,12 +416,13 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
         }
         None => (None, None),
     };
-    let journal = Journal::new(wal.clone(), setup.tenants.clone());
+    let core_tenants = Rc::new(CoreTenants::new(setup.tenants.clone()));
+    let journal = Journal::new(wal.clone(), core_tenants.clone());
     let shard = Shard::new(core, setup.slot_map.clone(), recovered.store, journal);
     let context = Rc::new(CoreContext::new(
         core,
         setup.slot_map.clone(),
-        setup.tenants.clone(),
+        core_tenants,
         setup.config.limits.clone(),
         shard,
         wal,
@@ -386,22 +442,15 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
             .map_err(|error| anyhow!("cannot start the snapshot task: {error}"))?
             .detach();
     }
-    let slots = setup.slot_map.slot_range(core);
-    for tenant in setup.tenants.iter() {
-        let quota = quota_share(tenant.quota, slots.clone());
-        context.shard.borrow_mut().execute(
-            ShardRequest::SetQuota {
-                tenant: tenant.id,
-                quota,
-            },
-            now_ms(),
-        );
-    }
+    apply_quotas(&context, &setup.tenants);
     for connecting in inbound_connecting {
         let inbound = connecting.await;
         glommio::spawn_local(serve_peer(context.clone(), inbound)).detach();
     }
     glommio::spawn_local(active_expiry(context.clone())).detach();
+    if let Some(inbox) = setup.admin_inbox {
+        glommio::spawn_local(serve_admin(context.clone(), inbox)).detach();
+    }
     let _ = setup.events.send(CoreEvent::Serving);
     tracing::debug!(core, %client_addr, "core serving");
     if let Some((_, resp_listener)) = resp {

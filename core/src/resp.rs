@@ -348,6 +348,8 @@ impl RespConnection {
         let max_command_bytes = limits.max_frame_bytes + RESP_MAX_INLINE_BYTES;
         let mut batch: Vec<Pending> = Vec::new();
         loop {
+            // Latency is measured from the read that completed the batch.
+            let started = std::time::Instant::now();
             let mut after = After::Continue;
             while batch.len() < RESP_MAX_PIPELINED_COMMANDS {
                 match parse_command(self.input.unread(), max_args, max_bulk_bytes) {
@@ -379,6 +381,7 @@ impl RespConnection {
                     })
                     .max();
                 let durable = self.context.wait_durable(highest).await;
+                let answered = batch.len() as u64;
                 for pending in batch.drain(..) {
                     let value = match pending {
                         Pending::Ready(value) => value,
@@ -395,12 +398,17 @@ impl RespConnection {
                             Err(error) => RespValue::error(format!("ERR {}", error.message)),
                         },
                     };
-                    let stats = &self.context.stats;
-                    stats.requests_total.set(stats.requests_total.get() + 1);
+                    if let RespValue::Error(_) = &value {
+                        let errors = &self.context.stats.errors_sum;
+                        errors.set(errors.get() + 1);
+                    }
                     value.encode(self.protocol, &mut self.output);
                 }
                 self.remote.clear();
                 self.stream.write_all(&self.output).await?;
+                self.context
+                    .stats
+                    .record_answers(self.session.tenant, answered, started);
                 self.output.clear();
                 if let After::Close = after {
                     return Ok(());

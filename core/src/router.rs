@@ -16,8 +16,13 @@
 //!   a sender waits, it never drops a request.
 
 use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use tinkerdb_admin::report::{latency_histogram, record_micros};
+use tinkerdb_storage::TenantId;
 
 use futures_channel::oneshot;
 use glommio::channels::shared_channel::{ConnectedReceiver, ConnectedSender};
@@ -28,7 +33,7 @@ use crate::protocol::ProtocolError;
 use crate::shard::{Shard, ShardReply, ShardRequest};
 use crate::slots::{CoreId, SlotMap};
 use crate::snapshots::SnapshotState;
-use crate::tenants::TenantRegistry;
+use crate::tenants::CoreTenants;
 use std::path::PathBuf;
 use tinkerdb_storage::wal::Wal;
 
@@ -40,8 +45,10 @@ pub struct CoreMessage {
     pub reply_to: oneshot::Sender<ShardReply>,
 }
 
-/// Counters of one core (exported by the admin plane once it exists).
-#[derive(Debug, Default)]
+/// Counters of one core, reported to the admin plane on request
+/// (`tinkerdb_admin::report::CoreReport`). Plain cells: only this core
+/// writes or reads them.
+#[derive(Debug)]
 pub struct CoreStats {
     /// Requests answered, errors included.
     pub requests_total: Cell<u64>,
@@ -53,14 +60,54 @@ pub struct CoreStats {
     pub connections_open: Cell<u64>,
     /// Requests received from other cores.
     pub peer_requests_total: Cell<u64>,
+    /// Client requests answered with an error (any code, both protocols).
+    pub errors_sum: Cell<u64>,
+    /// Server-side latency of client requests, microseconds: from the read
+    /// that completed a request to the write of its answer.
+    pub request_latency: RefCell<Histogram<u64>>,
+    /// Client requests answered, by tenant id.
+    pub tenant_requests: RefCell<Vec<u64>>,
+}
+
+impl Default for CoreStats {
+    fn default() -> Self {
+        CoreStats {
+            requests_total: Cell::default(),
+            errors_total: Default::default(),
+            connections_total: Cell::default(),
+            connections_open: Cell::default(),
+            peer_requests_total: Cell::default(),
+            errors_sum: Cell::default(),
+            request_latency: RefCell::new(latency_histogram()),
+            tenant_requests: RefCell::new(Vec::new()),
+        }
+    }
 }
 
 impl CoreStats {
+    /// Records `count` requests of `tenant` answered together, read at
+    /// `started` (one clock read per batch, not per request).
+    pub fn record_answers(&self, tenant: TenantId, count: u64, started: Instant) {
+        if count == 0 {
+            return;
+        }
+        self.requests_total.set(self.requests_total.get() + count);
+        let micros = started.elapsed().as_micros() as u64;
+        record_micros(&mut self.request_latency.borrow_mut(), micros, count);
+        let mut by_tenant = self.tenant_requests.borrow_mut();
+        let index = tenant as usize;
+        if by_tenant.len() <= index {
+            by_tenant.resize(index + 1, 0);
+        }
+        by_tenant[index] += count;
+    }
+
     /// Counts one error answered with `code`.
     pub fn count_error(&self, code: ErrorCode) {
         let index = usize::from(code.0).min(self.errors_total.len() - 1);
         let counter = &self.errors_total[index];
         counter.set(counter.get() + 1);
+        self.errors_sum.set(self.errors_sum.get() + 1);
     }
 }
 
@@ -70,8 +117,8 @@ pub struct CoreContext {
     pub core: CoreId,
     /// Slot ownership (read-only).
     pub slot_map: Arc<SlotMap>,
-    /// Tenants (read-only).
-    pub tenants: Arc<TenantRegistry>,
+    /// Tenants (replaced whole by the admin plane).
+    pub tenants: Rc<CoreTenants>,
     /// Request limits.
     pub limits: Limits,
     /// This core's keys. Borrowed only inside synchronous code, never across
@@ -126,7 +173,7 @@ impl CoreContext {
     pub fn new(
         core: CoreId,
         slot_map: Arc<SlotMap>,
-        tenants: Arc<TenantRegistry>,
+        tenants: Rc<CoreTenants>,
         limits: Limits,
         shard: Shard,
         wal: Option<Wal>,

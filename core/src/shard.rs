@@ -11,6 +11,7 @@
 //! to gain from serialising them. Between nodes (replication) they will be
 //! flatbuffers.
 
+use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -20,7 +21,7 @@ use tinkerdb_storage::{
 };
 
 use crate::slots::{CoreId, SlotMap};
-use crate::tenants::TenantRegistry;
+use crate::tenants::CoreTenants;
 use tinkerdb_storage::log_op::{LoggedOp, RECORD_KIND_KV};
 use tinkerdb_storage::snapshot::SnapshotCut;
 use tinkerdb_storage::wal::Wal;
@@ -266,7 +267,7 @@ pub struct Shard {
 /// at its cut. Without a WAL (durability `none`) it does nothing.
 pub struct Journal {
     wal: Option<Wal>,
-    tenants: Arc<TenantRegistry>,
+    tenants: Rc<CoreTenants>,
     snapshot: Option<SnapshotCut>,
     /// The WAL index the current request's acknowledgement must wait for.
     ack_point: Option<u64>,
@@ -275,7 +276,7 @@ pub struct Journal {
 
 impl Journal {
     /// A journal writing to `wal` (none: memory only).
-    pub fn new(wal: Option<Wal>, tenants: Arc<TenantRegistry>) -> Journal {
+    pub fn new(wal: Option<Wal>, tenants: Rc<CoreTenants>) -> Journal {
         Journal {
             wal,
             tenants,
@@ -286,7 +287,7 @@ impl Journal {
     }
 
     fn tenant_name(&self) -> impl Fn(TenantId) -> String + '_ {
-        |tenant| self.tenants.by_id(tenant).name.to_string()
+        |tenant| self.tenants.name_of(tenant).to_string()
     }
 
     /// Copy-on-write for a snapshot in progress: call before changing `slot`.
@@ -326,7 +327,7 @@ impl Journal {
         if self.wal.is_none() {
             return;
         }
-        let name = self.tenants.by_id(tenant).name.clone();
+        let name = self.tenants.name_of(tenant);
         // Time 0: log the entry even if its TTL has already passed.
         let op = match store.get(tenant, key.slot, &key.key, 0) {
             Some(view) => LoggedOp::Put {
@@ -373,6 +374,11 @@ impl Shard {
             store,
             journal,
         }
+    }
+
+    /// The key-value store (read-only).
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The store, for the background expiry task.
@@ -554,7 +560,7 @@ impl Shard {
                     journal.snapshot = Some(snapshot);
                 }
                 let removed = store.flush_tenant(tenant);
-                let name = journal.tenants.by_id(tenant).name.clone();
+                let name = journal.tenants.name_of(tenant);
                 journal.append(LoggedOp::Flush { tenant: &name });
                 ShardReply::Count(removed)
             }

@@ -32,6 +32,19 @@ pub struct SnapshotState {
     waiters: Vec<Waiter>,
     /// Cut index of the last snapshot installed (0: none yet).
     pub last_cut: u64,
+    /// The last snapshot installed since start.
+    pub last: Option<InstalledSnapshot>,
+}
+
+/// A snapshot this core installed.
+#[derive(Debug, Clone, Copy)]
+pub struct InstalledSnapshot {
+    /// When, Unix milliseconds.
+    pub unix_ms: u64,
+    /// Entries written.
+    pub entries: u64,
+    /// File size.
+    pub bytes: u64,
 }
 
 /// Asks this core for a snapshot and waits until one that starts after the
@@ -147,6 +160,12 @@ async fn write_snapshot(context: &CoreContext, cut: u64) -> Result<(u64, u64), S
     if let Some(wal) = &context.wal {
         wal.reset_snapshot_counter();
     }
-    context.snapshots.borrow_mut().last_cut = cut;
+    let mut state = context.snapshots.borrow_mut();
+    state.last_cut = cut;
+    state.last = Some(InstalledSnapshot {
+        unix_ms: now_ms(),
+        entries,
+        bytes,
+    });
     Ok((entries, bytes))
 }

@@ -2,15 +2,19 @@
 //!
 //! Tenant ids are local to a node (the index in the config's list); slot
 //! hashing uses the name, so ids never leave the node. The registry is built
-//! at start-up and shared read-only; a tenant created at runtime (admin API,
-//! later) will reach the cores as a message, never through shared mutation.
+//! at start-up from the config and `tenants.json` (tenants created through
+//! the admin API). A tenant created or changed at runtime reaches each core
+//! as a message carrying the whole new list; each core swaps its own
+//! [`CoreTenants`] (never shared mutation across cores). The list only
+//! grows, so the id a connection bound to stays valid.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tinkerdb_storage::{Quota, TenantId, SLOT_COUNT};
+use tinkerdb_admin::tenants_file::TenantSpec;
 
-use crate::config::TenantConfig;
+use tinkerdb_storage::{Quota, TenantId, SLOT_COUNT};
 
 /// One known tenant.
 #[derive(Debug, Clone)]
@@ -31,9 +35,9 @@ pub struct TenantRegistry {
 }
 
 impl TenantRegistry {
-    /// Builds the registry from validated config.
-    pub fn new(configs: &[TenantConfig]) -> TenantRegistry {
-        let tenants: Vec<Tenant> = configs
+    /// Builds the registry from validated specs (ids are list positions).
+    pub fn new(specs: &[TenantSpec]) -> TenantRegistry {
+        let tenants: Vec<Tenant> = specs
             .iter()
             .enumerate()
             .map(|(index, config)| Tenant {
@@ -67,6 +71,59 @@ impl TenantRegistry {
     /// Every tenant.
     pub fn iter(&self) -> impl Iterator<Item = &Tenant> {
         self.tenants.iter()
+    }
+
+    /// Number of tenants.
+    pub fn len(&self) -> usize {
+        self.tenants.len()
+    }
+
+    /// Whether there are none (never, once `default` is added).
+    pub fn is_empty(&self) -> bool {
+        self.tenants.is_empty()
+    }
+}
+
+/// One core's current tenant registry: replaced whole when the admin plane
+/// installs a new list. Readers take an `Arc` and never hold a borrow
+/// across an `.await`.
+#[derive(Debug)]
+pub struct CoreTenants {
+    current: RefCell<Arc<TenantRegistry>>,
+}
+
+impl CoreTenants {
+    /// Starts with `registry`.
+    pub fn new(registry: Arc<TenantRegistry>) -> CoreTenants {
+        CoreTenants {
+            current: RefCell::new(registry),
+        }
+    }
+
+    /// The registry now.
+    pub fn get(&self) -> Arc<TenantRegistry> {
+        self.current.borrow().clone()
+    }
+
+    /// The tenant called `name`, now.
+    pub fn by_name(&self, name: &str) -> Option<Tenant> {
+        self.current.borrow().by_name(name).cloned()
+    }
+
+    /// The name of tenant `id`.
+    pub fn name_of(&self, id: TenantId) -> Arc<str> {
+        self.current.borrow().by_id(id).name.clone()
+    }
+
+    /// Replaces the registry. The new one must extend the old (same names
+    /// at the same ids).
+    pub fn install(&self, registry: Arc<TenantRegistry>) {
+        let mut current = self.current.borrow_mut();
+        debug_assert!(current
+            .iter()
+            .zip(registry.iter())
+            .all(|(old, new)| old.name == new.name));
+        *current = registry;
     }
 }
 

@@ -339,6 +339,7 @@ fn a_second_node_on_the_same_port_refuses_to_start() {
             "--listen",
             &node.addr.to_string(),
             "--no-resp",
+            "--no-admin",
             "--cores",
             "1",
         ])

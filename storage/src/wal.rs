@@ -24,7 +24,9 @@
 //! zero-filled when created so later writes overwrite written blocks (cheaper
 //! for ext4 than converting unwritten extents). Layout: `wal_format`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+
+use hdrhistogram::Histogram;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -183,6 +185,38 @@ pub struct Wal {
     state: Rc<RefCell<WalState>>,
     mode: DurabilityMode,
     dir: Rc<PathBuf>,
+    stats: Rc<WalStats>,
+}
+
+/// What a WAL has done since it was opened (read by the admin plane).
+#[derive(Debug)]
+pub struct WalStats {
+    /// Bytes written to segments (batches with headers and padding).
+    pub bytes_written: Cell<u64>,
+    /// Flushes completed (one write plus one `fdatasync` each).
+    pub flushes: Cell<u64>,
+    /// Duration of each flush (write plus `fdatasync`), microseconds.
+    pub flush_micros: RefCell<Histogram<u64>>,
+}
+
+impl WalStats {
+    fn new() -> WalStats {
+        WalStats {
+            bytes_written: Cell::new(0),
+            flushes: Cell::new(0),
+            // 1 us to 60 s at 1% precision.
+            flush_micros: RefCell::new(
+                Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid histogram bounds"),
+            ),
+        }
+    }
+
+    fn record_flush(&self, bytes: u64, elapsed: std::time::Duration) {
+        self.bytes_written.set(self.bytes_written.get() + bytes);
+        self.flushes.set(self.flushes.get() + 1);
+        let micros = (elapsed.as_micros() as u64).clamp(1, 60_000_000);
+        let _ = self.flush_micros.borrow_mut().record(micros);
+    }
 }
 
 impl Wal {
@@ -265,6 +299,11 @@ impl Wal {
     /// The highest index known to be on disk.
     pub fn durable_index(&self) -> u64 {
         self.state.borrow().durable_index
+    }
+
+    /// Counters and the flush latency histogram.
+    pub fn stats(&self) -> &WalStats {
+        &self.stats
     }
 
     /// The error, once poisoned.
@@ -397,6 +436,7 @@ pub const FAILPOINT_FSYNC_FAIL_AFTER: &str = "TINKERDB_FAILPOINT_WAL_FSYNC_FAIL_
 /// The flusher: owns the files. Run it as a task on the WAL's core.
 pub struct WalWriter {
     dir: PathBuf,
+    stats: Rc<WalStats>,
     state: Rc<RefCell<WalState>>,
     mode: DurabilityMode,
     log_id: u32,
@@ -651,14 +691,17 @@ pub fn recover(
         .and_then(|n| n.parse().ok());
     let full = end.offset + BLOCK_BYTES as u64 > SEGMENT_BYTES;
     let dir_rc = Rc::new(dir.to_owned());
+    let stats = Rc::new(WalStats::new());
     Ok(Recovered {
         wal: Wal {
             state: state.clone(),
             mode,
             dir: dir_rc,
+            stats: stats.clone(),
         },
         writer: WalWriter {
             dir: dir.to_owned(),
+            stats,
             state,
             mode,
             log_id: 0,
@@ -933,7 +976,9 @@ impl WalWriter {
         self.flushes += 1;
         let fail = self.fail_after_flushes.is_some_and(|n| self.flushes > n);
         let bytes = image.len() as u64;
+        let stats = self.stats.clone();
         let write: WriteFuture = Box::pin(async move {
+            let started = std::time::Instant::now();
             let mut buffer = file.alloc_dma_buffer(image.len());
             buffer.as_bytes_mut().copy_from_slice(&image);
             let written = file
@@ -952,6 +997,7 @@ impl WalWriter {
             file.fdatasync()
                 .await
                 .map_err(|error| format!("WAL fdatasync failed: {error}"))?;
+            stats.record_flush(bytes, started.elapsed());
             Ok(())
         });
         Ok(Some(InFlight {

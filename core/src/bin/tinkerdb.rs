@@ -27,6 +27,12 @@ struct Args {
     /// Do not serve the Redis protocol.
     #[arg(long, conflicts_with = "resp_listen")]
     no_resp: bool,
+    /// Admin HTTP API, metrics and dashboard address [default: 127.0.0.1:7380].
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    /// Do not serve the admin plane.
+    #[arg(long, conflicts_with = "admin_listen")]
+    no_admin: bool,
     /// Data directory [default: ./tinkerdb-data].
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -74,6 +80,12 @@ fn main() -> anyhow::Result<()> {
     if args.no_resp {
         config.resp_enabled = false;
     }
+    if let Some(admin_listen) = args.admin_listen {
+        config.admin_listen = admin_listen;
+    }
+    if args.no_admin {
+        config.admin_enabled = false;
+    }
     if let Some(data_dir) = args.data_dir {
         config.data_dir = data_dir;
     }
@@ -98,6 +110,9 @@ fn main() -> anyhow::Result<()> {
                 "Redis protocol on {resp_addr} (redis-cli -p {})",
                 resp_addr.port()
             );
+        }
+        if let Some(admin_addr) = info.admin_addr {
+            println!("Admin API and dashboard on http://{admin_addr}/ (metrics: http://{admin_addr}/metrics)");
         }
         println!("Try it: tinker --addr {} set hello world", info.client_addr);
         tracing::info!(client_addr = %info.client_addr, cores = info.cores, "node ready");

@@ -31,6 +31,8 @@ pub struct TestNode {
     pub addr: SocketAddr,
     /// Redis-protocol address.
     pub resp_addr: SocketAddr,
+    /// Admin plane (HTTP) address.
+    pub admin_addr: SocketAddr,
     data_dir: PathBuf,
 }
 
@@ -72,6 +74,7 @@ impl TestNode {
             .unwrap_or_else(|| workspace_binary("tinkerdb"));
         let mut child = Command::new(binary)
             .args(["--listen", "127.0.0.1:0", "--resp-listen", "127.0.0.1:0"])
+            .args(["--admin-listen", "127.0.0.1:0"])
             .args(["--cores", &cores.to_string()])
             .arg("--data-dir")
             .arg(data_dir.join("data"))
@@ -89,7 +92,8 @@ impl TestNode {
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let mut addr = None;
-        let resp_addr = loop {
+        let mut resp_addr = None;
+        let admin_addr = loop {
             let line = lines
                 .next()
                 .expect("tinkerdb exited before it was ready")
@@ -98,9 +102,13 @@ impl TestNode {
                 addr = Some(rest.split_whitespace().next().unwrap().parse().unwrap());
             }
             if let Some(rest) = line.strip_prefix("Redis protocol on ") {
-                break rest.split_whitespace().next().unwrap().parse().unwrap();
+                resp_addr = Some(rest.split_whitespace().next().unwrap().parse().unwrap());
+            }
+            if let Some(rest) = line.strip_prefix("Admin API and dashboard on http://") {
+                break rest.split('/').next().unwrap().parse().unwrap();
             }
         };
+        let resp_addr = resp_addr.expect("the Redis line comes before the admin line");
         let addr = addr.expect("the ready line comes first");
         // Keep draining stdout so the node never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
@@ -108,6 +116,7 @@ impl TestNode {
             child,
             addr,
             resp_addr,
+            admin_addr,
             data_dir,
         }
     }
@@ -147,6 +156,7 @@ pub fn start_expecting_failure(cores: usize, data_dir: &std::path::Path) -> std:
             "--listen",
             "127.0.0.1:0",
             "--no-resp",
+            "--no-admin",
             "--cores",
             &cores.to_string(),
         ])

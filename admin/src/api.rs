@@ -1,0 +1,889 @@
+//! The HTTP API under `/v1`, `/health`, `/ready` and `/metrics`, and the
+//! OpenAPI document generated from these handlers (`/v1/openapi.json`).
+//!
+//! Every handler reaches the node through [`NodeHandle`] messages; none
+//! touches core state. Every error is JSON `{"error": {"code", "message"}}`
+//! with a stable code ([`ErrorCode`]).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::link::{
+    now_unix_ms, CoreRequest, CoreResponse, KeyOp, NodeHandle, StoredValue, Usage,
+    MAX_SCAN_PAGE_KEYS,
+};
+use crate::live::{LiveSeries, Sample};
+use crate::metrics::{render, Scrape};
+use crate::report::CoreReport;
+use crate::tenants_file::{save, valid_tenant_name, TenantSpec};
+
+/// How long `/ready` and status calls wait for the cores.
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Default keys per scan page.
+pub const DEFAULT_SCAN_PAGE_KEYS: usize = 100;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The node.
+    pub node: NodeHandle,
+    /// The dashboard's live series.
+    pub live: Arc<Mutex<LiveSeries>>,
+    /// The admin address actually bound.
+    pub admin_addr: std::net::SocketAddr,
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn unexpected(response: CoreResponse) -> ApiError {
+    ApiError::new(
+        ErrorCode::Internal,
+        format!("unexpected answer from a core: {response:?}"),
+    )
+}
+
+// ---------------------------------------------------------------- health
+
+/// Liveness and readiness answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthBody {
+    /// `ok`, `ready` or `not_ready`.
+    pub status: String,
+    /// Why not ready, if so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Liveness: the admin plane answers.
+#[utoipa::path(get, path = "/health", tag = "node",
+    responses((status = 200, description = "The process is alive", body = HealthBody)))]
+async fn health() -> Json<HealthBody> {
+    Json(HealthBody {
+        status: "ok".into(),
+        reason: None,
+    })
+}
+
+/// Readiness: every core answers within two seconds.
+#[utoipa::path(get, path = "/ready", tag = "node",
+    responses(
+        (status = 200, description = "Every core is serving", body = HealthBody),
+        (status = 503, description = "A core does not answer", body = HealthBody)))]
+async fn ready(State(state): State<AppState>) -> Response {
+    match state
+        .node
+        .call_all(|| CoreRequest::Report, STATUS_TIMEOUT)
+        .await
+    {
+        Ok(_) => Json(HealthBody {
+            status: "ready".into(),
+            reason: None,
+        })
+        .into_response(),
+        Err(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(HealthBody {
+                status: "not_ready".into(),
+                reason: Some(error.message),
+            }),
+        )
+            .into_response(),
+    }
+}
+
+// ---------------------------------------------------------------- node
+
+/// An inclusive slot range.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub struct SlotRange {
+    /// First slot.
+    pub start: u32,
+    /// Last slot (inclusive).
+    pub end: u32,
+}
+
+/// The last snapshot of a core.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SnapshotStatus {
+    /// When it was installed, Unix milliseconds.
+    pub unix_ms: u64,
+    /// Entries.
+    pub entries: u64,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// One core.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CoreStatus {
+    /// Core number.
+    pub core: usize,
+    /// Slots it owns.
+    pub slots: SlotRange,
+    /// Live keys.
+    pub keys: u64,
+    /// Bytes of keys and values.
+    pub memory_bytes: u64,
+    /// Bytes written to its WAL since start.
+    pub wal_bytes: u64,
+    /// WAL flushes (write + fdatasync) since start.
+    pub wal_fsyncs: u64,
+    /// True once its WAL refuses writes (after an I/O error).
+    pub wal_poisoned: bool,
+    /// Client connections open.
+    pub connections_open: u64,
+    /// Client requests answered since start.
+    pub requests_total: u64,
+    /// The last snapshot installed since start.
+    pub last_snapshot: Option<SnapshotStatus>,
+}
+
+/// Listening addresses.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ListenAddrs {
+    /// Client (flatbuffers) protocol.
+    pub clients: String,
+    /// Redis protocol, if served.
+    pub resp: Option<String>,
+    /// This admin plane.
+    pub admin: String,
+}
+
+/// The node's status.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodeStatus {
+    /// Software version.
+    pub version: String,
+    /// Seconds since start.
+    pub uptime_seconds: f64,
+    /// Cores serving.
+    pub cores: usize,
+    /// Durability mode.
+    pub durability: String,
+    /// Data directory.
+    pub data_dir: String,
+    /// Addresses.
+    pub listen: ListenAddrs,
+    /// Live keys, all cores.
+    pub keys: u64,
+    /// Bytes of keys and values, all cores.
+    pub memory_bytes: u64,
+    /// Resident memory of the process.
+    pub resident_memory_bytes: u64,
+    /// Bytes written to the WALs since start.
+    pub wal_bytes: u64,
+    /// Client connections open.
+    pub connections: u64,
+    /// Each core.
+    pub per_core: Vec<CoreStatus>,
+}
+
+async fn reports(node: &NodeHandle) -> ApiResult<Vec<CoreReport>> {
+    node.call_all(|| CoreRequest::Report, STATUS_TIMEOUT)
+        .await?
+        .into_iter()
+        .map(|answer| match answer {
+            CoreResponse::Report(report) => Ok(*report),
+            other => Err(unexpected(other)),
+        })
+        .collect()
+}
+
+/// Node status: cores, slots, keys, WAL, snapshots, uptime, version.
+#[utoipa::path(get, path = "/v1/node", tag = "node",
+    responses((status = 200, body = NodeStatus), (status = 503, body = ErrorBody)))]
+async fn node_status(State(state): State<AppState>) -> ApiResult<Json<NodeStatus>> {
+    let facts = state.node.facts();
+    let reports = reports(&state.node).await?;
+    let per_core: Vec<CoreStatus> = reports
+        .iter()
+        .map(|report| {
+            let (start, end) = facts.core_slots[report.core];
+            CoreStatus {
+                core: report.core,
+                slots: SlotRange { start, end },
+                keys: report.keys,
+                memory_bytes: report.data_bytes,
+                wal_bytes: report.wal_bytes_written,
+                wal_fsyncs: report.wal_fsyncs,
+                wal_poisoned: report.wal_poisoned,
+                connections_open: report.connections_open,
+                requests_total: report.requests_total,
+                last_snapshot: report.last_snapshot.map(|s| SnapshotStatus {
+                    unix_ms: s.unix_ms,
+                    entries: s.entries,
+                    bytes: s.bytes,
+                }),
+            }
+        })
+        .collect();
+    Ok(Json(NodeStatus {
+        version: facts.version.clone(),
+        uptime_seconds: now_unix_ms().saturating_sub(facts.started_unix_ms) as f64 / 1e3,
+        cores: facts.cores,
+        durability: facts.durability.clone(),
+        data_dir: facts.data_dir.display().to_string(),
+        listen: ListenAddrs {
+            clients: facts.client_addr.to_string(),
+            resp: facts.resp_addr.map(|addr| addr.to_string()),
+            admin: state.admin_addr.to_string(),
+        },
+        keys: per_core.iter().map(|c| c.keys).sum(),
+        memory_bytes: per_core.iter().map(|c| c.memory_bytes).sum(),
+        resident_memory_bytes: crate::metrics::resident_memory_bytes().unwrap_or(0),
+        wal_bytes: per_core.iter().map(|c| c.wal_bytes).sum(),
+        connections: per_core.iter().map(|c| c.connections_open).sum(),
+        per_core,
+    }))
+}
+
+/// A node of the cluster.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClusterNode {
+    /// Node id.
+    pub id: u64,
+    /// Client address.
+    pub address: String,
+    /// `up` or `down`.
+    pub state: String,
+    /// Whether this is the node answering.
+    pub is_self: bool,
+}
+
+/// A shard: a slot range replicated as one group.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClusterShard {
+    /// Shard id.
+    pub id: u64,
+    /// Its slots.
+    pub slots: SlotRange,
+    /// Node id of the leader.
+    pub leader: Option<u64>,
+    /// Current term (0 without replication).
+    pub term: u64,
+    /// Node ids holding a replica.
+    pub replicas: Vec<u64>,
+}
+
+/// Cluster topology.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClusterStatus {
+    /// `standalone` (one node, each core one shard) or `raft`.
+    pub mode: String,
+    /// Nodes.
+    pub nodes: Vec<ClusterNode>,
+    /// Shards.
+    pub shards: Vec<ClusterShard>,
+}
+
+/// Cluster topology: nodes, shards, leaders, terms.
+#[utoipa::path(get, path = "/v1/cluster", tag = "node",
+    responses((status = 200, body = ClusterStatus)))]
+async fn cluster_status(State(state): State<AppState>) -> Json<ClusterStatus> {
+    // A standalone node: each core's slot range is one shard that this node
+    // leads. Replication (issue 4) replaces this with the Raft groups.
+    let facts = state.node.facts();
+    Json(ClusterStatus {
+        mode: "standalone".into(),
+        nodes: vec![ClusterNode {
+            id: 1,
+            address: facts.client_addr.to_string(),
+            state: "up".into(),
+            is_self: true,
+        }],
+        shards: facts
+            .core_slots
+            .iter()
+            .enumerate()
+            .map(|(core, &(start, end))| ClusterShard {
+                id: core as u64,
+                slots: SlotRange { start, end },
+                leader: Some(1),
+                term: 0,
+                replicas: vec![1],
+            })
+            .collect(),
+    })
+}
+
+// ---------------------------------------------------------------- tenants
+
+/// A tenant's quota (null: unlimited).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaBody {
+    /// Most keys.
+    #[serde(default)]
+    pub max_keys: Option<u64>,
+    /// Most key + value bytes.
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+}
+
+/// A tenant's usage.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageBody {
+    /// Live keys.
+    pub keys: u64,
+    /// Bytes of keys and values.
+    pub bytes: u64,
+}
+
+/// A tenant.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantStatus {
+    /// Name.
+    pub name: String,
+    /// Quota.
+    pub quota: QuotaBody,
+    /// Usage now.
+    pub usage: UsageBody,
+}
+
+/// Every tenant.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantList {
+    /// Tenants, in creation order.
+    pub tenants: Vec<TenantStatus>,
+}
+
+/// A tenant to create.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenant {
+    /// Name: 1-64 bytes of `[A-Za-z0-9_.-]`.
+    pub name: String,
+    /// Most keys (absent or null: unlimited).
+    #[serde(default)]
+    pub max_keys: Option<u64>,
+    /// Most key + value bytes (absent or null: unlimited).
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+}
+
+async fn usage_by_tenant(node: &NodeHandle) -> ApiResult<Vec<Usage>> {
+    let mut total: Vec<Usage> = Vec::new();
+    for answer in node
+        .call_all(|| CoreRequest::TenantUsage, STATUS_TIMEOUT)
+        .await?
+    {
+        let CoreResponse::Usage(usage) = answer else {
+            return Err(unexpected(answer));
+        };
+        if total.len() < usage.len() {
+            total.resize(usage.len(), Usage::default());
+        }
+        for (sum, core) in total.iter_mut().zip(usage) {
+            sum.keys += core.keys;
+            sum.bytes += core.bytes;
+        }
+    }
+    Ok(total)
+}
+
+fn tenant_status(spec: &TenantSpec, usage: Usage) -> TenantStatus {
+    TenantStatus {
+        name: spec.name.clone(),
+        quota: QuotaBody {
+            max_keys: spec.max_keys,
+            max_bytes: spec.max_bytes,
+        },
+        usage: UsageBody {
+            keys: usage.keys,
+            bytes: usage.bytes,
+        },
+    }
+}
+
+/// Lists tenants with their quotas and usage.
+#[utoipa::path(get, path = "/v1/tenants", tag = "tenants",
+    responses((status = 200, body = TenantList), (status = 503, body = ErrorBody)))]
+async fn list_tenants(State(state): State<AppState>) -> ApiResult<Json<TenantList>> {
+    let tenants = state.node.tenants().lock().await.clone();
+    let usage = usage_by_tenant(&state.node).await?;
+    Ok(Json(TenantList {
+        tenants: tenants
+            .iter()
+            .enumerate()
+            .map(|(id, spec)| tenant_status(spec, usage.get(id).copied().unwrap_or_default()))
+            .collect(),
+    }))
+}
+
+/// Saves `tenants` durably, then installs them on every core.
+async fn publish_tenants(node: &NodeHandle, tenants: &[TenantSpec]) -> ApiResult<()> {
+    let data_dir = node.facts().data_dir.clone();
+    let to_save = tenants.to_vec();
+    tokio::task::spawn_blocking(move || save(&data_dir, &to_save))
+        .await
+        .map_err(|error| ApiError::new(ErrorCode::Internal, error.to_string()))?
+        .map_err(|error| {
+            ApiError::new(
+                ErrorCode::StorageFailed,
+                format!("cannot save the tenant list: {error}"),
+            )
+        })?;
+    let shared = Arc::new(tenants.to_vec());
+    node.call_all(
+        || CoreRequest::InstallTenants(shared.clone()),
+        STATUS_TIMEOUT,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Creates a tenant (saved in the data directory; survives restarts).
+#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = NewTenant,
+    responses(
+        (status = 201, body = TenantStatus),
+        (status = 400, body = ErrorBody),
+        (status = 409, description = "The tenant exists", body = ErrorBody)))]
+async fn create_tenant(
+    State(state): State<AppState>,
+    body: Result<Json<NewTenant>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<(StatusCode, Json<TenantStatus>)> {
+    let Json(new) = body.map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.body_text()))?;
+    if !valid_tenant_name(&new.name) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidArgument,
+            format!(
+                "tenant name {:?} must be 1-64 bytes of [A-Za-z0-9_.-]",
+                new.name
+            ),
+        ));
+    }
+    let mut tenants = state.node.tenants().lock().await;
+    if tenants.iter().any(|spec| spec.name == new.name) {
+        return Err(ApiError::new(
+            ErrorCode::TenantExists,
+            format!("tenant {:?} already exists", new.name),
+        ));
+    }
+    let spec = TenantSpec {
+        name: new.name,
+        max_keys: new.max_keys,
+        max_bytes: new.max_bytes,
+    };
+    let mut changed = tenants.clone();
+    changed.push(spec.clone());
+    publish_tenants(&state.node, &changed).await?;
+    *tenants = changed;
+    Ok((
+        StatusCode::CREATED,
+        Json(tenant_status(&spec, Usage::default())),
+    ))
+}
+
+/// Changes a tenant's quota. Keys over a lowered quota stay; new writes are
+/// refused until usage is under it.
+#[utoipa::path(put, path = "/v1/tenants/{tenant}/quota", tag = "tenants", request_body = QuotaBody,
+    params(("tenant" = String, Path, description = "Tenant name")),
+    responses((status = 200, body = QuotaBody), (status = 404, body = ErrorBody)))]
+async fn set_quota(
+    State(state): State<AppState>,
+    Path(tenant): Path<String>,
+    body: Result<Json<QuotaBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<QuotaBody>> {
+    let Json(quota) = body.map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.body_text()))?;
+    let mut tenants = state.node.tenants().lock().await;
+    let Some(index) = tenants.iter().position(|spec| spec.name == tenant) else {
+        return Err(unknown_tenant(&tenant));
+    };
+    let mut changed = tenants.clone();
+    changed[index].max_keys = quota.max_keys;
+    changed[index].max_bytes = quota.max_bytes;
+    publish_tenants(&state.node, &changed).await?;
+    *tenants = changed;
+    Ok(Json(quota))
+}
+
+/// The error for a tenant name the node does not know.
+pub fn unknown_tenant(tenant: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::UnknownTenant,
+        format!("tenant {tenant:?} is not defined on this node"),
+    )
+}
+
+// ---------------------------------------------------------------- keys
+
+/// A value read.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ValueBody {
+    /// The key.
+    pub key: String,
+    /// The value: as text if it is UTF-8, else base64.
+    pub value: String,
+    /// `utf8` or `base64`.
+    pub encoding: String,
+    /// Version of the write that stored it.
+    pub version: u64,
+    /// Milliseconds left to live (null: no expiry).
+    pub ttl_ms: Option<u64>,
+}
+
+/// A write's outcome.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WrittenBody {
+    /// Version of the write.
+    pub version: u64,
+}
+
+/// A delete's outcome.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeletedBody {
+    /// Whether the key existed.
+    pub deleted: bool,
+}
+
+/// One page of a scan.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScanPage {
+    /// Keys (non-UTF-8 bytes replaced by U+FFFD).
+    pub keys: Vec<String>,
+    /// Pass back as `cursor` to continue; null when the scan is complete.
+    pub cursor: Option<String>,
+}
+
+/// Write options.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PutQuery {
+    /// Time to live in milliseconds (absent: no expiry).
+    pub ttl_ms: Option<u64>,
+}
+
+/// Scan parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ScanQuery {
+    /// Only keys starting with this.
+    pub prefix: Option<String>,
+    /// Cursor from the previous page (absent: start).
+    pub cursor: Option<String>,
+    /// Keys wanted, 1-1000 (default 100). A page may hold a few more or
+    /// fewer: a step always ends on a slot boundary.
+    pub limit: Option<usize>,
+}
+
+async fn key_call(state: &AppState, tenant: String, op: KeyOp) -> ApiResult<CoreResponse> {
+    let core = state.node.any_core();
+    state.node.call(core, CoreRequest::Key { tenant, op }).await
+}
+
+fn check_key(state: &AppState, key: &str) -> ApiResult<()> {
+    let max = state.node.facts().max_key_bytes;
+    if key.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidArgument,
+            "the key is empty",
+        ));
+    }
+    if key.len() > max {
+        return Err(ApiError::new(
+            ErrorCode::KeyTooLarge,
+            format!("key of {} bytes is over max_key_bytes ({max})", key.len()),
+        ));
+    }
+    Ok(())
+}
+
+fn value_body(key: String, stored: StoredValue) -> ValueBody {
+    let (value, encoding) = match std::str::from_utf8(&stored.value) {
+        Ok(text) => (text.to_owned(), "utf8"),
+        Err(_) => (
+            base64::engine::general_purpose::STANDARD.encode(&stored.value),
+            "base64",
+        ),
+    };
+    ValueBody {
+        key,
+        value,
+        encoding: encoding.into(),
+        version: stored.version,
+        ttl_ms: stored
+            .expires_at_ms
+            .map(|at| at.saturating_sub(now_unix_ms())),
+    }
+}
+
+/// Reads a key.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/keys/{key}", tag = "keys",
+    params(("tenant" = String, Path, description = "Tenant name"),
+           ("key" = String, Path, description = "Key (URL-encoded)")),
+    responses((status = 200, body = ValueBody), (status = 404, body = ErrorBody)))]
+async fn get_key(
+    State(state): State<AppState>,
+    Path((tenant, key)): Path<(String, String)>,
+) -> ApiResult<Json<ValueBody>> {
+    check_key(&state, &key)?;
+    let op = KeyOp::Get {
+        key: Bytes::from(key.clone()),
+    };
+    match key_call(&state, tenant, op).await? {
+        CoreResponse::Value(Some(stored)) => Ok(Json(value_body(key, stored))),
+        CoreResponse::Value(None) => Err(ApiError::new(
+            ErrorCode::KeyNotFound,
+            format!("key {key:?} does not exist"),
+        )),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Writes a key; the request body is the value. Answered once the write is
+/// as durable as the node's durability mode promises.
+#[utoipa::path(put, path = "/v1/tenants/{tenant}/keys/{key}", tag = "keys",
+    params(("tenant" = String, Path, description = "Tenant name"),
+           ("key" = String, Path, description = "Key (URL-encoded)"), PutQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The value"),
+    responses((status = 200, body = WrittenBody), (status = 404, body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 507, body = ErrorBody)))]
+async fn put_key(
+    State(state): State<AppState>,
+    Path((tenant, key)): Path<(String, String)>,
+    query: Result<Query<PutQuery>, axum::extract::rejection::QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<WrittenBody>> {
+    let Query(query) =
+        query.map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.body_text()))?;
+    check_key(&state, &key)?;
+    let max = state.node.facts().max_value_bytes;
+    let value = body.map_err(|error| {
+        if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                ErrorCode::ValueTooLarge,
+                format!("the value is over max_value_bytes ({max})"),
+            )
+        } else {
+            ApiError::new(ErrorCode::InvalidArgument, error.body_text())
+        }
+    })?;
+    if value.len() > max {
+        return Err(ApiError::new(
+            ErrorCode::ValueTooLarge,
+            format!(
+                "value of {} bytes is over max_value_bytes ({max})",
+                value.len()
+            ),
+        ));
+    }
+    let op = KeyOp::Put {
+        key: Bytes::from(key),
+        value,
+        ttl_ms: query.ttl_ms.unwrap_or(0),
+    };
+    match key_call(&state, tenant, op).await? {
+        CoreResponse::Written { version } => Ok(Json(WrittenBody { version })),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Deletes a key.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/keys/{key}", tag = "keys",
+    params(("tenant" = String, Path, description = "Tenant name"),
+           ("key" = String, Path, description = "Key (URL-encoded)")),
+    responses((status = 200, body = DeletedBody), (status = 404, body = ErrorBody)))]
+async fn delete_key(
+    State(state): State<AppState>,
+    Path((tenant, key)): Path<(String, String)>,
+) -> ApiResult<Json<DeletedBody>> {
+    check_key(&state, &key)?;
+    let op = KeyOp::Delete {
+        key: Bytes::from(key),
+    };
+    match key_call(&state, tenant, op).await? {
+        CoreResponse::Deleted(deleted) => Ok(Json(DeletedBody { deleted })),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// One page of a cursor scan over a tenant's keys.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/keys", tag = "keys",
+    params(("tenant" = String, Path, description = "Tenant name"), ScanQuery),
+    responses((status = 200, body = ScanPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn scan_keys(
+    State(state): State<AppState>,
+    Path(tenant): Path<String>,
+    query: Result<Query<ScanQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<ScanPage>> {
+    let Query(query) =
+        query.map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.body_text()))?;
+    let limit = query.limit.unwrap_or(DEFAULT_SCAN_PAGE_KEYS);
+    if !(1..=MAX_SCAN_PAGE_KEYS).contains(&limit) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidArgument,
+            format!("limit must be 1 to {MAX_SCAN_PAGE_KEYS}"),
+        ));
+    }
+    let cursor = match query.cursor.as_deref() {
+        None | Some("") => 0,
+        Some(text) => text.parse::<u32>().map_err(|_| {
+            ApiError::new(
+                ErrorCode::InvalidArgument,
+                "cursor is not one this API returned",
+            )
+        })?,
+    };
+    let op = KeyOp::Scan {
+        prefix: Bytes::from(query.prefix.unwrap_or_default()),
+        cursor,
+        limit,
+    };
+    match key_call(&state, tenant, op).await? {
+        CoreResponse::Scanned { keys, next_cursor } => Ok(Json(ScanPage {
+            keys: keys
+                .iter()
+                .map(|key| String::from_utf8_lossy(key).into_owned())
+                .collect(),
+            cursor: next_cursor.map(|cursor| cursor.to_string()),
+        })),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// A snapshot's outcome.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SnapshotBody {
+    /// Entries written, all cores.
+    pub entries: u64,
+    /// Bytes written, all cores.
+    pub bytes: u64,
+}
+
+/// Takes a snapshot of every core now (answers when all are installed).
+#[utoipa::path(post, path = "/v1/snapshot", tag = "node",
+    responses((status = 200, body = SnapshotBody), (status = 503, body = ErrorBody)))]
+async fn take_snapshot(State(state): State<AppState>) -> ApiResult<Json<SnapshotBody>> {
+    let core = state.node.any_core();
+    // Writing every core's keys can take a while on a big node.
+    match state
+        .node
+        .call_within(core, CoreRequest::Snapshot, Duration::from_secs(300))
+        .await?
+    {
+        CoreResponse::Snapshotted { entries, bytes } => Ok(Json(SnapshotBody { entries, bytes })),
+        other => Err(unexpected(other)),
+    }
+}
+
+// ---------------------------------------------------------------- stats
+
+/// Live series parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LiveQuery {
+    /// Only samples with a larger `seq` (absent: all kept).
+    pub since: Option<u64>,
+}
+
+/// The dashboard's live series.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LiveBody {
+    /// Milliseconds between samples.
+    pub interval_ms: u64,
+    /// Samples, oldest first (at most 300).
+    pub samples: Vec<Sample>,
+}
+
+/// Per-second throughput and latency of the node and each core.
+#[utoipa::path(get, path = "/v1/stats/live", tag = "stats", params(LiveQuery),
+    responses((status = 200, body = LiveBody)))]
+async fn live_stats(
+    State(state): State<AppState>,
+    query: Result<Query<LiveQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<LiveBody>> {
+    let Query(query) =
+        query.map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.body_text()))?;
+    let samples = state
+        .live
+        .lock()
+        .expect("live series lock")
+        .since(query.since);
+    Ok(Json(LiveBody {
+        interval_ms: crate::live::SAMPLE_INTERVAL.as_millis() as u64,
+        samples,
+    }))
+}
+
+/// Prometheus metrics (text format 0.0.4).
+#[utoipa::path(get, path = "/metrics", tag = "stats",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
+    let reports = reports(&state.node).await?;
+    let tenants = state.node.tenants().lock().await.clone();
+    let usage = usage_by_tenant(&state.node).await?;
+    let text = render(&Scrape {
+        facts: state.node.facts(),
+        reports: &reports,
+        tenants: &tenants,
+        usage: &usage,
+    });
+    Ok(([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response())
+}
+
+// ---------------------------------------------------------------- router
+
+/// The OpenAPI document of this API.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "TinkerDB admin API", description = "Node status, tenants, keys, snapshots and metrics of one TinkerDB node. Errors are `{\"error\": {\"code\", \"message\"}}` with a stable code."),
+    paths(health, ready, node_status, cluster_status, list_tenants, create_tenant, set_quota,
+          get_key, put_key, delete_key, scan_keys, take_snapshot, live_stats, metrics),
+    components(schemas(ErrorBody, ApiError, ErrorCode, TenantSpec)),
+    tags((name = "node"), (name = "tenants"), (name = "keys"), (name = "stats"))
+)]
+pub struct ApiDoc;
+
+/// The OpenAPI document as pretty JSON (what `/v1/openapi.json` serves).
+pub fn openapi_json() -> String {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    doc.to_pretty_json()
+        .expect("the OpenAPI document serializes")
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such route; see /v1/openapi.json")
+}
+
+/// Every route, the dashboard's included.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.node.facts().max_value_bytes + 1;
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/node", get(node_status))
+        .route("/v1/cluster", get(cluster_status))
+        .route("/v1/tenants", get(list_tenants).post(create_tenant))
+        .route("/v1/tenants/{tenant}/quota", put(set_quota))
+        .route("/v1/tenants/{tenant}/keys", get(scan_keys))
+        .route(
+            "/v1/tenants/{tenant}/keys/{key}",
+            get(get_key).put(put_key).delete(delete_key),
+        )
+        .route("/v1/snapshot", post(take_snapshot))
+        .route("/v1/stats/live", get(live_stats))
+        .merge(crate::assets::routes())
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}

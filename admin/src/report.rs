@@ -1,0 +1,79 @@
+//! What a core reports about itself: cumulative counters and latency
+//! histograms since the node started.
+//!
+//! The cores record with `hdrhistogram` (a record is a few nanoseconds and
+//! never allocates once the histogram exists); the admin plane turns the
+//! cumulative histograms into per-second deltas for the dashboard
+//! ([`crate::live`]) and into Prometheus histograms ([`crate::metrics`]).
+
+use hdrhistogram::Histogram;
+
+/// Largest latency a histogram records, in microseconds (60 s); larger
+/// values are clamped to it.
+pub const MAX_RECORDED_MICROS: u64 = 60_000_000;
+
+/// Significant decimal digits kept by latency histograms (2: 1% error, a
+/// few KiB per histogram).
+pub const LATENCY_SIGNIFICANT_DIGITS: u8 = 2;
+
+/// An empty latency histogram in microseconds (1 us to 60 s).
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_RECORDED_MICROS, LATENCY_SIGNIFICANT_DIGITS)
+        .expect("valid histogram bounds")
+}
+
+/// Records `count` samples of `micros` (clamped to the histogram's range).
+pub fn record_micros(histogram: &mut Histogram<u64>, micros: u64, count: u64) {
+    let value = micros.clamp(1, MAX_RECORDED_MICROS);
+    // Cannot fail: the value is within bounds and counts saturate.
+    let _ = histogram.record_n(value, count);
+}
+
+/// The last snapshot a core installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// When it was installed, Unix milliseconds.
+    pub unix_ms: u64,
+    /// Entries in it.
+    pub entries: u64,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// WAL index it covers.
+    pub cut_index: u64,
+}
+
+/// One core's state, cumulative since start.
+#[derive(Debug, Clone)]
+pub struct CoreReport {
+    /// The core.
+    pub core: usize,
+    /// Client requests answered (both protocols), errors included.
+    pub requests_total: u64,
+    /// Client requests answered with an error.
+    pub errors_total: u64,
+    /// Requests received from other cores.
+    pub peer_requests_total: u64,
+    /// Client connections accepted.
+    pub connections_total: u64,
+    /// Client connections open now.
+    pub connections_open: u64,
+    /// Live keys on this core.
+    pub keys: u64,
+    /// Bytes of keys and values on this core.
+    pub data_bytes: u64,
+    /// Bytes written to the WAL (batches with their headers and padding).
+    pub wal_bytes_written: u64,
+    /// WAL flushes (each one write and one `fdatasync`).
+    pub wal_fsyncs: u64,
+    /// Whether the WAL refuses writes after a failed write or fsync.
+    pub wal_poisoned: bool,
+    /// Write-plus-fdatasync latency of WAL flushes, microseconds.
+    pub wal_fsync_latency: Histogram<u64>,
+    /// Server-side request latency, microseconds: from reading a request to
+    /// writing its answer (durability wait included).
+    pub request_latency: Histogram<u64>,
+    /// Requests answered per tenant, by tenant id.
+    pub tenant_requests: Vec<u64>,
+    /// The last snapshot installed, if any.
+    pub last_snapshot: Option<SnapshotInfo>,
+}

@@ -1,0 +1,352 @@
+//! Each core's side of the admin plane: a task that serves the core's admin
+//! channel (`tinkerdb_admin::link`), answering from this core's state or
+//! routing key operations like any client request.
+//!
+//! Invariants:
+//! - the core never waits on the admin plane: it answers through a oneshot
+//!   (a send that cannot block), and a request whose asker has given up is
+//!   simply dropped;
+//! - each admin request is bounded work: a report copies counters and two
+//!   small histograms, a scan page is at most `MAX_SCAN_PAGE_KEYS` keys and
+//!   a bounded step per core (`SCAN_STEP_MAX_ENTRIES_VISITED`);
+//! - requests that wait (a snapshot, a routed write waiting for the WAL) run
+//!   in their own task so they never hold up reports (the dashboard's
+//!   once-a-second sample).
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tinkerdb_admin::link::{
+    CoreRequest, CoreResponse, Envelope, KeyOp, StoredValue, Usage, MAX_SCAN_PAGE_KEYS,
+};
+use tinkerdb_admin::report::{CoreReport, SnapshotInfo};
+use tinkerdb_admin::tenants_file::TenantSpec;
+use tinkerdb_admin::{ApiError, CoreInbox, ErrorCode as ApiCode};
+use tinkerdb_schemas::wire::ErrorCode;
+use tinkerdb_storage::hash_slot;
+use tinkerdb_storage::WriteCondition;
+
+use crate::connection::{execute_multi, set_options, single_key_reply, Session};
+use crate::protocol::{Command, ProtocolError, Reply};
+use crate::router::{now_ms, CoreContext};
+use crate::shard::{ShardReply, ShardRequest, SlotKey};
+use crate::tenants::{quota_share, TenantRegistry};
+
+/// Serves this core's admin channel until the admin plane closes it.
+pub async fn serve_admin(context: Rc<CoreContext>, mut inbox: CoreInbox) {
+    while let Some(Envelope { request, reply }) = inbox.recv().await {
+        match request {
+            CoreRequest::Report => {
+                let _ = reply.send(CoreResponse::Report(Box::new(report(&context))));
+            }
+            CoreRequest::TenantUsage => {
+                let _ = reply.send(CoreResponse::Usage(tenant_usage(&context)));
+            }
+            CoreRequest::InstallTenants(specs) => {
+                install_tenants(&context, &specs);
+                let _ = reply.send(CoreResponse::Done);
+            }
+            CoreRequest::Snapshot => {
+                let context = context.clone();
+                glommio::spawn_local(async move {
+                    let answer = match run_command(&context, None, Command::Snapshot).await {
+                        Ok(Reply::Snapshotted { keys, bytes }) => CoreResponse::Snapshotted {
+                            entries: keys,
+                            bytes,
+                        },
+                        Ok(other) => unexpected(other),
+                        Err(error) => CoreResponse::Failed(api_error(error)),
+                    };
+                    let _ = reply.send(answer);
+                })
+                .detach();
+            }
+            CoreRequest::Key { tenant, op } => {
+                let context = context.clone();
+                glommio::spawn_local(async move {
+                    let _ = reply.send(key_op(&context, &tenant, op).await);
+                })
+                .detach();
+            }
+        }
+    }
+}
+
+fn unexpected(reply: Reply) -> CoreResponse {
+    CoreResponse::Failed(ApiError::new(
+        ApiCode::Internal,
+        format!("unexpected reply {reply:?}"),
+    ))
+}
+
+/// The admin plane's code for a client protocol error.
+fn api_error(error: ProtocolError) -> ApiError {
+    let code = match error.code {
+        ErrorCode::UnknownTenant => ApiCode::UnknownTenant,
+        ErrorCode::KeyTooLarge => ApiCode::KeyTooLarge,
+        ErrorCode::ValueTooLarge => ApiCode::ValueTooLarge,
+        ErrorCode::QuotaExceeded => ApiCode::QuotaExceeded,
+        ErrorCode::Busy => ApiCode::Busy,
+        ErrorCode::StorageFailed => ApiCode::StorageFailed,
+        ErrorCode::ShuttingDown => ApiCode::Unavailable,
+        ErrorCode::InvalidArgument | ErrorCode::TooManyKeys | ErrorCode::ResultTooLarge => {
+            ApiCode::InvalidArgument
+        }
+        _ => ApiCode::Internal,
+    };
+    ApiError::new(code, error.message)
+}
+
+/// Runs `command` as a client of `session`'s tenant would (None: a
+/// node-wide command such as Snapshot, run as the default tenant).
+async fn run_command(
+    context: &CoreContext,
+    session: Option<&Session>,
+    command: Command,
+) -> Result<Reply, ProtocolError> {
+    let session = match session {
+        Some(session) => session.clone(),
+        None => {
+            let tenant = context
+                .tenants
+                .by_name(crate::config::DEFAULT_TENANT)
+                .expect("the default tenant always exists");
+            Session {
+                tenant: tenant.id,
+                tenant_name: tenant.name,
+            }
+        }
+    };
+    let single = |key: Bytes| {
+        let slot = hash_slot(&session.tenant_name, &key);
+        (slot, SlotKey { slot, key })
+    };
+    let reply = match command {
+        Command::Get { key } => {
+            let (slot, key) = single(key);
+            let request = ShardRequest::Get {
+                tenant: session.tenant,
+                key,
+            };
+            let owner = context.slot_map.owner(slot);
+            single_key_reply(context.call(owner, request).await?, &session)
+        }
+        Command::Set {
+            key,
+            value,
+            ttl_ms,
+            condition,
+        } => {
+            let (slot, key) = single(key);
+            let request = ShardRequest::Set {
+                tenant: session.tenant,
+                key,
+                value,
+                options: set_options(condition, ttl_ms),
+            };
+            let owner = context.slot_map.owner(slot);
+            single_key_reply(context.call(owner, request).await?, &session)
+        }
+        command => execute_multi(context, &session, command).await?,
+    };
+    match reply {
+        Reply::Error(error) => Err(error),
+        reply => Ok(reply),
+    }
+}
+
+async fn key_op(context: &CoreContext, tenant: &str, op: KeyOp) -> CoreResponse {
+    let Some(found) = context.tenants.by_name(tenant) else {
+        return CoreResponse::Failed(tinkerdb_admin::api::unknown_tenant(tenant));
+    };
+    let session = Session {
+        tenant: found.id,
+        tenant_name: found.name,
+    };
+    let command = match op {
+        KeyOp::Get { key } => Command::Get { key },
+        KeyOp::Put { key, value, ttl_ms } => Command::Set {
+            key,
+            value,
+            ttl_ms,
+            condition: WriteCondition::Always,
+        },
+        KeyOp::Delete { key } => Command::Delete { keys: vec![key] },
+        KeyOp::Scan {
+            prefix,
+            cursor,
+            limit,
+        } => {
+            if cursor as usize >= tinkerdb_storage::SLOT_COUNT {
+                return CoreResponse::Failed(ApiError::new(
+                    ApiCode::InvalidArgument,
+                    "cursor is not one this API returned",
+                ));
+            }
+            Command::Scan {
+                cursor,
+                prefix,
+                pattern: Bytes::new(),
+                count: limit.clamp(1, MAX_SCAN_PAGE_KEYS),
+            }
+        }
+    };
+    if let Command::Scan {
+        cursor,
+        prefix,
+        count,
+        ..
+    } = command
+    {
+        return scan_page(context, &session, cursor, prefix, count).await;
+    }
+    match run_command(context, Some(&session), command).await {
+        Ok(Reply::Value(value)) => CoreResponse::Value(value.map(|read| StoredValue {
+            value: read.value,
+            version: read.version,
+            expires_at_ms: read.expires_at_ms,
+        })),
+        Ok(Reply::Written(outcome)) => CoreResponse::Written {
+            version: outcome.version,
+        },
+        Ok(Reply::Count(count)) => CoreResponse::Deleted(count > 0),
+        Ok(other) => unexpected(other),
+        Err(error) => CoreResponse::Failed(api_error(error)),
+    }
+}
+
+/// Most bounded scan steps one HTTP scan page takes. A step visits at most
+/// `SCAN_STEP_MAX_SLOTS_VISITED` slots, so 8 steps cover the whole slot
+/// space of a sparse tenant: a page is rarely empty unless the scan is done.
+pub const MAX_SCAN_STEPS_PER_PAGE: usize = 8;
+
+async fn scan_page(
+    context: &CoreContext,
+    session: &Session,
+    mut cursor: u32,
+    prefix: Bytes,
+    count: usize,
+) -> CoreResponse {
+    let mut keys = Vec::new();
+    for _ in 0..MAX_SCAN_STEPS_PER_PAGE {
+        let step = Command::Scan {
+            cursor,
+            prefix: prefix.clone(),
+            pattern: Bytes::new(),
+            count: count - keys.len(),
+        };
+        match run_command(context, Some(session), step).await {
+            Ok(Reply::Scanned {
+                cursor: next,
+                keys: found,
+            }) => {
+                keys.extend(found);
+                if next == 0 {
+                    return CoreResponse::Scanned {
+                        keys,
+                        next_cursor: None,
+                    };
+                }
+                cursor = next as u32;
+            }
+            Ok(other) => return unexpected(other),
+            Err(error) => return CoreResponse::Failed(api_error(error)),
+        }
+        if keys.len() >= count {
+            break;
+        }
+    }
+    CoreResponse::Scanned {
+        keys,
+        next_cursor: Some(cursor),
+    }
+}
+
+fn report(context: &CoreContext) -> CoreReport {
+    let stats = &context.stats;
+    let (keys, data_bytes) = {
+        let shard = context.shard.borrow();
+        let store = shard.store();
+        let registry = context.tenants.get();
+        let bytes = registry
+            .iter()
+            .map(|tenant| store.tenant_usage(tenant.id).bytes)
+            .sum();
+        (store.key_count(), bytes)
+    };
+    let snapshots = context.snapshots.borrow();
+    let (wal_bytes_written, wal_fsyncs, wal_fsync_latency, wal_poisoned) = match &context.wal {
+        Some(wal) => (
+            wal.stats().bytes_written.get(),
+            wal.stats().flushes.get(),
+            wal.stats().flush_micros.borrow().clone(),
+            wal.poisoned().is_some(),
+        ),
+        None => (0, 0, tinkerdb_admin::report::latency_histogram(), false),
+    };
+    CoreReport {
+        core: context.core,
+        requests_total: stats.requests_total.get(),
+        errors_total: stats.errors_sum.get(),
+        peer_requests_total: stats.peer_requests_total.get(),
+        connections_total: stats.connections_total.get(),
+        connections_open: stats.connections_open.get(),
+        keys,
+        data_bytes,
+        wal_bytes_written,
+        wal_fsyncs,
+        wal_poisoned,
+        wal_fsync_latency,
+        request_latency: stats.request_latency.borrow().clone(),
+        tenant_requests: stats.tenant_requests.borrow().clone(),
+        last_snapshot: snapshots.last.map(|last| SnapshotInfo {
+            unix_ms: last.unix_ms,
+            entries: last.entries,
+            bytes: last.bytes,
+            cut_index: snapshots.last_cut,
+        }),
+    }
+}
+
+fn tenant_usage(context: &CoreContext) -> Vec<Usage> {
+    let shard = context.shard.borrow();
+    let store = shard.store();
+    context
+        .tenants
+        .get()
+        .iter()
+        .map(|tenant| {
+            let usage = store.tenant_usage(tenant.id);
+            Usage {
+                keys: usage.keys,
+                bytes: usage.bytes,
+            }
+        })
+        .collect()
+}
+
+/// Installs a new tenant list on this core and sets this core's share of
+/// every quota.
+pub fn install_tenants(context: &CoreContext, specs: &[TenantSpec]) {
+    let registry = Arc::new(TenantRegistry::new(specs));
+    context.tenants.install(registry.clone());
+    apply_quotas(context, &registry);
+}
+
+/// Sets this core's share of every tenant's quota.
+pub fn apply_quotas(context: &CoreContext, registry: &TenantRegistry) {
+    let slots = context.slot_map.slot_range(context.core);
+    let mut shard = context.shard.borrow_mut();
+    for tenant in registry.iter() {
+        let quota = quota_share(tenant.quota, slots.clone());
+        let reply = shard.execute(
+            ShardRequest::SetQuota {
+                tenant: tenant.id,
+                quota,
+            },
+            now_ms(),
+        );
+        debug_assert!(matches!(reply, ShardReply::Done));
+    }
+}
