@@ -847,7 +847,8 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
 )]
 pub struct ApiDoc;
 
-/// The OpenAPI document as pretty JSON (what `/v1/openapi.json` serves).
+/// The OpenAPI document as pretty JSON (what `/v1/openapi.json` serves;
+/// checked in as `docs/openapi.json`, kept current by a test).
 pub fn openapi_json() -> String {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
@@ -861,6 +862,35 @@ async fn openapi() -> Response {
 
 async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such route; see /v1/openapi.json")
+}
+
+/// An admin request slower than this is logged at `info`.
+pub const SLOW_ADMIN_REQUEST: Duration = Duration::from_millis(500);
+
+/// One span per admin request (the slow path: the client data path has no
+/// per-request span or log line). Server errors are logged at `warn`, slow
+/// requests at `info`, the rest at `debug`.
+async fn trace_request(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use tracing::Instrument;
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let span = tracing::info_span!("admin_request", %method, %path);
+    let started = std::time::Instant::now();
+    let response = next.run(request).instrument(span.clone()).await;
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    let status = response.status().as_u16();
+    let _entered = span.enter();
+    if response.status().is_server_error() {
+        tracing::warn!(status, elapsed_ms, "admin request failed");
+    } else if started.elapsed() > SLOW_ADMIN_REQUEST {
+        tracing::info!(status, elapsed_ms, "slow admin request");
+    } else {
+        tracing::debug!(status, elapsed_ms, "admin request");
+    }
+    response
 }
 
 /// Every route, the dashboard's included.
@@ -884,6 +914,26 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/stats/live", get(live_stats))
         .merge(crate::assets::routes())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(trace_request))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    /// `docs/openapi.json` is what the code generates. To refresh it:
+    /// `TINKERDB_BLESS=1 cargo test -p tinkerdb-admin openapi`.
+    #[test]
+    fn the_checked_in_openapi_document_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json");
+        let generated = super::openapi_json() + "\n";
+        if std::env::var_os("TINKERDB_BLESS").is_some() {
+            std::fs::write(path, &generated).unwrap();
+        }
+        let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            checked_in == generated,
+            "docs/openapi.json is stale: run TINKERDB_BLESS=1 cargo test -p tinkerdb-admin openapi"
+        );
+    }
 }

@@ -346,6 +346,9 @@ fn metrics_and_live_series_follow_traffic() {
         }
     };
     load(&mut redis);
+    // A tenant with quotas, so the quota gauges exist.
+    let quota = serde_json::json!({"name": "capped", "max_keys": 10, "max_bytes": 1000});
+    assert_eq!(post_json(&node, "/v1/tenants", &quota).0, StatusCode::CREATED);
     let response = http().get(url(&node, "/metrics")).send().unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response.headers()["content-type"]
@@ -386,6 +389,17 @@ fn metrics_and_live_series_follow_traffic() {
         assert_eq!(kind == "counter", name.ends_with("_total"), "{line}");
         assert!(text.contains(&format!("# HELP {name} ")), "{name}");
     }
+
+    // Every metric the sample Grafana dashboard queries exists.
+    let grafana = include_str!("../../docs/monitoring/grafana-dashboard.json");
+    let mut queried = 0;
+    for word in grafana.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("tinkerdb_") {
+            assert!(text.contains(&format!("\n{word}")), "Grafana queries {word}, /metrics lacks it");
+            queried += 1;
+        }
+    }
+    assert!(queried >= 10);
 
     // The live series shows the traffic within a few seconds.
     let moved = common::eventually(Duration::from_secs(10), || {

@@ -1,0 +1,1 @@
+//! Raft replication for TinkerDB (in progress; see issue 4).
