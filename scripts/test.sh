@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: the one command the README gives.
 # Installs what the tests need if it is missing (flatc 25.12.19 for the
-# schema freshness test), builds every binary the integration tests start,
-# then runs all unit, integration and doc tests.
+# schema freshness test, redis-tools, xfsprogs, chromium), builds every
+# binary the integration tests start, runs all unit, integration and doc
+# tests, then the dashboard's browser test (dashboard/tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,5 +24,15 @@ if ! command -v mkfs.xfs >/dev/null; then
   (apt-get install -y -q xfsprogs || (apt-get update -q && apt-get install -y -q xfsprogs)) >/dev/null
 fi
 
+# Browser tests: Debian's Chromium driven by playwright-core (npm).
+if ! [ -x /usr/bin/chromium ]; then
+  echo "installing chromium (the dashboard's browser test)"
+  (apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium)) >/dev/null
+fi
+
 cargo build --workspace --bins
 cargo test --workspace "$@"
+
+echo "dashboard browser test (headless Chromium against a real node under load)"
+(cd dashboard/tests && npm ci --no-audit --no-fund --loglevel=error && \
+  TINKERDB_BIN=../../target/debug/tinkerdb node dashboard.test.mjs)
