@@ -33,6 +33,9 @@ fi
 cargo build --workspace --bins
 cargo test --workspace "$@"
 
+echo "admin API fuzzing (schemathesis, from the OpenAPI document)"
+scripts/api-fuzz.sh target/debug/tinkerdb
+
 echo "dashboard browser test (headless Chromium against a real node under load)"
 (cd dashboard/tests && npm ci --no-audit --no-fund --loglevel=error && \
   TINKERDB_BIN=../../target/debug/tinkerdb node dashboard.test.mjs)

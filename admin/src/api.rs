@@ -365,6 +365,7 @@ pub struct TenantList {
 #[serde(deny_unknown_fields)]
 pub struct NewTenant {
     /// Name: 1-64 bytes of `[A-Za-z0-9_.-]`.
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     pub name: String,
     /// Most keys (absent or null: unlimited).
     #[serde(default)]
@@ -450,6 +451,7 @@ async fn publish_tenants(node: &NodeHandle, tenants: &[TenantSpec]) -> ApiResult
     responses(
         (status = 201, body = TenantStatus),
         (status = 400, body = ErrorBody),
+        (status = 503, body = ErrorBody),
         (status = 409, description = "The tenant exists", body = ErrorBody)))]
 async fn create_tenant(
     State(state): State<AppState>,
@@ -491,7 +493,7 @@ async fn create_tenant(
 /// refused until usage is under it.
 #[utoipa::path(put, path = "/v1/tenants/{tenant}/quota", tag = "tenants", request_body = QuotaBody,
     params(("tenant" = String, Path, description = "Tenant name")),
-    responses((status = 200, body = QuotaBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = QuotaBody), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn set_quota(
     State(state): State<AppState>,
     Path(tenant): Path<String>,
@@ -573,9 +575,11 @@ pub struct ScanQuery {
     /// Only keys starting with this.
     pub prefix: Option<String>,
     /// Cursor from the previous page (absent: start).
+    #[param(pattern = "^[0-9]{0,5}$")]
     pub cursor: Option<String>,
     /// Keys wanted, 1-1000 (default 100). A page may hold a few more or
     /// fewer: a step always ends on a slot boundary.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 
@@ -624,7 +628,8 @@ fn value_body(key: String, stored: StoredValue) -> ValueBody {
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/keys/{key}", tag = "keys",
     params(("tenant" = String, Path, description = "Tenant name"),
            ("key" = String, Path, description = "Key (URL-encoded)")),
-    responses((status = 200, body = ValueBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ValueBody), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 413, body = ErrorBody)))]
 async fn get_key(
     State(state): State<AppState>,
     Path((tenant, key)): Path<(String, String)>,
@@ -649,8 +654,9 @@ async fn get_key(
     params(("tenant" = String, Path, description = "Tenant name"),
            ("key" = String, Path, description = "Key (URL-encoded)"), PutQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The value"),
-    responses((status = 200, body = WrittenBody), (status = 404, body = ErrorBody),
-              (status = 413, body = ErrorBody), (status = 507, body = ErrorBody)))]
+    responses((status = 200, body = WrittenBody), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 429, description = "Quota exceeded", body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
 async fn put_key(
     State(state): State<AppState>,
     Path((tenant, key)): Path<(String, String)>,
@@ -695,7 +701,8 @@ async fn put_key(
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}/keys/{key}", tag = "keys",
     params(("tenant" = String, Path, description = "Tenant name"),
            ("key" = String, Path, description = "Key (URL-encoded)")),
-    responses((status = 200, body = DeletedBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = DeletedBody), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn delete_key(
     State(state): State<AppState>,
     Path((tenant, key)): Path<(String, String)>,
@@ -765,8 +772,15 @@ pub struct SnapshotBody {
 
 /// Takes a snapshot of every core now (answers when all are installed).
 #[utoipa::path(post, path = "/v1/snapshot", tag = "node",
-    responses((status = 200, body = SnapshotBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = SnapshotBody), (status = 409, description = "Durability none: no snapshots", body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
 async fn take_snapshot(State(state): State<AppState>) -> ApiResult<Json<SnapshotBody>> {
+    if state.node.facts().durability == "none" {
+        return Err(ApiError::new(
+            ErrorCode::Unsupported,
+            "durability is none: this node keeps no files, so it takes no snapshots",
+        ));
+    }
     let core = state.node.any_core();
     // Writing every core's keys can take a while on a big node.
     match state
@@ -870,10 +884,7 @@ pub const SLOW_ADMIN_REQUEST: Duration = Duration::from_millis(500);
 /// One span per admin request (the slow path: the client data path has no
 /// per-request span or log line). Server errors are logged at `warn`, slow
 /// requests at `info`, the rest at `debug`.
-async fn trace_request(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
+async fn trace_request(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     use tracing::Instrument;
     let method = request.method().clone();
     let path = request.uri().path().to_owned();

@@ -31,6 +31,9 @@ pub enum ErrorCode {
     StorageFailed,
     /// A core did not answer or has stopped.
     Unavailable,
+    /// The node's configuration does not allow this (a snapshot with
+    /// durability `none`).
+    Unsupported,
     /// No such route.
     NotFound,
     /// A bug or an unexpected state.
@@ -44,12 +47,15 @@ impl ErrorCode {
             ErrorCode::UnknownTenant | ErrorCode::KeyNotFound | ErrorCode::NotFound => {
                 StatusCode::NOT_FOUND
             }
-            ErrorCode::TenantExists => StatusCode::CONFLICT,
+            ErrorCode::TenantExists | ErrorCode::Unsupported => StatusCode::CONFLICT,
             ErrorCode::InvalidArgument => StatusCode::BAD_REQUEST,
             ErrorCode::KeyTooLarge | ErrorCode::ValueTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::QuotaExceeded => StatusCode::INSUFFICIENT_STORAGE,
-            ErrorCode::Busy => StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::StorageFailed | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            // As gRPC's RESOURCE_EXHAUSTED maps to HTTP (the client's own
+            // limit, not a server fault); `busy` is the server's.
+            ErrorCode::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::Busy | ErrorCode::StorageFailed | ErrorCode::Unavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

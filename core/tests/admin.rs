@@ -258,7 +258,7 @@ fn tenants_created_at_runtime_survive_a_restart_with_their_quota() {
         let (status, body) = put(&node, &format!("/v1/tenants/team-a/keys/k{i}"), "v");
         if status != StatusCode::OK {
             assert_eq!(error_code(&body), "quota_exceeded");
-            assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE);
+            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
             refused += 1;
         }
     }
@@ -290,7 +290,7 @@ fn tenants_created_at_runtime_survive_a_restart_with_their_quota() {
     assert_eq!(team["quota"]["max_keys"], 3);
     assert_eq!(team["usage"]["keys"], 4 - refused);
     let (status, _) = put(&node, "/v1/tenants/team-a/keys/k9", "v");
-    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE);
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
 
     // Raising the quota lets writes in; the change survives too.
     let response = http()
@@ -348,7 +348,10 @@ fn metrics_and_live_series_follow_traffic() {
     load(&mut redis);
     // A tenant with quotas, so the quota gauges exist.
     let quota = serde_json::json!({"name": "capped", "max_keys": 10, "max_bytes": 1000});
-    assert_eq!(post_json(&node, "/v1/tenants", &quota).0, StatusCode::CREATED);
+    assert_eq!(
+        post_json(&node, "/v1/tenants", &quota).0,
+        StatusCode::CREATED
+    );
     let response = http().get(url(&node, "/metrics")).send().unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response.headers()["content-type"]
@@ -395,7 +398,10 @@ fn metrics_and_live_series_follow_traffic() {
     let mut queried = 0;
     for word in grafana.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
         if word.starts_with("tinkerdb_") {
-            assert!(text.contains(&format!("\n{word}")), "Grafana queries {word}, /metrics lacks it");
+            assert!(
+                text.contains(&format!("\n{word}")),
+                "Grafana queries {word}, /metrics lacks it"
+            );
             queried += 1;
         }
     }
