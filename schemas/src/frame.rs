@@ -102,6 +102,12 @@ pub fn decode_response(body: &[u8]) -> Result<wire::ResponseFrame<'_>, FrameErro
         .map_err(|error| FrameError::Malformed(error.to_string()))
 }
 
+/// Verifies and opens a node-to-node frame body.
+pub fn decode_peer_frame(body: &[u8]) -> Result<wire::PeerFrame<'_>, FrameError> {
+    flatbuffers::root_with_opts::<wire::PeerFrame>(&verifier_options(), body)
+        .map_err(|error| FrameError::Malformed(error.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -530,6 +530,108 @@ impl<'a> ::flatbuffers::Verifiable for Response {
 impl ::flatbuffers::SimpleToVerifyInSlice for Response {}
 pub struct ResponseUnionTableOffset {}
 
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_PEER_CALL_KIND: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_PEER_CALL_KIND: u8 = 4;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_PEER_CALL_KIND: [PeerCallKind; 5] = [
+  PeerCallKind::None,
+  PeerCallKind::AppendEntries,
+  PeerCallKind::Vote,
+  PeerCallKind::InstallSnapshot,
+  PeerCallKind::ForwardWrite,
+];
+
+/// What a peer call asks for.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct PeerCallKind(pub u8);
+#[allow(non_upper_case_globals)]
+impl PeerCallKind {
+  /// Not a call; never sent.
+  pub const None: Self = Self(0);
+  /// Raft AppendEntries (heartbeats included).
+  pub const AppendEntries: Self = Self(1);
+  /// Raft RequestVote.
+  pub const Vote: Self = Self(2);
+  /// A whole snapshot, sent to a follower too far behind the log.
+  pub const InstallSnapshot: Self = Self(3);
+  /// A client write forwarded to the group's leader.
+  pub const ForwardWrite: Self = Self(4);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 4;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::None,
+    Self::AppendEntries,
+    Self::Vote,
+    Self::InstallSnapshot,
+    Self::ForwardWrite,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::None => Some("None"),
+      Self::AppendEntries => Some("AppendEntries"),
+      Self::Vote => Some("Vote"),
+      Self::InstallSnapshot => Some("InstallSnapshot"),
+      Self::ForwardWrite => Some("ForwardWrite"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for PeerCallKind {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for PeerCallKind {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for PeerCallKind {
+    type Output = PeerCallKind;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for PeerCallKind {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for PeerCallKind {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for PeerCallKind {}
 pub enum KeyOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -4355,6 +4457,194 @@ impl ::core::fmt::Debug for ResponseFrame<'_> {
           ds.field("response", &x)
         },
       };
+      ds.finish()
+  }
+}
+pub enum PeerFrameOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PeerFrame<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PeerFrame<'a> {
+  type Inner = PeerFrame<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PeerFrame<'a> {
+  pub const VT_CALL_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_GROUP: ::flatbuffers::VOffsetT = 6;
+  pub const VT_KIND: ::flatbuffers::VOffsetT = 8;
+  pub const VT_IS_ANSWER: ::flatbuffers::VOffsetT = 10;
+  pub const VT_ERROR: ::flatbuffers::VOffsetT = 12;
+  pub const VT_PAYLOAD: ::flatbuffers::VOffsetT = 14;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PeerFrame { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PeerFrameArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PeerFrame<'bldr>> {
+    let mut builder = PeerFrameBuilder::new(_fbb);
+    builder.add_group(args.group);
+    builder.add_call_id(args.call_id);
+    if let Some(x) = args.payload { builder.add_payload(x); }
+    if let Some(x) = args.error { builder.add_error(x); }
+    builder.add_is_answer(args.is_answer);
+    builder.add_kind(args.kind);
+    builder.finish()
+  }
+
+
+  /// Chosen by the caller, unique on its connection; copied into the answer.
+  #[inline]
+  pub fn call_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PeerFrame::VT_CALL_ID, Some(0)).unwrap()}
+  }
+  /// Raft group (shard) the call is for.
+  #[inline]
+  pub fn group(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PeerFrame::VT_GROUP, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn kind(&self) -> PeerCallKind {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<PeerCallKind>(PeerFrame::VT_KIND, Some(PeerCallKind::None)).unwrap()}
+  }
+  /// True for an answer.
+  #[inline]
+  pub fn is_answer(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(PeerFrame::VT_IS_ANSWER, Some(false)).unwrap()}
+  }
+  /// Set on an answer when the call failed before reaching Raft (unknown
+  /// group, node stopping); the payload is then empty.
+  #[inline]
+  pub fn error(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(PeerFrame::VT_ERROR, None)}
+  }
+  /// The request or answer: an openraft message encoded with postcard (see
+  /// docs/replication.md for why not flatbuffers field by field).
+  #[inline]
+  pub fn payload(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(PeerFrame::VT_PAYLOAD, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PeerFrame<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("call_id", Self::VT_CALL_ID, false)?
+     .visit_field::<u64>("group", Self::VT_GROUP, false)?
+     .visit_field::<PeerCallKind>("kind", Self::VT_KIND, false)?
+     .visit_field::<bool>("is_answer", Self::VT_IS_ANSWER, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("error", Self::VT_ERROR, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("payload", Self::VT_PAYLOAD, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PeerFrameArgs<'a> {
+    pub call_id: u64,
+    pub group: u64,
+    pub kind: PeerCallKind,
+    pub is_answer: bool,
+    pub error: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub payload: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for PeerFrameArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PeerFrameArgs {
+      call_id: 0,
+      group: 0,
+      kind: PeerCallKind::None,
+      is_answer: false,
+      error: None,
+      payload: None,
+    }
+  }
+}
+
+pub struct PeerFrameBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PeerFrameBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_call_id(&mut self, call_id: u64) {
+    self.fbb_.push_slot::<u64>(PeerFrame::VT_CALL_ID, call_id, 0);
+  }
+  #[inline]
+  pub fn add_group(&mut self, group: u64) {
+    self.fbb_.push_slot::<u64>(PeerFrame::VT_GROUP, group, 0);
+  }
+  #[inline]
+  pub fn add_kind(&mut self, kind: PeerCallKind) {
+    self.fbb_.push_slot::<PeerCallKind>(PeerFrame::VT_KIND, kind, PeerCallKind::None);
+  }
+  #[inline]
+  pub fn add_is_answer(&mut self, is_answer: bool) {
+    self.fbb_.push_slot::<bool>(PeerFrame::VT_IS_ANSWER, is_answer, false);
+  }
+  #[inline]
+  pub fn add_error(&mut self, error: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PeerFrame::VT_ERROR, error);
+  }
+  #[inline]
+  pub fn add_payload(&mut self, payload: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PeerFrame::VT_PAYLOAD, payload);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PeerFrameBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PeerFrameBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PeerFrame<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PeerFrame<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PeerFrame");
+      ds.field("call_id", &self.call_id());
+      ds.field("group", &self.group());
+      ds.field("kind", &self.kind());
+      ds.field("is_answer", &self.is_answer());
+      ds.field("error", &self.error());
+      ds.field("payload", &self.payload());
       ds.finish()
   }
 }
