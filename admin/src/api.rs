@@ -340,6 +340,8 @@ pub struct UsageBody {
     pub keys: u64,
     /// Bytes of keys and values.
     pub bytes: u64,
+    /// Client requests answered since the node started.
+    pub requests_total: u64,
 }
 
 /// A tenant.
@@ -395,7 +397,7 @@ async fn usage_by_tenant(node: &NodeHandle) -> ApiResult<Vec<Usage>> {
     Ok(total)
 }
 
-fn tenant_status(spec: &TenantSpec, usage: Usage) -> TenantStatus {
+fn tenant_status(spec: &TenantSpec, usage: Usage, requests_total: u64) -> TenantStatus {
     TenantStatus {
         name: spec.name.clone(),
         quota: QuotaBody {
@@ -405,6 +407,7 @@ fn tenant_status(spec: &TenantSpec, usage: Usage) -> TenantStatus {
         usage: UsageBody {
             keys: usage.keys,
             bytes: usage.bytes,
+            requests_total,
         },
     }
 }
@@ -415,11 +418,24 @@ fn tenant_status(spec: &TenantSpec, usage: Usage) -> TenantStatus {
 async fn list_tenants(State(state): State<AppState>) -> ApiResult<Json<TenantList>> {
     let tenants = state.node.tenants().lock().await.clone();
     let usage = usage_by_tenant(&state.node).await?;
+    let reports = reports(&state.node).await?;
+    let requests = |id: usize| -> u64 {
+        reports
+            .iter()
+            .map(|report| report.tenant_requests.get(id).copied().unwrap_or(0))
+            .sum()
+    };
     Ok(Json(TenantList {
         tenants: tenants
             .iter()
             .enumerate()
-            .map(|(id, spec)| tenant_status(spec, usage.get(id).copied().unwrap_or_default()))
+            .map(|(id, spec)| {
+                tenant_status(
+                    spec,
+                    usage.get(id).copied().unwrap_or_default(),
+                    requests(id),
+                )
+            })
             .collect(),
     }))
 }
@@ -485,7 +501,7 @@ async fn create_tenant(
     *tenants = changed;
     Ok((
         StatusCode::CREATED,
-        Json(tenant_status(&spec, Usage::default())),
+        Json(tenant_status(&spec, Usage::default(), 0)),
     ))
 }
 
@@ -806,6 +822,9 @@ pub struct LiveQuery {
 /// The dashboard's live series.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LiveBody {
+    /// When the node started, Unix milliseconds: sequence numbers restart
+    /// with the node, so a client that sees this change starts over.
+    pub started_unix_ms: u64,
     /// Milliseconds between samples.
     pub interval_ms: u64,
     /// Samples, oldest first (at most 300).
@@ -827,6 +846,7 @@ async fn live_stats(
         .expect("live series lock")
         .since(query.since);
     Ok(Json(LiveBody {
+        started_unix_ms: state.node.facts().started_unix_ms,
         interval_ms: crate::live::SAMPLE_INTERVAL.as_millis() as u64,
         samples,
     }))
