@@ -1,0 +1,304 @@
+//! What a Raft log entry asks the state machine to do ([`Command`], the
+//! application data `D` of [`crate::TypeConfig`]) and what applying it
+//! answers ([`Response`], `R`).
+//!
+//! A command is the *request* made deterministic: everything that depends
+//! on the proposer's clock or state is resolved before it is proposed, so
+//! every replica, and every replay after a restart, applies the same change.
+//! That is why a Put carries an absolute expiry (Unix ms), not a TTL
+//! relative to whenever a replica happens to apply it.
+//!
+//! Encoding (little-endian), used inside log entries (see
+//! [`crate::log_store`]):
+//!
+//! | field | size |
+//! |---|---|
+//! | kind: 1 Put, 2 Delete | 1 |
+//! | tenant name length | 1 |
+//! | tenant name (UTF-8) | n |
+//! | key length | 4 |
+//! | key | n |
+//! | Put: expiry, Unix ms (`u64::MAX` = never) | 8 |
+//! | Put: value length, value | 4 + n |
+
+use std::fmt;
+
+use crate::codec::{put_bytes_u32, put_u64, DecodeError, Reader};
+
+/// Longest tenant name the encoding can carry (a one-byte length). The node
+/// enforces its own, shorter limit on names when tenants are created.
+pub const MAX_TENANT_NAME_BYTES: usize = u8::MAX as usize;
+
+/// Largest encoded command: a proposal over it is refused before it reaches
+/// the log (it must fit one log entry, [`crate::log_store::MAX_ENTRY_BYTES`]).
+pub const MAX_COMMAND_BYTES: usize = 4 << 20;
+
+const KIND_PUT: u8 = 1;
+const KIND_DELETE: u8 = 2;
+/// `expires_at_unix_ms` of `None` on disk.
+const NEVER_EXPIRES: u64 = u64::MAX;
+
+/// A replicated write.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Set `key` to `value` in `tenant`.
+    Put {
+        /// The tenant's name (names, not per-run ids, are stable across nodes).
+        tenant: String,
+        /// The key.
+        key: Vec<u8>,
+        /// The new value.
+        value: Vec<u8>,
+        /// When the key expires, Unix milliseconds; `None` never. Absolute,
+        /// fixed by the proposer: the TTL a client gave, resolved once.
+        expires_at_unix_ms: Option<u64>,
+    },
+    /// Remove `key` from `tenant`.
+    Delete {
+        /// The tenant's name.
+        tenant: String,
+        /// The key.
+        key: Vec<u8>,
+    },
+}
+
+/// The state machine's answer to one applied entry.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Response {
+    /// A Put was applied; the key now has this version.
+    Put {
+        /// The version the store gave the new value.
+        version: u64,
+    },
+    /// A Delete was applied.
+    Delete {
+        /// Whether the key existed.
+        existed: bool,
+    },
+    /// A blank or membership entry was applied (nothing for a client).
+    Empty,
+}
+
+/// Why a command cannot be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// The tenant name is longer than [`MAX_TENANT_NAME_BYTES`].
+    #[error("tenant name of {0} bytes over the limit of {MAX_TENANT_NAME_BYTES}")]
+    TenantNameTooLong(usize),
+    /// The encoded command is larger than [`MAX_COMMAND_BYTES`].
+    #[error("command of {0} bytes over the limit of {MAX_COMMAND_BYTES}")]
+    TooLarge(usize),
+}
+
+impl Command {
+    /// The tenant the command writes to.
+    pub fn tenant(&self) -> &str {
+        match self {
+            Command::Put { tenant, .. } | Command::Delete { tenant, .. } => tenant,
+        }
+    }
+
+    /// The key the command writes.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Command::Put { key, .. } | Command::Delete { key, .. } => key,
+        }
+    }
+
+    /// Bytes of the encoding.
+    pub fn encoded_len(&self) -> usize {
+        let common = 1 + 1 + self.tenant().len() + 4 + self.key().len();
+        match self {
+            Command::Put { value, .. } => common + 8 + 4 + value.len(),
+            Command::Delete { .. } => common,
+        }
+    }
+
+    /// Checks the limits; a command that passes always encodes.
+    pub fn validate(&self) -> Result<(), CommandError> {
+        if self.tenant().len() > MAX_TENANT_NAME_BYTES {
+            return Err(CommandError::TenantNameTooLong(self.tenant().len()));
+        }
+        if self.encoded_len() > MAX_COMMAND_BYTES {
+            return Err(CommandError::TooLarge(self.encoded_len()));
+        }
+        Ok(())
+    }
+
+    /// Appends the encoding to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), CommandError> {
+        self.validate()?;
+        let start = out.len();
+        let kind = match self {
+            Command::Put { .. } => KIND_PUT,
+            Command::Delete { .. } => KIND_DELETE,
+        };
+        out.push(kind);
+        out.push(self.tenant().len() as u8);
+        out.extend_from_slice(self.tenant().as_bytes());
+        put_bytes_u32(out, self.key());
+        if let Command::Put {
+            value,
+            expires_at_unix_ms,
+            ..
+        } = self
+        {
+            // u64::MAX is "never": a real expiry that far is clamped below it.
+            let expiry = expires_at_unix_ms.map_or(NEVER_EXPIRES, |at| at.min(NEVER_EXPIRES - 1));
+            put_u64(out, expiry);
+            put_bytes_u32(out, value);
+        }
+        assert_eq!(
+            out.len() - start,
+            self.encoded_len(),
+            "encoded_len is exact"
+        );
+        Ok(())
+    }
+
+    /// Decodes a whole buffer holding exactly one command.
+    pub fn decode(bytes: &[u8]) -> Result<Command, DecodeError> {
+        let mut reader = Reader::new(bytes, "command");
+        let command = Command::decode_from(&mut reader)?;
+        reader.finish()?;
+        Ok(command)
+    }
+
+    pub(crate) fn decode_from(reader: &mut Reader<'_>) -> Result<Command, DecodeError> {
+        let kind = reader.u8()?;
+        let tenant_bytes = reader.u8()? as usize;
+        let tenant = reader.take(tenant_bytes)?;
+        let tenant = reader.utf8(tenant)?;
+        let key = reader.bytes_u32()?.to_vec();
+        match kind {
+            KIND_PUT => {
+                let expiry = reader.u64()?;
+                let value = reader.bytes_u32()?.to_vec();
+                Ok(Command::Put {
+                    tenant,
+                    key,
+                    value,
+                    expires_at_unix_ms: (expiry != NEVER_EXPIRES).then_some(expiry),
+                })
+            }
+            KIND_DELETE => Ok(Command::Delete { tenant, key }),
+            other => Err(reader.error(format!("unknown command kind {other}"))),
+        }
+    }
+}
+
+/// Shows at most this many bytes of a key in logs and errors.
+const SHOWN_KEY_BYTES: usize = 32;
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let key = self.key();
+        let shown = String::from_utf8_lossy(&key[..key.len().min(SHOWN_KEY_BYTES)]);
+        let ellipsis = if key.len() > SHOWN_KEY_BYTES {
+            "…"
+        } else {
+            ""
+        };
+        match self {
+            Command::Put {
+                value,
+                expires_at_unix_ms,
+                ..
+            } => write!(
+                f,
+                "put {}/{shown}{ellipsis} ({} bytes, expires {expires_at_unix_ms:?})",
+                self.tenant(),
+                value.len()
+            ),
+            Command::Delete { .. } => write!(f, "delete {}/{shown}{ellipsis}", self.tenant()),
+        }
+    }
+}
+
+// Values can be megabytes: Debug shows sizes, not bytes.
+impl fmt::Debug for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+// openraft's messages (AppendEntries carries entries) travel with serde
+// (crate::network); a command keeps its one explicit encoding inside them.
+impl serde::Serialize for Command {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut bytes = Vec::with_capacity(self.encoded_len());
+        self.encode(&mut bytes).map_err(serde::ser::Error::custom)?;
+        serializer.serialize_bytes(&bytes)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Command {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Command, D::Error> {
+        let bytes: Vec<u8> = serde::Deserialize::deserialize(deserializer)?;
+        Command::decode(&bytes).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(expiry: Option<u64>) -> Command {
+        Command::Put {
+            tenant: "acme".into(),
+            key: b"user:1".to_vec(),
+            value: vec![9; 300],
+            expires_at_unix_ms: expiry,
+        }
+    }
+
+    #[test]
+    fn commands_round_trip() {
+        for command in [
+            put(None),
+            put(Some(1_700_000_000_000)),
+            Command::Delete {
+                tenant: String::new(),
+                key: Vec::new(),
+            },
+        ] {
+            let mut bytes = Vec::new();
+            command.encode(&mut bytes).unwrap();
+            assert_eq!(bytes.len(), command.encoded_len());
+            assert_eq!(Command::decode(&bytes).unwrap(), command);
+        }
+    }
+
+    #[test]
+    fn damaged_bytes_are_errors_not_panics() {
+        let mut bytes = Vec::new();
+        put(Some(5)).encode(&mut bytes).unwrap();
+        for cut in 0..bytes.len() {
+            assert!(Command::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(Command::decode(&longer).is_err());
+        bytes[0] = 7;
+        assert!(Command::decode(&bytes).is_err());
+    }
+
+    #[test]
+    fn limits_are_enforced_before_encoding() {
+        let long_tenant = Command::Delete {
+            tenant: "t".repeat(MAX_TENANT_NAME_BYTES + 1),
+            key: Vec::new(),
+        };
+        assert!(matches!(
+            long_tenant.encode(&mut Vec::new()),
+            Err(CommandError::TenantNameTooLong(_))
+        ));
+        let huge = Command::Put {
+            tenant: "a".into(),
+            key: Vec::new(),
+            value: vec![0; MAX_COMMAND_BYTES],
+            expires_at_unix_ms: None,
+        };
+        assert!(matches!(huge.validate(), Err(CommandError::TooLarge(_))));
+    }
+}

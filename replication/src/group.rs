@@ -1,0 +1,314 @@
+//! One Raft group on a core: how it starts, how its peers' calls reach it,
+//! and how a write or a linearizable read goes through it.
+//!
+//! A group is a shard's replica set. The core that owns the shard owns the
+//! group's `Raft` handle, its log store (a WAL directory of its own) and its
+//! state machine; every node places group `g` on the same core, so the
+//! group's Raft traffic stays on one connection per peer per core.
+//!
+//! Writes: [`write`] proposes on this node; if this node is not the leader
+//! it forwards the command to the leader's same core ([`PeerCallKind::ForwardWrite`]),
+//! and a leader that refuses just after its election (its lease not yet
+//! confirmed), or an election in progress, is retried until the deadline,
+//! never reported as a failure.
+//!
+//! Reads: [`read_barrier`] is the read-index protocol: the leader confirms
+//! with a quorum that it is still leader and waits until its state machine
+//! has applied everything committed when the read arrived; a read after it
+//! sees every write acknowledged before the read began. Read index rather
+//! than leader lease: a lease is only safe with bounded clock drift and
+//! pauses, and a stalled process (a GC-free Rust process can still be
+//! SIGSTOPped or starved on a 2-core machine) must never serve a stale read.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::{Config, ReadPolicy, SnapshotPolicy};
+use tinkerdb_schemas::wire::PeerCallKind;
+
+use crate::network::{decode, encode, serve_raft_call, NetworkFactory, Peers};
+use crate::state_machine::{Applier, StateMachine};
+use crate::transport::{CallHandler, PeerCall};
+use crate::{Command, Node, NodeId, Response, TypeConfig, WalLogStore};
+
+/// Heartbeat period of a leader.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+/// A follower that hears nothing for a random time in this range starts an
+/// election (several heartbeats, so one lost heartbeat never does).
+pub const ELECTION_TIMEOUT_MIN: Duration = Duration::from_millis(400);
+/// Upper end of the election timeout range.
+pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(800);
+/// How long a write or read keeps retrying through elections.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// Pause between retries while no leader is known.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(20);
+
+/// A group's `Raft` handle.
+pub type GroupRaft<A> = openraft::Raft<TypeConfig, StateMachine<A>>;
+
+/// What starting a group needs.
+#[derive(Debug, Clone)]
+pub struct GroupSpec {
+    /// The group (shard) id.
+    pub group: u64,
+    /// This node.
+    pub node_id: NodeId,
+    /// The initial voters (used only for a group never started before).
+    pub members: BTreeMap<NodeId, Node>,
+    /// The group's WAL directory on this node.
+    pub wal_dir: PathBuf,
+}
+
+/// openraft's configuration for TinkerDB groups.
+pub fn raft_config() -> Arc<Config> {
+    let config = Config {
+        cluster_name: "tinkerdb".into(),
+        heartbeat_interval: HEARTBEAT_INTERVAL.as_millis() as u64,
+        election_timeout_min: ELECTION_TIMEOUT_MIN.as_millis() as u64,
+        election_timeout_max: ELECTION_TIMEOUT_MAX.as_millis() as u64,
+        // Snapshots are in memory and the log is the only durable copy of
+        // the data (state_machine.rs): never purge it yet.
+        snapshot_policy: SnapshotPolicy::Never,
+        ..Default::default()
+    };
+    Arc::new(config.validate().expect("valid Raft configuration"))
+}
+
+/// Starts (or restarts) a group on the current core. A group never started
+/// before is initialised with `spec.members`; every member may do so, with
+/// the same membership, and the first leader elected wins.
+pub async fn start<A: Applier>(
+    spec: &GroupSpec,
+    applier: Rc<RefCell<A>>,
+    peers: Rc<Peers>,
+) -> Result<GroupRaft<A>, String> {
+    std::fs::create_dir_all(&spec.wal_dir)
+        .map_err(|error| format!("cannot create {}: {error}", spec.wal_dir.display()))?;
+    let log_store = WalLogStore::open(&spec.wal_dir).map_err(|error| error.to_string())?;
+    let raft = openraft::Raft::new(
+        spec.node_id,
+        raft_config(),
+        NetworkFactory::new(spec.group, peers),
+        log_store,
+        StateMachine::new(applier),
+    )
+    .await
+    .map_err(|error| format!("group {} cannot start: {error}", spec.group))?;
+    if !raft.is_initialized().await.map_err(|e| e.to_string())? {
+        // NotAllowed means another start raced us to it: fine.
+        let _ = raft.initialize(spec.members.clone()).await;
+    }
+    Ok(raft)
+}
+
+/// The groups of one core, by id, for serving peer calls.
+pub struct CoreGroups<A: Applier> {
+    groups: RefCell<HashMap<u64, GroupRaft<A>>>,
+}
+
+impl<A: Applier> Default for CoreGroups<A> {
+    fn default() -> Self {
+        CoreGroups {
+            groups: RefCell::new(HashMap::new()),
+        }
+    }
+}
+
+impl<A: Applier> CoreGroups<A> {
+    /// Adds a started group.
+    pub fn insert(&self, group: u64, raft: GroupRaft<A>) {
+        self.groups.borrow_mut().insert(group, raft);
+    }
+
+    /// The group's handle (cloned: handles are cheap `Rc`s).
+    pub fn get(&self, group: u64) -> Option<GroupRaft<A>> {
+        self.groups.borrow().get(&group).cloned()
+    }
+
+    /// The handler a core's peer listener runs: Raft RPCs and forwarded
+    /// writes, each for the group it names.
+    pub fn call_handler(self: &Rc<Self>, peers: Rc<Peers>) -> CallHandler {
+        let groups = self.clone();
+        Rc::new(move |call: PeerCall| {
+            let groups = groups.clone();
+            let peers = peers.clone();
+            Box::pin(async move {
+                let raft = groups
+                    .get(call.group)
+                    .ok_or_else(|| format!("no group {} on this core", call.group))?;
+                match call.kind {
+                    PeerCallKind::ForwardWrite => {
+                        let command: Command = decode(&call.payload)?;
+                        // A forwarded write is proposed here only: never
+                        // forwarded again (no loops between stale views).
+                        let answer = propose_here(&raft, &peers, call.group, command, false).await;
+                        Ok(encode(&answer))
+                    }
+                    kind => serve_raft_call(&raft, kind, &call.payload).await,
+                }
+            })
+        })
+    }
+}
+
+/// Why a write or read did not complete.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
+pub enum GroupError {
+    /// No leader could take it before the deadline (no quorum, partition).
+    #[error("no leader for group {group} within {waited_ms} ms: {reason}")]
+    Unavailable {
+        /// The group.
+        group: u64,
+        /// How long it tried.
+        waited_ms: u64,
+        /// The last reason.
+        reason: String,
+    },
+    /// The entry was proposed but a leader change discarded or hid its
+    /// outcome: it may or may not be applied.
+    #[error("outcome unknown after a leader change in group {group}: {reason}")]
+    Indeterminate {
+        /// The group.
+        group: u64,
+        /// Detail.
+        reason: String,
+    },
+    /// The group has stopped (its storage failed).
+    #[error("group {group} stopped: {reason}")]
+    Stopped {
+        /// The group.
+        group: u64,
+        /// Detail.
+        reason: String,
+    },
+}
+
+/// Proposes `command` and waits until it is applied; forwards to the
+/// leader when this node is not it; retries through elections until
+/// [`REQUEST_DEADLINE`].
+pub async fn write<A: Applier>(
+    raft: &GroupRaft<A>,
+    peers: &Peers,
+    group: u64,
+    command: Command,
+) -> Result<Response, GroupError> {
+    propose_here(raft, peers, group, command, true).await
+}
+
+async fn propose_here<A: Applier>(
+    raft: &GroupRaft<A>,
+    peers: &Peers,
+    group: u64,
+    command: Command,
+    may_forward: bool,
+) -> Result<Response, GroupError> {
+    let started = Instant::now();
+    let me = *raft.node_id();
+    let mut last_reason = String::from("no attempt");
+    while started.elapsed() < REQUEST_DEADLINE {
+        match raft.client_write(command.clone()).await {
+            Ok(written) => return Ok(written.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                last_reason = forward.to_string();
+                match forward.leader_id {
+                    Some(leader) if leader != me && may_forward => {
+                        match forward_write(peers, leader, group, &command).await {
+                            Ok(answer) => return answer,
+                            Err(reason) => last_reason = reason,
+                        }
+                    }
+                    // Unknown leader, an election, or this node elected but
+                    // not yet confirmed: wait and retry.
+                    _ => {}
+                }
+            }
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(forward))) => {
+                return Err(GroupError::Indeterminate {
+                    group,
+                    reason: forward.to_string(),
+                });
+            }
+            Err(RaftError::Fatal(fatal)) => {
+                return Err(GroupError::Stopped {
+                    group,
+                    reason: fatal.to_string(),
+                });
+            }
+            Err(RaftError::APIError(other)) => last_reason = other.to_string(),
+        }
+        glommio::timer::sleep(RETRY_PAUSE).await;
+    }
+    Err(GroupError::Unavailable {
+        group,
+        waited_ms: started.elapsed().as_millis() as u64,
+        reason: last_reason,
+    })
+}
+
+async fn forward_write(
+    peers: &Peers,
+    leader: NodeId,
+    group: u64,
+    command: &Command,
+) -> Result<Result<Response, GroupError>, String> {
+    let client = peers
+        .get(leader)
+        .ok_or_else(|| format!("leader {leader} is not a known peer"))?;
+    let call = PeerCall {
+        group,
+        kind: PeerCallKind::ForwardWrite,
+        payload: encode(command),
+    };
+    let answer = client
+        .call(call, REQUEST_DEADLINE)
+        .await
+        .map_err(|error| error.to_string())?;
+    decode(&answer)
+}
+
+/// Waits until a read of this node's state machine is linearizable (read
+/// index, see the module docs). Fails with the leader's id when this node
+/// is not the leader, so the caller can send the read there.
+pub async fn read_barrier<A: Applier>(raft: &GroupRaft<A>, group: u64) -> Result<(), ReadRefused> {
+    let started = Instant::now();
+    let me = *raft.node_id();
+    let mut last_reason = String::new();
+    while started.elapsed() < REQUEST_DEADLINE {
+        match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            Ok(_) => return Ok(()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(forward))) => {
+                match forward.leader_id {
+                    Some(leader) if leader != me => return Err(ReadRefused::NotLeader(leader)),
+                    _ => last_reason = forward.to_string(),
+                }
+            }
+            Err(RaftError::Fatal(fatal)) => {
+                return Err(ReadRefused::Failed(GroupError::Stopped {
+                    group,
+                    reason: fatal.to_string(),
+                }))
+            }
+            Err(RaftError::APIError(other)) => last_reason = other.to_string(),
+        }
+        glommio::timer::sleep(RETRY_PAUSE).await;
+    }
+    Err(ReadRefused::Failed(GroupError::Unavailable {
+        group,
+        waited_ms: started.elapsed().as_millis() as u64,
+        reason: last_reason,
+    }))
+}
+
+/// Why a linearizable read cannot be served here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadRefused {
+    /// Another node leads the group: read there.
+    NotLeader(NodeId),
+    /// No leader, or the group stopped.
+    Failed(GroupError),
+}

@@ -1,0 +1,235 @@
+//! openraft's network on TinkerDB's peer transport ([`crate::transport`]).
+//!
+//! Every group on a core shares the core's [`Peers`] (one [`PeerClient`] per
+//! peer node), so a node pair has one connection per core whatever the
+//! number of groups. A call names its group; the receiving core hands it to
+//! that group's `Raft` ([`serve_raft_call`]).
+//!
+//! The RPC bodies are openraft's own request and response types encoded
+//! with `postcard` (serde) inside the flatbuffers `PeerFrame`: openraft's
+//! messages are generic over the type config and change between releases,
+//! and mirroring each in a flatbuffers table would duplicate them for no
+//! gain; the frame around them (group, call kind, call id, errors) is
+//! flatbuffers like every other TinkerDB message.
+//!
+//! Errors: a peer that cannot be reached, times out or is cut off maps to
+//! openraft's `Unreachable` (openraft backs off, then retries); a call the
+//! peer could not run maps to `Network`.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tinkerdb_schemas::wire::PeerCallKind;
+
+use crate::transport::{PeerCall, PeerClient, TransportError};
+use crate::{NodeId, TypeConfig};
+
+/// This core's clients of its peers' same core, by node id.
+#[derive(Default)]
+pub struct Peers {
+    clients: HashMap<NodeId, Rc<PeerClient>>,
+}
+
+impl Peers {
+    /// Peers from `(node id, address of the peer core's Raft listener)`.
+    pub fn new(peers: impl IntoIterator<Item = (NodeId, std::net::SocketAddr)>) -> Peers {
+        Peers {
+            clients: peers
+                .into_iter()
+                .map(|(id, addr)| (id, Rc::new(PeerClient::new(addr))))
+                .collect(),
+        }
+    }
+
+    /// The client of node `id`.
+    pub fn get(&self, id: NodeId) -> Option<&Rc<PeerClient>> {
+        self.clients.get(&id)
+    }
+
+    /// Every peer.
+    pub fn iter(&self) -> impl Iterator<Item = (&NodeId, &Rc<PeerClient>)> {
+        self.clients.iter()
+    }
+}
+
+/// Encodes a message for the wire.
+pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    postcard::to_allocvec(message).expect("openraft messages serialize")
+}
+
+/// Decodes a message from the wire.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    postcard::from_bytes(bytes).map_err(|error| format!("undecodable message: {error}"))
+}
+
+/// A snapshot on the wire: its metadata and its bytes.
+#[derive(Serialize, serde::Deserialize)]
+struct SnapshotCall {
+    vote: crate::Vote,
+    meta: SnapshotMetaOf<TypeConfig>,
+    data: Vec<u8>,
+}
+
+/// Builds the network clients of one group.
+pub struct NetworkFactory {
+    group: u64,
+    peers: Rc<Peers>,
+}
+
+impl NetworkFactory {
+    /// The factory of `group`, over the core's peers.
+    pub fn new(group: u64, peers: Rc<Peers>) -> NetworkFactory {
+        NetworkFactory { group, peers }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = GroupNetwork;
+
+    async fn new_client(&mut self, target: NodeId, _node: &crate::Node) -> GroupNetwork {
+        GroupNetwork {
+            group: self.group,
+            target,
+            client: self.peers.get(target).cloned(),
+        }
+    }
+}
+
+/// One group's channel to one peer.
+pub struct GroupNetwork {
+    group: u64,
+    target: NodeId,
+    client: Option<Rc<PeerClient>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Reason(String);
+
+fn unreachable<E: From<Unreachable<TypeConfig>> + From<NetworkError<TypeConfig>>>(
+    error: TransportError,
+) -> E {
+    match error {
+        TransportError::Refused(_, reason) => NetworkError::new(&Reason(reason)).into(),
+        other => Unreachable::new(&Reason(other.to_string())).into(),
+    }
+}
+
+impl GroupNetwork {
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        kind: PeerCallKind,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, TransportError> {
+        let Some(client) = &self.client else {
+            return Err(TransportError::Refused(
+                "0.0.0.0:0".parse().expect("valid"),
+                format!("node {} is not a known peer", self.target),
+            ));
+        };
+        let payload = client
+            .call(
+                PeerCall {
+                    group: self.group,
+                    kind,
+                    payload: encode(request),
+                },
+                option.soft_ttl(),
+            )
+            .await?;
+        decode(&payload).map_err(|reason| TransportError::Refused(client.addr(), reason))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for GroupNetwork {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(PeerCallKind::AppendEntries, &rpc, &option)
+            .await
+            .map_err(unreachable)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(PeerCallKind::Vote, &rpc, &option)
+            .await
+            .map_err(unreachable)
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: crate::Vote,
+        snapshot: SnapshotOf<TypeConfig, Vec<u8>>,
+        _cancel: impl std::future::Future<Output = ReplicationClosed> + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let call = SnapshotCall {
+            vote,
+            meta: snapshot.meta,
+            data: snapshot.snapshot,
+        };
+        self.call(PeerCallKind::InstallSnapshot, &call, &option)
+            .await
+            .map_err(unreachable)
+    }
+}
+
+/// Runs one Raft call received from a peer on `raft` (the group's handle on
+/// this core) and encodes the answer.
+pub async fn serve_raft_call<SM>(
+    raft: &openraft::Raft<TypeConfig, SM>,
+    kind: PeerCallKind,
+    payload: &[u8],
+) -> Result<Vec<u8>, String>
+where
+    SM: openraft::storage::RaftStateMachine<TypeConfig, SnapshotData = Vec<u8>>,
+{
+    match kind {
+        PeerCallKind::AppendEntries => {
+            let request: AppendEntriesRequest<TypeConfig> = decode(payload)?;
+            let response = raft
+                .append_entries(request)
+                .await
+                .map_err(|error| error.to_string())?;
+            Ok(encode(&response))
+        }
+        PeerCallKind::Vote => {
+            let request: VoteRequest<TypeConfig> = decode(payload)?;
+            let response = raft
+                .vote(request)
+                .await
+                .map_err(|error| error.to_string())?;
+            Ok(encode(&response))
+        }
+        PeerCallKind::InstallSnapshot => {
+            let call: SnapshotCall = decode(payload)?;
+            let snapshot = SnapshotOf::<TypeConfig, Vec<u8>> {
+                meta: call.meta,
+                snapshot: call.data,
+            };
+            let response = raft
+                .install_full_snapshot(call.vote, snapshot)
+                .await
+                .map_err(|error| error.to_string())?;
+            Ok(encode(&response))
+        }
+        other => Err(format!("not a Raft call: {other:?}")),
+    }
+}

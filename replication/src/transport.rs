@@ -1,0 +1,521 @@
+//! Node-to-node calls: the Raft RPCs (and forwarded client writes) of every
+//! group on a core, over one TCP connection per peer node.
+//!
+//! Placement makes this simple: group `g` lives on core `g % cores` of every
+//! node, so core `c` only ever talks to core `c` of its peers. Each core
+//! listens on its own port (`raft port + c`) and keeps one [`PeerClient`] per
+//! peer node; every group on the core shares it, which is what lets one
+//! connection carry the heartbeats of tens of groups.
+//!
+//! A frame is a flatbuffers `PeerFrame` (schemas/tinkerdb.fbs) behind the
+//! usual 4-byte length prefix: a call (group, kind, call id, payload) or the
+//! answer to one (same call id). Answers may come back in any order: the
+//! server runs each call in its own task.
+//!
+//! Invariants:
+//! - a call always ends: with the answer, with the connection's failure
+//!   (every pending call fails when it breaks), or at its deadline;
+//! - a broken connection is re-made by the next call, never retried in a
+//!   loop here (openraft decides when to retry);
+//! - frames are bounded by [`MAX_PEER_FRAME_BYTES`] both ways;
+//! - [`PeerClient::set_blocked`] drops every call to that peer (the fault
+//!   layer partition tests use: `tc netem` is absent here).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use flatbuffers::FlatBufferBuilder;
+use futures_channel::oneshot;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::net::{TcpListener, TcpStream};
+use tinkerdb_schemas::frame::{decode_peer_frame, peek_frame, write_frame};
+use tinkerdb_schemas::wire::{PeerCallKind, PeerFrame, PeerFrameArgs};
+use tinkerdb_schemas::FRAME_HEADER_BYTES;
+
+/// Largest frame either side accepts (a snapshot travels in one frame).
+pub const MAX_PEER_FRAME_BYTES: usize = 256 << 20;
+
+/// Frames queued for one connection's writer before callers wait.
+pub const PEER_WRITE_QUEUE: usize = 1024;
+
+/// How long connecting to a peer may take.
+pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// A call to a peer, or the work a server is asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCall {
+    /// The Raft group.
+    pub group: u64,
+    /// What is asked.
+    pub kind: PeerCallKind,
+    /// The encoded request.
+    pub payload: Vec<u8>,
+}
+
+/// Why a call failed without an answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// The peer could not be reached or the connection broke.
+    #[error("peer {0} unreachable: {1}")]
+    Unreachable(SocketAddr, String),
+    /// No answer before the deadline.
+    #[error("peer {0} did not answer within {1:?}")]
+    Timeout(SocketAddr, Duration),
+    /// The peer answered that it could not run the call.
+    #[error("peer {0} refused the call: {1}")]
+    Refused(SocketAddr, String),
+    /// Calls to this peer are blocked by the fault layer.
+    #[error("peer {0} is cut off (fault injection)")]
+    Blocked(SocketAddr),
+}
+
+/// Encodes one frame, with its length prefix, onto `out`.
+pub fn encode_peer_frame(
+    builder: &mut FlatBufferBuilder<'_>,
+    call_id: u64,
+    call: &PeerCall,
+    is_answer: bool,
+    error: Option<&str>,
+    out: &mut Vec<u8>,
+) {
+    builder.reset();
+    let payload = builder.create_vector(&call.payload);
+    let error = error.map(|text| builder.create_string(text));
+    let frame = PeerFrame::create(
+        builder,
+        &PeerFrameArgs {
+            call_id,
+            group: call.group,
+            kind: call.kind,
+            is_answer,
+            error,
+            payload: Some(payload),
+        },
+    );
+    builder.finish(frame, None);
+    write_frame(out, builder.finished_data());
+}
+
+/// A decoded frame, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodedFrame {
+    /// Call id.
+    pub call_id: u64,
+    /// Whether it answers a call.
+    pub is_answer: bool,
+    /// Error text of a failed call.
+    pub error: Option<String>,
+    /// The call (or answer) itself.
+    pub call: PeerCall,
+}
+
+/// Decodes one frame body (after the length prefix).
+pub fn decode_peer(body: &[u8]) -> Result<DecodedFrame, String> {
+    let frame = decode_peer_frame(body).map_err(|error| error.to_string())?;
+    Ok(DecodedFrame {
+        call_id: frame.call_id(),
+        is_answer: frame.is_answer(),
+        error: frame.error().map(str::to_owned),
+        call: PeerCall {
+            group: frame.group(),
+            kind: frame.kind(),
+            payload: frame
+                .payload()
+                .map(|v| v.bytes().to_vec())
+                .unwrap_or_default(),
+        },
+    })
+}
+
+/// Reads frames from `reader` and hands each decoded one to `each`, until
+/// the stream ends or breaks.
+async fn read_frames(
+    mut reader: ReadHalf<TcpStream>,
+    mut each: impl FnMut(DecodedFrame),
+) -> Result<(), String> {
+    let mut buffer: Vec<u8> = Vec::with_capacity(64 << 10);
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        loop {
+            match peek_frame(&buffer, MAX_PEER_FRAME_BYTES) {
+                Ok(Some(length)) => {
+                    let end = FRAME_HEADER_BYTES + length;
+                    let frame = decode_peer(&buffer[FRAME_HEADER_BYTES..end])?;
+                    buffer.drain(..end);
+                    each(frame);
+                }
+                Ok(None) => break,
+                Err(error) => return Err(error.to_string()),
+            }
+        }
+        let read = reader
+            .read(&mut chunk)
+            .await
+            .map_err(|error| error.to_string())?;
+        if read == 0 {
+            return Ok(());
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+}
+
+/// Writes the frames sent to the returned queue, in order, until the queue
+/// or the stream closes.
+fn spawn_writer(mut writer: WriteHalf<TcpStream>) -> Rc<LocalSender<Vec<u8>>> {
+    let (sender, receiver) = local_channel::new_bounded::<Vec<u8>>(PEER_WRITE_QUEUE);
+    glommio::spawn_local(async move {
+        while let Some(mut bytes) = receiver.recv().await {
+            // Coalesce what is already queued into one write.
+            while let Some(Some(more)) = futures_lite::future::poll_once(receiver.recv()).await {
+                bytes.extend_from_slice(&more);
+            }
+            if writer.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+        let _ = writer.close().await;
+    })
+    .detach();
+    Rc::new(sender)
+}
+
+type Pending = Rc<RefCell<HashMap<u64, oneshot::Sender<Result<DecodedFrame, String>>>>>;
+
+struct Link {
+    frames: Rc<LocalSender<Vec<u8>>>,
+    pending: Pending,
+    alive: Rc<Cell<bool>>,
+}
+
+/// This core's connection to the same core of one peer node.
+pub struct PeerClient {
+    addr: SocketAddr,
+    link: RefCell<Option<Rc<Link>>>,
+    next_call_id: Cell<u64>,
+    builder: RefCell<FlatBufferBuilder<'static>>,
+    blocked: Cell<bool>,
+}
+
+impl PeerClient {
+    /// A client for the peer core listening on `addr` (connects lazily).
+    pub fn new(addr: SocketAddr) -> PeerClient {
+        PeerClient {
+            addr,
+            link: RefCell::new(None),
+            next_call_id: Cell::new(1),
+            builder: RefCell::new(FlatBufferBuilder::new()),
+            blocked: Cell::new(false),
+        }
+    }
+
+    /// The peer's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Cuts (or restores) this peer: while blocked every call fails at once
+    /// and the connection is dropped, as if the network were partitioned.
+    pub fn set_blocked(&self, blocked: bool) {
+        self.blocked.set(blocked);
+        if blocked {
+            if let Some(link) = self.link.borrow_mut().take() {
+                link.alive.set(false);
+                fail_all(&link.pending, "cut off by fault injection");
+            }
+        }
+    }
+
+    /// Whether calls to this peer are blocked.
+    pub fn is_blocked(&self) -> bool {
+        self.blocked.get()
+    }
+
+    async fn connect(&self) -> Result<Rc<Link>, TransportError> {
+        if let Some(link) = self.link.borrow().as_ref() {
+            if link.alive.get() {
+                return Ok(link.clone());
+            }
+        }
+        let unreachable = |error: String| TransportError::Unreachable(self.addr, error);
+        let stream = glommio::timer::timeout(PEER_CONNECT_TIMEOUT, TcpStream::connect(self.addr))
+            .await
+            .map_err(|error| unreachable(error.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (reader, writer) = futures_lite::io::split(stream);
+        let pending: Pending = Rc::new(RefCell::new(HashMap::new()));
+        let alive = Rc::new(Cell::new(true));
+        let link = Rc::new(Link {
+            frames: spawn_writer(writer),
+            pending: pending.clone(),
+            alive: alive.clone(),
+        });
+        glommio::spawn_local(async move {
+            let outcome = read_frames(reader, |frame| {
+                if let Some(waiter) = pending.borrow_mut().remove(&frame.call_id) {
+                    let _ = waiter.send(Ok(frame));
+                }
+            })
+            .await;
+            alive.set(false);
+            let reason = match outcome {
+                Ok(()) => "connection closed by the peer".to_owned(),
+                Err(error) => error,
+            };
+            fail_all(&pending, &reason);
+        })
+        .detach();
+        // Another call may have connected meanwhile; either link works.
+        *self.link.borrow_mut() = Some(link.clone());
+        Ok(link)
+    }
+
+    /// Sends `call` and waits for its answer's payload (at most `deadline`).
+    pub async fn call(
+        &self,
+        call: PeerCall,
+        deadline: Duration,
+    ) -> Result<Vec<u8>, TransportError> {
+        if self.blocked.get() {
+            return Err(TransportError::Blocked(self.addr));
+        }
+        let link = self.connect().await?;
+        let call_id = self.next_call_id.get();
+        self.next_call_id.set(call_id + 1);
+        let mut bytes = Vec::with_capacity(call.payload.len() + 64);
+        encode_peer_frame(
+            &mut self.builder.borrow_mut(),
+            call_id,
+            &call,
+            false,
+            None,
+            &mut bytes,
+        );
+        let (answer_to, answer) = oneshot::channel();
+        link.pending.borrow_mut().insert(call_id, answer_to);
+        if link.frames.send(bytes).await.is_err() {
+            link.pending.borrow_mut().remove(&call_id);
+            link.alive.set(false);
+            return Err(TransportError::Unreachable(
+                self.addr,
+                "connection closed".into(),
+            ));
+        }
+        let outcome = glommio::timer::timeout(deadline, async { Ok(answer.await) }).await;
+        match outcome {
+            Err(_) => {
+                link.pending.borrow_mut().remove(&call_id);
+                Err(TransportError::Timeout(self.addr, deadline))
+            }
+            Ok(Err(_)) => Err(TransportError::Unreachable(
+                self.addr,
+                "connection dropped".into(),
+            )),
+            Ok(Ok(Err(reason))) => Err(TransportError::Unreachable(self.addr, reason)),
+            Ok(Ok(Ok(frame))) => match frame.error {
+                Some(error) => Err(TransportError::Refused(self.addr, error)),
+                None => Ok(frame.call.payload),
+            },
+        }
+    }
+}
+
+fn fail_all(pending: &Pending, reason: &str) {
+    for (_, waiter) in pending.borrow_mut().drain() {
+        let _ = waiter.send(Err(reason.to_owned()));
+    }
+}
+
+/// What a server does with one call: the answer's payload, or why it could
+/// not run the call.
+pub type CallHandler =
+    Rc<dyn Fn(PeerCall) -> futures_lite::future::BoxedLocal<Result<Vec<u8>, String>>>;
+
+/// Serves peer connections on `listener` until the core stops; each call
+/// runs in its own task and its answer goes back on the same connection.
+pub async fn serve_peers(listener: TcpListener, handler: CallHandler) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "peer accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        glommio::spawn_local(async move {
+            let (reader, writer) = futures_lite::io::split(stream);
+            let answers = spawn_writer(writer);
+            let builder = Rc::new(RefCell::new(FlatBufferBuilder::new()));
+            let outcome = read_frames(reader, |frame| {
+                if frame.is_answer {
+                    return;
+                }
+                let handler = handler.clone();
+                let answers = answers.clone();
+                let builder = builder.clone();
+                glommio::spawn_local(async move {
+                    let group = frame.call.group;
+                    let kind = frame.call.kind;
+                    let result = handler(frame.call).await;
+                    let (payload, error) = match result {
+                        Ok(payload) => (payload, None),
+                        Err(error) => (Vec::new(), Some(error)),
+                    };
+                    let answer = PeerCall {
+                        group,
+                        kind,
+                        payload,
+                    };
+                    let mut bytes = Vec::with_capacity(answer.payload.len() + 64);
+                    encode_peer_frame(
+                        &mut builder.borrow_mut(),
+                        frame.call_id,
+                        &answer,
+                        true,
+                        error.as_deref(),
+                        &mut bytes,
+                    );
+                    let _ = answers.send(bytes).await;
+                })
+                .detach();
+            })
+            .await;
+            if let Err(error) = outcome {
+                tracing::debug!(%error, "peer connection ended");
+            }
+        })
+        .detach();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run<T: 'static>(future: impl std::future::Future<Output = T> + 'static) -> T {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .make()
+            .expect("executor")
+            .run(future)
+    }
+
+    /// Echoes the payload reversed; refuses group 99; group 7 answers late.
+    fn echo_server() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handler: CallHandler = Rc::new(|call: PeerCall| {
+            Box::pin(async move {
+                match call.group {
+                    99 => Err("no such group".to_owned()),
+                    7 => {
+                        glommio::timer::sleep(Duration::from_millis(300)).await;
+                        Ok(call.payload)
+                    }
+                    _ => Ok(call.payload.into_iter().rev().collect()),
+                }
+            })
+        });
+        glommio::spawn_local(serve_peers(listener, handler)).detach();
+        addr
+    }
+
+    fn call(group: u64, payload: &[u8]) -> PeerCall {
+        PeerCall {
+            group,
+            kind: PeerCallKind::AppendEntries,
+            payload: payload.to_vec(),
+        }
+    }
+
+    #[test]
+    fn calls_are_answered_matched_and_failures_are_typed() {
+        run(async {
+            let addr = echo_server();
+            let client = Rc::new(PeerClient::new(addr));
+            let second = Duration::from_secs(1);
+            assert_eq!(
+                client.call(call(1, b"abc"), second).await,
+                Ok(b"cba".to_vec())
+            );
+            // Many calls in flight on one connection, answered out of order.
+            let slow = {
+                let client = client.clone();
+                glommio::spawn_local(async move { client.call(call(7, b"late"), second).await })
+            };
+            let mut fast = Vec::new();
+            for i in 0..100u8 {
+                let client = client.clone();
+                fast.push(glommio::spawn_local(async move {
+                    client.call(call(1, &[i, 0]), second).await
+                }));
+            }
+            for (i, task) in fast.into_iter().enumerate() {
+                assert_eq!(task.await, Ok(vec![0, i as u8]));
+            }
+            assert_eq!(slow.await, Ok(b"late".to_vec()));
+            assert!(matches!(
+                client.call(call(99, b"x"), second).await,
+                Err(TransportError::Refused(_, reason)) if reason == "no such group"
+            ));
+            assert!(matches!(
+                client.call(call(7, b"x"), Duration::from_millis(50)).await,
+                Err(TransportError::Timeout(..))
+            ));
+            client.set_blocked(true);
+            assert_eq!(
+                client.call(call(1, b"x"), second).await,
+                Err(TransportError::Blocked(addr))
+            );
+            client.set_blocked(false);
+            assert_eq!(
+                client.call(call(1, b"xy"), second).await,
+                Ok(b"yx".to_vec())
+            );
+        });
+    }
+
+    #[test]
+    fn a_dead_peer_fails_fast_and_big_frames_travel() {
+        run(async {
+            let dead = {
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                listener.local_addr().unwrap()
+            };
+            let client = PeerClient::new(dead);
+            assert!(matches!(
+                client.call(call(1, b"x"), Duration::from_secs(1)).await,
+                Err(TransportError::Unreachable(..))
+            ));
+            let client = PeerClient::new(echo_server());
+            let big = vec![5u8; 8 << 20];
+            let answer = client
+                .call(call(1, &big), Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert_eq!(answer.len(), big.len());
+        });
+    }
+
+    #[test]
+    fn frames_round_trip_and_garbage_is_refused() {
+        let mut builder = FlatBufferBuilder::new();
+        let mut out = Vec::new();
+        let original = PeerCall {
+            group: 42,
+            kind: PeerCallKind::Vote,
+            payload: vec![1, 2, 3],
+        };
+        encode_peer_frame(&mut builder, 9, &original, true, Some("why"), &mut out);
+        let decoded = decode_peer(&out[FRAME_HEADER_BYTES..]).unwrap();
+        assert_eq!(decoded.call, original);
+        assert_eq!((decoded.call_id, decoded.is_answer), (9, true));
+        assert_eq!(decoded.error.as_deref(), Some("why"));
+        assert!(decode_peer(&[0xff; 12]).is_err());
+    }
+}
