@@ -15,7 +15,9 @@
 //! Reads: [`read_barrier`] is the read-index protocol: the leader confirms
 //! with a quorum that it is still leader and waits until its state machine
 //! has applied everything committed when the read arrived; a read after it
-//! sees every write acknowledged before the read began. Read index rather
+//! sees every write acknowledged before the read began. A follower asks the
+//! leader for that index and waits until it has applied it itself, so every
+//! replica serves linearizable reads. Read index rather
 //! than leader lease: a lease is only safe with bounded clock drift and
 //! pauses, and a stalled process (a GC-free Rust process can still be
 //! SIGSTOPped or starved on a 2-core machine) must never serve a stale read.
@@ -149,6 +151,13 @@ impl<A: Applier> CoreGroups<A> {
                         let answer = propose_here(&raft, &peers, call.group, command, false).await;
                         Ok(encode(&answer))
                     }
+                    PeerCallKind::ReadIndex => {
+                        let read = raft
+                            .ensure_linearizable(ReadPolicy::ReadIndex)
+                            .await
+                            .map_err(|error| error.to_string())?;
+                        Ok(encode(&read.log_id().index))
+                    }
                     kind => serve_raft_call(&raft, kind, &call.payload).await,
                 }
             })
@@ -272,9 +281,14 @@ async fn forward_write(
 }
 
 /// Waits until a read of this node's state machine is linearizable (read
-/// index, see the module docs). Fails with the leader's id when this node
-/// is not the leader, so the caller can send the read there.
-pub async fn read_barrier<A: Applier>(raft: &GroupRaft<A>, group: u64) -> Result<(), ReadRefused> {
+/// index, see the module docs). On a follower it asks the leader for the
+/// read index ([`PeerCallKind::ReadIndex`]) and waits until it has applied
+/// that far itself, so any replica serves linearizable reads.
+pub async fn read_barrier<A: Applier>(
+    raft: &GroupRaft<A>,
+    peers: &Peers,
+    group: u64,
+) -> Result<(), ReadRefused> {
     let started = Instant::now();
     let me = *raft.node_id();
     let mut last_reason = String::new();
@@ -283,7 +297,12 @@ pub async fn read_barrier<A: Applier>(raft: &GroupRaft<A>, group: u64) -> Result
             Ok(_) => return Ok(()),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(forward))) => {
                 match forward.leader_id {
-                    Some(leader) if leader != me => return Err(ReadRefused::NotLeader(leader)),
+                    Some(leader) if leader != me => {
+                        match follower_read_index(raft, peers, leader, group).await {
+                            Ok(()) => return Ok(()),
+                            Err(reason) => last_reason = reason,
+                        }
+                    }
                     _ => last_reason = forward.to_string(),
                 }
             }
@@ -304,11 +323,38 @@ pub async fn read_barrier<A: Applier>(raft: &GroupRaft<A>, group: u64) -> Result
     }))
 }
 
+/// The follower half of a read: the leader's read index, then this
+/// node's state machine caught up to it.
+async fn follower_read_index<A: Applier>(
+    raft: &GroupRaft<A>,
+    peers: &Peers,
+    leader: NodeId,
+    group: u64,
+) -> Result<(), String> {
+    let client = peers
+        .get(leader)
+        .ok_or_else(|| format!("leader {leader} is not a known peer"))?;
+    let call = PeerCall {
+        group,
+        kind: PeerCallKind::ReadIndex,
+        payload: Vec::new(),
+    };
+    let answer = client
+        .call(call, REQUEST_DEADLINE)
+        .await
+        .map_err(|error| error.to_string())?;
+    let index: u64 = decode(&answer)?;
+    raft.wait(Some(REQUEST_DEADLINE))
+        .applied_index_at_least(Some(index), "read index")
+        .await
+        .map(|_| ())
+        .map_err(|error| error.to_string())
+}
+
 /// Why a linearizable read cannot be served here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadRefused {
-    /// Another node leads the group: read there.
-    NotLeader(NodeId),
-    /// No leader, or the group stopped.
+    /// No leader confirmed the read before the deadline, or the group
+    /// stopped.
     Failed(GroupError),
 }

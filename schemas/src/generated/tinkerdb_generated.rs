@@ -533,15 +533,16 @@ pub struct ResponseUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_PEER_CALL_KIND: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_PEER_CALL_KIND: u8 = 4;
+pub const ENUM_MAX_PEER_CALL_KIND: u8 = 5;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_PEER_CALL_KIND: [PeerCallKind; 5] = [
+pub const ENUM_VALUES_PEER_CALL_KIND: [PeerCallKind; 6] = [
   PeerCallKind::None,
   PeerCallKind::AppendEntries,
   PeerCallKind::Vote,
   PeerCallKind::InstallSnapshot,
   PeerCallKind::ForwardWrite,
+  PeerCallKind::ReadIndex,
 ];
 
 /// What a peer call asks for.
@@ -560,15 +561,19 @@ impl PeerCallKind {
   pub const InstallSnapshot: Self = Self(3);
   /// A client write forwarded to the group's leader.
   pub const ForwardWrite: Self = Self(4);
+  /// A follower asks the leader for a read index (the leader confirms its
+  /// leadership with a quorum and answers its commit index).
+  pub const ReadIndex: Self = Self(5);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 4;
+  pub const ENUM_MAX: u8 = 5;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::AppendEntries,
     Self::Vote,
     Self::InstallSnapshot,
     Self::ForwardWrite,
+    Self::ReadIndex,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -578,6 +583,7 @@ impl PeerCallKind {
       Self::Vote => Some("Vote"),
       Self::InstallSnapshot => Some("InstallSnapshot"),
       Self::ForwardWrite => Some("ForwardWrite"),
+      Self::ReadIndex => Some("ReadIndex"),
       _ => None,
     }
   }
