@@ -255,9 +255,10 @@ async fn node_status(State(state): State<AppState>) -> ApiResult<Json<NodeStatus
 pub struct ClusterNode {
     /// Node id.
     pub id: u64,
-    /// Client address.
+    /// Client address (standalone), or Raft address of core 0 (cluster).
     pub address: String,
-    /// `up` or `down`.
+    /// `up` for this node; `member` for a peer (its health is not probed
+    /// from here yet).
     pub state: String,
     /// Whether this is the node answering.
     pub is_self: bool,
@@ -266,6 +267,15 @@ pub struct ClusterNode {
 /// A shard: a slot range replicated as one group.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ClusterShard {
+    /// This node's role in the group: `Leader`, `Follower`, `Candidate`,
+    /// `Learner` (`Leader` on a standalone node).
+    pub role: String,
+    /// Last log index on this node's replica.
+    pub last_log_index: Option<u64>,
+    /// Last index this replica knows committed.
+    pub committed_index: Option<u64>,
+    /// Last index applied by this replica.
+    pub applied_index: Option<u64>,
     /// Shard id.
     pub id: u64,
     /// Its slots.
@@ -281,7 +291,8 @@ pub struct ClusterShard {
 /// Cluster topology.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ClusterStatus {
-    /// `standalone` (one node, each core one shard) or `raft`.
+    /// `standalone` (one node, each core one shard) or `raft` (each core's
+    /// shard a Raft group over every node).
     pub mode: String,
     /// Nodes.
     pub nodes: Vec<ClusterNode>,
@@ -291,12 +302,51 @@ pub struct ClusterStatus {
 
 /// Cluster topology: nodes, shards, leaders, terms.
 #[utoipa::path(get, path = "/v1/cluster", tag = "node",
-    responses((status = 200, body = ClusterStatus)))]
-async fn cluster_status(State(state): State<AppState>) -> Json<ClusterStatus> {
-    // A standalone node: each core's slot range is one shard that this node
-    // leads. Replication (issue 4) replaces this with the Raft groups.
+    responses((status = 200, body = ClusterStatus), (status = 503, body = ErrorBody)))]
+async fn cluster_status(State(state): State<AppState>) -> ApiResult<Json<ClusterStatus>> {
     let facts = state.node.facts();
-    Json(ClusterStatus {
+    let reports = reports(&state.node).await?;
+    if let Some(first) = reports.iter().find_map(|report| report.raft.as_ref()) {
+        // Cluster mode: one Raft group per core, as this node's replicas
+        // see them.
+        let me = first.node_id;
+        let nodes = first
+            .voters
+            .iter()
+            .map(|(id, raft_addr)| ClusterNode {
+                id: *id,
+                address: raft_addr.clone(),
+                state: if *id == me { "up" } else { "member" }.into(),
+                is_self: *id == me,
+            })
+            .collect();
+        let shards = reports
+            .iter()
+            .filter_map(|report| {
+                let raft = report.raft.as_ref()?;
+                let (start, end) = facts.core_slots[report.core];
+                Some(ClusterShard {
+                    id: raft.group,
+                    slots: SlotRange { start, end },
+                    leader: raft.leader,
+                    term: raft.term,
+                    replicas: raft.voters.iter().map(|(id, _)| *id).collect(),
+                    role: raft.state.clone(),
+                    last_log_index: raft.last_log_index,
+                    committed_index: raft.committed_index,
+                    applied_index: raft.applied_index,
+                })
+            })
+            .collect();
+        return Ok(Json(ClusterStatus {
+            mode: "raft".into(),
+            nodes,
+            shards,
+        }));
+    }
+    // A standalone node: each core's slot range is one shard that this node
+    // leads.
+    Ok(Json(ClusterStatus {
         mode: "standalone".into(),
         nodes: vec![ClusterNode {
             id: 1,
@@ -314,9 +364,13 @@ async fn cluster_status(State(state): State<AppState>) -> Json<ClusterStatus> {
                 leader: Some(1),
                 term: 0,
                 replicas: vec![1],
+                role: "Leader".into(),
+                last_log_index: None,
+                committed_index: None,
+                applied_index: None,
             })
             .collect(),
-    })
+    }))
 }
 
 // ---------------------------------------------------------------- tenants

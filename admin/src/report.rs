@@ -42,6 +42,29 @@ pub struct SnapshotInfo {
     pub cut_index: u64,
 }
 
+/// A core's replica of its Raft group (cluster mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftReport {
+    /// The group (shard) id.
+    pub group: u64,
+    /// This node's id.
+    pub node_id: u64,
+    /// `Leader`, `Follower`, `Candidate`, `Learner`, `Shutdown`.
+    pub state: String,
+    /// The leader this replica knows of.
+    pub leader: Option<u64>,
+    /// Current term.
+    pub term: u64,
+    /// Last entry in this replica's log.
+    pub last_log_index: Option<u64>,
+    /// Last entry known committed.
+    pub committed_index: Option<u64>,
+    /// Last entry applied here.
+    pub applied_index: Option<u64>,
+    /// Voters and their Raft addresses.
+    pub voters: Vec<(u64, String)>,
+}
+
 /// One core's state, cumulative since start.
 #[derive(Debug, Clone)]
 pub struct CoreReport {
@@ -76,4 +99,6 @@ pub struct CoreReport {
     pub tenant_requests: Vec<u64>,
     /// The last snapshot installed, if any.
     pub last_snapshot: Option<SnapshotInfo>,
+    /// Cluster mode: this core's Raft replica.
+    pub raft: Option<RaftReport>,
 }

@@ -300,6 +300,20 @@ fn report(context: &CoreContext) -> CoreReport {
         wal_fsync_latency,
         request_latency: stats.request_latency.borrow().clone(),
         tenant_requests: stats.tenant_requests.borrow().clone(),
+        raft: context.replica.get().map(|replica| {
+            let status = tinkerdb_replication::group::status(&replica.raft, replica.group);
+            tinkerdb_admin::report::RaftReport {
+                group: status.group,
+                node_id: status.node_id,
+                state: status.state,
+                leader: status.leader,
+                term: status.term,
+                last_log_index: status.last_log_index,
+                committed_index: status.committed_index,
+                applied_index: status.applied_index,
+                voters: status.voters,
+            }
+        }),
         last_snapshot: snapshots.last.map(|last| SnapshotInfo {
             unix_ms: last.unix_ms,
             entries: last.entries,

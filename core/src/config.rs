@@ -45,6 +45,53 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// Tenants and their quotas. `default` is added if not listed.
     pub tenants: Vec<TenantConfig>,
+    /// Cluster mode (Raft replication); absent: a standalone node.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// A node's place in a cluster (see docs/replication.md).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's id (one of `nodes`).
+    pub node_id: u64,
+    /// Every node of the cluster, this one included.
+    pub nodes: Vec<ClusterNodeConfig>,
+}
+
+/// One node of a cluster.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterNodeConfig {
+    /// Node id (unique, at least 1).
+    pub id: u64,
+    /// Raft address of the node's core 0; core `c` listens on port + `c`.
+    pub raft: SocketAddr,
+}
+
+impl ClusterConfig {
+    /// Parses `--peers`: `ID=HOST:PORT,ID=HOST:PORT,...` (every node, this
+    /// one included; the address is the node's Raft address for core 0).
+    pub fn from_flags(node_id: u64, peers: &str) -> Result<ClusterConfig, ConfigError> {
+        let nodes = peers
+            .split(',')
+            .filter(|part| !part.trim().is_empty())
+            .map(|part| {
+                let (id, addr) = part.trim().split_once('=').ok_or_else(|| {
+                    ConfigError::Invalid(format!("--peers: {part:?} is not ID=HOST:PORT"))
+                })?;
+                Ok(ClusterNodeConfig {
+                    id: id.parse().map_err(|_| {
+                        ConfigError::Invalid(format!("--peers: {id:?} is not a node id"))
+                    })?,
+                    raft: addr.parse().map_err(|_| {
+                        ConfigError::Invalid(format!("--peers: {addr:?} is not HOST:PORT"))
+                    })?,
+                })
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        Ok(ClusterConfig { node_id, nodes })
+    }
 }
 
 impl Default for NodeConfig {
@@ -62,6 +109,7 @@ impl Default for NodeConfig {
             snapshot_after_wal_bytes: 64 << 20,
             limits: Limits::default(),
             tenants: vec![TenantConfig::unlimited(DEFAULT_TENANT)],
+            cluster: None,
         }
     }
 }
@@ -237,6 +285,27 @@ impl NodeConfig {
         }
         if limits.scan_count_default > limits.scan_count_max {
             return invalid("limits.scan_count_default must not exceed scan_count_max".into());
+        }
+        if let Some(cluster) = &self.cluster {
+            let mut ids: Vec<u64> = cluster.nodes.iter().map(|node| node.id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            if ids.len() != cluster.nodes.len() || ids.first() == Some(&0) {
+                return invalid("cluster.nodes: node ids must be unique and at least 1".into());
+            }
+            if !ids.contains(&cluster.node_id) {
+                return invalid(format!(
+                    "cluster.node_id {} is not one of cluster.nodes",
+                    cluster.node_id
+                ));
+            }
+            if self.durability != Durability::Sync {
+                return invalid(
+                    "cluster mode needs durability = \"sync\": a Raft vote or log entry \
+                     must be on disk before it is acknowledged"
+                        .into(),
+                );
+            }
         }
         if !self
             .tenants

@@ -360,6 +360,15 @@ impl Connection {
         session: Session,
     ) -> Pending {
         let owner = self.context.slot_map.owner(slot);
+        if self.context.replica.get().is_some() {
+            // Cluster mode: one request at a time through Raft (ordered;
+            // pipelining across a group is future work).
+            self.remote.flush(&self.context).await;
+            return Pending::Ready(match self.context.call(owner, request).await {
+                Ok(reply) => single_key_reply(reply, &session),
+                Err(error) => Reply::Error(error),
+            });
+        }
         if owner == self.context.core {
             let (reply, ack_point) = self.context.execute_here(request);
             let reply = single_key_reply(reply, &session);
@@ -456,6 +465,7 @@ pub(crate) fn single_key_reply(reply: ShardReply, session: &Session) -> Reply {
         ShardReply::Written(Ok(outcome)) => Reply::Written(outcome),
         ShardReply::Written(Err(error)) => Reply::Error(quota_error(&error, session)),
         ShardReply::Refused(reason) => Reply::Error(storage_failed(&reason)),
+        ShardReply::Error(error) => Reply::Error(error),
         other => unreachable!("single-key request answered with {other:?}"),
     }
 }
@@ -474,6 +484,9 @@ pub(crate) fn quota_error(error: &StoreError, session: &Session) -> ProtocolErro
 }
 
 pub(crate) fn unexpected(reply: &ShardReply) -> ProtocolError {
+    if let ShardReply::Error(error) = reply {
+        return error.clone();
+    }
     ProtocolError::new(
         ErrorCode::Internal,
         format!("unexpected shard reply {reply:?}"),
@@ -516,6 +529,7 @@ async fn fan_out(
     for pending in dispatched {
         match pending.reply().await? {
             ShardReply::Refused(reason) => refused = Some(storage_failed(&reason)),
+            ShardReply::Error(error) => refused = Some(error),
             reply => replies.push(reply),
         }
     }

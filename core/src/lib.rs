@@ -26,6 +26,7 @@
 //! [`node::run`]. See `docs/ARCHITECTURE.md` for a request's whole journey.
 
 pub mod admin_service;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod node;

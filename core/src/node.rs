@@ -120,6 +120,12 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
         }
     }
 
+    if config.cluster.is_some() && config.resp_enabled {
+        // The RESP path executes local writes synchronously on the shard,
+        // which in cluster mode would bypass Raft: not served there yet.
+        tracing::warn!("the Redis protocol is not served in cluster mode yet");
+        config.resp_enabled = false;
+    }
     let (bound_tx, bound_rx) = mpsc::channel::<anyhow::Result<BoundAddrs>>();
     let (events_tx, events_rx) = mpsc::channel::<CoreEvent>();
     refuse_address_in_use(config.listen, "clients")?;
@@ -398,8 +404,16 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
     let core_dir = setup.config.data_dir.join(format!("core-{core}"));
     let mode = setup.config.durability_mode();
     let started = std::time::Instant::now();
-    let recovered = recover_core(&core_dir, &setup.tenants, mode)
-        .with_context(|| format!("core {core} cannot recover from {}", core_dir.display()))?;
+    let recovered = if setup.config.cluster.is_some() {
+        // Cluster mode: the Raft log (core-N/raft) is the durable copy; the
+        // group re-applies it into an empty store when it starts.
+        std::fs::create_dir_all(&core_dir)
+            .with_context(|| format!("cannot create {}", core_dir.display()))?;
+        crate::recovery::RecoveredCore::empty()
+    } else {
+        recover_core(&core_dir, &setup.tenants, mode)
+            .with_context(|| format!("core {core} cannot recover from {}", core_dir.display()))?
+    };
     let (wal, writer) = match recovered.wal {
         Some(wal) => {
             tracing::info!(
@@ -443,6 +457,9 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
             .detach();
     }
     apply_quotas(&context, &setup.tenants);
+    if let Some(cluster) = &setup.config.cluster {
+        crate::cluster::start_replica(&context, cluster).await?;
+    }
     for connecting in inbound_connecting {
         let inbound = connecting.await;
         glommio::spawn_local(serve_peer(context.clone(), inbound)).detach();

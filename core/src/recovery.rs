@@ -27,6 +27,19 @@ pub struct RecoveredCore {
     pub snapshot_entries: u64,
 }
 
+impl RecoveredCore {
+    /// Nothing recovered: an empty store and no WAL (cluster mode, where the
+    /// Raft log rebuilds the store).
+    pub fn empty() -> RecoveredCore {
+        RecoveredCore {
+            store: Store::new(),
+            wal: None,
+            snapshot_cut: 0,
+            snapshot_entries: 0,
+        }
+    }
+}
+
 /// Applies one logged operation to `store`.
 fn apply(store: &mut Store, tenants: &TenantRegistry, op: LoggedOp<'_>) -> Result<(), String> {
     let tenant_of = |name: &str| {

@@ -1073,6 +1073,7 @@ fn storage_error(reason: &str) -> RespValue {
 fn finish_reply(finish: Finish, reply: ShardReply, session: &Session) -> RespValue {
     match (finish, reply) {
         (_, ShardReply::Refused(reason)) => storage_error(&reason),
+        (_, ShardReply::Error(error)) => RespValue::error(format!("ERR {}", error.message)),
         (Finish::Value, ShardReply::Value(value)) => {
             value.map_or(RespValue::Null, |read| RespValue::Bulk(read.value))
         }

@@ -53,7 +53,7 @@ pub struct CoreStats {
     /// Requests answered, errors included.
     pub requests_total: Cell<u64>,
     /// Requests answered with an error, by `ErrorCode` value.
-    pub errors_total: [Cell<u64>; 16],
+    pub errors_total: [Cell<u64>; 18],
     /// Client connections accepted.
     pub connections_total: Cell<u64>,
     /// Client connections open now.
@@ -134,6 +134,10 @@ pub struct CoreContext {
     peers: Vec<Option<ConnectedSender<CoreMessage>>>,
     /// Counters.
     pub stats: CoreStats,
+    /// Cluster mode: this core's replica of its shard's Raft group (set
+    /// once at start). When set, every request goes through it
+    /// (`cluster::execute_replicated`), never straight to the shard.
+    pub replica: std::cell::OnceCell<crate::cluster::Replica>,
 }
 
 /// A request on its way: answered already (local) or awaiting another core.
@@ -193,6 +197,7 @@ impl CoreContext {
             core_dir,
             peers,
             stats: CoreStats::default(),
+            replica: std::cell::OnceCell::new(),
         }
     }
 
@@ -219,6 +224,9 @@ impl CoreContext {
     /// Executes `request` on this core's shard and waits until its writes
     /// are as durable as the durability mode promises.
     pub async fn execute_local(&self, request: ShardRequest) -> ShardReply {
+        if let Some(replica) = self.replica.get() {
+            return crate::cluster::execute_replicated(self, replica, request).await;
+        }
         let (reply, ack_point) = self.execute_here(request);
         match self.wait_durable(ack_point).await {
             Ok(()) => reply,
@@ -277,6 +285,17 @@ pub async fn serve_peer(
             let context = context.clone();
             glommio::spawn_local(async move {
                 let _ = reply_to.send(crate::snapshots::snapshot(&context).await);
+            })
+            .detach();
+            continue;
+        }
+        if context.replica.get().is_some() {
+            // Cluster mode: through Raft, in its own task (a write waits
+            // for a quorum); requests that must stay ordered arrive in one
+            // Batch, which runs in order.
+            let context = context.clone();
+            glommio::spawn_local(async move {
+                let _ = reply_to.send(context.execute_local(request).await);
             })
             .detach();
             continue;

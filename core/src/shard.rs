@@ -241,6 +241,9 @@ pub enum ShardReply {
     Done,
     /// Answer to `Snapshot`: entries and bytes written, or why it failed.
     Snapshotted(Result<(u64, u64), String>),
+    /// Cluster mode: refused with this error (no leader, a request not
+    /// replicated yet, a refusal by the replicated state machine).
+    Error(crate::protocol::ProtocolError),
 }
 
 /// Most entries one scan step looks at (live or not, matching or not)

@@ -77,6 +77,14 @@ pub enum Response {
     },
     /// A blank or membership entry was applied (nothing for a client).
     Empty,
+    /// The command was applied and refused by the state machine, the same
+    /// way on every replica (a quota, an unknown tenant): nothing changed.
+    Refused {
+        /// The client protocol's error code (`wire::ErrorCode` value).
+        code: u16,
+        /// Why.
+        message: String,
+    },
 }
 
 /// Why a command cannot be encoded.

@@ -358,3 +358,55 @@ pub enum ReadRefused {
     /// stopped.
     Failed(GroupError),
 }
+
+/// What a group looks like from this replica (for status pages and
+/// metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupStatus {
+    /// The group.
+    pub group: u64,
+    /// This node.
+    pub node_id: NodeId,
+    /// `Leader`, `Follower`, `Candidate`, `Learner` or `Shutdown`.
+    pub state: String,
+    /// The leader this replica knows of.
+    pub leader: Option<NodeId>,
+    /// Current term.
+    pub term: u64,
+    /// Index of the last entry in this replica's log.
+    pub last_log_index: Option<u64>,
+    /// Index of the last entry this replica knows committed.
+    pub committed_index: Option<u64>,
+    /// Index of the last entry applied to this replica's state machine.
+    pub applied_index: Option<u64>,
+    /// Voters of the current membership, with their Raft addresses.
+    pub voters: Vec<(NodeId, String)>,
+}
+
+/// The group's status as this replica sees it now.
+pub fn status<A: Applier>(raft: &GroupRaft<A>, group: u64) -> GroupStatus {
+    use openraft::rt::WatchReceiver;
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow_watched();
+    let membership = metrics.membership_config.membership();
+    GroupStatus {
+        group,
+        node_id: metrics.id,
+        state: format!("{:?}", metrics.state),
+        leader: metrics.current_leader,
+        term: metrics.current_term,
+        last_log_index: metrics.last_log_index,
+        committed_index: metrics.local_committed.map(|log_id| log_id.index),
+        applied_index: metrics.last_applied.map(|log_id| log_id.index),
+        voters: membership
+            .voter_ids()
+            .map(|id| {
+                let addr = membership
+                    .get_node(&id)
+                    .map(|node| node.addr.clone())
+                    .unwrap_or_default();
+                (id, addr)
+            })
+            .collect(),
+    }
+}

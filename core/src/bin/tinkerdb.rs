@@ -42,6 +42,13 @@ struct Args {
     /// When writes are acknowledged [default: sync].
     #[arg(long, value_enum)]
     durability: Option<Durability>,
+    /// Cluster mode: this node's id (with --peers).
+    #[arg(long, requires = "peers")]
+    node_id: Option<u64>,
+    /// Cluster mode: every node as ID=HOST:PORT (Raft address of core 0;
+    /// core c uses port + c), this node included.
+    #[arg(long, requires = "node_id")]
+    peers: Option<String>,
     /// Log line format (logs go to stderr; level from RUST_LOG, default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -57,8 +64,11 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         // glommio logs an ERROR when a filesystem lacks io_uring polled I/O
-        // (it falls back on its own): not an error of ours.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,glommio::reactor=off"));
+        // (it falls back on its own): not an error of ours. openraft logs
+        // every vote and election at info: warn is enough by default.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,glommio::reactor=off,openraft=warn")
+        });
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -95,6 +105,12 @@ fn main() -> anyhow::Result<()> {
     if let Some(cores) = args.cores {
         config.cores = cores;
     }
+    if let (Some(node_id), Some(peers)) = (args.node_id, &args.peers) {
+        config.cluster = Some(tinkerdb_core::config::ClusterConfig::from_flags(
+            node_id, peers,
+        )?);
+    }
+    let cluster = config.cluster.clone();
     tinkerdb_core::node::run(config, |info| {
         // Tests and scripts read this line: keep its shape.
         println!(
@@ -113,6 +129,13 @@ fn main() -> anyhow::Result<()> {
         }
         if let Some(admin_addr) = info.admin_addr {
             println!("Admin API and dashboard on http://{admin_addr}/ (metrics: http://{admin_addr}/metrics)");
+        }
+        if let Some(cluster) = &cluster {
+            println!(
+                "Cluster node {} of {}: one Raft group per core, replicated on every node",
+                cluster.node_id,
+                cluster.nodes.len()
+            );
         }
         println!("Try it: tinker --addr {} set hello world", info.client_addr);
         tracing::info!(client_addr = %info.client_addr, cores = info.cores, "node ready");

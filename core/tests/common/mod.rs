@@ -65,6 +65,18 @@ impl TestNode {
         data_dir: &std::path::Path,
         env: &[(&str, &str)],
     ) -> TestNode {
+        TestNode::start_with_args(cores, config_toml, data_dir, env, &[])
+    }
+
+    /// [`TestNode::start_in`] with extra command-line arguments (cluster
+    /// mode: `--node-id`, `--peers`).
+    pub fn start_with_args(
+        cores: usize,
+        config_toml: &str,
+        data_dir: &std::path::Path,
+        env: &[(&str, &str)],
+        extra_args: &[String],
+    ) -> TestNode {
         let data_dir = data_dir.to_owned();
         std::fs::create_dir_all(&data_dir).unwrap();
         let config_path = data_dir.join("node.toml");
@@ -75,6 +87,7 @@ impl TestNode {
         let mut child = Command::new(binary)
             .args(["--listen", "127.0.0.1:0", "--resp-listen", "127.0.0.1:0"])
             .args(["--admin-listen", "127.0.0.1:0"])
+            .args(extra_args)
             .args(["--cores", &cores.to_string()])
             .arg("--data-dir")
             .arg(data_dir.join("data"))
@@ -108,7 +121,8 @@ impl TestNode {
                 break rest.split('/').next().unwrap().parse().unwrap();
             }
         };
-        let resp_addr = resp_addr.expect("the Redis line comes before the admin line");
+        // Cluster mode serves no Redis protocol (yet): no address then.
+        let resp_addr = resp_addr.unwrap_or_else(|| "0.0.0.0:0".parse().unwrap());
         let addr = addr.expect("the ready line comes first");
         // Keep draining stdout so the node never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});

@@ -13,10 +13,10 @@ pub mod wire {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 16;
+pub const ENUM_MAX_ERROR_CODE: u16 = 17;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 17] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 18] = [
   ErrorCode::None,
   ErrorCode::MalformedFrame,
   ErrorCode::UnsupportedVersion,
@@ -34,6 +34,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 17] = [
   ErrorCode::ShuttingDown,
   ErrorCode::Internal,
   ErrorCode::StorageFailed,
+  ErrorCode::Unavailable,
 ];
 
 /// Why a request failed. Stable numbers: clients switch on them.
@@ -82,9 +83,14 @@ impl ErrorCode {
   /// every write from then on and keeps serving reads. Not retryable on
   /// this node.
   pub const StorageFailed: Self = Self(16);
+  /// Cluster mode: the key's shard has no leader that could take the
+  /// request within the node's deadline (an election, a partition, a lost
+  /// quorum). Nothing was applied, or, for a write that was proposed, its
+  /// outcome is unknown: retry (idempotent writes) or read back.
+  pub const Unavailable: Self = Self(17);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 16;
+  pub const ENUM_MAX: u16 = 17;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::MalformedFrame,
@@ -103,6 +109,7 @@ impl ErrorCode {
     Self::ShuttingDown,
     Self::Internal,
     Self::StorageFailed,
+    Self::Unavailable,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -124,6 +131,7 @@ impl ErrorCode {
       Self::ShuttingDown => Some("ShuttingDown"),
       Self::Internal => Some("Internal"),
       Self::StorageFailed => Some("StorageFailed"),
+      Self::Unavailable => Some("Unavailable"),
       _ => None,
     }
   }

@@ -1,0 +1,357 @@
+//! Cluster mode: each core's shard is a Raft group replicated on every node
+//! of the cluster (`tinkerdb --node-id N --peers ...`).
+//!
+//! Placement: a node runs the same number of cores as its peers, and core
+//! `c` of every node hosts a replica of group `c`, which owns core `c`'s
+//! slot range. Raft traffic of a group therefore stays between the same
+//! cores: one peer connection per core per peer node
+//! (`tinkerdb_replication::transport`). The first leader of group `c` is
+//! nudged to node `c % nodes + 1` (an election it triggers at start) so
+//! that leaders spread over the nodes; after a failover they stay where
+//! the election put them.
+//!
+//! Request path: a request reaches its key's core on whatever node the
+//! client is connected to (the same routing as a standalone node), then
+//! [`execute_replicated`] takes over instead of the local shard:
+//! - a write becomes a [`Command`], proposed through the group (forwarded to
+//!   the leader's core if this replica is a follower), and is answered once
+//!   a quorum has it on disk and it is applied here or at the leader;
+//! - a read waits for the read-index barrier (linearizable on any replica),
+//!   then reads the local store.
+//!
+//! Durability: the group's Raft log (`core-N/raft/`, the WAL) is the only
+//! durable copy. The shard's own journal is off and its store is rebuilt
+//! at start by re-applying the committed log.
+//!
+//! Not replicated yet (answered with `InvalidArgument`): conditional writes
+//! (NX/XX/compare-and-set), read-modify-write commands (INCR, APPEND,
+//! EXPIRE...), FLUSHDB and snapshots.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use tinkerdb_replication::group::{
+    self, CoreGroups, GroupError, GroupRaft, GroupSpec, ReadRefused,
+};
+use tinkerdb_replication::network::Peers;
+use tinkerdb_replication::state_machine::Applier;
+use tinkerdb_replication::{Command, Node, Response};
+use tinkerdb_schemas::wire::ErrorCode;
+use tinkerdb_storage::{hash_slot, Expiry, SetOptions, WriteCondition, WriteOutcome};
+
+use crate::config::ClusterConfig;
+use crate::protocol::ProtocolError;
+use crate::router::{now_ms, CoreContext};
+use crate::shard::{ShardReply, ShardRequest, SlotKey};
+
+/// This core's replica of its group.
+pub struct Replica {
+    /// The group id (= the core index).
+    pub group: u64,
+    /// The group's Raft handle.
+    pub raft: GroupRaft<ShardApplier>,
+    /// This core's clients of its peers.
+    pub peers: Rc<Peers>,
+}
+
+/// One key in a snapshot dump: tenant name, key, value, version, expiry
+/// (Unix ms).
+type DumpedEntry = (String, Vec<u8>, Vec<u8>, u64, Option<u64>);
+
+/// Applies committed commands to this core's shard.
+pub struct ShardApplier {
+    context: Rc<CoreContext>,
+}
+
+fn refused(code: ErrorCode, message: impl Into<String>) -> Response {
+    Response::Refused {
+        code: code.0,
+        message: message.into(),
+    }
+}
+
+impl Applier for ShardApplier {
+    fn apply(&mut self, command: &Command) -> Response {
+        let context = &self.context;
+        let Some(tenant) = context.tenants.by_name(command.tenant()) else {
+            return refused(
+                ErrorCode::UnknownTenant,
+                format!("tenant {:?} is not defined on this node", command.tenant()),
+            );
+        };
+        let key = Bytes::copy_from_slice(command.key());
+        let slot = hash_slot(&tenant.name, &key);
+        let key = SlotKey { slot, key };
+        let mut shard = context.shard.borrow_mut();
+        match command {
+            Command::Put {
+                value,
+                expires_at_unix_ms,
+                ..
+            } => {
+                let request = ShardRequest::Set {
+                    tenant: tenant.id,
+                    key,
+                    value: Bytes::copy_from_slice(value),
+                    options: SetOptions {
+                        condition: WriteCondition::Always,
+                        expiry: expires_at_unix_ms.map_or(Expiry::Never, Expiry::AtMs),
+                    },
+                };
+                match shard.execute(request, now_ms()) {
+                    ShardReply::Written(Ok(outcome)) => Response::Put {
+                        version: outcome.version,
+                    },
+                    ShardReply::Written(Err(error)) => {
+                        refused(ErrorCode::QuotaExceeded, error.to_string())
+                    }
+                    other => refused(ErrorCode::Internal, format!("{other:?}")),
+                }
+            }
+            Command::Delete { .. } => {
+                let request = ShardRequest::Delete {
+                    tenant: tenant.id,
+                    keys: vec![key],
+                };
+                match shard.execute(request, now_ms()) {
+                    ShardReply::Count(count) => Response::Delete { existed: count > 0 },
+                    other => refused(ErrorCode::Internal, format!("{other:?}")),
+                }
+            }
+        }
+    }
+
+    fn dump(&self) -> Vec<u8> {
+        let context = &self.context;
+        let shard = context.shard.borrow();
+        let registry = context.tenants.get();
+        let mut entries: Vec<DumpedEntry> = Vec::new();
+        for slot in context.slot_map.slot_range(context.core) {
+            shard.store().for_each_entry_in_slot(
+                slot as u16,
+                |tenant, key, value, version, expires| {
+                    let name = registry.by_id(tenant).name.to_string();
+                    entries.push((name, key.to_vec(), value.to_vec(), version, expires));
+                },
+            );
+        }
+        postcard::to_allocvec(&entries).expect("entries serialize")
+    }
+
+    fn restore(&mut self, dump: &[u8]) -> Result<(), String> {
+        let entries: Vec<DumpedEntry> =
+            postcard::from_bytes(dump).map_err(|error| error.to_string())?;
+        let context = &self.context;
+        let mut store = tinkerdb_storage::Store::new();
+        for (name, key, value, version, expires) in entries {
+            let tenant = context
+                .tenants
+                .by_name(&name)
+                .ok_or_else(|| format!("snapshot names unknown tenant {name:?}"))?;
+            let slot = hash_slot(&name, &key);
+            store.restore(tenant.id, slot, &key, &value, version, expires);
+        }
+        let mut shard = context.shard.borrow_mut();
+        *shard.store_mut() = store;
+        drop(shard);
+        crate::admin_service::apply_quotas(context, &context.tenants.get());
+        Ok(())
+    }
+}
+
+/// Starts this core's replica: its peer listener, its group (initialised
+/// with every node on first start), and the leader nudge.
+pub async fn start_replica(
+    context: &Rc<CoreContext>,
+    cluster: &ClusterConfig,
+) -> anyhow::Result<()> {
+    let core = context.core;
+    let port_of = |addr: std::net::SocketAddr| {
+        let mut addr = addr;
+        addr.set_port(addr.port() + core as u16);
+        addr
+    };
+    let me = cluster
+        .nodes
+        .iter()
+        .find(|node| node.id == cluster.node_id)
+        .expect("validated: node_id is one of the nodes");
+    let listen = port_of(me.raft);
+    let listener = glommio::net::TcpListener::bind(listen).map_err(|error| {
+        anyhow::anyhow!("core {core} cannot listen for Raft on {listen}: {error}")
+    })?;
+    let peers = Rc::new(Peers::new(
+        cluster
+            .nodes
+            .iter()
+            .filter(|node| node.id != cluster.node_id)
+            .map(|node| (node.id, port_of(node.raft))),
+    ));
+    let groups: Rc<CoreGroups<ShardApplier>> = Rc::new(CoreGroups::default());
+    glommio::spawn_local(tinkerdb_replication::transport::serve_peers(
+        listener,
+        groups.call_handler(peers.clone()),
+    ))
+    .detach();
+    let members: BTreeMap<u64, Node> = cluster
+        .nodes
+        .iter()
+        .map(|node| (node.id, Node::new(port_of(node.raft).to_string())))
+        .collect();
+    let spec = GroupSpec {
+        group: core as u64,
+        node_id: cluster.node_id,
+        members,
+        wal_dir: context.core_dir.join("raft"),
+    };
+    let applier = Rc::new(RefCell::new(ShardApplier {
+        context: context.clone(),
+    }));
+    let raft = group::start(&spec, applier, peers.clone())
+        .await
+        .map_err(|error| anyhow::anyhow!("core {core}: {error}"))?;
+    groups.insert(spec.group, raft.clone());
+    // Spread first leaders: group c prefers node (c mod n) + 1.
+    let preferred = cluster.nodes[core % cluster.nodes.len()].id;
+    if preferred == cluster.node_id && raft.current_leader().await.is_none() {
+        let _ = raft.trigger().elect(false).await;
+    }
+    let replica = Replica {
+        group: spec.group,
+        raft,
+        peers,
+    };
+    if context.replica.set(replica).is_err() {
+        anyhow::bail!("core {core} started its replica twice");
+    }
+    Ok(())
+}
+
+fn unavailable(error: GroupError) -> ShardReply {
+    let code = match error {
+        GroupError::Stopped { .. } => ErrorCode::StorageFailed,
+        _ => ErrorCode::Unavailable,
+    };
+    ShardReply::Error(ProtocolError::new(code, error.to_string()))
+}
+
+fn not_replicated(what: &str) -> ShardReply {
+    ShardReply::Error(ProtocolError::new(
+        ErrorCode::InvalidArgument,
+        format!("{what} is not supported in cluster mode yet (docs/replication.md)"),
+    ))
+}
+
+/// Executes `request` through this core's replica (see the module docs).
+pub async fn execute_replicated(
+    context: &CoreContext,
+    replica: &Replica,
+    request: ShardRequest,
+) -> ShardReply {
+    match request {
+        ShardRequest::Get { .. }
+        | ShardRequest::GetMany { .. }
+        | ShardRequest::Exists { .. }
+        | ShardRequest::Scan { .. }
+        | ShardRequest::Usage { .. } => {
+            match group::read_barrier(&replica.raft, &replica.peers, replica.group).await {
+                Ok(()) => context.execute_here(request).0,
+                Err(ReadRefused::Failed(error)) => unavailable(error),
+            }
+        }
+        ShardRequest::Set {
+            tenant,
+            key,
+            value,
+            options,
+        } => {
+            if options.condition != WriteCondition::Always {
+                return not_replicated("a conditional write (NX, XX, compare-and-set)");
+            }
+            let command = Command::Put {
+                tenant: context.tenants.name_of(tenant).to_string(),
+                key: key.key.to_vec(),
+                value: value.to_vec(),
+                expires_at_unix_ms: match options.expiry {
+                    Expiry::AtMs(at) => Some(at),
+                    _ => None,
+                },
+            };
+            match propose(replica, command).await {
+                Ok(Response::Put { version }) => ShardReply::Written(Ok(WriteOutcome {
+                    applied: true,
+                    version,
+                })),
+                Ok(other) => answer_error(other),
+                Err(reply) => reply,
+            }
+        }
+        ShardRequest::SetMany { tenant, entries } => {
+            let name = context.tenants.name_of(tenant).to_string();
+            let mut versions = Vec::with_capacity(entries.len());
+            for (key, value) in entries {
+                let command = Command::Put {
+                    tenant: name.clone(),
+                    key: key.key.to_vec(),
+                    value: value.to_vec(),
+                    expires_at_unix_ms: None,
+                };
+                match propose(replica, command).await {
+                    Ok(Response::Put { version }) => versions.push(version),
+                    Ok(other) => return answer_error(other),
+                    Err(reply) => return reply,
+                }
+            }
+            ShardReply::WrittenMany(versions, None)
+        }
+        ShardRequest::Delete { tenant, keys } => {
+            let name = context.tenants.name_of(tenant).to_string();
+            let mut existed = 0;
+            for key in keys {
+                let command = Command::Delete {
+                    tenant: name.clone(),
+                    key: key.key.to_vec(),
+                };
+                match propose(replica, command).await {
+                    Ok(Response::Delete { existed: true }) => existed += 1,
+                    Ok(Response::Delete { existed: false }) => {}
+                    Ok(other) => return answer_error(other),
+                    Err(reply) => return reply,
+                }
+            }
+            ShardReply::Count(existed)
+        }
+        // Quotas are configuration: each replica sets its own share.
+        ShardRequest::SetQuota { .. } => context.execute_here(request).0,
+        ShardRequest::Batch(requests) => {
+            let mut replies = Vec::with_capacity(requests.len());
+            for request in requests {
+                replies.push(Box::pin(execute_replicated(context, replica, request)).await);
+            }
+            ShardReply::Batch(replies)
+        }
+        ShardRequest::Update { .. } => not_replicated("a read-modify-write command"),
+        ShardRequest::Flush { .. } => not_replicated("FLUSHDB"),
+        ShardRequest::Snapshot => not_replicated("a snapshot"),
+    }
+}
+
+async fn propose(replica: &Replica, command: Command) -> Result<Response, ShardReply> {
+    group::write(&replica.raft, &replica.peers, replica.group, command)
+        .await
+        .map_err(unavailable)
+}
+
+fn answer_error(response: Response) -> ShardReply {
+    match response {
+        Response::Refused { code, message } => {
+            ShardReply::Error(ProtocolError::new(ErrorCode(code), message))
+        }
+        other => ShardReply::Error(ProtocolError::new(
+            ErrorCode::Internal,
+            format!("unexpected state machine answer {other:?}"),
+        )),
+    }
+}
