@@ -116,7 +116,20 @@ struct WalState {
     bytes_since_snapshot: u64,
     /// Sequence number of the last metadata record written.
     meta_sequence: u64,
+    /// Counts `truncate_after` calls; each flush remembers the value it was
+    /// built under.
+    truncation_epoch: u64,
+    /// Recent truncations as (epoch, index cut back to). A flush built
+    /// before a truncation may complete after it: it must not make the
+    /// re-used indexes above the cut look durable (their new records are
+    /// not on disk yet). At most `MAX_FLUSHES_IN_FLIGHT` flushes can predate
+    /// a truncation, so a short history is enough.
+    truncations: std::collections::VecDeque<(u64, u64)>,
 }
+
+/// Truncations remembered for capping older flushes (far more than the
+/// flushes that can be in flight).
+const TRUNCATION_HISTORY: usize = 64;
 
 /// The metadata file in a WAL directory.
 pub const META_FILE: &str = "meta";
@@ -354,6 +367,12 @@ impl Wal {
             });
             state.next_index = index + 1;
             state.durable_index = state.durable_index.min(index);
+            state.truncation_epoch += 1;
+            let epoch = state.truncation_epoch;
+            state.truncations.push_back((epoch, index));
+            if state.truncations.len() > TRUNCATION_HISTORY {
+                state.truncations.pop_front();
+            }
             if let Some(flusher) = state.flusher.take() {
                 flusher.wake();
             }
@@ -685,6 +704,8 @@ pub fn recover(
         flusher: None,
         bytes_since_snapshot: 0,
         meta_sequence: meta.as_ref().map_or(0, |(sequence, _)| *sequence),
+        truncation_epoch: 0,
+        truncations: std::collections::VecDeque::new(),
     }));
     let fail_after_flushes = std::env::var(FAILPOINT_FSYNC_FAIL_AFTER)
         .ok()
@@ -762,6 +783,8 @@ struct InFlight {
     durable_through: u64,
     bytes: u64,
     notify: Vec<futures_channel::oneshot::Sender<Result<(), WalError>>>,
+    /// `truncation_epoch` when the flush was built.
+    truncation_epoch: u64,
 }
 
 enum WriterEvent {
@@ -854,9 +877,17 @@ impl WalWriter {
     fn complete(&mut self, flush: InFlight) {
         let ready: Vec<Callback> = {
             let mut state = self.state.borrow_mut();
-            state.durable_index = flush.durable_through;
+            // A flush older than a truncation covers the cut records, not
+            // the new ones re-using their indexes: cap it at the cut.
+            let through = state
+                .truncations
+                .iter()
+                .filter(|(epoch, _)| *epoch > flush.truncation_epoch)
+                .map(|(_, index)| *index)
+                .fold(flush.durable_through, u64::min);
+            state.durable_index = through;
             state.bytes_since_snapshot += flush.bytes;
-            let later = state.waiting.split_off(&(flush.durable_through + 1));
+            let later = state.waiting.split_off(&(through + 1));
             std::mem::replace(&mut state.waiting, later)
                 .into_values()
                 .flatten()
@@ -1006,6 +1037,7 @@ impl WalWriter {
             durable_through,
             bytes,
             notify,
+            truncation_epoch: self.state.borrow().truncation_epoch,
         }))
     }
 
