@@ -130,14 +130,7 @@ fn kill_9_of_a_leader_loses_no_acknowledged_write_and_the_node_catches_up() {
             acked.push((key, value));
         }
         for (id, client) in &clients {
-            for (key, value) in &acked {
-                let read = client.get(key).await.unwrap();
-                assert_eq!(
-                    read.map(|v| v.value),
-                    Some(value.clone().into()),
-                    "{key} via node {id}"
-                );
-            }
+            assert_all_readable(client, &acked, &format!("node {id}")).await;
         }
     });
     drop(clients);
@@ -165,14 +158,7 @@ fn kill_9_of_a_leader_loses_no_acknowledged_write_and_the_node_catches_up() {
             acked.push((key, value));
         }
         for (id, client) in &clients {
-            for (key, value) in &acked {
-                let read = client.get(key).await.unwrap();
-                assert_eq!(
-                    read.map(|v| v.value),
-                    Some(value.clone().into()),
-                    "{key} via node {id}"
-                );
-            }
+            assert_all_readable(client, &acked, &format!("node {id}")).await;
         }
     });
     let new_leaders = cluster.leaders(survivors[0]);
@@ -189,16 +175,19 @@ fn kill_9_of_a_leader_loses_no_acknowledged_write_and_the_node_catches_up() {
     // The killed node restarts from its Raft log and catches up.
     cluster.start_node(victim);
     let client = cluster.client(victim);
-    runtime().block_on(async {
-        for (key, value) in &acked {
-            let read = client.get(key).await.unwrap();
-            assert_eq!(
-                read.map(|v| v.value),
-                Some(value.clone().into()),
-                "{key} on the restarted node"
-            );
-        }
-    });
+    runtime().block_on(assert_all_readable(&client, &acked, "the restarted node"));
+}
+
+/// Every acknowledged write reads back through `client` with its value.
+async fn assert_all_readable(client: &Client, acked: &[(String, String)], via: &str) {
+    for (key, value) in acked {
+        let read = client.get(key).await.unwrap();
+        assert_eq!(
+            read.map(|v| v.value),
+            Some(value.clone().into()),
+            "{key} via {via}"
+        );
+    }
 }
 
 #[test]
