@@ -95,7 +95,7 @@ impl TestNode {
             .arg(&config_path)
             .env(
                 "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,openraft=error".into()),
             )
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
