@@ -1,0 +1,238 @@
+//! The harness of the cluster tests: Raft nodes on their own glommio
+//! executors (threads) in this process, with real sockets and WALs, driven
+//! by messages from the test thread.
+#![allow(dead_code)]
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_channel::oneshot;
+use glommio::net::TcpListener;
+use tinkerdb_replication::group::{self, CoreGroups, GroupSpec, ReadRefused};
+use tinkerdb_replication::network::Peers;
+use tinkerdb_replication::state_machine::Applier;
+use tinkerdb_replication::transport::serve_peers;
+use tinkerdb_replication::{Command, Node, NodeId, Response};
+
+/// The one group the tests run.
+pub const GROUP: u64 = 7;
+
+/// The test's state machine: a map, versions from a counter.
+#[derive(Default)]
+pub struct MapApplier {
+    map: BTreeMap<Vec<u8>, Vec<u8>>,
+    version: u64,
+}
+
+impl Applier for MapApplier {
+    fn apply(&mut self, command: &Command) -> Response {
+        self.version += 1;
+        match command {
+            Command::Put { key, value, .. } => {
+                self.map.insert(key.clone(), value.clone());
+                Response::Put {
+                    version: self.version,
+                }
+            }
+            Command::Delete { key, .. } => Response::Delete {
+                existed: self.map.remove(key).is_some(),
+            },
+        }
+    }
+    fn dump(&self) -> Vec<u8> {
+        postcard::to_allocvec(&self.map).unwrap()
+    }
+    fn restore(&mut self, dump: &[u8]) -> Result<(), String> {
+        self.map = postcard::from_bytes(dump).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
+/// What the test asks a node's thread to do.
+pub enum Ask {
+    Write(Command, oneshot::Sender<Result<Response, String>>),
+    Read(Vec<u8>, oneshot::Sender<Result<Option<Vec<u8>>, String>>),
+    /// A read of local state with no read index (the negative control).
+    ReadLocal(Vec<u8>, oneshot::Sender<Option<Vec<u8>>>),
+    Leader(oneshot::Sender<Option<NodeId>>),
+    Cut(NodeId, bool, oneshot::Sender<()>),
+    Len(oneshot::Sender<usize>),
+    Stop(oneshot::Sender<()>),
+}
+
+pub struct NodeThread {
+    asks: async_channel::Sender<Ask>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+pub fn put(key: &str, value: &str) -> Command {
+    Command::Put {
+        tenant: "default".into(),
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+        expires_at_unix_ms: None,
+    }
+}
+
+pub fn start_node(id: NodeId, addrs: &BTreeMap<NodeId, SocketAddr>, dir: PathBuf) -> NodeThread {
+    let (asks, inbox) = async_channel::unbounded::<Ask>();
+    let addrs = addrs.clone();
+    let thread = std::thread::spawn(move || {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(1 << 20)
+            .make()
+            .unwrap()
+            .run(async move {
+                let listener = TcpListener::bind(addrs[&id]).unwrap();
+                let peers = Rc::new(Peers::new(
+                    addrs
+                        .iter()
+                        .filter(|(p, _)| **p != id)
+                        .map(|(p, a)| (*p, *a)),
+                ));
+                let groups: Rc<CoreGroups<MapApplier>> = Rc::new(CoreGroups::default());
+                glommio::spawn_local(serve_peers(listener, groups.call_handler(peers.clone())))
+                    .detach();
+                let applier = Rc::new(RefCell::new(MapApplier::default()));
+                let members = addrs
+                    .iter()
+                    .map(|(p, a)| (*p, Node::new(a.to_string())))
+                    .collect();
+                let spec = GroupSpec {
+                    group: GROUP,
+                    node_id: id,
+                    members,
+                    wal_dir: dir,
+                };
+                let raft = group::start(&spec, applier.clone(), peers.clone())
+                    .await
+                    .unwrap();
+                groups.insert(GROUP, raft.clone());
+                while let Ok(ask) = inbox.recv().await {
+                    match ask {
+                        Ask::Write(command, reply) => {
+                            let raft = raft.clone();
+                            let peers = peers.clone();
+                            glommio::spawn_local(async move {
+                                let outcome = group::write(&raft, &peers, GROUP, command)
+                                    .await
+                                    .map_err(|e| e.to_string());
+                                let _ = reply.send(outcome);
+                            })
+                            .detach();
+                        }
+                        Ask::Read(key, reply) => {
+                            let raft = raft.clone();
+                            let applier = applier.clone();
+                            let peers = peers.clone();
+                            glommio::spawn_local(async move {
+                                let barrier = group::read_barrier(&raft, &peers, GROUP).await;
+                                let outcome = match barrier {
+                                    Ok(()) => Ok(applier.borrow().map.get(&key).cloned()),
+                                    Err(ReadRefused::Failed(error)) => Err(error.to_string()),
+                                };
+                                let _ = reply.send(outcome);
+                            })
+                            .detach();
+                        }
+                        Ask::ReadLocal(key, reply) => {
+                            let _ = reply.send(applier.borrow().map.get(&key).cloned());
+                        }
+                        Ask::Leader(reply) => {
+                            let _ = reply.send(raft.current_leader().await);
+                        }
+                        Ask::Cut(peer, cut, reply) => {
+                            peers.get(peer).unwrap().set_blocked(cut);
+                            let _ = reply.send(());
+                        }
+                        Ask::Len(reply) => {
+                            let _ = reply.send(applier.borrow().map.len());
+                        }
+                        Ask::Stop(reply) => {
+                            raft.shutdown().await.unwrap();
+                            let _ = reply.send(());
+                            return;
+                        }
+                    }
+                }
+            });
+    });
+    NodeThread {
+        asks,
+        thread: Some(thread),
+    }
+}
+
+impl NodeThread {
+    pub fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Ask) -> T {
+        let (reply, answer) = oneshot::channel();
+        self.asks.send_blocking(make(reply)).unwrap();
+        futures::executor::block_on(answer).unwrap()
+    }
+    pub fn write(&self, command: Command) -> Result<Response, String> {
+        self.ask(|reply| Ask::Write(command, reply))
+    }
+    pub fn read_local(&self, key: &str) -> Option<Vec<u8>> {
+        self.ask(|reply| Ask::ReadLocal(key.as_bytes().to_vec(), reply))
+    }
+    pub fn read(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        self.ask(|reply| Ask::Read(key.as_bytes().to_vec(), reply))
+    }
+    pub fn leader(&self) -> Option<NodeId> {
+        self.ask(Ask::Leader)
+    }
+    pub fn len(&self) -> usize {
+        self.ask(Ask::Len)
+    }
+    pub fn cut(&self, peer: NodeId, cut: bool) {
+        self.ask(|reply| Ask::Cut(peer, cut, reply))
+    }
+    pub fn stop(mut self) {
+        self.ask(Ask::Stop);
+        self.thread.take().unwrap().join().unwrap();
+    }
+}
+
+pub fn free_addrs(n: usize) -> BTreeMap<NodeId, SocketAddr> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i as NodeId + 1, l.local_addr().unwrap()))
+        .collect()
+}
+
+pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn fresh_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "tinkerdb-raft-{name}-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// A leader agreed by all the given nodes.
+pub fn agreed_leader(nodes: &BTreeMap<NodeId, NodeThread>) -> NodeId {
+    let mut leader = None;
+    wait_for("a leader", Duration::from_secs(10), || {
+        let seen: Vec<Option<NodeId>> = nodes.values().map(|n| n.leader()).collect();
+        leader = seen[0];
+        leader.is_some() && seen.iter().all(|s| *s == leader)
+    });
+    leader.unwrap()
+}
