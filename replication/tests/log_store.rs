@@ -1,23 +1,22 @@
 //! The WAL-backed Raft log store: openraft's conformance suite and restarts,
 //! on real WAL directories (real `fdatasync`) inside glommio executors.
 //!
-//! openraft's suite also exercises a state machine; the real one (over
-//! `tinkerdb_storage::Store`) is not written yet, so a minimal in-memory one
-//! lives here, for the suite only.
+//! openraft's suite also exercises a state machine: the crate's own
+//! `StateMachine`, over an applier that only counts commands.
 
+use std::cell::RefCell;
 use std::collections::BTreeSet;
-use std::io;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use futures::StreamExt;
 use openraft::entry::RaftEntry;
-use openraft::storage::{IOFlushed, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::testing::log::{StoreBuilder, Suite};
-use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
-use openraft::{EntryPayload, OptionalSend, RaftLogReader, StorageError};
+use openraft::{RaftLogReader, StorageError};
 use openraft_rt::{AsyncRuntime, Oneshot};
 use tinkerdb_replication::log_store::RECORD_KIND_RAFT_ENTRY;
+use tinkerdb_replication::state_machine::{Applier, StateMachine};
 use tinkerdb_replication::{
     Command, Entry, GlommioRuntime, LogId, Membership, Response, TypeConfig, Vote, WalLogStore,
 };
@@ -44,125 +43,45 @@ impl Drop for TempDir {
     }
 }
 
-/// Test-only state machine: remembers what was applied, snapshots metadata.
+/// Counts applied commands: the crate's own `StateMachine` needs nothing
+/// more to run openraft's suite.
 #[derive(Default)]
-struct MemStateMachine {
-    last_applied: Option<LogId>,
-    membership: StoredMembershipOf<TypeConfig>,
-    applied_commands: u64,
-    snapshot: Option<SnapshotOf<TypeConfig, Vec<u8>>>,
-}
-
-struct MemSnapshotBuilder {
-    meta: SnapshotMetaOf<TypeConfig>,
+struct CountingApplier {
     applied_commands: u64,
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for MemSnapshotBuilder {
-    type SnapshotData = Vec<u8>;
-
-    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, Vec<u8>>, io::Error> {
-        Ok(SnapshotOf::<TypeConfig, Vec<u8>> {
-            meta: self.meta.clone(),
-            snapshot: self.applied_commands.to_le_bytes().to_vec(),
-        })
-    }
-}
-
-impl RaftStateMachine<TypeConfig> for MemStateMachine {
-    type SnapshotData = Vec<u8>;
-    type SnapshotBuilder = MemSnapshotBuilder;
-
-    async fn applied_state(
-        &mut self,
-    ) -> Result<(Option<LogId>, StoredMembershipOf<TypeConfig>), io::Error> {
-        Ok((self.last_applied, self.membership.clone()))
-    }
-
-    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
-    where
-        Strm: futures::Stream<Item = Result<openraft::storage::EntryResponder<TypeConfig>, io::Error>>
-            + Unpin
-            + OptionalSend,
-    {
-        while let Some(item) = entries.next().await {
-            let (entry, responder) = item?;
-            self.last_applied = Some(entry.log_id);
-            let response = match &entry.payload {
-                EntryPayload::Blank => Response::Empty,
-                EntryPayload::Normal(_) => {
-                    self.applied_commands += 1;
-                    Response::Put {
-                        version: self.applied_commands,
-                    }
-                }
-                EntryPayload::Membership(membership) => {
-                    self.membership = StoredMembershipOf::<TypeConfig>::new(
-                        Some(entry.log_id),
-                        membership.clone(),
-                    );
-                    Response::Empty
-                }
-            };
-            if let Some(responder) = responder {
-                responder.send(response);
-            }
-        }
-        Ok(())
-    }
-
-    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        let meta = SnapshotMetaOf::<TypeConfig> {
-            last_log_id: self.last_applied,
-            last_membership: self.membership.clone(),
-        };
-        // openraft expects the built snapshot to become the current one.
-        self.snapshot = Some(SnapshotOf::<TypeConfig, Vec<u8>> {
-            meta: meta.clone(),
-            snapshot: self.applied_commands.to_le_bytes().to_vec(),
-        });
-        MemSnapshotBuilder {
-            meta,
-            applied_commands: self.applied_commands,
+impl Applier for CountingApplier {
+    fn apply(&mut self, _command: &Command) -> Response {
+        self.applied_commands += 1;
+        Response::Put {
+            version: self.applied_commands,
         }
     }
-
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMetaOf<TypeConfig>,
-        snapshot: Vec<u8>,
-    ) -> Result<(), io::Error> {
-        let bytes: [u8; 8] = snapshot
-            .as_slice()
+    fn dump(&self) -> Vec<u8> {
+        self.applied_commands.to_le_bytes().to_vec()
+    }
+    fn restore(&mut self, dump: &[u8]) -> Result<(), String> {
+        let bytes: [u8; 8] = dump
             .try_into()
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "snapshot is not 8 bytes"))?;
+            .map_err(|_| "a dump is 8 bytes".to_string())?;
         self.applied_commands = u64::from_le_bytes(bytes);
-        self.last_applied = meta.last_log_id;
-        self.membership = meta.last_membership.clone();
-        self.snapshot = Some(SnapshotOf::<TypeConfig, Vec<u8>> {
-            meta: meta.clone(),
-            snapshot,
-        });
         Ok(())
     }
-
-    async fn get_current_snapshot(
-        &mut self,
-    ) -> Result<Option<SnapshotOf<TypeConfig, Vec<u8>>>, io::Error> {
-        Ok(self.snapshot.clone())
-    }
 }
+
+type TestStateMachine = StateMachine<CountingApplier>;
 
 /// Builds each suite case on a fresh WAL directory.
 struct Builder;
 
-impl StoreBuilder<TypeConfig, WalLogStore, MemStateMachine, TempDir> for Builder {
+impl StoreBuilder<TypeConfig, WalLogStore, TestStateMachine, TempDir> for Builder {
     async fn build(
         &self,
-    ) -> Result<(TempDir, WalLogStore, MemStateMachine), StorageError<TypeConfig>> {
+    ) -> Result<(TempDir, WalLogStore, TestStateMachine), StorageError<TypeConfig>> {
         let dir = TempDir::new("suite");
         let store = WalLogStore::open(&dir.0).expect("open a fresh WAL");
-        Ok((dir, store, MemStateMachine::default()))
+        let applier = Rc::new(RefCell::new(CountingApplier::default()));
+        Ok((dir, store, StateMachine::new(applier)))
     }
 }
 
