@@ -205,6 +205,10 @@ pub async fn start_replica(
         node_id: cluster.node_id,
         members,
         wal_dir: context.core_dir.join("raft"),
+        snapshot_dir: context.core_dir.join("raft-snapshots"),
+        snapshot_every_entries: group::SNAPSHOT_EVERY_ENTRIES,
+        logs_kept_after_snapshot: group::LOGS_KEPT_AFTER_SNAPSHOT,
+        initialize: true,
     };
     let applier = Rc::new(RefCell::new(ShardApplier {
         context: context.clone(),

@@ -29,13 +29,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
-use openraft::{Config, ReadPolicy, SnapshotPolicy};
+use openraft::error::{ChangeMembershipError, ClientWriteError, LinearizableReadError, RaftError};
+use openraft::{ChangeMembers, Config, ReadPolicy, SnapshotPolicy};
 use tinkerdb_schemas::wire::PeerCallKind;
 
 use crate::network::{decode, encode, serve_raft_call, NetworkFactory, Peers};
 use crate::state_machine::{Applier, StateMachine};
-use crate::transport::{CallHandler, PeerCall};
+use crate::transport::{CallHandler, PeerCall, PeerClient};
 use crate::{Command, Node, NodeId, Response, TypeConfig, WalLogStore};
 
 /// Heartbeat period of a leader.
@@ -49,6 +49,17 @@ pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(800);
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 /// Pause between retries while no leader is known.
 pub const RETRY_PAUSE: Duration = Duration::from_millis(20);
+/// How long a membership change keeps trying: adding a node waits for it
+/// to catch up as a learner (by log or snapshot) before it becomes a voter.
+pub const MEMBERSHIP_DEADLINE: Duration = Duration::from_secs(60);
+/// A replica snapshots its state machine after this many log entries since
+/// its last snapshot (then purges the log before it, see
+/// [`LOGS_KEPT_AFTER_SNAPSHOT`]). Building one copies the shard in one
+/// step, so this trades log memory and restart replay against pauses.
+pub const SNAPSHOT_EVERY_ENTRIES: u64 = 50_000;
+/// Entries kept in the log below the last snapshot, so a follower a little
+/// behind catches up by log rather than by a whole snapshot.
+pub const LOGS_KEPT_AFTER_SNAPSHOT: u64 = 5_000;
 
 /// A group's `Raft` handle.
 pub type GroupRaft<A> = openraft::Raft<TypeConfig, StateMachine<A>>;
@@ -64,18 +75,29 @@ pub struct GroupSpec {
     pub members: BTreeMap<NodeId, Node>,
     /// The group's WAL directory on this node.
     pub wal_dir: PathBuf,
+    /// Where the group's snapshots live on this node.
+    pub snapshot_dir: PathBuf,
+    /// Snapshot after this many entries ([`SNAPSHOT_EVERY_ENTRIES`]).
+    pub snapshot_every_entries: u64,
+    /// Entries kept below a snapshot ([`LOGS_KEPT_AFTER_SNAPSHOT`]).
+    pub logs_kept_after_snapshot: u64,
+    /// Initialise the group with `members` if it never started. False for
+    /// a node joining a running cluster: it waits to be added.
+    pub initialize: bool,
 }
 
-/// openraft's configuration for TinkerDB groups.
-pub fn raft_config() -> Arc<Config> {
+/// openraft's configuration for a TinkerDB group.
+pub fn raft_config(spec: &GroupSpec) -> Arc<Config> {
     let config = Config {
         cluster_name: "tinkerdb".into(),
         heartbeat_interval: HEARTBEAT_INTERVAL.as_millis() as u64,
         election_timeout_min: ELECTION_TIMEOUT_MIN.as_millis() as u64,
         election_timeout_max: ELECTION_TIMEOUT_MAX.as_millis() as u64,
-        // Snapshots are in memory and the log is the only durable copy of
-        // the data (state_machine.rs): never purge it yet.
-        snapshot_policy: SnapshotPolicy::Never,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(spec.snapshot_every_entries),
+        max_in_snapshot_log_to_keep: spec.logs_kept_after_snapshot,
+        // A peer that does not answer is retried after 200 ms, then less
+        // and less often (up to 2 s) instead of every few milliseconds.
+        backoff: "200ms 400ms 800ms ..2s".into(),
         ..Default::default()
     };
     Arc::new(config.validate().expect("valid Raft configuration"))
@@ -92,16 +114,23 @@ pub async fn start<A: Applier>(
     std::fs::create_dir_all(&spec.wal_dir)
         .map_err(|error| format!("cannot create {}: {error}", spec.wal_dir.display()))?;
     let log_store = WalLogStore::open(&spec.wal_dir).map_err(|error| error.to_string())?;
+    let state_machine = StateMachine::open(applier, &spec.snapshot_dir).map_err(|error| {
+        format!(
+            "group {} cannot open its snapshots in {}: {error}",
+            spec.group,
+            spec.snapshot_dir.display()
+        )
+    })?;
     let raft = openraft::Raft::new(
         spec.node_id,
-        raft_config(),
+        raft_config(spec),
         NetworkFactory::new(spec.group, peers),
         log_store,
-        StateMachine::new(applier),
+        state_machine,
     )
     .await
     .map_err(|error| format!("group {} cannot start: {error}", spec.group))?;
-    if !raft.is_initialized().await.map_err(|e| e.to_string())? {
+    if spec.initialize && !raft.is_initialized().await.map_err(|e| e.to_string())? {
         // NotAllowed means another start raced us to it: fine.
         let _ = raft.initialize(spec.members.clone()).await;
     }
@@ -151,6 +180,11 @@ impl<A: Applier> CoreGroups<A> {
                         let answer = propose_here(&raft, &peers, call.group, command, false).await;
                         Ok(encode(&answer))
                     }
+                    PeerCallKind::ChangeMembership => {
+                        let change: MemberChange = decode(&call.payload)?;
+                        let answer = change_here(&raft, &peers, call.group, &change, false).await;
+                        Ok(encode(&answer))
+                    }
                     PeerCallKind::ReadIndex => {
                         let read = raft
                             .ensure_linearizable(ReadPolicy::ReadIndex)
@@ -195,6 +229,15 @@ pub enum GroupError {
         /// Detail.
         reason: String,
     },
+    /// The request cannot be done (a membership change that would leave
+    /// no voter, or names an unknown node).
+    #[error("group {group} refused: {reason}")]
+    Refused {
+        /// The group.
+        group: u64,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Proposes `command` and waits until it is applied; forwards to the
@@ -226,7 +269,7 @@ async fn propose_here<A: Applier>(
                 last_reason = forward.to_string();
                 match forward.leader_id {
                     Some(leader) if leader != me && may_forward => {
-                        match forward_write(peers, leader, group, &command).await {
+                        match forward_write(raft, peers, leader, group, &command).await {
                             Ok(answer) => return answer,
                             Err(reason) => last_reason = reason,
                         }
@@ -259,15 +302,38 @@ async fn propose_here<A: Applier>(
     })
 }
 
-async fn forward_write(
+/// The client of member `id`: a known peer, or one made from the address
+/// the group's membership gives (a node that joined after this one started).
+fn member_client<A: Applier>(
+    raft: &GroupRaft<A>,
+    peers: &Peers,
+    id: NodeId,
+) -> Result<Rc<PeerClient>, String> {
+    if let Some(client) = peers.get(id) {
+        return Ok(client);
+    }
+    use openraft::rt::WatchReceiver;
+    let addr = {
+        let metrics = raft.metrics();
+        let metrics = metrics.borrow_watched();
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|node| node.addr.clone())
+    };
+    let addr = addr.ok_or_else(|| format!("node {id} is not a member"))?;
+    peers.get_or_add(id, &addr)
+}
+
+async fn forward_write<A: Applier>(
+    raft: &GroupRaft<A>,
     peers: &Peers,
     leader: NodeId,
     group: u64,
     command: &Command,
 ) -> Result<Result<Response, GroupError>, String> {
-    let client = peers
-        .get(leader)
-        .ok_or_else(|| format!("leader {leader} is not a known peer"))?;
+    let client = member_client(raft, peers, leader)?;
     let call = PeerCall {
         group,
         kind: PeerCallKind::ForwardWrite,
@@ -331,9 +397,7 @@ async fn follower_read_index<A: Applier>(
     leader: NodeId,
     group: u64,
 ) -> Result<(), String> {
-    let client = peers
-        .get(leader)
-        .ok_or_else(|| format!("leader {leader} is not a known peer"))?;
+    let client = member_client(raft, peers, leader)?;
     let call = PeerCall {
         group,
         kind: PeerCallKind::ReadIndex,
@@ -349,6 +413,152 @@ async fn follower_read_index<A: Applier>(
         .await
         .map(|_| ())
         .map_err(|error| error.to_string())
+}
+
+/// A membership change asked of a group.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum MemberChange {
+    /// Make node `id`, reached at `addr`, a voter: it joins as a learner,
+    /// catches up (by log, or by snapshot if the log was purged), then is
+    /// promoted through joint consensus. A voter already is: no change.
+    Add {
+        /// The node.
+        id: NodeId,
+        /// Its Raft address for this group (`host:port`).
+        addr: String,
+    },
+    /// Remove node `id` from the group (through joint consensus). Not a
+    /// member: no change.
+    Remove {
+        /// The node.
+        id: NodeId,
+    },
+}
+
+/// Applies a membership change on the group's leader (forwarding it there
+/// from a follower), retrying through elections and concurrent changes
+/// until [`MEMBERSHIP_DEADLINE`]. Answers the voters once the change is
+/// committed.
+pub async fn change_members<A: Applier>(
+    raft: &GroupRaft<A>,
+    peers: &Peers,
+    group: u64,
+    change: &MemberChange,
+) -> Result<Vec<NodeId>, GroupError> {
+    change_here(raft, peers, group, change, true).await
+}
+
+async fn change_here<A: Applier>(
+    raft: &GroupRaft<A>,
+    peers: &Peers,
+    group: u64,
+    change: &MemberChange,
+    may_forward: bool,
+) -> Result<Vec<NodeId>, GroupError> {
+    let started = Instant::now();
+    let me = *raft.node_id();
+    let mut last_reason = String::from("no attempt");
+    while started.elapsed() < MEMBERSHIP_DEADLINE {
+        // Done when this node leads and its committed membership is
+        // settled (not joint, nothing newer proposed) and says so.
+        if raft.current_leader().await == Some(me) {
+            let settled = raft
+                .with_raft_state(|state| {
+                    let committed = state.membership_state.committed();
+                    let effective = state.membership_state.effective();
+                    let settled = committed.log_id() == effective.log_id()
+                        && committed.membership().get_joint_config().len() == 1;
+                    settled.then(|| committed.membership().voter_ids().collect::<Vec<_>>())
+                })
+                .await;
+            if let Ok(Some(voters)) = settled {
+                let done = match change {
+                    MemberChange::Add { id, .. } => voters.contains(id),
+                    MemberChange::Remove { id } => !voters.contains(id),
+                };
+                if done {
+                    return Ok(voters);
+                }
+            }
+        }
+        let attempt = match change {
+            MemberChange::Add { id, addr } => {
+                match raft.add_learner(*id, Node::new(addr.clone()), true).await {
+                    Ok(_) => {
+                        raft.change_membership(ChangeMembers::AddVoterIds([*id].into()), false)
+                            .await
+                    }
+                    Err(error) => Err(error),
+                }
+            }
+            MemberChange::Remove { id } => {
+                raft.change_membership(ChangeMembers::RemoveVoters([*id].into()), false)
+                    .await
+            }
+        };
+        match attempt {
+            // The final (uniform) membership is committed.
+            Ok(written) => {
+                if let Some(membership) = written.membership {
+                    return Ok(membership.voter_ids().collect());
+                }
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                last_reason = forward.to_string();
+                match forward.leader_id {
+                    Some(leader) if leader != me && may_forward => {
+                        match forward_change(raft, peers, leader, group, change).await {
+                            Ok(answer) => return answer,
+                            Err(reason) => last_reason = reason,
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::EmptyMembership(empty),
+            ))) => {
+                return Err(GroupError::Refused {
+                    group,
+                    reason: empty.to_string(),
+                })
+            }
+            Err(RaftError::Fatal(fatal)) => {
+                return Err(GroupError::Stopped {
+                    group,
+                    reason: fatal.to_string(),
+                })
+            }
+            // A change in progress, an entry lost to an election: retry.
+            Err(RaftError::APIError(other)) => last_reason = other.to_string(),
+        }
+        glommio::timer::sleep(RETRY_PAUSE).await;
+    }
+    Err(GroupError::Unavailable {
+        group,
+        waited_ms: started.elapsed().as_millis() as u64,
+        reason: last_reason,
+    })
+}
+
+async fn forward_change<A: Applier>(
+    raft: &GroupRaft<A>,
+    peers: &Peers,
+    leader: NodeId,
+    group: u64,
+    change: &MemberChange,
+) -> Result<Result<Vec<NodeId>, GroupError>, String> {
+    let client = member_client(raft, peers, leader)?;
+    let call = PeerCall {
+        group,
+        kind: PeerCallKind::ChangeMembership,
+        payload: encode(change),
+    };
+    let answer = client
+        .call(call, MEMBERSHIP_DEADLINE)
+        .await
+        .map_err(|error| error.to_string())?;
+    decode(&answer)
 }
 
 /// Why a linearizable read cannot be served here.
@@ -381,6 +591,29 @@ pub struct GroupStatus {
     pub applied_index: Option<u64>,
     /// Voters of the current membership, with their Raft addresses.
     pub voters: Vec<(NodeId, String)>,
+    /// Learners (nodes being added, catching up), with their addresses.
+    pub learners: Vec<(NodeId, String)>,
+    /// Last log index covered by this replica's newest snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Last log index purged from this replica's log (covered by a snapshot).
+    pub purged_index: Option<u64>,
+    /// On the leader: each other member's progress (empty elsewhere).
+    pub followers: Vec<FollowerProgress>,
+}
+
+/// How a member keeps up with its leader (known on the leader only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowerProgress {
+    /// The member.
+    pub node_id: NodeId,
+    /// Last log index the leader knows it holds.
+    pub matched_index: Option<u64>,
+    /// Entries it lacks: the leader's last index minus `matched_index`.
+    pub lag: u64,
+    /// Milliseconds since it last acknowledged a heartbeat or append
+    /// (`None`: never since this leader was elected). The health check: a
+    /// member silent for several election timeouts is down or cut off.
+    pub last_ack_ms: Option<u64>,
 }
 
 /// The group's status as this replica sees it now.
@@ -389,6 +622,34 @@ pub fn status<A: Applier>(raft: &GroupRaft<A>, group: u64) -> GroupStatus {
     let metrics = raft.metrics();
     let metrics = metrics.borrow_watched();
     let membership = metrics.membership_config.membership();
+    let with_addr = |id: NodeId| {
+        let addr = membership
+            .get_node(&id)
+            .map(|node| node.addr.clone())
+            .unwrap_or_default();
+        (id, addr)
+    };
+    let last_index = metrics.last_log_index.unwrap_or(0);
+    let followers = metrics
+        .replication
+        .iter()
+        .flatten()
+        .filter(|(id, _)| **id != metrics.id)
+        .map(|(id, matched)| {
+            let matched_index = matched.map(|log_id| log_id.index);
+            let last_ack_ms = metrics
+                .heartbeat
+                .as_ref()
+                .and_then(|beats| beats.get(id).cloned().flatten())
+                .map(|at| at.elapsed().as_millis() as u64);
+            FollowerProgress {
+                node_id: *id,
+                matched_index,
+                lag: last_index.saturating_sub(matched_index.unwrap_or(0)),
+                last_ack_ms,
+            }
+        })
+        .collect();
     GroupStatus {
         group,
         node_id: metrics.id,
@@ -398,15 +659,10 @@ pub fn status<A: Applier>(raft: &GroupRaft<A>, group: u64) -> GroupStatus {
         last_log_index: metrics.last_log_index,
         committed_index: metrics.local_committed.map(|log_id| log_id.index),
         applied_index: metrics.last_applied.map(|log_id| log_id.index),
-        voters: membership
-            .voter_ids()
-            .map(|id| {
-                let addr = membership
-                    .get_node(&id)
-                    .map(|node| node.addr.clone())
-                    .unwrap_or_default();
-                (id, addr)
-            })
-            .collect(),
+        voters: membership.voter_ids().map(with_addr).collect(),
+        learners: membership.learner_ids().map(with_addr).collect(),
+        snapshot_index: metrics.snapshot.map(|log_id| log_id.index),
+        purged_index: metrics.purged.map(|log_id| log_id.index),
+        followers,
     }
 }

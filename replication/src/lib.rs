@@ -18,6 +18,8 @@
 //! - `codec` (private): bounds-checked little-endian decoding helpers.
 //! - [`state_machine`]: [`state_machine::StateMachine`], applying committed
 //!   commands through the node's [`state_machine::Applier`].
+//! - [`snapshot_store`]: a group's snapshots on disk (durable before the log
+//!   they replace is purged).
 //! - [`transport`]: node-to-node calls over TCP (flatbuffers `PeerFrame`),
 //!   one connection per peer per core, with a fault switch for partitions.
 //! - [`network`]: openraft's `RaftNetworkV2` over the transport.
@@ -45,6 +47,7 @@ pub mod group;
 pub mod log_store;
 pub mod network;
 pub mod runtime;
+pub mod snapshot_store;
 pub mod state_machine;
 pub mod transport;
 

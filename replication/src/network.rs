@@ -16,7 +16,9 @@
 //! openraft's `Unreachable` (openraft backs off, then retries); a call the
 //! peer could not run maps to `Network`.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
@@ -32,31 +34,59 @@ use tinkerdb_schemas::wire::PeerCallKind;
 use crate::transport::{PeerCall, PeerClient, TransportError};
 use crate::{NodeId, TypeConfig};
 
-/// This core's clients of its peers' same core, by node id.
+/// This core's clients of its peers' same core, by node id. Starts from
+/// the seed list and grows as memberships name new nodes (a node that
+/// joined later is reached at the address its membership entry gives).
 #[derive(Default)]
 pub struct Peers {
-    clients: HashMap<NodeId, Rc<PeerClient>>,
+    clients: RefCell<HashMap<NodeId, Rc<PeerClient>>>,
 }
 
 impl Peers {
     /// Peers from `(node id, address of the peer core's Raft listener)`.
-    pub fn new(peers: impl IntoIterator<Item = (NodeId, std::net::SocketAddr)>) -> Peers {
+    pub fn new(peers: impl IntoIterator<Item = (NodeId, SocketAddr)>) -> Peers {
         Peers {
-            clients: peers
-                .into_iter()
-                .map(|(id, addr)| (id, Rc::new(PeerClient::new(addr))))
-                .collect(),
+            clients: RefCell::new(
+                peers
+                    .into_iter()
+                    .map(|(id, addr)| (id, Rc::new(PeerClient::new(addr))))
+                    .collect(),
+            ),
         }
     }
 
-    /// The client of node `id`.
-    pub fn get(&self, id: NodeId) -> Option<&Rc<PeerClient>> {
-        self.clients.get(&id)
+    /// The client of node `id`, if it is known.
+    pub fn get(&self, id: NodeId) -> Option<Rc<PeerClient>> {
+        self.clients.borrow().get(&id).cloned()
     }
 
-    /// Every peer.
-    pub fn iter(&self) -> impl Iterator<Item = (&NodeId, &Rc<PeerClient>)> {
-        self.clients.iter()
+    /// The client of node `id`, made for `addr` (`host:port`, as a
+    /// membership names it) if none exists yet. A known node keeps its
+    /// client: a node id names one address for the cluster's lifetime.
+    pub fn get_or_add(&self, id: NodeId, addr: &str) -> Result<Rc<PeerClient>, String> {
+        if let Some(client) = self.get(id) {
+            return Ok(client);
+        }
+        let socket = addr
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| format!("node {id}'s address {addr:?} does not resolve"))?;
+        let client = Rc::new(PeerClient::new(socket));
+        self.clients.borrow_mut().insert(id, client.clone());
+        Ok(client)
+    }
+
+    /// Every known peer.
+    pub fn all(&self) -> Vec<(NodeId, Rc<PeerClient>)> {
+        let mut all: Vec<_> = self
+            .clients
+            .borrow()
+            .iter()
+            .map(|(id, client)| (*id, client.clone()))
+            .collect();
+        all.sort_by_key(|(id, _)| *id);
+        all
     }
 }
 
@@ -94,11 +124,18 @@ impl NetworkFactory {
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = GroupNetwork;
 
-    async fn new_client(&mut self, target: NodeId, _node: &crate::Node) -> GroupNetwork {
+    async fn new_client(&mut self, target: NodeId, node: &crate::Node) -> GroupNetwork {
+        let client = match self.peers.get_or_add(target, &node.addr) {
+            Ok(client) => Some(client),
+            Err(reason) => {
+                tracing::warn!(target, %reason, "cannot reach a member");
+                None
+            }
+        };
         GroupNetwork {
             group: self.group,
             target,
-            client: self.peers.get(target).cloned(),
+            client,
         }
     }
 }

@@ -337,8 +337,39 @@ pub type CallHandler =
 /// Serves peer connections on `listener` until the core stops; each call
 /// runs in its own task and its answer goes back on the same connection.
 pub async fn serve_peers(listener: TcpListener, handler: CallHandler) {
+    let (_never_closed, stop) = async_channel::bounded::<()>(1);
+    serve_peers_until(listener, handler, stop).await
+}
+
+/// [`serve_peers`] until `stop` is closed: then the listener and every
+/// connection it accepted are closed (calls in flight still finish). A
+/// process that exits closes them anyway; this is for a node stopped and
+/// restarted inside one process (the cluster tests), whose old listener
+/// must not linger on the address the new one binds.
+pub async fn serve_peers_until(
+    listener: TcpListener,
+    handler: CallHandler,
+    stop: async_channel::Receiver<()>,
+) {
+    let stopped = {
+        let stop = stop.clone();
+        move || {
+            let stop = stop.clone();
+            async move {
+                let _ = stop.recv().await;
+            }
+        }
+    };
     loop {
-        let stream = match listener.accept().await {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            stopped().await;
+            None
+        })
+        .await;
+        let Some(accepted) = accepted else {
+            return;
+        };
+        let stream = match accepted {
             Ok(stream) => stream,
             Err(error) => {
                 tracing::warn!(%error, "peer accept failed");
@@ -348,6 +379,7 @@ pub async fn serve_peers(listener: TcpListener, handler: CallHandler) {
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
+        let stopped = stopped.clone();
         glommio::spawn_local(async move {
             let (reader, writer) = futures_lite::io::split(stream);
             let answers = spawn_writer(writer);
@@ -384,8 +416,13 @@ pub async fn serve_peers(listener: TcpListener, handler: CallHandler) {
                     let _ = answers.send(bytes).await;
                 })
                 .detach();
+            });
+            let outcome = futures_lite::future::or(async { Some(outcome.await) }, async {
+                stopped().await;
+                None
             })
-            .await;
+            .await
+            .unwrap_or(Ok(()));
             if let Err(error) = outcome {
                 tracing::debug!(%error, "peer connection ended");
             }

@@ -81,7 +81,8 @@ impl StoreBuilder<TypeConfig, WalLogStore, TestStateMachine, TempDir> for Builde
         let dir = TempDir::new("suite");
         let store = WalLogStore::open(&dir.0).expect("open a fresh WAL");
         let applier = Rc::new(RefCell::new(CountingApplier::default()));
-        Ok((dir, store, StateMachine::new(applier)))
+        let state_machine = StateMachine::open(applier, &dir.0.join("snapshots")).expect("open");
+        Ok((dir, store, state_machine))
     }
 }
 

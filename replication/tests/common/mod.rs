@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 
 use futures_channel::oneshot;
 use glommio::net::TcpListener;
-use tinkerdb_replication::group::{self, CoreGroups, GroupSpec, ReadRefused};
+use tinkerdb_replication::group::{
+    self, CoreGroups, GroupSpec, GroupStatus, MemberChange, ReadRefused,
+};
 use tinkerdb_replication::network::Peers;
 use tinkerdb_replication::state_machine::Applier;
-use tinkerdb_replication::transport::serve_peers;
+use tinkerdb_replication::transport::serve_peers_until;
 use tinkerdb_replication::{Command, Node, NodeId, Response};
 
 /// The one group the tests run.
@@ -61,6 +63,8 @@ pub enum Ask {
     Leader(oneshot::Sender<Option<NodeId>>),
     Cut(NodeId, bool, oneshot::Sender<()>),
     Len(oneshot::Sender<usize>),
+    Status(oneshot::Sender<GroupStatus>),
+    Change(MemberChange, oneshot::Sender<Result<Vec<NodeId>, String>>),
     Stop(oneshot::Sender<()>),
 }
 
@@ -78,7 +82,27 @@ pub fn put(key: &str, value: &str) -> Command {
     }
 }
 
+/// Snapshot after this many entries in the tests (small, so that tests
+/// with a few hundred writes snapshot and purge several times).
+pub const TEST_SNAPSHOT_EVERY: u64 = 40;
+
 pub fn start_node(id: NodeId, addrs: &BTreeMap<NodeId, SocketAddr>, dir: PathBuf) -> NodeThread {
+    start_node_with(id, addrs, dir, true)
+}
+
+/// A node whose group starts with `addrs` as its members if `initialize`;
+/// otherwise it waits to be added by a membership change (a joining node).
+pub fn start_node_with(
+    id: NodeId,
+    addrs: &BTreeMap<NodeId, SocketAddr>,
+    dir: PathBuf,
+    initialize: bool,
+) -> NodeThread {
+    // RUST_LOG=openraft=debug shows a node's Raft decisions.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let (asks, inbox) = async_channel::unbounded::<Ask>();
     let addrs = addrs.clone();
     let thread = std::thread::spawn(move || {
@@ -95,8 +119,15 @@ pub fn start_node(id: NodeId, addrs: &BTreeMap<NodeId, SocketAddr>, dir: PathBuf
                         .map(|(p, a)| (*p, *a)),
                 ));
                 let groups: Rc<CoreGroups<MapApplier>> = Rc::new(CoreGroups::default());
-                glommio::spawn_local(serve_peers(listener, groups.call_handler(peers.clone())))
-                    .detach();
+                // Closed at Stop: the listener must not outlive this node
+                // (a restarted node binds the same address).
+                let (stop_serving, stop) = async_channel::bounded::<()>(1);
+                glommio::spawn_local(serve_peers_until(
+                    listener,
+                    groups.call_handler(peers.clone()),
+                    stop,
+                ))
+                .detach();
                 let applier = Rc::new(RefCell::new(MapApplier::default()));
                 let members = addrs
                     .iter()
@@ -106,7 +137,11 @@ pub fn start_node(id: NodeId, addrs: &BTreeMap<NodeId, SocketAddr>, dir: PathBuf
                     group: GROUP,
                     node_id: id,
                     members,
-                    wal_dir: dir,
+                    wal_dir: dir.join("raft"),
+                    snapshot_dir: dir.join("snapshots"),
+                    snapshot_every_entries: TEST_SNAPSHOT_EVERY,
+                    logs_kept_after_snapshot: 5,
+                    initialize,
                 };
                 let raft = group::start(&spec, applier.clone(), peers.clone())
                     .await
@@ -152,8 +187,25 @@ pub fn start_node(id: NodeId, addrs: &BTreeMap<NodeId, SocketAddr>, dir: PathBuf
                         Ask::Len(reply) => {
                             let _ = reply.send(applier.borrow().map.len());
                         }
+                        Ask::Status(reply) => {
+                            let _ = reply.send(group::status(&raft, GROUP));
+                        }
+                        Ask::Change(change, reply) => {
+                            let raft = raft.clone();
+                            let peers = peers.clone();
+                            glommio::spawn_local(async move {
+                                let outcome = group::change_members(&raft, &peers, GROUP, &change)
+                                    .await
+                                    .map_err(|e| e.to_string());
+                                let _ = reply.send(outcome);
+                            })
+                            .detach();
+                        }
                         Ask::Stop(reply) => {
                             raft.shutdown().await.unwrap();
+                            stop_serving.close();
+                            // Let the server's tasks see it and close.
+                            glommio::timer::sleep(Duration::from_millis(20)).await;
                             let _ = reply.send(());
                             return;
                         }
@@ -187,6 +239,12 @@ impl NodeThread {
     }
     pub fn len(&self) -> usize {
         self.ask(Ask::Len)
+    }
+    pub fn status(&self) -> GroupStatus {
+        self.ask(Ask::Status)
+    }
+    pub fn change(&self, change: MemberChange) -> Result<Vec<NodeId>, String> {
+        self.ask(|reply| Ask::Change(change, reply))
     }
     pub fn cut(&self, peer: NodeId, cut: bool) {
         self.ask(|reply| Ask::Cut(peer, cut, reply))

@@ -541,16 +541,17 @@ pub struct ResponseUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_PEER_CALL_KIND: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_PEER_CALL_KIND: u8 = 5;
+pub const ENUM_MAX_PEER_CALL_KIND: u8 = 6;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_PEER_CALL_KIND: [PeerCallKind; 6] = [
+pub const ENUM_VALUES_PEER_CALL_KIND: [PeerCallKind; 7] = [
   PeerCallKind::None,
   PeerCallKind::AppendEntries,
   PeerCallKind::Vote,
   PeerCallKind::InstallSnapshot,
   PeerCallKind::ForwardWrite,
   PeerCallKind::ReadIndex,
+  PeerCallKind::ChangeMembership,
 ];
 
 /// What a peer call asks for.
@@ -572,9 +573,12 @@ impl PeerCallKind {
   /// A follower asks the leader for a read index (the leader confirms its
   /// leadership with a quorum and answers its commit index).
   pub const ReadIndex: Self = Self(5);
+  /// A membership change (add or remove a node) asked of the group's
+  /// leader by another member (the node an operator asked).
+  pub const ChangeMembership: Self = Self(6);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 5;
+  pub const ENUM_MAX: u8 = 6;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::AppendEntries,
@@ -582,6 +586,7 @@ impl PeerCallKind {
     Self::InstallSnapshot,
     Self::ForwardWrite,
     Self::ReadIndex,
+    Self::ChangeMembership,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -592,6 +597,7 @@ impl PeerCallKind {
       Self::InstallSnapshot => Some("InstallSnapshot"),
       Self::ForwardWrite => Some("ForwardWrite"),
       Self::ReadIndex => Some("ReadIndex"),
+      Self::ChangeMembership => Some("ChangeMembership"),
       _ => None,
     }
   }
