@@ -5,6 +5,7 @@
 //! touches core state. Every error is JSON `{"error": {"code", "message"}}`
 //! with a stable code ([`ErrorCode`]).
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -257,11 +258,34 @@ pub struct ClusterNode {
     pub id: u64,
     /// Client address (standalone), or Raft address of core 0 (cluster).
     pub address: String,
-    /// `up` for this node; `member` for a peer (its health is not probed
-    /// from here yet).
+    /// Health as this node's probes see it: `up` (answered within 2 s on
+    /// every core), `down` (silent or failing on some core), `unknown`
+    /// (not probed yet). Always `up` for the node answering.
     pub state: String,
     /// Whether this is the node answering.
     pub is_self: bool,
+    /// `voter`, or `learner` while it is being added.
+    pub role: String,
+    /// Milliseconds since it last answered a probe (peers only).
+    pub last_seen_ms: Option<u64>,
+    /// Round trip of its last probe answer, microseconds (peers only; the
+    /// slowest core's).
+    pub rtt_us: Option<u64>,
+    /// Why its last probe failed, if it did.
+    pub last_error: Option<String>,
+}
+
+/// A member's progress as the shard's leader sees it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ShardFollower {
+    /// Node id.
+    pub node: u64,
+    /// Last log index it is known to hold.
+    pub matched_index: Option<u64>,
+    /// Entries it lacks behind the leader's log.
+    pub lag: u64,
+    /// Milliseconds since it last acknowledged the leader.
+    pub last_ack_ms: Option<u64>,
 }
 
 /// A shard: a slot range replicated as one group.
@@ -284,8 +308,16 @@ pub struct ClusterShard {
     pub leader: Option<u64>,
     /// Current term (0 without replication).
     pub term: u64,
-    /// Node ids holding a replica.
+    /// Node ids holding a replica (voters).
     pub replicas: Vec<u64>,
+    /// Nodes being added (learners catching up).
+    pub learners: Vec<u64>,
+    /// Last log index covered by this node's newest snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Last log index purged from this node's log.
+    pub purged_index: Option<u64>,
+    /// When this node leads the shard: each other member's progress.
+    pub followers: Vec<ShardFollower>,
 }
 
 /// Cluster topology.
@@ -310,16 +342,7 @@ async fn cluster_status(State(state): State<AppState>) -> ApiResult<Json<Cluster
         // Cluster mode: one Raft group per core, as this node's replicas
         // see them.
         let me = first.node_id;
-        let nodes = first
-            .voters
-            .iter()
-            .map(|(id, raft_addr)| ClusterNode {
-                id: *id,
-                address: raft_addr.clone(),
-                state: if *id == me { "up" } else { "member" }.into(),
-                is_self: *id == me,
-            })
-            .collect();
+        let nodes = cluster_nodes(me, &reports);
         let shards = reports
             .iter()
             .filter_map(|report| {
@@ -331,6 +354,19 @@ async fn cluster_status(State(state): State<AppState>) -> ApiResult<Json<Cluster
                     leader: raft.leader,
                     term: raft.term,
                     replicas: raft.voters.iter().map(|(id, _)| *id).collect(),
+                    learners: raft.learners.iter().map(|(id, _)| *id).collect(),
+                    snapshot_index: raft.snapshot_index,
+                    purged_index: raft.purged_index,
+                    followers: raft
+                        .followers
+                        .iter()
+                        .map(|f| ShardFollower {
+                            node: f.node_id,
+                            matched_index: f.matched_index,
+                            lag: f.lag,
+                            last_ack_ms: f.last_ack_ms,
+                        })
+                        .collect(),
                     role: raft.state.clone(),
                     last_log_index: raft.last_log_index,
                     committed_index: raft.committed_index,
@@ -353,6 +389,10 @@ async fn cluster_status(State(state): State<AppState>) -> ApiResult<Json<Cluster
             address: facts.client_addr.to_string(),
             state: "up".into(),
             is_self: true,
+            role: "voter".into(),
+            last_seen_ms: None,
+            rtt_us: None,
+            last_error: None,
         }],
         shards: facts
             .core_slots
@@ -364,6 +404,10 @@ async fn cluster_status(State(state): State<AppState>) -> ApiResult<Json<Cluster
                 leader: Some(1),
                 term: 0,
                 replicas: vec![1],
+                learners: Vec::new(),
+                snapshot_index: None,
+                purged_index: None,
+                followers: Vec::new(),
                 role: "Leader".into(),
                 last_log_index: None,
                 committed_index: None,
@@ -371,6 +415,170 @@ async fn cluster_status(State(state): State<AppState>) -> ApiResult<Json<Cluster
             })
             .collect(),
     }))
+}
+
+/// The cluster's nodes as this node sees them: members from core 0's group
+/// (every group has the same members once changes settle), health merged
+/// over every core's probes (the worst state, the oldest answer).
+fn cluster_nodes(me: u64, reports: &[CoreReport]) -> Vec<ClusterNode> {
+    let mut nodes: BTreeMap<u64, ClusterNode> = BTreeMap::new();
+    for report in reports {
+        let Some(raft) = &report.raft else { continue };
+        let members = raft
+            .voters
+            .iter()
+            .map(|member| (member, "voter"))
+            .chain(raft.learners.iter().map(|member| (member, "learner")));
+        for ((id, addr), role) in members {
+            nodes.entry(*id).or_insert_with(|| ClusterNode {
+                id: *id,
+                // Core 0's address is the node's; other cores add their index.
+                address: addr.clone(),
+                state: if *id == me { "up" } else { "unknown" }.into(),
+                is_self: *id == me,
+                role: role.into(),
+                last_seen_ms: None,
+                rtt_us: None,
+                last_error: None,
+            });
+        }
+    }
+    let rank = |state: &str| match state {
+        "up" => 0,
+        "unknown" => 1,
+        _ => 2,
+    };
+    for (core, report) in reports.iter().enumerate() {
+        let Some(raft) = &report.raft else { continue };
+        for peer in &raft.peers {
+            let Some(node) = nodes.get_mut(&peer.node_id) else {
+                continue;
+            };
+            if core == 0 || rank(&peer.state) > rank(&node.state) {
+                node.state = peer.state.clone();
+            }
+            node.last_seen_ms = node.last_seen_ms.max(peer.last_seen_ms);
+            node.rtt_us = node.rtt_us.max(peer.rtt_us);
+            if peer.last_error.is_some() {
+                node.last_error = peer.last_error.clone();
+            }
+        }
+    }
+    nodes.into_values().collect()
+}
+
+/// A node to add to the cluster.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddNodeBody {
+    /// Its node id (unique, at least 1).
+    pub id: u64,
+    /// Its Raft address for core 0 (`HOST:PORT`); core `c` listens on
+    /// port + `c`.
+    pub raft: String,
+    /// Its number of cores: must equal this cluster's (group `c` lives on
+    /// core `c` of every node).
+    pub cores: usize,
+}
+
+/// Every shard's voters after a membership change.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MembershipBody {
+    /// The node added or removed.
+    pub node: u64,
+    /// Per shard (core order): its voters once the change committed.
+    pub voters: Vec<Vec<u64>>,
+}
+
+/// Adds a node to every shard's group: it joins as a learner, catches up
+/// (by log, or by snapshot when the log was purged), then becomes a voter
+/// through joint consensus. Idempotent: a voter already is one. What
+/// `tinkerdb --join` calls.
+#[utoipa::path(post, path = "/v1/cluster/nodes", tag = "node", request_body = AddNodeBody,
+    responses((status = 200, body = MembershipBody), (status = 400, body = ErrorBody),
+              (status = 409, description = "A standalone node", body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+async fn add_node(
+    State(state): State<AppState>,
+    body: Result<Json<AddNodeBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<MembershipBody>> {
+    let Json(body) = body.map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.body_text()))?;
+    let cores = state.node.cores();
+    if body.id == 0 {
+        return Err(ApiError::new(
+            ErrorCode::InvalidArgument,
+            "node ids start at 1",
+        ));
+    }
+    if body.cores != cores {
+        return Err(ApiError::new(
+            ErrorCode::InvalidArgument,
+            format!(
+                "node {} has {} cores; this cluster's nodes have {cores} (group c lives on core c of every node)",
+                body.id, body.cores
+            ),
+        ));
+    }
+    let raft_base: std::net::SocketAddr = body.raft.parse().map_err(|_| {
+        ApiError::new(
+            ErrorCode::InvalidArgument,
+            format!("raft: {:?} is not an IP:PORT address", body.raft),
+        )
+    })?;
+    if usize::from(raft_base.port()) + cores > usize::from(u16::MAX) + 1 {
+        return Err(ApiError::new(
+            ErrorCode::InvalidArgument,
+            "raft: the port + cores must stay below 65536",
+        ));
+    }
+    change_membership(&state, body.id, || CoreRequest::AddMember {
+        id: body.id,
+        raft_base,
+    })
+    .await
+}
+
+/// Removes a node from every shard's group (through joint consensus); a
+/// node that is not a member is not changed. Removing the leader moves
+/// leadership to another voter. The removed node can then be stopped.
+#[utoipa::path(delete, path = "/v1/cluster/nodes/{id}", tag = "node",
+    params(("id" = u64, Path, description = "Node id")),
+    responses((status = 200, body = MembershipBody), (status = 400, body = ErrorBody),
+              (status = 409, description = "A standalone node", body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+async fn remove_node(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<MembershipBody>> {
+    let id: u64 = id.parse().map_err(|_| {
+        ApiError::new(
+            ErrorCode::InvalidArgument,
+            format!("{id:?} is not a node id"),
+        )
+    })?;
+    change_membership(&state, id, || CoreRequest::RemoveMember { id }).await
+}
+
+async fn change_membership(
+    state: &AppState,
+    node: u64,
+    request: impl Fn() -> CoreRequest,
+) -> ApiResult<Json<MembershipBody>> {
+    let answers = state
+        .node
+        .call_all(request, crate::link::MEMBERSHIP_CALL_TIMEOUT)
+        .await?;
+    let voters = answers
+        .into_iter()
+        .map(|answer| match answer {
+            CoreResponse::Members(voters) => Ok(voters),
+            other => Err(ApiError::new(
+                ErrorCode::Internal,
+                format!("unexpected core answer {other:?}"),
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(MembershipBody { node, voters }))
 }
 
 // ---------------------------------------------------------------- tenants
@@ -928,7 +1136,7 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "TinkerDB admin API", description = "Node status, tenants, keys, snapshots and metrics of one TinkerDB node. Errors are `{\"error\": {\"code\", \"message\"}}` with a stable code."),
-    paths(health, ready, node_status, cluster_status, list_tenants, create_tenant, set_quota,
+    paths(health, ready, node_status, cluster_status, add_node, remove_node, list_tenants, create_tenant, set_quota,
           get_key, put_key, delete_key, scan_keys, take_snapshot, live_stats, metrics),
     components(schemas(ErrorBody, ApiError, ErrorCode, TenantSpec)),
     tags((name = "node"), (name = "tenants"), (name = "keys"), (name = "stats"))
@@ -988,6 +1196,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/node", get(node_status))
         .route("/v1/cluster", get(cluster_status))
+        .route("/v1/cluster/nodes", post(add_node))
+        .route("/v1/cluster/nodes/{id}", delete(remove_node))
         .route("/v1/tenants", get(list_tenants).post(create_tenant))
         .route("/v1/tenants/{tenant}/quota", put(set_quota))
         .route("/v1/tenants/{tenant}/keys", get(scan_keys))

@@ -53,6 +53,19 @@ pub enum CoreRequest {
     /// Replace this core's tenant list (ids are list positions; the list
     /// only ever grows, so ids held by open connections stay valid).
     InstallTenants(Arc<Vec<TenantSpec>>),
+    /// Cluster mode: make node `id` a voter of this core's group; its core
+    /// `c` listens for Raft on `raft_base` port + `c`.
+    AddMember {
+        /// The node.
+        id: u64,
+        /// Its Raft address for core 0.
+        raft_base: std::net::SocketAddr,
+    },
+    /// Cluster mode: remove node `id` from this core's group.
+    RemoveMember {
+        /// The node.
+        id: u64,
+    },
 }
 
 /// A key operation.
@@ -140,6 +153,9 @@ pub enum CoreResponse {
     Usage(Vec<Usage>),
     /// Answer to `InstallTenants`.
     Done,
+    /// Answer to `AddMember` and `RemoveMember`: the group's voters once
+    /// the change is committed.
+    Members(Vec<u64>),
     /// The request failed.
     Failed(ApiError),
 }
@@ -150,8 +166,11 @@ pub struct Envelope {
     /// The request.
     pub request: CoreRequest,
     /// Where the core answers.
-    pub reply: oneshot::Sender<CoreResponse>,
+    pub reply: ReplySlot,
 }
+
+/// Where a core sends its answer to one request.
+pub type ReplySlot = oneshot::Sender<CoreResponse>;
 
 /// The receiving end a core serves.
 pub type CoreInbox = mpsc::Receiver<Envelope>;
@@ -292,6 +311,11 @@ impl NodeHandle {
         futures::future::join_all(calls).await.into_iter().collect()
     }
 }
+
+/// How long a membership change may take on a core: adding a node waits
+/// until it has caught up as a learner (the group's `MEMBERSHIP_DEADLINE`
+/// is 60 s; this leaves the answer time to arrive).
+pub const MEMBERSHIP_CALL_TIMEOUT: Duration = Duration::from_secs(65);
 
 /// Current wall-clock time in Unix milliseconds.
 pub fn now_unix_ms() -> u64 {

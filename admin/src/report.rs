@@ -63,6 +63,46 @@ pub struct RaftReport {
     pub applied_index: Option<u64>,
     /// Voters and their Raft addresses.
     pub voters: Vec<(u64, String)>,
+    /// Learners (nodes being added) and their Raft addresses.
+    pub learners: Vec<(u64, String)>,
+    /// Last index covered by this replica's newest snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Last index purged from this replica's log.
+    pub purged_index: Option<u64>,
+    /// On the leader: how each other member keeps up.
+    pub followers: Vec<FollowerReport>,
+    /// This core's health probes of its peers.
+    pub peers: Vec<PeerReport>,
+}
+
+/// A member's progress as its group's leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowerReport {
+    /// The member.
+    pub node_id: u64,
+    /// Last index it is known to hold.
+    pub matched_index: Option<u64>,
+    /// Entries it lacks.
+    pub lag: u64,
+    /// Milliseconds since it last acknowledged the leader.
+    pub last_ack_ms: Option<u64>,
+}
+
+/// A peer node's health as one core's probes see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerReport {
+    /// The peer.
+    pub node_id: u64,
+    /// Its Raft address for this core.
+    pub addr: String,
+    /// `up`, `down` or `unknown`.
+    pub state: String,
+    /// Milliseconds since it last answered.
+    pub last_seen_ms: Option<u64>,
+    /// Round trip of its last answer, microseconds.
+    pub rtt_us: Option<u64>,
+    /// Why the last probe failed, if it did.
+    pub last_error: Option<String>,
 }
 
 /// One core's state, cumulative since start.

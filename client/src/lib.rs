@@ -17,12 +17,15 @@
 //!   a reader task matching answers to requests by id.
 //! - [`codec`]: requests to frames, frames to [`codec::Response`].
 //! - [`error`]: the error type, [`ClientError`].
+//! - [`admin`]: a small blocking client of a node's admin HTTP API (cluster
+//!   status and membership, for `tinker cluster` and joining nodes).
 //!
 //! # Invariants
 //! - A request gets exactly one outcome: its answer, a timeout, or the error
 //!   that broke its connection; a broken connection is replaced on next use.
 //! - `Client` is cheap to clone and safe to share between tasks.
 
+pub mod admin;
 pub mod client;
 pub mod codec;
 pub mod connection;

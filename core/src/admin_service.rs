@@ -62,6 +62,10 @@ pub async fn serve_admin(context: Rc<CoreContext>, mut inbox: CoreInbox) {
                 })
                 .detach();
             }
+            CoreRequest::AddMember { id, raft_base } => {
+                change_member(&context, id, Some(raft_base), reply);
+            }
+            CoreRequest::RemoveMember { id } => change_member(&context, id, None, reply),
             CoreRequest::Key { tenant, op } => {
                 let context = context.clone();
                 glommio::spawn_local(async move {
@@ -71,6 +75,33 @@ pub async fn serve_admin(context: Rc<CoreContext>, mut inbox: CoreInbox) {
             }
         }
     }
+}
+
+/// Runs a membership change of this core's group in its own task.
+fn change_member(
+    context: &Rc<CoreContext>,
+    id: u64,
+    raft_base: Option<std::net::SocketAddr>,
+    reply: tinkerdb_admin::link::ReplySlot,
+) {
+    let context = context.clone();
+    glommio::spawn_local(async move {
+        let Some(replica) = context.replica.get() else {
+            let _ = reply.send(CoreResponse::Failed(ApiError::new(
+                ApiCode::Unsupported,
+                "this node is standalone: there is no cluster to change",
+            )));
+            return;
+        };
+        let answer = match crate::cluster::change_member(replica, id, raft_base).await {
+            Ok(voters) => CoreResponse::Members(voters),
+            Err((code, message)) => {
+                CoreResponse::Failed(api_error(ProtocolError::new(code, message)))
+            }
+        };
+        let _ = reply.send(answer);
+    })
+    .detach();
 }
 
 fn unexpected(reply: Reply) -> CoreResponse {
@@ -312,6 +343,35 @@ fn report(context: &CoreContext) -> CoreReport {
                 committed_index: status.committed_index,
                 applied_index: status.applied_index,
                 voters: status.voters,
+                learners: status.learners,
+                snapshot_index: status.snapshot_index,
+                purged_index: status.purged_index,
+                followers: status
+                    .followers
+                    .into_iter()
+                    .map(|f| tinkerdb_admin::report::FollowerReport {
+                        node_id: f.node_id,
+                        matched_index: f.matched_index,
+                        lag: f.lag,
+                        last_ack_ms: f.last_ack_ms,
+                    })
+                    .collect(),
+                peers: replica
+                    .health
+                    .report(
+                        &replica.peers,
+                        &crate::cluster::other_members(&replica.raft, replica.group),
+                    )
+                    .into_iter()
+                    .map(|p| tinkerdb_admin::report::PeerReport {
+                        node_id: p.node_id,
+                        addr: p.addr,
+                        state: p.state.to_string(),
+                        last_seen_ms: p.last_seen_ms,
+                        rtt_us: p.rtt_us,
+                        last_error: p.last_error,
+                    })
+                    .collect(),
             }
         }),
         last_snapshot: snapshots.last.map(|last| SnapshotInfo {

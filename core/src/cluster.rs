@@ -33,8 +33,9 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use tinkerdb_replication::group::{
-    self, CoreGroups, GroupError, GroupRaft, GroupSpec, ReadRefused,
+    self, CoreGroups, GroupError, GroupRaft, GroupSpec, MemberChange, ReadRefused,
 };
+use tinkerdb_replication::health::{self, HealthTable};
 use tinkerdb_replication::network::Peers;
 use tinkerdb_replication::state_machine::Applier;
 use tinkerdb_replication::{Command, Node, Response};
@@ -54,6 +55,10 @@ pub struct Replica {
     pub raft: GroupRaft<ShardApplier>,
     /// This core's clients of its peers.
     pub peers: Rc<Peers>,
+    /// This core's health probes of its peers.
+    pub health: Rc<HealthTable>,
+    /// The port offset of this core's Raft listener (= the core index).
+    pub core: usize,
 }
 
 /// One key in a snapshot dump: tenant name, key, value, version, expiry
@@ -208,7 +213,8 @@ pub async fn start_replica(
         snapshot_dir: context.core_dir.join("raft-snapshots"),
         snapshot_every_entries: group::SNAPSHOT_EVERY_ENTRIES,
         logs_kept_after_snapshot: group::LOGS_KEPT_AFTER_SNAPSHOT,
-        initialize: true,
+        // A node that joins a running cluster waits to be added.
+        initialize: cluster.join.is_none(),
     };
     let applier = Rc::new(RefCell::new(ShardApplier {
         context: context.clone(),
@@ -222,15 +228,64 @@ pub async fn start_replica(
     if preferred == cluster.node_id && raft.current_leader().await.is_none() {
         let _ = raft.trigger().elect(false).await;
     }
+    let health = Rc::new(HealthTable::default());
+    let members = {
+        let raft = raft.clone();
+        move || other_members(&raft, spec.group)
+    };
+    glommio::spawn_local(health::probe_peers(peers.clone(), health.clone(), members)).detach();
     let replica = Replica {
         group: spec.group,
         raft,
         peers,
+        health,
+        core,
     };
     if context.replica.set(replica).is_err() {
         anyhow::bail!("core {core} started its replica twice");
     }
     Ok(())
+}
+
+/// How long a joining node waits for the cluster to add it (catching up
+/// as a learner included).
+pub const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(70);
+
+/// Asks the member whose admin API is at `seed` to add this node to every
+/// group (`POST /v1/cluster/nodes`); returns once it is a voter of all.
+/// Called at start by a node given `--join`, after its cores serve (the
+/// leaders must reach its Raft listeners to catch it up). Idempotent: a
+/// restarted member asks again and is told it already is one.
+pub fn join(seed: &str, cluster: &ClusterConfig, cores: usize) -> anyhow::Result<()> {
+    let me = &cluster.nodes[0];
+    let body = serde_json::json!({
+        "id": cluster.node_id,
+        "raft": me.raft.to_string(),
+        "cores": cores,
+    });
+    tracing::info!(%seed, node_id = cluster.node_id, "asking to join the cluster");
+    let answer = tinkerdb_client::admin::request(
+        seed,
+        "POST",
+        "/v1/cluster/nodes",
+        Some(&body),
+        JOIN_TIMEOUT,
+    )
+    .map_err(|error| anyhow::anyhow!("cannot join the cluster through {seed}: {error}"))?;
+    tracing::info!(voters = %answer["voters"], "joined the cluster");
+    Ok(())
+}
+
+/// The other members (voters and learners) of a group, with their Raft
+/// addresses for this core.
+pub fn other_members(raft: &GroupRaft<ShardApplier>, group: u64) -> Vec<(u64, String)> {
+    let status = group::status(raft, group);
+    status
+        .voters
+        .into_iter()
+        .chain(status.learners)
+        .filter(|(id, _)| *id != status.node_id)
+        .collect()
 }
 
 fn unavailable(error: GroupError) -> ShardReply {
@@ -340,6 +395,35 @@ pub async fn execute_replicated(
         ShardRequest::Flush { .. } => not_replicated("FLUSHDB"),
         ShardRequest::Snapshot => not_replicated("a snapshot"),
     }
+}
+
+/// Adds (`Some(raft_base)`) or removes node `id` in this core's group, on
+/// the group's leader; answers the voters once committed.
+pub async fn change_member(
+    replica: &Replica,
+    id: u64,
+    raft_base: Option<std::net::SocketAddr>,
+) -> Result<Vec<u64>, (ErrorCode, String)> {
+    let change = match raft_base {
+        Some(mut addr) => {
+            addr.set_port(addr.port() + replica.core as u16);
+            MemberChange::Add {
+                id,
+                addr: addr.to_string(),
+            }
+        }
+        None => MemberChange::Remove { id },
+    };
+    group::change_members(&replica.raft, &replica.peers, replica.group, &change)
+        .await
+        .map_err(|error| {
+            let code = match error {
+                GroupError::Refused { .. } => ErrorCode::InvalidArgument,
+                GroupError::Stopped { .. } => ErrorCode::StorageFailed,
+                _ => ErrorCode::Unavailable,
+            };
+            (code, error.to_string())
+        })
 }
 
 async fn propose(replica: &Replica, command: Command) -> Result<Response, ShardReply> {

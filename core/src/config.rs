@@ -55,8 +55,14 @@ pub struct NodeConfig {
 pub struct ClusterConfig {
     /// This node's id (one of `nodes`).
     pub node_id: u64,
-    /// Every node of the cluster, this one included.
+    /// Every node of the cluster, this one included. A joining node lists
+    /// only itself.
     pub nodes: Vec<ClusterNodeConfig>,
+    /// Join a running cluster through this member's admin address
+    /// (`HOST:PORT`) instead of starting one from `nodes`: the node starts
+    /// its groups empty and asks that member to add it.
+    #[serde(default)]
+    pub join: Option<String>,
 }
 
 /// One node of a cluster.
@@ -90,7 +96,21 @@ impl ClusterConfig {
                 })
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;
-        Ok(ClusterConfig { node_id, nodes })
+        Ok(ClusterConfig {
+            node_id,
+            nodes,
+            join: None,
+        })
+    }
+
+    /// `--join ADMIN_ADDR --raft-listen ADDR`: a node joining a running
+    /// cluster, reached by its peers at `raft` (core 0).
+    pub fn joining(node_id: u64, raft: SocketAddr, join: String) -> ClusterConfig {
+        ClusterConfig {
+            node_id,
+            nodes: vec![ClusterNodeConfig { id: node_id, raft }],
+            join: Some(join),
+        }
     }
 }
 
@@ -292,6 +312,11 @@ impl NodeConfig {
             ids.dedup();
             if ids.len() != cluster.nodes.len() || ids.first() == Some(&0) {
                 return invalid("cluster.nodes: node ids must be unique and at least 1".into());
+            }
+            if cluster.join.is_some() && cluster.nodes.len() != 1 {
+                return invalid(
+                    "cluster.join: a joining node lists only itself in cluster.nodes".into(),
+                );
             }
             if !ids.contains(&cluster.node_id) {
                 return invalid(format!(

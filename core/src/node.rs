@@ -227,6 +227,11 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
         }
         None => None,
     };
+    if let Some(cluster) = &config.cluster {
+        if let Some(seed) = &cluster.join {
+            crate::cluster::join(seed, cluster, cores)?;
+        }
+    }
     on_ready(&NodeInfo {
         client_addr: addrs.client,
         resp_addr: addrs.resp,

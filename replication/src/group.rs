@@ -169,6 +169,9 @@ impl<A: Applier> CoreGroups<A> {
             let groups = groups.clone();
             let peers = peers.clone();
             Box::pin(async move {
+                if call.kind == PeerCallKind::Ping {
+                    return Ok(Vec::new());
+                }
                 let raft = groups
                     .get(call.group)
                     .ok_or_else(|| format!("no group {} on this core", call.group))?;

@@ -24,10 +24,9 @@
 //!   one connection per peer per core, with a fault switch for partitions.
 //! - [`network`]: openraft's `RaftNetworkV2` over the transport.
 //! - [`group`]: starting one Raft group on a core (config, log store, state
-//!   machine, network) and serving its peers' calls.
-//!
-//! Still to come (issue 4): the node's cluster mode (groups per shard,
-//! routing, forwarding), membership changes, linearizable reads in the node.
+//!   machine, network), serving its peers' calls, writes, reads, membership
+//!   changes and status.
+//! - [`health`]: each core pings its peers and reports them up or down.
 //!
 //! # Invariants
 //! - A group's Raft state is touched only by the core that owns it; the WAL's
@@ -44,6 +43,7 @@
 
 pub mod command;
 pub mod group;
+pub mod health;
 pub mod log_store;
 pub mod network;
 pub mod runtime;

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use tinkerdb_client::admin::{self, AdminError};
 use tinkerdb_client::{Client, ClientConfig, ClientError, ScanOptions, SetCondition, SetOptions};
 
 #[derive(Parser, Debug)]
@@ -24,6 +25,9 @@ struct Args {
     /// Request timeout in milliseconds.
     #[arg(long, default_value_t = 5000)]
     timeout_ms: u64,
+    /// The node's admin API address (for `cluster` commands).
+    #[arg(long, default_value = "127.0.0.1:7380", env = "TINKER_ADMIN")]
+    admin: String,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -117,6 +121,33 @@ enum Command {
     Snapshot,
     /// Round trip to the node.
     Ping,
+    /// Cluster status and membership, through the admin API (--admin).
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterAction {
+    /// Nodes (health), shards (leader, term, indexes, follower lag).
+    Status {
+        /// Print the raw JSON of /v1/cluster.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a running node (started with --join or empty) to every shard.
+    Add {
+        /// Its node id.
+        id: u64,
+        /// Its Raft address for core 0 (HOST:PORT).
+        raft: String,
+    },
+    /// Remove a node from every shard (then it can be stopped).
+    Remove {
+        /// Its node id.
+        id: u64,
+    },
 }
 
 /// What a command's outcome means for the exit status.
@@ -139,6 +170,17 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    if let Some(Command::Cluster { action }) = args.command {
+        // Admin API only: no data connection needed.
+        return match cluster(&args.admin, action) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("(error) {error}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let admin = args.admin.clone();
     runtime.block_on(async move {
         let config = ClientConfig::new(&args.addr)
             .tenant(&args.tenant)
@@ -160,12 +202,12 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             },
-            None => interactive(&client, &args.addr).await,
+            None => interactive(&client, &args.addr, &admin).await,
         }
     })
 }
 
-async fn interactive(client: &Client, addr: &str) -> ExitCode {
+async fn interactive(client: &Client, addr: &str, admin: &str) -> ExitCode {
     let stdin = std::io::stdin();
     let on_terminal = stdin.is_terminal();
     let prompt = format!("{addr} [{}]> ", client.tenant());
@@ -190,6 +232,13 @@ async fn interactive(client: &Client, addr: &str) -> ExitCode {
             continue;
         };
         match Line::try_parse_from(words) {
+            Ok(Line {
+                command: Command::Cluster { action },
+            }) => {
+                if let Err(error) = cluster(admin, action) {
+                    println!("(error) {error}");
+                }
+            }
             Ok(parsed) => {
                 if let Err(error) = run(client, parsed.command, true).await {
                     println!("(error) {error}");
@@ -349,5 +398,145 @@ async fn run(client: &Client, command: Command, interactive: bool) -> Result<Out
             println!("PONG ({} us)", elapsed.as_micros());
             Outcome::Done
         }
+        // Handled before a data connection is made (main, interactive).
+        Command::Cluster { .. } => {
+            return Err(ClientError::InvalidRequest(
+                "cluster commands go to the admin API (--admin)".into(),
+            ))
+        }
     })
+}
+
+/// Admin requests of `tinker cluster` wait this long (adding a node waits
+/// until it has caught up).
+const CLUSTER_TIMEOUT: Duration = Duration::from_secs(70);
+
+fn cluster(admin: &str, action: ClusterAction) -> Result<(), AdminError> {
+    match action {
+        ClusterAction::Status { json } => {
+            let status = admin::request(admin, "GET", "/v1/cluster", None, CLUSTER_TIMEOUT)?;
+            if json {
+                println!("{status:#}");
+            } else {
+                print!("{}", format_cluster_status(&status));
+            }
+        }
+        ClusterAction::Add { id, raft } => {
+            let node = admin::request(admin, "GET", "/v1/node", None, CLUSTER_TIMEOUT)?;
+            let body = serde_json::json!({ "id": id, "raft": raft, "cores": node["cores"] });
+            let answer = admin::request(
+                admin,
+                "POST",
+                "/v1/cluster/nodes",
+                Some(&body),
+                CLUSTER_TIMEOUT,
+            )?;
+            println!("node {id} added; voters per shard: {}", answer["voters"]);
+        }
+        ClusterAction::Remove { id } => {
+            let path = format!("/v1/cluster/nodes/{id}");
+            let answer = admin::request(admin, "DELETE", &path, None, CLUSTER_TIMEOUT)?;
+            println!("node {id} removed; voters per shard: {}", answer["voters"]);
+        }
+    }
+    Ok(())
+}
+
+fn opt(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Null => "-".to_owned(),
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The text table of `tinker cluster status`.
+fn format_cluster_status(status: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let empty = Vec::new();
+    let nodes = status["nodes"].as_array().unwrap_or(&empty);
+    let shards = status["shards"].as_array().unwrap_or(&empty);
+    let me = nodes
+        .iter()
+        .find(|node| node["is_self"] == true)
+        .map_or("-".to_owned(), |node| opt(&node["id"]));
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "cluster: {} mode, {} nodes, {} shards (as node {me} sees it)\n",
+        opt(&status["mode"]),
+        nodes.len(),
+        shards.len()
+    );
+    let _ = writeln!(
+        out,
+        "{:<6}{:<9}{:<9}{:<24}{:>11}{:>10}",
+        "NODE", "ROLE", "HEALTH", "ADDRESS", "LAST SEEN", "RTT"
+    );
+    for node in nodes {
+        let (seen, rtt) = if node["is_self"] == true {
+            ("self".to_owned(), "-".to_owned())
+        } else {
+            (
+                node["last_seen_ms"]
+                    .as_u64()
+                    .map_or("never".to_owned(), |ms| format!("{ms} ms")),
+                node["rtt_us"]
+                    .as_u64()
+                    .map_or("-".to_owned(), |us| format!("{:.2} ms", us as f64 / 1e3)),
+            )
+        };
+        let _ = writeln!(
+            out,
+            "{:<6}{:<9}{:<9}{:<24}{:>11}{:>10}",
+            opt(&node["id"]),
+            opt(&node["role"]),
+            opt(&node["state"]),
+            opt(&node["address"]),
+            seen,
+            rtt
+        );
+        if let Some(error) = node["last_error"].as_str() {
+            let _ = writeln!(out, "      last probe failed: {error}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<7}{:<13}{:<8}{:<6}{:<11}{:>10}{:>10}{:>10}  LAG (node: entries behind the leader)",
+        "SHARD", "SLOTS", "LEADER", "TERM", "ROLE HERE", "COMMITTED", "APPLIED", "SNAPSHOT"
+    );
+    for shard in shards {
+        let slots = format!(
+            "{}-{}",
+            opt(&shard["slots"]["start"]),
+            opt(&shard["slots"]["end"])
+        );
+        let followers = shard["followers"].as_array().unwrap_or(&empty);
+        let lag = if followers.is_empty() {
+            if shard["role"] == "Leader" {
+                "-".to_owned()
+            } else {
+                "known by the leader's node".to_owned()
+            }
+        } else {
+            followers
+                .iter()
+                .map(|f| format!("{}: {}", opt(&f["node"]), opt(&f["lag"])))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "{:<7}{:<13}{:<8}{:<6}{:<11}{:>10}{:>10}{:>10}  {lag}",
+            opt(&shard["id"]),
+            slots,
+            opt(&shard["leader"]),
+            opt(&shard["term"]),
+            opt(&shard["role"]),
+            opt(&shard["committed_index"]),
+            opt(&shard["applied_index"]),
+            opt(&shard["snapshot_index"]),
+        );
+    }
+    out
 }

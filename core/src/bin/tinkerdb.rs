@@ -42,13 +42,21 @@ struct Args {
     /// When writes are acknowledged [default: sync].
     #[arg(long, value_enum)]
     durability: Option<Durability>,
-    /// Cluster mode: this node's id (with --peers).
-    #[arg(long, requires = "peers")]
+    /// Cluster mode: this node's id (with --peers, or --join and --raft-listen).
+    #[arg(long)]
     node_id: Option<u64>,
     /// Cluster mode: every node as ID=HOST:PORT (Raft address of core 0;
     /// core c uses port + c), this node included.
-    #[arg(long, requires = "node_id")]
+    #[arg(long, requires = "node_id", conflicts_with = "join")]
     peers: Option<String>,
+    /// Join a running cluster through a member's admin address (HOST:PORT,
+    /// as in `Admin API ... on http://HOST:PORT/`); needs --node-id and
+    /// --raft-listen.
+    #[arg(long, requires_all = ["node_id", "raft_listen"])]
+    join: Option<String>,
+    /// With --join: this node's Raft address for core 0 (core c uses port + c).
+    #[arg(long, requires = "join")]
+    raft_listen: Option<SocketAddr>,
     /// Log line format (logs go to stderr; level from RUST_LOG, default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -105,10 +113,23 @@ fn main() -> anyhow::Result<()> {
     if let Some(cores) = args.cores {
         config.cores = cores;
     }
-    if let (Some(node_id), Some(peers)) = (args.node_id, &args.peers) {
-        config.cluster = Some(tinkerdb_core::config::ClusterConfig::from_flags(
-            node_id, peers,
-        )?);
+    match (args.node_id, &args.peers, &args.join, args.raft_listen) {
+        (Some(node_id), Some(peers), None, _) => {
+            config.cluster = Some(tinkerdb_core::config::ClusterConfig::from_flags(
+                node_id, peers,
+            )?);
+        }
+        (Some(node_id), None, Some(join), Some(raft)) => {
+            config.cluster = Some(tinkerdb_core::config::ClusterConfig::joining(
+                node_id,
+                raft,
+                join.clone(),
+            ));
+        }
+        (Some(_), None, None, _) => {
+            anyhow::bail!("--node-id needs --peers (start a cluster) or --join (join one)")
+        }
+        _ => {}
     }
     let cluster = config.cluster.clone();
     tinkerdb_core::node::run(config, |info| {
@@ -131,11 +152,17 @@ fn main() -> anyhow::Result<()> {
             println!("Admin API and dashboard on http://{admin_addr}/ (metrics: http://{admin_addr}/metrics)");
         }
         if let Some(cluster) = &cluster {
-            println!(
-                "Cluster node {} of {}: one Raft group per core, replicated on every node",
-                cluster.node_id,
-                cluster.nodes.len()
-            );
+            match &cluster.join {
+                Some(join) => println!(
+                    "Cluster node {}: joined through {join}; one Raft group per core, replicated on every node",
+                    cluster.node_id
+                ),
+                None => println!(
+                    "Cluster node {} of {}: one Raft group per core, replicated on every node",
+                    cluster.node_id,
+                    cluster.nodes.len()
+                ),
+            }
         }
         println!("Try it: tinker --addr {} set hello world", info.client_addr);
         tracing::info!(client_addr = %info.client_addr, cores = info.cores, "node ready");

@@ -541,10 +541,10 @@ pub struct ResponseUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_PEER_CALL_KIND: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_PEER_CALL_KIND: u8 = 6;
+pub const ENUM_MAX_PEER_CALL_KIND: u8 = 7;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_PEER_CALL_KIND: [PeerCallKind; 7] = [
+pub const ENUM_VALUES_PEER_CALL_KIND: [PeerCallKind; 8] = [
   PeerCallKind::None,
   PeerCallKind::AppendEntries,
   PeerCallKind::Vote,
@@ -552,6 +552,7 @@ pub const ENUM_VALUES_PEER_CALL_KIND: [PeerCallKind; 7] = [
   PeerCallKind::ForwardWrite,
   PeerCallKind::ReadIndex,
   PeerCallKind::ChangeMembership,
+  PeerCallKind::Ping,
 ];
 
 /// What a peer call asks for.
@@ -576,9 +577,11 @@ impl PeerCallKind {
   /// A membership change (add or remove a node) asked of the group's
   /// leader by another member (the node an operator asked).
   pub const ChangeMembership: Self = Self(6);
+  /// A health probe: answered at once, empty, by any core (no group).
+  pub const Ping: Self = Self(7);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 6;
+  pub const ENUM_MAX: u8 = 7;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::AppendEntries,
@@ -587,6 +590,7 @@ impl PeerCallKind {
     Self::ForwardWrite,
     Self::ReadIndex,
     Self::ChangeMembership,
+    Self::Ping,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -598,6 +602,7 @@ impl PeerCallKind {
       Self::ForwardWrite => Some("ForwardWrite"),
       Self::ReadIndex => Some("ReadIndex"),
       Self::ChangeMembership => Some("ChangeMembership"),
+      Self::Ping => Some("Ping"),
       _ => None,
     }
   }

@@ -1,0 +1,145 @@
+//! A small blocking client of a node's admin HTTP API (`docs/http-api.md`),
+//! for the `tinker cluster` commands and for a node joining a cluster.
+//!
+//! One request per connection (`Connection: close`), HTTP/1.1, JSON bodies;
+//! the node's errors (`{"error":{"code","message"}}`) come back as
+//! [`AdminError::Api`] with their stable code. Every request has a deadline
+//! for connecting, writing and reading.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// The largest answer read (a cluster status of many shards is well below).
+pub const MAX_ADMIN_ANSWER_BYTES: usize = 16 << 20;
+
+/// Why an admin request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// Could not reach the node, or the connection failed.
+    #[error("cannot reach the admin API at {addr}: {source}")]
+    Io {
+        /// The address.
+        addr: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The node answered with an error.
+    #[error("{code} (HTTP {status}): {message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Stable error code (`docs/http-api.md`).
+        code: String,
+        /// Explanation.
+        message: String,
+    },
+    /// The answer is not HTTP/JSON as expected.
+    #[error("unexpected answer from {addr}: {detail}")]
+    Malformed {
+        /// The address.
+        addr: String,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// Sends `method path` with an optional JSON body to the admin API at
+/// `addr` and returns the JSON answer of a 2xx status.
+pub fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    timeout: Duration,
+) -> Result<serde_json::Value, AdminError> {
+    let io = |source| AdminError::Io {
+        addr: addr.to_owned(),
+        source,
+    };
+    let malformed = |detail: String| AdminError::Malformed {
+        addr: addr.to_owned(),
+        detail,
+    };
+    let socket = addr
+        .to_socket_addrs()
+        .map_err(io)?
+        .next()
+        .ok_or_else(|| malformed("the address does not resolve".into()))?;
+    let mut stream = TcpStream::connect_timeout(&socket, timeout).map_err(io)?;
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    let body = body.map(|json| json.to_string()).unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).map_err(io)?;
+    stream.write_all(body.as_bytes()).map_err(io)?;
+    let mut answer = Vec::new();
+    stream
+        .take(MAX_ADMIN_ANSWER_BYTES as u64 + 1)
+        .read_to_end(&mut answer)
+        .map_err(io)?;
+    if answer.len() > MAX_ADMIN_ANSWER_BYTES {
+        return Err(malformed(format!(
+            "answer over {MAX_ADMIN_ANSWER_BYTES} bytes"
+        )));
+    }
+    let split = answer
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .ok_or_else(|| malformed("no end of headers".into()))?;
+    let head = String::from_utf8_lossy(&answer[..split]);
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| malformed(format!("bad status line {:?}", head.lines().next())))?;
+    let chunked = head.lines().any(|line| {
+        line.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
+    let raw = &answer[split + 4..];
+    let payload = if chunked {
+        dechunk(raw).ok_or_else(|| malformed("bad chunked body".into()))?
+    } else {
+        raw.to_vec()
+    };
+    let json: serde_json::Value = if payload.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&payload)
+            .map_err(|error| malformed(format!("body is not JSON: {error}")))?
+    };
+    if (200..300).contains(&status) {
+        return Ok(json);
+    }
+    let field = |name: &str| {
+        json.pointer(&format!("/error/{name}"))
+            .and_then(|value| value.as_str())
+            .unwrap_or("")
+            .to_owned()
+    };
+    Err(AdminError::Api {
+        status,
+        code: field("code"),
+        message: field("message"),
+    })
+}
+
+fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = raw.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&raw[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(raw.get(..size)?);
+        raw = raw.get(size + 2..)?;
+    }
+}
