@@ -255,8 +255,16 @@ pub const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(70)
 /// group (`POST /v1/cluster/nodes`); returns once it is a voter of all.
 /// Called at start by a node given `--join`, after its cores serve (the
 /// leaders must reach its Raft listeners to catch it up). Idempotent: a
-/// restarted member asks again and is told it already is one.
-pub fn join(seed: &str, cluster: &ClusterConfig, cores: usize) -> anyhow::Result<()> {
+/// restarted member asks again and is told it already is one. With its
+/// own admin API at `own_admin`, it then waits until its own replicas have
+/// applied the membership that makes it a voter, so that "ready" means a
+/// member in its own eyes too.
+pub fn join(
+    seed: &str,
+    cluster: &ClusterConfig,
+    cores: usize,
+    own_admin: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
     let me = &cluster.nodes[0];
     let body = serde_json::json!({
         "id": cluster.node_id,
@@ -273,7 +281,32 @@ pub fn join(seed: &str, cluster: &ClusterConfig, cores: usize) -> anyhow::Result
     )
     .map_err(|error| anyhow::anyhow!("cannot join the cluster through {seed}: {error}"))?;
     tracing::info!(voters = %answer["voters"], "joined the cluster");
-    Ok(())
+    let Some(own_admin) = own_admin else {
+        return Ok(());
+    };
+    let started = std::time::Instant::now();
+    let own_admin = own_admin.to_string();
+    let me = serde_json::json!(cluster.node_id);
+    loop {
+        let status =
+            tinkerdb_client::admin::request(&own_admin, "GET", "/v1/cluster", None, JOIN_TIMEOUT)?;
+        let voter_everywhere = status["shards"].as_array().is_some_and(|shards| {
+            shards.iter().all(|shard| {
+                shard["replicas"]
+                    .as_array()
+                    .is_some_and(|replicas| replicas.contains(&me))
+            })
+        });
+        if voter_everywhere {
+            return Ok(());
+        }
+        if started.elapsed() > JOIN_TIMEOUT {
+            anyhow::bail!(
+                "added through {seed}, but this node's replicas did not learn it within {JOIN_TIMEOUT:?}"
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// The other members (voters and learners) of a group, with their Raft

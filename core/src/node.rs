@@ -229,7 +229,8 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
     };
     if let Some(cluster) = &config.cluster {
         if let Some(seed) = &cluster.join {
-            crate::cluster::join(seed, cluster, cores)?;
+            let own_admin = admin.as_ref().map(|admin| admin.addr);
+            crate::cluster::join(seed, cluster, cores, own_admin)?;
         }
     }
     on_ready(&NodeInfo {

@@ -13,10 +13,10 @@ use tinkerdb_client::{Client, ClientConfig};
 
 const CORES: usize = 2;
 
-/// Three Raft base ports, each with the next `CORES - 1` ports free too.
-fn raft_ports() -> Vec<u16> {
+/// `n` Raft base ports, each with the next `CORES - 1` ports free too.
+fn raft_ports(n: usize) -> Vec<u16> {
     let mut ports = Vec::new();
-    while ports.len() < 3 {
+    while ports.len() < n {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let base = probe.local_addr().unwrap().port();
         drop(probe);
@@ -39,7 +39,7 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Cluster {
-        let ports = raft_ports();
+        let ports = raft_ports(3);
         let peers = (1..=3)
             .map(|id| format!("{id}=127.0.0.1:{}", ports[id as usize - 1]))
             .collect::<Vec<_>>()
@@ -204,4 +204,156 @@ fn cluster_mode_refuses_what_it_does_not_replicate_yet() {
         );
         assert_eq!(client.get("k").await.unwrap().unwrap().value, "v");
     });
+}
+
+/// Runs `tinker --admin ADDR ARGS...` and returns its stdout (panics on a
+/// failure exit).
+fn tinker_admin(admin: std::net::SocketAddr, args: &[&str]) -> String {
+    let output = std::process::Command::new(common::workspace_binary("tinker"))
+        .arg("--admin")
+        .arg(admin.to_string())
+        .args(args)
+        .output()
+        .expect("run tinker");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "tinker {args:?}: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// The `NODE ROLE HEALTH` columns of `tinker cluster status`, by node id.
+fn status_rows(status: &str) -> BTreeMap<u64, (String, String)> {
+    status
+        .lines()
+        .skip_while(|line| !line.starts_with("NODE"))
+        .skip(1)
+        .take_while(|line| !line.trim().is_empty())
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let id = words.next()?.parse().ok()?;
+            Some((id, (words.next()?.to_owned(), words.next()?.to_owned())))
+        })
+        .collect()
+}
+
+#[test]
+fn a_node_joins_and_another_leaves_under_load_and_health_shows_a_dead_peer() {
+    let mut cluster = Cluster::start();
+    assert!(
+        common::eventually(Duration::from_secs(15), || {
+            cluster.leaders(1).iter().all(Option::is_some)
+        }),
+        "no leaders"
+    );
+    // Load: one writer through node 2, one through node 3, until stopped.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = [2u64, 3]
+        .into_iter()
+        .map(|via| {
+            let client = cluster.client(via);
+            let stop = stop.clone();
+            runtime().spawn(async move {
+                let mut acked = Vec::new();
+                let mut slowest = Duration::ZERO;
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let key = format!("load:{via}:{i}");
+                    let started = Instant::now();
+                    client
+                        .set(&key, "v")
+                        .await
+                        .unwrap_or_else(|error| panic!("{key}: {error}"));
+                    slowest = slowest.max(started.elapsed());
+                    acked.push(key);
+                    i += 1;
+                }
+                (acked, slowest)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Node 4 joins through node 1's admin API; "ready" means it is a voter.
+    let port = raft_ports(1)[0];
+    let dir4 = common::fresh_dir();
+    let join_args = [
+        "--node-id",
+        "4",
+        "--raft-listen",
+        &format!("127.0.0.1:{port}"),
+        "--join",
+        &cluster.nodes[&1].admin_addr.to_string(),
+    ]
+    .map(String::from);
+    let joined_at = Instant::now();
+    let node4 = TestNode::start_with_args(CORES, "", &dir4, &[], &join_args);
+    let join_took = joined_at.elapsed();
+    cluster.dirs.insert(4, dir4);
+    cluster.nodes.insert(4, node4);
+    let status = tinker_admin(cluster.nodes[&4].admin_addr, &["cluster", "status"]);
+    let rows = status_rows(&status);
+    assert_eq!(
+        rows.keys().copied().collect::<Vec<_>>(),
+        vec![1, 2, 3, 4],
+        "{status}"
+    );
+    assert!(rows.values().all(|(role, _)| role == "voter"), "{status}");
+
+    // Node 1 leaves, asked through node 2.
+    let removed = tinker_admin(cluster.nodes[&2].admin_addr, &["cluster", "remove", "1"]);
+    assert!(
+        removed.contains("node 1 removed; voters per shard: [[2,3,4],[2,3,4]]"),
+        "{removed}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    let mut slowest = Duration::ZERO;
+    for writer in writers {
+        let (keys, slow) = runtime().block_on(writer).unwrap();
+        acked.extend(keys);
+        slowest = slowest.max(slow);
+    }
+    assert!(acked.len() > 20, "only {} writes under load", acked.len());
+    cluster.kill(1);
+
+    // Everything acknowledged reads back through the new node.
+    let client = cluster.client(4);
+    runtime().block_on(async {
+        for key in &acked {
+            assert!(client.get(key).await.unwrap().is_some(), "{key} on node 4");
+        }
+    });
+
+    // Health: node 3 dies; node 4's probes report it down, and the
+    // remaining majority (2 and 4) still takes writes.
+    cluster.kill(3);
+    let mut status = String::new();
+    assert!(
+        common::eventually(Duration::from_secs(10), || {
+            status = tinker_admin(cluster.nodes[&4].admin_addr, &["cluster", "status"]);
+            status_rows(&status)
+                .get(&3)
+                .is_some_and(|(_, health)| health == "down")
+        }),
+        "node 3 never reported down: {status}"
+    );
+    let rows = status_rows(&status);
+    assert_eq!(
+        rows.keys().copied().collect::<Vec<_>>(),
+        vec![2, 3, 4],
+        "{status}"
+    );
+    assert_eq!(rows[&2].1, "up", "{status}");
+    runtime().block_on(async {
+        client.set("after-node-3-died", "v").await.unwrap();
+    });
+    eprintln!(
+        "membership (processes): node 4 joined in {join_took:?}, node 1 removed; {} writes under load, \
+         none failed, slowest {slowest:?}; node 3 killed and reported down\n{status}",
+        acked.len()
+    );
 }
