@@ -40,9 +40,11 @@ use tinkerdb_replication::network::Peers;
 use tinkerdb_replication::state_machine::Applier;
 use tinkerdb_replication::{Command, Node, Response};
 use tinkerdb_schemas::wire::ErrorCode;
+use tinkerdb_storage::log_op::LoggedOp;
+use tinkerdb_storage::snapshot;
 use tinkerdb_storage::{hash_slot, Expiry, SetOptions, WriteCondition, WriteOutcome};
 
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, RaftTuning};
 use crate::protocol::ProtocolError;
 use crate::router::{now_ms, CoreContext};
 use crate::shard::{ShardReply, ShardRequest, SlotKey};
@@ -60,10 +62,6 @@ pub struct Replica {
     /// The port offset of this core's Raft listener (= the core index).
     pub core: usize,
 }
-
-/// One key in a snapshot dump: tenant name, key, value, version, expiry
-/// (Unix ms).
-type DumpedEntry = (String, Vec<u8>, Vec<u8>, u64, Option<u64>);
 
 /// Applies committed commands to this core's shard.
 pub struct ShardApplier {
@@ -128,37 +126,53 @@ impl Applier for ShardApplier {
         }
     }
 
-    fn dump(&self) -> Vec<u8> {
-        let context = &self.context;
-        let shard = context.shard.borrow();
-        let registry = context.tenants.get();
-        let mut entries: Vec<DumpedEntry> = Vec::new();
-        for slot in context.slot_map.slot_range(context.core) {
-            shard.store().for_each_entry_in_slot(
-                slot as u16,
-                |tenant, key, value, version, expires| {
-                    let name = registry.by_id(tenant).name.to_string();
-                    entries.push((name, key.to_vec(), value.to_vec(), version, expires));
-                },
-            );
-        }
-        postcard::to_allocvec(&entries).expect("entries serialize")
+    fn begin_snapshot(&mut self, last_index: u64) -> Result<(), String> {
+        self.context
+            .shard
+            .borrow_mut()
+            .begin_snapshot_at(last_index, now_ms())
     }
 
-    fn restore(&mut self, dump: &[u8]) -> Result<(), String> {
-        let entries: Vec<DumpedEntry> =
-            postcard::from_bytes(dump).map_err(|error| error.to_string())?;
+    fn snapshot_step(&mut self) -> (Vec<u8>, bool) {
+        self.context.shard.borrow_mut().snapshot_step()
+    }
+
+    fn finish_snapshot(&mut self) -> Vec<u8> {
+        self.context.shard.borrow_mut().finish_snapshot().0
+    }
+
+    fn abort_snapshot(&mut self) {
+        self.context.shard.borrow_mut().abort_snapshot();
+    }
+
+    fn restore(&mut self, data_file: &std::path::Path) -> Result<(), String> {
         let context = &self.context;
+        let registry = context.tenants.get();
         let mut store = tinkerdb_storage::Store::new();
-        for (name, key, value, version, expires) in entries {
-            let tenant = context
-                .tenants
-                .by_name(&name)
-                .ok_or_else(|| format!("snapshot names unknown tenant {name:?}"))?;
-            let slot = hash_slot(&name, &key);
-            store.restore(tenant.id, slot, &key, &value, version, expires);
-        }
+        let info = snapshot::load(data_file, |op| match op {
+            LoggedOp::Put {
+                tenant,
+                slot,
+                key,
+                value,
+                version,
+                expires_at_ms,
+            } => {
+                let tenant = registry
+                    .by_name(tenant)
+                    .ok_or_else(|| format!("the snapshot names unknown tenant {tenant:?}"))?;
+                store.restore(tenant.id, slot, key, value, version, expires_at_ms);
+                Ok(())
+            }
+            other => Err(format!("a snapshot holds only puts, not {other:?}")),
+        })
+        .map_err(|error| error.to_string())?;
+        // Versions continue from the cut's counter on every replica alike.
+        store.raise_last_version(info.last_version);
         let mut shard = context.shard.borrow_mut();
+        // A snapshot of this shard still being written keeps describing
+        // its cut: copy what it has not reached before the data goes.
+        shard.snapshot_cover_all();
         *shard.store_mut() = store;
         drop(shard);
         crate::admin_service::apply_quotas(context, &context.tenants.get());
@@ -171,6 +185,7 @@ impl Applier for ShardApplier {
 pub async fn start_replica(
     context: &Rc<CoreContext>,
     cluster: &ClusterConfig,
+    tuning: &RaftTuning,
 ) -> anyhow::Result<()> {
     let core = context.core;
     let port_of = |addr: std::net::SocketAddr| {
@@ -211,8 +226,8 @@ pub async fn start_replica(
         members,
         wal_dir: context.core_dir.join("raft"),
         snapshot_dir: context.core_dir.join("raft-snapshots"),
-        snapshot_every_entries: group::SNAPSHOT_EVERY_ENTRIES,
-        logs_kept_after_snapshot: group::LOGS_KEPT_AFTER_SNAPSHOT,
+        snapshot_every_entries: tuning.snapshot_every_entries,
+        logs_kept_after_snapshot: tuning.logs_kept_after_snapshot,
         // A node that joins a running cluster waits to be added.
         initialize: cluster.join.is_none(),
     };

@@ -47,6 +47,29 @@ pub struct NodeConfig {
     pub tenants: Vec<TenantConfig>,
     /// Cluster mode (Raft replication); absent: a standalone node.
     pub cluster: Option<ClusterConfig>,
+    /// Raft tuning for cluster mode.
+    pub raft: RaftTuning,
+}
+
+/// How a node's Raft groups snapshot and compact their logs.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftTuning {
+    /// A group snapshots its shard after this many log entries since its
+    /// last snapshot, then purges the log before it.
+    pub snapshot_every_entries: u64,
+    /// Entries kept below a snapshot, so that a follower a little behind
+    /// catches up by log rather than by a whole snapshot.
+    pub logs_kept_after_snapshot: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        RaftTuning {
+            snapshot_every_entries: tinkerdb_replication::group::SNAPSHOT_EVERY_ENTRIES,
+            logs_kept_after_snapshot: tinkerdb_replication::group::LOGS_KEPT_AFTER_SNAPSHOT,
+        }
+    }
 }
 
 /// A node's place in a cluster (see docs/replication.md).
@@ -130,6 +153,7 @@ impl Default for NodeConfig {
             limits: Limits::default(),
             tenants: vec![TenantConfig::unlimited(DEFAULT_TENANT)],
             cluster: None,
+            raft: RaftTuning::default(),
         }
     }
 }
@@ -306,6 +330,9 @@ impl NodeConfig {
         if limits.scan_count_default > limits.scan_count_max {
             return invalid("limits.scan_count_default must not exceed scan_count_max".into());
         }
+        if self.raft.snapshot_every_entries == 0 {
+            return invalid("raft.snapshot_every_entries must be at least 1".into());
+        }
         if let Some(cluster) = &self.cluster {
             let mut ids: Vec<u64> = cluster.nodes.iter().map(|node| node.id).collect();
             ids.sort_unstable();
@@ -377,6 +404,7 @@ mod tests {
         assert_eq!(parsed.listen, config.listen);
         assert_eq!(parsed.data_dir, config.data_dir);
         assert_eq!(parsed.tenants[0], TenantConfig::unlimited(DEFAULT_TENANT));
+        assert_eq!(parsed.raft, RaftTuning::default());
     }
 
     #[test]

@@ -464,7 +464,7 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
     }
     apply_quotas(&context, &setup.tenants);
     if let Some(cluster) = &setup.config.cluster {
-        crate::cluster::start_replica(&context, cluster).await?;
+        crate::cluster::start_replica(&context, cluster, &setup.config.raft).await?;
     }
     for connecting in inbound_connecting {
         let inbound = connecting.await;

@@ -415,6 +415,33 @@ impl Shard {
         Ok(cut_index)
     }
 
+    /// Starts a snapshot of this shard as it is now, labelled `cut_index`
+    /// (cluster mode: the Raft index of the last applied entry; there is no
+    /// shard WAL). Refused while another snapshot is in progress.
+    pub fn begin_snapshot_at(&mut self, cut_index: u64, created_ms: u64) -> Result<(), String> {
+        if self.journal.snapshot.is_some() {
+            return Err("a snapshot of this shard is already in progress".into());
+        }
+        self.journal.snapshot = Some(SnapshotCut::new(
+            cut_index,
+            self.store.last_version(),
+            self.slot_map.slot_range(self.core),
+            created_ms,
+        ));
+        Ok(())
+    }
+
+    /// Copies every slot the snapshot in progress has not reached yet, as
+    /// they are now: call before replacing the whole store, so that the
+    /// snapshot still describes the state at its cut.
+    pub fn snapshot_cover_all(&mut self) {
+        let journal = &mut self.journal;
+        if let Some(mut snapshot) = journal.snapshot.take() {
+            snapshot.before_write_everywhere(&self.store, &journal.tenant_name());
+            journal.snapshot = Some(snapshot);
+        }
+    }
+
     /// Serialises the next slots of the snapshot in progress; returns the
     /// bytes ready to write and whether every slot is done.
     pub fn snapshot_step(&mut self) -> (Vec<u8>, bool) {

@@ -13,6 +13,10 @@ use tinkerdb_client::{Client, ClientConfig};
 
 const CORES: usize = 2;
 
+/// Snapshot and purge every few dozen entries, so that these short tests
+/// run through snapshots, purged logs and catch-up by snapshot.
+const RAFT_TUNING: &str = "[raft]\nsnapshot_every_entries = 40\nlogs_kept_after_snapshot = 5\n";
+
 /// `n` Raft base ports, each with the next `CORES - 1` ports free too.
 fn raft_ports(n: usize) -> Vec<u16> {
     let mut ports = Vec::new();
@@ -64,7 +68,7 @@ impl Cluster {
             "--peers".to_string(),
             self.peers.clone(),
         ];
-        let node = TestNode::start_with_args(CORES, "", &self.dirs[&id], &[], &args);
+        let node = TestNode::start_with_args(CORES, RAFT_TUNING, &self.dirs[&id], &[], &args);
         self.nodes.insert(id, node);
     }
 
@@ -81,14 +85,17 @@ impl Cluster {
         runtime().block_on(Client::connect(config)).unwrap()
     }
 
-    /// Leaders of the groups, as node `id` sees them.
-    fn leaders(&self, id: u64) -> Vec<Option<u64>> {
+    /// The groups as node `id` sees them (`/v1/cluster`'s shards).
+    fn shards(&self, id: u64) -> Vec<serde_json::Value> {
         let url = format!("http://{}/v1/cluster", self.nodes[&id].admin_addr);
         let body: serde_json::Value = reqwest::blocking::get(url).unwrap().json().unwrap();
         assert_eq!(body["mode"], "raft", "{body}");
-        body["shards"]
-            .as_array()
-            .unwrap()
+        body["shards"].as_array().unwrap().clone()
+    }
+
+    /// Leaders of the groups, as node `id` sees them.
+    fn leaders(&self, id: u64) -> Vec<Option<u64>> {
+        self.shards(id)
             .iter()
             .map(|shard| shard["leader"].as_u64())
             .collect()
@@ -137,6 +144,9 @@ fn kill_9_of_a_leader_loses_no_acknowledged_write_and_the_node_catches_up() {
 
     // kill -9 the leader of group 0, then keep writing through the others.
     let victim = agreed[0].unwrap();
+    let victim_last_index = cluster.shards(victim)[0]["last_log_index"]
+        .as_u64()
+        .unwrap();
     let survivors: Vec<u64> = (1..=3).filter(|id| *id != victim).collect();
     cluster.kill(victim);
     let killed_at = Instant::now();
@@ -166,16 +176,30 @@ fn kill_9_of_a_leader_loses_no_acknowledged_write_and_the_node_catches_up() {
         new_leaders[0].is_some_and(|leader| leader != victim),
         "{new_leaders:?}"
     );
+    // The survivors compacted group 0's log past what the victim holds:
+    // it can only catch up by snapshot.
+    let purged = cluster.shards(survivors[0])[0]["purged_index"].as_u64();
+    assert!(
+        purged.is_some_and(|purged| purged > victim_last_index),
+        "group 0 purged to {purged:?}, the victim has up to {victim_last_index}"
+    );
     eprintln!(
-        "killed node {victim} (leader of group 0); slowest write after the kill {slowest:?}; \
-         240 writes acknowledged in {:?}, none lost",
+        "killed node {victim} (leader of group 0, log up to {victim_last_index}); slowest write \
+         after the kill {slowest:?}; 240 writes acknowledged in {:?}, none lost; survivors purged \
+         group 0 to {purged:?}",
         killed_at.elapsed()
     );
 
-    // The killed node restarts from its Raft log and catches up.
+    // The killed node restarts from its snapshot and log, and catches up
+    // by snapshot.
     cluster.start_node(victim);
     let client = cluster.client(victim);
     runtime().block_on(assert_all_readable(&client, &acked, "the restarted node"));
+    let installed = cluster.shards(victim)[0]["snapshot_index"].as_u64();
+    assert!(
+        installed.is_some_and(|index| index > victim_last_index),
+        "the restarted node holds snapshot {installed:?}"
+    );
 }
 
 /// Every acknowledged write reads back through `client` with its value.

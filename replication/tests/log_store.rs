@@ -16,7 +16,7 @@ use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::{RaftLogReader, StorageError};
 use openraft_rt::{AsyncRuntime, Oneshot};
 use tinkerdb_replication::log_store::RECORD_KIND_RAFT_ENTRY;
-use tinkerdb_replication::state_machine::{Applier, StateMachine};
+use tinkerdb_replication::state_machine::{Applier, StateMachine, WholeCopy};
 use tinkerdb_replication::{
     Command, Entry, GlommioRuntime, LogId, Membership, Response, TypeConfig, Vote, WalLogStore,
 };
@@ -48,6 +48,7 @@ impl Drop for TempDir {
 #[derive(Default)]
 struct CountingApplier {
     applied_commands: u64,
+    snapshot: WholeCopy,
 }
 
 impl Applier for CountingApplier {
@@ -57,13 +58,24 @@ impl Applier for CountingApplier {
             version: self.applied_commands,
         }
     }
-    fn dump(&self) -> Vec<u8> {
-        self.applied_commands.to_le_bytes().to_vec()
+    fn begin_snapshot(&mut self, _last_index: u64) -> Result<(), String> {
+        self.snapshot
+            .begin(self.applied_commands.to_le_bytes().to_vec())
     }
-    fn restore(&mut self, dump: &[u8]) -> Result<(), String> {
-        let bytes: [u8; 8] = dump
+    fn snapshot_step(&mut self) -> (Vec<u8>, bool) {
+        self.snapshot.step()
+    }
+    fn finish_snapshot(&mut self) -> Vec<u8> {
+        self.snapshot.finish()
+    }
+    fn abort_snapshot(&mut self) {
+        self.snapshot.finish();
+    }
+    fn restore(&mut self, data_file: &Path) -> Result<(), String> {
+        let data = std::fs::read(data_file).map_err(|e| e.to_string())?;
+        let bytes: [u8; 8] = data
             .try_into()
-            .map_err(|_| "a dump is 8 bytes".to_string())?;
+            .map_err(|_| "a snapshot of this applier is 8 bytes".to_string())?;
         self.applied_commands = u64::from_le_bytes(bytes);
         Ok(())
     }

@@ -58,14 +58,17 @@ fn a_follower_behind_a_purged_log_catches_up_by_snapshot() {
         purged > behind_index,
         "the leader purged up to {purged}, not past the follower's {behind_index}"
     );
-    let snapshots = std::fs::read_dir(dir(leader).join("snapshots"))
+    let mut snapshot_files: Vec<String> = std::fs::read_dir(dir(leader).join("snapshots"))
         .unwrap()
-        .filter(|entry| {
-            let name = entry.as_ref().unwrap().file_name();
-            name.to_string_lossy().ends_with(".snap")
-        })
-        .count();
-    assert_eq!(snapshots, 1, "older snapshot files are deleted");
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.ends_with(".tmp"))
+        .collect();
+    snapshot_files.sort();
+    assert_eq!(
+        snapshot_files.len(),
+        2,
+        "one snapshot (data and meta), older ones deleted: {snapshot_files:?}"
+    );
 
     // The follower restarts from its own (short) log; the leader can only
     // send it a snapshot.

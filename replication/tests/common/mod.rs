@@ -16,7 +16,7 @@ use tinkerdb_replication::group::{
     self, CoreGroups, GroupSpec, GroupStatus, MemberChange, ReadRefused,
 };
 use tinkerdb_replication::network::Peers;
-use tinkerdb_replication::state_machine::Applier;
+use tinkerdb_replication::state_machine::{Applier, WholeCopy};
 use tinkerdb_replication::transport::serve_peers_until;
 use tinkerdb_replication::{Command, Node, NodeId, Response};
 
@@ -28,6 +28,7 @@ pub const GROUP: u64 = 7;
 pub struct MapApplier {
     map: BTreeMap<Vec<u8>, Vec<u8>>,
     version: u64,
+    snapshot: WholeCopy,
 }
 
 impl Applier for MapApplier {
@@ -45,11 +46,22 @@ impl Applier for MapApplier {
             },
         }
     }
-    fn dump(&self) -> Vec<u8> {
-        postcard::to_allocvec(&self.map).unwrap()
+    fn begin_snapshot(&mut self, _last_index: u64) -> Result<(), String> {
+        let copy = postcard::to_allocvec(&(&self.map, self.version)).unwrap();
+        self.snapshot.begin(copy)
     }
-    fn restore(&mut self, dump: &[u8]) -> Result<(), String> {
-        self.map = postcard::from_bytes(dump).map_err(|e| e.to_string())?;
+    fn snapshot_step(&mut self) -> (Vec<u8>, bool) {
+        self.snapshot.step()
+    }
+    fn finish_snapshot(&mut self) -> Vec<u8> {
+        self.snapshot.finish()
+    }
+    fn abort_snapshot(&mut self) {
+        self.snapshot.finish();
+    }
+    fn restore(&mut self, data_file: &std::path::Path) -> Result<(), String> {
+        let data = std::fs::read(data_file).map_err(|e| e.to_string())?;
+        (self.map, self.version) = postcard::from_bytes(&data).map_err(|e| e.to_string())?;
         Ok(())
     }
 }
