@@ -838,6 +838,26 @@ pub struct ScanPage {
     pub cursor: Option<String>,
 }
 
+/// How a read sees a replicated shard.
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// Sees every write acknowledged before the read began (read index).
+    #[default]
+    Linearizable,
+    /// Cluster mode: this node's replica as it is, without asking the
+    /// shard's leader; possibly behind, but answers without a quorum.
+    Stale,
+}
+
+/// Read options.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct GetQuery {
+    /// `linearizable` (default) or `stale`.
+    pub consistency: Option<Consistency>,
+}
+
 /// Write options.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -905,16 +925,20 @@ fn value_body(key: String, stored: StoredValue) -> ValueBody {
 /// Reads a key.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/keys/{key}", tag = "keys",
     params(("tenant" = String, Path, description = "Tenant name"),
-           ("key" = String, Path, description = "Key (URL-encoded)")),
+           ("key" = String, Path, description = "Key (URL-encoded)"), GetQuery),
     responses((status = 200, body = ValueBody), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-              (status = 413, body = ErrorBody)))]
+              (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn get_key(
     State(state): State<AppState>,
     Path((tenant, key)): Path<(String, String)>,
+    query: Result<Query<GetQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<ValueBody>> {
+    let Query(query) =
+        query.map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.body_text()))?;
     check_key(&state, &key)?;
     let op = KeyOp::Get {
         key: Bytes::from(key.clone()),
+        stale: query.consistency == Some(Consistency::Stale),
     };
     match key_call(&state, tenant, op).await? {
         CoreResponse::Value(Some(stored)) => Ok(Json(value_body(key, stored))),

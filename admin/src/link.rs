@@ -75,6 +75,9 @@ pub enum KeyOp {
     Get {
         /// Key.
         key: Bytes,
+        /// Cluster mode: answer from this node's replica without the read
+        /// index.
+        stale: bool,
     },
     /// Write, with an optional time to live (0: none).
     Put {

@@ -25,6 +25,10 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Longest wait for any one answer.
     pub request_timeout: Duration,
+    /// Cluster mode: let reads answer from the node reached without asking
+    /// the shard's leader (faster, available without a quorum, but possibly
+    /// behind the latest writes). Off: reads are linearizable.
+    pub stale_reads: bool,
 }
 
 impl ClientConfig {
@@ -37,7 +41,14 @@ impl ClientConfig {
             connections: 2,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
+            stale_reads: false,
         }
+    }
+
+    /// The same with stale reads allowed (see [`ClientConfig::stale_reads`]).
+    pub fn stale_reads(mut self, allowed: bool) -> ClientConfig {
+        self.stale_reads = allowed;
+        self
     }
 
     /// The same with another tenant.
@@ -370,6 +381,7 @@ async fn open(config: &ClientConfig) -> Result<(Connection, HelloInfo), ClientEr
         &config.addr,
         &config.tenant,
         &config.client_name,
+        config.stale_reads,
         config.connect_timeout,
         config.request_timeout,
     )

@@ -19,6 +19,9 @@ pub enum Request<'a> {
         tenant: &'a str,
         /// Free text.
         client_name: &'a str,
+        /// Cluster mode: reads may answer from the replica reached, without
+        /// the read index (possibly behind the latest writes).
+        stale_reads: bool,
     },
     /// Round trip.
     Ping,
@@ -168,6 +171,7 @@ pub fn encode_request(
         Request::Hello {
             tenant,
             client_name,
+            stale_reads,
         } => {
             let tenant = builder.create_string(tenant);
             let client_name = builder.create_string(client_name);
@@ -177,6 +181,11 @@ pub fn encode_request(
                     protocol_version: tinkerdb_schemas::PROTOCOL_VERSION,
                     tenant: Some(tenant),
                     client_name: Some(client_name),
+                    read_consistency: if stale_reads {
+                        wire::ReadConsistency::Stale
+                    } else {
+                        wire::ReadConsistency::Linearizable
+                    },
                 },
             );
             (wire::Request::Hello, table.as_union_value())

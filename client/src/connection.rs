@@ -74,6 +74,7 @@ impl Connection {
         addr: &str,
         tenant: &str,
         client_name: &str,
+        stale_reads: bool,
         connect_timeout: Duration,
         request_timeout: Duration,
     ) -> Result<(Connection, HelloInfo), ClientError> {
@@ -111,6 +112,7 @@ impl Connection {
         let hello = Request::Hello {
             tenant,
             client_name,
+            stale_reads,
         };
         match connection.call(&hello, request_timeout).await? {
             Response::HelloOk { tenant, cores, .. } => {

@@ -146,6 +146,7 @@ async fn run_command(
             Session {
                 tenant: tenant.id,
                 tenant_name: tenant.name,
+                stale_reads: false,
             }
         }
     };
@@ -161,6 +162,7 @@ async fn run_command(
                 key,
             };
             let owner = context.slot_map.owner(slot);
+            let request = session.reading(request);
             single_key_reply(context.call(owner, request).await?, &session)
         }
         Command::Set {
@@ -194,9 +196,10 @@ async fn key_op(context: &CoreContext, tenant: &str, op: KeyOp) -> CoreResponse 
     let session = Session {
         tenant: found.id,
         tenant_name: found.name,
+        stale_reads: matches!(op, KeyOp::Get { stale: true, .. }),
     };
     let command = match op {
-        KeyOp::Get { key } => Command::Get { key },
+        KeyOp::Get { key, .. } => Command::Get { key },
         KeyOp::Put { key, value, ttl_ms } => Command::Set {
             key,
             value,

@@ -432,6 +432,12 @@ pub async fn execute_replicated(
         }
         // Quotas are configuration: each replica sets its own share.
         ShardRequest::SetQuota { .. } => context.execute_here(request).0,
+        // Opted-in stale read: this replica's state as it is, no leader
+        // asked (answers even without a quorum; may lag the leader).
+        ShardRequest::Stale(read) if read.is_read() => context.execute_here(*read).0,
+        ShardRequest::Stale(request) => {
+            Box::pin(execute_replicated(context, replica, *request)).await
+        }
         ShardRequest::Batch(requests) => {
             let mut replies = Vec::with_capacity(requests.len());
             for request in requests {

@@ -47,6 +47,21 @@ pub const READ_BUFFER_INITIAL_BYTES: usize = 8 << 10;
 pub(crate) struct Session {
     pub(crate) tenant: TenantId,
     pub(crate) tenant_name: Arc<str>,
+    /// Reads may skip the read index in cluster mode (Hello's
+    /// `read_consistency = Stale`).
+    pub(crate) stale_reads: bool,
+}
+
+impl Session {
+    /// `request` as this session reads: marked [`ShardRequest::Stale`] when
+    /// it is a read and the session opted in to stale reads.
+    pub(crate) fn reading(&self, request: ShardRequest) -> ShardRequest {
+        if self.stale_reads && request.is_read() {
+            ShardRequest::Stale(Box::new(request))
+        } else {
+            request
+        }
+    }
 }
 
 /// An answer being produced.
@@ -305,10 +320,11 @@ impl Connection {
                 Command::Hello {
                     protocol_version,
                     tenant,
+                    stale_reads,
                     ..
                 },
                 _,
-            ) => Pending::Ready(self.hello(protocol_version, &tenant)),
+            ) => Pending::Ready(self.hello(protocol_version, &tenant, stale_reads)),
             (_, None) => Pending::Ready(Reply::Error(ProtocolError::new(
                 ErrorCode::HandshakeRequired,
                 "send Hello before any other request",
@@ -364,6 +380,7 @@ impl Connection {
             // Cluster mode: one request at a time through Raft (ordered;
             // pipelining across a group is future work).
             self.remote.flush(&self.context).await;
+            let request = session.reading(request);
             return Pending::Ready(match self.context.call(owner, request).await {
                 Ok(reply) => single_key_reply(reply, &session),
                 Err(error) => Reply::Error(error),
@@ -387,7 +404,7 @@ impl Connection {
         }
     }
 
-    fn hello(&mut self, protocol_version: u32, tenant: &str) -> Reply {
+    fn hello(&mut self, protocol_version: u32, tenant: &str, stale_reads: bool) -> Reply {
         if protocol_version != PROTOCOL_VERSION {
             return Reply::Error(ProtocolError::new(
                 ErrorCode::UnsupportedVersion,
@@ -417,6 +434,7 @@ impl Connection {
         self.session = Some(Session {
             tenant: tenant.id,
             tenant_name: tenant.name.clone(),
+            stale_reads,
         });
         Reply::HelloOk {
             tenant: tenant.name.to_string(),
@@ -518,11 +536,12 @@ fn group_by_core(
 /// Sends one request per core, then waits for all (so cores work at once).
 async fn fan_out(
     context: &CoreContext,
+    session: &Session,
     requests: Vec<(CoreId, ShardRequest)>,
 ) -> Result<Vec<ShardReply>, ProtocolError> {
     let mut dispatched = Vec::with_capacity(requests.len());
     for (core, request) in requests {
-        dispatched.push(context.dispatch(core, request).await?);
+        dispatched.push(context.dispatch(core, session.reading(request)).await?);
     }
     let mut replies = Vec::with_capacity(dispatched.len());
     let mut refused = None;
@@ -552,21 +571,21 @@ pub(crate) async fn execute_multi(
                 .into_iter()
                 .map(|(core, _, keys)| (core, ShardRequest::Delete { tenant, keys }))
                 .collect();
-            sum_counts(fan_out(context, requests).await?)
+            sum_counts(fan_out(context, session, requests).await?)
         }
         Command::Exists { keys } => {
             let requests = group_by_core(context, session, keys)
                 .into_iter()
                 .map(|(core, _, keys)| (core, ShardRequest::Exists { tenant, keys }))
                 .collect();
-            sum_counts(fan_out(context, requests).await?)
+            sum_counts(fan_out(context, session, requests).await?)
         }
         Command::Count => {
             let requests = (0..context.slot_map.cores())
                 .map(|core| (core, ShardRequest::Usage { tenant }))
                 .collect();
             let mut total = 0;
-            for reply in fan_out(context, requests).await? {
+            for reply in fan_out(context, session, requests).await? {
                 match reply {
                     ShardReply::Usage(usage) => total += usage.keys,
                     other => return Err(unexpected(&other)),
@@ -591,7 +610,10 @@ pub(crate) async fn execute_multi(
                 .unzip();
             let mut values = vec![None; key_count];
             let mut bytes = 0;
-            for (indexes, reply) in positions.into_iter().zip(fan_out(context, requests).await?) {
+            for (indexes, reply) in positions
+                .into_iter()
+                .zip(fan_out(context, session, requests).await?)
+            {
                 let found = match reply {
                     ShardReply::Values(found) => found,
                     ShardReply::TooLarge(partial) => {
@@ -632,7 +654,10 @@ pub(crate) async fn execute_multi(
             let mut versions = vec![0; key_count];
             let mut written = 0;
             let mut refused = None;
-            for (indexes, reply) in positions.into_iter().zip(fan_out(context, requests).await?) {
+            for (indexes, reply) in positions
+                .into_iter()
+                .zip(fan_out(context, session, requests).await?)
+            {
                 let ShardReply::WrittenMany(done, error) = reply else {
                     return Err(unexpected(&reply));
                 };
@@ -661,7 +686,7 @@ pub(crate) async fn execute_multi(
             count,
         } => {
             let filter = Arc::new(KeyFilter { prefix, pattern });
-            let (keys, next) = scan(context, tenant, cursor, filter, count).await?;
+            let (keys, next) = scan(context, session, cursor, filter, count).await?;
             Ok(Reply::Scanned {
                 cursor: if next as usize >= SLOT_COUNT {
                     0
@@ -683,7 +708,7 @@ pub(crate) async fn execute_multi(
             while (cursor as usize) < SLOT_COUNT {
                 let (found, next) = scan(
                     context,
-                    tenant,
+                    session,
                     cursor,
                     filter.clone(),
                     limit + 1 - keys.len(),
@@ -717,7 +742,7 @@ pub(crate) async fn execute_multi(
                 .map(|core| (core, ShardRequest::Snapshot))
                 .collect();
             let (mut keys, mut bytes) = (0, 0);
-            for reply in fan_out(context, requests).await? {
+            for reply in fan_out(context, session, requests).await? {
                 match reply {
                     ShardReply::Snapshotted(Ok((entries, size))) => {
                         keys += entries;
@@ -747,7 +772,7 @@ pub(crate) async fn execute_multi(
 /// that owns the following slots has taken one bounded step.
 async fn scan(
     context: &CoreContext,
-    tenant: TenantId,
+    session: &Session,
     mut cursor: u32,
     filter: Arc<KeyFilter>,
     count: usize,
@@ -757,12 +782,12 @@ async fn scan(
     while (cursor as usize) < SLOT_COUNT && keys.len() < count && steps < context.slot_map.cores() {
         let owner = context.slot_map.owner(cursor as u16);
         let request = ShardRequest::Scan {
-            tenant,
+            tenant: session.tenant,
             start_slot: cursor,
             filter: filter.clone(),
             max_keys: count - keys.len(),
         };
-        match context.call(owner, request).await? {
+        match context.call(owner, session.reading(request)).await? {
             ShardReply::Scanned {
                 keys: found,
                 next_slot,

@@ -26,6 +26,8 @@ pub enum Command {
         tenant: String,
         /// Client's self-description.
         client_name: String,
+        /// Reads may answer from local state in cluster mode (opt-in).
+        stale_reads: bool,
     },
     /// No-op round trip.
     Ping,
@@ -146,6 +148,7 @@ fn command_of(
                 protocol_version: hello.protocol_version(),
                 tenant: hello.tenant().unwrap_or_default().to_owned(),
                 client_name: hello.client_name().unwrap_or_default().to_owned(),
+                stale_reads: hello.read_consistency() == wire::ReadConsistency::Stale,
             }
         }
         wire::Request::Ping => Command::Ping,

@@ -303,6 +303,7 @@ pub async fn serve_resp_connection(
     let session = Session {
         tenant: default.id,
         tenant_name: default.name.clone(),
+        stale_reads: false,
     };
     let mut connection = RespConnection {
         context,
@@ -891,6 +892,7 @@ impl RespConnection {
                 self.session = Session {
                     tenant: tenant.id,
                     tenant_name: tenant.name.clone(),
+                    stale_reads: false,
                 };
                 RespValue::Simple("OK")
             }

@@ -148,6 +148,10 @@ pub enum ShardRequest {
     /// pipeline, sent as one message to amortise the cross-core hop.
     /// Executed in order; answered by `ShardReply::Batch` in the same order.
     Batch(Vec<ShardRequest>),
+    /// A read that may answer from this replica's state without the read
+    /// index (cluster mode, a session that opted in to stale reads). On a
+    /// standalone shard it is the read itself: one copy is never stale.
+    Stale(Box<ShardRequest>),
     /// Take a snapshot of this core (handled by the core's context, not by
     /// `Shard::execute`: it runs as a background task); answers `Snapshotted`.
     Snapshot,
@@ -352,6 +356,18 @@ impl Journal {
 }
 
 impl ShardRequest {
+    /// Does this request only read the store?
+    pub fn is_read(&self) -> bool {
+        matches!(
+            self,
+            ShardRequest::Get { .. }
+                | ShardRequest::GetMany { .. }
+                | ShardRequest::Exists { .. }
+                | ShardRequest::Scan { .. }
+                | ShardRequest::Usage { .. }
+        )
+    }
+
     /// Does this request change the store?
     fn is_write(&self) -> bool {
         matches!(
@@ -594,6 +610,7 @@ impl Shard {
                 journal.append(LoggedOp::Flush { tenant: &name });
                 ShardReply::Count(removed)
             }
+            ShardRequest::Stale(read) => self.execute(*read, now_ms),
             ShardRequest::Batch(requests) => ShardReply::Batch(
                 requests
                     .into_iter()

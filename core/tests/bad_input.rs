@@ -46,6 +46,7 @@ fn hello(version: u32, tenant: &str) -> impl FnOnce(&mut FlatBufferBuilder<'stat
                 protocol_version: version,
                 tenant: Some(tenant),
                 client_name: None,
+                ..Default::default()
             },
         );
         (wire::Request::Hello, table.as_union_value())

@@ -381,3 +381,63 @@ fn a_node_joins_and_another_leaves_under_load_and_health_shows_a_dead_peer() {
         acked.len()
     );
 }
+
+#[test]
+fn stale_reads_answer_without_a_quorum_and_linearizable_reads_refuse() {
+    let mut cluster = Cluster::start();
+    let writer = cluster.client(1);
+    runtime().block_on(async {
+        writer.set("stale-key", "v1").await.unwrap();
+    });
+    // Every replica has applied it (a linearizable read through each).
+    for id in 1..=3 {
+        let client = cluster.client(id);
+        runtime().block_on(async {
+            assert_eq!(client.get("stale-key").await.unwrap().unwrap().value, "v1");
+        });
+    }
+    drop(writer);
+    // Only node 3 is left: no group has a quorum.
+    cluster.kill(1);
+    cluster.kill(2);
+    let linearizable = cluster.client(3);
+    let stale = {
+        let config = ClientConfig::new(cluster.nodes[&3].addr.to_string())
+            .request_timeout(Duration::from_secs(15))
+            .stale_reads(true);
+        runtime().block_on(Client::connect(config)).unwrap()
+    };
+    runtime().block_on(async {
+        let started = Instant::now();
+        let value = stale.get("stale-key").await.unwrap().unwrap();
+        assert_eq!(value.value, "v1");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "a stale read waits for nobody"
+        );
+        let error = linearizable.get("stale-key").await.unwrap_err();
+        assert_eq!(
+            error.code(),
+            Some(tinkerdb_client::ErrorCode::Unavailable),
+            "{error}"
+        );
+        // Stale is for reads only: a write still needs a quorum.
+        let error = stale.set("stale-key", "v2").await.unwrap_err();
+        assert_eq!(
+            error.code(),
+            Some(tinkerdb_client::ErrorCode::Unavailable),
+            "{error}"
+        );
+    });
+    // The same through the HTTP API.
+    let admin = cluster.nodes[&3].admin_addr;
+    let url = format!("http://{admin}/v1/tenants/default/keys/stale-key");
+    let stale_read = reqwest::blocking::get(format!("{url}?consistency=stale")).unwrap();
+    assert_eq!(stale_read.status(), 200);
+    let body: serde_json::Value = stale_read.json().unwrap();
+    assert_eq!(body["value"], "v1", "{body}");
+    let bad = reqwest::blocking::get(format!("{url}?consistency=eventually")).unwrap();
+    assert_eq!(bad.status(), 400);
+    let refused = reqwest::blocking::get(&url).unwrap();
+    assert_eq!(refused.status(), 503);
+}

@@ -34,6 +34,7 @@ fn pipelined_requests_apply_in_order() {
     let mut requests = vec![Request::Hello {
         tenant: "",
         client_name: "order-test",
+        stale_reads: false,
     }];
     for value in &values {
         requests.extend(keys.iter().map(|key| set(key, value)));

@@ -70,6 +70,7 @@ impl Connection {
             let hello = Request::Hello {
                 tenant: &tenant,
                 client_name: "tinkerdb-bench",
+                stale_reads: false,
             };
             encode_request(&mut connection.builder, 0, &hello, &mut connection.out);
             connection.flush().await?;

@@ -25,6 +25,10 @@ struct Args {
     /// Request timeout in milliseconds.
     #[arg(long, default_value_t = 5000)]
     timeout_ms: u64,
+    /// Cluster mode: reads answer from the node reached without asking the
+    /// shard's leader (may miss the latest writes; works without a quorum).
+    #[arg(long)]
+    stale_reads: bool,
     /// The node's admin API address (for `cluster` commands).
     #[arg(long, default_value = "127.0.0.1:7380", env = "TINKER_ADMIN")]
     admin: String,
@@ -185,6 +189,7 @@ fn main() -> ExitCode {
         let config = ClientConfig::new(&args.addr)
             .tenant(&args.tenant)
             .connections(1)
+            .stale_reads(args.stale_reads)
             .request_timeout(Duration::from_millis(args.timeout_ms));
         let client = match Client::connect(config).await {
             Ok(client) => client,

@@ -279,6 +279,98 @@ impl<'a> ::flatbuffers::Verifiable for SetCondition {
 
 impl ::flatbuffers::SimpleToVerifyInSlice for SetCondition {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_READ_CONSISTENCY: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_READ_CONSISTENCY: u8 = 1;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_READ_CONSISTENCY: [ReadConsistency; 2] = [
+  ReadConsistency::Linearizable,
+  ReadConsistency::Stale,
+];
+
+/// First request on every connection: agrees the protocol version and
+/// binds the connection to a tenant.
+/// How a connection's reads see a replicated (cluster-mode) shard.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct ReadConsistency(pub u8);
+#[allow(non_upper_case_globals)]
+impl ReadConsistency {
+  /// Every read sees every write acknowledged before it began (read index:
+  /// the shard's leader confirms its leadership with a quorum first).
+  pub const Linearizable: Self = Self(0);
+  /// Reads answer from the replica the request reaches, without asking the
+  /// leader: faster, and available without a quorum, but possibly behind
+  /// the latest writes. A standalone node is always linearizable.
+  pub const Stale: Self = Self(1);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 1;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::Linearizable,
+    Self::Stale,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::Linearizable => Some("Linearizable"),
+      Self::Stale => Some("Stale"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for ReadConsistency {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for ReadConsistency {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for ReadConsistency {
+    type Output = ReadConsistency;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for ReadConsistency {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for ReadConsistency {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for ReadConsistency {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MAX_REQUEST: u8 = 13;
@@ -871,8 +963,6 @@ impl ::core::fmt::Debug for KeyValue<'_> {
 pub enum HelloOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
-/// First request on every connection: agrees the protocol version and
-/// binds the connection to a tenant.
 pub struct Hello<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -889,6 +979,7 @@ impl<'a> Hello<'a> {
   pub const VT_PROTOCOL_VERSION: ::flatbuffers::VOffsetT = 4;
   pub const VT_TENANT: ::flatbuffers::VOffsetT = 6;
   pub const VT_CLIENT_NAME: ::flatbuffers::VOffsetT = 8;
+  pub const VT_READ_CONSISTENCY: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -903,6 +994,7 @@ impl<'a> Hello<'a> {
     if let Some(x) = args.client_name { builder.add_client_name(x); }
     if let Some(x) = args.tenant { builder.add_tenant(x); }
     builder.add_protocol_version(args.protocol_version);
+    builder.add_read_consistency(args.read_consistency);
     builder.finish()
   }
 
@@ -930,6 +1022,14 @@ impl<'a> Hello<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Hello::VT_CLIENT_NAME, None)}
   }
+  /// How this connection's reads behave in cluster mode (opt-in stale).
+  #[inline]
+  pub fn read_consistency(&self) -> ReadConsistency {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ReadConsistency>(Hello::VT_READ_CONSISTENCY, Some(ReadConsistency::Linearizable)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Hello<'_> {
@@ -941,6 +1041,7 @@ impl ::flatbuffers::Verifiable for Hello<'_> {
      .visit_field::<u32>("protocol_version", Self::VT_PROTOCOL_VERSION, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("tenant", Self::VT_TENANT, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("client_name", Self::VT_CLIENT_NAME, false)?
+     .visit_field::<ReadConsistency>("read_consistency", Self::VT_READ_CONSISTENCY, false)?
      .finish();
     Ok(())
   }
@@ -949,6 +1050,7 @@ pub struct HelloArgs<'a> {
     pub protocol_version: u32,
     pub tenant: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub client_name: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub read_consistency: ReadConsistency,
 }
 impl<'a> Default for HelloArgs<'a> {
   #[inline]
@@ -957,6 +1059,7 @@ impl<'a> Default for HelloArgs<'a> {
       protocol_version: 0,
       tenant: None,
       client_name: None,
+      read_consistency: ReadConsistency::Linearizable,
     }
   }
 }
@@ -979,6 +1082,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HelloBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Hello::VT_CLIENT_NAME, client_name);
   }
   #[inline]
+  pub fn add_read_consistency(&mut self, read_consistency: ReadConsistency) {
+    self.fbb_.push_slot::<ReadConsistency>(Hello::VT_READ_CONSISTENCY, read_consistency, ReadConsistency::Linearizable);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HelloBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     HelloBuilder {
@@ -999,6 +1106,7 @@ impl ::core::fmt::Debug for Hello<'_> {
       ds.field("protocol_version", &self.protocol_version());
       ds.field("tenant", &self.tenant());
       ds.field("client_name", &self.client_name());
+      ds.field("read_consistency", &self.read_consistency());
       ds.finish()
   }
 }
