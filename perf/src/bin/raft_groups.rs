@@ -1,0 +1,309 @@
+//! `raft-groups`: what Raft groups cost a core when idle, and what they
+//! carry when busy, by number of groups per core.
+//!
+//! Three nodes run in this process, each a glommio executor (one core's
+//! worth) with its own peer listener on loopback, hosting `N` groups of the
+//! real stack (`tinkerdb-replication`: WAL log store with fdatasync,
+//! snapshots, the flatbuffers transport; every group on a node shares that
+//! node's one connection per peer). For each `N`:
+//! 1. idle: once every group has a leader, the CPU time the three executor
+//!    threads use over a few seconds (heartbeats, election timers, ticks),
+//!    as a share of one core per node;
+//! 2. busy: one writer per group (one write in flight each) through the
+//!    group's leader for a few seconds: writes per second in total.
+//!
+//! Each group keeps its own WAL directory (16 MiB segments, one prepared
+//! ahead), so `N` groups cost `3 x N x 32 MiB` of disk while it runs.
+//!
+//!     cargo run --release -p tinkerdb-perf --bin raft-groups -- 1 8 32 64
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_channel::oneshot;
+use tinkerdb_replication::group::{self, CoreGroups, GroupRaft, GroupSpec};
+use tinkerdb_replication::network::Peers;
+use tinkerdb_replication::state_machine::{Applier, WholeCopy};
+use tinkerdb_replication::transport::serve_peers_until;
+use tinkerdb_replication::{Command, Node, NodeId, Response};
+
+/// A state machine that counts what it applies (the cost measured is
+/// Raft's, not a store's).
+#[derive(Default)]
+struct CountingApplier {
+    applied: u64,
+    snapshot: WholeCopy,
+}
+
+impl Applier for CountingApplier {
+    fn apply(&mut self, _command: &Command) -> Response {
+        self.applied += 1;
+        Response::Put {
+            version: self.applied,
+        }
+    }
+    fn begin_snapshot(&mut self, _last_index: u64) -> Result<(), String> {
+        self.snapshot.begin(self.applied.to_le_bytes().to_vec())
+    }
+    fn snapshot_step(&mut self) -> (Vec<u8>, bool) {
+        self.snapshot.step()
+    }
+    fn finish_snapshot(&mut self) -> Vec<u8> {
+        self.snapshot.finish()
+    }
+    fn abort_snapshot(&mut self) {
+        self.snapshot.finish();
+    }
+    fn restore(&mut self, data_file: &Path) -> Result<(), String> {
+        let data = std::fs::read(data_file).map_err(|e| e.to_string())?;
+        let bytes: [u8; 8] = data.try_into().map_err(|_| "8 bytes expected")?;
+        self.applied = u64::from_le_bytes(bytes);
+        Ok(())
+    }
+}
+
+type Raft = GroupRaft<CountingApplier>;
+
+enum Ask {
+    /// How many of this node's groups know a leader, and which lead here.
+    Leaders(oneshot::Sender<(usize, Vec<u64>)>),
+    /// One writer per group this node leads, for this long: writes done.
+    Write(Duration, oneshot::Sender<u64>),
+    /// The executor thread's Linux thread id (for its CPU time).
+    ThreadId(oneshot::Sender<u32>),
+    Stop(oneshot::Sender<()>),
+}
+
+fn thread_id() -> u32 {
+    std::fs::read_link("/proc/thread-self")
+        .ok()
+        .and_then(|path| path.file_name()?.to_str()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU time a thread of this process has used (`/proc/.../schedstat`).
+fn thread_cpu(tid: u32) -> Duration {
+    let path = format!("/proc/self/task/{tid}/schedstat");
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let nanos = text
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    Duration::from_nanos(nanos)
+}
+
+fn start_node(
+    id: NodeId,
+    addrs: BTreeMap<NodeId, SocketAddr>,
+    groups: u64,
+    dir: PathBuf,
+) -> (async_channel::Sender<Ask>, std::thread::JoinHandle<()>) {
+    let (asks, inbox) = async_channel::unbounded::<Ask>();
+    let thread = std::thread::spawn(move || {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .make()
+            .expect("executor")
+            .run(async move {
+                let listener = glommio::net::TcpListener::bind(addrs[&id]).expect("bind");
+                let peers = Rc::new(Peers::new(
+                    addrs.iter().filter(|(p, _)| **p != id).map(|(p, a)| (*p, *a)),
+                ));
+                let table: Rc<CoreGroups<CountingApplier>> = Rc::new(CoreGroups::default());
+                let (stop_serving, stop) = async_channel::bounded::<()>(1);
+                glommio::spawn_local(serve_peers_until(
+                    listener,
+                    table.call_handler(peers.clone()),
+                    stop,
+                ))
+                .detach();
+                let members: BTreeMap<NodeId, Node> = addrs
+                    .iter()
+                    .map(|(p, a)| (*p, Node::new(a.to_string())))
+                    .collect();
+                let mut rafts: Vec<Raft> = Vec::new();
+                for g in 0..groups {
+                    let spec = GroupSpec {
+                        group: g,
+                        node_id: id,
+                        members: members.clone(),
+                        wal_dir: dir.join(format!("g{g}/raft")),
+                        snapshot_dir: dir.join(format!("g{g}/snapshots")),
+                        snapshot_every_entries: group::SNAPSHOT_EVERY_ENTRIES,
+                        logs_kept_after_snapshot: group::LOGS_KEPT_AFTER_SNAPSHOT,
+                        initialize: true,
+                    };
+                    let applier = Rc::new(RefCell::new(CountingApplier::default()));
+                    let raft = group::start(&spec, applier, peers.clone())
+                        .await
+                        .expect("group starts");
+                    table.insert(g, raft.clone());
+                    // Spread leaders over the nodes, as a TinkerDB node does.
+                    if (g % addrs.len() as u64) + 1 == id {
+                        let _ = raft.trigger().elect(false).await;
+                    }
+                    rafts.push(raft);
+                }
+                while let Ok(ask) = inbox.recv().await {
+                    match ask {
+                        Ask::Leaders(reply) => {
+                            let mut known = 0;
+                            let mut mine = Vec::new();
+                            for (g, raft) in rafts.iter().enumerate() {
+                                match raft.current_leader().await {
+                                    Some(leader) if leader == id => {
+                                        known += 1;
+                                        mine.push(g as u64);
+                                    }
+                                    Some(_) => known += 1,
+                                    None => {}
+                                }
+                            }
+                            let _ = reply.send((known, mine));
+                        }
+                        Ask::Write(duration, reply) => {
+                            let done = Rc::new(RefCell::new(0u64));
+                            let deadline = Instant::now() + duration;
+                            let mut writers = Vec::new();
+                            for (g, raft) in rafts.iter().enumerate() {
+                                if raft.current_leader().await != Some(id) {
+                                    continue;
+                                }
+                                let raft = raft.clone();
+                                let peers = peers.clone();
+                                let done = done.clone();
+                                writers.push(glommio::spawn_local(async move {
+                                    let mut i = 0u64;
+                                    while Instant::now() < deadline {
+                                        let command = Command::Put {
+                                            tenant: "default".into(),
+                                            key: format!("k{}", i % 1000).into_bytes(),
+                                            value: vec![7; 100],
+                                            expires_at_unix_ms: None,
+                                        };
+                                        if group::write(&raft, &peers, g as u64, command)
+                                            .await
+                                            .is_ok()
+                                        {
+                                            *done.borrow_mut() += 1;
+                                        }
+                                        i += 1;
+                                    }
+                                }));
+                            }
+                            for writer in writers {
+                                writer.await;
+                            }
+                            let total = *done.borrow();
+                            let _ = reply.send(total);
+                        }
+                        Ask::ThreadId(reply) => {
+                            let _ = reply.send(thread_id());
+                        }
+                        Ask::Stop(reply) => {
+                            for raft in &rafts {
+                                let _ = raft.shutdown().await;
+                            }
+                            stop_serving.close();
+                            let _ = reply.send(());
+                            return;
+                        }
+                    }
+                }
+            });
+    });
+    (asks, thread)
+}
+
+fn ask<T>(node: &async_channel::Sender<Ask>, make: impl FnOnce(oneshot::Sender<T>) -> Ask) -> T {
+    let (reply, answer) = oneshot::channel();
+    node.send_blocking(make(reply)).expect("node alive");
+    futures::executor::block_on(answer).expect("node answered")
+}
+
+fn free_addrs() -> BTreeMap<NodeId, SocketAddr> {
+    let listeners: Vec<_> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i as NodeId + 1, l.local_addr().expect("addr")))
+        .collect()
+}
+
+fn main() -> anyhow::Result<()> {
+    let counts: Vec<u64> = std::env::args()
+        .skip(1)
+        .map(|arg| arg.parse())
+        .collect::<Result<_, _>>()?;
+    let counts = if counts.is_empty() {
+        vec![1, 8, 32, 64]
+    } else {
+        counts
+    };
+    let idle_for = Duration::from_secs(5);
+    let write_for = Duration::from_secs(5);
+    println!(
+        "3 nodes x 1 core in one process; idle CPU over {idle_for:?}, then one writer per group for {write_for:?}"
+    );
+    println!(
+        "{:>7} {:>18} {:>14} {:>16}",
+        "groups", "idle CPU per core", "per group", "busy writes/s"
+    );
+    for &groups in &counts {
+        let base = std::env::temp_dir().join(format!("tinkerdb-raft-groups-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let addrs = free_addrs();
+        let nodes: Vec<_> = addrs
+            .keys()
+            .map(|&id| start_node(id, addrs.clone(), groups, base.join(format!("n{id}"))))
+            .collect();
+        let started = Instant::now();
+        loop {
+            let known: usize = nodes.iter().map(|(n, _)| ask(n, Ask::Leaders).0).sum();
+            if known == 3 * groups as usize {
+                break;
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(60),
+                "{groups} groups: no leader everywhere after 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Let start-up work (elections, first appends) settle.
+        std::thread::sleep(Duration::from_secs(1));
+        let tids: Vec<u32> = nodes.iter().map(|(n, _)| ask(n, Ask::ThreadId)).collect();
+        let before: Duration = tids.iter().map(|t| thread_cpu(*t)).sum();
+        std::thread::sleep(idle_for);
+        let used: Duration = tids.iter().map(|t| thread_cpu(*t)).sum::<Duration>() - before;
+        let per_core = used.as_secs_f64() / idle_for.as_secs_f64() / 3.0 * 100.0;
+        let answers: Vec<_> = nodes
+            .iter()
+            .map(|(n, _)| {
+                let (reply, answer) = oneshot::channel();
+                n.send_blocking(Ask::Write(write_for, reply)).expect("node alive");
+                answer
+            })
+            .collect();
+        let writes: u64 = answers
+            .into_iter()
+            .map(|a| futures::executor::block_on(a).expect("answer"))
+            .sum();
+        println!(
+            "{groups:>7} {per_core:>17.1}% {:>13.2}% {:>16.0}",
+            per_core / groups as f64,
+            writes as f64 / write_for.as_secs_f64()
+        );
+        for (node, thread) in nodes {
+            ask(&node, Ask::Stop);
+            let _ = thread.join();
+        }
+        let _ = std::fs::remove_dir_all(&base);
+    }
+    Ok(())
+}
