@@ -23,9 +23,18 @@
 //! durable copy. The shard's own journal is off and its store is rebuilt
 //! at start by re-applying the committed log.
 //!
-//! Not replicated yet (answered with `InvalidArgument`): conditional writes
-//! (NX/XX/compare-and-set), read-modify-write commands (INCR, APPEND,
-//! EXPIRE...), FLUSHDB and snapshots.
+//! Conditional writes (NX, XX, compare-and-set) are replicated as
+//! `Command::PutIf`, judged when applied at the proposer's instant, so every
+//! replica decides the same. Opted-in stale reads (`ShardRequest::Stale`)
+//! skip the read index and read this replica as it is.
+//!
+//! Snapshots: the group's state machine streams this core's shard through
+//! the storage crate's fork-less cut (`Shard::begin_snapshot_at`), and a
+//! snapshot received from the leader replaces the store
+//! (`ShardApplier::restore`).
+//!
+//! Not replicated yet (answered with `InvalidArgument`): read-modify-write
+//! commands (INCR, APPEND, EXPIRE...), FLUSHDB and on-demand snapshots.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -38,7 +47,7 @@ use tinkerdb_replication::group::{
 use tinkerdb_replication::health::{self, HealthTable};
 use tinkerdb_replication::network::Peers;
 use tinkerdb_replication::state_machine::Applier;
-use tinkerdb_replication::{Command, Node, Response};
+use tinkerdb_replication::{Command, Node, PutCondition, Response};
 use tinkerdb_schemas::wire::ErrorCode;
 use tinkerdb_storage::log_op::LoggedOp;
 use tinkerdb_storage::snapshot;
@@ -120,6 +129,39 @@ impl Applier for ShardApplier {
                 };
                 match shard.execute(request, now_ms()) {
                     ShardReply::Count(count) => Response::Delete { existed: count > 0 },
+                    other => refused(ErrorCode::Internal, format!("{other:?}")),
+                }
+            }
+            Command::PutIf {
+                value,
+                expires_at_unix_ms,
+                condition,
+                at_unix_ms,
+                ..
+            } => {
+                let request = ShardRequest::Set {
+                    tenant: tenant.id,
+                    key,
+                    value: Bytes::copy_from_slice(value),
+                    options: SetOptions {
+                        condition: match *condition {
+                            PutCondition::IfAbsent => WriteCondition::IfAbsent,
+                            PutCondition::IfPresent => WriteCondition::IfPresent,
+                            PutCondition::IfVersion(version) => WriteCondition::IfVersion(version),
+                        },
+                        expiry: expires_at_unix_ms.map_or(Expiry::Never, Expiry::AtMs),
+                    },
+                };
+                // Judged at the proposer's instant, the same on every
+                // replica (whether the key has expired decides NX and XX).
+                match shard.execute(request, *at_unix_ms) {
+                    ShardReply::Written(Ok(outcome)) => Response::PutIf {
+                        applied: outcome.applied,
+                        version: outcome.version,
+                    },
+                    ShardReply::Written(Err(error)) => {
+                        refused(ErrorCode::QuotaExceeded, error.to_string())
+                    }
                     other => refused(ErrorCode::Internal, format!("{other:?}")),
                 }
             }
@@ -374,16 +416,32 @@ pub async fn execute_replicated(
             value,
             options,
         } => {
-            if options.condition != WriteCondition::Always {
-                return not_replicated("a conditional write (NX, XX, compare-and-set)");
-            }
-            let command = Command::Put {
-                tenant: context.tenants.name_of(tenant).to_string(),
-                key: key.key.to_vec(),
-                value: value.to_vec(),
-                expires_at_unix_ms: match options.expiry {
-                    Expiry::AtMs(at) => Some(at),
-                    _ => None,
+            let tenant = context.tenants.name_of(tenant).to_string();
+            let (key, value) = (key.key.to_vec(), value.to_vec());
+            let expires_at_unix_ms = match options.expiry {
+                Expiry::AtMs(at) => Some(at),
+                _ => None,
+            };
+            let condition = match options.condition {
+                WriteCondition::Always => None,
+                WriteCondition::IfAbsent => Some(PutCondition::IfAbsent),
+                WriteCondition::IfPresent => Some(PutCondition::IfPresent),
+                WriteCondition::IfVersion(version) => Some(PutCondition::IfVersion(version)),
+            };
+            let command = match condition {
+                None => Command::Put {
+                    tenant,
+                    key,
+                    value,
+                    expires_at_unix_ms,
+                },
+                Some(condition) => Command::PutIf {
+                    tenant,
+                    key,
+                    value,
+                    expires_at_unix_ms,
+                    condition,
+                    at_unix_ms: now_ms(),
                 },
             };
             match propose(replica, command).await {
@@ -391,6 +449,9 @@ pub async fn execute_replicated(
                     applied: true,
                     version,
                 })),
+                Ok(Response::PutIf { applied, version }) => {
+                    ShardReply::Written(Ok(WriteOutcome { applied, version }))
+                }
                 Ok(other) => answer_error(other),
                 Err(reply) => reply,
             }

@@ -215,19 +215,81 @@ async fn assert_all_readable(client: &Client, acked: &[(String, String)], via: &
 }
 
 #[test]
-fn cluster_mode_refuses_what_it_does_not_replicate_yet() {
+fn conditional_writes_replicate_and_compare_and_set_loses_no_increment() {
     let cluster = Cluster::start();
-    let client = cluster.client(1);
+    let clients: Vec<Client> = (1..=3).map(|id| cluster.client(id)).collect();
     runtime().block_on(async {
-        client.set("k", "v").await.unwrap();
-        let error = client.compare_and_set("k", 1, "w", None).await.unwrap_err();
-        assert_eq!(
-            error.code(),
-            Some(tinkerdb_client::ErrorCode::InvalidArgument),
-            "{error}"
-        );
-        assert_eq!(client.get("k").await.unwrap().unwrap().value, "v");
+        // NX and XX are judged when applied, the same on every replica.
+        let first = clients[0]
+            .set_with("nx-key", "one", nx())
+            .await
+            .unwrap();
+        assert!(first.applied);
+        let second = clients[1].set_with("nx-key", "two", nx()).await.unwrap();
+        assert!(!second.applied, "NX on an existing key");
+        assert_eq!(second.version, first.version);
+        let absent = clients[2]
+            .set_with("xx-key", "x", xx())
+            .await
+            .unwrap();
+        assert!(!absent.applied, "XX on a missing key");
+        for client in &clients {
+            assert_eq!(client.get("nx-key").await.unwrap().unwrap().value, "one");
+            assert!(client.get("xx-key").await.unwrap().is_none());
+        }
+
+        // Three clients, one per node, each add 1 to a counter 25 times by
+        // compare-and-set, retrying on conflict: no increment is lost.
+        clients[0].set("counter", "0").await.unwrap();
+        let increments: Vec<_> = clients
+            .iter()
+            .cloned()
+            .map(|client| {
+                tokio::spawn(async move {
+                    let mut conflicts = 0u32;
+                    for _ in 0..25 {
+                        loop {
+                            let current = client.get("counter").await.unwrap().unwrap();
+                            let seen: u64 =
+                                std::str::from_utf8(&current.value).unwrap().parse().unwrap();
+                            let next = (seen + 1).to_string();
+                            let written = client
+                                .compare_and_set("counter", current.version, next, None)
+                                .await
+                                .unwrap();
+                            if written.applied {
+                                break;
+                            }
+                            conflicts += 1;
+                        }
+                    }
+                    conflicts
+                })
+            })
+            .collect();
+        let mut conflicts = 0;
+        for increment in increments {
+            conflicts += increment.await.unwrap();
+        }
+        for client in &clients {
+            assert_eq!(client.get("counter").await.unwrap().unwrap().value, "75");
+        }
+        eprintln!("compare-and-set through Raft: 75 increments from 3 nodes, {conflicts} conflicts retried, none lost");
     });
+}
+
+fn nx() -> tinkerdb_client::SetOptions {
+    tinkerdb_client::SetOptions {
+        ttl: None,
+        condition: tinkerdb_client::SetCondition::IfAbsent,
+    }
+}
+
+fn xx() -> tinkerdb_client::SetOptions {
+    tinkerdb_client::SetOptions {
+        ttl: None,
+        condition: tinkerdb_client::SetCondition::IfPresent,
+    }
 }
 
 /// Runs `tinker --admin ADDR ARGS...` and returns its stdout (panics on a

@@ -13,13 +13,21 @@
 //!
 //! | field | size |
 //! |---|---|
-//! | kind: 1 Put, 2 Delete | 1 |
+//! | kind: 1 Put, 2 Delete, 3 PutIf | 1 |
 //! | tenant name length | 1 |
 //! | tenant name (UTF-8) | n |
 //! | key length | 4 |
 //! | key | n |
-//! | Put: expiry, Unix ms (`u64::MAX` = never) | 8 |
-//! | Put: value length, value | 4 + n |
+//! | Put, PutIf: expiry, Unix ms (`u64::MAX` = never) | 8 |
+//! | PutIf: condition: 1 if absent, 2 if present, 3 if version | 1 |
+//! | PutIf: the expected version (0 unless "if version") | 8 |
+//! | PutIf: the time the condition is judged at, Unix ms | 8 |
+//! | Put, PutIf: value length, value | 4 + n |
+//!
+//! A conditional write is judged when it is *applied*, identically on every
+//! replica: "does the key exist" depends on expiry, so the command carries
+//! the instant to judge it at (the proposer's clock, fixed once), never the
+//! applying replica's clock.
 
 use std::fmt;
 
@@ -35,6 +43,7 @@ pub const MAX_COMMAND_BYTES: usize = 4 << 20;
 
 const KIND_PUT: u8 = 1;
 const KIND_DELETE: u8 = 2;
+const KIND_PUT_IF: u8 = 3;
 /// `expires_at_unix_ms` of `None` on disk.
 const NEVER_EXPIRES: u64 = u64::MAX;
 
@@ -60,6 +69,34 @@ pub enum Command {
         /// The key.
         key: Vec<u8>,
     },
+    /// Set `key` to `value` only if `condition` holds when applied (NX, XX,
+    /// compare-and-set on the version).
+    PutIf {
+        /// The tenant's name.
+        tenant: String,
+        /// The key.
+        key: Vec<u8>,
+        /// The new value.
+        value: Vec<u8>,
+        /// When the key expires, Unix milliseconds; `None` never.
+        expires_at_unix_ms: Option<u64>,
+        /// What must hold.
+        condition: PutCondition,
+        /// The instant the condition is judged at (expired keys do not
+        /// exist), Unix milliseconds, fixed by the proposer.
+        at_unix_ms: u64,
+    },
+}
+
+/// The condition of a [`Command::PutIf`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutCondition {
+    /// The key does not exist (Redis NX).
+    IfAbsent,
+    /// The key exists (Redis XX).
+    IfPresent,
+    /// The key's version is this one; 0: the key does not exist.
+    IfVersion(u64),
 }
 
 /// The state machine's answer to one applied entry.
@@ -74,6 +111,13 @@ pub enum Response {
     Delete {
         /// Whether the key existed.
         existed: bool,
+    },
+    /// A PutIf was judged (and applied if its condition held).
+    PutIf {
+        /// Whether the condition held and the value was written.
+        applied: bool,
+        /// The new version if applied, else the current one (0: none).
+        version: u64,
     },
     /// A blank or membership entry was applied (nothing for a client).
     Empty,
@@ -102,14 +146,18 @@ impl Command {
     /// The tenant the command writes to.
     pub fn tenant(&self) -> &str {
         match self {
-            Command::Put { tenant, .. } | Command::Delete { tenant, .. } => tenant,
+            Command::Put { tenant, .. }
+            | Command::Delete { tenant, .. }
+            | Command::PutIf { tenant, .. } => tenant,
         }
     }
 
     /// The key the command writes.
     pub fn key(&self) -> &[u8] {
         match self {
-            Command::Put { key, .. } | Command::Delete { key, .. } => key,
+            Command::Put { key, .. } | Command::Delete { key, .. } | Command::PutIf { key, .. } => {
+                key
+            }
         }
     }
 
@@ -119,6 +167,7 @@ impl Command {
         match self {
             Command::Put { value, .. } => common + 8 + 4 + value.len(),
             Command::Delete { .. } => common,
+            Command::PutIf { value, .. } => common + 8 + 1 + 8 + 8 + 4 + value.len(),
         }
     }
 
@@ -140,21 +189,42 @@ impl Command {
         let kind = match self {
             Command::Put { .. } => KIND_PUT,
             Command::Delete { .. } => KIND_DELETE,
+            Command::PutIf { .. } => KIND_PUT_IF,
         };
         out.push(kind);
         out.push(self.tenant().len() as u8);
         out.extend_from_slice(self.tenant().as_bytes());
         put_bytes_u32(out, self.key());
-        if let Command::Put {
-            value,
-            expires_at_unix_ms,
-            ..
-        } = self
-        {
-            // u64::MAX is "never": a real expiry that far is clamped below it.
-            let expiry = expires_at_unix_ms.map_or(NEVER_EXPIRES, |at| at.min(NEVER_EXPIRES - 1));
-            put_u64(out, expiry);
-            put_bytes_u32(out, value);
+        // u64::MAX is "never": a real expiry that far is clamped below it.
+        let expiry = |at: &Option<u64>| at.map_or(NEVER_EXPIRES, |at| at.min(NEVER_EXPIRES - 1));
+        match self {
+            Command::Put {
+                value,
+                expires_at_unix_ms,
+                ..
+            } => {
+                put_u64(out, expiry(expires_at_unix_ms));
+                put_bytes_u32(out, value);
+            }
+            Command::PutIf {
+                value,
+                expires_at_unix_ms,
+                condition,
+                at_unix_ms,
+                ..
+            } => {
+                put_u64(out, expiry(expires_at_unix_ms));
+                let (tag, version) = match condition {
+                    PutCondition::IfAbsent => (1, 0),
+                    PutCondition::IfPresent => (2, 0),
+                    PutCondition::IfVersion(version) => (3, *version),
+                };
+                out.push(tag);
+                put_u64(out, version);
+                put_u64(out, *at_unix_ms);
+                put_bytes_u32(out, value);
+            }
+            Command::Delete { .. } => {}
         }
         assert_eq!(
             out.len() - start,
@@ -190,6 +260,27 @@ impl Command {
                 })
             }
             KIND_DELETE => Ok(Command::Delete { tenant, key }),
+            KIND_PUT_IF => {
+                let expiry = reader.u64()?;
+                let tag = reader.u8()?;
+                let version = reader.u64()?;
+                let condition = match tag {
+                    1 => PutCondition::IfAbsent,
+                    2 => PutCondition::IfPresent,
+                    3 => PutCondition::IfVersion(version),
+                    other => return Err(reader.error(format!("unknown put condition {other}"))),
+                };
+                let at_unix_ms = reader.u64()?;
+                let value = reader.bytes_u32()?.to_vec();
+                Ok(Command::PutIf {
+                    tenant,
+                    key,
+                    value,
+                    expires_at_unix_ms: (expiry != NEVER_EXPIRES).then_some(expiry),
+                    condition,
+                    at_unix_ms,
+                })
+            }
             other => Err(reader.error(format!("unknown command kind {other}"))),
         }
     }
@@ -219,6 +310,14 @@ impl fmt::Display for Command {
                 value.len()
             ),
             Command::Delete { .. } => write!(f, "delete {}/{shown}{ellipsis}", self.tenant()),
+            Command::PutIf {
+                value, condition, ..
+            } => write!(
+                f,
+                "put {}/{shown}{ellipsis} ({} bytes) if {condition:?}",
+                self.tenant(),
+                value.len()
+            ),
         }
     }
 }
@@ -268,6 +367,22 @@ mod tests {
             Command::Delete {
                 tenant: String::new(),
                 key: Vec::new(),
+            },
+            Command::PutIf {
+                tenant: "acme".into(),
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                expires_at_unix_ms: Some(9),
+                condition: PutCondition::IfVersion(42),
+                at_unix_ms: 1_700_000_000_000,
+            },
+            Command::PutIf {
+                tenant: "acme".into(),
+                key: b"k".to_vec(),
+                value: Vec::new(),
+                expires_at_unix_ms: None,
+                condition: PutCondition::IfAbsent,
+                at_unix_ms: 0,
             },
         ] {
             let mut bytes = Vec::new();

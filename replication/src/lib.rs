@@ -54,7 +54,7 @@ pub mod transport;
 mod codec;
 
 pub use codec::DecodeError;
-pub use command::{Command, Response};
+pub use command::{Command, PutCondition, Response};
 pub use log_store::WalLogStore;
 pub use runtime::GlommioRuntime;
 

@@ -111,7 +111,10 @@ fn start_node(
             .run(async move {
                 let listener = glommio::net::TcpListener::bind(addrs[&id]).expect("bind");
                 let peers = Rc::new(Peers::new(
-                    addrs.iter().filter(|(p, _)| **p != id).map(|(p, a)| (*p, *a)),
+                    addrs
+                        .iter()
+                        .filter(|(p, _)| **p != id)
+                        .map(|(p, a)| (*p, *a)),
                 ));
                 let table: Rc<CoreGroups<CountingApplier>> = Rc::new(CoreGroups::default());
                 let (stop_serving, stop) = async_channel::bounded::<()>(1);
@@ -256,7 +259,8 @@ fn main() -> anyhow::Result<()> {
         "groups", "idle CPU per core", "per group", "busy writes/s"
     );
     for &groups in &counts {
-        let base = std::env::temp_dir().join(format!("tinkerdb-raft-groups-{}", std::process::id()));
+        let base =
+            std::env::temp_dir().join(format!("tinkerdb-raft-groups-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         let addrs = free_addrs();
         let nodes: Vec<_> = addrs
@@ -286,7 +290,8 @@ fn main() -> anyhow::Result<()> {
             .iter()
             .map(|(n, _)| {
                 let (reply, answer) = oneshot::channel();
-                n.send_blocking(Ask::Write(write_for, reply)).expect("node alive");
+                n.send_blocking(Ask::Write(write_for, reply))
+                    .expect("node alive");
                 answer
             })
             .collect();

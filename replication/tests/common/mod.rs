@@ -44,6 +44,10 @@ impl Applier for MapApplier {
             Command::Delete { key, .. } => Response::Delete {
                 existed: self.map.remove(key).is_some(),
             },
+            Command::PutIf { .. } => Response::Refused {
+                code: 0,
+                message: "the test applier has no conditional writes".into(),
+            },
         }
     }
     fn begin_snapshot(&mut self, _last_index: u64) -> Result<(), String> {
