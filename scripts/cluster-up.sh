@@ -5,6 +5,7 @@
 #
 #   scripts/cluster-up.sh            build (release) and start 3 nodes, 2 cores each
 #   CORES=1 scripts/cluster-up.sh    one core (one Raft group) per node
+#   scripts/cluster-up.sh join 4     start node 4 empty; it joins through node 1
 #   scripts/cluster-up.sh stop       stop them (kill -TERM)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,20 @@ cores=${CORES:-2}
 if [ "${1:-}" = stop ]; then
   for pid in "$dir"/node-*.pid; do [ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null && rm -f "$pid"; done
   echo "stopped"; exit 0
+fi
+if [ "${1:-}" = join ]; then
+  # Start node N (4-9) empty and have it join through node 1's admin API.
+  id=${2:?usage: scripts/cluster-up.sh join N}
+  target/release/tinkerdb --node-id "$id" --raft-listen "127.0.0.1:76${id}0" --join 127.0.0.1:7512 \
+    --cores "$cores" --listen "127.0.0.1:75${id}1" --admin-listen "127.0.0.1:75${id}2" \
+    --data-dir "$dir/node-$id" >"$dir/node-$id.out" 2>"$dir/node-$id.log" &
+  echo $! >"$dir/node-$id.pid"
+  for _ in $(seq 700); do grep -q "ready" "$dir/node-$id.out" 2>/dev/null && break; sleep 0.1; done
+  grep -q "ready" "$dir/node-$id.out" || { cat "$dir/node-$id.log"; echo "node $id did not join"; exit 1; }
+  echo "node $id joined: clients 127.0.0.1:75${id}1  dashboard http://127.0.0.1:75${id}2/"
+  sleep 1 # a first round of health probes
+  target/release/tinker --admin "127.0.0.1:75${id}2" cluster status
+  exit 0
 fi
 cargo build --release -q --bin tinkerdb --bin tinker
 mkdir -p "$dir"
@@ -35,7 +50,8 @@ cat <<TEXT
 Try:
   target/release/tinker --addr 127.0.0.1:7511 set hello world
   target/release/tinker --addr 127.0.0.1:7531 get hello
-  curl -s http://127.0.0.1:7512/v1/cluster      # groups, leaders, terms, log indexes
+  target/release/tinker --admin 127.0.0.1:7512 cluster status   # nodes, health, shards, lag
+  scripts/cluster-up.sh join 4                  # a fourth node joins (then: tinker cluster remove 4)
   kill -9 \$(cat $dir/node-1.pid)               # then keep using nodes 2 and 3
 Stop: scripts/cluster-up.sh stop
 TEXT
