@@ -472,12 +472,14 @@ fn cluster_nodes(me: u64, reports: &[CoreReport]) -> Vec<ClusterNode> {
 #[serde(deny_unknown_fields)]
 pub struct AddNodeBody {
     /// Its node id (unique, at least 1).
+    #[schema(minimum = 1)]
     pub id: u64,
     /// Its Raft address for core 0 (`HOST:PORT`); core `c` listens on
     /// port + `c`.
     pub raft: String,
     /// Its number of cores: must equal this cluster's (group `c` lives on
     /// core `c` of every node).
+    #[schema(minimum = 1)]
     pub cores: usize,
 }
 
@@ -1162,7 +1164,7 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
     info(title = "TinkerDB admin API", description = "Node status, tenants, keys, snapshots and metrics of one TinkerDB node. Errors are `{\"error\": {\"code\", \"message\"}}` with a stable code."),
     paths(health, ready, node_status, cluster_status, add_node, remove_node, list_tenants, create_tenant, set_quota,
           get_key, put_key, delete_key, scan_keys, take_snapshot, live_stats, metrics),
-    components(schemas(ErrorBody, ApiError, ErrorCode, TenantSpec)),
+    components(schemas(ErrorBody, ApiError, ErrorCode, TenantSpec, Consistency)),
     tags((name = "node"), (name = "tenants"), (name = "keys"), (name = "stats"))
 )]
 pub struct ApiDoc;
