@@ -317,7 +317,18 @@ fn report(context: &CoreContext) -> CoreReport {
             wal.stats().flush_micros.borrow().clone(),
             wal.poisoned().is_some(),
         ),
-        None => (0, 0, tinkerdb_admin::report::latency_histogram(), false),
+        // Cluster mode: the core's WAL is its group's Raft log.
+        None => match context.replica.get() {
+            Some(replica) => (
+                replica.wal_stats.bytes_written.get(),
+                replica.wal_stats.flushes.get(),
+                replica.wal_stats.flush_micros.borrow().clone(),
+                tinkerdb_replication::group::status(&replica.raft, replica.group)
+                    .fatal
+                    .is_some(),
+            ),
+            None => (0, 0, tinkerdb_admin::report::latency_histogram(), false),
+        },
     };
     CoreReport {
         core: context.core,

@@ -70,6 +70,8 @@ pub struct Replica {
     pub health: Rc<HealthTable>,
     /// The port offset of this core's Raft listener (= the core index).
     pub core: usize,
+    /// The group's Raft log WAL counters (reported as this core's WAL).
+    pub wal_stats: Rc<tinkerdb_storage::wal::WalStats>,
 }
 
 /// Applies committed commands to this core's shard.
@@ -276,7 +278,7 @@ pub async fn start_replica(
     let applier = Rc::new(RefCell::new(ShardApplier {
         context: context.clone(),
     }));
-    let raft = group::start(&spec, applier, peers.clone())
+    let (raft, wal_stats) = group::start_with_stats(&spec, applier, peers.clone())
         .await
         .map_err(|error| anyhow::anyhow!("core {core}: {error}"))?;
     groups.insert(spec.group, raft.clone());
@@ -297,6 +299,7 @@ pub async fn start_replica(
         peers,
         health,
         core,
+        wal_stats,
     };
     if context.replica.set(replica).is_err() {
         anyhow::bail!("core {core} started its replica twice");

@@ -276,6 +276,18 @@ fn conditional_writes_replicate_and_compare_and_set_loses_no_increment() {
         }
         eprintln!("compare-and-set through Raft: 75 increments from 3 nodes, {conflicts} conflicts retried, none lost");
     });
+    // The Raft log's WAL is the node's WAL in its status and metrics.
+    let url = format!("http://{}/v1/node", cluster.nodes[&1].admin_addr);
+    let node: serde_json::Value = reqwest::blocking::get(url).unwrap().json().unwrap();
+    assert!(node["wal_bytes"].as_u64().unwrap() > 0, "{node}");
+    assert!(
+        node["per_core"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|core| core["wal_fsyncs"].as_u64().unwrap() > 0),
+        "{node}"
+    );
 }
 
 fn nx() -> tinkerdb_client::SetOptions {

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use openraft::error::{ChangeMembershipError, ClientWriteError, LinearizableReadError, RaftError};
 use openraft::{ChangeMembers, Config, ReadPolicy, SnapshotPolicy};
 use tinkerdb_schemas::wire::PeerCallKind;
+use tinkerdb_storage::wal::WalStats;
 
 use crate::network::{decode, encode, serve_raft_call, NetworkFactory, Peers};
 use crate::state_machine::{Applier, StateMachine};
@@ -111,9 +112,20 @@ pub async fn start<A: Applier>(
     applier: Rc<RefCell<A>>,
     peers: Rc<Peers>,
 ) -> Result<GroupRaft<A>, String> {
+    Ok(start_with_stats(spec, applier, peers).await?.0)
+}
+
+/// [`start`], also answering the group's WAL counters (for metrics: the log
+/// store itself belongs to openraft once the group runs).
+pub async fn start_with_stats<A: Applier>(
+    spec: &GroupSpec,
+    applier: Rc<RefCell<A>>,
+    peers: Rc<Peers>,
+) -> Result<(GroupRaft<A>, Rc<WalStats>), String> {
     std::fs::create_dir_all(&spec.wal_dir)
         .map_err(|error| format!("cannot create {}: {error}", spec.wal_dir.display()))?;
     let log_store = WalLogStore::open(&spec.wal_dir).map_err(|error| error.to_string())?;
+    let wal_stats = log_store.wal_stats();
     let state_machine = StateMachine::open(applier, &spec.snapshot_dir).map_err(|error| {
         format!(
             "group {} cannot open its snapshots in {}: {error}",
@@ -134,7 +146,7 @@ pub async fn start<A: Applier>(
         // NotAllowed means another start raced us to it: fine.
         let _ = raft.initialize(spec.members.clone()).await;
     }
-    Ok(raft)
+    Ok((raft, wal_stats))
 }
 
 /// The groups of one core, by id, for serving peer calls.
@@ -592,6 +604,9 @@ pub struct GroupStatus {
     pub committed_index: Option<u64>,
     /// Index of the last entry applied to this replica's state machine.
     pub applied_index: Option<u64>,
+    /// Why the group stopped (its storage failed), if it did: it then
+    /// refuses everything.
+    pub fatal: Option<String>,
     /// Voters of the current membership, with their Raft addresses.
     pub voters: Vec<(NodeId, String)>,
     /// Learners (nodes being added, catching up), with their addresses.
@@ -662,6 +677,11 @@ pub fn status<A: Applier>(raft: &GroupRaft<A>, group: u64) -> GroupStatus {
         last_log_index: metrics.last_log_index,
         committed_index: metrics.local_committed.map(|log_id| log_id.index),
         applied_index: metrics.last_applied.map(|log_id| log_id.index),
+        fatal: metrics
+            .running_state
+            .as_ref()
+            .err()
+            .map(|fatal| fatal.to_string()),
         voters: membership.voter_ids().map(with_addr).collect(),
         learners: membership.learner_ids().map(with_addr).collect(),
         snapshot_index: metrics.snapshot.map(|log_id| log_id.index),

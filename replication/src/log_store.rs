@@ -261,6 +261,11 @@ pub struct LogReader {
 }
 
 impl WalLogStore {
+    /// The WAL's counters (bytes, flushes, flush latency), shared.
+    pub fn wal_stats(&self) -> Rc<tinkerdb_storage::wal::WalStats> {
+        self.wal.stats_handle()
+    }
+
     /// Opens (creating if needed) the Raft log in WAL directory `dir`,
     /// rebuilding vote, purge point and entries from the WAL and its
     /// metadata, and spawns the WAL's flusher on the current glommio

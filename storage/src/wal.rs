@@ -319,6 +319,12 @@ impl Wal {
         &self.stats
     }
 
+    /// The same counters, shared: for a reader that outlives its access to
+    /// the WAL (a Raft log store handed to openraft).
+    pub fn stats_handle(&self) -> Rc<WalStats> {
+        self.stats.clone()
+    }
+
     /// The error, once poisoned.
     pub fn poisoned(&self) -> Option<WalError> {
         self.state.borrow().poisoned.clone()
