@@ -27,8 +27,11 @@ use crate::tenants_file::TenantSpec;
 /// Admin messages one core's queue holds before `busy` is answered.
 pub const ADMIN_QUEUE_CAPACITY: usize = 64;
 
-/// Longest an admin call waits for a core's answer.
-pub const CORE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest an admin call waits for a core's answer. Above the 5 s a
+/// replicated read or write keeps retrying through elections
+/// (`tinkerdb_replication::group::REQUEST_DEADLINE`), so that the group's
+/// own `unavailable` answer, with its reason, arrives first.
+pub const CORE_CALL_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// Most keys one HTTP scan page returns.
 pub const MAX_SCAN_PAGE_KEYS: usize = 1000;

@@ -120,7 +120,7 @@ fn api_error(error: ProtocolError) -> ApiError {
         ErrorCode::QuotaExceeded => ApiCode::QuotaExceeded,
         ErrorCode::Busy => ApiCode::Busy,
         ErrorCode::StorageFailed => ApiCode::StorageFailed,
-        ErrorCode::ShuttingDown => ApiCode::Unavailable,
+        ErrorCode::ShuttingDown | ErrorCode::Unavailable => ApiCode::Unavailable,
         ErrorCode::InvalidArgument | ErrorCode::TooManyKeys | ErrorCode::ResultTooLarge => {
             ApiCode::InvalidArgument
         }

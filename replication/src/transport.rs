@@ -16,7 +16,8 @@
 //! - a call always ends: with the answer, with the connection's failure
 //!   (every pending call fails when it breaks), or at its deadline;
 //! - a broken connection is re-made by the next call, never retried in a
-//!   loop here (openraft decides when to retry);
+//!   loop here (openraft decides when to retry); so is a silent one (no
+//!   frame for [`PEER_STALL_TIMEOUT`] when a call times out);
 //! - frames are bounded by [`MAX_PEER_FRAME_BYTES`] both ways;
 //! - [`PeerClient::set_blocked`] drops every call to that peer (the fault
 //!   layer partition tests use: `tc netem` is absent here).
@@ -41,6 +42,11 @@ pub const MAX_PEER_FRAME_BYTES: usize = 256 << 20;
 
 /// Frames queued for one connection's writer before callers wait.
 pub const PEER_WRITE_QUEUE: usize = 1024;
+
+/// A connection on which no frame has arrived for this long while a call
+/// times out is dropped and replaced (several heartbeats: a loaded peer
+/// that answers late is not a dead one).
+pub const PEER_STALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long connecting to a peer may take.
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -189,6 +195,8 @@ struct Link {
     frames: Rc<LocalSender<Vec<u8>>>,
     pending: Pending,
     alive: Rc<Cell<bool>>,
+    /// When a frame last arrived on this connection (or it was opened).
+    last_heard: Rc<Cell<std::time::Instant>>,
 }
 
 /// This core's connection to the same core of one peer node.
@@ -248,13 +256,16 @@ impl PeerClient {
         let (reader, writer) = futures_lite::io::split(stream);
         let pending: Pending = Rc::new(RefCell::new(HashMap::new()));
         let alive = Rc::new(Cell::new(true));
+        let last_heard = Rc::new(Cell::new(std::time::Instant::now()));
         let link = Rc::new(Link {
             frames: spawn_writer(writer),
             pending: pending.clone(),
             alive: alive.clone(),
+            last_heard: last_heard.clone(),
         });
         glommio::spawn_local(async move {
             let outcome = read_frames(reader, |frame| {
+                last_heard.set(std::time::Instant::now());
                 if let Some(waiter) = pending.borrow_mut().remove(&frame.call_id) {
                     let _ = waiter.send(Ok(frame));
                 }
@@ -308,6 +319,17 @@ impl PeerClient {
         match outcome {
             Err(_) => {
                 link.pending.borrow_mut().remove(&call_id);
+                // A connection that has carried nothing back for a while
+                // is given up (a peer that stopped reading it, a half-open
+                // connection): the next call connects afresh.
+                if link.last_heard.get().elapsed() > PEER_STALL_TIMEOUT {
+                    link.alive.set(false);
+                    fail_all(&link.pending, "connection silent; replaced");
+                    let mut current = self.link.borrow_mut();
+                    if current.as_ref().is_some_and(|held| Rc::ptr_eq(held, &link)) {
+                        *current = None;
+                    }
+                }
                 Err(TransportError::Timeout(self.addr, deadline))
             }
             Ok(Err(_)) => Err(TransportError::Unreachable(
@@ -360,6 +382,14 @@ pub async fn serve_peers_until(
             }
         }
     };
+    // Connections still open: on stop, the server returns once they closed.
+    let open = Rc::new(Cell::new(0usize));
+    struct Open(Rc<Cell<usize>>);
+    impl Drop for Open {
+        fn drop(&mut self) {
+            self.0.set(self.0.get() - 1);
+        }
+    }
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             stopped().await;
@@ -367,6 +397,11 @@ pub async fn serve_peers_until(
         })
         .await;
         let Some(accepted) = accepted else {
+            drop(listener);
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            while open.get() > 0 && std::time::Instant::now() < deadline {
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
             return;
         };
         let stream = match accepted {
@@ -380,7 +415,10 @@ pub async fn serve_peers_until(
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let stopped = stopped.clone();
+        open.set(open.get() + 1);
+        let open = Open(open.clone());
         glommio::spawn_local(async move {
+            let _open = open;
             let (reader, writer) = futures_lite::io::split(stream);
             let answers = spawn_writer(writer);
             let builder = Rc::new(RefCell::new(FlatBufferBuilder::new()));

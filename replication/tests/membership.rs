@@ -50,14 +50,18 @@ fn a_follower_behind_a_purged_log_catches_up_by_snapshot() {
             .write(put(&format!("late-{i}"), "v"))
             .unwrap();
     }
-    let leader_status = nodes[&leader].status();
-    let purged = leader_status
-        .purged_index
-        .expect("the leader purged its log");
-    assert!(
-        purged > behind_index,
-        "the leader purged up to {purged}, not past the follower's {behind_index}"
+    // Snapshots and purges run in the background after the writes that
+    // trigger them.
+    let mut purged = None;
+    wait_for(
+        "the leader to purge past the stopped follower's log",
+        Duration::from_secs(10),
+        || {
+            purged = nodes[&leader].status().purged_index;
+            purged.is_some_and(|purged| purged > behind_index)
+        },
     );
+    let purged = purged.unwrap();
     let mut snapshot_files: Vec<String> = std::fs::read_dir(dir(leader).join("snapshots"))
         .unwrap()
         .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())

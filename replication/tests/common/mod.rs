@@ -138,7 +138,7 @@ pub fn start_node_with(
                 // Closed at Stop: the listener must not outlive this node
                 // (a restarted node binds the same address).
                 let (stop_serving, stop) = async_channel::bounded::<()>(1);
-                glommio::spawn_local(serve_peers_until(
+                let server = glommio::spawn_local(serve_peers_until(
                     listener,
                     groups.call_handler(peers.clone()),
                     stop,
@@ -219,9 +219,14 @@ pub fn start_node_with(
                         }
                         Ask::Stop(reply) => {
                             raft.shutdown().await.unwrap();
+                            // The listener and every accepted connection
+                            // are closed when the server returns.
                             stop_serving.close();
-                            // Let the server's tasks see it and close.
-                            glommio::timer::sleep(Duration::from_millis(20)).await;
+                            server.await;
+                            // Let calls in flight end and close their
+                            // connections before the executor stops
+                            // polling its tasks.
+                            glommio::timer::sleep(Duration::from_millis(50)).await;
                             let _ = reply.send(());
                             return;
                         }
