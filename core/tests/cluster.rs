@@ -18,17 +18,20 @@ const CORES: usize = 2;
 const RAFT_TUNING: &str = "[raft]\nsnapshot_every_entries = 40\nlogs_kept_after_snapshot = 5\n";
 
 /// `n` Raft base ports, each with the next `CORES - 1` ports free too.
+/// Taken below Linux's ephemeral range (32768 and up), where no socket of
+/// another node or client is given a port by the kernel between this
+/// choice and the node's bind, and from a counter shared by the tests of
+/// this process, which run in parallel.
 fn raft_ports(n: usize) -> Vec<u16> {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = 20_000 + (std::process::id() % 1_000) as u16 * 10;
     let mut ports = Vec::new();
     while ports.len() < n {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = probe.local_addr().unwrap().port();
-        drop(probe);
-        let all_free = (0..CORES as u16).all(|c| {
-            base.checked_add(c)
-                .is_some_and(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
-        });
-        if all_free && ports.iter().all(|p: &u16| p.abs_diff(base) > CORES as u16) {
+        let base = start + NEXT.fetch_add(CORES as u16 + 1, Ordering::Relaxed) % 2_000;
+        let all_free =
+            (0..CORES as u16).all(|c| std::net::TcpListener::bind(("127.0.0.1", base + c)).is_ok());
+        if all_free {
             ports.push(base);
         }
     }

@@ -276,15 +276,24 @@ impl NodeThread {
     }
 }
 
+/// `n` loopback addresses for nodes, taken below Linux's ephemeral range
+/// (32768 and up): a node restarted in a test binds its address again, and
+/// an outgoing connection must never have been given that port by the
+/// kernel meanwhile. A counter keeps the tests of this process (run in
+/// parallel) apart.
 pub fn free_addrs(n: usize) -> BTreeMap<NodeId, SocketAddr> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (i as NodeId + 1, l.local_addr().unwrap()))
-        .collect()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = 20_000 + (std::process::id() % 1_000) as u16 * 10;
+    let mut addrs = BTreeMap::new();
+    while addrs.len() < n {
+        let port = start + NEXT.fetch_add(1, Ordering::Relaxed) % 2_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            let id = addrs.len() as NodeId + 1;
+            addrs.insert(id, SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+    }
+    addrs
 }
 
 pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
