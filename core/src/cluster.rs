@@ -99,41 +99,22 @@ impl Applier for ShardApplier {
         let slot = hash_slot(&tenant.name, &key);
         let key = SlotKey { slot, key };
         let mut shard = context.shard.borrow_mut();
-        match command {
-            Command::Put {
-                value,
-                expires_at_unix_ms,
-                ..
-            } => {
-                let request = ShardRequest::Set {
-                    tenant: tenant.id,
-                    key,
-                    value: Bytes::copy_from_slice(value),
-                    options: SetOptions {
-                        condition: WriteCondition::Always,
-                        expiry: expires_at_unix_ms.map_or(Expiry::Never, Expiry::AtMs),
-                    },
-                };
-                match shard.execute(request, now_ms()) {
-                    ShardReply::Written(Ok(outcome)) => Response::Put {
-                        version: outcome.version,
-                    },
-                    ShardReply::Written(Err(error)) => {
-                        refused(ErrorCode::QuotaExceeded, error.to_string())
-                    }
-                    other => refused(ErrorCode::Internal, format!("{other:?}")),
-                }
-            }
+        let (value, expires_at_unix_ms, condition, at_unix_ms) = match command {
             Command::Delete { .. } => {
                 let request = ShardRequest::Delete {
                     tenant: tenant.id,
                     keys: vec![key],
                 };
-                match shard.execute(request, now_ms()) {
+                return match shard.execute(request, now_ms()) {
                     ShardReply::Count(count) => Response::Delete { existed: count > 0 },
                     other => refused(ErrorCode::Internal, format!("{other:?}")),
-                }
+                };
             }
+            Command::Put {
+                value,
+                expires_at_unix_ms,
+                ..
+            } => (value, expires_at_unix_ms, WriteCondition::Always, now_ms()),
             Command::PutIf {
                 value,
                 expires_at_unix_ms,
@@ -141,32 +122,37 @@ impl Applier for ShardApplier {
                 at_unix_ms,
                 ..
             } => {
-                let request = ShardRequest::Set {
-                    tenant: tenant.id,
-                    key,
-                    value: Bytes::copy_from_slice(value),
-                    options: SetOptions {
-                        condition: match *condition {
-                            PutCondition::IfAbsent => WriteCondition::IfAbsent,
-                            PutCondition::IfPresent => WriteCondition::IfPresent,
-                            PutCondition::IfVersion(version) => WriteCondition::IfVersion(version),
-                        },
-                        expiry: expires_at_unix_ms.map_or(Expiry::Never, Expiry::AtMs),
-                    },
+                let condition = match *condition {
+                    PutCondition::IfAbsent => WriteCondition::IfAbsent,
+                    PutCondition::IfPresent => WriteCondition::IfPresent,
+                    PutCondition::IfVersion(version) => WriteCondition::IfVersion(version),
                 };
                 // Judged at the proposer's instant, the same on every
                 // replica (whether the key has expired decides NX and XX).
-                match shard.execute(request, *at_unix_ms) {
-                    ShardReply::Written(Ok(outcome)) => Response::PutIf {
-                        applied: outcome.applied,
-                        version: outcome.version,
-                    },
-                    ShardReply::Written(Err(error)) => {
-                        refused(ErrorCode::QuotaExceeded, error.to_string())
-                    }
-                    other => refused(ErrorCode::Internal, format!("{other:?}")),
+                (value, expires_at_unix_ms, condition, *at_unix_ms)
+            }
+        };
+        let request = ShardRequest::Set {
+            tenant: tenant.id,
+            key,
+            value: Bytes::copy_from_slice(value),
+            options: SetOptions {
+                condition,
+                expiry: expires_at_unix_ms.map_or(Expiry::Never, Expiry::AtMs),
+            },
+        };
+        match shard.execute(request, at_unix_ms) {
+            ShardReply::Written(Ok(outcome)) if matches!(command, Command::Put { .. }) => {
+                Response::Put {
+                    version: outcome.version,
                 }
             }
+            ShardReply::Written(Ok(outcome)) => Response::PutIf {
+                applied: outcome.applied,
+                version: outcome.version,
+            },
+            ShardReply::Written(Err(error)) => refused(ErrorCode::QuotaExceeded, error.to_string()),
+            other => refused(ErrorCode::Internal, format!("{other:?}")),
         }
     }
 
@@ -194,20 +180,7 @@ impl Applier for ShardApplier {
         let registry = context.tenants.get();
         let mut store = tinkerdb_storage::Store::new();
         let info = snapshot::load(data_file, |op| match op {
-            LoggedOp::Put {
-                tenant,
-                slot,
-                key,
-                value,
-                version,
-                expires_at_ms,
-            } => {
-                let tenant = registry
-                    .by_name(tenant)
-                    .ok_or_else(|| format!("the snapshot names unknown tenant {tenant:?}"))?;
-                store.restore(tenant.id, slot, key, value, version, expires_at_ms);
-                Ok(())
-            }
+            LoggedOp::Put { .. } => crate::recovery::apply(&mut store, &registry, op),
             other => Err(format!("a snapshot holds only puts, not {other:?}")),
         })
         .map_err(|error| error.to_string())?;

@@ -40,8 +40,13 @@ impl RecoveredCore {
     }
 }
 
-/// Applies one logged operation to `store`.
-fn apply(store: &mut Store, tenants: &TenantRegistry, op: LoggedOp<'_>) -> Result<(), String> {
+/// Applies one logged operation to `store` (also how a Raft snapshot's
+/// entries are loaded, `cluster::ShardApplier::restore`).
+pub(crate) fn apply(
+    store: &mut Store,
+    tenants: &TenantRegistry,
+    op: LoggedOp<'_>,
+) -> Result<(), String> {
     let tenant_of = |name: &str| {
         tenants
             .by_name(name)

@@ -341,6 +341,22 @@ fn member_client<A: Applier>(
     peers.get_or_add(id, &addr)
 }
 
+/// Calls `member`'s replica of `group` and answers the payload it sends
+/// back (forwarded writes and membership changes, read index requests).
+async fn call_member<A: Applier>(
+    raft: &GroupRaft<A>,
+    peers: &Peers,
+    member: NodeId,
+    call: PeerCall,
+    deadline: Duration,
+) -> Result<Vec<u8>, String> {
+    let client = member_client(raft, peers, member)?;
+    client
+        .call(call, deadline)
+        .await
+        .map_err(|error| error.to_string())
+}
+
 async fn forward_write<A: Applier>(
     raft: &GroupRaft<A>,
     peers: &Peers,
@@ -348,17 +364,12 @@ async fn forward_write<A: Applier>(
     group: u64,
     command: &Command,
 ) -> Result<Result<Response, GroupError>, String> {
-    let client = member_client(raft, peers, leader)?;
     let call = PeerCall {
         group,
         kind: PeerCallKind::ForwardWrite,
         payload: encode(command),
     };
-    let answer = client
-        .call(call, REQUEST_DEADLINE)
-        .await
-        .map_err(|error| error.to_string())?;
-    decode(&answer)
+    decode(&call_member(raft, peers, leader, call, REQUEST_DEADLINE).await?)
 }
 
 /// Waits until a read of this node's state machine is linearizable (read
@@ -412,17 +423,12 @@ async fn follower_read_index<A: Applier>(
     leader: NodeId,
     group: u64,
 ) -> Result<(), String> {
-    let client = member_client(raft, peers, leader)?;
     let call = PeerCall {
         group,
         kind: PeerCallKind::ReadIndex,
         payload: Vec::new(),
     };
-    let answer = client
-        .call(call, REQUEST_DEADLINE)
-        .await
-        .map_err(|error| error.to_string())?;
-    let index: u64 = decode(&answer)?;
+    let index: u64 = decode(&call_member(raft, peers, leader, call, REQUEST_DEADLINE).await?)?;
     raft.wait(Some(REQUEST_DEADLINE))
         .applied_index_at_least(Some(index), "read index")
         .await
@@ -563,17 +569,12 @@ async fn forward_change<A: Applier>(
     group: u64,
     change: &MemberChange,
 ) -> Result<Result<Vec<NodeId>, GroupError>, String> {
-    let client = member_client(raft, peers, leader)?;
     let call = PeerCall {
         group,
         kind: PeerCallKind::ChangeMembership,
         payload: encode(change),
     };
-    let answer = client
-        .call(call, MEMBERSHIP_DEADLINE)
-        .await
-        .map_err(|error| error.to_string())?;
-    decode(&answer)
+    decode(&call_member(raft, peers, leader, call, MEMBERSHIP_DEADLINE).await?)
 }
 
 /// Why a linearizable read cannot be served here.
