@@ -76,18 +76,6 @@ impl Peers {
         self.clients.borrow_mut().insert(id, client.clone());
         Ok(client)
     }
-
-    /// Every known peer.
-    pub fn all(&self) -> Vec<(NodeId, Rc<PeerClient>)> {
-        let mut all: Vec<_> = self
-            .clients
-            .borrow()
-            .iter()
-            .map(|(id, client)| (*id, client.clone()))
-            .collect();
-        all.sort_by_key(|(id, _)| *id);
-        all
-    }
 }
 
 /// Encodes a message for the wire.
