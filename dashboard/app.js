@@ -664,12 +664,19 @@
           .join('')}</div><div class="slotmap-legend"><span>slot 0</span><span>${fmtInt(total)} slots · ${shards.length} shard${shards.length === 1 ? '' : 's'}</span><span>${fmtInt(maxSlot)}</span></div>`
       : '';
 
+    // A node's health probe, as a tooltip.
+    const nodeHealthTitle = (n) => {
+      if (n.is_self) return 'this node';
+      const seen = isNum(n.last_seen_ms) ? `last answered ${fmtInt(n.last_seen_ms)} ms ago` : 'not answered yet';
+      const rtt = isNum(n.rtt_us) ? `, round trip ${(n.rtt_us / 1000).toFixed(2)} ms` : '';
+      return `${seen}${rtt}${n.last_error ? `; ${n.last_error}` : ''}`;
+    };
     const nodeRows = nodes
       .map(
         (n) => `<tr>
           <td class="l"><span class="core-id"><i style="background:${nodeColor(n.id)}"></i>${nodeName(n.id)}</span></td>
           <td class="l mono">${esc(n.address ?? '—')}</td>
-          <td class="l"><span class="state ${esc(String(n.state || '').toLowerCase())}">${esc(n.state ?? '—')}</span></td>
+          <td class="l"><span class="state ${esc(String(n.state || '').toLowerCase())}" title="${esc(nodeHealthTitle(n))}">${esc(n.state ?? '—')}${n.role === 'learner' ? ' · learner' : ''}</span></td>
           <td>${led(n.id)}</td>
         </tr>`,
       )
@@ -677,12 +684,18 @@
     const shardRows = shards
       .map((s) => {
         const replicas = (Array.isArray(s.replicas) ? s.replicas : []).map((r) => `<span class="chip${r === s.leader ? ' leader' : ''}" title="${r === s.leader ? 'leader' : 'replica'}">${esc(r)}</span>`).join('');
+        const learners = (Array.isArray(s.learners) ? s.learners : []).map((r) => `<span class="chip" title="learner: catching up before it votes">${esc(r)}?</span>`).join('');
+        // Lag is known on the node that leads the shard.
+        const lag = Array.isArray(s.followers) && s.followers.length
+          ? s.followers.map((f) => `${esc(f.node)}: ${fmtInt(f.lag)}`).join(', ')
+          : (s.role === 'Leader' ? '0' : '<span class="dim" title="known by the node that leads this shard">—</span>');
         return `<tr>
           <td class="l">${esc(s.id)}</td>
           <td class="l mono">${s.slots ? `${esc(s.slots.start)}–${esc(s.slots.end)}` : '—'}</td>
           <td>${s.leader == null ? '<span class="badge warn">none</span>' : nodeName(s.leader)}</td>
           <td>${fmtInt(s.term)}</td>
-          <td><span class="chips">${replicas || '—'}</span></td>
+          <td><span class="chips">${replicas || '—'}${learners}</span></td>
+          <td class="mono">${lag}</td>
         </tr>`;
       })
       .join('');
@@ -692,8 +705,8 @@
       <table class="data"><thead><tr><th class="l">ID</th><th class="l">Address</th><th class="l">State</th><th>Leads</th></tr></thead>
       <tbody>${nodeRows || '<tr><td class="l dim" colspan="4">none</td></tr>'}</tbody></table>
       <div class="subhead">Shards</div>
-      <div class="table-wrap"><table class="data"><thead><tr><th class="l">Shard</th><th class="l">Slots</th><th>Leader</th><th>Term</th><th>Replicas</th></tr></thead>
-      <tbody>${shardRows || '<tr><td class="l dim" colspan="5">none</td></tr>'}</tbody></table></div>`;
+      <div class="table-wrap"><table class="data"><thead><tr><th class="l">Shard</th><th class="l">Slots</th><th>Leader</th><th>Term</th><th>Replicas</th><th title="entries each follower lacks (on the shard's leader)">Lag</th></tr></thead>
+      <tbody>${shardRows || '<tr><td class="l dim" colspan="6">none</td></tr>'}</tbody></table></div>`;
   }
 
   // ---------------------------------------------------------------- tenants
