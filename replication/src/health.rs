@@ -8,7 +8,9 @@
 //!
 //! A peer is `up` when it answered within [`PEER_DOWN_AFTER`], `down`
 //! otherwise, `unknown` before its first probe completes. The table is
-//! reported through `/v1/cluster` and `tinker cluster status`.
+//! reported through `/v1/cluster` and `tinker cluster status`, and a peer
+//! going down (or coming back) is logged once, where openraft would warn
+//! of every failed heartbeat (its heartbeat warnings are off by default).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -100,8 +102,27 @@ pub async fn probe_peers(
     table: Rc<HealthTable>,
     members: impl Fn() -> Vec<(NodeId, String)> + 'static,
 ) {
+    // Each peer's state as last logged: a change is logged once (a peer
+    // going down, coming back), not every probe.
+    let mut logged: BTreeMap<NodeId, &'static str> = BTreeMap::new();
     loop {
-        let clients = members()
+        let current = members();
+        for report in table.report(&peers, &current) {
+            let before = logged.insert(report.node_id, report.state);
+            match (before, report.state) {
+                (Some("up"), "down") => tracing::warn!(
+                    peer = report.node_id,
+                    addr = %report.addr,
+                    last_error = report.last_error.as_deref().unwrap_or(""),
+                    "peer down: no answer to health probes for {PEER_DOWN_AFTER:?}"
+                ),
+                (Some("down"), "up") => {
+                    tracing::info!(peer = report.node_id, addr = %report.addr, "peer up again")
+                }
+                _ => {}
+            }
+        }
+        let clients = current
             .into_iter()
             .filter_map(|(id, addr)| Some((id, peers.get_or_add(id, &addr).ok()?)));
         for (id, client) in clients {

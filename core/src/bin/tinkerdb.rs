@@ -80,9 +80,14 @@ fn main() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         // glommio logs an ERROR when a filesystem lacks io_uring polled I/O
         // (it falls back on its own): not an error of ours. openraft logs
-        // every vote and election at info: warn is enough by default.
+        // every vote and election at info: warn is enough by default; and
+        // it warns of every failed heartbeat to a dead peer (10 a second
+        // per group): the health probes log that peer once instead
+        // (`tinkerdb_replication::health`).
         .unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new("info,glommio::reactor=off,openraft=warn")
+            tracing_subscriber::EnvFilter::new(
+                "info,glommio::reactor=off,openraft=warn,openraft::core::heartbeat=error",
+            )
         });
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
