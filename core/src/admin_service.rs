@@ -310,6 +310,13 @@ fn report(context: &CoreContext) -> CoreReport {
         (store.key_count(), bytes)
     };
     let snapshots = context.snapshots.borrow();
+    // Cluster mode: this core's replica as its group sees it now.
+    let raft_status = context.replica.get().map(|replica| {
+        (
+            replica,
+            tinkerdb_replication::group::status(&replica.raft, replica.group),
+        )
+    });
     let (wal_bytes_written, wal_fsyncs, wal_fsync_latency, wal_poisoned) = match &context.wal {
         Some(wal) => (
             wal.stats().bytes_written.get(),
@@ -318,14 +325,12 @@ fn report(context: &CoreContext) -> CoreReport {
             wal.poisoned().is_some(),
         ),
         // Cluster mode: the core's WAL is its group's Raft log.
-        None => match context.replica.get() {
-            Some(replica) => (
+        None => match &raft_status {
+            Some((replica, status)) => (
                 replica.wal_stats.bytes_written.get(),
                 replica.wal_stats.flushes.get(),
                 replica.wal_stats.flush_micros.borrow().clone(),
-                tinkerdb_replication::group::status(&replica.raft, replica.group)
-                    .fatal
-                    .is_some(),
+                status.fatal.is_some(),
             ),
             None => (0, 0, tinkerdb_admin::report::latency_histogram(), false),
         },
@@ -345,8 +350,10 @@ fn report(context: &CoreContext) -> CoreReport {
         wal_fsync_latency,
         request_latency: stats.request_latency.borrow().clone(),
         tenant_requests: stats.tenant_requests.borrow().clone(),
-        raft: context.replica.get().map(|replica| {
-            let status = tinkerdb_replication::group::status(&replica.raft, replica.group);
+        raft: raft_status.map(|(replica, status)| {
+            let peers = replica
+                .health
+                .report(&replica.peers, &status.other_members());
             tinkerdb_admin::report::RaftReport {
                 group: status.group,
                 node_id: status.node_id,
@@ -370,12 +377,7 @@ fn report(context: &CoreContext) -> CoreReport {
                         last_ack_ms: f.last_ack_ms,
                     })
                     .collect(),
-                peers: replica
-                    .health
-                    .report(
-                        &replica.peers,
-                        &crate::cluster::other_members(&replica.raft, replica.group),
-                    )
+                peers: peers
                     .into_iter()
                     .map(|p| tinkerdb_admin::report::PeerReport {
                         node_id: p.node_id,

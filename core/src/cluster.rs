@@ -122,14 +122,9 @@ impl Applier for ShardApplier {
                 at_unix_ms,
                 ..
             } => {
-                let condition = match *condition {
-                    PutCondition::IfAbsent => WriteCondition::IfAbsent,
-                    PutCondition::IfPresent => WriteCondition::IfPresent,
-                    PutCondition::IfVersion(version) => WriteCondition::IfVersion(version),
-                };
                 // Judged at the proposer's instant, the same on every
                 // replica (whether the key has expired decides NX and XX).
-                (value, expires_at_unix_ms, condition, *at_unix_ms)
+                (value, expires_at_unix_ms, (*condition).into(), *at_unix_ms)
             }
         };
         let request = ShardRequest::Set {
@@ -263,7 +258,7 @@ pub async fn start_replica(
     let health = Rc::new(HealthTable::default());
     let members = {
         let raft = raft.clone();
-        move || other_members(&raft, spec.group)
+        move || group::status(&raft, spec.group).other_members()
     };
     glommio::spawn_local(health::probe_peers(peers.clone(), health.clone(), members)).detach();
     let replica = Replica {
@@ -342,18 +337,6 @@ pub fn join(
     }
 }
 
-/// The other members (voters and learners) of a group, with their Raft
-/// addresses for this core.
-pub fn other_members(raft: &GroupRaft<ShardApplier>, group: u64) -> Vec<(u64, String)> {
-    let status = group::status(raft, group);
-    status
-        .voters
-        .into_iter()
-        .chain(status.learners)
-        .filter(|(id, _)| *id != status.node_id)
-        .collect()
-}
-
 fn unavailable(error: GroupError) -> ShardReply {
     let code = match error {
         GroupError::Stopped { .. } => ErrorCode::StorageFailed,
@@ -398,13 +381,7 @@ pub async fn execute_replicated(
                 Expiry::AtMs(at) => Some(at),
                 _ => None,
             };
-            let condition = match options.condition {
-                WriteCondition::Always => None,
-                WriteCondition::IfAbsent => Some(PutCondition::IfAbsent),
-                WriteCondition::IfPresent => Some(PutCondition::IfPresent),
-                WriteCondition::IfVersion(version) => Some(PutCondition::IfVersion(version)),
-            };
-            let command = match condition {
+            let command = match PutCondition::of_write(options.condition) {
                 None => Command::Put {
                     tenant,
                     key,

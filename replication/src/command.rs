@@ -31,6 +31,8 @@
 
 use std::fmt;
 
+use tinkerdb_storage::WriteCondition;
+
 use crate::codec::{put_bytes_u32, put_u64, DecodeError, Reader};
 
 /// Longest tenant name the encoding can carry (a one-byte length). The node
@@ -97,6 +99,29 @@ pub enum PutCondition {
     IfPresent,
     /// The key's version is this one; 0: the key does not exist.
     IfVersion(u64),
+}
+
+impl PutCondition {
+    /// The condition of a store write, `None` for an unconditional one
+    /// (proposed as a plain [`Command::Put`]).
+    pub fn of_write(condition: WriteCondition) -> Option<PutCondition> {
+        match condition {
+            WriteCondition::Always => None,
+            WriteCondition::IfAbsent => Some(PutCondition::IfAbsent),
+            WriteCondition::IfPresent => Some(PutCondition::IfPresent),
+            WriteCondition::IfVersion(version) => Some(PutCondition::IfVersion(version)),
+        }
+    }
+}
+
+impl From<PutCondition> for WriteCondition {
+    fn from(condition: PutCondition) -> WriteCondition {
+        match condition {
+            PutCondition::IfAbsent => WriteCondition::IfAbsent,
+            PutCondition::IfPresent => WriteCondition::IfPresent,
+            PutCondition::IfVersion(version) => WriteCondition::IfVersion(version),
+        }
+    }
 }
 
 /// The state machine's answer to one applied entry.

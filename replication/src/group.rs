@@ -255,6 +255,25 @@ pub enum GroupError {
     },
 }
 
+impl GroupError {
+    /// The group stopped: openraft's fatal error (a failed disk).
+    fn stopped(group: u64, fatal: &impl std::fmt::Display) -> GroupError {
+        GroupError::Stopped {
+            group,
+            reason: fatal.to_string(),
+        }
+    }
+
+    /// No leader took the request between `started` and its deadline.
+    fn unavailable(group: u64, started: Instant, reason: String) -> GroupError {
+        GroupError::Unavailable {
+            group,
+            waited_ms: started.elapsed().as_millis() as u64,
+            reason,
+        }
+    }
+}
+
 /// Proposes `command` and waits until it is applied; forwards to the
 /// leader when this node is not it; retries through elections until
 /// [`REQUEST_DEADLINE`].
@@ -301,20 +320,13 @@ async fn propose_here<A: Applier>(
                 });
             }
             Err(RaftError::Fatal(fatal)) => {
-                return Err(GroupError::Stopped {
-                    group,
-                    reason: fatal.to_string(),
-                });
+                return Err(GroupError::stopped(group, &fatal));
             }
             Err(RaftError::APIError(other)) => last_reason = other.to_string(),
         }
         glommio::timer::sleep(RETRY_PAUSE).await;
     }
-    Err(GroupError::Unavailable {
-        group,
-        waited_ms: started.elapsed().as_millis() as u64,
-        reason: last_reason,
-    })
+    Err(GroupError::unavailable(group, started, last_reason))
 }
 
 /// The client of member `id`: a known peer, or one made from the address
@@ -399,20 +411,17 @@ pub async fn read_barrier<A: Applier>(
                 }
             }
             Err(RaftError::Fatal(fatal)) => {
-                return Err(ReadRefused::Failed(GroupError::Stopped {
-                    group,
-                    reason: fatal.to_string(),
-                }))
+                return Err(ReadRefused::Failed(GroupError::stopped(group, &fatal)))
             }
             Err(RaftError::APIError(other)) => last_reason = other.to_string(),
         }
         glommio::timer::sleep(RETRY_PAUSE).await;
     }
-    Err(ReadRefused::Failed(GroupError::Unavailable {
+    Err(ReadRefused::Failed(GroupError::unavailable(
         group,
-        waited_ms: started.elapsed().as_millis() as u64,
-        reason: last_reason,
-    }))
+        started,
+        last_reason,
+    )))
 }
 
 /// The follower half of a read: the leader's read index, then this
@@ -544,22 +553,13 @@ async fn change_here<A: Applier>(
                     reason: empty.to_string(),
                 })
             }
-            Err(RaftError::Fatal(fatal)) => {
-                return Err(GroupError::Stopped {
-                    group,
-                    reason: fatal.to_string(),
-                })
-            }
+            Err(RaftError::Fatal(fatal)) => return Err(GroupError::stopped(group, &fatal)),
             // A change in progress, an entry lost to an election: retry.
             Err(RaftError::APIError(other)) => last_reason = other.to_string(),
         }
         glommio::timer::sleep(RETRY_PAUSE).await;
     }
-    Err(GroupError::Unavailable {
-        group,
-        waited_ms: started.elapsed().as_millis() as u64,
-        reason: last_reason,
-    })
+    Err(GroupError::unavailable(group, started, last_reason))
 }
 
 async fn forward_change<A: Applier>(
@@ -618,6 +618,18 @@ pub struct GroupStatus {
     pub purged_index: Option<u64>,
     /// On the leader: each other member's progress (empty elsewhere).
     pub followers: Vec<FollowerProgress>,
+}
+
+impl GroupStatus {
+    /// The other members (voters and learners), with their Raft addresses.
+    pub fn other_members(&self) -> Vec<(NodeId, String)> {
+        self.voters
+            .iter()
+            .chain(&self.learners)
+            .filter(|(id, _)| *id != self.node_id)
+            .cloned()
+            .collect()
+    }
 }
 
 /// How a member keeps up with its leader (known on the leader only).

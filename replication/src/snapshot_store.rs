@@ -27,8 +27,10 @@
 //!   ```
 //! Both go to `<name>.tmp` first and are renamed; older pairs are deleted
 //! once a newer one is complete. At start the newest complete pair is
-//! checked (both checksums); a damaged one stops the group: the log it
-//! replaced is gone, so there is nothing to fall back to silently.
+//! found and its meta checked; the data's checksum is checked whenever the
+//! data is read (openraft reads it at start to install it). A damaged
+//! snapshot stops the group: the log it replaced is gone, so there is
+//! nothing to fall back to silently.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -64,6 +66,8 @@ pub struct StoredSnapshot {
     pub data_path: PathBuf,
     /// Size of the data, bytes.
     pub data_bytes: u64,
+    /// CRC-32C of the data, checked whenever it is read.
+    pub data_crc: u32,
 }
 
 fn invalid(path: &Path, why: impl std::fmt::Display) -> io::Error {
@@ -146,21 +150,20 @@ pub fn newest(dir: &Path) -> io::Result<Option<StoredSnapshot>> {
     let meta_path = dir.join(format!("{stem}.meta"));
     let (meta, data_bytes, data_crc) = decode_meta(&meta_path, &std::fs::read(&meta_path)?)?;
     let data_path = dir.join(format!("{stem}.data"));
-    let data = std::fs::read(&data_path)?;
-    if data.len() as u64 != data_bytes || crc32c::crc32c(&data) != data_crc {
-        return Err(invalid(
-            &data_path,
-            "size or checksum does not match its .meta",
-        ));
+    // The data's checksum is checked when it is read (openraft reads it at
+    // start to install it): here only that it is there, whole.
+    if std::fs::metadata(&data_path)?.len() != data_bytes {
+        return Err(invalid(&data_path, "size does not match its .meta"));
     }
     Ok(Some(StoredSnapshot {
         meta,
         data_path,
         data_bytes,
+        data_crc,
     }))
 }
 
-/// Reads a snapshot's data.
+/// Reads a snapshot's data, checking it against its metadata.
 pub async fn read_data(stored: &StoredSnapshot) -> io::Result<Vec<u8>> {
     // Buffered: the file is read whole, and O_DIRECT reads need aligned
     // sizes (and fail on tmpfs).
@@ -168,8 +171,11 @@ pub async fn read_data(stored: &StoredSnapshot) -> io::Result<Vec<u8>> {
     let read = file.read_at(0, stored.data_bytes as usize).await;
     let _ = file.close().await;
     let data = read?.to_vec();
-    if data.len() as u64 != stored.data_bytes {
-        return Err(invalid(&stored.data_path, "shorter than its .meta says"));
+    if data.len() as u64 != stored.data_bytes || crc32c::crc32c(&data) != stored.data_crc {
+        return Err(invalid(
+            &stored.data_path,
+            "size or checksum does not match its .meta",
+        ));
     }
     Ok(data)
 }
@@ -233,6 +239,7 @@ impl SnapshotWriter {
             meta: meta.clone(),
             data_path,
             data_bytes: self.data_bytes,
+            data_crc: self.data_crc,
         })
     }
 

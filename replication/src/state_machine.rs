@@ -191,11 +191,15 @@ impl<A: Applier> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<A> {
             took_ms = started.elapsed().as_millis() as u64,
             "snapshot written"
         );
-        keep_newest(&self.current, stored.clone());
-        let data = snapshot_store::read_data(&stored).await?;
+        keep_newest(&self.current, stored);
+        // openraft keeps only the metadata of a snapshot it asked to build
+        // (`BuildSnapshotDone(snap.meta)` in its state machine worker); a
+        // snapshot's data reaches a follower through `get_current_snapshot`,
+        // which reads the file. So the data is not read back here: that
+        // would be a second copy of the whole shard in memory for nothing.
         Ok(SnapshotOf::<TypeConfig, Vec<u8>> {
             meta,
-            snapshot: data,
+            snapshot: Vec::new(),
         })
     }
 }
