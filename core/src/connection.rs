@@ -14,7 +14,11 @@
 //!   connection stays, as the length prefix kept the stream in step;
 //! - a length prefix over `max_frame_bytes`: `FrameTooLarge`, then the
 //!   connection is closed, because the stream can no longer be followed;
-//! - everything else: a typed error for that request only.
+//! - everything else: a typed error for that request only;
+//! - the node shutting down (`crate::shutdown`): every request already read,
+//!   or arriving within `shutdown::DRAIN_READ_GRACE`, is answered; then one
+//!   `ShuttingDown` error with request id 0 says why the connection is about
+//!   to close, and it closes.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -34,9 +38,38 @@ use tinkerdb_storage::{
 use crate::config::DEFAULT_TENANT;
 use crate::protocol::{decode_command, encode_reply, Command, ProtocolError, Reply};
 use crate::router::{now_ms, CoreContext, Dispatched};
+use crate::shutdown::{ConnectionDrain, StopSignal};
 
 use crate::shard::{KeyFilter, ShardReply, ShardRequest, SlotKey};
 use crate::slots::CoreId;
+
+/// How long a connection closed by a shutdown keeps reading (and dropping)
+/// what the client still sends, after its last answer went out.
+pub const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Closes a connection the node ends while the client may still be
+/// sending: half-closes it (the client reads every answer, then end of
+/// stream), then reads and drops what arrives until the client closes too
+/// or [`CLOSE_LINGER`] passes. Closing at once would make the kernel answer
+/// the client's unread bytes with a reset, which can destroy answers the
+/// client has not read yet.
+pub(crate) async fn close_lingering(stream: &mut TcpStream) -> std::io::Result<()> {
+    stream.shutdown(std::net::Shutdown::Write).await?;
+    let discard = async {
+        let mut sink = [0u8; 4096];
+        while matches!(stream.read(&mut sink).await, Ok(read) if read > 0) {}
+    };
+    futures_lite::future::or(discard, glommio::timer::sleep(CLOSE_LINGER)).await;
+    Ok(())
+}
+
+/// What [`ReadBuffer::fill_unless_draining`] turned up.
+pub(crate) enum Filled {
+    /// Bytes read (0: end of stream).
+    Bytes(usize),
+    /// The node is shutting down: stop reading.
+    Draining,
+}
 
 /// Bytes a connection's read buffer starts with (it grows for large frames
 /// and shrinks back once they are consumed).
@@ -176,8 +209,9 @@ impl RemoteBatches {
     }
 }
 
-/// Serves one client until it disconnects or the stream breaks.
-pub async fn serve_connection(context: Rc<CoreContext>, stream: TcpStream) {
+/// Serves one client until it disconnects, the stream breaks or `drain` is
+/// tripped (graceful shutdown).
+pub async fn serve_connection(context: Rc<CoreContext>, stream: TcpStream, drain: StopSignal) {
     let peer = stream.peer_addr().ok();
     let mut connection = Connection {
         context,
@@ -187,6 +221,7 @@ pub async fn serve_connection(context: Rc<CoreContext>, stream: TcpStream) {
         builder: FlatBufferBuilder::new(),
         session: None,
         remote: RemoteBatches::default(),
+        drain: ConnectionDrain::new(drain),
     };
     if let Err(error) = connection.run().await {
         tracing::debug!(?peer, %error, "connection ended with an I/O error");
@@ -201,6 +236,8 @@ struct Connection {
     builder: FlatBufferBuilder<'static>,
     session: Option<Session>,
     remote: RemoteBatches,
+    /// Tripped when the node begins a graceful shutdown.
+    drain: ConnectionDrain,
 }
 
 impl Connection {
@@ -250,10 +287,36 @@ impl Connection {
                 }
                 continue;
             }
-            if self.input.fill(&mut self.stream, bytes_wanted).await? == 0 {
-                return Ok(());
+            match self
+                .input
+                .fill_unless_draining(&mut self.stream, bytes_wanted, &mut self.drain)
+                .await?
+            {
+                Filled::Bytes(0) => return Ok(()),
+                Filled::Bytes(_) => {}
+                Filled::Draining => return self.say_shutting_down().await,
             }
         }
+    }
+
+    /// Tells the client the node is shutting down (request id 0: about the
+    /// connection, not a request), then closes.
+    async fn say_shutting_down(&mut self) -> std::io::Result<()> {
+        let notice = ProtocolError::new(
+            ErrorCode::ShuttingDown,
+            "the node is shutting down; reconnect (elsewhere in a cluster)",
+        );
+        self.output.clear();
+        encode_reply(
+            &mut self.builder,
+            0,
+            &Reply::Error(notice),
+            &self.context.limits,
+            now_ms(),
+            &mut self.output,
+        );
+        self.stream.write_all(&self.output).await?;
+        close_lingering(&mut self.stream).await
     }
 
     /// Waits for every answer of the batch in order, encodes, writes.
@@ -854,7 +917,26 @@ impl ReadBuffer {
     /// prefix costs nothing until its bytes are actually sent. A full buffer
     /// also doubles (a RESP command's size is not announced up front).
     /// Returns bytes read (0: end of stream).
-    pub(crate) async fn fill(
+    pub(crate) async fn fill_unless_draining(
+        &mut self,
+        stream: &mut TcpStream,
+        bytes_wanted: usize,
+        drain: &mut ConnectionDrain,
+    ) -> std::io::Result<Filled> {
+        // The drain first: a connection with bytes still arriving must not
+        // keep a shutdown waiting past its grace.
+        futures_lite::future::or(
+            async {
+                drain.must_stop_reading().await;
+                Ok(Filled::Draining)
+            },
+            async { self.fill(stream, bytes_wanted).await.map(Filled::Bytes) },
+        )
+        .await
+    }
+
+    /// [`ReadBuffer::fill_unless_draining`] without a drain signal.
+    async fn fill(
         &mut self,
         stream: &mut TcpStream,
         bytes_wanted: usize,

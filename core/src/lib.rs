@@ -10,10 +10,13 @@
 //! # Layout
 //! - [`config`]: the node's configuration and its named limits.
 //! - [`node`]: start-up: executors, channels, listeners.
+//! - [`listener`]: listening sockets (`SO_REUSEADDR`, so a crashed node
+//!   restarts on its ports at once).
 //! - [`connection`]: one client connection: frames in, answers out.
 //! - [`protocol`]: wire frames <-> [`protocol::Command`] / [`protocol::Reply`].
 //! - [`resp`]: the Redis-protocol listener's parser, commands and replies.
 //! - [`router`]: the per-core context and cross-core messaging.
+//! - [`shutdown`]: graceful shutdown in two phases (drain, exit).
 //! - [`shard`]: the requests a core executes on its store, and its journal.
 //! - [`recovery`]: rebuilding a core's store from its snapshot and WAL.
 //! - [`snapshots`]: the per-core snapshot driver and file installation.
@@ -29,12 +32,14 @@ pub mod admin_service;
 pub mod cluster;
 pub mod config;
 pub mod connection;
+pub mod listener;
 pub mod node;
 pub mod protocol;
 pub mod recovery;
 pub mod resp;
 pub mod router;
 pub mod shard;
+pub mod shutdown;
 pub mod slots;
 pub mod snapshots;
 pub mod tenants;

@@ -11,12 +11,16 @@
 //! 4. once every core has bound and connected its channels, start the
 //!    admin plane (its own tokio thread, reaching the cores only through
 //!    one bounded channel each) and report ready.
+//!
+//! It stops when a core fails (the whole node stops: a core's slots cannot
+//! be served elsewhere) or, gracefully, when [`NodeStopper::stop`] is
+//! called (see [`crate::shutdown`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
@@ -25,9 +29,11 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::NodeConfig;
 use crate::connection::serve_connection;
+use crate::listener::PortSharing;
 use crate::recovery::recover_core;
 use crate::router::{now_ms, serve_peer, CoreContext, CoreMessage};
 use crate::shard::{Journal, Shard};
+use crate::shutdown::{stop_signal, CoreStopSignals, NodeStopper, StopSignal};
 use crate::slots::{CoreId, SlotMap};
 use crate::snapshots::drive_snapshots;
 use crate::tenants::{CoreTenants, TenantRegistry};
@@ -64,10 +70,14 @@ pub struct NodeInfo {
     pub durability: String,
     /// The bound admin address, if the admin plane runs.
     pub admin_addr: Option<SocketAddr>,
+    /// Starts a graceful shutdown of this node.
+    pub stopper: NodeStopper,
 }
 
 /// Runs a node until its cores stop. Calls `on_ready` once every core is
-/// serving.
+/// serving. Returns `Ok` after a graceful shutdown ([`NodeInfo::stopper`]),
+/// an error if a core failed or the shutdown overran
+/// `shutdown_timeout_ms`.
 pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::Result<()> {
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir)
@@ -127,6 +137,8 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
         config.resp_enabled = false;
     }
     let (bound_tx, bound_rx) = mpsc::channel::<anyhow::Result<BoundAddrs>>();
+    let (drain_trigger, drain) = stop_signal();
+    let (exit_trigger, exit) = stop_signal();
     let (events_tx, events_rx) = mpsc::channel::<CoreEvent>();
     refuse_address_in_use(config.listen, "clients")?;
     if config.resp_enabled {
@@ -154,6 +166,10 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
             bound: bound_tx.clone(),
             events: events_tx.clone(),
             admin_inbox: admin_listener.is_some().then(|| admin_inboxes.remove(0)),
+            stop: CoreStopSignals {
+                drain: drain.clone(),
+                exit: exit.clone(),
+            },
         };
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("tinkerdb-core-{core}"))
@@ -186,6 +202,9 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
             .recv()
             .with_context(|| format!("core {core} stopped during start-up"))??;
     }
+    let stopper = NodeStopper {
+        requests: events_tx.clone(),
+    };
     drop(events_tx);
     let mut serving = 0;
     while serving < cores {
@@ -200,6 +219,10 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
                     outcome.err().unwrap_or_default()
                 ));
             }
+            // Asked before the node was ready: nothing to drain yet, but
+            // stop once it is (the request is not lost).
+            CoreEvent::StopRequested => stopper.stop(),
+            CoreEvent::Drained(_) => unreachable!("no core drains before a stop"),
         }
     }
     let durability = format!("{:?}", config.durability).to_lowercase();
@@ -240,24 +263,80 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
         data_dir: config.data_dir.clone(),
         durability,
         admin_addr: admin.as_ref().map(|admin| admin.addr),
+        stopper,
     });
-    // A core never stops on its own: if one does (an error or a panic), its
-    // slots are gone, so the whole node stops rather than limp on.
+    let shutdown_timeout = Duration::from_millis(config.shutdown_timeout_ms);
+    // Set once a graceful shutdown has begun: its deadline, and progress.
+    let mut stopping: Option<Instant> = None;
+    let (mut drained, mut stopped) = (0, 0);
     loop {
-        if let CoreEvent::Stopped(core, outcome) = events_rx.recv().context("every core stopped")? {
-            drop(handles);
-            return match outcome {
-                Ok(()) => Err(anyhow!("core {core} stopped")),
-                Err(error) => Err(anyhow!("core {core} failed: {error}")),
-            };
+        let event = match stopping {
+            None => events_rx.recv().context("every core stopped")?,
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match events_rx.recv_timeout(left) {
+                    Ok(event) => event,
+                    Err(_) => {
+                        tracing::warn!(
+                            drained,
+                            stopped,
+                            cores,
+                            "shutdown overran shutdown_timeout_ms: exiting anyway"
+                        );
+                        return Err(anyhow!(
+                            "shutdown did not finish within {shutdown_timeout:?}"
+                        ));
+                    }
+                }
+            }
+        };
+        match event {
+            CoreEvent::StopRequested if stopping.is_none() => {
+                tracing::info!(timeout_ms = config.shutdown_timeout_ms, "shutting down");
+                stopping = Some(Instant::now() + shutdown_timeout);
+                drain_trigger.trip();
+            }
+            CoreEvent::StopRequested => {}
+            CoreEvent::Drained(core) => {
+                tracing::debug!(core, "core drained");
+                drained += 1;
+                if drained == cores {
+                    exit_trigger.trip();
+                }
+            }
+            CoreEvent::Stopped(_, Ok(())) if stopping.is_some() => {
+                stopped += 1;
+                if stopped == cores {
+                    for handle in handles {
+                        let _ = handle.join();
+                    }
+                    tracing::info!("shut down");
+                    return Ok(());
+                }
+            }
+            // A core never stops on its own: if one does (an error or a
+            // panic), its slots are gone, so the whole node stops rather
+            // than limp on.
+            CoreEvent::Stopped(core, outcome) => {
+                drop(handles);
+                return match outcome {
+                    Ok(()) => Err(anyhow!("core {core} stopped")),
+                    Err(error) => Err(anyhow!("core {core} failed: {error}")),
+                };
+            }
+            CoreEvent::Serving => unreachable!("every core reported serving once"),
         }
     }
 }
 
-/// What a core tells the main thread.
-enum CoreEvent {
+/// What a core (or a [`NodeStopper`]) tells the main thread.
+pub(crate) enum CoreEvent {
     /// Recovered, connected to the other cores, accepting clients.
     Serving,
+    /// A graceful shutdown is asked for.
+    StopRequested,
+    /// Shutdown phase 1 is done on this core: no connection left, WAL synced.
+    Drained(CoreId),
     /// Its thread ended (an error, or `Err("panicked")`).
     Stopped(CoreId, Result<(), String>),
 }
@@ -326,9 +405,10 @@ fn check_node_file(data_dir: &std::path::Path, cores: usize) -> anyhow::Result<(
 }
 
 /// Fails if another process already listens on `addr`. Needed because the
-/// cores bind with `SO_REUSEPORT` (glommio always sets it): without this
-/// check a second node on the same port would start and silently share its
-/// connections with the first.
+/// cores bind with `SO_REUSEPORT`: without this check a second node on the
+/// same port would start and silently share its connections with the first.
+/// The probe has `SO_REUSEADDR` (as std sets it), so the TIME_WAIT
+/// connections a crashed node left behind do not fail it (see `listener`).
 fn refuse_address_in_use(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
     if addr.port() == 0 {
         return Ok(());
@@ -360,12 +440,14 @@ struct CoreSetup {
     events: mpsc::Sender<CoreEvent>,
     /// This core's admin channel, if the admin plane runs.
     admin_inbox: Option<CoreInbox>,
+    /// The shutdown's two phases.
+    stop: CoreStopSignals,
 }
 
 async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
     let core = setup.core;
     let bind = |addr: SocketAddr, what: &str| {
-        TcpListener::bind(addr)
+        crate::listener::bind(addr, PortSharing::AllCores)
             .and_then(|listener| Ok((listener.local_addr()?, listener)))
             .map_err(|error| anyhow!("core {core} cannot listen for {what} on {addr}: {error}"))
     };
@@ -476,11 +558,87 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
     }
     let _ = setup.events.send(CoreEvent::Serving);
     tracing::debug!(core, %client_addr, "core serving");
-    if let Some((_, resp_listener)) = resp {
-        glommio::spawn_local(accept_loop(context.clone(), resp_listener, Protocol::Resp)).detach();
+    let stop = setup.stop;
+    let resp_accepting = resp.map(|(_, resp_listener)| {
+        let accepting = accept_loop(
+            context.clone(),
+            resp_listener,
+            Protocol::Resp,
+            stop.drain.clone(),
+        );
+        glommio::spawn_local(accepting)
+    });
+    accept_loop(
+        context.clone(),
+        listener,
+        Protocol::Flatbuffers,
+        stop.drain.clone(),
+    )
+    .await;
+    if let Some(accepting) = resp_accepting {
+        accepting.await;
     }
-    accept_loop(context, listener, Protocol::Flatbuffers).await;
+    drain_core(
+        &context,
+        Duration::from_millis(setup.config.shutdown_timeout_ms),
+    )
+    .await;
+    let _ = setup.events.send(CoreEvent::Drained(core));
+    stop.exit.tripped().await;
+    if let Some(replica) = context.replica.get() {
+        if let Err(error) = replica.raft.shutdown().await {
+            tracing::warn!(core, %error, "Raft group did not shut down cleanly");
+        }
+    }
+    tracing::debug!(core, "core stopped");
     Ok(())
+}
+
+/// Pause between looks at the open connections while a core drains.
+const DRAIN_POLL: Duration = Duration::from_millis(5);
+
+/// Shutdown phase 1 on one core, once its listeners are closed: hand its
+/// group's leadership to another voter, wait until its connections have
+/// answered what they read and closed (each watches the drain signal
+/// itself), then sync the WAL. Bounded by `timeout`; logs what it did.
+async fn drain_core(context: &CoreContext, timeout: Duration) {
+    let core = context.core;
+    let deadline = Instant::now() + timeout;
+    if let Some(replica) = context.replica.get() {
+        let handed_to = tinkerdb_replication::group::hand_off_leadership(
+            &replica.raft,
+            replica.group,
+            tinkerdb_replication::group::ELECTION_TIMEOUT_MAX,
+        )
+        .await;
+        if let Some(leader) = handed_to {
+            tracing::info!(
+                core,
+                group = replica.group,
+                to = leader,
+                "leadership handed off"
+            );
+        }
+    }
+    let open = || context.stats.connections_open.get();
+    while open() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(DRAIN_POLL).await;
+    }
+    if open() > 0 {
+        tracing::warn!(
+            core,
+            connections = open(),
+            "connections still open at the shutdown deadline"
+        );
+    }
+    if let Some(wal) = &context.wal {
+        // Interval durability: the writes acknowledged since the last flush.
+        let last = wal.last_index();
+        match wal.wait_durable(last).await {
+            Ok(()) => tracing::info!(core, wal_index = last, "WAL synced"),
+            Err(error) => tracing::warn!(core, %error, "WAL could not be synced"),
+        }
+    }
 }
 
 /// Which protocol a listener speaks.
@@ -490,12 +648,30 @@ enum Protocol {
     Resp,
 }
 
-async fn accept_loop(context: Rc<CoreContext>, listener: TcpListener, protocol: Protocol) {
+/// Accepts connections until `drain` is tripped (then drops the listener:
+/// new connections are refused by the kernel).
+async fn accept_loop(
+    context: Rc<CoreContext>,
+    listener: TcpListener,
+    protocol: Protocol,
+    drain: StopSignal,
+) {
     let core = context.core;
 
     let max_connections = context.limits.max_connections_per_core as u64;
     loop {
-        let stream = match listener.accept().await {
+        let accepted = futures_lite::future::or(
+            async {
+                drain.tripped().await;
+                None
+            },
+            async { Some(listener.accept().await) },
+        )
+        .await;
+        let Some(accepted) = accepted else {
+            return;
+        };
+        let stream = match accepted {
             Ok(stream) => stream,
             Err(error) => {
                 // Out of file descriptors and the like: wait and go on.
@@ -517,11 +693,18 @@ async fn accept_loop(context: Rc<CoreContext>, listener: TcpListener, protocol: 
         let context = context.clone();
         let connection_id =
             stats.connections_total.get() * context.slot_map.cores() as u64 + core as u64;
+        let drain = drain.clone();
         glommio::spawn_local(async move {
             match protocol {
-                Protocol::Flatbuffers => serve_connection(context.clone(), stream).await,
+                Protocol::Flatbuffers => serve_connection(context.clone(), stream, drain).await,
                 Protocol::Resp => {
-                    crate::resp::serve_resp_connection(context.clone(), stream, connection_id).await
+                    crate::resp::serve_resp_connection(
+                        context.clone(),
+                        stream,
+                        connection_id,
+                        drain,
+                    )
+                    .await
                 }
             }
             let open = &context.stats.connections_open;

@@ -116,7 +116,7 @@ pub fn decode_command(
 ) -> Result<(u64, Command), (u64, ProtocolError)> {
     let request = decode_request(frame).map_err(|error| {
         (
-            0,
+            tinkerdb_schemas::frame::request_id_of_malformed(frame).unwrap_or(0),
             ProtocolError::new(ErrorCode::MalformedFrame, error.to_string()),
         )
     })?;

@@ -21,12 +21,15 @@ use glommio::net::TcpStream;
 use tinkerdb_storage::{hash_slot, Expiry, SetOptions, WriteCondition, SLOT_COUNT};
 
 use crate::config::DEFAULT_TENANT;
-use crate::connection::{execute_multi, quota_error, ReadBuffer, RemoteBatches, Session};
+use crate::connection::{
+    close_lingering, execute_multi, quota_error, Filled, ReadBuffer, RemoteBatches, Session,
+};
 use crate::protocol::{Command, ProtocolError, Reply};
 use crate::router::{now_ms, CoreContext};
 use crate::shard::{
     ShardReply, ShardRequest, SlotKey, Update, UpdateError, UpdateOutcome, ValueRead,
 };
+use crate::shutdown::{ConnectionDrain, StopSignal};
 
 /// Longest inline command (a line without the `*` array header), as Redis.
 pub const RESP_MAX_INLINE_BYTES: usize = 64 << 10;
@@ -294,6 +297,7 @@ pub async fn serve_resp_connection(
     context: Rc<CoreContext>,
     stream: TcpStream,
     connection_id: u64,
+    drain: StopSignal,
 ) {
     let peer = stream.peer_addr().ok();
     let default = context
@@ -316,6 +320,7 @@ pub async fn serve_resp_connection(
         remote: RemoteBatches::default(),
         connection_id,
         peer: peer.map(|p| p.to_string()).unwrap_or_default(),
+        drain: ConnectionDrain::new(drain),
     };
     if let Err(error) = connection.run().await {
         tracing::debug!(?peer, %error, "RESP connection ended with an I/O error");
@@ -323,6 +328,9 @@ pub async fn serve_resp_connection(
 }
 
 struct RespConnection {
+    /// Tripped when the node begins a graceful shutdown: the connection
+    /// answers what it has read, then closes (RESP2 has no way to say why).
+    drain: ConnectionDrain,
     context: Rc<CoreContext>,
     stream: TcpStream,
     input: ReadBuffer,
@@ -426,8 +434,14 @@ impl RespConnection {
                 self.stream.write_all(&self.output).await?;
                 return Ok(());
             }
-            if self.input.fill(&mut self.stream, 1).await? == 0 {
-                return Ok(());
+            match self
+                .input
+                .fill_unless_draining(&mut self.stream, 1, &mut self.drain)
+                .await?
+            {
+                Filled::Bytes(0) => return Ok(()),
+                Filled::Bytes(_) => {}
+                Filled::Draining => return close_lingering(&mut self.stream).await,
             }
         }
     }

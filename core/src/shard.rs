@@ -272,6 +272,13 @@ pub struct Shard {
 /// What makes a shard's writes durable: the WAL every applied write is
 /// logged to, and the snapshot in progress that must see each slot as it was
 /// at its cut. Without a WAL (durability `none`) it does nothing.
+///
+/// It also keeps reads from showing what a crash can take back (sync
+/// durability): a write is applied to the store before its WAL record is on
+/// disk, so a request that observes a slot with a record still in flight
+/// (a read, or a write whose outcome depends on the slot's state) gets that
+/// record's index as its acknowledgement point and is answered only once the
+/// record is durable. A slot with nothing in flight costs one comparison.
 pub struct Journal {
     wal: Option<Wal>,
     tenants: Rc<CoreTenants>,
@@ -279,17 +286,73 @@ pub struct Journal {
     /// The WAL index the current request's acknowledgement must wait for.
     ack_point: Option<u64>,
     log_buffer: Vec<u8>,
+    /// Sync durability only (empty otherwise): for every slot, the WAL index
+    /// of the last record that changed it. A request observing the slot
+    /// waits for that index when it is not durable yet.
+    last_index_by_slot: Vec<u64>,
+    /// The WAL index of the last record that changed every slot at once
+    /// (`Flush`), observed by every request like a slot's own index.
+    last_index_all_slots: u64,
 }
+
+/// Test hook: `TINKERDB_FAILPOINT_READS_SKIP_DURABLE_WAIT=1` answers reads
+/// without waiting for the records they observed to be durable: the
+/// negative control of the durable-reads crash test, which must catch it.
+/// Read once, when a core starts.
+pub const FAILPOINT_READS_SKIP_DURABLE_WAIT: &str = "TINKERDB_FAILPOINT_READS_SKIP_DURABLE_WAIT";
 
 impl Journal {
     /// A journal writing to `wal` (none: memory only).
     pub fn new(wal: Option<Wal>, tenants: Rc<CoreTenants>) -> Journal {
+        let reads_wait = wal.as_ref().is_some_and(|wal| wal.ack_point(0).is_some())
+            && std::env::var_os(FAILPOINT_READS_SKIP_DURABLE_WAIT).is_none();
         Journal {
             wal,
             tenants,
             snapshot: None,
             ack_point: None,
             log_buffer: Vec::new(),
+            last_index_by_slot: match reads_wait {
+                true => vec![0; SLOT_COUNT],
+                false => Vec::new(),
+            },
+            last_index_all_slots: 0,
+        }
+    }
+
+    /// Raises the acknowledgement point to `index`.
+    fn wait_for(&mut self, index: u64) {
+        self.ack_point = Some(self.ack_point.map_or(index, |point| point.max(index)));
+    }
+
+    /// The current request observed `slot`: its answer must not go out
+    /// before the slot's last record is durable.
+    fn observe(&mut self, slot: Slot) {
+        let Some(&slot_index) = self.last_index_by_slot.get(slot as usize) else {
+            return; // Not sync durability: reads never wait.
+        };
+        let index = slot_index.max(self.last_index_all_slots);
+        let wal = self
+            .wal
+            .as_ref()
+            .expect("slot indexes are kept only with a WAL");
+        if index > wal.durable_index() {
+            self.wait_for(index);
+        }
+    }
+
+    /// The current request observed every slot (tenant usage): it waits for
+    /// every record appended so far.
+    fn observe_all(&mut self) {
+        if self.last_index_by_slot.is_empty() {
+            return;
+        }
+        let wal = self
+            .wal
+            .as_ref()
+            .expect("slot indexes are kept only with a WAL");
+        if wal.last_index() > wal.durable_index() {
+            self.wait_for(wal.last_index());
         }
     }
 
@@ -313,7 +376,8 @@ impl Journal {
             .map(|error| error.to_string())
     }
 
-    fn append(&mut self, op: LoggedOp<'_>) {
+    /// Logs `op`, which changed `slot` (`None`: every slot).
+    fn append(&mut self, op: LoggedOp<'_>, slot: Option<Slot>) {
         let Some(wal) = &self.wal else {
             return;
         };
@@ -325,7 +389,13 @@ impl Journal {
             .append(RECORD_KIND_KV, &self.log_buffer)
             .expect("WAL poisoned in the middle of a synchronous request");
         if let Some(point) = wal.ack_point(index) {
-            self.ack_point = Some(self.ack_point.map_or(point, |p| p.max(point)));
+            self.wait_for(point);
+        }
+        if !self.last_index_by_slot.is_empty() {
+            match slot {
+                Some(slot) => self.last_index_by_slot[slot as usize] = index,
+                None => self.last_index_all_slots = index,
+            }
         }
     }
 
@@ -351,7 +421,7 @@ impl Journal {
                 key: &key.key,
             },
         };
-        self.append(op);
+        self.append(op, Some(key.slot));
     }
 }
 
@@ -508,6 +578,7 @@ impl Shard {
         match request {
             ShardRequest::Get { tenant, key } => {
                 assert_owned(key.slot);
+                journal.observe(key.slot);
                 ShardReply::Value(read(store, tenant, &key, now_ms))
             }
             ShardRequest::Set {
@@ -517,6 +588,8 @@ impl Shard {
                 options,
             } => {
                 assert_owned(key.slot);
+                // A refused condition (NX, XX, version) shows the slot's state.
+                journal.observe(key.slot);
                 journal.before_write(store, key.slot);
                 let result = store.set(tenant, key.slot, &key.key, &value, options, now_ms);
                 if matches!(result, Ok(outcome) if outcome.applied) {
@@ -532,6 +605,7 @@ impl Shard {
                 let mut values = Vec::with_capacity(keys.len());
                 let mut bytes = 0;
                 for key in &keys {
+                    journal.observe(key.slot);
                     let value = read(store, tenant, key, now_ms);
                     bytes += value.as_ref().map_or(0, |v| v.value.len());
                     if bytes > max_bytes {
@@ -565,6 +639,8 @@ impl Shard {
             ShardRequest::Delete { tenant, keys } => {
                 let mut deleted = 0;
                 for key in &keys {
+                    // A key not found shows the slot's state.
+                    journal.observe(key.slot);
                     journal.before_write(store, key.slot);
                     if store.delete(tenant, key.slot, &key.key, now_ms) {
                         journal.log_state(store, tenant, key);
@@ -573,26 +649,40 @@ impl Shard {
                 }
                 ShardReply::Count(deleted)
             }
-            ShardRequest::Exists { tenant, keys } => ShardReply::Count(
-                keys.iter()
-                    .filter(|key| store.exists(tenant, key.slot, &key.key, now_ms))
-                    .count() as u64,
-            ),
+            ShardRequest::Exists { tenant, keys } => {
+                keys.iter().for_each(|key| journal.observe(key.slot));
+                ShardReply::Count(
+                    keys.iter()
+                        .filter(|key| store.exists(tenant, key.slot, &key.key, now_ms))
+                        .count() as u64,
+                )
+            }
             ShardRequest::Scan {
                 tenant,
                 start_slot,
                 filter,
                 max_keys,
-            } => scan_step(
-                store, slot_map, *core, tenant, start_slot, &filter, max_keys, now_ms,
-            ),
-            ShardRequest::Usage { tenant } => ShardReply::Usage(store.tenant_usage(tenant)),
+            } => {
+                let reply = scan_step(
+                    store, slot_map, *core, tenant, start_slot, &filter, max_keys, now_ms,
+                );
+                if let ShardReply::Scanned { next_slot, .. } = &reply {
+                    (start_slot..*next_slot).for_each(|slot| journal.observe(slot as Slot));
+                }
+                reply
+            }
+            ShardRequest::Usage { tenant } => {
+                journal.observe_all();
+                ShardReply::Usage(store.tenant_usage(tenant))
+            }
             ShardRequest::Update {
                 tenant,
                 key,
                 update,
             } => {
                 assert_owned(key.slot);
+                // A refused update (not an integer) shows the slot's state.
+                journal.observe(key.slot);
                 journal.before_write(store, key.slot);
                 let result = apply_update(store, tenant, &key, update, now_ms);
                 if result.is_ok() {
@@ -607,7 +697,7 @@ impl Shard {
                 }
                 let removed = store.flush_tenant(tenant);
                 let name = journal.tenants.name_of(tenant);
-                journal.append(LoggedOp::Flush { tenant: &name });
+                journal.append(LoggedOp::Flush { tenant: &name }, None);
                 ShardReply::Count(removed)
             }
             ShardRequest::Stale(read) => self.execute(*read, now_ms),

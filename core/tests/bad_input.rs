@@ -164,6 +164,22 @@ fn malformed_frames_get_an_error_and_the_connection_survives() {
     write_frame(&mut empty, b"");
     raw.send(&empty);
     assert_eq!(raw.answer(), error(0, ErrorCode::MalformedFrame));
+    // The union's type is set but its member table is missing: the root
+    // table verifies, so the error carries the request's id.
+    let mut builder = FlatBufferBuilder::new();
+    let root = wire::RequestFrame::create(
+        &mut builder,
+        &wire::RequestFrameArgs {
+            request_id: 5,
+            request_type: wire::Request::Get,
+            request: None,
+        },
+    );
+    builder.finish_minimal(root);
+    let mut missing_member = Vec::new();
+    write_frame(&mut missing_member, builder.finished_data());
+    raw.send(&missing_member);
+    assert_eq!(raw.answer(), error(5, ErrorCode::MalformedFrame));
     raw.send(&frame(3, |b| {
         let table = wire::Ping::create(b, &wire::PingArgs {});
         (wire::Request(200), table.as_union_value())

@@ -18,24 +18,10 @@ const CORES: usize = 2;
 const RAFT_TUNING: &str = "[raft]\nsnapshot_every_entries = 40\nlogs_kept_after_snapshot = 5\n";
 
 /// `n` Raft base ports, each with the next `CORES - 1` ports free too.
-/// Taken below Linux's ephemeral range (32768 and up), where no socket of
-/// another node or client is given a port by the kernel between this
-/// choice and the node's bind, and from a counter shared by the tests of
-/// this process, which run in parallel.
 fn raft_ports(n: usize) -> Vec<u16> {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let start = 20_000 + (std::process::id() % 1_000) as u16 * 10;
-    let mut ports = Vec::new();
-    while ports.len() < n {
-        let base = start + NEXT.fetch_add(CORES as u16 + 1, Ordering::Relaxed) % 2_000;
-        let all_free =
-            (0..CORES as u16).all(|c| std::net::TcpListener::bind(("127.0.0.1", base + c)).is_ok());
-        if all_free {
-            ports.push(base);
-        }
-    }
-    ports
+    (0..n)
+        .map(|_| common::free_port_block(CORES as u16))
+        .collect()
 }
 
 struct Cluster {
@@ -82,6 +68,20 @@ impl Cluster {
         assert_eq!(dir, self.dirs[&id]);
     }
 
+    /// Stops node `id` with SIGTERM (graceful: hands off leadership,
+    /// drains); returns its exit status and how long it took.
+    fn stop_gracefully(&mut self, id: u64) -> (std::process::ExitStatus, Duration) {
+        let mut node = self.nodes.remove(&id).unwrap();
+        let started = Instant::now();
+        node.signal("TERM");
+        let status = node
+            .wait_exit(Duration::from_secs(15))
+            .unwrap_or_else(|| panic!("node {id} did not exit after SIGTERM"));
+        let took = started.elapsed();
+        assert_eq!(node.into_dir(), self.dirs[&id]);
+        (status, took)
+    }
+
     fn client(&self, id: u64) -> Client {
         let config = ClientConfig::new(self.nodes[&id].addr.to_string())
             .request_timeout(Duration::from_secs(15));
@@ -105,6 +105,16 @@ impl Cluster {
     }
 }
 
+/// Held by each test for its whole run: a cluster is 3 nodes of 2 cores on
+/// a machine that may have 2 CPUs, and several at once starve each other
+/// into election timeouts that the tests would then blame on the code.
+fn one_cluster_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ALONE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
     RUNTIME.get_or_init(|| {
@@ -118,10 +128,11 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 
 #[test]
 fn kill_9_of_a_leader_loses_no_acknowledged_write_and_the_node_catches_up() {
+    let _alone = one_cluster_at_a_time();
     let mut cluster = Cluster::start();
     let mut agreed = Vec::new();
     assert!(
-        common::eventually(Duration::from_secs(15), || {
+        common::eventually(Duration::from_secs(60), || {
             let views: Vec<_> = (1..=3).map(|id| cluster.leaders(id)).collect();
             agreed = views[0].clone();
             agreed.iter().all(Option::is_some) && views.iter().all(|v| *v == agreed)
@@ -186,7 +197,7 @@ fn kill_9_of_a_leader_loses_no_acknowledged_write_and_the_node_catches_up() {
     // background after the writes that trigger them.)
     let mut purged = None;
     assert!(
-        common::eventually(Duration::from_secs(10), || {
+        common::eventually(Duration::from_secs(60), || {
             purged = cluster.shards(survivors[0])[0]["purged_index"].as_u64();
             purged.is_some_and(|purged| purged > victim_last_index)
         }),
@@ -225,6 +236,7 @@ async fn assert_all_readable(client: &Client, acked: &[(String, String)], via: &
 
 #[test]
 fn conditional_writes_replicate_and_compare_and_set_loses_no_increment() {
+    let _alone = one_cluster_at_a_time();
     let cluster = Cluster::start();
     let clients: Vec<Client> = (1..=3).map(|id| cluster.client(id)).collect();
     runtime().block_on(async {
@@ -348,20 +360,22 @@ fn status_rows(status: &str) -> BTreeMap<u64, (String, String)> {
 
 #[test]
 fn a_node_joins_and_another_leaves_under_load_and_health_shows_a_dead_peer() {
+    let _alone = one_cluster_at_a_time();
     let mut cluster = Cluster::start();
     assert!(
-        common::eventually(Duration::from_secs(15), || {
+        common::eventually(Duration::from_secs(60), || {
             cluster.leaders(1).iter().all(Option::is_some)
         }),
         "no leaders"
     );
     // Load: one writer through node 2, one through node 3, until stopped.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let writers: Vec<_> = [2u64, 3]
         .into_iter()
         .map(|via| {
             let client = cluster.client(via);
-            let stop = stop.clone();
+            let (stop, written) = (stop.clone(), written.clone());
             runtime().spawn(async move {
                 let mut acked = Vec::new();
                 let mut slowest = Duration::ZERO;
@@ -375,13 +389,32 @@ fn a_node_joins_and_another_leaves_under_load_and_health_shows_a_dead_peer() {
                         .unwrap_or_else(|error| panic!("{key}: {error}"));
                     slowest = slowest.max(started.elapsed());
                     acked.push(key);
+                    written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     i += 1;
                 }
                 (acked, slowest)
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(500));
+    // Waits until the writers have had `n` writes acknowledged in all (a
+    // count, not a pause, so that a busy machine still runs the changes
+    // under load); a writer that stopped has panicked (its message is
+    // above).
+    let writes_reach = |n: usize, when: &str| {
+        let reached = common::eventually(Duration::from_secs(60), || {
+            assert!(
+                !writers.iter().any(|writer| writer.is_finished()),
+                "a writer failed {when} (its panic is above)"
+            );
+            written.load(std::sync::atomic::Ordering::Relaxed) >= n
+        });
+        assert!(
+            reached,
+            "{} writes under load {when}, waited for {n}",
+            written.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    };
+    writes_reach(10, "before the join");
 
     // Node 4 joins through node 1's admin API; "ready" means it is a voter.
     let port = raft_ports(1)[0];
@@ -415,7 +448,8 @@ fn a_node_joins_and_another_leaves_under_load_and_health_shows_a_dead_peer() {
         removed.contains("node 1 removed; voters per shard: [[2,3,4],[2,3,4]]"),
         "{removed}"
     );
-    std::thread::sleep(Duration::from_millis(500));
+    let after_removal = written.load(std::sync::atomic::Ordering::Relaxed) + 10;
+    writes_reach(after_removal.max(21), "after the removal");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut acked = Vec::new();
     let mut slowest = Duration::ZERO;
@@ -440,7 +474,7 @@ fn a_node_joins_and_another_leaves_under_load_and_health_shows_a_dead_peer() {
     cluster.kill(3);
     let mut status = String::new();
     assert!(
-        common::eventually(Duration::from_secs(10), || {
+        common::eventually(Duration::from_secs(60), || {
             status = tinker_admin(cluster.nodes[&4].admin_addr, &["cluster", "status"]);
             status_rows(&status)
                 .get(&3)
@@ -467,6 +501,7 @@ fn a_node_joins_and_another_leaves_under_load_and_health_shows_a_dead_peer() {
 
 #[test]
 fn stale_reads_answer_without_a_quorum_and_linearizable_reads_refuse() {
+    let _alone = one_cluster_at_a_time();
     let mut cluster = Cluster::start();
     let writer = cluster.client(1);
     runtime().block_on(async {
@@ -494,9 +529,13 @@ fn stale_reads_answer_without_a_quorum_and_linearizable_reads_refuse() {
         let started = Instant::now();
         let value = stale.get("stale-key").await.unwrap().unwrap();
         assert_eq!(value.value, "v1");
+        // A read that waited for a quorum would wait the group's whole
+        // request deadline (as the linearizable read below does) before
+        // failing; a busy machine may still take a while for a local one.
+        let took = started.elapsed();
         assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "a stale read waits for nobody"
+            took < tinkerdb_replication::group::REQUEST_DEADLINE,
+            "a stale read waits for nobody, it took {took:?}"
         );
         let error = linearizable.get("stale-key").await.unwrap_err();
         assert_eq!(
@@ -529,4 +568,123 @@ fn stale_reads_answer_without_a_quorum_and_linearizable_reads_refuse() {
     assert_eq!(body["error"]["code"], "unavailable", "{body}");
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("no leader for group"), "{body}");
+}
+
+/// A rolling restart under load: each node in turn gets SIGTERM (it hands
+/// its leaderships to another voter, answers what is in flight, exits 0)
+/// and is started again. Writers keep writing through every node, moving to
+/// another node when theirs goes away; no acknowledged write is lost, and no
+/// write waits as long as an election timeout (the hand-off spares the
+/// election a killed leader costs).
+#[test]
+fn a_rolling_restart_under_load_loses_no_write_and_costs_no_election_timeout() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let _alone = one_cluster_at_a_time();
+    let mut cluster = Cluster::start();
+    let clock = Instant::now();
+    assert!(
+        common::eventually(Duration::from_secs(15), || {
+            let views: Vec<_> = (1..=3).map(|id| cluster.leaders(id)).collect();
+            views[0].iter().all(Option::is_some) && views.iter().all(|v| *v == views[0])
+        }),
+        "the groups never agreed on leaders"
+    );
+    // The clients of each node; a writer tries its own node first.
+    let clients: Arc<Mutex<BTreeMap<u64, Client>>> = Arc::new(Mutex::new(
+        (1..=3).map(|id| (id, cluster.client(id))).collect(),
+    ));
+    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let waits: Arc<Mutex<Vec<(Duration, String)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..6u64)
+        .map(|writer| {
+            let (clients, acked, waits, stop) =
+                (clients.clone(), acked.clone(), waits.clone(), stop.clone());
+            runtime().spawn(async move {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let (key, value) = (format!("w{writer}-{n}"), format!("v{n}"));
+                    let started = Instant::now();
+                    let mut attempt = 0u64;
+                    let mut tried = Vec::new();
+                    loop {
+                        let via = (writer + attempt) % 3 + 1;
+                        attempt += 1;
+                        let client = clients.lock().unwrap().get(&via).cloned();
+                        let Some(client) = client else { continue };
+                        let sent = Instant::now();
+                        let outcome = client.set(&key, &value).await;
+                        tried.push(format!(
+                            "via {via}: {:?} {:?}",
+                            sent.elapsed(),
+                            outcome.as_ref().err()
+                        ));
+                        if outcome.is_ok() {
+                            break;
+                        }
+                        assert!(
+                            started.elapsed() < Duration::from_secs(20),
+                            "{key} was never acknowledged"
+                        );
+                    }
+                    let at = clock.elapsed();
+                    waits
+                        .lock()
+                        .unwrap()
+                        .push((started.elapsed(), format!("{key} at {at:?}: {tried:?}")));
+                    acked.lock().unwrap().push((key, value));
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut stops = Vec::new();
+    for id in 1..=3 {
+        let led: usize = cluster
+            .leaders(id)
+            .iter()
+            .filter(|leader| **leader == Some(id))
+            .count();
+        clients.lock().unwrap().remove(&id);
+        let at = clock.elapsed();
+        let (status, took) = cluster.stop_gracefully(id);
+        assert_eq!(status.code(), Some(0), "node {id}: {status:?}");
+        stops.push(format!(
+            "node {id} (leader of {led}) at {at:?} exited 0 in {took:?}"
+        ));
+        cluster.start_node(id);
+        let client = cluster.client(id);
+        clients.lock().unwrap().insert(id, client);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        runtime().block_on(writer).unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let mut waits = waits.lock().unwrap().clone();
+    waits.sort_unstable();
+    let (slowest, slowest_write) = waits.last().unwrap().clone();
+    let client = cluster.client(1);
+    runtime().block_on(assert_all_readable(
+        &client,
+        &acked,
+        "node 1 after the rolling restart",
+    ));
+    eprintln!(
+        "rolling restart: {}; {} writes acknowledged, none lost; wait median {:?}, p99 {:?}, max {:?}",
+        stops.join(", "),
+        acked.len(),
+        waits[waits.len() / 2].0,
+        waits[waits.len() * 99 / 100].0,
+        slowest
+    );
+    assert!(
+        slowest < tinkerdb_replication::group::ELECTION_TIMEOUT_MAX,
+        "a write waited {slowest:?}, an election timeout is {:?}: {slowest_write}; stops: {}",
+        tinkerdb_replication::group::ELECTION_TIMEOUT_MAX,
+        stops.join(", ")
+    );
 }

@@ -702,3 +702,49 @@ pub fn status<A: Applier>(raft: &GroupRaft<A>, group: u64) -> GroupStatus {
         followers,
     }
 }
+
+/// Pause between looks at the metrics while a leadership hand-off settles.
+const HAND_OFF_POLL: Duration = Duration::from_millis(10);
+
+/// Hands this replica's leadership of `group` to another voter, the one
+/// with the most of the log (graceful shutdown: the group gets a leader at
+/// once instead of after an election timeout). Returns the new leader, or
+/// `None` when this replica is not the leader, no other voter exists, or no
+/// other leader took over within `timeout` (the caller stops anyway; the
+/// others then elect one after their election timeout).
+pub async fn hand_off_leadership<A: Applier>(
+    raft: &GroupRaft<A>,
+    group: u64,
+    timeout: Duration,
+) -> Option<NodeId> {
+    let before = status(raft, group);
+    if before.leader != Some(before.node_id) {
+        return None;
+    }
+    let voters: Vec<NodeId> = before.voters.iter().map(|(id, _)| *id).collect();
+    // The voter closest to the leader's log (and heard from lately) can
+    // win the election the hand-off starts without catching up first.
+    let target = before
+        .followers
+        .iter()
+        .filter(|follower| voters.contains(&follower.node_id))
+        .filter(|follower| follower.last_ack_ms.is_some_and(|ms| ms < 1_000))
+        .max_by_key(|follower| follower.matched_index)
+        .map(|follower| follower.node_id)?;
+    assert_ne!(
+        target, before.node_id,
+        "a leader hands off to another voter"
+    );
+    if raft.trigger().transfer_leader(target).await.is_err() {
+        return None;
+    }
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let now = status(raft, group);
+        match now.leader {
+            Some(leader) if leader != before.node_id => return Some(leader),
+            _ => glommio::timer::sleep(HAND_OFF_POLL).await,
+        }
+    }
+    None
+}

@@ -867,7 +867,41 @@ fn encode_entry(entry: &Entry, out: &mut Vec<u8>) -> Result<(), String> {
         }
     }
     assert_eq!(out.len() - start, length, "encoded_entry_len is exact");
+    // Pair check: never write what `open` could not read back (a membership
+    // openraft accepted from a peer but `Membership::new` refuses would
+    // leave a log the node cannot restart from).
+    if let Err(error) = decode_entry(&out[start..]) {
+        out.truncate(start);
+        return Err(format!(
+            "log entry {} would not read back: {error}",
+            entry.log_id
+        ));
+    }
     Ok(())
+}
+
+/// Whether `entry` can be stored and read back (the check `append` makes),
+/// for refusing an entry from a peer with a typed error before openraft
+/// takes it: a storage error inside openraft would stop the group.
+pub fn check_storable(entry: &Entry) -> Result<(), String> {
+    encode_entry(entry, &mut Vec::with_capacity(encoded_entry_len(entry)))
+}
+
+/// The entry record decoder (a WAL payload of kind [`RECORD_KIND_RAFT_ENTRY`]),
+/// public only for the fuzz targets (`fuzz/`) and tests.
+pub fn decode_entry_for_fuzzing(bytes: &[u8]) -> Result<Entry, DecodeError> {
+    decode_entry(bytes)
+}
+
+/// The entry record encoder, public only for the fuzz targets and tests.
+pub fn encode_entry_for_fuzzing(entry: &Entry, out: &mut Vec<u8>) -> Result<(), String> {
+    encode_entry(entry, out)
+}
+
+/// The metadata record decoded and encoded again, public only for the
+/// fuzz targets and tests (the metadata type itself is private).
+pub fn reencode_meta_for_fuzzing(bytes: &[u8]) -> Result<Vec<u8>, DecodeError> {
+    decode_meta(bytes).map(|meta| encode_meta(&meta))
 }
 
 /// Decodes a WAL record payload into an entry.
@@ -1036,6 +1070,42 @@ mod tests {
                 assert!(decode_entry(&bytes[..cut]).is_err(), "cut at {cut}");
             }
         }
+    }
+
+    /// Found by fuzzing: openraft deserializes (from a peer's
+    /// AppendEntries) a joint membership whose second config is empty,
+    /// which `Membership::new` refuses when the log is read back. It must
+    /// be refused before it is stored.
+    #[test]
+    fn a_membership_that_would_not_read_back_is_refused_before_it_is_stored() {
+        let nodes = BTreeMap::from([(1, Node::new("a:1")), (2, Node::new("b:1"))]);
+        let joint = Membership::new(
+            vec![BTreeSet::from([1]), BTreeSet::from([1, 2])],
+            nodes.clone(),
+        )
+        .unwrap();
+        let entry = Entry::new_membership(log_id(2, 1, 5), joint);
+        // The peer's bytes, as openraft's serde would decode them.
+        let mut bytes = postcard::to_allocvec(&entry).unwrap();
+        let good: Entry = postcard::from_bytes(&bytes).unwrap();
+        assert!(check_storable(&good).is_ok());
+        // Rewrite the second config ({1, 2}: count 2, ids 1 and 2) as empty.
+        let pattern = [2u8, 1, 2];
+        let at = bytes
+            .windows(pattern.len())
+            .position(|window| window == pattern)
+            .expect("the second config in postcard form");
+        bytes.splice(at..at + pattern.len(), [0u8]);
+        let hostile: Entry = postcard::from_bytes(&bytes).expect("serde accepts it");
+        let EntryPayload::Membership(membership) = &hostile.payload else {
+            panic!("still a membership entry");
+        };
+        assert!(membership.get_joint_config()[1].is_empty());
+        let refusal = check_storable(&hostile).unwrap_err();
+        assert!(refusal.contains("would not read back"), "{refusal}");
+        let mut out = Vec::new();
+        assert!(encode_entry(&hostile, &mut out).is_err());
+        assert!(out.is_empty(), "nothing is left to write");
     }
 
     #[test]

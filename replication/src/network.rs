@@ -24,7 +24,8 @@ use std::rc::Rc;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf};
 use serde::de::DeserializeOwned;
@@ -214,6 +215,16 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
             .await
             .map_err(unreachable)
     }
+
+    async fn transfer_leader(
+        &mut self,
+        request: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(PeerCallKind::TransferLeader, &request, &option)
+            .await
+            .map_err(unreachable)
+    }
 }
 
 /// Runs one Raft call received from a peer on `raft` (the group's handle on
@@ -229,6 +240,15 @@ where
     match kind {
         PeerCallKind::AppendEntries => {
             let request: AppendEntriesRequest<TypeConfig> = decode(payload)?;
+            // Membership entries have decoding rules of their own (see
+            // `log_store::check_storable`); commands and blanks always
+            // round-trip, and the log store checks every entry again.
+            for entry in &request.entries {
+                if let openraft::EntryPayload::Membership(_) = entry.payload {
+                    crate::log_store::check_storable(entry)
+                        .map_err(|reason| format!("refused: {reason}"))?;
+                }
+            }
             let response = raft
                 .append_entries(request)
                 .await
@@ -251,6 +271,14 @@ where
             };
             let response = raft
                 .install_full_snapshot(call.vote, snapshot)
+                .await
+                .map_err(|error| error.to_string())?;
+            Ok(encode(&response))
+        }
+        PeerCallKind::TransferLeader => {
+            let request: TransferLeaderRequest<TypeConfig> = decode(payload)?;
+            let response = raft
+                .handle_transfer_leader(request)
                 .await
                 .map_err(|error| error.to_string())?;
             Ok(encode(&response))

@@ -13,75 +13,16 @@
 //! cut off from the majority; the checker must flag that history.
 
 mod common;
+#[path = "common/register.rs"]
+mod register;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use register::{linearizable, Op, UNKNOWN};
 use tinkerdb_replication::NodeId;
-
-/// One recorded operation on one key.
-#[derive(Debug, Clone)]
-struct Op {
-    /// `Some(v)`: a write of v; `None`: a read.
-    write: Option<u64>,
-    /// What a read returned (`None`: the key did not exist).
-    read: Option<u64>,
-    invoked: u128,
-    /// `u128::MAX`: no answer (a write that failed: outcome unknown).
-    returned: u128,
-}
-
-/// Whether the operations on one register are linearizable.
-fn linearizable(ops: &[Op]) -> bool {
-    assert!(ops.len() <= 64, "the search keeps remaining ops in a u64");
-    fn search(
-        ops: &[Op],
-        remaining: u64,
-        value: Option<u64>,
-        seen: &mut HashSet<(u64, Option<u64>)>,
-    ) -> bool {
-        // Done when only writes with unknown outcome are left (they may
-        // never have happened).
-        if (0..ops.len())
-            .filter(|i| remaining & (1 << i) != 0)
-            .all(|i| ops[i].returned == u128::MAX)
-        {
-            return true;
-        }
-        if !seen.insert((remaining, value)) {
-            return false;
-        }
-        // An op can go next only if no remaining op completed before it
-        // was invoked.
-        let first_return = (0..ops.len())
-            .filter(|i| remaining & (1 << i) != 0)
-            .map(|i| ops[i].returned)
-            .min()
-            .unwrap_or(u128::MAX);
-        for i in 0..ops.len() {
-            if remaining & (1 << i) == 0 || ops[i].invoked > first_return {
-                continue;
-            }
-            let next = match ops[i].write {
-                Some(written) => Some(written),
-                None if ops[i].read == value => value,
-                None => continue,
-            };
-            if search(ops, remaining & !(1 << i), next, seen) {
-                return true;
-            }
-        }
-        false
-    }
-    let all = if ops.len() == 64 {
-        u64::MAX
-    } else {
-        (1u64 << ops.len()) - 1
-    };
-    search(ops, all, None, &mut HashSet::new())
-}
 
 fn decode(value: Option<Vec<u8>>) -> Option<u64> {
     value.map(|bytes| String::from_utf8(bytes).unwrap().parse().unwrap())
@@ -89,36 +30,7 @@ fn decode(value: Option<Vec<u8>>) -> Option<u64> {
 
 #[test]
 fn the_checker_accepts_and_rejects_textbook_histories() {
-    let w = |v, a, b| Op {
-        write: Some(v),
-        read: None,
-        invoked: a,
-        returned: b,
-    };
-    let r = |v, a, b| Op {
-        write: None,
-        read: v,
-        invoked: a,
-        returned: b,
-    };
-    // Overlapping write and read: either value is fine.
-    assert!(linearizable(&[w(1, 0, 10), r(Some(1), 5, 6)]));
-    assert!(linearizable(&[w(1, 0, 10), r(None, 5, 6)]));
-    // A read after a completed write must see it.
-    assert!(!linearizable(&[w(1, 0, 10), r(None, 11, 12)]));
-    // Stale read: 1 then 2 completed, a later read returns 1.
-    assert!(!linearizable(&[w(1, 0, 1), w(2, 2, 3), r(Some(1), 4, 5)]));
-    // A failed write may have happened later, or never.
-    assert!(linearizable(&[
-        w(1, 0, u128::MAX),
-        r(None, 1, 2),
-        r(Some(1), 3, 4)
-    ]));
-    assert!(!linearizable(&[
-        w(1, 0, u128::MAX),
-        r(Some(1), 1, 2),
-        r(None, 3, 4)
-    ]));
+    register::self_test();
 }
 
 const KEYS: usize = 3;
@@ -126,7 +38,7 @@ const CLIENTS: usize = 6;
 /// The checker's search keeps a key's remaining operations in a u64; a key
 /// stops taking operations once it has this many (up to CLIENTS - 1 more
 /// may be in flight then).
-const MAX_OPS_PER_KEY: usize = 64 - CLIENTS;
+const MAX_OPS_PER_KEY: usize = register::MAX_OPS - CLIENTS;
 /// Pause between a client's operations, so the 120-180 recorded operations
 /// spread over the ~4 s of partitions.
 const CLIENT_PACE: Duration = Duration::from_millis(40);
@@ -174,23 +86,14 @@ fn histories_under_partitions_are_linearizable_and_stale_reads_are_caught() {
                     counter += 1;
                     let value = (client as u64) << 32 | counter;
                     let outcome = nodes[&via].write(put(&format!("k{key}"), &value.to_string()));
-                    Op {
-                        write: Some(value),
-                        read: None,
-                        invoked,
-                        returned: match outcome {
-                            Ok(_) => clock.elapsed().as_nanos(),
-                            Err(_) => u128::MAX,
-                        },
-                    }
+                    let returned = match outcome {
+                        Ok(_) => clock.elapsed().as_nanos(),
+                        Err(_) => UNKNOWN,
+                    };
+                    Op::write(value, invoked, returned)
                 } else {
                     match nodes[&via].read(&format!("k{key}")) {
-                        Ok(value) => Op {
-                            write: None,
-                            read: decode(value),
-                            invoked,
-                            returned: clock.elapsed().as_nanos(),
-                        },
+                        Ok(value) => Op::read(decode(value), invoked, clock.elapsed().as_nanos()),
                         // A refused read says nothing: not recorded.
                         Err(_) => continue,
                     }
@@ -205,10 +108,35 @@ fn histories_under_partitions_are_linearizable_and_stale_reads_are_caught() {
         }));
     }
     // Faults while the clients run: cut the leader off, heal, cut a
-    // follower off, heal.
+    // follower off, heal. Each phase lasts at least its pause and until
+    // enough operations were recorded in it (counts, not pauses alone, so
+    // that a busy machine, where operations are slow, still records a
+    // history that exercises the partitions). Once every key is full,
+    // nothing more is recorded: no wait then.
+    let recorded_since = |since: u128| {
+        history
+            .lock()
+            .unwrap()
+            .iter()
+            .flatten()
+            .filter(|op| op.invoked >= since)
+            .count()
+    };
+    let all_full = || {
+        history
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|ops| ops.len() >= MAX_OPS_PER_KEY)
+    };
     let pause = Duration::from_millis(1200);
     let mut windows = Vec::new();
     std::thread::sleep(Duration::from_millis(300));
+    wait_for(
+        "operations before the faults",
+        Duration::from_secs(60),
+        || recorded_since(0) >= 6 || all_full(),
+    );
     for victim in [leader, others[0]] {
         for &other in addrs.keys().filter(|id| **id != victim) {
             nodes[&victim].cut(other, true);
@@ -216,6 +144,13 @@ fn histories_under_partitions_are_linearizable_and_stale_reads_are_caught() {
         }
         let cut = clock.elapsed().as_nanos();
         std::thread::sleep(pause);
+        // Invoked after the cut and recorded before the heal: these overlap
+        // the window.
+        wait_for(
+            "operations during the partition",
+            Duration::from_secs(60),
+            || recorded_since(cut) >= 4 || all_full(),
+        );
         windows.push(cut..clock.elapsed().as_nanos());
         for &other in addrs.keys().filter(|id| **id != victim) {
             nodes[&victim].cut(other, false);
@@ -223,6 +158,9 @@ fn histories_under_partitions_are_linearizable_and_stale_reads_are_caught() {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+    wait_for("30 operations", Duration::from_secs(60), || {
+        recorded_since(0) >= 30 || all_full()
+    });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for client in clients {
         client.join().unwrap();
@@ -243,7 +181,7 @@ fn histories_under_partitions_are_linearizable_and_stale_reads_are_caught() {
     let failed = history
         .iter()
         .flatten()
-        .filter(|op| op.returned == u128::MAX)
+        .filter(|op| op.returned == UNKNOWN)
         .count();
     for (key, ops) in history.iter().enumerate() {
         assert!(
@@ -265,15 +203,10 @@ fn histories_under_partitions_are_linearizable_and_stale_reads_are_caught() {
     let t = || clock.elapsed().as_nanos();
     let invoked = t();
     nodes[&leader].write(put("control", "1")).unwrap();
-    control.push(Op {
-        write: Some(1),
-        read: None,
-        invoked,
-        returned: t(),
-    });
+    control.push(Op::write(1, invoked, t()));
     wait_for(
         "the victim to apply the first write",
-        Duration::from_secs(5),
+        Duration::from_secs(60),
         || decode(nodes[&victim].read_local("control")) == Some(1),
     );
     for &other in addrs.keys().filter(|id| **id != victim) {
@@ -282,20 +215,10 @@ fn histories_under_partitions_are_linearizable_and_stale_reads_are_caught() {
     }
     let invoked = t();
     nodes[&leader].write(put("control", "2")).unwrap();
-    control.push(Op {
-        write: Some(2),
-        read: None,
-        invoked,
-        returned: t(),
-    });
+    control.push(Op::write(2, invoked, t()));
     let invoked = t();
     let read = decode(nodes[&victim].read_local("control"));
-    control.push(Op {
-        write: None,
-        read,
-        invoked,
-        returned: t(),
-    });
+    control.push(Op::read(read, invoked, t()));
     assert!(
         !linearizable(&control),
         "the checker missed a stale read: {control:?}"

@@ -96,6 +96,53 @@ pub fn decode_request(body: &[u8]) -> Result<wire::RequestFrame<'_>, FrameError>
         .map_err(|error| FrameError::Malformed(error.to_string()))
 }
 
+/// The `request_id` of a request body that failed [`decode_request`], when
+/// the body's root table and that one field verify on their own (a frame
+/// whose operation is missing, of an unknown shape or malformed): the node
+/// answers the error with the request's id, so a pipelining client can tell
+/// which request failed. `None` when even that much does not verify.
+pub fn request_id_of_malformed(body: &[u8]) -> Option<u64> {
+    /// The root table of a `RequestFrame`, verified for `request_id` only.
+    struct RequestIdOnly;
+    impl flatbuffers::Verifiable for RequestIdOnly {
+        fn run_verifier(
+            verifier: &mut flatbuffers::Verifier,
+            position: usize,
+        ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+            verifier
+                .visit_table(position)?
+                .visit_field::<u64>("request_id", wire::RequestFrame::VT_REQUEST_ID, false)?
+                .finish();
+            Ok(())
+        }
+    }
+    let options = verifier_options();
+    let mut verifier = flatbuffers::Verifier::new(&options, body);
+    <flatbuffers::ForwardsUOffset<RequestIdOnly> as flatbuffers::Verifiable>::run_verifier(
+        &mut verifier,
+        0,
+    )
+    .ok()?;
+    // Verified: the offsets below are in bounds; read them checked anyway.
+    let u32_at = |at: usize| Some(u32::from_le_bytes(*body.get(at..)?.first_chunk()?));
+    let table = u32_at(0)? as usize;
+    // A table starts with a signed offset back to its vtable.
+    let back = i32::from_le_bytes(*body.get(table..)?.first_chunk()?);
+    let vtable = usize::try_from(table as i64 - i64::from(back)).ok()?;
+    let slot = vtable + wire::RequestFrame::VT_REQUEST_ID as usize;
+    let vtable_bytes = u16::from_le_bytes(*body.get(vtable..)?.first_chunk()?) as usize;
+    if slot + 2 > vtable + vtable_bytes {
+        return Some(0); // The field is absent: its default.
+    }
+    let field = u16::from_le_bytes(*body.get(slot..)?.first_chunk()?) as usize;
+    if field == 0 {
+        return Some(0);
+    }
+    Some(u64::from_le_bytes(
+        *body.get(table + field..)?.first_chunk()?,
+    ))
+}
+
 /// Verifies and opens a response body (the bytes after the length prefix).
 pub fn decode_response(body: &[u8]) -> Result<wire::ResponseFrame<'_>, FrameError> {
     flatbuffers::root_with_opts::<wire::ResponseFrame>(&verifier_options(), body)

@@ -256,6 +256,12 @@ pub fn load(
     }
     let cut_index = u64_at(&header, 8);
     let last_version = u64_at(&header, 16);
+    if last_version > crate::store::MAX_VERSION {
+        return Err(fail(
+            0,
+            format!("version counter {last_version} out of range"),
+        ));
+    }
     offset += SNAPSHOT_HEADER_BYTES as u64;
     let mut entries = 0u64;
     let mut frames = 0u64;
@@ -367,6 +373,23 @@ mod tests {
 
     fn name(tenant: TenantId) -> String {
         format!("t{tenant}")
+    }
+
+    /// A header whose version counter is out of range is corruption: a
+    /// store restored from it would hand out wrapped versions.
+    #[test]
+    fn a_version_counter_out_of_range_is_refused() {
+        let store = Store::new();
+        let mut cut = SnapshotCut::new(3, u64::MAX, 0..SLOT_COUNT, 0);
+        while !cut.advance(&store, 4096, &name) {}
+        let mut bytes = cut.take_ready_bytes();
+        bytes.extend(cut.finish().0);
+        let path =
+            std::env::temp_dir().join(format!("tinkerdb-snap-version-{}", std::process::id()));
+        std::fs::write(&path, &bytes).unwrap();
+        let error = load(&path, |_| Ok(())).unwrap_err().to_string();
+        let _ = std::fs::remove_file(&path);
+        assert!(error.contains("out of range"), "{error}");
     }
 
     #[test]

@@ -140,6 +140,13 @@ pub enum StoreError {
     },
 }
 
+/// The highest version a store hands out or accepts from a log or
+/// snapshot. Far beyond any real count (at a billion writes a second it is
+/// 146 years away) and far below `u64::MAX`, so the counter can never wrap:
+/// decoders refuse anything above it as corruption (a crafted or damaged
+/// file, or a peer's snapshot), and the store asserts it.
+pub const MAX_VERSION: u64 = 1 << 62;
+
 /// One stored key: key bytes then value bytes in one allocation.
 struct Entry {
     key_and_value: Box<[u8]>,
@@ -340,6 +347,10 @@ impl Store {
                     Expiry::Keep => NO_EXPIRY,
                 };
                 *last_version += 1;
+                assert!(
+                    *last_version <= MAX_VERSION,
+                    "version counter past MAX_VERSION"
+                );
                 if entry.value().len() == value.len() {
                     // Same size: overwrite in place, no allocation.
                     let key_len = entry.key_len as usize;
@@ -370,6 +381,10 @@ impl Store {
                     }
                 }
                 *last_version += 1;
+                assert!(
+                    *last_version <= MAX_VERSION,
+                    "version counter past MAX_VERSION"
+                );
                 vacant.insert(Entry::new(key, value, new_expiry_if_new_key, *last_version));
                 usage.keys += 1;
                 usage.bytes += new_bytes;
@@ -514,6 +529,11 @@ impl Store {
         version: u64,
         expires_at_ms: Option<u64>,
     ) {
+        // The decoders refuse versions out of range (pair assertion).
+        assert!(
+            (1..=MAX_VERSION).contains(&version),
+            "restored version {version} out of range"
+        );
         let quota = self.tenant_usage(tenant).quota;
         self.set_quota(tenant, Quota::default());
         let expiry = expires_at_ms.map_or(Expiry::Never, Expiry::AtMs);
@@ -539,6 +559,10 @@ impl Store {
     /// Moves the version counter up to at least `version` (from a snapshot's
     /// header: versions handed out before it must never be reused).
     pub fn raise_last_version(&mut self, version: u64) {
+        assert!(
+            version <= MAX_VERSION,
+            "version counter {version} out of range"
+        );
         self.last_version = self.last_version.max(version);
     }
 

@@ -458,6 +458,12 @@ struct Segment {
 /// the real poisoning path; it is read once, at start-up.
 pub const FAILPOINT_FSYNC_FAIL_AFTER: &str = "TINKERDB_FAILPOINT_WAL_FSYNC_FAIL_AFTER";
 
+/// Test hook: `TINKERDB_FAILPOINT_WAL_FLUSH_DELAY_MS=N` holds every flush N
+/// ms before its write is submitted, widening the window in which records
+/// are appended (and applied) but not yet on disk, so crash tests can hit it
+/// (the durable-reads test and its negative control). Read once, at start-up.
+pub const FAILPOINT_FLUSH_DELAY_MS: &str = "TINKERDB_FAILPOINT_WAL_FLUSH_DELAY_MS";
+
 /// The flusher: owns the files. Run it as a task on the WAL's core.
 pub struct WalWriter {
     dir: PathBuf,
@@ -470,6 +476,8 @@ pub struct WalWriter {
     /// Next write offset in the current (last) segment.
     offset: u64,
     fail_after_flushes: Option<u64>,
+    /// [`FAILPOINT_FLUSH_DELAY_MS`], if set.
+    flush_delay: Option<std::time::Duration>,
     flushes: u64,
     /// A flush waits for the flushes in flight before rolling the segment.
     roll_pending: bool,
@@ -740,6 +748,10 @@ pub fn recover(
             segments: end.segments,
             file: None,
             fail_after_flushes,
+            flush_delay: std::env::var(FAILPOINT_FLUSH_DELAY_MS)
+                .ok()
+                .and_then(|ms| ms.parse().ok())
+                .map(std::time::Duration::from_millis),
             flushes: 0,
             roll_pending: false,
             spare: None,
@@ -965,6 +977,9 @@ impl WalWriter {
         mut chunks: Vec<Chunk>,
         idle: bool,
     ) -> Result<Option<InFlight>, String> {
+        if let Some(delay) = self.flush_delay {
+            glommio::timer::sleep(delay).await;
+        }
         let mut image = Vec::new();
         let mut notify = Vec::new();
         let mut durable_through = 0;

@@ -209,6 +209,9 @@ pub fn decode_batch(segment: &[u8], offset: usize) -> Result<Batch, BatchError> 
     {
         return invalid("bad batch flags");
     }
+    if first_index.checked_add(record_count as u64).is_none() {
+        return invalid("batch index range overflows");
+    }
     if BATCH_HEADER_BYTES + body_bytes > MAX_BATCH_BYTES {
         return invalid("batch length out of range");
     }
@@ -232,7 +235,7 @@ pub fn decode_batch(segment: &[u8], offset: usize) -> Result<Batch, BatchError> 
             return invalid("record checksum mismatch");
         }
         let index = u64_at(body, at + 8);
-        if index != first_index + records.len() as u64 {
+        if first_index.checked_add(records.len() as u64) != Some(index) {
             return invalid("record index out of sequence");
         }
         records.push(Record {
@@ -340,6 +343,22 @@ mod tests {
         }
         segment.resize(segment.len() + 4 * BLOCK_BYTES, 0);
         (segment, ends)
+    }
+
+    /// Found by fuzzing: a checksum-valid batch starting at `u64::MAX` with
+    /// two records overflowed `first_index + records.len()`.
+    #[test]
+    fn a_batch_whose_indexes_overflow_is_corruption() {
+        let mut body = Vec::new();
+        encode_record(&mut body, u64::MAX, 1, b"a");
+        encode_record(&mut body, 0, 1, b"b");
+        let mut segment = Vec::new();
+        encode_batch(&mut segment, u64::MAX, 2, &body, 0, 0);
+        segment.resize(segment.len() + BLOCK_BYTES, 0);
+        match decode_batch(&segment, 0) {
+            Err(BatchError::Invalid(why)) => assert!(why.contains("overflows"), "{why}"),
+            other => panic!("accepted: {:?}", other.map(|batch| batch.records.len())),
+        }
     }
 
     #[test]

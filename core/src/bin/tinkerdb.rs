@@ -11,9 +11,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
 use clap::{Parser, ValueEnum};
 use tinkerdb_core::config::{Durability, NodeConfig};
+use tinkerdb_core::shutdown::NodeStopper;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -144,7 +146,9 @@ fn main() -> anyhow::Result<()> {
         _ => {}
     }
     let cluster = config.cluster.clone();
+    let stopper = watch_stop_signals()?;
     tinkerdb_core::node::run(config, |info| {
+        let _ = stopper.set(info.stopper.clone());
         // Tests and scripts read this line: keep its shape.
         println!(
             "TinkerDB {} ready: clients on {} (cores: {}, durability: {}, data dir: {})",
@@ -179,4 +183,37 @@ fn main() -> anyhow::Result<()> {
         println!("Try it: tinker --addr {} set hello world", info.client_addr);
         tracing::info!(client_addr = %info.client_addr, cores = info.cores, "node ready");
     })
+}
+
+/// SIGTERM and SIGINT: the first starts a graceful shutdown once the node
+/// is ready (before that there is nothing to drain: it exits at once); a
+/// second exits at once, with status 128 + the signal's number as a shell
+/// reports a killed process.
+fn watch_stop_signals() -> anyhow::Result<Arc<OnceLock<NodeStopper>>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let stopper: Arc<OnceLock<NodeStopper>> = Arc::default();
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    let watched = stopper.clone();
+    std::thread::Builder::new()
+        .name("tinkerdb-signals".into())
+        .spawn(move || {
+            let mut asked = false;
+            for signal in signals.forever() {
+                match watched.get() {
+                    Some(stopper) if !asked => {
+                        asked = true;
+                        tracing::info!(
+                            signal,
+                            "stop signal: shutting down gracefully (a second one exits at once)"
+                        );
+                        stopper.stop();
+                    }
+                    _ => {
+                        tracing::warn!(signal, "stop signal: exiting at once");
+                        std::process::exit(128 + signal);
+                    }
+                }
+            }
+        })?;
+    Ok(stopper)
 }

@@ -77,6 +77,33 @@ impl TestNode {
         env: &[(&str, &str)],
         extra_args: &[String],
     ) -> TestNode {
+        TestNode::start_on(cores, config_toml, data_dir, env, extra_args, None)
+    }
+
+    /// [`TestNode::start_with_args`] on fixed ports (`None`: ports the
+    /// kernel picks), for tests that restart a node on the same ports.
+    pub fn start_on(
+        cores: usize,
+        config_toml: &str,
+        data_dir: &std::path::Path,
+        env: &[(&str, &str)],
+        extra_args: &[String],
+        ports: Option<NodePorts>,
+    ) -> TestNode {
+        TestNode::spawn(cores, config_toml, data_dir, env, extra_args, ports)
+            .wait_ready()
+            .expect("tinkerdb exited before it was ready")
+    }
+
+    /// Starts the process; [`Starting::wait_ready`] waits for its ready lines.
+    pub fn spawn(
+        cores: usize,
+        config_toml: &str,
+        data_dir: &std::path::Path,
+        env: &[(&str, &str)],
+        extra_args: &[String],
+        ports: Option<NodePorts>,
+    ) -> Starting {
         let data_dir = data_dir.to_owned();
         std::fs::create_dir_all(&data_dir).unwrap();
         let config_path = data_dir.join("node.toml");
@@ -84,9 +111,11 @@ impl TestNode {
         let binary = option_env!("CARGO_BIN_EXE_tinkerdb")
             .map(PathBuf::from)
             .unwrap_or_else(|| workspace_binary("tinkerdb"));
-        let mut child = Command::new(binary)
-            .args(["--listen", "127.0.0.1:0", "--resp-listen", "127.0.0.1:0"])
-            .args(["--admin-listen", "127.0.0.1:0"])
+        let [client, resp, admin] = ports.map_or([0; 3], |p| [p.client, p.resp, p.admin]);
+        let child = Command::new(binary)
+            .args(["--listen", &format!("127.0.0.1:{client}")])
+            .args(["--resp-listen", &format!("127.0.0.1:{resp}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
             .args(extra_args)
             .args(["--cores", &cores.to_string()])
             .arg("--data-dir")
@@ -102,15 +131,30 @@ impl TestNode {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start tinkerdb");
-        let stdout = child.stdout.take().unwrap();
+        Starting { child, data_dir }
+    }
+}
+
+/// A node process started, not yet known to be ready.
+pub struct Starting {
+    child: Child,
+    data_dir: PathBuf,
+}
+
+impl Starting {
+    /// Waits for the ready lines; `None` if the process exited first (its
+    /// stderr, inherited, says why), having reaped it.
+    pub fn wait_ready(mut self) -> Option<TestNode> {
+        let stdout = self.child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let mut addr = None;
         let mut resp_addr = None;
         let admin_addr = loop {
-            let line = lines
-                .next()
-                .expect("tinkerdb exited before it was ready")
-                .expect("read tinkerdb stdout");
+            let Some(line) = lines.next() else {
+                let _ = self.child.wait();
+                return None;
+            };
+            let line = line.expect("read tinkerdb stdout");
             if let Some(rest) = line.split("clients on ").nth(1) {
                 addr = Some(rest.split_whitespace().next().unwrap().parse().unwrap());
             }
@@ -126,13 +170,89 @@ impl TestNode {
         let addr = addr.expect("the ready line comes first");
         // Keep draining stdout so the node never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        TestNode {
-            child,
+        Some(TestNode {
+            child: self.child,
             addr,
             resp_addr,
             admin_addr,
-            data_dir,
+            data_dir: self.data_dir,
+        })
+    }
+}
+
+/// The three listening ports of a node.
+#[derive(Debug, Clone, Copy)]
+pub struct NodePorts {
+    /// Flatbuffers clients.
+    pub client: u16,
+    /// Redis protocol.
+    pub resp: u16,
+    /// Admin plane (HTTP).
+    pub admin: u16,
+}
+
+/// The first of `count` consecutive loopback ports free now. Taken below
+/// Linux's ephemeral range (32768 and up), where the kernel gives no
+/// client socket a port between this choice and the node's bind, and from
+/// a counter shared by the tests of this process, which run in parallel.
+pub fn free_port_block(count: u16) -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = 20_000 + (std::process::id() % 1_000) as u16 * 10;
+    loop {
+        let base = start + NEXT.fetch_add(count + 1, Ordering::Relaxed) % 2_000;
+        let all_free =
+            (0..count).all(|c| std::net::TcpListener::bind(("127.0.0.1", base + c)).is_ok());
+        if all_free {
+            return base;
         }
+    }
+}
+
+impl NodePorts {
+    /// Three free ports.
+    pub fn free() -> NodePorts {
+        let base = free_port_block(3);
+        NodePorts {
+            client: base,
+            resp: base + 1,
+            admin: base + 2,
+        }
+    }
+}
+
+impl TestNode {
+    /// Sends `signal` (e.g. "TERM") to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit (at most `timeout`); its exit status,
+    /// `None` if it is still running. Keeps the data directory.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Gives up the handle without killing the process's files: returns the
+    /// data directory (the process must have exited).
+    pub fn into_dir(mut self) -> PathBuf {
+        assert!(!self.is_running(), "the node is still running");
+        let dir = std::mem::take(&mut self.data_dir);
+        std::mem::forget(self);
+        dir
     }
 
     /// Is the process still running?

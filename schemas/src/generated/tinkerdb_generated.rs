@@ -633,10 +633,10 @@ pub struct ResponseUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_PEER_CALL_KIND: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_PEER_CALL_KIND: u8 = 7;
+pub const ENUM_MAX_PEER_CALL_KIND: u8 = 8;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_PEER_CALL_KIND: [PeerCallKind; 8] = [
+pub const ENUM_VALUES_PEER_CALL_KIND: [PeerCallKind; 9] = [
   PeerCallKind::None,
   PeerCallKind::AppendEntries,
   PeerCallKind::Vote,
@@ -645,6 +645,7 @@ pub const ENUM_VALUES_PEER_CALL_KIND: [PeerCallKind; 8] = [
   PeerCallKind::ReadIndex,
   PeerCallKind::ChangeMembership,
   PeerCallKind::Ping,
+  PeerCallKind::TransferLeader,
 ];
 
 /// What a peer call asks for.
@@ -671,9 +672,12 @@ impl PeerCallKind {
   pub const ChangeMembership: Self = Self(6);
   /// A health probe: answered at once, empty, by any core (no group).
   pub const Ping: Self = Self(7);
+  /// Raft TransferLeader: a leader hands its leadership to the named
+  /// member (graceful shutdown), which starts an election at once.
+  pub const TransferLeader: Self = Self(8);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 7;
+  pub const ENUM_MAX: u8 = 8;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::AppendEntries,
@@ -683,6 +687,7 @@ impl PeerCallKind {
     Self::ReadIndex,
     Self::ChangeMembership,
     Self::Ping,
+    Self::TransferLeader,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -695,6 +700,7 @@ impl PeerCallKind {
       Self::ReadIndex => Some("ReadIndex"),
       Self::ChangeMembership => Some("ChangeMembership"),
       Self::Ping => Some("Ping"),
+      Self::TransferLeader => Some("TransferLeader"),
       _ => None,
     }
   }

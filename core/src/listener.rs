@@ -1,0 +1,62 @@
+//! Listening sockets that a restarted node can take back at once.
+//!
+//! glommio's `TcpListener::bind` sets `SO_REUSEPORT` only. The connections
+//! such a listener accepted inherit its options; when the node dies (or
+//! closes them first), they linger in TIME_WAIT for about a minute, and
+//! without `SO_REUSEADDR` on both sides they block the next bind of the port
+//! with `EADDRINUSE`: a node killed with `kill -9` could not be restarted
+//! (by hand, by systemd's `Restart=on-failure`, by Docker's restart policy)
+//! until TIME_WAIT ended. Every listener of the node is therefore made here,
+//! with `SO_REUSEADDR` always set.
+//!
+//! `SO_REUSEADDR` never lets two *listening* sockets share a port, so a
+//! second live node on the same port is still refused: by the kernel for
+//! [`PortSharing::Exclusive`] listeners, and by `node`'s start-up probe for
+//! [`PortSharing::AllCores`] ones (where `SO_REUSEPORT` would otherwise let
+//! a second process in).
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+
+use glommio::net::TcpListener;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+/// Connections the kernel queues for a listener before `accept` takes them
+/// (as glommio's own `bind`; capped by `net.core.somaxconn`).
+pub const LISTEN_BACKLOG: i32 = 1024;
+
+/// Whether the cores of this node share the port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortSharing {
+    /// Every core binds the same address (`SO_REUSEPORT`) and the kernel
+    /// spreads new connections over them: client and RESP ports.
+    AllCores,
+    /// One socket owns the port: each core's Raft peer port.
+    Exclusive,
+}
+
+/// A glommio listener on `addr` bound with `SO_REUSEADDR` (and
+/// `SO_REUSEPORT` when `sharing` is [`PortSharing::AllCores`]). Must be
+/// called on a glommio executor, which the listener then belongs to.
+pub fn bind(addr: SocketAddr, sharing: PortSharing) -> io::Result<TcpListener> {
+    let domain = match addr {
+        SocketAddr::V4(_) => Domain::IPV4,
+        SocketAddr::V6(_) => Domain::IPV6,
+    };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if sharing == PortSharing::AllCores {
+        socket.set_reuse_port(true)?;
+    }
+    socket.bind(&SockAddr::from(addr))?;
+    socket.listen(LISTEN_BACKLOG)?;
+    let fd = socket.into_raw_fd();
+    // SAFETY: `fd` is a TCP socket this function created, bound and put in
+    // the listening state; `into_raw_fd` gave up its ownership, which passes
+    // to the glommio listener (closed when that is dropped). Nothing else
+    // holds the descriptor.
+    #[allow(unsafe_code)]
+    let listener = unsafe { TcpListener::from_raw_fd(fd) };
+    Ok(listener)
+}
