@@ -880,11 +880,28 @@ fn encode_entry(entry: &Entry, out: &mut Vec<u8>) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether `entry` can be stored and read back (the check `append` makes),
-/// for refusing an entry from a peer with a typed error before openraft
-/// takes it: a storage error inside openraft would stop the group.
+/// Whether `entry` can be stored and read back (the checks `append`
+/// makes), for refusing an entry from a peer with a typed error before
+/// openraft takes it: a storage error inside openraft would stop the group.
+/// A membership is encoded and decoded (its decoder has rules of its own);
+/// a command must pass its limits (then it always encodes and decodes), and
+/// every entry must fit; `append` checks every entry again.
 pub fn check_storable(entry: &Entry) -> Result<(), String> {
-    encode_entry(entry, &mut Vec::with_capacity(encoded_entry_len(entry)))
+    match &entry.payload {
+        EntryPayload::Membership(_) => {
+            encode_entry(entry, &mut Vec::with_capacity(encoded_entry_len(entry)))
+        }
+        EntryPayload::Normal(command) if command.validate().is_err() => Err(format!(
+            "log entry {}: {}",
+            entry.log_id,
+            command.validate().expect_err("checked")
+        )),
+        _ if encoded_entry_len(entry) > MAX_ENTRY_BYTES => Err(format!(
+            "log entry {} over the limit of {MAX_ENTRY_BYTES} bytes",
+            entry.log_id
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The entry record decoder (a WAL payload of kind [`RECORD_KIND_RAFT_ENTRY`]),
@@ -1076,6 +1093,27 @@ mod tests {
     /// AppendEntries) a joint membership whose second config is empty,
     /// which `Membership::new` refuses when the log is read back. It must
     /// be refused before it is stored.
+    /// A peer's entry whose command is over the size limit (serde accepts
+    /// it) is refused before openraft takes it: `append` would fail, and a
+    /// storage error stops the group.
+    #[test]
+    fn an_oversized_command_from_a_peer_is_refused_before_it_is_stored() {
+        let entry = |bytes: usize| {
+            Entry::new_normal(
+                log_id(2, 1, 5),
+                Command::Put {
+                    tenant: "t".into(),
+                    key: b"k".to_vec(),
+                    value: vec![0; bytes],
+                    expires_at_unix_ms: None,
+                },
+            )
+        };
+        assert!(check_storable(&entry(1 << 20)).is_ok());
+        let refusal = check_storable(&entry(MAX_COMMAND_BYTES)).unwrap_err();
+        assert!(refusal.contains("over the limit"), "{refusal}");
+    }
+
     #[test]
     fn a_membership_that_would_not_read_back_is_refused_before_it_is_stored() {
         let nodes = BTreeMap::from([(1, Node::new("a:1")), (2, Node::new("b:1"))]);

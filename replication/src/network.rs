@@ -240,14 +240,13 @@ where
     match kind {
         PeerCallKind::AppendEntries => {
             let request: AppendEntriesRequest<TypeConfig> = decode(payload)?;
-            // Membership entries have decoding rules of their own (see
-            // `log_store::check_storable`); commands and blanks always
-            // round-trip, and the log store checks every entry again.
+            // Refuse what the log store could not store or read back (a
+            // membership its decoder refuses, a command over the size
+            // limit) before openraft takes it: a storage error would stop
+            // the group.
             for entry in &request.entries {
-                if let openraft::EntryPayload::Membership(_) = entry.payload {
-                    crate::log_store::check_storable(entry)
-                        .map_err(|reason| format!("refused: {reason}"))?;
-                }
+                crate::log_store::check_storable(entry)
+                    .map_err(|reason| format!("refused: {reason}"))?;
             }
             let response = raft
                 .append_entries(request)

@@ -147,6 +147,23 @@ pub enum StoreError {
 /// file, or a peer's snapshot), and the store asserts it.
 pub const MAX_VERSION: u64 = 1 << 62;
 
+/// The version a write takes: `given` (a restored entry's own; the counter
+/// rises to it), or the counter's next.
+fn next_version(counter: &mut u64, given: Option<u64>) -> u64 {
+    match given {
+        Some(version) => {
+            assert!((1..=MAX_VERSION).contains(&version), "version {version} out of range");
+            *counter = (*counter).max(version);
+            version
+        }
+        None => {
+            *counter += 1;
+            assert!(*counter <= MAX_VERSION, "version counter past MAX_VERSION");
+            *counter
+        }
+    }
+}
+
 /// One stored key: key bytes then value bytes in one allocation.
 struct Entry {
     key_and_value: Box<[u8]>,
@@ -295,6 +312,22 @@ impl Store {
         options: SetOptions,
         now_ms: u64,
     ) -> Result<WriteOutcome, StoreError> {
+        self.write(tenant, slot, key, value, options, now_ms, None)
+    }
+
+    /// [`Store::set`], with the version given (`restore`) or, for `None`,
+    /// the next one from the counter.
+    #[allow(clippy::too_many_arguments)]
+    fn write(
+        &mut self,
+        tenant: TenantId,
+        slot: Slot,
+        key: &[u8],
+        value: &[u8],
+        options: SetOptions,
+        now_ms: u64,
+        given_version: Option<u64>,
+    ) -> Result<WriteOutcome, StoreError> {
         assert!(
             key.len() <= u32::MAX as usize,
             "key length must be checked by the caller"
@@ -346,11 +379,7 @@ impl Store {
                     Expiry::Keep if live => old_expires_at_ms,
                     Expiry::Keep => NO_EXPIRY,
                 };
-                *last_version += 1;
-                assert!(
-                    *last_version <= MAX_VERSION,
-                    "version counter past MAX_VERSION"
-                );
+                let version = next_version(last_version, given_version);
                 if entry.value().len() == value.len() {
                     // Same size: overwrite in place, no allocation.
                     let key_len = entry.key_len as usize;
@@ -359,9 +388,9 @@ impl Store {
                     entry.key_and_value = Entry::new(key, value, 0, 0).key_and_value;
                 }
                 entry.expires_at_ms = new_expires_at_ms;
-                entry.version = *last_version;
+                entry.version = version;
                 usage.bytes = bytes_after;
-                (old_expires_at_ms, new_expires_at_ms, *last_version)
+                (old_expires_at_ms, new_expires_at_ms, version)
             }
             TableEntry::Vacant(vacant) => {
                 if !condition_holds(options.condition, None) {
@@ -380,15 +409,11 @@ impl Store {
                         return Err(StoreError::ByteQuotaExceeded { tenant, max_bytes });
                     }
                 }
-                *last_version += 1;
-                assert!(
-                    *last_version <= MAX_VERSION,
-                    "version counter past MAX_VERSION"
-                );
-                vacant.insert(Entry::new(key, value, new_expiry_if_new_key, *last_version));
+                let version = next_version(last_version, given_version);
+                vacant.insert(Entry::new(key, value, new_expiry_if_new_key, version));
                 usage.keys += 1;
                 usage.bytes += new_bytes;
-                (NO_EXPIRY, new_expiry_if_new_key, *last_version)
+                (NO_EXPIRY, new_expiry_if_new_key, version)
             }
         };
         match (
@@ -542,18 +567,13 @@ impl Store {
             expiry,
         };
         // Time 0: an entry already expired by the wall clock is restored as
-        // it was; reads will not see it and the sweep will remove it.
-        self.set(tenant, slot, key, value, options, 0)
+        // it was; reads will not see it and the sweep will remove it. The
+        // entry takes `version` itself: the counter only rises to it (found
+        // by fuzzing: taking a version from the counter first overflowed it
+        // when a restored version sat at the top of the range).
+        self.write(tenant, slot, key, value, options, 0, Some(version))
             .expect("no quota while restoring");
         self.set_quota(tenant, quota);
-        let hash = self.hasher.hash_one(key);
-        let entry = self
-            .tables
-            .get_mut(&(tenant, slot))
-            .and_then(|table| table.find_mut(hash, |entry| entry.key() == key))
-            .expect("just restored");
-        entry.version = version;
-        self.last_version = self.last_version.max(version);
     }
 
     /// Moves the version counter up to at least `version` (from a snapshot's
@@ -685,6 +705,22 @@ mod tests {
                 0,
             )
             .unwrap()
+    }
+
+    /// Found by fuzzing: `restore` took a version from the counter before
+    /// giving the entry its own, so restoring after an entry at
+    /// `MAX_VERSION` overflowed the counter's range and panicked.
+    #[test]
+    fn restore_at_the_top_of_the_version_range_keeps_the_given_versions() {
+        let mut store = Store::new();
+        store.restore(1, 3, b"top", b"v", MAX_VERSION, None);
+        store.restore(1, 3, b"low", b"w", 1, None);
+        store.restore(1, 3, b"top", b"x", MAX_VERSION - 1, None);
+        assert_eq!(store.get(1, 3, b"top", 0).unwrap().version, MAX_VERSION - 1);
+        assert_eq!(store.get(1, 3, b"low", 0).unwrap().version, 1);
+        assert_eq!(store.last_version(), MAX_VERSION, "the counter only rises");
+        store.restore(1, 4, b"k", b"v", 7, None);
+        assert_eq!(store.last_version(), MAX_VERSION);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! own batch.
 //!
 //! ```text
-//! batch  = header(32) record* zero-padding-to-4096
+//! batch  = header(40) record* zero-padding-to-4096
 //! header = magic u32 "TWAL" | header_crc u32 | body_bytes u32 | record_count u32
 //!          | first_index u64 | log_id u32 | flags u32 (0, or 1: truncation marker)
 //!          | acked_through u64
