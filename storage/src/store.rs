@@ -152,7 +152,10 @@ pub const MAX_VERSION: u64 = 1 << 62;
 fn next_version(counter: &mut u64, given: Option<u64>) -> u64 {
     match given {
         Some(version) => {
-            assert!((1..=MAX_VERSION).contains(&version), "version {version} out of range");
+            assert!(
+                (1..=MAX_VERSION).contains(&version),
+                "version {version} out of range"
+            );
             *counter = (*counter).max(version);
             version
         }
