@@ -386,7 +386,7 @@ async fn cluster_status(State(state): State<AppState>) -> ApiResult<Json<Cluster
         mode: "standalone".into(),
         nodes: vec![ClusterNode {
             id: 1,
-            address: facts.client_addr.to_string(),
+            address: facts.advertised_client.clone(),
             state: "up".into(),
             is_self: true,
             role: "voter".into(),
@@ -521,21 +521,29 @@ async fn add_node(
             ),
         ));
     }
-    let raft_base: std::net::SocketAddr = body.raft.parse().map_err(|_| {
-        ApiError::new(
-            ErrorCode::InvalidArgument,
-            format!("raft: {:?} is not an IP:PORT address", body.raft),
-        )
-    })?;
-    if usize::from(raft_base.port()) + cores > usize::from(u16::MAX) + 1 {
+    // HOST:PORT: an IP or a host name (resolved by the members whenever
+    // they connect, so it may name a container that changes IP).
+    let port = body
+        .raft
+        .rsplit_once(':')
+        .filter(|(host, _)| !host.is_empty())
+        .and_then(|(_, port)| port.parse::<u16>().ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!("raft: {:?} is not a HOST:PORT address", body.raft),
+            )
+        })?;
+    if usize::from(port) + cores > usize::from(u16::MAX) + 1 {
         return Err(ApiError::new(
             ErrorCode::InvalidArgument,
             "raft: the port + cores must stay below 65536",
         ));
     }
+    let raft_base = body.raft.trim().to_owned();
     change_membership(&state, body.id, || CoreRequest::AddMember {
         id: body.id,
-        raft_base,
+        raft_base: raft_base.clone(),
     })
     .await
 }

@@ -61,8 +61,9 @@ pub enum CoreRequest {
     AddMember {
         /// The node.
         id: u64,
-        /// Its Raft address for core 0.
-        raft_base: std::net::SocketAddr,
+        /// Its Raft address for core 0, `HOST:PORT` (an IP or a host
+        /// name, as its peers are to dial it).
+        raft_base: String,
     },
     /// Cluster mode: remove node `id` from this core's group.
     RemoveMember {
@@ -197,8 +198,11 @@ pub struct NodeFacts {
     pub durability: String,
     /// Data directory.
     pub data_dir: PathBuf,
-    /// Client protocol address.
+    /// Client protocol address (bound).
     pub client_addr: SocketAddr,
+    /// The client address others are told (`--advertise-listen`, or the
+    /// bound one).
+    pub advertised_client: String,
     /// Redis protocol address, if served.
     pub resp_addr: Option<SocketAddr>,
     /// Inclusive slot range of each core.

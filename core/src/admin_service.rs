@@ -81,7 +81,7 @@ pub async fn serve_admin(context: Rc<CoreContext>, mut inbox: CoreInbox) {
 fn change_member(
     context: &Rc<CoreContext>,
     id: u64,
-    raft_base: Option<std::net::SocketAddr>,
+    raft_base: Option<String>,
     reply: tinkerdb_admin::link::ReplySlot,
 ) {
     let context = context.clone();
@@ -93,7 +93,7 @@ fn change_member(
             )));
             return;
         };
-        let answer = match crate::cluster::change_member(replica, id, raft_base).await {
+        let answer = match crate::cluster::change_member(replica, id, raft_base.as_deref()).await {
             Ok(voters) => CoreResponse::Members(voters),
             Err((code, message)) => {
                 CoreResponse::Failed(api_error(ProtocolError::new(code, message)))

@@ -47,6 +47,7 @@ use tinkerdb_replication::group::{
 use tinkerdb_replication::health::{self, HealthTable};
 use tinkerdb_replication::network::Peers;
 use tinkerdb_replication::state_machine::Applier;
+use tinkerdb_replication::transport::PeerAddr;
 use tinkerdb_replication::{Command, Node, PutCondition, Response};
 use tinkerdb_schemas::wire::ErrorCode;
 use tinkerdb_storage::log_op::LoggedOp;
@@ -200,17 +201,17 @@ pub async fn start_replica(
     tuning: &RaftTuning,
 ) -> anyhow::Result<()> {
     let core = context.core;
-    let port_of = |addr: std::net::SocketAddr| {
-        let mut addr = addr;
-        addr.set_port(addr.port() + core as u16);
-        addr
+    // Core c of every node is at its Raft port + c (validated to fit).
+    let port_of = |addr: &PeerAddr| {
+        addr.with_port_offset(core)
+            .expect("validated: Raft port + cores fits")
     };
-    let me = cluster
-        .nodes
-        .iter()
-        .find(|node| node.id == cluster.node_id)
-        .expect("validated: node_id is one of the nodes");
-    let listen = port_of(me.raft);
+    // Bound where told (`raft_listen`, resolved by `node::run` before the
+    // cores start); peers are told and dial the node's entry in `nodes`.
+    let mut listen = cluster
+        .raft_listen
+        .ok_or_else(|| anyhow::anyhow!("core {core}: the Raft bind address is not resolved"))?;
+    listen.set_port(listen.port() + core as u16);
     let listener = crate::listener::bind(listen, crate::listener::PortSharing::Exclusive).map_err(
         |error| anyhow::anyhow!("core {core} cannot listen for Raft on {listen}: {error}"),
     )?;
@@ -219,7 +220,7 @@ pub async fn start_replica(
             .nodes
             .iter()
             .filter(|node| node.id != cluster.node_id)
-            .map(|node| (node.id, port_of(node.raft))),
+            .map(|node| (node.id, port_of(&node.raft))),
     ));
     let groups: Rc<CoreGroups<ShardApplier>> = Rc::new(CoreGroups::default());
     glommio::spawn_local(tinkerdb_replication::transport::serve_peers(
@@ -230,7 +231,7 @@ pub async fn start_replica(
     let members: BTreeMap<u64, Node> = cluster
         .nodes
         .iter()
-        .map(|node| (node.id, Node::new(port_of(node.raft).to_string())))
+        .map(|node| (node.id, Node::new(port_of(&node.raft).to_string())))
         .collect();
     let spec = GroupSpec {
         group: core as u64,
@@ -293,7 +294,8 @@ pub fn join(
     cores: usize,
     own_admin: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<()> {
-    let me = &cluster.nodes[0];
+    // The advertised Raft address: what the members will dial.
+    let me = cluster.me();
     let body = serde_json::json!({
         "id": cluster.node_id,
         "raft": me.raft.to_string(),
@@ -465,16 +467,25 @@ pub async fn execute_replicated(
     }
 }
 
-/// Adds (`Some(raft_base)`) or removes node `id` in this core's group, on
-/// the group's leader; answers the voters once committed.
+/// Adds (`Some(raft_base)`, `HOST:PORT` of its core 0) or removes node
+/// `id` in this core's group, on the group's leader; answers the voters
+/// once committed.
 pub async fn change_member(
     replica: &Replica,
     id: u64,
-    raft_base: Option<std::net::SocketAddr>,
+    raft_base: Option<&str>,
 ) -> Result<Vec<u64>, (ErrorCode, String)> {
     let change = match raft_base {
-        Some(mut addr) => {
-            addr.set_port(addr.port() + replica.core as u16);
+        Some(base) => {
+            let addr = PeerAddr::parse(base)
+                .ok()
+                .and_then(|base| base.with_port_offset(replica.core))
+                .ok_or_else(|| {
+                    (
+                        ErrorCode::InvalidArgument,
+                        format!("raft: {base:?} is not HOST:PORT with room for every core's port"),
+                    )
+                })?;
             MemberChange::Add {
                 id,
                 addr: addr.to_string(),

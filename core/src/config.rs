@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use tinkerdb_replication::transport::PeerAddr;
 
 /// The tenant every node has, used when a client's Hello names none.
 pub const DEFAULT_TENANT: &str = "default";
@@ -20,6 +21,10 @@ pub const MAX_TENANT_NAME_BYTES: usize = 64;
 pub struct NodeConfig {
     /// Address of the client (flatbuffers) protocol. Port 0 picks a free port.
     pub listen: SocketAddr,
+    /// The client address this node tells others (`HOST:PORT`), when it
+    /// differs from `listen` (a container binds 0.0.0.0:7379 and is reached
+    /// as node1:7379). Absent: the bound `listen` address.
+    pub advertise_listen: Option<PeerAddr>,
     /// Address of the Redis-protocol (RESP) listener.
     pub resp_listen: SocketAddr,
     /// Serve the Redis protocol at all.
@@ -90,6 +95,13 @@ pub struct ClusterConfig {
     /// its groups empty and asks that member to add it.
     #[serde(default)]
     pub join: Option<String>,
+    /// Where this node binds its Raft listener for core 0 (core `c` on
+    /// port + `c`), e.g. `0.0.0.0:7390` in a container. Absent: this
+    /// node's own entry in `nodes`, resolved at start. The node's entry in
+    /// `nodes` stays what its peers are told and dial (its advertised Raft
+    /// address).
+    #[serde(default)]
+    pub raft_listen: Option<SocketAddr>,
 }
 
 /// One node of a cluster.
@@ -98,13 +110,16 @@ pub struct ClusterConfig {
 pub struct ClusterNodeConfig {
     /// Node id (unique, at least 1).
     pub id: u64,
-    /// Raft address of the node's core 0; core `c` listens on port + `c`.
-    pub raft: SocketAddr,
+    /// Raft address of the node's core 0 as its peers dial it,
+    /// `HOST:PORT` (an IP or a host name, resolved again on every
+    /// reconnection); core `c` listens on port + `c`.
+    pub raft: PeerAddr,
 }
 
 impl ClusterConfig {
     /// Parses `--peers`: `ID=HOST:PORT,ID=HOST:PORT,...` (every node, this
-    /// one included; the address is the node's Raft address for core 0).
+    /// one included; the address is the node's Raft address for core 0, an
+    /// IP or a host name). Nothing is resolved here.
     pub fn from_flags(node_id: u64, peers: &str) -> Result<ClusterConfig, ConfigError> {
         let nodes = peers
             .split(',')
@@ -117,9 +132,8 @@ impl ClusterConfig {
                     id: id.parse().map_err(|_| {
                         ConfigError::Invalid(format!("--peers: {id:?} is not a node id"))
                     })?,
-                    raft: addr.parse().map_err(|_| {
-                        ConfigError::Invalid(format!("--peers: {addr:?} is not HOST:PORT"))
-                    })?,
+                    raft: PeerAddr::parse(addr)
+                        .map_err(|error| ConfigError::Invalid(format!("--peers: {error}")))?,
                 })
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;
@@ -127,17 +141,51 @@ impl ClusterConfig {
             node_id,
             nodes,
             join: None,
+            raft_listen: None,
         })
     }
 
-    /// `--join ADMIN_ADDR --raft-listen ADDR`: a node joining a running
-    /// cluster, reached by its peers at `raft` (core 0).
-    pub fn joining(node_id: u64, raft: SocketAddr, join: String) -> ClusterConfig {
+    /// `--join ADMIN_ADDR --raft-listen ADDR [--advertise-raft HOST:PORT]`:
+    /// a node joining a running cluster, bound on `raft_listen` and reached
+    /// by its peers at `advertise` (default: `raft_listen`), both core 0's.
+    pub fn joining(
+        node_id: u64,
+        raft_listen: SocketAddr,
+        advertise: Option<PeerAddr>,
+        join: String,
+    ) -> ClusterConfig {
         ClusterConfig {
             node_id,
-            nodes: vec![ClusterNodeConfig { id: node_id, raft }],
+            nodes: vec![ClusterNodeConfig {
+                id: node_id,
+                raft: advertise.unwrap_or_else(|| raft_listen.into()),
+            }],
             join: Some(join),
+            raft_listen: Some(raft_listen),
         }
+    }
+
+    /// This node's entry: its advertised Raft address (core 0).
+    pub fn me(&self) -> &ClusterNodeConfig {
+        self.nodes
+            .iter()
+            .find(|node| node.id == self.node_id)
+            .expect("validated: node_id is one of the nodes")
+    }
+
+    /// The address core 0 binds for Raft: `raft_listen`, or this node's
+    /// own entry resolved now (blocking: call before the cores start).
+    pub fn raft_bind(&self) -> Result<SocketAddr, ConfigError> {
+        if let Some(addr) = self.raft_listen {
+            return Ok(addr);
+        }
+        self.me().raft.resolve_blocking().map_err(|error| {
+            ConfigError::Invalid(format!(
+                "cluster: cannot bind this node's Raft address: {error} \
+                 (give --raft-listen, e.g. 0.0.0.0:{})",
+                self.me().raft.port()
+            ))
+        })
     }
 }
 
@@ -145,6 +193,7 @@ impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
             listen: "127.0.0.1:7379".parse().expect("valid address"),
+            advertise_listen: None,
             resp_listen: "127.0.0.1:7381".parse().expect("valid address"),
             resp_enabled: true,
             admin_listen: "127.0.0.1:7380".parse().expect("valid address"),
@@ -364,6 +413,21 @@ impl NodeConfig {
                     cluster.node_id
                 ));
             }
+            let cores_hint = self.cores.max(1);
+            for node in &cluster.nodes {
+                if node.raft.with_port_offset(cores_hint - 1).is_none() {
+                    return invalid(format!(
+                        "cluster.nodes: node {}'s Raft port {} + cores must stay below 65536",
+                        node.id,
+                        node.raft.port()
+                    ));
+                }
+            }
+            if let Some(listen) = cluster.raft_listen {
+                if listen.port() == 0 {
+                    return invalid("cluster.raft_listen needs a fixed port, not 0".into());
+                }
+            }
             if self.durability != Durability::Sync {
                 return invalid(
                     "cluster mode needs durability = \"sync\": a Raft vote or log entry \
@@ -418,6 +482,61 @@ mod tests {
         assert_eq!(parsed.data_dir, config.data_dir);
         assert_eq!(parsed.tenants[0], TenantConfig::unlimited(DEFAULT_TENANT));
         assert_eq!(parsed.raft, RaftTuning::default());
+    }
+
+    #[test]
+    fn peers_take_host_names_and_bind_apart() {
+        let cluster =
+            ClusterConfig::from_flags(2, "1=node1:7390, 2=10.0.0.2:7390,3=node3:7390").unwrap();
+        assert_eq!(cluster.nodes.len(), 3);
+        assert_eq!(cluster.nodes[0].raft.host(), "node1");
+        assert_eq!(
+            cluster.me().raft.literal(),
+            Some("10.0.0.2:7390".parse().unwrap())
+        );
+        // An IP entry binds where it says; a name binds where it resolves.
+        assert_eq!(
+            cluster.raft_bind().unwrap(),
+            "10.0.0.2:7390".parse().unwrap()
+        );
+        let local = ClusterConfig::from_flags(1, "1=localhost:7390").unwrap();
+        assert!(local.raft_bind().unwrap().ip().is_loopback());
+        for bad in ["1=node1", "x=node1:7390", "1=node 1:7390", "1:node1:7390"] {
+            assert!(ClusterConfig::from_flags(1, bad).is_err(), "{bad}");
+        }
+        let joining = ClusterConfig::joining(
+            4,
+            "0.0.0.0:7390".parse().unwrap(),
+            Some(PeerAddr::parse("node4:7390").unwrap()),
+            "node1:7380".into(),
+        );
+        assert_eq!(joining.me().raft.to_string(), "node4:7390");
+        assert_eq!(
+            joining.raft_bind().unwrap(),
+            "0.0.0.0:7390".parse().unwrap()
+        );
+        let by_default =
+            ClusterConfig::joining(4, "127.0.0.1:7390".parse().unwrap(), None, "x:1".into());
+        assert_eq!(by_default.me().raft.to_string(), "127.0.0.1:7390");
+    }
+
+    #[test]
+    fn cluster_toml_with_names_and_advertised_addresses() {
+        let text = r#"
+            advertise_listen = "node1:7379"
+            [cluster]
+            node_id = 1
+            raft_listen = "0.0.0.0:7390"
+            nodes = [{ id = 1, raft = "node1:7390" }, { id = 2, raft = "node2:7390" }]
+        "#;
+        let mut config: NodeConfig = toml::from_str(text).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.advertise_listen.unwrap().to_string(), "node1:7379");
+        let cluster = config.cluster.unwrap();
+        assert_eq!(cluster.raft_listen, Some("0.0.0.0:7390".parse().unwrap()));
+        assert_eq!(cluster.nodes[1].raft.to_string(), "node2:7390");
+        let bad = "[cluster]\nnode_id = 1\nnodes = [{ id = 1, raft = \"node1\" }]";
+        assert!(toml::from_str::<NodeConfig>(bad).is_err());
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub mod config;
 pub mod connection;
 pub mod listener;
 pub mod node;
+pub mod platform;
 pub mod protocol;
 pub mod recovery;
 pub mod resp;

@@ -60,6 +60,9 @@ pub const ACTIVE_EXPIRY_MAX_ITEMS_PER_TICK: usize = 10_000;
 pub struct NodeInfo {
     /// The bound client address (the real port if 0 was asked).
     pub client_addr: SocketAddr,
+    /// The client address others are told: `advertise_listen`, or the
+    /// bound one.
+    pub advertised_client: String,
     /// The bound Redis-protocol address, if enabled.
     pub resp_addr: Option<SocketAddr>,
     /// Number of cores serving.
@@ -74,6 +77,14 @@ pub struct NodeInfo {
     pub stopper: NodeStopper,
 }
 
+/// The client address others are told (`advertise_listen`, else `bound`).
+fn advertised_client(config: &NodeConfig, bound: SocketAddr) -> String {
+    match &config.advertise_listen {
+        Some(addr) => addr.to_string(),
+        None => bound.to_string(),
+    }
+}
+
 /// Runs a node until its cores stop. Calls `on_ready` once every core is
 /// serving. Returns `Ok` after a graceful shutdown ([`NodeInfo::stopper`]),
 /// an error if a core failed or the shutdown overran
@@ -83,13 +94,38 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let _lock = lock_data_dir(&config.data_dir)?;
-    let cpus: Vec<usize> = glommio::CpuSet::online()
-        .map(|set| set.into_iter().map(|location| location.cpu).collect())
+    // The CPUs this process may use (its affinity: `docker --cpuset-cpus`,
+    // `taskset`, systemd `CPUAffinity`), not every CPU online.
+    let cpus: Vec<usize> = crate::platform::allowed_cpus()
+        .or_else(|| {
+            glommio::CpuSet::online()
+                .ok()
+                .map(|set| set.into_iter().map(|location| location.cpu).collect())
+        })
         .unwrap_or_default();
     let cores = match config.cores {
-        0 => cpus.len().max(1),
+        // One per usable CPU, and no more than the cgroup's CPU quota
+        // (`docker --cpus`) gives time for.
+        0 => {
+            let quota = crate::platform::cpu_quota().unwrap_or(usize::MAX);
+            cpus.len().min(quota).max(1)
+        }
         cores => cores,
     };
+    // Before any executor: a clear message rather than glommio's panic.
+    crate::platform::check(cores, IO_MEMORY_BYTES_PER_CORE)?;
+    if let Some(cluster) = &mut config.cluster {
+        // Resolved once, here, before the cores start (a host name in
+        // --peers binds where it resolves unless --raft-listen says).
+        let bind = cluster.raft_bind()?;
+        if usize::from(bind.port()) + cores > usize::from(u16::MAX) + 1 {
+            anyhow::bail!(
+                "the Raft port {} + {cores} cores must stay below 65536",
+                bind.port()
+            );
+        }
+        cluster.raft_listen = Some(bind);
+    }
     check_node_file(&config.data_dir, cores)?;
     let slot_map = Arc::new(SlotMap::contiguous(cores));
     // The config's tenants, then those created or changed at runtime.
@@ -234,6 +270,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
                 durability: durability.clone(),
                 data_dir: config.data_dir.clone(),
                 client_addr: addrs.client,
+                advertised_client: advertised_client(&config, addrs.client),
                 resp_addr: addrs.resp,
                 core_slots: (0..cores)
                     .map(|core| {
@@ -258,6 +295,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
     }
     on_ready(&NodeInfo {
         client_addr: addrs.client,
+        advertised_client: advertised_client(&config, addrs.client),
         resp_addr: addrs.resp,
         cores,
         data_dir: config.data_dir.clone(),

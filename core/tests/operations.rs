@@ -3,13 +3,17 @@
 mod common;
 
 use std::collections::{BTreeSet, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::TestNode;
 use tinkerdb_client::{Client, ClientConfig, ErrorCode, ScanOptions, SetCondition, SetOptions};
 
+/// Generous request timeout: on a busy machine (CI, the other core loaded)
+/// a debug build may take seconds to answer; no test here expects a timeout.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
 async fn client(node: &TestNode) -> Client {
-    Client::connect(ClientConfig::new(node.addr.to_string()))
+    Client::connect(ClientConfig::new(node.addr.to_string()).request_timeout(REQUEST_TIMEOUT))
         .await
         .unwrap()
 }
@@ -36,7 +40,9 @@ async fn get_set_delete_exists_and_versions() {
         &client.get("").await.unwrap().unwrap().value[..],
         &[0u8, 255, 10]
     );
-    assert!(client.ping().await.unwrap() < Duration::from_secs(5));
+    // A round trip time, not a timeout: any sane value (a busy machine may
+    // take a while).
+    assert!(client.ping().await.unwrap() < REQUEST_TIMEOUT);
 }
 
 #[tokio::test]
@@ -219,20 +225,60 @@ async fn ttl_expires_lazily_and_actively() {
         ttl: Some(Duration::from_millis(ms)),
         condition: SetCondition::Always,
     };
-    client.set_with("short", "v", ttl(150)).await.unwrap();
-    client.set_with("long", "v", ttl(600_000)).await.unwrap();
-    let read = client.get("short").await.unwrap().unwrap();
-    assert!(read.ttl.unwrap() <= Duration::from_millis(150));
+    // What a read may assert depends on when it ran: the key must still be
+    // there only if the read came back before its TTL could have passed
+    // (measured from before the write was sent). A busy machine may take
+    // longer, and then the key may already be gone.
+    const SHORT: Duration = Duration::from_millis(500);
+    // The server's clock has millisecond granularity.
+    const SLACK: Duration = Duration::from_millis(5);
+    let short_sent = Instant::now();
+    client
+        .set_with("short", "v", ttl(SHORT.as_millis() as u64))
+        .await
+        .unwrap();
+    let read = client.get("short").await.unwrap();
+    let elapsed = short_sent.elapsed();
+    match read {
+        Some(read) => {
+            let left = read.ttl.expect("a key written with a TTL reports one");
+            assert!(left <= SHORT, "{left:?} left of {SHORT:?}");
+            assert!(
+                left + elapsed + SLACK >= SHORT,
+                "{left:?} left of {SHORT:?} after {elapsed:?}"
+            );
+        }
+        None => assert!(
+            elapsed + SLACK >= SHORT,
+            "a key with a {SHORT:?} TTL was gone after {elapsed:?}"
+        ),
+    }
+    const LONG: Duration = Duration::from_secs(600);
+    let long_sent = Instant::now();
+    client
+        .set_with("long", "v", ttl(LONG.as_millis() as u64))
+        .await
+        .unwrap();
     let long_ttl = client.get("long").await.unwrap().unwrap().ttl.unwrap();
-    assert!(long_ttl > Duration::from_secs(590));
-    // Lazy: invisible once due.
-    let gone = tokio::time::timeout(Duration::from_secs(5), async {
+    let elapsed = long_sent.elapsed();
+    assert!(long_ttl <= LONG, "{long_ttl:?}");
+    assert!(
+        long_ttl + elapsed + SLACK >= LONG,
+        "{long_ttl:?} left of {LONG:?} after {elapsed:?}"
+    );
+    // Lazy: invisible once due (and never later than generously after).
+    let gone = tokio::time::timeout(Duration::from_secs(60), async {
         while client.get("short").await.unwrap().is_some() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await;
     assert!(gone.is_ok(), "key still readable long after its TTL");
+    let vanished = short_sent.elapsed();
+    assert!(
+        vanished + SLACK >= SHORT,
+        "the key vanished {vanished:?} after it was written, before its TTL"
+    );
     // Active: removed from the count without being read again.
     for i in 0..100 {
         client
@@ -240,7 +286,7 @@ async fn ttl_expires_lazily_and_actively() {
             .await
             .unwrap();
     }
-    let drained = tokio::time::timeout(Duration::from_secs(5), async {
+    let drained = tokio::time::timeout(Duration::from_secs(60), async {
         while client.count().await.unwrap() != 1 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -259,9 +305,13 @@ async fn ttl_expires_lazily_and_actively() {
 #[tokio::test]
 async fn pipelining_many_requests_on_one_connection() {
     let node = TestNode::start(2);
-    let client = Client::connect(ClientConfig::new(node.addr.to_string()).connections(1))
-        .await
-        .unwrap();
+    let client = Client::connect(
+        ClientConfig::new(node.addr.to_string())
+            .connections(1)
+            .request_timeout(REQUEST_TIMEOUT),
+    )
+    .await
+    .unwrap();
     let writes = (0..2000).map(|i| {
         let client = client.clone();
         async move { client.set(format!("p{i}"), format!("{i}")).await }
@@ -299,7 +349,9 @@ async fn compare_and_set_from_many_connections_loses_no_update() {
     let node = TestNode::start(2);
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
-        let config = ClientConfig::new(node.addr.to_string()).connections(1);
+        let config = ClientConfig::new(node.addr.to_string())
+            .connections(1)
+            .request_timeout(REQUEST_TIMEOUT);
         clients.push(Client::connect(config).await.unwrap());
     }
     let tasks = clients
@@ -333,9 +385,7 @@ async fn compare_and_set_from_many_connections_loses_no_update() {
             conflicts
         });
     let conflicts: u64 = futures_join_all(tasks).await.into_iter().sum();
-    let check = Client::connect(ClientConfig::new(node.addr.to_string()))
-        .await
-        .unwrap();
+    let check = client(&node).await;
     let mut total = 0;
     for counter in 0..COUNTERS {
         let value = check

@@ -6,6 +6,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
+use std::time::Instant;
 
 use common::TestNode;
 use redis::{Commands, Value};
@@ -47,6 +48,9 @@ fn string_commands_behave_like_redis() {
         .query(&mut redis)
         .unwrap();
     assert_eq!(xx.as_deref(), Some("v"));
+    // The time left is checked against the time measured since before the
+    // SET was sent, not a fixed margin: a busy machine may take seconds.
+    let sent = Instant::now();
     let _: () = redis::cmd("SET")
         .arg("t")
         .arg("1")
@@ -55,14 +59,26 @@ fn string_commands_behave_like_redis() {
         .query(&mut redis)
         .unwrap();
     let ttl: i64 = redis.ttl("t").unwrap();
-    assert!((99..=100).contains(&ttl), "{ttl}");
+    // TTL is in whole seconds (rounded either way): one second of slack.
+    let elapsed = sent.elapsed().as_secs() as i64;
+    assert!(
+        (99 - elapsed..=100).contains(&ttl),
+        "{ttl} after {elapsed} s"
+    );
     let _: () = redis::cmd("SET")
         .arg("t")
         .arg("2")
         .arg("KEEPTTL")
         .query(&mut redis)
         .unwrap();
-    assert!(redis.pttl::<_, i64>("t").unwrap() > 98_000);
+    let pttl: i64 = redis.pttl("t").unwrap();
+    let elapsed = sent.elapsed().as_millis() as i64;
+    // KEEPTTL kept the deadline of the first SET (the server's clock has
+    // millisecond granularity).
+    assert!(
+        (100_000 - elapsed - 5..=100_000).contains(&pttl),
+        "{pttl} after {elapsed} ms"
+    );
     assert_eq!(redis.ttl::<_, i64>("k").unwrap(), -1);
     assert_eq!(redis.ttl::<_, i64>("missing").unwrap(), -2);
     assert_eq!(redis.persist::<_, i64>("t").unwrap(), 1);

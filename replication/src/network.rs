@@ -18,7 +18,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
@@ -32,7 +31,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tinkerdb_schemas::wire::PeerCallKind;
 
-use crate::transport::{PeerCall, PeerClient, TransportError};
+use crate::transport::{PeerAddr, PeerCall, PeerClient, TransportError};
 use crate::{NodeId, TypeConfig};
 
 /// This core's clients of its peers' same core, by node id. Starts from
@@ -44,8 +43,9 @@ pub struct Peers {
 }
 
 impl Peers {
-    /// Peers from `(node id, address of the peer core's Raft listener)`.
-    pub fn new(peers: impl IntoIterator<Item = (NodeId, SocketAddr)>) -> Peers {
+    /// Peers from `(node id, address of the peer core's Raft listener)`
+    /// (an IP:PORT or a [`PeerAddr`] naming a host).
+    pub fn new<A: Into<PeerAddr>>(peers: impl IntoIterator<Item = (NodeId, A)>) -> Peers {
         Peers {
             clients: RefCell::new(
                 peers
@@ -63,17 +63,15 @@ impl Peers {
 
     /// The client of node `id`, made for `addr` (`host:port`, as a
     /// membership names it) if none exists yet. A known node keeps its
-    /// client: a node id names one address for the cluster's lifetime.
+    /// client: a node id names one address for the cluster's lifetime (a
+    /// host name in it is resolved on every connection attempt, so the
+    /// host may change IP). Fails only on text that is not `HOST:PORT`.
     pub fn get_or_add(&self, id: NodeId, addr: &str) -> Result<Rc<PeerClient>, String> {
         if let Some(client) = self.get(id) {
             return Ok(client);
         }
-        let socket = addr
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut addrs| addrs.next())
-            .ok_or_else(|| format!("node {id}'s address {addr:?} does not resolve"))?;
-        let client = Rc::new(PeerClient::new(socket));
+        let addr = PeerAddr::parse(addr).map_err(|error| format!("node {id}'s address {error}"))?;
+        let client = Rc::new(PeerClient::new(addr));
         self.clients.borrow_mut().insert(id, client.clone());
         Ok(client)
     }
@@ -172,7 +170,7 @@ impl GroupNetwork {
                 option.soft_ttl(),
             )
             .await?;
-        decode(&payload).map_err(|reason| TransportError::Refused(client.addr(), reason))
+        decode(&payload).map_err(|reason| TransportError::Refused(client.addr().clone(), reason))
     }
 }
 

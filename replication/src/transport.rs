@@ -20,7 +20,14 @@
 //!   frame for [`PEER_STALL_TIMEOUT`] when a call times out);
 //! - frames are bounded by [`MAX_PEER_FRAME_BYTES`] both ways;
 //! - [`PeerClient::set_blocked`] drops every call to that peer (the fault
-//!   layer partition tests use: `tc netem` is absent here).
+//!   layer partition tests use: `tc netem` is absent here);
+//! - a peer is named by a [`PeerAddr`], `host:port`: an IP literal is used
+//!   as it is, a host name is resolved again on every connection attempt
+//!   (a container restarted under the same name may have a new IP). The
+//!   lookup is the system resolver (`getaddrinfo`: /etc/hosts, then DNS,
+//!   e.g. Docker's embedded one), which blocks, so it runs on a thread of
+//!   its own, never on the executor, and is bounded by
+//!   [`PEER_RESOLVE_TIMEOUT`].
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -51,6 +58,259 @@ pub const PEER_STALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long connecting to a peer may take.
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// How long resolving a peer's host name may take before the connection
+/// attempt fails (the next attempt resolves again).
+pub const PEER_RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A peer's address: `host:port`, where the host is an IP literal or a
+/// name resolved when connecting.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PeerAddr {
+    host: String,
+    port: u16,
+    /// The address itself when the host is an IP literal (no lookup).
+    literal: Option<SocketAddr>,
+}
+
+impl PeerAddr {
+    /// Parses `HOST:PORT` (`[v6]:PORT` for an IPv6 literal). No lookup.
+    pub fn parse(text: &str) -> Result<PeerAddr, String> {
+        let text = text.trim();
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(PeerAddr::from(addr));
+        }
+        let bad = || format!("{text:?} is not HOST:PORT");
+        let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        let valid_host = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+        if !valid_host {
+            return Err(bad());
+        }
+        Ok(PeerAddr {
+            host: host.to_owned(),
+            port,
+            literal: None,
+        })
+    }
+
+    /// The host (name or IP literal, without brackets).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The same host at `port + offset` (core `c` of a node listens on its
+    /// Raft port + `c`); `None` past port 65535.
+    pub fn with_port_offset(&self, offset: usize) -> Option<PeerAddr> {
+        let port = u16::try_from(usize::from(self.port) + offset).ok()?;
+        Some(match self.literal {
+            Some(mut addr) => {
+                addr.set_port(port);
+                PeerAddr::from(addr)
+            }
+            None => PeerAddr {
+                host: self.host.clone(),
+                port,
+                literal: None,
+            },
+        })
+    }
+
+    /// The address itself if the host is an IP literal.
+    pub fn literal(&self) -> Option<SocketAddr> {
+        self.literal
+    }
+
+    /// Resolves the address now, blocking (the system resolver); the first
+    /// answer wins. An IP literal needs no lookup.
+    pub fn resolve_blocking(&self) -> Result<SocketAddr, String> {
+        self.resolve_all_blocking().map(|addrs| addrs[0])
+    }
+
+    /// Every address the name resolves to (at least one), in the
+    /// resolver's order; an IP literal needs no lookup.
+    pub fn resolve_all_blocking(&self) -> Result<Vec<SocketAddr>, String> {
+        if let Some(addr) = self.literal {
+            return Ok(vec![addr]);
+        }
+        use std::net::ToSocketAddrs;
+        let addrs: Vec<SocketAddr> = (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|error| format!("cannot resolve {self}: {error}"))?
+            .collect();
+        if addrs.is_empty() {
+            return Err(format!("{self} resolves to no address"));
+        }
+        Ok(addrs)
+    }
+
+    /// Resolves the address from a glommio executor: an IP literal at
+    /// once, a name on a short-lived thread, within `timeout`; every
+    /// address it names (at least one).
+    pub async fn resolve(&self, timeout: Duration) -> Result<Vec<SocketAddr>, String> {
+        if let Some(addr) = self.literal {
+            return Ok(vec![addr]);
+        }
+        // On a thread of its own (not glommio's blocking pool, which the
+        // storage's file operations use): a resolver stuck on an absent DNS
+        // server only keeps that thread, which ends with the lookup.
+        let this = self.clone();
+        let (answer_to, answer) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("tinkerdb-resolve".into())
+            .spawn(move || {
+                let _ = answer_to.send(this.resolve_all_blocking());
+            })
+            .map_err(|error| format!("cannot resolve {self}: {error}"))?;
+        match glommio::timer::timeout(timeout, async { Ok(answer.await) }).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(format!("cannot resolve {self}: the lookup failed")),
+            Err(_) => Err(format!("resolving {self} took longer than {timeout:?}")),
+        }
+    }
+}
+
+impl From<SocketAddr> for PeerAddr {
+    fn from(addr: SocketAddr) -> PeerAddr {
+        PeerAddr {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            literal: Some(addr),
+        }
+    }
+}
+
+impl std::str::FromStr for PeerAddr {
+    type Err = String;
+    fn from_str(text: &str) -> Result<PeerAddr, String> {
+        PeerAddr::parse(text)
+    }
+}
+
+impl TryFrom<String> for PeerAddr {
+    type Error = String;
+    fn try_from(text: String) -> Result<PeerAddr, String> {
+        PeerAddr::parse(&text)
+    }
+}
+
+impl From<PeerAddr> for String {
+    fn from(addr: PeerAddr) -> String {
+        addr.to_string()
+    }
+}
+
+impl std::fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.literal {
+            Some(addr) => write!(f, "{addr}"),
+            None => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
+}
+
+impl serde::Serialize for PeerAddr {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PeerAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<PeerAddr, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        PeerAddr::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod peer_addr_tests {
+    use super::*;
+
+    #[test]
+    fn parses_literals_and_names() {
+        let v4 = PeerAddr::parse("127.0.0.1:7390").unwrap();
+        assert_eq!(v4.literal(), Some("127.0.0.1:7390".parse().unwrap()));
+        assert_eq!(v4.to_string(), "127.0.0.1:7390");
+        let v6 = PeerAddr::parse("[::1]:7390").unwrap();
+        assert_eq!(v6.literal(), Some("[::1]:7390".parse().unwrap()));
+        let name = PeerAddr::parse(" node-1.cluster_a:7390 ").unwrap();
+        assert_eq!(
+            (name.host(), name.port(), name.literal()),
+            ("node-1.cluster_a", 7390, None)
+        );
+        assert_eq!(name.to_string(), "node-1.cluster_a:7390");
+        for bad in [
+            "",
+            "node1",
+            "node1:",
+            ":7390",
+            "node1:70000",
+            "no de:1",
+            "a:b",
+            "::1:7390x",
+        ] {
+            assert!(PeerAddr::parse(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn port_offsets_keep_the_host() {
+        let name = PeerAddr::parse("node1:7390").unwrap();
+        assert_eq!(name.with_port_offset(3).unwrap().to_string(), "node1:7393");
+        let ip = PeerAddr::parse("10.0.0.1:7390").unwrap();
+        assert_eq!(
+            ip.with_port_offset(1).unwrap().literal(),
+            Some("10.0.0.1:7391".parse().unwrap())
+        );
+        assert!(PeerAddr::parse("node1:65535")
+            .unwrap()
+            .with_port_offset(1)
+            .is_none());
+    }
+
+    #[test]
+    fn resolves_names_and_skips_literals() {
+        let localhost = PeerAddr::parse("localhost:7390").unwrap();
+        let addr = localhost.resolve_blocking().unwrap();
+        assert!(addr.ip().is_loopback() && addr.port() == 7390, "{addr}");
+        let unknown = PeerAddr::parse("no-such-host.invalid:1").unwrap();
+        assert!(unknown.resolve_blocking().is_err());
+        let resolved = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .make()
+            .expect("executor")
+            .run(async move {
+                let literal = PeerAddr::parse("127.0.0.1:1").unwrap();
+                (
+                    literal.resolve(Duration::from_secs(5)).await,
+                    localhost.resolve(Duration::from_secs(5)).await,
+                )
+            });
+        assert_eq!(resolved.0, Ok(vec!["127.0.0.1:1".parse().unwrap()]));
+        assert!(resolved
+            .1
+            .unwrap()
+            .iter()
+            .all(|addr| addr.ip().is_loopback()));
+    }
+
+    #[test]
+    fn serde_round_trip() {
+        let addr = PeerAddr::parse("node1:7390").unwrap();
+        let bytes = postcard::to_allocvec(&addr).unwrap();
+        assert_eq!(postcard::from_bytes::<PeerAddr>(&bytes).unwrap(), addr);
+        let bad = postcard::to_allocvec("node1").unwrap();
+        assert!(postcard::from_bytes::<PeerAddr>(&bad).is_err());
+    }
+}
+
 /// A call to a peer, or the work a server is asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerCall {
@@ -67,16 +327,16 @@ pub struct PeerCall {
 pub enum TransportError {
     /// The peer could not be reached or the connection broke.
     #[error("peer {0} unreachable: {1}")]
-    Unreachable(SocketAddr, String),
+    Unreachable(PeerAddr, String),
     /// No answer before the deadline.
     #[error("peer {0} did not answer within {1:?}")]
-    Timeout(SocketAddr, Duration),
+    Timeout(PeerAddr, Duration),
     /// The peer answered that it could not run the call.
     #[error("peer {0} refused the call: {1}")]
-    Refused(SocketAddr, String),
+    Refused(PeerAddr, String),
     /// Calls to this peer are blocked by the fault layer.
     #[error("peer {0} is cut off (fault injection)")]
-    Blocked(SocketAddr),
+    Blocked(PeerAddr),
 }
 
 /// Encodes one frame, with its length prefix, onto `out`.
@@ -201,7 +461,7 @@ struct Link {
 
 /// This core's connection to the same core of one peer node.
 pub struct PeerClient {
-    addr: SocketAddr,
+    addr: PeerAddr,
     link: RefCell<Option<Rc<Link>>>,
     next_call_id: Cell<u64>,
     builder: RefCell<FlatBufferBuilder<'static>>,
@@ -209,10 +469,11 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
-    /// A client for the peer core listening on `addr` (connects lazily).
-    pub fn new(addr: SocketAddr) -> PeerClient {
+    /// A client for the peer core listening on `addr` (connects lazily;
+    /// a host name is resolved on each connection attempt).
+    pub fn new(addr: impl Into<PeerAddr>) -> PeerClient {
         PeerClient {
-            addr,
+            addr: addr.into(),
             link: RefCell::new(None),
             next_call_id: Cell::new(1),
             builder: RefCell::new(FlatBufferBuilder::new()),
@@ -220,9 +481,9 @@ impl PeerClient {
         }
     }
 
-    /// The peer's address.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    /// The peer's address, as named (a host name stays a name).
+    pub fn addr(&self) -> &PeerAddr {
+        &self.addr
     }
 
     /// Cuts (or restores) this peer: while blocked every call fails at once
@@ -248,10 +509,27 @@ impl PeerClient {
                 return Ok(link.clone());
             }
         }
-        let unreachable = |error: String| TransportError::Unreachable(self.addr, error);
-        let stream = glommio::timer::timeout(PEER_CONNECT_TIMEOUT, TcpStream::connect(self.addr))
+        let unreachable = |error: String| TransportError::Unreachable(self.addr.clone(), error);
+        // Resolved afresh on every attempt: the name may point elsewhere now.
+        let sockets = self
+            .addr
+            .resolve(PEER_RESOLVE_TIMEOUT)
             .await
-            .map_err(|error| unreachable(error.to_string()))?;
+            .map_err(unreachable)?;
+        // Each address the name gives in turn (localhost may be ::1 and
+        // 127.0.0.1, of which the peer listens on one).
+        let mut failure = String::new();
+        let mut connected = None;
+        for socket in sockets {
+            match glommio::timer::timeout(PEER_CONNECT_TIMEOUT, TcpStream::connect(socket)).await {
+                Ok(stream) => {
+                    connected = Some(stream);
+                    break;
+                }
+                Err(error) => failure = format!("{socket}: {error}"),
+            }
+        }
+        let stream = connected.ok_or_else(|| unreachable(failure))?;
         let _ = stream.set_nodelay(true);
         let (reader, writer) = futures_lite::io::split(stream);
         let pending: Pending = Rc::new(RefCell::new(HashMap::new()));
@@ -291,7 +569,7 @@ impl PeerClient {
         deadline: Duration,
     ) -> Result<Vec<u8>, TransportError> {
         if self.blocked.get() {
-            return Err(TransportError::Blocked(self.addr));
+            return Err(TransportError::Blocked(self.addr.clone()));
         }
         let link = self.connect().await?;
         let call_id = self.next_call_id.get();
@@ -311,7 +589,7 @@ impl PeerClient {
             link.pending.borrow_mut().remove(&call_id);
             link.alive.set(false);
             return Err(TransportError::Unreachable(
-                self.addr,
+                self.addr.clone(),
                 "connection closed".into(),
             ));
         }
@@ -330,15 +608,15 @@ impl PeerClient {
                         *current = None;
                     }
                 }
-                Err(TransportError::Timeout(self.addr, deadline))
+                Err(TransportError::Timeout(self.addr.clone(), deadline))
             }
             Ok(Err(_)) => Err(TransportError::Unreachable(
-                self.addr,
+                self.addr.clone(),
                 "connection dropped".into(),
             )),
-            Ok(Ok(Err(reason))) => Err(TransportError::Unreachable(self.addr, reason)),
+            Ok(Ok(Err(reason))) => Err(TransportError::Unreachable(self.addr.clone(), reason)),
             Ok(Ok(Ok(frame))) => match frame.error {
-                Some(error) => Err(TransportError::Refused(self.addr, error)),
+                Some(error) => Err(TransportError::Refused(self.addr.clone(), error)),
                 None => Ok(frame.call.payload),
             },
         }
@@ -513,21 +791,24 @@ mod tests {
         run(async {
             let addr = echo_server();
             let client = Rc::new(PeerClient::new(addr));
-            let second = Duration::from_secs(1);
+            // Long enough for any call that must succeed, even on a busy
+            // machine (the late answer takes 300 ms; the timeout case below
+            // uses its own 50 ms).
+            let deadline = Duration::from_secs(30);
             assert_eq!(
-                client.call(call(1, b"abc"), second).await,
+                client.call(call(1, b"abc"), deadline).await,
                 Ok(b"cba".to_vec())
             );
             // Many calls in flight on one connection, answered out of order.
             let slow = {
                 let client = client.clone();
-                glommio::spawn_local(async move { client.call(call(7, b"late"), second).await })
+                glommio::spawn_local(async move { client.call(call(7, b"late"), deadline).await })
             };
             let mut fast = Vec::new();
             for i in 0..100u8 {
                 let client = client.clone();
                 fast.push(glommio::spawn_local(async move {
-                    client.call(call(1, &[i, 0]), second).await
+                    client.call(call(1, &[i, 0]), deadline).await
                 }));
             }
             for (i, task) in fast.into_iter().enumerate() {
@@ -535,7 +816,7 @@ mod tests {
             }
             assert_eq!(slow.await, Ok(b"late".to_vec()));
             assert!(matches!(
-                client.call(call(99, b"x"), second).await,
+                client.call(call(99, b"x"), deadline).await,
                 Err(TransportError::Refused(_, reason)) if reason == "no such group"
             ));
             assert!(matches!(
@@ -544,12 +825,12 @@ mod tests {
             ));
             client.set_blocked(true);
             assert_eq!(
-                client.call(call(1, b"x"), second).await,
-                Err(TransportError::Blocked(addr))
+                client.call(call(1, b"x"), deadline).await,
+                Err(TransportError::Blocked(addr.into()))
             );
             client.set_blocked(false);
             assert_eq!(
-                client.call(call(1, b"xy"), second).await,
+                client.call(call(1, b"xy"), deadline).await,
                 Ok(b"yx".to_vec())
             );
         });
@@ -570,7 +851,7 @@ mod tests {
             let client = PeerClient::new(echo_server());
             let big = vec![5u8; 8 << 20];
             let answer = client
-                .call(call(1, &big), Duration::from_secs(5))
+                .call(call(1, &big), Duration::from_secs(60))
                 .await
                 .unwrap();
             assert_eq!(answer.len(), big.len());

@@ -54,7 +54,7 @@ fn three_nodes_elect_replicate_fail_over_and_catch_up() {
     let mut new_leader = None;
     wait_for(
         "a new leader on the majority side",
-        Duration::from_secs(10),
+        Duration::from_secs(60),
         || {
             let seen: Vec<Option<NodeId>> = others.iter().map(|id| nodes[id].leader()).collect();
             new_leader = seen[0].filter(|l| *l != leader && seen.iter().all(|s| *s == seen[0]));
@@ -88,7 +88,7 @@ fn three_nodes_elect_replicate_fail_over_and_catch_up() {
     }
     wait_for(
         "the old leader to catch up",
-        Duration::from_secs(10),
+        Duration::from_secs(60),
         || nodes[&leader].len() >= acked.len(),
     );
     for key in &acked {
@@ -111,7 +111,7 @@ fn three_nodes_elect_replicate_fail_over_and_catch_up() {
     );
     wait_for(
         "the restarted node to replay its log",
-        Duration::from_secs(10),
+        Duration::from_secs(60),
         || nodes[&restarted].len() >= acked.len(),
     );
     eprintln!(

@@ -10,7 +10,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -36,7 +36,7 @@ fn a_follower_behind_a_purged_log_catches_up_by_snapshot() {
     let behind = addrs.keys().copied().find(|id| *id != leader).unwrap();
     wait_for(
         "the follower to have the early writes",
-        Duration::from_secs(10),
+        Duration::from_secs(60),
         || nodes[&behind].len() == 20,
     );
     let behind_index = nodes[&behind].status().last_log_index.unwrap();
@@ -55,24 +55,39 @@ fn a_follower_behind_a_purged_log_catches_up_by_snapshot() {
     let mut purged = None;
     wait_for(
         "the leader to purge past the stopped follower's log",
-        Duration::from_secs(10),
+        Duration::from_secs(60),
         || {
             purged = nodes[&leader].status().purged_index;
             purged.is_some_and(|purged| purged > behind_index)
         },
     );
     let purged = purged.unwrap();
-    let mut snapshot_files: Vec<String> = std::fs::read_dir(dir(leader).join("snapshots"))
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| !name.ends_with(".tmp"))
-        .collect();
-    snapshot_files.sort();
-    assert_eq!(
-        snapshot_files.len(),
-        2,
-        "one snapshot (data and meta), older ones deleted: {snapshot_files:?}"
+    // A later snapshot may still be committing in the background (its data
+    // renamed into place, the older pair not yet deleted): wait for the
+    // directory to settle on one pair rather than look once.
+    let snapshot_files = || {
+        let mut names: Vec<String> = std::fs::read_dir(dir(leader).join("snapshots"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| !name.ends_with(".tmp"))
+            .collect();
+        names.sort();
+        names
+    };
+    let mut listed = Vec::new();
+    wait_for(
+        "one snapshot (data and meta), older ones deleted",
+        Duration::from_secs(60),
+        || {
+            listed = snapshot_files();
+            listed.len() == 2
+        },
     );
+    let stems: Vec<&str> = listed
+        .iter()
+        .map(|name| name.rsplit_once('.').unwrap().0)
+        .collect();
+    assert_eq!(stems[0], stems[1], "one pair: {listed:?}");
 
     // The follower restarts from its own (short) log; the leader can only
     // send it a snapshot.
@@ -80,7 +95,7 @@ fn a_follower_behind_a_purged_log_catches_up_by_snapshot() {
     let started = Instant::now();
     wait_for(
         "the follower to install the snapshot",
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         || nodes[&behind].len() == 20 + writes,
     );
     let caught_up = started.elapsed();
@@ -108,7 +123,7 @@ fn a_follower_behind_a_purged_log_catches_up_by_snapshot() {
     for id in &ids {
         wait_for(
             "a restart from snapshot and log",
-            Duration::from_secs(20),
+            Duration::from_secs(60),
             || nodes[id].len() == 20 + writes,
         );
     }
@@ -151,18 +166,28 @@ fn a_node_joins_and_the_leader_leaves_under_load() {
     let acked = Mutex::new(Vec::<String>::new());
     let slowest = Mutex::new(Duration::ZERO);
     let failed = Mutex::new(Vec::<String>::new());
+    // The node the load must no longer write through (0: none): the leader
+    // about to be removed. Which node leads depends on how the election
+    // went, and it may be node 2 or 3.
+    let avoided = AtomicU64::new(0);
     let (joined, left) = std::thread::scope(|scope| {
-        // Load: writes one after another through node 2 and node 3 (the
-        // ones never removed), timed.
+        // Load: writes one after another through node 2 and node 3 (but
+        // never through the node being removed), timed.
         scope.spawn(|| {
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
-                let via = 2 + (i % 2) as NodeId;
+                let mut via = 2 + (i % 2) as NodeId;
+                if via == avoided.load(Ordering::SeqCst) {
+                    via = 5 - via;
+                }
                 let key = format!("during-{i}");
                 let started = Instant::now();
                 match nodes[&via].write(put(&key, "v")) {
                     Ok(_) => acked.lock().unwrap().push(key),
-                    Err(error) => failed.lock().unwrap().push(format!("{key}: {error}")),
+                    Err(error) => failed
+                        .lock()
+                        .unwrap()
+                        .push(format!("{key} via {via}: {error}")),
                 }
                 let took = started.elapsed();
                 let mut slowest = slowest.lock().unwrap();
@@ -170,20 +195,44 @@ fn a_node_joins_and_the_leader_leaves_under_load() {
                 i += 1;
             }
         });
-        std::thread::sleep(Duration::from_millis(300));
+        // Stops the load however this closure ends (a failed wait or change
+        // panics, and the scope would wait for the writer forever).
+        struct StopOnDrop<'a>(&'a AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let _stop_load = StopOnDrop(&stop);
+        // Each change starts once the load has made progress (a count of
+        // writes, not a pause, so that a busy machine still runs every
+        // change under load).
+        let writes_reach = |n: usize, when: &str| {
+            wait_for(
+                &format!("{n} writes under load {when}"),
+                Duration::from_secs(60),
+                || acked.lock().unwrap().len() + failed.lock().unwrap().len() >= n,
+            )
+        };
+        let writes_so_far = || acked.lock().unwrap().len() + failed.lock().unwrap().len();
+        writes_reach(8, "before the join");
         // Add node 4 through a node that may not lead (forwarded).
         let join = nodes[&2].change(MemberChange::Add {
             id: 4,
             addr: all_addrs[&4].to_string(),
         });
         let joined = join.expect("node 4 joins");
-        std::thread::sleep(Duration::from_millis(300));
-        // Remove the current leader, asked through node 3.
+        writes_reach(writes_so_far() + 8, "after the join");
+        // Remove the current leader, asked through node 3. First the load
+        // moves off it: once one more write has completed, none is in
+        // flight through it.
         let leader = nodes[&2].leader().unwrap();
+        avoided.store(leader, Ordering::SeqCst);
+        writes_reach(writes_so_far() + 2, "before the removal");
         let left = nodes[&3]
             .change(MemberChange::Remove { id: leader })
             .map(|voters| (leader, voters));
-        std::thread::sleep(Duration::from_millis(500));
+        writes_reach((writes_so_far() + 8).max(21), "after the removal");
         stop.store(true, Ordering::Relaxed);
         (joined, left.expect("the leader is removed"))
     });
@@ -195,7 +244,7 @@ fn a_node_joins_and_the_leader_leaves_under_load() {
     let failed = failed.into_inner().unwrap();
     assert!(
         failed.is_empty(),
-        "writes failed during the changes: {failed:?}"
+        "writes failed during the changes (node {removed} removed): {failed:?}"
     );
     let acked = acked.into_inner().unwrap();
     assert!(
@@ -209,7 +258,7 @@ fn a_node_joins_and_the_leader_leaves_under_load() {
     let survivor = *expected.iter().find(|id| **id != 4).unwrap();
     wait_for(
         "node 4 to apply every write",
-        Duration::from_secs(10),
+        Duration::from_secs(60),
         || nodes[&4].len() == total,
     );
     for key in acked.iter().step_by(7) {

@@ -3,7 +3,8 @@
 //! `tinker [--addr HOST:PORT] [--tenant T] COMMAND ...` runs one command;
 //! without a command it reads commands line by line (an interactive prompt
 //! on a terminal). Exit status: 0 success, 1 "no such key" or a condition not
-//! met, 2 an error.
+//! met, 2 an error. `tinker ping`, the health probe, exits 0 when the node
+//! answered and 1 when it did not (unreachable, not ready, any error).
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
@@ -123,8 +124,14 @@ enum Command {
     Count,
     /// Snapshot every core of the node now (waits until installed).
     Snapshot,
-    /// Round trip to the node.
-    Ping,
+    /// Round trip to the node; a health probe. Exit status 0: the node
+    /// answered (ready); 1: it did not within --timeout-ms (unreachable,
+    /// refused, not serving yet, or an error).
+    Ping {
+        /// Give up after this many milliseconds (connecting included).
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
     /// Cluster status and membership, through the admin API (--admin).
     Cluster {
         #[command(subcommand)]
@@ -184,6 +191,9 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Command::Ping { timeout_ms }) = args.command {
+        return runtime.block_on(ping(&args, Duration::from_millis(timeout_ms)));
+    }
     let admin = args.admin.clone();
     runtime.block_on(async move {
         let config = ClientConfig::new(&args.addr)
@@ -210,6 +220,34 @@ fn main() -> ExitCode {
             None => interactive(&client, &args.addr, &admin).await,
         }
     })
+}
+
+/// `tinker ping`: 0 if the node answers within `timeout` (connecting
+/// included), 1 otherwise (for health checks: never 2).
+async fn ping(args: &Args, timeout: Duration) -> ExitCode {
+    let mut config = ClientConfig::new(&args.addr)
+        .tenant(&args.tenant)
+        .connections(1)
+        .request_timeout(timeout);
+    config.connect_timeout = timeout;
+    let attempt = async {
+        let client = Client::connect(config).await?;
+        client.ping().await
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(elapsed)) => {
+            println!("PONG ({} us)", elapsed.as_micros());
+            ExitCode::SUCCESS
+        }
+        Ok(Err(error)) => {
+            eprintln!("(error) {}: {error}", args.addr);
+            ExitCode::from(1)
+        }
+        Err(_) => {
+            eprintln!("(error) {}: no answer within {timeout:?}", args.addr);
+            ExitCode::from(1)
+        }
+    }
 }
 
 async fn interactive(client: &Client, addr: &str, admin: &str) -> ExitCode {
@@ -398,7 +436,7 @@ async fn run(client: &Client, command: Command, interactive: bool) -> Result<Out
             println!("OK ({keys} keys, {bytes} bytes)");
             Outcome::Done
         }
-        Command::Ping => {
+        Command::Ping { .. } => {
             let elapsed = client.ping().await?;
             println!("PONG ({} us)", elapsed.as_micros());
             Outcome::Done

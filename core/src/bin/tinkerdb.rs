@@ -16,6 +16,7 @@ use std::sync::{Arc, OnceLock};
 use clap::{Parser, ValueEnum};
 use tinkerdb_core::config::{Durability, NodeConfig};
 use tinkerdb_core::shutdown::NodeStopper;
+use tinkerdb_replication::transport::PeerAddr;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -27,9 +28,13 @@ struct Args {
     /// TOML configuration file (see docs/config.sample.toml).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Client protocol address [default: 127.0.0.1:7379].
+    /// Client protocol address to bind [default: 127.0.0.1:7379].
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// The client address others are told, HOST:PORT, when it differs from
+    /// --listen (bind 0.0.0.0:7379, advertise node1:7379) [default: --listen].
+    #[arg(long)]
+    advertise_listen: Option<PeerAddr>,
     /// Redis-protocol (RESP) address [default: 127.0.0.1:7381].
     #[arg(long)]
     resp_listen: Option<SocketAddr>,
@@ -55,7 +60,9 @@ struct Args {
     #[arg(long)]
     node_id: Option<u64>,
     /// Cluster mode: every node as ID=HOST:PORT (Raft address of core 0;
-    /// core c uses port + c), this node included.
+    /// core c uses port + c), this node included. HOST is an IP or a host
+    /// name (`1=node1:7390,2=node2:7390`), resolved again whenever a peer
+    /// is reconnected; this node's own entry is what its peers dial.
     #[arg(long, requires = "node_id", conflicts_with = "join")]
     peers: Option<String>,
     /// Join a running cluster through a member's admin address (HOST:PORT,
@@ -63,9 +70,15 @@ struct Args {
     /// --raft-listen.
     #[arg(long, requires_all = ["node_id", "raft_listen"])]
     join: Option<String>,
-    /// With --join: this node's Raft address for core 0 (core c uses port + c).
-    #[arg(long, requires = "join")]
+    /// Where this node binds Raft for core 0 (core c uses port + c), e.g.
+    /// 0.0.0.0:7390 [with --peers, default: this node's --peers entry].
+    #[arg(long)]
     raft_listen: Option<SocketAddr>,
+    /// The Raft address (core 0) peers are told and dial, HOST:PORT. With
+    /// --join [default: --raft-listen]; with --peers it must be this node's
+    /// --peers entry (that is what the other nodes dial).
+    #[arg(long)]
+    advertise_raft: Option<PeerAddr>,
     /// Log line format (logs go to stderr; level from RUST_LOG, default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -127,27 +140,45 @@ fn main() -> anyhow::Result<()> {
     if let Some(cores) = args.cores {
         config.cores = cores;
     }
+    if let Some(advertise) = args.advertise_listen {
+        config.advertise_listen = Some(advertise);
+    }
     match (args.node_id, &args.peers, &args.join, args.raft_listen) {
-        (Some(node_id), Some(peers), None, _) => {
-            config.cluster = Some(tinkerdb_core::config::ClusterConfig::from_flags(
-                node_id, peers,
-            )?);
+        (Some(node_id), Some(peers), None, raft_listen) => {
+            let mut cluster = tinkerdb_core::config::ClusterConfig::from_flags(node_id, peers)?;
+            if raft_listen.is_some() {
+                cluster.raft_listen = raft_listen;
+            }
+            if let Some(advertise) = &args.advertise_raft {
+                let own = cluster.nodes.iter().find(|node| node.id == node_id);
+                if own.is_some_and(|own| &own.raft != advertise) {
+                    anyhow::bail!(
+                        "--advertise-raft {advertise} differs from this node's --peers entry: \
+                         the other nodes dial what --peers says, so list {node_id}={advertise} there"
+                    );
+                }
+            }
+            config.cluster = Some(cluster);
         }
         (Some(node_id), None, Some(join), Some(raft)) => {
             config.cluster = Some(tinkerdb_core::config::ClusterConfig::joining(
                 node_id,
                 raft,
+                args.advertise_raft.clone(),
                 join.clone(),
             ));
         }
         (Some(_), None, None, _) => {
             anyhow::bail!("--node-id needs --peers (start a cluster) or --join (join one)")
         }
+        (None, ..) if args.raft_listen.is_some() || args.advertise_raft.is_some() => {
+            anyhow::bail!("--raft-listen and --advertise-raft need cluster mode (--node-id)")
+        }
         _ => {}
     }
     let cluster = config.cluster.clone();
     let stopper = watch_stop_signals()?;
-    tinkerdb_core::node::run(config, |info| {
+    let outcome = tinkerdb_core::node::run(config, |info| {
         let _ = stopper.set(info.stopper.clone());
         // Tests and scripts read this line: keep its shape.
         println!(
@@ -181,8 +212,22 @@ fn main() -> anyhow::Result<()> {
             }
         }
         println!("Try it: tinker --addr {} set hello world", info.client_addr);
-        tracing::info!(client_addr = %info.client_addr, cores = info.cores, "node ready");
-    })
+        tracing::info!(
+            client_addr = %info.client_addr,
+            advertised = %info.advertised_client,
+            cores = info.cores,
+            "node ready"
+        );
+    });
+    match outcome {
+        // What the machine lacks (io_uring, locked memory): the message
+        // alone, its first line stable (`io_uring is unavailable: ...`).
+        Err(error) if error.is::<tinkerdb_core::platform::PlatformError>() => {
+            eprintln!("{error}");
+            std::process::exit(1);
+        }
+        other => other,
+    }
 }
 
 /// SIGTERM and SIGINT: the first starts a graceful shutdown once the node

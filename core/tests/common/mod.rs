@@ -135,6 +135,10 @@ impl TestNode {
     }
 }
 
+/// Longest a node may take to print its ready lines (recovery, a join)
+/// before the test fails: generous for a loaded machine, but bounded.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// A node process started, not yet known to be ready.
 pub struct Starting {
     child: Child,
@@ -146,13 +150,32 @@ impl Starting {
     /// stderr, inherited, says why), having reaped it.
     pub fn wait_ready(mut self) -> Option<TestNode> {
         let stdout = self.child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
+        // Lines arrive through a thread, so that a node that never gets
+        // ready fails the test after READY_TIMEOUT instead of hanging it.
+        let (sender, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                if sender.send(line).is_err() {
+                    return; // Keeps draining stdout until the receiver goes.
+                }
+            }
+        });
+        let deadline = Instant::now() + READY_TIMEOUT;
         let mut addr = None;
         let mut resp_addr = None;
         let admin_addr = loop {
-            let Some(line) = lines.next() else {
-                let _ = self.child.wait();
-                return None;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match lines.recv_timeout(left) {
+                Ok(line) => line,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    panic!("tinkerdb was not ready within {READY_TIMEOUT:?}");
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    let _ = self.child.wait();
+                    return None;
+                }
             };
             let line = line.expect("read tinkerdb stdout");
             if let Some(rest) = line.split("clients on ").nth(1) {

@@ -296,6 +296,8 @@ pub fn free_addrs(n: usize) -> BTreeMap<NodeId, SocketAddr> {
     addrs
 }
 
+/// Polls `check` until it holds; fails after `timeout`. Callers give long
+/// limits (a busy machine, CI, may take many times the usual time).
 pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let started = Instant::now();
     while !check() {
@@ -317,7 +319,7 @@ pub fn fresh_dir(name: &str) -> PathBuf {
 /// A leader agreed by all the given nodes.
 pub fn agreed_leader(nodes: &BTreeMap<NodeId, NodeThread>) -> NodeId {
     let mut leader = None;
-    wait_for("a leader", Duration::from_secs(10), || {
+    wait_for("a leader", Duration::from_secs(60), || {
         let seen: Vec<Option<NodeId>> = nodes.values().map(|n| n.leader()).collect();
         leader = seen[0];
         leader.is_some() && seen.iter().all(|s| *s == leader)
