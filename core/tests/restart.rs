@@ -64,6 +64,22 @@ async fn check_acknowledged(client: &Client, acked: &Acked, cycle: usize) -> usi
     expected.len()
 }
 
+/// `SET key value` for each pair, as one RESP pipeline.
+fn resp_sets(pairs: &[(String, String)]) -> Vec<u8> {
+    let mut request = Vec::new();
+    for (key, value) in pairs {
+        request.extend_from_slice(
+            format!(
+                "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n{value}\r\n",
+                key.len(),
+                value.len()
+            )
+            .as_bytes(),
+        );
+    }
+    request
+}
+
 /// RESP writer: pipelines of `SET` on one connection, reconnecting when the
 /// node goes away. Runs until `stop`.
 fn resp_writer(port: u16, acked: Acked, stop: Arc<AtomicBool>) -> usize {
@@ -88,19 +104,11 @@ fn resp_writer(port: u16, acked: Acked, stop: Arc<AtomicBool>) -> usize {
                     (key, value)
                 })
                 .collect();
-            let mut request = Vec::new();
-            for (key, value) in &batch {
-                let value = value.to_string();
-                request.extend_from_slice(
-                    format!(
-                        "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n{value}\r\n",
-                        key.len(),
-                        value.len()
-                    )
-                    .as_bytes(),
-                );
-            }
-            if writer.write_all(&request).is_err() {
+            let pairs: Vec<(String, String)> = batch
+                .iter()
+                .map(|(key, value)| (key.clone(), value.to_string()))
+                .collect();
+            if writer.write_all(&resp_sets(&pairs)).is_err() {
                 break;
             }
             for (key, value) in &batch {
@@ -243,18 +251,7 @@ async fn a_crash_loop_restarts_on_the_same_ports_at_once_and_loses_no_acknowledg
 /// Sends `SET key value` for each pair on a raw RESP connection without
 /// reading the answers (a pipeline in flight).
 fn resp_send_sets(stream: &mut TcpStream, pairs: &[(String, String)]) {
-    let mut request = Vec::new();
-    for (key, value) in pairs {
-        request.extend_from_slice(
-            format!(
-                "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n{value}\r\n",
-                key.len(),
-                value.len()
-            )
-            .as_bytes(),
-        );
-    }
-    stream.write_all(&request).unwrap();
+    stream.write_all(&resp_sets(pairs)).unwrap();
 }
 
 /// Reads everything until the node closes the connection.
