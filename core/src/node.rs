@@ -33,7 +33,7 @@ use crate::listener::PortSharing;
 use crate::recovery::recover_core;
 use crate::router::{now_ms, serve_peer, CoreContext, CoreMessage};
 use crate::shard::{Journal, Shard};
-use crate::shutdown::{stop_signal, CoreStopSignals, NodeStopper, StopSignal};
+use crate::shutdown::{stop_signal, CoreStopSignals, StopSignal};
 use crate::slots::{CoreId, SlotMap};
 use crate::snapshots::drive_snapshots;
 use crate::tenants::{CoreTenants, TenantRegistry};
@@ -367,8 +367,23 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
     }
 }
 
+/// Asks a running node to shut down gracefully (cloneable, `Send`: the
+/// binary's signal thread holds one).
+#[derive(Debug, Clone)]
+pub struct NodeStopper {
+    requests: mpsc::Sender<CoreEvent>,
+}
+
+impl NodeStopper {
+    /// Starts a graceful shutdown; [`run`] returns `Ok` once
+    /// it is done. Calling it again has no further effect.
+    pub fn stop(&self) {
+        let _ = self.requests.send(CoreEvent::StopRequested);
+    }
+}
+
 /// What a core (or a [`NodeStopper`]) tells the main thread.
-pub(crate) enum CoreEvent {
+enum CoreEvent {
     /// Recovered, connected to the other cores, accepting clients.
     Serving,
     /// A graceful shutdown is asked for.

@@ -1,6 +1,6 @@
 //! Graceful shutdown: the signals that stop a node in two phases.
 //!
-//! On SIGTERM or SIGINT (the binary turns them into [`NodeStopper::stop`])
+//! On SIGTERM or SIGINT (the binary turns them into `node::NodeStopper::stop`)
 //! the node's main thread trips two signals in turn, each seen by every
 //! core:
 //! 1. **drain** ([`StopSignal`] `drain`): accept loops stop; each connection
@@ -104,19 +104,4 @@ pub struct CoreStopSignals {
     pub drain: StopSignal,
     /// Phase 2: every core has drained; end the executor.
     pub exit: StopSignal,
-}
-
-/// Asks a running node to shut down gracefully (cloneable, `Send`: the
-/// binary's signal thread holds one).
-#[derive(Debug, Clone)]
-pub struct NodeStopper {
-    pub(crate) requests: std::sync::mpsc::Sender<crate::node::CoreEvent>,
-}
-
-impl NodeStopper {
-    /// Starts a graceful shutdown; [`crate::node::run`] returns `Ok` once
-    /// it is done. Calling it again has no further effect.
-    pub fn stop(&self) {
-        let _ = self.requests.send(crate::node::CoreEvent::StopRequested);
-    }
 }

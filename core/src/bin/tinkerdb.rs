@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 
 use clap::{Parser, ValueEnum};
 use tinkerdb_core::config::{Durability, NodeConfig};
-use tinkerdb_core::shutdown::NodeStopper;
+use tinkerdb_core::node::NodeStopper;
 use tinkerdb_replication::transport::PeerAddr;
 
 #[derive(Parser, Debug)]
