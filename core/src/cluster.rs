@@ -23,18 +23,22 @@
 //! durable copy. The shard's own journal is off and its store is rebuilt
 //! at start by re-applying the committed log.
 //!
-//! Conditional writes (NX, XX, compare-and-set) are replicated as
-//! `Command::PutIf`, judged when applied at the proposer's instant, so every
-//! replica decides the same. Opted-in stale reads (`ShardRequest::Stale`)
-//! skip the read index and read this replica as it is.
+//! Conditional writes (NX, XX, compare-and-set) and read-modify-writes
+//! (INCR, SET ... GET, EXPIRE) are judged when applied, at the proposer's
+//! instant, so every replica decides the same. Opted-in stale reads
+//! (`ShardRequest::Stale`) skip the read index and read this replica as it
+//! is.
 //!
 //! Snapshots: the group's state machine streams this core's shard through
 //! the storage crate's fork-less cut (`Shard::begin_snapshot_at`), and a
 //! snapshot received from the leader replaces the store
 //! (`ShardApplier::restore`).
 //!
-//! Not replicated yet (answered with `InvalidArgument`): read-modify-write
-//! commands (INCR, APPEND, EXPIRE...), FLUSHDB and on-demand snapshots.
+//! Every write is one [`WriteOp`] (see `write_op`): the proposer encodes
+//! the shard request, every replica applies it with the same
+//! `Shard::execute` at the proposer's instant and computes the answer
+//! there. A pipeline's consecutive writes for one shard travel as one
+//! entry. Not replicated: on-demand snapshots (Raft takes its own).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -48,16 +52,17 @@ use tinkerdb_replication::health::{self, HealthTable};
 use tinkerdb_replication::network::Peers;
 use tinkerdb_replication::state_machine::Applier;
 use tinkerdb_replication::transport::PeerAddr;
-use tinkerdb_replication::{Command, Node, PutCondition, Response};
+use tinkerdb_replication::{Command, Node, Response};
 use tinkerdb_schemas::wire::ErrorCode;
 use tinkerdb_storage::log_op::LoggedOp;
 use tinkerdb_storage::snapshot;
-use tinkerdb_storage::{hash_slot, Expiry, SetOptions, WriteCondition, WriteOutcome};
+use tinkerdb_storage::{hash_slot, Expiry, SetOptions, TenantId, WriteCondition};
 
 use crate::config::{ClusterConfig, RaftTuning};
 use crate::protocol::ProtocolError;
 use crate::router::{now_ms, CoreContext};
 use crate::shard::{ShardReply, ShardRequest, SlotKey};
+use crate::write_op::{self, OpAnswer, WriteOp};
 
 /// This core's replica of its group.
 pub struct Replica {
@@ -96,7 +101,49 @@ impl Applier for ShardApplier {
                 format!("tenant {:?} is not defined on this node", command.tenant()),
             );
         };
-        let key = Bytes::copy_from_slice(command.key());
+        let Some(key) = command.key() else {
+            let Command::Ops {
+                at_unix_ms,
+                payload,
+                ..
+            } = command
+            else {
+                unreachable!("every command but Ops names its key")
+            };
+            // The one write path: the same `Shard::execute` as a standalone
+            // core, at the proposer's instant, answers computed here.
+            let ops = match write_op::decode_ops(payload) {
+                Ok(ops) => ops,
+                Err(error) => return refused(ErrorCode::Internal, error),
+            };
+            // Every replica refuses alike an entry with a key of another
+            // group (a peer's bug), instead of the shard's ownership panic.
+            let foreign = ops
+                .iter()
+                .flat_map(WriteOp::keys)
+                .find(|key| context.slot_map.owner(hash_slot(&tenant.name, key)) != context.core);
+            if foreign.is_some() {
+                return refused(
+                    ErrorCode::Internal,
+                    format!(
+                        "an entry of group {} writes a key of another group",
+                        context.core
+                    ),
+                );
+            }
+            let mut shard = context.shard.borrow_mut();
+            let answers: Vec<OpAnswer> = ops
+                .into_iter()
+                .map(|op| {
+                    let request = op.into_request(tenant.id, &tenant.name);
+                    OpAnswer::of_reply(shard.execute(request, *at_unix_ms))
+                })
+                .collect();
+            return Response::Ops(write_op::encode_answers(&answers));
+        };
+        // Entries written before `Ops` existed (Put, PutIf, Delete) still
+        // replay from existing logs.
+        let key = Bytes::copy_from_slice(key);
         let slot = hash_slot(&tenant.name, &key);
         let key = SlotKey { slot, key };
         let mut shard = context.shard.borrow_mut();
@@ -127,6 +174,7 @@ impl Applier for ShardApplier {
                 // replica (whether the key has expired decides NX and XX).
                 (value, expires_at_unix_ms, (*condition).into(), *at_unix_ms)
             }
+            Command::Ops { .. } => unreachable!("handled above"),
         };
         let request = ShardRequest::Set {
             tenant: tenant.id,
@@ -371,80 +419,14 @@ pub async fn execute_replicated(
                 Err(ReadRefused::Failed(error)) => unavailable(error),
             }
         }
-        ShardRequest::Set {
-            tenant,
-            key,
-            value,
-            options,
-        } => {
-            let tenant = context.tenants.name_of(tenant).to_string();
-            let (key, value) = (key.key.to_vec(), value.to_vec());
-            let expires_at_unix_ms = match options.expiry {
-                Expiry::AtMs(at) => Some(at),
-                _ => None,
-            };
-            let command = match PutCondition::of_write(options.condition) {
-                None => Command::Put {
-                    tenant,
-                    key,
-                    value,
-                    expires_at_unix_ms,
-                },
-                Some(condition) => Command::PutIf {
-                    tenant,
-                    key,
-                    value,
-                    expires_at_unix_ms,
-                    condition,
-                    at_unix_ms: now_ms(),
-                },
-            };
-            match propose(replica, command).await {
-                Ok(Response::Put { version }) => ShardReply::Written(Ok(WriteOutcome {
-                    applied: true,
-                    version,
-                })),
-                Ok(Response::PutIf { applied, version }) => {
-                    ShardReply::Written(Ok(WriteOutcome { applied, version }))
-                }
-                Ok(other) => answer_error(other),
-                Err(reply) => reply,
-            }
-        }
-        ShardRequest::SetMany { tenant, entries } => {
-            let name = context.tenants.name_of(tenant).to_string();
-            let mut versions = Vec::with_capacity(entries.len());
-            for (key, value) in entries {
-                let command = Command::Put {
-                    tenant: name.clone(),
-                    key: key.key.to_vec(),
-                    value: value.to_vec(),
-                    expires_at_unix_ms: None,
-                };
-                match propose(replica, command).await {
-                    Ok(Response::Put { version }) => versions.push(version),
-                    Ok(other) => return answer_error(other),
-                    Err(reply) => return reply,
-                }
-            }
-            ShardReply::WrittenMany(versions, None)
-        }
-        ShardRequest::Delete { tenant, keys } => {
-            let name = context.tenants.name_of(tenant).to_string();
-            let mut existed = 0;
-            for key in keys {
-                let command = Command::Delete {
-                    tenant: name.clone(),
-                    key: key.key.to_vec(),
-                };
-                match propose(replica, command).await {
-                    Ok(Response::Delete { existed: true }) => existed += 1,
-                    Ok(Response::Delete { existed: false }) => {}
-                    Ok(other) => return answer_error(other),
-                    Err(reply) => return reply,
-                }
-            }
-            ShardReply::Count(existed)
+        ShardRequest::Set { .. }
+        | ShardRequest::SetMany { .. }
+        | ShardRequest::Delete { .. }
+        | ShardRequest::Update { .. }
+        | ShardRequest::Flush { .. } => {
+            let mut replies = propose_writes(context, replica, vec![request]).await;
+            assert_eq!(replies.len(), 1, "one reply per write");
+            replies.pop().expect("one reply")
         }
         // Quotas are configuration: each replica sets its own share.
         ShardRequest::SetQuota { .. } => context.execute_here(request).0,
@@ -454,16 +436,107 @@ pub async fn execute_replicated(
         ShardRequest::Stale(request) => {
             Box::pin(execute_replicated(context, replica, *request)).await
         }
+        // A pipeline's requests for this shard, in order: each run of
+        // consecutive writes is proposed together (one log entry, see
+        // `propose_writes`); a read waits for the writes before it.
         ShardRequest::Batch(requests) => {
             let mut replies = Vec::with_capacity(requests.len());
+            let mut writes = Vec::new();
             for request in requests {
+                if request.is_write() {
+                    writes.push(request);
+                    continue;
+                }
+                if !writes.is_empty() {
+                    let run = std::mem::take(&mut writes);
+                    replies.extend(propose_writes(context, replica, run).await);
+                }
                 replies.push(Box::pin(execute_replicated(context, replica, request)).await);
+            }
+            if !writes.is_empty() {
+                replies.extend(propose_writes(context, replica, writes).await);
             }
             ShardReply::Batch(replies)
         }
-        ShardRequest::Update { .. } => not_replicated("a read-modify-write command"),
-        ShardRequest::Flush { .. } => not_replicated("FLUSHDB"),
-        ShardRequest::Snapshot => not_replicated("a snapshot"),
+        ShardRequest::Snapshot => not_replicated("an on-demand snapshot (Raft snapshots itself)"),
+    }
+}
+
+/// Most payload bytes of one `Ops` entry: a run of writes larger than this
+/// is proposed as several entries (in order). Below the command limit, with
+/// room for the entry's own fields.
+pub const MAX_OPS_PAYLOAD_BYTES: usize = tinkerdb_replication::command::MAX_COMMAND_BYTES - 1024;
+
+/// Proposes `writes` (writes of this shard, in order) and answers each, in
+/// order. Consecutive writes of one tenant travel as one `Ops` entry (up to
+/// [`MAX_OPS_PAYLOAD_BYTES`]), so a pipeline costs one Raft round, not one
+/// per write; the answers are computed when the entry is applied.
+async fn propose_writes(
+    context: &CoreContext,
+    replica: &Replica,
+    writes: Vec<ShardRequest>,
+) -> Vec<ShardReply> {
+    let count = writes.len();
+    let mut replies = Vec::with_capacity(count);
+    let mut run: Vec<WriteOp> = Vec::new();
+    let mut run_tenant = None;
+    let mut run_bytes = 0;
+    for request in writes {
+        let (tenant, op) = WriteOp::of_request(&request)
+            .unwrap_or_else(|| unreachable!("only writes are proposed, not {request:?}"));
+        let op_bytes = write_op::encode_ops(std::slice::from_ref(&op)).len();
+        if run_tenant.is_some_and(|current| current != tenant)
+            || (!run.is_empty() && run_bytes + op_bytes > MAX_OPS_PAYLOAD_BYTES)
+        {
+            let ops = std::mem::take(&mut run);
+            let current = run_tenant.expect("a run has a tenant");
+            replies.extend(propose_ops(context, replica, current, ops).await);
+            run_bytes = 0;
+        }
+        run_tenant = Some(tenant);
+        run_bytes += op_bytes;
+        run.push(op);
+    }
+    if let Some(tenant) = run_tenant {
+        replies.extend(propose_ops(context, replica, tenant, run).await);
+    }
+    assert_eq!(replies.len(), count, "one reply per write");
+    replies
+}
+
+/// Proposes one `Ops` entry; every op gets the entry's error if it fails.
+async fn propose_ops(
+    context: &CoreContext,
+    replica: &Replica,
+    tenant: TenantId,
+    ops: Vec<WriteOp>,
+) -> Vec<ShardReply> {
+    let count = ops.len();
+    let command = Command::Ops {
+        tenant: context.tenants.name_of(tenant).to_string(),
+        at_unix_ms: now_ms(),
+        payload: write_op::encode_ops(&ops),
+    };
+    let failed = |reply: ShardReply| {
+        let ShardReply::Error(error) = reply else {
+            unreachable!("a failed proposal answers an error")
+        };
+        (0..count)
+            .map(|_| ShardReply::Error(error.clone()))
+            .collect()
+    };
+    match propose(replica, command).await {
+        Ok(Response::Ops(bytes)) => {
+            let answers = write_op::decode_answers(&bytes)
+                .unwrap_or_else(|error| panic!("own state machine's answers: {error}"));
+            assert_eq!(answers.len(), count, "one answer per operation");
+            answers
+                .into_iter()
+                .map(|answer| answer.into_reply(tenant))
+                .collect()
+        }
+        Ok(other) => failed(answer_error(other)),
+        Err(reply) => failed(reply),
     }
 }
 

@@ -135,6 +135,18 @@ enum SentBatch {
     Failed(ProtocolError),
 }
 
+impl SentBatch {
+    fn of_reply(reply: Result<ShardReply, ProtocolError>) -> SentBatch {
+        match reply {
+            Ok(ShardReply::Batch(replies)) => {
+                SentBatch::Answered(replies.into_iter().map(Some).collect())
+            }
+            Ok(other) => SentBatch::Failed(unexpected(&other)),
+            Err(error) => SentBatch::Failed(error),
+        }
+    }
+}
+
 impl RemoteBatches {
     /// Queues `request` for `core`; returns (batch id, index in it).
     pub(crate) fn push(
@@ -169,6 +181,28 @@ impl RemoteBatches {
         }
     }
 
+    /// Sends every gathered batch and, in cluster mode, waits for their
+    /// replies: what the caller runs next (a multi-key request, FLUSHDB)
+    /// must not overtake them. A standalone node keeps the order without
+    /// waiting: its cross-core channels are FIFO and its own core runs
+    /// inline, while in cluster mode each batch is a task of its own.
+    pub(crate) async fn flush_ordered(&mut self, context: &CoreContext) {
+        self.flush(context).await;
+        if context.replica.get().is_none() {
+            return;
+        }
+        for slot in &mut self.sent {
+            if let SentBatch::InFlight(_) = slot {
+                let SentBatch::InFlight(dispatched) =
+                    std::mem::replace(slot, SentBatch::Answered(Vec::new()))
+                else {
+                    unreachable!()
+                };
+                *slot = SentBatch::of_reply(dispatched.reply().await);
+            }
+        }
+    }
+
     /// The reply to request `index` of batch `batch`.
     pub(crate) async fn take(
         &mut self,
@@ -182,13 +216,7 @@ impl RemoteBatches {
             else {
                 unreachable!()
             };
-            *slot = match dispatched.reply().await {
-                Ok(ShardReply::Batch(replies)) => {
-                    SentBatch::Answered(replies.into_iter().map(Some).collect())
-                }
-                Ok(other) => SentBatch::Failed(unexpected(&other)),
-                Err(error) => SentBatch::Failed(error),
-            };
+            *slot = SentBatch::of_reply(dispatched.reply().await);
         }
         match slot {
             SentBatch::Answered(replies) => replies
@@ -421,7 +449,7 @@ impl Connection {
             }
             (command, Some(session)) => {
                 // Requests gathered so far must reach their cores first.
-                self.remote.flush(&self.context).await;
+                self.remote.flush_ordered(&self.context).await;
                 let reply = match execute_multi(&self.context, &session, command).await {
                     Ok(reply) => reply,
                     Err(error) => Reply::Error(error),
@@ -439,17 +467,11 @@ impl Connection {
         session: Session,
     ) -> Pending {
         let owner = self.context.slot_map.owner(slot);
-        if self.context.replica.get().is_some() {
-            // Cluster mode: one request at a time through Raft (ordered;
-            // pipelining across a group is future work).
-            self.remote.flush(&self.context).await;
-            let request = session.reading(request);
-            return Pending::Ready(match self.context.call(owner, request).await {
-                Ok(reply) => single_key_reply(reply, &session),
-                Err(error) => Reply::Error(error),
-            });
-        }
-        if owner == self.context.core {
+        let request = session.reading(request);
+        // Standalone: this core's keys are served inline. In cluster mode
+        // every request joins its shard's batch, this core's too: a
+        // pipeline's writes for one shard become one Raft entry.
+        if owner == self.context.core && self.context.replica.get().is_none() {
             let (reply, ack_point) = self.context.execute_here(request);
             let reply = single_key_reply(reply, &session);
             return match ack_point {

@@ -44,3 +44,4 @@ pub mod shutdown;
 pub mod slots;
 pub mod snapshots;
 pub mod tenants;
+pub mod write_op;

@@ -166,12 +166,6 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
         }
     }
 
-    if config.cluster.is_some() && config.resp_enabled {
-        // The RESP path executes local writes synchronously on the shard,
-        // which in cluster mode would bypass Raft: not served there yet.
-        tracing::warn!("the Redis protocol is not served in cluster mode yet");
-        config.resp_enabled = false;
-    }
     let (bound_tx, bound_rx) = mpsc::channel::<anyhow::Result<BoundAddrs>>();
     let (drain_trigger, drain) = stop_signal();
     let (exit_trigger, exit) = stop_signal();
@@ -574,7 +568,7 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
     let core_tenants = Rc::new(CoreTenants::new(setup.tenants.clone()));
     let journal = Journal::new(wal.clone(), core_tenants.clone());
     let shard = Shard::new(core, setup.slot_map.clone(), recovered.store, journal);
-    let context = Rc::new(CoreContext::new(
+    let context = CoreContext::new_rc(
         core,
         setup.slot_map.clone(),
         core_tenants,
@@ -583,7 +577,7 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
         wal,
         core_dir,
         peers,
-    ));
+    );
     if let Some(writer) = writer {
         glommio::spawn_local(writer.run()).detach();
         // Snapshots only get the time requests leave over.

@@ -460,9 +460,12 @@ impl RespConnection {
             )));
         }
         let slot = hash_slot(&self.session.tenant_name, &key);
-        let request = request(SlotKey { slot, key });
+        let request = self.session.reading(request(SlotKey { slot, key }));
         let owner = self.context.slot_map.owner(slot);
-        if owner == self.context.core {
+        // Standalone: this core's keys are served inline. In cluster mode
+        // every command joins its shard's batch, this core's too: a
+        // pipeline's writes for one shard become one Raft entry.
+        if owner == self.context.core && self.context.replica.get().is_none() {
             let (reply, ack_point) = self.context.execute_here(request);
             let value = finish_reply(finish, reply, &self.session);
             return match ack_point {
@@ -505,7 +508,7 @@ impl RespConnection {
     }
 
     async fn multi(&mut self, command: Command) -> RespValue {
-        self.remote.flush(&self.context).await;
+        self.remote.flush_ordered(&self.context).await;
         match execute_multi(&self.context, &self.session, command).await {
             Ok(reply) => multi_reply(reply),
             Err(error) => protocol_error(&error),
@@ -788,7 +791,7 @@ impl RespConnection {
             }
             "FLUSHDB" => {
                 arity!(argc <= 2);
-                self.remote.flush(&self.context).await;
+                self.remote.flush_ordered(&self.context).await;
                 let requests = (0..self.context.slot_map.cores())
                     .map(|core| (core, ShardRequest::Flush { tenant }));
                 let mut failed = None;
@@ -817,6 +820,16 @@ impl RespConnection {
                 _ => RespValue::Array(Vec::new()),
             },
             "CLIENT" => self.client_command(args.collect()),
+            // Redis Cluster's opt-in to reads from a replica: in cluster
+            // mode this connection's reads answer from this node's replica
+            // without the read index (they may lag the leader), as the
+            // flatbuffers Hello's `read_consistency = Stale`. READWRITE
+            // returns to linearizable reads. A standalone node has one copy.
+            "READONLY" | "READWRITE" => {
+                arity!(argc == 1);
+                self.session.stale_reads = name == "READONLY";
+                RespValue::Simple("OK")
+            }
             _ => {
                 let mut message = format!(
                     "ERR unknown command '{}', with args beginning with: ",
@@ -1016,7 +1029,7 @@ impl RespConnection {
     }
 
     async fn info(&mut self) -> String {
-        self.remote.flush(&self.context).await;
+        self.remote.flush_ordered(&self.context).await;
         let keys = match execute_multi(&self.context, &self.session, Command::Count).await {
             Ok(Reply::Count(count)) => count,
             _ => 0,

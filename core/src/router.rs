@@ -16,7 +16,7 @@
 //!   a sender waits, it never drops a request.
 
 use std::cell::{Cell, RefCell};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -138,6 +138,9 @@ pub struct CoreContext {
     /// once at start). When set, every request goes through it
     /// (`cluster::execute_replicated`), never straight to the shard.
     pub replica: std::cell::OnceCell<crate::cluster::Replica>,
+    /// This context's own `Rc` (weak: no cycle), so a request for this core
+    /// can run as a task of its own (cluster mode, see [`Self::dispatch`]).
+    this: Weak<CoreContext>,
 }
 
 /// A request on its way: answered already (local) or awaiting another core.
@@ -174,7 +177,7 @@ impl CoreContext {
     /// Builds the context of `core` from its recovered shard and connected
     /// channels.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub fn new_rc(
         core: CoreId,
         slot_map: Arc<SlotMap>,
         tenants: Rc<CoreTenants>,
@@ -183,10 +186,11 @@ impl CoreContext {
         wal: Option<Wal>,
         core_dir: PathBuf,
         peers: Vec<Option<ConnectedSender<CoreMessage>>>,
-    ) -> CoreContext {
+    ) -> Rc<CoreContext> {
         assert_eq!(peers.len(), slot_map.cores());
         assert!(peers[core].is_none(), "no channel from a core to itself");
-        CoreContext {
+        Rc::new_cyclic(|this| CoreContext {
+            this: this.clone(),
             core,
             shard: RefCell::new(shard),
             slot_map,
@@ -198,7 +202,7 @@ impl CoreContext {
             peers,
             stats: CoreStats::default(),
             replica: std::cell::OnceCell::new(),
-        }
+        })
     }
 
     /// Executes `request` on this core's shard now; returns the reply and
@@ -235,6 +239,13 @@ impl CoreContext {
     }
 
     /// Sends `request` to `core` (or runs it here if `core` is this one).
+    ///
+    /// In cluster mode a request for this core runs as a task of its own
+    /// (a write waits for a quorum), so the caller can send its requests
+    /// for other cores meanwhile, as it would to a remote core. Requests
+    /// dispatched so are not ordered among themselves: a caller that needs
+    /// order waits for one before dispatching the next (see
+    /// `RemoteBatches::flush_ordered`).
     pub async fn dispatch(
         &self,
         core: CoreId,
@@ -243,6 +254,18 @@ impl CoreContext {
         if core == self.core {
             if let ShardRequest::Snapshot = request {
                 return Ok(Dispatched::Ready(crate::snapshots::snapshot(self).await));
+            }
+            if self.replica.get().is_some() {
+                let context = self
+                    .this
+                    .upgrade()
+                    .expect("a core's context outlives the requests it serves");
+                let (reply_to, receiver) = oneshot::channel();
+                glommio::spawn_local(async move {
+                    let _ = reply_to.send(context.execute_local(request).await);
+                })
+                .detach();
+                return Ok(Dispatched::Pending(receiver));
             }
             return Ok(Dispatched::Ready(self.execute_local(request).await));
         }

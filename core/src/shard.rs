@@ -439,7 +439,7 @@ impl ShardRequest {
     }
 
     /// Does this request change the store?
-    fn is_write(&self) -> bool {
+    pub fn is_write(&self) -> bool {
         matches!(
             self,
             ShardRequest::Set { .. }
@@ -821,13 +821,16 @@ fn apply_update(
                 outcome.applied,
             ))
         }
-        Update::Expire(expires_at_ms) => Ok(UpdateOutcome::Existed(store.set_expiry(
-            tenant,
-            key.slot,
-            &key.key,
-            expires_at_ms,
-            now_ms,
-        ))),
+        Update::Expire(expires_at_ms) => {
+            let live = store.set_expiry(tenant, key.slot, &key.key, expires_at_ms, now_ms);
+            // PERSIST answers whether it removed a TTL, as Redis does (0 for
+            // a key that has none); EXPIRE whether the key was there.
+            let had_ttl = current.is_some_and(|read| read.expires_at_ms.is_some());
+            Ok(UpdateOutcome::Existed(match expires_at_ms {
+                None => live && had_ttl,
+                Some(_) => live,
+            }))
+        }
     }
 }
 

@@ -24,6 +24,15 @@
 //! | PutIf: the time the condition is judged at, Unix ms | 8 |
 //! | Put, PutIf: value length, value | 4 + n |
 //!
+//! Kind 4, `Ops`, is the node's one write operation type (a batch of shard
+//! writes, encoded by the node, opaque here), laid out as kind, tenant name
+//! length and name as above, then:
+//!
+//! | field | size |
+//! |---|---|
+//! | the proposer's instant, Unix ms | 8 |
+//! | payload length, payload | 4 + n |
+//!
 //! A conditional write is judged when it is *applied*, identically on every
 //! replica: "does the key exist" depends on expiry, so the command carries
 //! the instant to judge it at (the proposer's clock, fixed once), never the
@@ -46,6 +55,7 @@ pub const MAX_COMMAND_BYTES: usize = 4 << 20;
 const KIND_PUT: u8 = 1;
 const KIND_DELETE: u8 = 2;
 const KIND_PUT_IF: u8 = 3;
+const KIND_OPS: u8 = 4;
 /// `expires_at_unix_ms` of `None` on disk.
 const NEVER_EXPIRES: u64 = u64::MAX;
 
@@ -87,6 +97,19 @@ pub enum Command {
         /// The instant the condition is judged at (expired keys do not
         /// exist), Unix milliseconds, fixed by the proposer.
         at_unix_ms: u64,
+    },
+    /// Writes of one shard, in order, as one entry: the node's write
+    /// operations (every write command, of either protocol), encoded by the
+    /// node and applied by its state machine at `at_unix_ms`, so every
+    /// replica computes the same answers.
+    Ops {
+        /// The tenant's name.
+        tenant: String,
+        /// The proposer's instant, Unix milliseconds: what the operations
+        /// are judged at (expiry, conditions, relative times).
+        at_unix_ms: u64,
+        /// The operations, in the node's encoding.
+        payload: Vec<u8>,
     },
 }
 
@@ -154,6 +177,9 @@ pub enum Response {
         /// Why.
         message: String,
     },
+    /// The answers to an `Ops` command, in the node's encoding (last, so
+    /// the serde variant numbers of the others stay as they were).
+    Ops(Vec<u8>),
 }
 
 /// Why a command cannot be encoded.
@@ -173,26 +199,30 @@ impl Command {
         match self {
             Command::Put { tenant, .. }
             | Command::Delete { tenant, .. }
-            | Command::PutIf { tenant, .. } => tenant,
+            | Command::PutIf { tenant, .. }
+            | Command::Ops { tenant, .. } => tenant,
         }
     }
 
-    /// The key the command writes.
-    pub fn key(&self) -> &[u8] {
+    /// The key the command writes (`None` for `Ops`, which name their own).
+    pub fn key(&self) -> Option<&[u8]> {
         match self {
             Command::Put { key, .. } | Command::Delete { key, .. } | Command::PutIf { key, .. } => {
-                key
+                Some(key)
             }
+            Command::Ops { .. } => None,
         }
     }
 
     /// Bytes of the encoding.
     pub fn encoded_len(&self) -> usize {
-        let common = 1 + 1 + self.tenant().len() + 4 + self.key().len();
+        let common = 1 + 1 + self.tenant().len();
+        let key = 4 + self.key().map_or(0, <[u8]>::len);
         match self {
-            Command::Put { value, .. } => common + 8 + 4 + value.len(),
-            Command::Delete { .. } => common,
-            Command::PutIf { value, .. } => common + 8 + 1 + 8 + 8 + 4 + value.len(),
+            Command::Put { value, .. } => common + key + 8 + 4 + value.len(),
+            Command::Delete { .. } => common + key,
+            Command::PutIf { value, .. } => common + key + 8 + 1 + 8 + 8 + 4 + value.len(),
+            Command::Ops { payload, .. } => common + 8 + 4 + payload.len(),
         }
     }
 
@@ -215,11 +245,14 @@ impl Command {
             Command::Put { .. } => KIND_PUT,
             Command::Delete { .. } => KIND_DELETE,
             Command::PutIf { .. } => KIND_PUT_IF,
+            Command::Ops { .. } => KIND_OPS,
         };
         out.push(kind);
         out.push(self.tenant().len() as u8);
         out.extend_from_slice(self.tenant().as_bytes());
-        put_bytes_u32(out, self.key());
+        if let Some(key) = self.key() {
+            put_bytes_u32(out, key);
+        }
         // u64::MAX is "never": a real expiry that far is clamped below it.
         let expiry = |at: &Option<u64>| at.map_or(NEVER_EXPIRES, |at| at.min(NEVER_EXPIRES - 1));
         match self {
@@ -249,6 +282,14 @@ impl Command {
                 put_u64(out, *at_unix_ms);
                 put_bytes_u32(out, value);
             }
+            Command::Ops {
+                at_unix_ms,
+                payload,
+                ..
+            } => {
+                put_u64(out, *at_unix_ms);
+                put_bytes_u32(out, payload);
+            }
             Command::Delete { .. } => {}
         }
         assert_eq!(
@@ -272,6 +313,15 @@ impl Command {
         let tenant_bytes = reader.u8()? as usize;
         let tenant = reader.take(tenant_bytes)?;
         let tenant = reader.utf8(tenant)?;
+        if kind == KIND_OPS {
+            let at_unix_ms = reader.u64()?;
+            let payload = reader.bytes_u32()?.to_vec();
+            return Ok(Command::Ops {
+                tenant,
+                at_unix_ms,
+                payload,
+            });
+        }
         let key = reader.bytes_u32()?.to_vec();
         match kind {
             KIND_PUT => {
@@ -316,7 +366,22 @@ const SHOWN_KEY_BYTES: usize = 32;
 
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let key = self.key();
+        let Some(key) = self.key() else {
+            let Command::Ops {
+                at_unix_ms,
+                payload,
+                ..
+            } = self
+            else {
+                unreachable!("only Ops name no key")
+            };
+            return write!(
+                f,
+                "ops {} ({} bytes at {at_unix_ms})",
+                self.tenant(),
+                payload.len()
+            );
+        };
         let shown = String::from_utf8_lossy(&key[..key.len().min(SHOWN_KEY_BYTES)]);
         let ellipsis = if key.len() > SHOWN_KEY_BYTES {
             "…"
@@ -335,6 +400,7 @@ impl fmt::Display for Command {
                 value.len()
             ),
             Command::Delete { .. } => write!(f, "delete {}/{shown}{ellipsis}", self.tenant()),
+            Command::Ops { .. } => unreachable!("handled above"),
             Command::PutIf {
                 value, condition, ..
             } => write!(
@@ -408,6 +474,16 @@ mod tests {
                 expires_at_unix_ms: None,
                 condition: PutCondition::IfAbsent,
                 at_unix_ms: 0,
+            },
+            Command::Ops {
+                tenant: "acme".into(),
+                at_unix_ms: 1_700_000_000_000,
+                payload: vec![1, 2, 3],
+            },
+            Command::Ops {
+                tenant: String::new(),
+                at_unix_ms: 0,
+                payload: Vec::new(),
             },
         ] {
             let mut bytes = Vec::new();

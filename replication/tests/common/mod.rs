@@ -44,9 +44,9 @@ impl Applier for MapApplier {
             Command::Delete { key, .. } => Response::Delete {
                 existed: self.map.remove(key).is_some(),
             },
-            Command::PutIf { .. } => Response::Refused {
+            Command::PutIf { .. } | Command::Ops { .. } => Response::Refused {
                 code: 0,
-                message: "the test applier has no conditional writes".into(),
+                message: "the test applier has only puts and deletes".into(),
             },
         }
     }

@@ -1,0 +1,294 @@
+//! One table of Redis-protocol commands, the same test body, two fixtures:
+//! a standalone node, and a 3-node cluster (two cores per node, so two Raft
+//! groups) where every write goes through node 3 and every read through
+//! node 1. Both must give the same answers, byte for byte: the cluster
+//! applies each write with the same code as the standalone node, through
+//! Raft (`core/src/write_op.rs`), and its reads are linearizable.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::TestNode;
+use redis::Value;
+
+const CORES: usize = 2;
+
+/// A command's answer, shown the way redis-cli would (enough to compare).
+fn show(value: &Value) -> String {
+    match value {
+        Value::Nil => "(nil)".into(),
+        Value::Int(number) => format!(":{number}"),
+        Value::BulkString(bytes) => format!("{:?}", String::from_utf8_lossy(bytes)),
+        Value::SimpleString(text) => text.clone(),
+        Value::Okay => "OK".into(),
+        Value::Array(items) => {
+            format!("[{}]", items.iter().map(show).collect::<Vec<_>>().join(","))
+        }
+        Value::ServerError(error) => {
+            format!("{} {}", error.code(), error.details().unwrap_or_default())
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+fn run(connection: &mut redis::Connection, args: &[&str]) -> String {
+    let mut command = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        command.arg(*arg);
+    }
+    match command.query::<Value>(connection) {
+        Ok(value) => show(&value),
+        Err(error) => match error.code() {
+            Some(code) => format!("{code} {}", error.detail().unwrap_or_default()),
+            None => panic!("{args:?}: {error}"),
+        },
+    }
+}
+
+/// Where a command goes: writes to the writer, reads to the reader.
+#[derive(Clone, Copy)]
+enum Via {
+    Writer,
+    Reader,
+}
+
+/// The table: command, where it goes, the expected answer. `TTL_1000`
+/// stands for a TTL between 990 and 1000 s (time passes between the
+/// commands).
+const TABLE: &[(&[&str], Via, &str)] = &[
+    (&["SET", "k1", "v1"], Via::Writer, "OK"),
+    (&["GET", "k1"], Via::Reader, "\"v1\""),
+    (&["SET", "k1", "v2", "NX"], Via::Writer, "(nil)"),
+    (&["SET", "k1", "v3", "XX", "GET"], Via::Writer, "\"v1\""),
+    (&["GET", "k1"], Via::Reader, "\"v3\""),
+    (&["SETNX", "k1", "x"], Via::Writer, ":0"),
+    (&["SETNX", "k2", "x"], Via::Writer, ":1"),
+    (&["INCR", "n"], Via::Writer, ":1"),
+    (&["INCRBY", "n", "41"], Via::Writer, ":42"),
+    (&["DECR", "n"], Via::Writer, ":41"),
+    (&["DECRBY", "n", "1"], Via::Writer, ":40"),
+    (&["GET", "n"], Via::Reader, "\"40\""),
+    (
+        &["INCR", "k1"],
+        Via::Writer,
+        "ERR value is not an integer or out of range",
+    ),
+    (
+        &["INCRBY", "n", "9223372036854775807"],
+        Via::Writer,
+        "ERR increment or decrement would overflow",
+    ),
+    (&["APPEND", "k2", "yz"], Via::Writer, ":3"),
+    (&["GET", "k2"], Via::Reader, "\"xyz\""),
+    (&["STRLEN", "k2"], Via::Reader, ":3"),
+    (&["GETDEL", "k2"], Via::Writer, "\"xyz\""),
+    (&["GET", "k2"], Via::Reader, "(nil)"),
+    (&["GETDEL", "k2"], Via::Writer, "(nil)"),
+    (&["EXPIRE", "k1", "1000"], Via::Writer, ":1"),
+    (&["TTL", "k1"], Via::Reader, "TTL_1000"),
+    (&["PERSIST", "k1"], Via::Writer, ":1"),
+    (&["TTL", "k1"], Via::Reader, ":-1"),
+    (&["PERSIST", "k1"], Via::Writer, ":0"),
+    (&["EXPIRE", "missing", "10"], Via::Writer, ":0"),
+    (&["PEXPIRE", "n", "0"], Via::Writer, ":1"),
+    (&["GET", "n"], Via::Reader, "(nil)"),
+    (&["SET", "t", "1", "EX", "1000"], Via::Writer, "OK"),
+    (&["SET", "t", "2", "KEEPTTL"], Via::Writer, "OK"),
+    (&["TTL", "t"], Via::Reader, "TTL_1000"),
+    (&["SET", "t", "3"], Via::Writer, "OK"),
+    (&["TTL", "t"], Via::Reader, ":-1"),
+    (&["MSET", "a", "1", "b", "2", "c", "3"], Via::Writer, "OK"),
+    (
+        &["MGET", "a", "b", "c", "missing"],
+        Via::Reader,
+        "[\"1\",\"2\",\"3\",(nil)]",
+    ),
+    (&["EXISTS", "a", "b", "missing", "a"], Via::Reader, ":3"),
+    (&["DEL", "a", "b", "missing"], Via::Writer, ":2"),
+    (&["UNLINK", "c"], Via::Writer, ":1"),
+    (&["DBSIZE"], Via::Reader, ":2"),
+    (&["KEYS", "k*"], Via::Reader, "[\"k1\"]"),
+    (&["FLUSHDB"], Via::Writer, "OK"),
+    (&["DBSIZE"], Via::Reader, ":0"),
+    (&["GET", "k1"], Via::Reader, "(nil)"),
+];
+
+/// Runs the table through `writer` and `reader`; returns every answer.
+fn run_table(writer: &mut redis::Connection, reader: &mut redis::Connection) -> Vec<String> {
+    let mut answers = Vec::new();
+    for (args, via, expected) in TABLE {
+        let connection = match via {
+            Via::Writer => &mut *writer,
+            Via::Reader => &mut *reader,
+        };
+        let answer = run(connection, args);
+        if *expected == "TTL_1000" {
+            let seconds: i64 = answer
+                .strip_prefix(':')
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{args:?}: {answer}"));
+            assert!((990..=1000).contains(&seconds), "{args:?}: {answer}");
+        } else {
+            assert_eq!(answer, *expected, "{args:?}");
+        }
+        answers.push(answer);
+    }
+    answers
+}
+
+/// A pipeline of writes and reads of a few keys, answered in order: 200
+/// INCRs over 4 keys with a GET after every tenth, in one pipeline.
+fn run_pipeline(writer: &mut redis::Connection) -> Vec<String> {
+    let mut pipeline = redis::pipe();
+    for i in 0..200 {
+        pipeline.cmd("INCR").arg(format!("p{}", i % 4));
+        if i % 10 == 9 {
+            pipeline.cmd("GET").arg(format!("p{}", i % 4));
+        }
+    }
+    let values: Vec<Value> = pipeline.query(writer).unwrap();
+    let answers: Vec<String> = values.iter().map(show).collect();
+    // Every INCR saw the ones before it, and every GET the INCR before it.
+    let mut counts = [0i64; 4];
+    let mut expected = Vec::new();
+    for i in 0..200 {
+        counts[i % 4] += 1;
+        expected.push(format!(":{}", counts[i % 4]));
+        if i % 10 == 9 {
+            expected.push(format!("\"{}\"", counts[i % 4]));
+        }
+    }
+    assert_eq!(answers, expected);
+    answers
+}
+
+fn connect(node: &TestNode) -> redis::Connection {
+    let client = redis::Client::open(format!("redis://{}/", node.resp_addr)).unwrap();
+    let connection = client.get_connection().unwrap();
+    connection
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    connection
+}
+
+fn three_node_cluster() -> Vec<TestNode> {
+    let ports: Vec<u16> = (0..3)
+        .map(|_| common::free_port_block(CORES as u16))
+        .collect();
+    let peers = (1..=3)
+        .map(|id| format!("{id}=127.0.0.1:{}", ports[id - 1]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let starting: Vec<_> = (1..=3)
+        .map(|id| {
+            let args = vec![
+                "--node-id".to_string(),
+                id.to_string(),
+                "--peers".to_string(),
+                peers.clone(),
+            ];
+            TestNode::spawn(CORES, "", &common::fresh_dir(), &[], &args, None)
+        })
+        .collect();
+    starting
+        .into_iter()
+        .map(|node| {
+            node.wait_ready()
+                .expect("a cluster node exited before it was ready")
+        })
+        .collect()
+}
+
+/// Waits until every group has a leader (the first writes would otherwise
+/// wait out an election inside the table's commands, which is fine, but
+/// makes a slow machine's failure harder to read).
+fn wait_for_leaders(node: &TestNode) {
+    let url = format!("http://{}/v1/cluster", node.admin_addr);
+    let ready = common::eventually(Duration::from_secs(60), || {
+        let Ok(response) = reqwest::blocking::get(&url) else {
+            return false;
+        };
+        let Ok(body) = response.json::<serde_json::Value>() else {
+            return false;
+        };
+        body["shards"].as_array().is_some_and(|shards| {
+            shards.len() == CORES && shards.iter().all(|shard| shard["leader"].is_u64())
+        })
+    });
+    assert!(ready, "the groups elected no leaders within 60 s");
+}
+
+#[test]
+fn standalone_and_cluster_give_the_same_answers() {
+    let standalone = TestNode::start(CORES);
+    let mut writer = connect(&standalone);
+    let mut reader = connect(&standalone);
+    let standalone_answers = (
+        run_table(&mut writer, &mut reader),
+        run_pipeline(&mut writer),
+    );
+    drop(standalone);
+
+    let cluster = three_node_cluster();
+    wait_for_leaders(&cluster[0]);
+    let mut writer = connect(&cluster[2]);
+    let mut reader = connect(&cluster[0]);
+    let cluster_answers = (
+        run_table(&mut writer, &mut reader),
+        run_pipeline(&mut writer),
+    );
+    assert_eq!(cluster_answers, standalone_answers);
+
+    // Every replica applied the same writes: node 2 answers the pipeline's
+    // counters too, linearizably and (after READONLY) from its own replica.
+    let mut other = connect(&cluster[1]);
+    let linearizable: Vec<String> = (0..4)
+        .map(|i| run(&mut other, &["GET", &format!("p{i}")]))
+        .collect();
+    assert_eq!(linearizable, vec!["\"50\""; 4]);
+    assert_eq!(run(&mut other, &["READONLY"]), "OK");
+    let settled = common::eventually(Duration::from_secs(30), || {
+        (0..4).all(|i| run(&mut other, &["GET", &format!("p{i}")]) == "\"50\"")
+    });
+    assert!(
+        settled,
+        "node 2's replica never caught up with the pipeline"
+    );
+    assert_eq!(run(&mut other, &["READWRITE"]), "OK");
+}
+
+#[test]
+fn redis_cli_works_against_a_follower_of_a_cluster() {
+    let cluster = three_node_cluster();
+    wait_for_leaders(&cluster[0]);
+    let cli = |node: &TestNode, args: &[&str]| -> String {
+        let output = std::process::Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &node.resp_addr.port().to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli (Debian's redis-tools) is installed by scripts/test.sh");
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    // Whoever leads each group, some keys' leaders are elsewhere: write 20
+    // keys through each node, read all 60 through every node.
+    let mut written = BTreeMap::new();
+    for (index, node) in cluster.iter().enumerate() {
+        for i in 0..20 {
+            let key = format!("cli:{index}:{i}");
+            let value = format!("v{index}-{i}");
+            assert_eq!(cli(node, &["SET", &key, &value]), "OK");
+            written.insert(key, value);
+        }
+    }
+    for node in &cluster {
+        for (key, value) in &written {
+            assert_eq!(&cli(node, &["GET", key]), value);
+        }
+        assert_eq!(cli(node, &["DBSIZE"]), "60");
+    }
+    assert_eq!(cli(&cluster[1], &["INCRBY", "cli:n", "5"]), "5");
+    assert_eq!(cli(&cluster[2], &["INCRBY", "cli:n", "5"]), "10");
+}
