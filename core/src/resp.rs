@@ -27,7 +27,8 @@ use crate::connection::{
 use crate::protocol::{Command, ProtocolError, Reply};
 use crate::router::{now_ms, CoreContext};
 use crate::shard::{
-    ShardReply, ShardRequest, SlotKey, Update, UpdateError, UpdateOutcome, ValueRead,
+    ExpireCondition, ShardReply, ShardRequest, SlotKey, Update, UpdateError, UpdateOutcome,
+    ValueRead,
 };
 use crate::shutdown::{ConnectionDrain, StopSignal};
 
@@ -265,6 +266,11 @@ enum Finish {
     Ttl { millis: bool },
     /// STRLEN.
     Length,
+    /// EXPIRETIME (seconds) or PEXPIRETIME (ms).
+    ExpireTime { millis: bool },
+    /// GETRANGE: the bytes from `start` to `end`, both inclusive, negative
+    /// counting from the end.
+    Range { start: i64, end: i64 },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -693,42 +699,190 @@ impl RespConnection {
                 let update = Update::Append(suffix);
                 return self.update(key, update, UpdateKind::Length);
             }
-            "EXPIRE" | "PEXPIRE" | "PERSIST" => {
-                arity!(if name == "PERSIST" {
-                    argc == 2
-                } else {
-                    argc == 3
-                });
+            "PERSIST" => {
+                arity!(argc == 2);
                 let key = args.next().expect("arity");
-                let expires_at_ms = if name == "PERSIST" {
-                    None
-                } else {
-                    let amount = args.next().and_then(|d| {
-                        std::str::from_utf8(&d)
-                            .ok()
-                            .and_then(|t| t.parse::<i64>().ok())
-                    });
-                    let Some(amount) = amount else {
-                        return ready(RespValue::error(
-                            "ERR value is not an integer or out of range",
-                        ));
-                    };
-                    let millis = if name == "EXPIRE" {
-                        amount.checked_mul(1000)
-                    } else {
-                        Some(amount)
-                    };
-                    let Some(at) = millis.and_then(|ms| (now_ms() as i64).checked_add(ms)) else {
-                        return ready(RespValue::error(format!(
-                            "ERR invalid expire time in '{}' command",
-                            name.to_lowercase()
-                        )));
-                    };
-                    // A time in the past deletes the key, as in Redis.
-                    Some(at.max(0) as u64)
+                let update = Update::Expire {
+                    at_ms: None,
+                    condition: ExpireCondition::Always,
                 };
-                let update = Update::Expire(expires_at_ms);
                 return self.update(key, update, UpdateKind::Existed);
+            }
+            "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" => {
+                arity!(argc >= 3);
+                let key = args.next().expect("arity");
+                let amount = args.next().expect("arity");
+                let Some(amount) = parse_i64(&amount) else {
+                    return ready(RespValue::error(
+                        "ERR value is not an integer or out of range",
+                    ));
+                };
+                let condition = match parse_expire_condition(args.collect()) {
+                    Ok(condition) => condition,
+                    Err(error) => return ready(error),
+                };
+                let millis = if name.starts_with('P') {
+                    Some(amount)
+                } else {
+                    amount.checked_mul(1000)
+                };
+                let base = if name.ends_with("AT") {
+                    0
+                } else {
+                    now_ms() as i64
+                };
+                let Some(at) = millis.and_then(|ms| ms.checked_add(base)) else {
+                    return ready(RespValue::error(format!(
+                        "ERR invalid expire time in '{}' command",
+                        name.to_lowercase()
+                    )));
+                };
+                // A time in the past deletes the key, as in Redis.
+                let update = Update::Expire {
+                    at_ms: Some(at.max(0) as u64),
+                    condition,
+                };
+                return self.update(key, update, UpdateKind::Existed);
+            }
+            "EXPIRETIME" | "PEXPIRETIME" => {
+                arity!(argc == 2);
+                let key = args.next().expect("arity");
+                let finish = Finish::ExpireTime {
+                    millis: name == "PEXPIRETIME",
+                };
+                return (
+                    self.single(key, |key| ShardRequest::Get { tenant, key }, finish),
+                    After::Continue,
+                );
+            }
+            "GETSET" => {
+                arity!(argc == 3);
+                let key = args.next().expect("arity");
+                let value = args.next().expect("arity");
+                if let Some(error) = self.value_ok(&value) {
+                    return ready(error);
+                }
+                let update = Update::SetAndGet {
+                    value,
+                    options: SetOptions::default(),
+                };
+                return self.update(key, update, UpdateKind::Previous);
+            }
+            "SETEX" | "PSETEX" => {
+                arity!(argc == 4);
+                let key = args.next().expect("arity");
+                let amount = args.next().expect("arity");
+                let value = args.next().expect("arity");
+                let Some(amount) = parse_i64(&amount) else {
+                    return ready(RespValue::error(
+                        "ERR value is not an integer or out of range",
+                    ));
+                };
+                let millis = if name == "SETEX" {
+                    amount.checked_mul(1000)
+                } else {
+                    Some(amount)
+                };
+                let at = millis
+                    .filter(|ms| *ms > 0)
+                    .and_then(|ms| ms.checked_add(now_ms() as i64));
+                let Some(at) = at else {
+                    return ready(RespValue::error(format!(
+                        "ERR invalid expire time in '{}' command",
+                        name.to_lowercase()
+                    )));
+                };
+                if let Some(error) = self.value_ok(&value) {
+                    return ready(error);
+                }
+                let options = SetOptions {
+                    condition: WriteCondition::Always,
+                    expiry: Expiry::AtMs(at as u64),
+                };
+                let request = |key| ShardRequest::Set {
+                    tenant,
+                    key,
+                    value,
+                    options,
+                };
+                return (self.single(key, request, Finish::SetOk), After::Continue);
+            }
+            "GETEX" => {
+                arity!(argc >= 2);
+                let key = args.next().expect("arity");
+                let rest: Vec<Bytes> = args.collect();
+                if rest.is_empty() {
+                    let request = |key| ShardRequest::Get { tenant, key };
+                    return (self.single(key, request, Finish::Value), After::Continue);
+                }
+                let at_ms = match parse_getex_expiry(rest) {
+                    Ok(at_ms) => at_ms,
+                    Err(error) => return ready(error),
+                };
+                return self.update(key, Update::GetAndExpire(at_ms), UpdateKind::Previous);
+            }
+            "GETRANGE" => {
+                arity!(argc == 4);
+                let key = args.next().expect("arity");
+                let (Some(start), Some(end)) = (
+                    parse_i64(&args.next().expect("arity")),
+                    parse_i64(&args.next().expect("arity")),
+                ) else {
+                    return ready(RespValue::error(
+                        "ERR value is not an integer or out of range",
+                    ));
+                };
+                let finish = Finish::Range { start, end };
+                return (
+                    self.single(key, |key| ShardRequest::Get { tenant, key }, finish),
+                    After::Continue,
+                );
+            }
+            "SETRANGE" => {
+                arity!(argc == 4);
+                let key = args.next().expect("arity");
+                let Some(offset) = parse_i64(&args.next().expect("arity")) else {
+                    return ready(RespValue::error(
+                        "ERR value is not an integer or out of range",
+                    ));
+                };
+                let bytes = args.next().expect("arity");
+                if offset < 0 {
+                    return ready(RespValue::error("ERR offset is out of range"));
+                }
+                let max = self.context.limits.max_value_bytes as u64;
+                if (offset as u64).saturating_add(bytes.len() as u64) > max {
+                    return ready(RespValue::error(format!(
+                        "ERR string exceeds maximum allowed size (max_value_bytes {max})"
+                    )));
+                }
+                let update = Update::SetRange {
+                    offset: offset as u64,
+                    bytes,
+                };
+                return self.update(key, update, UpdateKind::Length);
+            }
+            "INCRBYFLOAT" => {
+                arity!(argc == 3);
+                let key = args.next().expect("arity");
+                let delta = std::str::from_utf8(&args.next().expect("arity"))
+                    .ok()
+                    .and_then(|text| text.parse::<f64>().ok())
+                    .filter(|delta| delta.is_finite());
+                let Some(delta) = delta else {
+                    return ready(RespValue::error("ERR value is not a valid float"));
+                };
+                return self.update(key, Update::IncrByFloat(delta), UpdateKind::Previous);
+            }
+            "TIME" => {
+                arity!(argc == 1);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                RespValue::Array(vec![
+                    RespValue::bulk(now.as_secs().to_string()),
+                    RespValue::bulk(now.subsec_micros().to_string()),
+                ])
             }
             "DEL" | "UNLINK" => {
                 arity!(argc >= 2);
@@ -789,7 +943,9 @@ impl RespConnection {
                 arity!(argc == 1);
                 self.multi(Command::Count).await
             }
-            "FLUSHDB" => {
+            // FLUSHALL empties every database of the connection's tenant,
+            // never another tenant's: today a tenant is one database.
+            "FLUSHDB" | "FLUSHALL" => {
                 arity!(argc <= 2);
                 self.remote.flush_ordered(&self.context).await;
                 let requests = (0..self.context.slot_map.cores())
@@ -1112,6 +1268,27 @@ fn finish_reply(finish: Finish, reply: ShardReply, session: &Session) -> RespVal
         (Finish::Ttl { millis }, ShardReply::Value(value)) => {
             RespValue::Integer(ttl_of(value.as_ref(), millis))
         }
+        (Finish::ExpireTime { millis }, ShardReply::Value(value)) => {
+            RespValue::Integer(match value {
+                None => -2,
+                Some(ValueRead {
+                    expires_at_ms: None,
+                    ..
+                }) => -1,
+                Some(ValueRead {
+                    expires_at_ms: Some(at),
+                    ..
+                }) if millis => at as i64,
+                Some(ValueRead {
+                    expires_at_ms: Some(at),
+                    ..
+                }) => at.div_ceil(1000) as i64,
+            })
+        }
+        (Finish::Range { start, end }, ShardReply::Value(value)) => {
+            let value = value.map(|read| read.value).unwrap_or_default();
+            RespValue::Bulk(byte_range(&value, start, end))
+        }
         (Finish::SetOk, ShardReply::Written(Ok(outcome))) => {
             if outcome.applied {
                 RespValue::Simple("OK")
@@ -1132,6 +1309,11 @@ fn finish_reply(finish: Finish, reply: ShardReply, session: &Session) -> RespVal
                 previous.map_or(RespValue::Null, RespValue::Bulk)
             }
             Ok(UpdateOutcome::Existed(existed)) => RespValue::Integer(i64::from(existed)),
+            Ok(UpdateOutcome::Value(value)) => RespValue::Bulk(value),
+            Err(UpdateError::NotAFloat) => RespValue::error("ERR value is not a valid float"),
+            Err(UpdateError::NotFinite) => {
+                RespValue::error("ERR increment would produce NaN or Infinity")
+            }
             Err(UpdateError::NotAnInteger) => {
                 RespValue::error("ERR value is not an integer or out of range")
             }
@@ -1145,6 +1327,105 @@ fn finish_reply(finish: Finish, reply: ShardReply, session: &Session) -> RespVal
         },
         (_, other) => RespValue::error(format!("ERR internal: unexpected shard reply {other:?}")),
     }
+}
+
+/// An integer argument.
+fn parse_i64(bytes: &[u8]) -> Option<i64> {
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
+/// Redis 7's EXPIRE options: at most one of NX, XX; GT or LT; NX alone.
+fn parse_expire_condition(options: Vec<Bytes>) -> Result<ExpireCondition, RespValue> {
+    let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+    for option in options {
+        match option.to_ascii_uppercase().as_slice() {
+            b"NX" => nx = true,
+            b"XX" => xx = true,
+            b"GT" => gt = true,
+            b"LT" => lt = true,
+            _ => {
+                return Err(RespValue::error(format!(
+                    "ERR Unsupported option {}",
+                    truncate(&String::from_utf8_lossy(&option), 128)
+                )))
+            }
+        }
+    }
+    if nx && (xx || gt || lt) {
+        return Err(RespValue::error(
+            "ERR NX and XX, GT or LT options at the same time are not compatible",
+        ));
+    }
+    if gt && lt {
+        return Err(RespValue::error(
+            "ERR GT and LT options at the same time are not compatible",
+        ));
+    }
+    // GT already needs an expiry (none counts as infinitely late), so XX
+    // adds nothing to it; LT holds for a key without one unless XX is given.
+    Ok(match (nx, xx, gt, lt) {
+        (true, ..) => ExpireCondition::IfNone,
+        (_, _, true, _) => ExpireCondition::IfLater,
+        (_, true, _, true) => ExpireCondition::IfSomeAndEarlier,
+        (_, _, _, true) => ExpireCondition::IfEarlier,
+        (_, true, ..) => ExpireCondition::IfSome,
+        _ => ExpireCondition::Always,
+    })
+}
+
+/// GETEX's option: `EX s|PX ms|EXAT s|PXAT ms|PERSIST`; the new expiry.
+fn parse_getex_expiry(options: Vec<Bytes>) -> Result<Option<u64>, RespValue> {
+    let syntax = || RespValue::error("ERR syntax error");
+    let mut options = options.into_iter();
+    let option = options.next().ok_or_else(syntax)?.to_ascii_uppercase();
+    if option.as_slice() == b"PERSIST" {
+        return match options.next() {
+            None => Ok(None),
+            Some(_) => Err(syntax()),
+        };
+    }
+    let amount = options.next().ok_or_else(syntax)?;
+    if options.next().is_some() {
+        return Err(syntax());
+    }
+    let amount = parse_i64(&amount)
+        .ok_or_else(|| RespValue::error("ERR value is not an integer or out of range"))?;
+    let invalid = || RespValue::error("ERR invalid expire time in 'getex' command");
+    if amount <= 0 {
+        return Err(invalid());
+    }
+    let at_ms = match option.as_slice() {
+        b"EX" => amount
+            .checked_mul(1000)
+            .and_then(|ms| ms.checked_add(now_ms() as i64)),
+        b"PX" => amount.checked_add(now_ms() as i64),
+        b"EXAT" => amount.checked_mul(1000),
+        b"PXAT" => Some(amount),
+        _ => return Err(syntax()),
+    }
+    .ok_or_else(invalid)?;
+    Ok(Some(at_ms as u64))
+}
+
+/// Redis's GETRANGE: bytes `start..=end`, negative indexes from the end,
+/// clamped; empty when the range is empty.
+fn byte_range(value: &Bytes, start: i64, end: i64) -> Bytes {
+    let len = value.len() as i64;
+    if len == 0 {
+        return Bytes::new();
+    }
+    let clamp = |index: i64| {
+        if index < 0 {
+            (len + index).max(0)
+        } else {
+            index
+        }
+    };
+    let (start, end) = (clamp(start), clamp(end).min(len - 1));
+    if start > end || start >= len {
+        return Bytes::new();
+    }
+    value.slice(start as usize..=end as usize)
 }
 
 /// Redis's TTL/PTTL: -2 no key, -1 no expiry, else time left (TTL rounds

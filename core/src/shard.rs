@@ -180,8 +180,44 @@ pub enum Update {
         /// Condition and expiry.
         options: SetOptions,
     },
-    /// Set the expiry (Unix ms), or clear it with `None`; a past time deletes.
-    Expire(Option<u64>),
+    /// Set the expiry (Unix ms), or clear it with `None`, when `condition`
+    /// holds; a past time deletes (EXPIRE family, PERSIST).
+    Expire {
+        /// The new expiry, `None` for none.
+        at_ms: Option<u64>,
+        /// When it applies.
+        condition: ExpireCondition,
+    },
+    /// Read the value and set or clear its expiry (GETEX with an option).
+    GetAndExpire(Option<u64>),
+    /// Overwrite the value from byte `offset` on, padding with zero bytes
+    /// (SETRANGE); the caller bounds `offset + bytes.len()`.
+    SetRange {
+        /// Where the bytes go.
+        offset: u64,
+        /// The bytes.
+        bytes: Bytes,
+    },
+    /// Add to the key's value read as a decimal float (absent: 0); keeps
+    /// TTL (INCRBYFLOAT).
+    IncrByFloat(f64),
+}
+
+/// When an [`Update::Expire`] applies (Redis 7's EXPIRE options).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpireCondition {
+    /// Always.
+    Always,
+    /// NX: the key has no expiry.
+    IfNone,
+    /// XX: the key has an expiry.
+    IfSome,
+    /// GT: the new expiry is later (no expiry counts as infinitely late).
+    IfLater,
+    /// LT: the new expiry is earlier (no expiry counts as infinitely late).
+    IfEarlier,
+    /// XX LT: the key has an expiry and the new one is earlier.
+    IfSomeAndEarlier,
 }
 
 /// The outcome of an [`Update`].
@@ -196,6 +232,8 @@ pub enum UpdateOutcome {
     Previous(Option<Bytes>, bool),
     /// Whether the key existed (Expire).
     Existed(bool),
+    /// The new value (IncrByFloat).
+    Value(Bytes),
 }
 
 /// Why an [`Update`] was refused; nothing changed.
@@ -205,6 +243,10 @@ pub enum UpdateError {
     NotAnInteger,
     /// IncrBy would overflow i64.
     Overflow,
+    /// IncrByFloat on a value that is not a decimal float.
+    NotAFloat,
+    /// IncrByFloat would give NaN or an infinity.
+    NotFinite,
     /// The tenant's quota.
     Quota(StoreError),
 }
@@ -821,15 +863,75 @@ fn apply_update(
                 outcome.applied,
             ))
         }
-        Update::Expire(expires_at_ms) => {
-            let live = store.set_expiry(tenant, key.slot, &key.key, expires_at_ms, now_ms);
+        Update::Expire { at_ms, condition } => {
+            let Some(current) = current else {
+                return Ok(UpdateOutcome::Existed(false));
+            };
+            // No expiry counts as infinitely late (GT and LT as Redis 7).
+            let old = current.expires_at_ms.unwrap_or(u64::MAX);
+            let new = at_ms.unwrap_or(u64::MAX);
+            let holds = match condition {
+                ExpireCondition::Always => true,
+                ExpireCondition::IfNone => current.expires_at_ms.is_none(),
+                ExpireCondition::IfSome => current.expires_at_ms.is_some(),
+                ExpireCondition::IfLater => new > old,
+                ExpireCondition::IfEarlier => new < old,
+                ExpireCondition::IfSomeAndEarlier => current.expires_at_ms.is_some() && new < old,
+            };
             // PERSIST answers whether it removed a TTL, as Redis does (0 for
-            // a key that has none); EXPIRE whether the key was there.
-            let had_ttl = current.is_some_and(|read| read.expires_at_ms.is_some());
-            Ok(UpdateOutcome::Existed(match expires_at_ms {
-                None => live && had_ttl,
-                Some(_) => live,
-            }))
+            // a key that has none); EXPIRE whether it set one.
+            if !holds || (at_ms.is_none() && current.expires_at_ms.is_none()) {
+                return Ok(UpdateOutcome::Existed(false));
+            }
+            let live = store.set_expiry(tenant, key.slot, &key.key, at_ms, now_ms);
+            Ok(UpdateOutcome::Existed(live))
+        }
+        Update::GetAndExpire(at_ms) => {
+            if current.is_some() {
+                store.set_expiry(tenant, key.slot, &key.key, at_ms, now_ms);
+            }
+            Ok(UpdateOutcome::Previous(
+                current.map(|read| read.value),
+                true,
+            ))
+        }
+        Update::SetRange { offset, bytes } => {
+            let mut value = current.map(|read| read.value.to_vec()).unwrap_or_default();
+            // Redis: an empty range changes nothing (and creates no key).
+            if bytes.is_empty() {
+                return Ok(UpdateOutcome::Length(value.len() as u64));
+            }
+            let offset = usize::try_from(offset).expect("bounded by the caller");
+            let end = offset + bytes.len();
+            if value.len() < end {
+                value.resize(end, 0);
+            }
+            value[offset..end].copy_from_slice(&bytes);
+            store
+                .set(tenant, key.slot, &key.key, &value, keep_ttl, now_ms)
+                .map_err(UpdateError::Quota)?;
+            Ok(UpdateOutcome::Length(value.len() as u64))
+        }
+        Update::IncrByFloat(delta) => {
+            let number = match &current {
+                None => 0.0,
+                Some(read) => std::str::from_utf8(&read.value)
+                    .ok()
+                    .and_then(|text| text.trim().parse::<f64>().ok())
+                    .filter(|number| number.is_finite())
+                    .ok_or(UpdateError::NotAFloat)?,
+            };
+            let number = number + delta;
+            if !number.is_finite() {
+                return Err(UpdateError::NotFinite);
+            }
+            // The shortest text that reads back as the same f64, without an
+            // exponent (Redis prints 17 significant digits, trimmed).
+            let text = Bytes::from(format!("{number}"));
+            store
+                .set(tenant, key.slot, &key.key, &text, keep_ttl, now_ms)
+                .map_err(UpdateError::Quota)?;
+            Ok(UpdateOutcome::Value(text))
         }
     }
 }

@@ -27,7 +27,9 @@ use tinkerdb_storage::{
     hash_slot, Expiry, SetOptions, StoreError, TenantId, WriteCondition, WriteOutcome,
 };
 
-use crate::shard::{ShardReply, ShardRequest, SlotKey, Update, UpdateError, UpdateOutcome};
+use crate::shard::{
+    ExpireCondition, ShardReply, ShardRequest, SlotKey, Update, UpdateError, UpdateOutcome,
+};
 
 /// A write's condition, as it travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,8 +92,9 @@ impl From<Options> for SetOptions {
 }
 
 /// A shard write as it travels through the Raft log: the twin of a
-/// [`ShardRequest`] write variant, without tenant id or slots.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// [`ShardRequest`] write variant, without tenant id or slots. (`PartialEq`
+/// only: INCRBYFLOAT's increment is an `f64`.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum WriteOp {
     /// `ShardRequest::Set`.
     Set {
@@ -146,9 +149,77 @@ pub enum WriteOp {
         key: Vec<u8>,
         /// New expiry (Unix ms), `None` to clear it.
         at_ms: Option<u64>,
+        /// When it applies.
+        condition: ExpireIf,
+    },
+    /// `ShardRequest::Update` with `Update::GetAndExpire`.
+    GetAndExpire {
+        /// Key.
+        key: Vec<u8>,
+        /// New expiry (Unix ms), `None` to clear it.
+        at_ms: Option<u64>,
+    },
+    /// `ShardRequest::Update` with `Update::SetRange`.
+    SetRange {
+        /// Key.
+        key: Vec<u8>,
+        /// Where the bytes go.
+        offset: u64,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// `ShardRequest::Update` with `Update::IncrByFloat`.
+    IncrByFloat {
+        /// Key.
+        key: Vec<u8>,
+        /// The increment.
+        by: f64,
     },
     /// `ShardRequest::Flush`.
     Flush,
+}
+
+/// The condition of an expiry change, as it travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExpireIf {
+    /// `ExpireCondition::Always`.
+    Always,
+    /// `ExpireCondition::IfNone`.
+    IfNone,
+    /// `ExpireCondition::IfSome`.
+    IfSome,
+    /// `ExpireCondition::IfLater`.
+    IfLater,
+    /// `ExpireCondition::IfEarlier`.
+    IfEarlier,
+    /// `ExpireCondition::IfSomeAndEarlier`.
+    IfSomeAndEarlier,
+}
+
+impl From<ExpireCondition> for ExpireIf {
+    fn from(condition: ExpireCondition) -> ExpireIf {
+        match condition {
+            ExpireCondition::Always => ExpireIf::Always,
+            ExpireCondition::IfNone => ExpireIf::IfNone,
+            ExpireCondition::IfSome => ExpireIf::IfSome,
+            ExpireCondition::IfLater => ExpireIf::IfLater,
+            ExpireCondition::IfEarlier => ExpireIf::IfEarlier,
+            ExpireCondition::IfSomeAndEarlier => ExpireIf::IfSomeAndEarlier,
+        }
+    }
+}
+
+impl From<ExpireIf> for ExpireCondition {
+    fn from(condition: ExpireIf) -> ExpireCondition {
+        match condition {
+            ExpireIf::Always => ExpireCondition::Always,
+            ExpireIf::IfNone => ExpireCondition::IfNone,
+            ExpireIf::IfSome => ExpireCondition::IfSome,
+            ExpireIf::IfLater => ExpireCondition::IfLater,
+            ExpireIf::IfEarlier => ExpireCondition::IfEarlier,
+            ExpireIf::IfSomeAndEarlier => ExpireCondition::IfSomeAndEarlier,
+        }
+    }
 }
 
 /// Condition and expiry of a [`WriteOp`] (opaque outside this module).
@@ -207,7 +278,18 @@ impl WriteOp {
                         value: value.to_vec(),
                         options: OptionsOnWire((*options).into()),
                     },
-                    Update::Expire(at_ms) => WriteOp::Expire { key, at_ms: *at_ms },
+                    Update::Expire { at_ms, condition } => WriteOp::Expire {
+                        key,
+                        at_ms: *at_ms,
+                        condition: (*condition).into(),
+                    },
+                    Update::GetAndExpire(at_ms) => WriteOp::GetAndExpire { key, at_ms: *at_ms },
+                    Update::SetRange { offset, bytes } => WriteOp::SetRange {
+                        key,
+                        offset: *offset,
+                        bytes: bytes.to_vec(),
+                    },
+                    Update::IncrByFloat(by) => WriteOp::IncrByFloat { key, by: *by },
                 };
                 (*tenant, op)
             }
@@ -225,7 +307,10 @@ impl WriteOp {
             | WriteOp::Append { key, .. }
             | WriteOp::GetDelete { key }
             | WriteOp::SetAndGet { key, .. }
-            | WriteOp::Expire { key, .. } => vec![key],
+            | WriteOp::Expire { key, .. }
+            | WriteOp::GetAndExpire { key, .. }
+            | WriteOp::SetRange { key, .. }
+            | WriteOp::IncrByFloat { key, .. } => vec![key],
             WriteOp::SetMany { entries } => entries.iter().map(|(key, _)| &key[..]).collect(),
             WriteOp::Delete { keys } => keys.iter().map(|key| &key[..]).collect(),
             WriteOp::Flush => Vec::new(),
@@ -283,7 +368,26 @@ impl WriteOp {
                     options: options.0.into(),
                 },
             ),
-            WriteOp::Expire { key, at_ms } => update(key, Update::Expire(at_ms)),
+            WriteOp::Expire {
+                key,
+                at_ms,
+                condition,
+            } => update(
+                key,
+                Update::Expire {
+                    at_ms,
+                    condition: condition.into(),
+                },
+            ),
+            WriteOp::GetAndExpire { key, at_ms } => update(key, Update::GetAndExpire(at_ms)),
+            WriteOp::SetRange { key, offset, bytes } => update(
+                key,
+                Update::SetRange {
+                    offset,
+                    bytes: Bytes::from(bytes),
+                },
+            ),
+            WriteOp::IncrByFloat { key, by } => update(key, Update::IncrByFloat(by)),
             WriteOp::Flush => ShardRequest::Flush { tenant },
         }
     }
@@ -352,10 +456,16 @@ pub enum OpAnswer {
     Previous(Option<Vec<u8>>, bool),
     /// `UpdateOutcome::Existed`.
     Existed(bool),
+    /// `UpdateOutcome::Value`.
+    Value(Vec<u8>),
     /// `UpdateError::NotAnInteger`.
     NotAnInteger,
     /// `UpdateError::Overflow`.
     Overflow,
+    /// `UpdateError::NotAFloat`.
+    NotAFloat,
+    /// `UpdateError::NotFinite`.
+    NotFinite,
     /// `UpdateError::Quota`.
     UpdateRefused(QuotaRefusalOnWire),
 }
@@ -387,10 +497,13 @@ impl OpAnswer {
                     OpAnswer::Previous(value.map(|value| value.to_vec()), applied)
                 }
                 UpdateOutcome::Existed(existed) => OpAnswer::Existed(existed),
+                UpdateOutcome::Value(value) => OpAnswer::Value(value.to_vec()),
             },
             ShardReply::Updated(Err(error)) => match error {
                 UpdateError::NotAnInteger => OpAnswer::NotAnInteger,
                 UpdateError::Overflow => OpAnswer::Overflow,
+                UpdateError::NotAFloat => OpAnswer::NotAFloat,
+                UpdateError::NotFinite => OpAnswer::NotFinite,
                 UpdateError::Quota(error) => OpAnswer::UpdateRefused(refusal(&error)),
             },
             // A replica's shard keeps no journal (the Raft log is its
@@ -419,6 +532,11 @@ impl OpAnswer {
             OpAnswer::Existed(existed) => ShardReply::Updated(Ok(UpdateOutcome::Existed(existed))),
             OpAnswer::NotAnInteger => ShardReply::Updated(Err(UpdateError::NotAnInteger)),
             OpAnswer::Overflow => ShardReply::Updated(Err(UpdateError::Overflow)),
+            OpAnswer::Value(value) => {
+                ShardReply::Updated(Ok(UpdateOutcome::Value(Bytes::from(value))))
+            }
+            OpAnswer::NotAFloat => ShardReply::Updated(Err(UpdateError::NotAFloat)),
+            OpAnswer::NotFinite => ShardReply::Updated(Err(UpdateError::NotFinite)),
             OpAnswer::UpdateRefused(refusal) => {
                 ShardReply::Updated(Err(UpdateError::Quota(refusal.0.error(tenant))))
             }
@@ -488,7 +606,28 @@ mod tests {
             ShardRequest::Update {
                 tenant: 3,
                 key: key("n"),
-                update: Update::Expire(None),
+                update: Update::Expire {
+                    at_ms: None,
+                    condition: ExpireCondition::IfLater,
+                },
+            },
+            ShardRequest::Update {
+                tenant: 3,
+                key: key("n"),
+                update: Update::GetAndExpire(Some(5)),
+            },
+            ShardRequest::Update {
+                tenant: 3,
+                key: key("n"),
+                update: Update::SetRange {
+                    offset: 7,
+                    bytes: Bytes::from_static(b"ab"),
+                },
+            },
+            ShardRequest::Update {
+                tenant: 3,
+                key: key("n"),
+                update: Update::IncrByFloat(-0.25),
             },
             ShardRequest::Flush { tenant: 3 },
         ];
@@ -539,6 +678,8 @@ mod tests {
                 true,
             ))),
             ShardReply::Updated(Err(UpdateError::NotAnInteger)),
+            ShardReply::Updated(Ok(UpdateOutcome::Value(Bytes::from_static(b"1.5")))),
+            ShardReply::Updated(Err(UpdateError::NotFinite)),
         ];
         let expected: Vec<String> = replies.iter().map(|reply| format!("{reply:?}")).collect();
         let answers: Vec<OpAnswer> = replies.into_iter().map(OpAnswer::of_reply).collect();
