@@ -3,12 +3,16 @@
 //! encodes to exactly `encoded_len` bytes, it decodes back equal, the
 //! encoding is the input itself (except the ignored version field of an
 //! IfAbsent/IfPresent condition, written as 0), and its serde form (inside
-//! openraft's messages) round-trips too.
+//! openraft's messages) round-trips too. An `Ops` command's payload goes
+//! through the node's operation decoder (`core/src/write_op.rs`): what
+//! decodes re-encodes to the same operations and turns into shard requests
+//! without a panic.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use tinkerdb_replication::network::{decode, encode};
+use tinkerdb_core::write_op::{decode_ops, encode_ops};
 use tinkerdb_replication::{Command, PutCondition};
 
 fuzz_target!(|data: &[u8]| {
@@ -35,4 +39,15 @@ fuzz_target!(|data: &[u8]| {
     let back: Command = decode(&wire).expect("the serde form decodes");
     assert_eq!(back, command);
     let _ = command.to_string();
+    if let Command::Ops { payload, .. } = &command {
+        if let Ok(ops) = decode_ops(payload) {
+            // Compared as bytes: an f64 increment may be NaN (not equal to itself).
+            let bytes = encode_ops(&ops);
+            let again = decode_ops(&bytes).expect("re-encoded operations decode");
+            assert_eq!(encode_ops(&again), bytes, "operations read back different");
+            for op in ops {
+                let _ = op.into_request(0, "t");
+            }
+        }
+    }
 });

@@ -233,6 +233,59 @@ fn commands() -> Vec<Command> {
             condition: PutCondition::IfPresent,
             at_unix_ms: 5,
         },
+        Command::Ops {
+            tenant: "acme".into(),
+            at_unix_ms: 1_700_000_000_000,
+            payload: ops_payload(),
+        },
+    ]
+}
+
+/// The operations of a pipeline, encoded as the node proposes them.
+fn ops_payload() -> Vec<u8> {
+    use tinkerdb_core::write_op::{encode_ops, WriteOp};
+    let requests = ops_requests();
+    let ops: Vec<WriteOp> = requests
+        .iter()
+        .filter_map(WriteOp::of_request)
+        .map(|(_, op)| op)
+        .collect();
+    assert_eq!(ops.len(), requests.len());
+    encode_ops(&ops)
+}
+
+fn ops_requests() -> Vec<tinkerdb_core::shard::ShardRequest> {
+    use bytes::Bytes;
+    use tinkerdb_core::shard::{ShardRequest, SlotKey, Update};
+    let key = |text: &'static str| SlotKey {
+        slot: tinkerdb_storage::hash_slot("acme", text.as_bytes()),
+        key: Bytes::from_static(text.as_bytes()),
+    };
+    vec![
+        ShardRequest::Set {
+            tenant: 0,
+            key: key("a"),
+            value: Bytes::from_static(b"1"),
+            options: Default::default(),
+        },
+        ShardRequest::Update {
+            tenant: 0,
+            key: key("n"),
+            update: Update::IncrBy(5),
+        },
+        ShardRequest::Update {
+            tenant: 0,
+            key: key("n"),
+            update: Update::Expire {
+                at_ms: Some(1_700_000_000_000),
+                condition: tinkerdb_core::shard::ExpireCondition::IfLater,
+            },
+        },
+        ShardRequest::Delete {
+            tenant: 0,
+            keys: vec![key("a"), key("b")],
+        },
+        ShardRequest::Flush { tenant: 0 },
     ]
 }
 
