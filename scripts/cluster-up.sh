@@ -20,11 +20,12 @@ if [ "${1:-}" = join ]; then
   id=${2:?usage: scripts/cluster-up.sh join N}
   target/release/tinkerdb --node-id "$id" --raft-listen "127.0.0.1:76${id}0" --join 127.0.0.1:7512 \
     --cores "$cores" --listen "127.0.0.1:75${id}1" --admin-listen "127.0.0.1:75${id}2" \
+    --resp-listen "127.0.0.1:75${id}3" \
     --data-dir "$dir/node-$id" >"$dir/node-$id.out" 2>"$dir/node-$id.log" &
   echo $! >"$dir/node-$id.pid"
   for _ in $(seq 700); do grep -q "ready" "$dir/node-$id.out" 2>/dev/null && break; sleep 0.1; done
   grep -q "ready" "$dir/node-$id.out" || { cat "$dir/node-$id.log"; echo "node $id did not join"; exit 1; }
-  echo "node $id joined: clients 127.0.0.1:75${id}1  dashboard http://127.0.0.1:75${id}2/"
+  echo "node $id joined: clients 127.0.0.1:75${id}1  Redis 127.0.0.1:75${id}3  dashboard http://127.0.0.1:75${id}2/"
   sleep 1 # a first round of health probes
   target/release/tinker --admin "127.0.0.1:75${id}2" cluster status
   exit 0
@@ -35,6 +36,7 @@ peers="1=127.0.0.1:7610,2=127.0.0.1:7620,3=127.0.0.1:7630"
 for id in 1 2 3; do
   target/release/tinkerdb --node-id "$id" --peers "$peers" --cores "$cores" \
     --listen "127.0.0.1:75${id}1" --admin-listen "127.0.0.1:75${id}2" \
+    --resp-listen "127.0.0.1:75${id}3" \
     --data-dir "$dir/node-$id" >"$dir/node-$id.out" 2>"$dir/node-$id.log" &
   echo $! >"$dir/node-$id.pid"
 done
@@ -44,12 +46,13 @@ for id in 1 2 3; do
 done
 cat <<TEXT
 3-node cluster up ($cores core(s) per node, one Raft group per core, replicated on all 3):
-  node 1: clients 127.0.0.1:7511  dashboard http://127.0.0.1:7512/
-  node 2: clients 127.0.0.1:7521  dashboard http://127.0.0.1:7522/
-  node 3: clients 127.0.0.1:7531  dashboard http://127.0.0.1:7532/
+  node 1: clients 127.0.0.1:7511  Redis 127.0.0.1:7513  dashboard http://127.0.0.1:7512/
+  node 2: clients 127.0.0.1:7521  Redis 127.0.0.1:7523  dashboard http://127.0.0.1:7522/
+  node 3: clients 127.0.0.1:7531  Redis 127.0.0.1:7533  dashboard http://127.0.0.1:7532/
 Try:
   target/release/tinker --addr 127.0.0.1:7511 set hello world
   target/release/tinker --addr 127.0.0.1:7531 get hello
+  redis-cli -p 7523 incr visits                # any node, either protocol
   target/release/tinker --admin 127.0.0.1:7512 cluster status   # nodes, health, shards, lag
   scripts/cluster-up.sh join 4                  # a fourth node joins (then: tinker cluster remove 4)
   kill -9 \$(cat $dir/node-1.pid)               # then keep using nodes 2 and 3

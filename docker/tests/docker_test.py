@@ -252,7 +252,8 @@ def client_addr(n):
 
 
 def container(n):
-    return compose("ps", "-q", f"node{n}").stdout.strip()
+    # -a: a killed or stopped container too (Compose v2+ lists only running ones).
+    return compose("ps", "-a", "-q", f"node{n}").stdout.strip()
 
 
 def compose_up():
@@ -303,7 +304,7 @@ def wait_caught_up(node, timeout=60):
 
 class Load:
     """A bounded write load through the given nodes' client ports (the `tinker`
-    CLI: the Redis protocol is not served in cluster mode yet), in a thread."""
+    CLI), in a thread."""
 
     def __init__(self, phase, nodes, max_writes=400, max_seconds=40, pace=0.01):
         self.phase, self.nodes = phase, list(nodes)
@@ -388,6 +389,17 @@ def test_compose():
     out = tinker("get", "compose:greeting", addr=client_addr(3))
     check(out.stdout.strip() == "hello", "cluster: tinker get through node 3 sees it at once")
     acked["compose:greeting"] = "hello"
+    # The Redis protocol on every node: write through node 2, read through 1 and 3.
+    check(rclient(resp_port(2)).set("compose:redis", "via-resp") is True,
+          "cluster: redis SET through node 2")
+    for n in (1, 3):
+        check(rclient(resp_port(n)).get("compose:redis") == "via-resp",
+              f"cluster: redis GET through node {n} sees it at once")
+    check(rclient(resp_port(3)).incrby("compose:counter", 5) == 5
+          and rclient(resp_port(1)).incrby("compose:counter", 5) == 10,
+          "cluster: redis INCRBY through nodes 3 and 1 (applied once, in order)")
+    acked["compose:redis"] = "via-resp"
+    acked["compose:counter"] = "10"
     for i in range(30):
         out = tinker("set", f"rw:{i}", f"x{i}", addr=client_addr(1))
         if out.returncode != 0:
