@@ -10,7 +10,11 @@
 #   scripts/fuzz.sh 3600       # an hour per target
 #   FUZZ_TARGETS="wal_segment snapshot_load" scripts/fuzz.sh 600
 #
-# Environment: FUZZ_SANITIZER (address, the default, or none), FUZZ_JOBS,
+#   FUZZ_RUNS=10000000 scripts/fuzz.sh 7200   # each target until 10^7 executions
+#                                            # (or 2 h, whichever comes first)
+#
+# Environment: FUZZ_RUNS (stop a target after this many executions),
+# FUZZ_SANITIZER (address, the default, or none), FUZZ_JOBS,
 # FUZZ_TARGETS (a subset), FUZZ_SKIP_BUILD=1 (use the binaries already built).
 # libFuzzer's compiler flags are nightly-only: RUSTC_BOOTSTRAP=1 lets the
 # stable toolchain accept them.
@@ -43,7 +47,7 @@ run_one() {
   mkdir -p "fuzz/artifacts/$target" "fuzz/corpus/$target"
   # -timeout: an input taking over 10 s is a hang, reported as a failure.
   if "$bin/$target" "fuzz/corpus/$target" \
-      -max_total_time="$seconds" -timeout=10 -print_final_stats=1 \
+      -max_total_time="$seconds" ${runs:+-runs="$runs"} -timeout=10 -print_final_stats=1 \
       -artifact_prefix="fuzz/artifacts/$target/" >"$logs/$target.log" 2>&1; then
     echo "ok" >"$logs/$target.status"
   else
@@ -51,7 +55,8 @@ run_one() {
   fi
 }
 export -f run_one
-export bin seconds logs
+runs=${FUZZ_RUNS:-}
+export bin seconds logs runs
 rm -f "$logs"/*.status
 echo "fuzz: $(echo $targets | wc -w) targets, ${seconds} s each, $jobs at a time, sanitizer $sanitizer"
 printf '%s\n' $targets | xargs -P "$jobs" -I{} bash -c 'run_one {}'

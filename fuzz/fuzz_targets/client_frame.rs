@@ -211,7 +211,9 @@ fn reply_for(id: u64, command: &Command, limits: &Limits) -> (Reply, Response) {
             (Reply::Values(reads), Response::Values(clients))
         }
         Command::MSet { entries } => {
-            let versions: Vec<u64> = (1..=entries.len() as u64).map(|n| n + id).collect();
+            let versions: Vec<u64> = (1..=entries.len() as u64)
+                .map(|n| n.wrapping_add(id))
+                .collect();
             (
                 Reply::Versions(versions.clone()),
                 Response::Versions(versions),

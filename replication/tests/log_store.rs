@@ -35,6 +35,11 @@ impl TempDir {
         let _ = std::fs::remove_dir_all(&path);
         TempDir(path)
     }
+
+    /// The path, no longer removed on drop.
+    fn keep(self) -> PathBuf {
+        std::mem::ManuallyDrop::new(self).0.clone()
+    }
 }
 
 impl Drop for TempDir {
@@ -86,15 +91,33 @@ type TestStateMachine = StateMachine<CountingApplier>;
 /// Builds each suite case on a fresh WAL directory.
 struct Builder;
 
-impl StoreBuilder<TypeConfig, WalLogStore, TestStateMachine, TempDir> for Builder {
+/// A suite case's directory, removed only once the whole suite is over.
+/// The suite drops a case's guard while the case's WAL writer task may
+/// still run on the executor (it ends when it sees its handle gone), and
+/// removing the directory under a writer that is preparing its next
+/// segment makes glommio's open panic (a `statfs` of the vanished file,
+/// unwrapped inside glommio): a failure of the test's teardown, not of
+/// the store.
+struct SuiteDir(PathBuf);
+
+static SUITE_DIRS: std::sync::Mutex<Vec<TempDir>> = std::sync::Mutex::new(Vec::new());
+
+impl Drop for SuiteDir {
+    fn drop(&mut self) {
+        let dir = TempDir(std::mem::take(&mut self.0));
+        SUITE_DIRS.lock().unwrap().push(dir);
+    }
+}
+
+impl StoreBuilder<TypeConfig, WalLogStore, TestStateMachine, SuiteDir> for Builder {
     async fn build(
         &self,
-    ) -> Result<(TempDir, WalLogStore, TestStateMachine), StorageError<TypeConfig>> {
-        let dir = TempDir::new("suite");
-        let store = WalLogStore::open(&dir.0).expect("open a fresh WAL");
+    ) -> Result<(SuiteDir, WalLogStore, TestStateMachine), StorageError<TypeConfig>> {
+        let path = TempDir::new("suite").keep();
+        let store = WalLogStore::open(&path).expect("open a fresh WAL");
         let applier = Rc::new(RefCell::new(CountingApplier::default()));
-        let state_machine = StateMachine::open(applier, &dir.0.join("snapshots")).expect("open");
-        Ok((dir, store, state_machine))
+        let state_machine = StateMachine::open(applier, &path.join("snapshots")).expect("open");
+        Ok((SuiteDir(path), store, state_machine))
     }
 }
 
@@ -105,6 +128,8 @@ fn openraft_log_store_suite_passes() {
             .await
             .expect("openraft's log store suite");
     });
+    // The executor has ended: no task of any case can touch its directory.
+    SUITE_DIRS.lock().unwrap().clear();
 }
 
 fn log_id(term: u64, index: u64) -> LogId {
