@@ -945,3 +945,181 @@ fn read(store: &Store, tenant: TenantId, key: &SlotKey, now_ms: u64) -> Option<V
             expires_at_ms: view.expires_at_ms,
         })
 }
+
+#[cfg(test)]
+mod tests {
+    //! The apply step of read-modify-writes: synchronous, time passed in,
+    //! so each case is judged at an exact instant, as a replica judges an
+    //! entry at its proposer's instant.
+
+    use super::*;
+    use tinkerdb_storage::{hash_slot, Expiry, WriteCondition};
+
+    const TENANT: TenantId = 0;
+
+    fn key(text: &str) -> SlotKey {
+        let key = Bytes::copy_from_slice(text.as_bytes());
+        SlotKey {
+            slot: hash_slot("default", &key),
+            key,
+        }
+    }
+
+    fn put(store: &mut Store, name: &str, value: &str, expires_at_ms: Option<u64>, now: u64) {
+        let options = SetOptions {
+            condition: WriteCondition::Always,
+            expiry: expires_at_ms.map_or(Expiry::Never, Expiry::AtMs),
+        };
+        let key = key(name);
+        store
+            .set(TENANT, key.slot, &key.key, value.as_bytes(), options, now)
+            .unwrap();
+    }
+
+    fn apply(store: &mut Store, name: &str, update: Update, now: u64) -> String {
+        match apply_update(store, TENANT, &key(name), update, now) {
+            Ok(UpdateOutcome::Integer(n)) => format!("int {n}"),
+            Ok(UpdateOutcome::Length(n)) => format!("len {n}"),
+            Ok(UpdateOutcome::Existed(done)) => format!("{done}"),
+            Ok(UpdateOutcome::Value(value)) => format!("value {}", String::from_utf8_lossy(&value)),
+            Ok(UpdateOutcome::Previous(value, _)) => format!(
+                "previous {}",
+                value.map_or("nil".into(), |v| String::from_utf8_lossy(&v).into_owned())
+            ),
+            Err(error) => format!("{error:?}"),
+        }
+    }
+
+    fn expire(at_ms: Option<u64>, condition: ExpireCondition) -> Update {
+        Update::Expire { at_ms, condition }
+    }
+
+    fn ttl(store: &Store, name: &str, now: u64) -> Option<Option<u64>> {
+        read(store, TENANT, &key(name), now).map(|read| read.expires_at_ms)
+    }
+
+    #[test]
+    fn expire_conditions_follow_redis_7() {
+        use ExpireCondition::*;
+        let mut store = Store::new();
+        let now = 1_000;
+        put(&mut store, "plain", "v", None, now);
+        // No expiry counts as an infinite one.
+        assert_eq!(
+            apply(&mut store, "plain", expire(Some(5_000), IfSome), now),
+            "false"
+        );
+        assert_eq!(
+            apply(&mut store, "plain", expire(Some(5_000), IfLater), now),
+            "false"
+        );
+        let xx_lt = expire(Some(5_000), IfSomeAndEarlier);
+        assert_eq!(apply(&mut store, "plain", xx_lt, now), "false");
+        assert_eq!(ttl(&store, "plain", now), Some(None));
+        assert_eq!(
+            apply(&mut store, "plain", expire(Some(5_000), IfEarlier), now),
+            "true"
+        );
+        assert_eq!(ttl(&store, "plain", now), Some(Some(5_000)));
+        assert_eq!(
+            apply(&mut store, "plain", expire(Some(9_000), IfNone), now),
+            "false"
+        );
+        assert_eq!(
+            apply(&mut store, "plain", expire(Some(4_000), IfLater), now),
+            "false"
+        );
+        assert_eq!(
+            apply(&mut store, "plain", expire(Some(9_000), IfLater), now),
+            "true"
+        );
+        assert_eq!(
+            apply(
+                &mut store,
+                "plain",
+                expire(Some(8_000), IfSomeAndEarlier),
+                now
+            ),
+            "true"
+        );
+        assert_eq!(ttl(&store, "plain", now), Some(Some(8_000)));
+        // PERSIST: 1 only when it removed an expiry.
+        assert_eq!(
+            apply(&mut store, "plain", expire(None, Always), now),
+            "true"
+        );
+        assert_eq!(
+            apply(&mut store, "plain", expire(None, Always), now),
+            "false"
+        );
+        assert_eq!(
+            apply(&mut store, "missing", expire(Some(9_000), Always), now),
+            "false"
+        );
+        // A time at or before now deletes the key.
+        assert_eq!(
+            apply(&mut store, "plain", expire(Some(now), Always), now),
+            "true"
+        );
+        assert_eq!(ttl(&store, "plain", now), None);
+    }
+
+    #[test]
+    fn updates_are_judged_at_the_instant_given() {
+        let mut store = Store::new();
+        put(&mut store, "n", "41", Some(2_000), 1_000);
+        // Just before the expiry the value counts (and the TTL is kept).
+        assert_eq!(apply(&mut store, "n", Update::IncrBy(1), 1_999), "int 42");
+        assert_eq!(ttl(&store, "n", 1_999), Some(Some(2_000)));
+        // At the expiry the key is gone: INCR starts from 0, GETEX sees nil.
+        assert_eq!(
+            apply(&mut store, "n", Update::GetAndExpire(None), 2_000),
+            "previous nil"
+        );
+        assert_eq!(apply(&mut store, "n", Update::IncrBy(1), 2_000), "int 1");
+        assert_eq!(ttl(&store, "n", 2_000), Some(None));
+        let getex = Update::GetAndExpire(Some(3_000));
+        assert_eq!(apply(&mut store, "n", getex, 2_000), "previous 1");
+        assert_eq!(ttl(&store, "n", 2_000), Some(Some(3_000)));
+    }
+
+    #[test]
+    fn incr_by_float_and_set_range_as_redis() {
+        let mut store = Store::new();
+        let now = 1_000;
+        assert_eq!(
+            apply(&mut store, "f", Update::IncrByFloat(10.5), now),
+            "value 10.5"
+        );
+        assert_eq!(
+            apply(&mut store, "f", Update::IncrByFloat(0.1), now),
+            "value 10.6"
+        );
+        assert_eq!(
+            apply(&mut store, "f", Update::IncrByFloat(-5.6), now),
+            "value 5"
+        );
+        // The largest finite double prints in full (309 digits, no exponent).
+        let huge = apply(&mut store, "f", Update::IncrByFloat(f64::MAX), now);
+        assert!(huge.starts_with("value 17976931348623157") && huge.len() == 6 + 309);
+        assert_eq!(
+            apply(&mut store, "f", Update::IncrByFloat(f64::MAX), now),
+            "NotFinite"
+        );
+        put(&mut store, "text", "abc", None, now);
+        assert_eq!(
+            apply(&mut store, "text", Update::IncrByFloat(1.0), now),
+            "NotAFloat"
+        );
+        let range = |offset, bytes: &'static [u8]| Update::SetRange {
+            offset,
+            bytes: Bytes::from_static(bytes),
+        };
+        assert_eq!(apply(&mut store, "r", range(3, b"xy"), now), "len 5");
+        let value = read(&store, TENANT, &key("r"), now).unwrap().value;
+        assert_eq!(&value[..], b"\0\0\0xy");
+        assert_eq!(apply(&mut store, "r", range(0, b"ab"), now), "len 5");
+        assert_eq!(apply(&mut store, "empty", range(9, b""), now), "len 0");
+        assert!(read(&store, TENANT, &key("empty"), now).is_none());
+    }
+}
