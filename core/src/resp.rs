@@ -489,6 +489,13 @@ impl RespConnection {
         }
     }
 
+    /// A read of one key, answered as `finish` says (GET, STRLEN, TTL...).
+    fn read(&mut self, key: Bytes, finish: Finish) -> (Pending, After) {
+        let tenant = self.session.tenant;
+        let request = |key| ShardRequest::Get { tenant, key };
+        (self.single(key, request, finish), After::Continue)
+    }
+
     /// A read-modify-write command on one key.
     fn update(&mut self, key: Bytes, update: Update, kind: UpdateKind) -> (Pending, After) {
         let tenant = self.session.tenant;
@@ -576,18 +583,12 @@ impl RespConnection {
             "GET" => {
                 arity!(argc == 2);
                 let key = args.next().expect("arity");
-                return (
-                    self.single(key, |key| ShardRequest::Get { tenant, key }, Finish::Value),
-                    After::Continue,
-                );
+                return self.read(key, Finish::Value);
             }
             "STRLEN" => {
                 arity!(argc == 2);
                 let key = args.next().expect("arity");
-                return (
-                    self.single(key, |key| ShardRequest::Get { tenant, key }, Finish::Length),
-                    After::Continue,
-                );
+                return self.read(key, Finish::Length);
             }
             "TTL" | "PTTL" => {
                 arity!(argc == 2);
@@ -595,10 +596,7 @@ impl RespConnection {
                 let finish = Finish::Ttl {
                     millis: name == "PTTL",
                 };
-                return (
-                    self.single(key, |key| ShardRequest::Get { tenant, key }, finish),
-                    After::Continue,
-                );
+                return self.read(key, finish);
             }
             "SET" => {
                 arity!(argc >= 3);
@@ -750,10 +748,7 @@ impl RespConnection {
                 let finish = Finish::ExpireTime {
                     millis: name == "PEXPIRETIME",
                 };
-                return (
-                    self.single(key, |key| ShardRequest::Get { tenant, key }, finish),
-                    After::Continue,
-                );
+                return self.read(key, finish);
             }
             "GETSET" => {
                 arity!(argc == 3);
@@ -812,8 +807,7 @@ impl RespConnection {
                 let key = args.next().expect("arity");
                 let rest: Vec<Bytes> = args.collect();
                 if rest.is_empty() {
-                    let request = |key| ShardRequest::Get { tenant, key };
-                    return (self.single(key, request, Finish::Value), After::Continue);
+                    return self.read(key, Finish::Value);
                 }
                 let at_ms = match parse_getex_expiry(rest) {
                     Ok(at_ms) => at_ms,
@@ -833,10 +827,7 @@ impl RespConnection {
                     ));
                 };
                 let finish = Finish::Range { start, end };
-                return (
-                    self.single(key, |key| ShardRequest::Get { tenant, key }, finish),
-                    After::Continue,
-                );
+                return self.read(key, finish);
             }
             "SETRANGE" => {
                 arity!(argc == 4);

@@ -203,8 +203,9 @@ pub enum Update {
     IncrByFloat(f64),
 }
 
-/// When an [`Update::Expire`] applies (Redis 7's EXPIRE options).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// When an [`Update::Expire`] applies (Redis 7's EXPIRE options). It
+/// travels in Raft entries as it is (`write_op`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ExpireCondition {
     /// Always.
     Always,

@@ -150,7 +150,7 @@ pub enum WriteOp {
         /// New expiry (Unix ms), `None` to clear it.
         at_ms: Option<u64>,
         /// When it applies.
-        condition: ExpireIf,
+        condition: ExpireCondition,
     },
     /// `ShardRequest::Update` with `Update::GetAndExpire`.
     GetAndExpire {
@@ -177,49 +177,6 @@ pub enum WriteOp {
     },
     /// `ShardRequest::Flush`.
     Flush,
-}
-
-/// The condition of an expiry change, as it travels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ExpireIf {
-    /// `ExpireCondition::Always`.
-    Always,
-    /// `ExpireCondition::IfNone`.
-    IfNone,
-    /// `ExpireCondition::IfSome`.
-    IfSome,
-    /// `ExpireCondition::IfLater`.
-    IfLater,
-    /// `ExpireCondition::IfEarlier`.
-    IfEarlier,
-    /// `ExpireCondition::IfSomeAndEarlier`.
-    IfSomeAndEarlier,
-}
-
-impl From<ExpireCondition> for ExpireIf {
-    fn from(condition: ExpireCondition) -> ExpireIf {
-        match condition {
-            ExpireCondition::Always => ExpireIf::Always,
-            ExpireCondition::IfNone => ExpireIf::IfNone,
-            ExpireCondition::IfSome => ExpireIf::IfSome,
-            ExpireCondition::IfLater => ExpireIf::IfLater,
-            ExpireCondition::IfEarlier => ExpireIf::IfEarlier,
-            ExpireCondition::IfSomeAndEarlier => ExpireIf::IfSomeAndEarlier,
-        }
-    }
-}
-
-impl From<ExpireIf> for ExpireCondition {
-    fn from(condition: ExpireIf) -> ExpireCondition {
-        match condition {
-            ExpireIf::Always => ExpireCondition::Always,
-            ExpireIf::IfNone => ExpireCondition::IfNone,
-            ExpireIf::IfSome => ExpireCondition::IfSome,
-            ExpireIf::IfLater => ExpireCondition::IfLater,
-            ExpireIf::IfEarlier => ExpireCondition::IfEarlier,
-            ExpireIf::IfSomeAndEarlier => ExpireCondition::IfSomeAndEarlier,
-        }
-    }
 }
 
 /// Condition and expiry of a [`WriteOp`] (opaque outside this module).
@@ -281,7 +238,7 @@ impl WriteOp {
                     Update::Expire { at_ms, condition } => WriteOp::Expire {
                         key,
                         at_ms: *at_ms,
-                        condition: (*condition).into(),
+                        condition: *condition,
                     },
                     Update::GetAndExpire(at_ms) => WriteOp::GetAndExpire { key, at_ms: *at_ms },
                     Update::SetRange { offset, bytes } => WriteOp::SetRange {
@@ -372,13 +329,7 @@ impl WriteOp {
                 key,
                 at_ms,
                 condition,
-            } => update(
-                key,
-                Update::Expire {
-                    at_ms,
-                    condition: condition.into(),
-                },
-            ),
+            } => update(key, Update::Expire { at_ms, condition }),
             WriteOp::GetAndExpire { key, at_ms } => update(key, Update::GetAndExpire(at_ms)),
             WriteOp::SetRange { key, offset, bytes } => update(
                 key,
