@@ -198,7 +198,11 @@ impl Client {
             .call(&request, self.inner.config.request_timeout)
             .await?
         {
-            Response::Error { code, message } => Err(ClientError::Server { code, message }),
+            Response::Error {
+                code,
+                message,
+                owner,
+            } => Err(ClientError::from_server(code, message, owner)),
             response => Ok(response),
         }
     }

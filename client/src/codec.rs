@@ -8,7 +8,7 @@ use tinkerdb_schemas::frame::{decode_response, write_frame};
 use tinkerdb_schemas::wire;
 
 use crate::client::{SetCondition, Value, WriteResult};
-use crate::error::ClientError;
+use crate::error::{ClientError, ShardOwner};
 
 /// A request, borrowing its keys and values from the caller.
 #[derive(Debug, Clone)]
@@ -103,6 +103,8 @@ pub enum Response {
         code: wire::ErrorCode,
         /// Message.
         message: String,
+        /// With `WrongShard`: where the key's shard is now.
+        owner: Option<ShardOwner>,
     },
     /// Handshake accepted.
     HelloOk {
@@ -360,6 +362,12 @@ pub fn decode(body: &[u8]) -> Result<(u64, Response), ClientError> {
             Response::Error {
                 code: error.code(),
                 message: error.message().unwrap_or_default().to_owned(),
+                owner: error.owner().map(|owner| ShardOwner {
+                    slot: owner.slot(),
+                    core: owner.core(),
+                    node: owner.node(),
+                    address: owner.address().unwrap_or_default().to_owned(),
+                }),
             }
         }
         wire::Response::HelloOk => {

@@ -118,7 +118,11 @@ impl Connection {
             Response::HelloOk { tenant, cores, .. } => {
                 Ok((connection, HelloInfo { tenant, cores }))
             }
-            Response::Error { code, message } => Err(ClientError::Server { code, message }),
+            Response::Error {
+                code,
+                message,
+                owner,
+            } => Err(ClientError::from_server(code, message, owner)),
             other => Err(ClientError::Protocol(format!(
                 "expected HelloOk, got {other:?}"
             ))),
@@ -249,8 +253,13 @@ async fn read_frames(reader: tokio::net::tcp::OwnedReadHalf, breaker: Breaker) {
         };
         if request_id == 0 {
             // An error about the connection itself (e.g. Busy): it ends it.
-            if let Response::Error { code, message } = response {
-                break ClientError::Server { code, message };
+            if let Response::Error {
+                code,
+                message,
+                owner,
+            } = response
+            {
+                break ClientError::from_server(code, message, owner);
             }
             continue;
         }

@@ -34,6 +34,31 @@ pub enum ClientError {
     /// The request was refused before sending (e.g. over the node's limits).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The key's shard is not where the request went
+    /// (`ErrorCode::WrongShard`): nothing was applied; `owner` says where
+    /// it is now. A node routes every key itself today, so a client sees
+    /// this only from a routing bug; once ranges move it is a stale route,
+    /// to retry at the owner.
+    #[error("wrong shard: {message}")]
+    WrongShard {
+        /// The node's explanation.
+        message: String,
+        /// Where the shard is now.
+        owner: ShardOwner,
+    },
+}
+
+/// Where a key's shard lives now (the flatbuffers `ShardOwner`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardOwner {
+    /// The key's hash slot.
+    pub slot: u16,
+    /// The core that owns the slot on `node`.
+    pub core: u32,
+    /// The owning node's id in a cluster; 0 for the node that answered.
+    pub node: u64,
+    /// The owning node's client address; empty for the node that answered.
+    pub address: String,
 }
 
 impl ClientError {
@@ -41,7 +66,18 @@ impl ClientError {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             ClientError::Server { code, .. } => Some(*code),
+            ClientError::WrongShard { .. } => Some(ErrorCode::WrongShard),
             _ => None,
+        }
+    }
+
+    /// The error a node's answer `Error { code, message, owner }` stands for.
+    pub fn from_server(code: ErrorCode, message: String, owner: Option<ShardOwner>) -> ClientError {
+        match owner {
+            Some(owner) if code == ErrorCode::WrongShard => {
+                ClientError::WrongShard { message, owner }
+            }
+            _ => ClientError::Server { code, message },
         }
     }
 }

@@ -34,5 +34,5 @@ pub mod error;
 pub use client::{
     Client, ClientConfig, ScanOptions, ScanPage, SetCondition, SetOptions, Value, WriteResult,
 };
-pub use error::ClientError;
+pub use error::{ClientError, ShardOwner};
 pub use tinkerdb_schemas::wire::ErrorCode;

@@ -28,7 +28,8 @@ use tinkerdb_storage::hash_slot;
 use tinkerdb_storage::WriteCondition;
 
 use crate::connection::{execute_multi, set_options, single_key_reply, Session};
-use crate::protocol::{Command, ProtocolError, Reply};
+use crate::error::ProtocolError;
+use crate::protocol::{Command, Reply};
 use crate::router::{now_ms, CoreContext};
 use crate::shard::{ShardReply, ShardRequest, SlotKey};
 use crate::tenants::{quota_share, TenantRegistry};
@@ -114,6 +115,9 @@ fn unexpected(reply: Reply) -> CoreResponse {
 /// The admin plane's code for a client protocol error.
 fn api_error(error: ProtocolError) -> ApiError {
     let code = match error.code {
+        // Keys reach their owners through the node's own routing: a wrong
+        // shard here is the node's bug, not the caller's.
+        ErrorCode::WrongShard => ApiCode::Internal,
         ErrorCode::UnknownTenant => ApiCode::UnknownTenant,
         ErrorCode::KeyTooLarge => ApiCode::KeyTooLarge,
         ErrorCode::ValueTooLarge => ApiCode::ValueTooLarge,

@@ -59,7 +59,7 @@ use tinkerdb_storage::snapshot;
 use tinkerdb_storage::{hash_slot, Expiry, SetOptions, TenantId, WriteCondition};
 
 use crate::config::{ClusterConfig, RaftTuning};
-use crate::protocol::ProtocolError;
+use crate::error::ProtocolError;
 use crate::router::{now_ms, CoreContext};
 use crate::shard::{ShardReply, ShardRequest, SlotKey};
 use crate::write_op::{self, OpAnswer, WriteOp};
@@ -423,6 +423,8 @@ pub async fn execute_replicated(
         | ShardRequest::SetMany { .. }
         | ShardRequest::Delete { .. }
         | ShardRequest::Update { .. }
+        | ShardRequest::SetManyIfAbsent { .. }
+        | ShardRequest::Move { .. }
         | ShardRequest::Flush { .. } => {
             let mut replies = propose_writes(context, replica, vec![request]).await;
             assert_eq!(replies.len(), 1, "one reply per write");

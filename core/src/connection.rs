@@ -36,7 +36,8 @@ use tinkerdb_storage::{
 };
 
 use crate::config::DEFAULT_TENANT;
-use crate::protocol::{decode_command, encode_reply, Command, ProtocolError, Reply};
+use crate::error::ProtocolError;
+use crate::protocol::{decode_command, encode_reply, Command, Reply};
 use crate::router::{now_ms, CoreContext, Dispatched};
 use crate::shutdown::{ConnectionDrain, StopSignal};
 

@@ -13,6 +13,7 @@
 //! - [`listener`]: listening sockets (`SO_REUSEADDR`, so a crashed node
 //!   restarts on its ports at once).
 //! - [`connection`]: one client connection: frames in, answers out.
+//! - [`error`]: the error every front end encodes (code, message, owner).
 //! - [`protocol`]: wire frames <-> [`protocol::Command`] / [`protocol::Reply`].
 //! - [`resp`]: the Redis-protocol listener's parser, commands and replies.
 //! - [`router`]: the per-core context and cross-core messaging.
@@ -32,6 +33,7 @@ pub mod admin_service;
 pub mod cluster;
 pub mod config;
 pub mod connection;
+pub mod error;
 pub mod listener;
 pub mod node;
 pub mod platform;

@@ -772,7 +772,7 @@ async fn refuse_connection(mut stream: glommio::net::TcpStream, protocol: Protoc
         let _ = stream.close().await;
         return;
     }
-    let error = crate::protocol::ProtocolError::new(
+    let error = crate::error::ProtocolError::new(
         tinkerdb_schemas::wire::ErrorCode::Busy,
         "too many connections on this core (max_connections_per_core)",
     );

@@ -219,6 +219,35 @@ pub fn parse_cpu_max(text: &str) -> Option<usize> {
     (period > 0 && quota > 0).then(|| quota.div_ceil(period) as usize)
 }
 
+/// The process's resident memory in bytes (`VmRSS`; 0 if unknown).
+pub fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+            line.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// The process's user and system CPU time so far, in seconds.
+#[allow(unsafe_code)]
+pub fn cpu_seconds() -> (f64, f64) {
+    // SAFETY: `rusage` is plain data, valid when zeroed; getrusage only
+    // writes into the struct it is given, which lives for the call.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (seconds(usage.ru_utime), seconds(usage.ru_stime))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@ use tinkerdb_schemas::wire::{self, ErrorCode};
 use tinkerdb_storage::{WriteCondition, WriteOutcome, SLOT_COUNT};
 
 use crate::config::Limits;
+use crate::error::ProtocolError;
 use crate::shard::ValueRead;
 
 /// A decoded, validated client request.
@@ -87,25 +88,6 @@ pub enum Command {
     Count,
     /// Snapshot every core now.
     Snapshot,
-}
-
-/// A request that cannot be executed, with the code the client sees.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProtocolError {
-    /// Stable error code.
-    pub code: ErrorCode,
-    /// Human-readable detail.
-    pub message: String,
-}
-
-impl ProtocolError {
-    /// An error with `code` and `message`.
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> ProtocolError {
-        ProtocolError {
-            code,
-            message: message.into(),
-        }
-    }
 }
 
 /// Decodes one frame body. On error, the request id is given when the frame
@@ -378,11 +360,24 @@ pub fn encode_reply(
     let (response_type, response) = match reply {
         Reply::Error(error) => {
             let message = builder.create_string(&error.message);
+            let owner = error.owner.as_ref().map(|owner| {
+                let address = builder.create_string(&owner.address);
+                wire::ShardOwner::create(
+                    builder,
+                    &wire::ShardOwnerArgs {
+                        slot: owner.slot,
+                        core: owner.core as u32,
+                        node: owner.node,
+                        address: Some(address),
+                    },
+                )
+            });
             let table = wire::Error::create(
                 builder,
                 &wire::ErrorArgs {
                     code: error.code,
                     message: Some(message),
+                    owner,
                 },
             );
             (wire::Response::Error, table.as_union_value())

@@ -24,11 +24,12 @@ use crate::config::DEFAULT_TENANT;
 use crate::connection::{
     close_lingering, execute_multi, quota_error, Filled, ReadBuffer, RemoteBatches, Session,
 };
-use crate::protocol::{Command, ProtocolError, Reply};
+use crate::error::ProtocolError;
+use crate::protocol::{Command, Reply};
 use crate::router::{now_ms, CoreContext};
 use crate::shard::{
-    ExpireCondition, ShardReply, ShardRequest, SlotKey, Update, UpdateError, UpdateOutcome,
-    ValueRead,
+    ExpireCondition, MoveKind, ShardReply, ShardRequest, SlotKey, Update, UpdateError,
+    UpdateOutcome, ValueRead,
 };
 use crate::shutdown::{ConnectionDrain, StopSignal};
 
@@ -260,6 +261,8 @@ enum Finish {
     SetOk,
     /// SETNX: 1 or 0.
     SetNx,
+    /// A count (MSETNX: 1 or 0).
+    Count,
     /// An `Update`.
     Update(UpdateKind),
     /// TTL (seconds) or PTTL (ms).
@@ -282,6 +285,8 @@ enum UpdateKind {
     /// distinguished by Redis (it returns the old value either way).
     SetGet,
     Existed,
+    /// RENAME: OK once done.
+    Ok,
 }
 
 enum Pending {
@@ -410,7 +415,7 @@ impl RespConnection {
                             finish,
                         } => match self.remote.take(batch, index).await {
                             Ok(reply) => finish_reply(finish, reply, &self.session),
-                            Err(error) => RespValue::error(format!("ERR {}", error.message)),
+                            Err(error) => protocol_error(&error),
                         },
                     };
                     if let RespValue::Error(_) = &value {
@@ -458,15 +463,18 @@ impl RespConnection {
         request: impl FnOnce(SlotKey) -> ShardRequest,
         finish: Finish,
     ) -> Pending {
-        if key.len() > self.context.limits.max_key_bytes {
-            return Pending::Ready(RespValue::error(format!(
-                "ERR key of {} bytes exceeds max_key_bytes {}",
-                key.len(),
-                self.context.limits.max_key_bytes
-            )));
+        if let Some(error) = self.key_error(&key) {
+            return Pending::Ready(error);
         }
         let slot = hash_slot(&self.session.tenant_name, &key);
-        let request = self.session.reading(request(SlotKey { slot, key }));
+        let request = request(SlotKey { slot, key });
+        self.send_to_shard(slot, request, finish)
+    }
+
+    /// Sends `request`, whose keys all live on the shard of `slot`, on its
+    /// way: answered inline or joined to that shard's batch.
+    fn send_to_shard(&mut self, slot: u16, request: ShardRequest, finish: Finish) -> Pending {
+        let request = self.session.reading(request);
         let owner = self.context.slot_map.owner(slot);
         // Standalone: this core's keys are served inline. In cluster mode
         // every command joins its shard's batch, this core's too: a
@@ -487,6 +495,61 @@ impl RespConnection {
             index,
             finish,
         }
+    }
+
+    fn key_error(&self, key: &Bytes) -> Option<RespValue> {
+        (key.len() > self.context.limits.max_key_bytes).then(|| {
+            RespValue::error(format!(
+                "ERR key of {} bytes exceeds max_key_bytes {}",
+                key.len(),
+                self.context.limits.max_key_bytes
+            ))
+        })
+    }
+
+    /// The keys of a command that must run on one shard (MSETNX, RENAME,
+    /// COPY), with their slots, and the slot that names the shard; Redis
+    /// Cluster's CROSSSLOT error when they span shards (cross-shard
+    /// atomicity needs transactions, which do not exist yet).
+    fn one_shard(&self, keys: Vec<Bytes>) -> Result<(u16, Vec<SlotKey>), RespValue> {
+        if let Some(error) = keys.iter().find_map(|key| self.key_error(key)) {
+            return Err(error);
+        }
+        let keys: Vec<SlotKey> = keys
+            .into_iter()
+            .map(|key| SlotKey {
+                slot: hash_slot(&self.session.tenant_name, &key),
+                key,
+            })
+            .collect();
+        let first = keys.first().expect("at least one key").slot;
+        let owner = self.context.slot_map.owner(first);
+        if keys
+            .iter()
+            .any(|key| self.context.slot_map.owner(key.slot) != owner)
+        {
+            return Err(RespValue::error(
+                "CROSSSLOT Keys in request don't hash to the same shard (atomic multi-key commands across shards need transactions, not built yet)",
+            ));
+        }
+        Ok((first, keys))
+    }
+
+    /// RENAME, RENAMENX and COPY.
+    fn move_key(&mut self, from: Bytes, to: Bytes, how: MoveKind, finish: Finish) -> Pending {
+        let (slot, mut keys) = match self.one_shard(vec![from, to]) {
+            Ok(found) => found,
+            Err(error) => return Pending::Ready(error),
+        };
+        let to = keys.pop().expect("two keys");
+        let from = keys.pop().expect("two keys");
+        let request = ShardRequest::Move {
+            tenant: self.session.tenant,
+            from,
+            to,
+            how,
+        };
+        self.send_to_shard(slot, request, finish)
     }
 
     /// A read of one key, answered as `finish` says (GET, STRLEN, TTL...).
@@ -916,6 +979,82 @@ impl RespConnection {
                     _ => RespValue::Simple("OK"),
                 }
             }
+            "MSETNX" => {
+                arity!(argc >= 3 && argc % 2 == 1);
+                let flat: Vec<Bytes> = args.collect();
+                if let Some(error) = flat
+                    .iter()
+                    .skip(1)
+                    .step_by(2)
+                    .find_map(|v| self.value_ok(v))
+                {
+                    return ready(error);
+                }
+                let max_keys = self.context.limits.max_keys_per_request;
+                if flat.len() / 2 > max_keys {
+                    return ready(too_many_keys(flat.len() / 2, max_keys));
+                }
+                let (keys, values): (Vec<Bytes>, Vec<Bytes>) = flat
+                    .chunks(2)
+                    .map(|pair| (pair[0].clone(), pair[1].clone()))
+                    .unzip();
+                let (slot, keys) = match self.one_shard(keys) {
+                    Ok(found) => found,
+                    Err(error) => return ready(error),
+                };
+                let request = ShardRequest::SetManyIfAbsent {
+                    tenant,
+                    entries: keys.into_iter().zip(values).collect(),
+                };
+                return (self.send_to_shard(slot, request, Finish::Count), After::Continue);
+            }
+            "RENAME" | "RENAMENX" => {
+                arity!(argc == 3);
+                let from = args.next().expect("arity");
+                let to = args.next().expect("arity");
+                let (how, finish) = if name == "RENAME" {
+                    (MoveKind::Rename, Finish::Update(UpdateKind::Ok))
+                } else {
+                    (
+                        MoveKind::RenameIfAbsent,
+                        Finish::Update(UpdateKind::Existed),
+                    )
+                };
+                return (self.move_key(from, to, how, finish), After::Continue);
+            }
+            "COPY" => {
+                arity!(argc >= 3);
+                let from = args.next().expect("arity");
+                let to = args.next().expect("arity");
+                let mut replace = false;
+                while let Some(option) = args.next() {
+                    match option.to_ascii_uppercase().as_slice() {
+                        b"REPLACE" => replace = true,
+                        // Only the connection's own database is reachable.
+                        b"DB" => match args.next().as_deref().and_then(parse_i64) {
+                            Some(0) => {}
+                            Some(_) => {
+                                return ready(RespValue::error(
+                                    "ERR COPY to another database is not supported (a tenant is one database, docs/redis-compatibility.md)",
+                                ))
+                            }
+                            None => {
+                                return ready(RespValue::error(
+                                    "ERR value is not an integer or out of range",
+                                ))
+                            }
+                        },
+                        _ => return ready(RespValue::error("ERR syntax error")),
+                    }
+                }
+                let how = MoveKind::Copy { replace };
+                let finish = Finish::Update(UpdateKind::Existed);
+                return (self.move_key(from, to, how, finish), After::Continue);
+            }
+            "RANDOMKEY" => {
+                arity!(argc == 1);
+                self.random_key().await
+            }
             "KEYS" => {
                 arity!(argc == 2);
                 self.multi(Command::Keys {
@@ -957,7 +1096,7 @@ impl RespConnection {
                     _ => RespValue::Simple("OK"),
                 }
             }
-            "INFO" => RespValue::Verbatim(self.info().await),
+            "INFO" => RespValue::Verbatim(self.info(args.collect()).await),
             "COMMAND" => match args
                 .next()
                 .map(|sub| String::from_utf8_lossy(&sub).to_ascii_uppercase())
@@ -1175,23 +1314,215 @@ impl RespConnection {
         }
     }
 
-    async fn info(&mut self) -> String {
+    /// RANDOMKEY: a random key of a random slot. Scans from a random slot,
+    /// wrapping once past the last, and takes a random key of the first
+    /// slot step that has any; nil when the tenant has none. (Keys of
+    /// crowded slots are likelier than keys of sparse ones, as with
+    /// Redis's bucket sampling.)
+    async fn random_key(&mut self) -> RespValue {
         self.remote.flush_ordered(&self.context).await;
-        let keys = match execute_multi(&self.context, &self.session, Command::Count).await {
-            Ok(Reply::Count(count)) => count,
-            _ => 0,
-        };
-        let stats = &self.context.stats;
-        format!(
-            "# Server\r\nredis_version:7.0.0\r\ntinkerdb_version:{}\r\nredis_mode:standalone\r\narch_bits:64\r\nprocess_id:{}\r\ntcp_port:{}\r\n\r\n# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n\r\n# Keyspace\r\n{}",
-            env!("CARGO_PKG_VERSION"),
-            std::process::id(),
-            self.stream.local_addr().map(|a| a.port()).unwrap_or(0),
-            stats.connections_total.get(),
-            stats.requests_total.get(),
-            if keys > 0 { format!("db0:keys={keys},expires=0,avg_ttl=0\r\n") } else { String::new() }
-        )
+        let mut seed = random_seed(self.connection_id);
+        let start = (splitmix(&mut seed) % SLOT_COUNT as u64) as u32;
+        let mut cursor = start;
+        let mut wrapped = false;
+        loop {
+            let command = Command::Scan {
+                cursor,
+                prefix: Bytes::new(),
+                pattern: Bytes::new(),
+                count: 1,
+            };
+            match execute_multi(&self.context, &self.session, command).await {
+                Ok(Reply::Scanned { cursor: next, keys }) => {
+                    if !keys.is_empty() {
+                        let pick = (splitmix(&mut seed) % keys.len() as u64) as usize;
+                        return RespValue::Bulk(keys[pick].clone());
+                    }
+                    // Cursor 0: past the last slot.
+                    if next == 0 {
+                        if wrapped || start == 0 {
+                            return RespValue::Null;
+                        }
+                        wrapped = true;
+                        cursor = 0;
+                    } else {
+                        cursor = next as u32;
+                    }
+                    if wrapped && cursor >= start {
+                        return RespValue::Null;
+                    }
+                }
+                Ok(other) => return multi_reply(other),
+                Err(error) => return protocol_error(&error),
+            }
+        }
     }
+
+    /// INFO [section ...]: Redis's sections `server`, `clients`, `memory`,
+    /// `persistence`, `stats`, `replication`, `cpu` and `keyspace`;
+    /// `default` (none given), `all` and `everything` select them all.
+    /// Unknown sections are left out, as in Redis. Counters are this
+    /// core's (the connection's), as the node's are in `GET /v1/stats`.
+    async fn info(&mut self, sections: Vec<Bytes>) -> String {
+        let wanted: Vec<String> = sections
+            .iter()
+            .map(|section| String::from_utf8_lossy(section).to_ascii_lowercase())
+            .collect();
+        let every = wanted.is_empty()
+            || wanted
+                .iter()
+                .any(|s| matches!(s.as_str(), "default" | "all" | "everything"));
+        let want = |section: &str| every || wanted.iter().any(|s| s == section);
+        let mut text = String::new();
+        let mut section = |name: &str, fields: Vec<(&str, String)>| {
+            if !text.is_empty() {
+                text.push_str("\r\n");
+            }
+            text.push_str(&format!("# {name}\r\n"));
+            for (field, value) in fields {
+                text.push_str(&format!("{field}:{value}\r\n"));
+            }
+        };
+        let context = self.context.clone();
+        let stats = &context.stats;
+        let cluster = context.replica.get().is_some();
+        if want("server") {
+            section(
+                "Server",
+                vec![
+                    ("redis_version", "7.0.0".into()),
+                    ("tinkerdb_version", env!("CARGO_PKG_VERSION").into()),
+                    (
+                        "redis_mode",
+                        if cluster { "cluster" } else { "standalone" }.into(),
+                    ),
+                    ("os", std::env::consts::OS.into()),
+                    ("arch_bits", "64".into()),
+                    ("multiplexing_api", "io_uring".into()),
+                    ("process_id", std::process::id().to_string()),
+                    (
+                        "tcp_port",
+                        self.stream
+                            .local_addr()
+                            .map(|a| a.port())
+                            .unwrap_or(0)
+                            .to_string(),
+                    ),
+                    ("core", context.core.to_string()),
+                    ("cores", context.slot_map.cores().to_string()),
+                ],
+            );
+        }
+        if want("clients") {
+            section(
+                "Clients",
+                vec![(
+                    "connected_clients",
+                    stats.connections_open.get().to_string(),
+                )],
+            );
+        }
+        if want("memory") {
+            section(
+                "Memory",
+                vec![(
+                    "used_memory_rss",
+                    crate::platform::resident_bytes().to_string(),
+                )],
+            );
+        }
+        if want("persistence") {
+            let wal = context.wal.as_ref();
+            section(
+                "Persistence",
+                vec![
+                    ("loading", "0".into()),
+                    (
+                        "aof_enabled",
+                        u8::from(wal.is_some() || cluster).to_string(),
+                    ),
+                    (
+                        "tinkerdb_wal_durable_index",
+                        wal.map_or(0, |wal| wal.durable_index()).to_string(),
+                    ),
+                    (
+                        "tinkerdb_wal_poisoned",
+                        u8::from(wal.is_some_and(|wal| wal.poisoned().is_some())).to_string(),
+                    ),
+                ],
+            );
+        }
+        if want("stats") {
+            section(
+                "Stats",
+                vec![
+                    (
+                        "total_connections_received",
+                        stats.connections_total.get().to_string(),
+                    ),
+                    (
+                        "total_commands_processed",
+                        stats.requests_total.get().to_string(),
+                    ),
+                    ("total_error_replies", stats.errors_sum.get().to_string()),
+                ],
+            );
+        }
+        if want("replication") {
+            let mut fields = vec![("role", "master".to_string())];
+            if let Some(replica) = context.replica.get() {
+                let leader = replica.raft.current_leader().await;
+                fields.push(("tinkerdb_shard", replica.group.to_string()));
+                fields.push((
+                    "tinkerdb_shard_leader",
+                    leader.map_or_else(|| "none".into(), |id| id.to_string()),
+                ));
+            }
+            section("Replication", fields);
+        }
+        if want("cpu") {
+            let (user, system) = crate::platform::cpu_seconds();
+            section(
+                "CPU",
+                vec![
+                    ("used_cpu_user", format!("{user:.6}")),
+                    ("used_cpu_sys", format!("{system:.6}")),
+                ],
+            );
+        }
+        if want("keyspace") {
+            self.remote.flush_ordered(&self.context).await;
+            let keys = match execute_multi(&self.context, &self.session, Command::Count).await {
+                Ok(Reply::Count(count)) => count,
+                _ => 0,
+            };
+            let fields = if keys > 0 {
+                vec![("db0", format!("keys={keys},expires=0,avg_ttl=0"))]
+            } else {
+                Vec::new()
+            };
+            section("Keyspace", fields);
+        }
+        text
+    }
+}
+
+/// A seed for RANDOMKEY: the clock's nanoseconds mixed with the connection.
+fn random_seed(connection_id: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64;
+    nanos ^ connection_id.rotate_left(32)
+}
+
+/// SplitMix64: a small, fast generator (no cryptographic use).
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// Redis's SET options: `[NX|XX] [GET] [EX s|PX ms|EXAT s|PXAT ms|KEEPTTL]`.
@@ -1249,7 +1580,7 @@ fn storage_error(reason: &str) -> RespValue {
 fn finish_reply(finish: Finish, reply: ShardReply, session: &Session) -> RespValue {
     match (finish, reply) {
         (_, ShardReply::Refused(reason)) => storage_error(&reason),
-        (_, ShardReply::Error(error)) => RespValue::error(format!("ERR {}", error.message)),
+        (_, ShardReply::Error(error)) => protocol_error(&error),
         (Finish::Value, ShardReply::Value(value)) => {
             value.map_or(RespValue::Null, |read| RespValue::Bulk(read.value))
         }
@@ -1290,8 +1621,12 @@ fn finish_reply(finish: Finish, reply: ShardReply, session: &Session) -> RespVal
         (Finish::SetNx, ShardReply::Written(Ok(outcome))) => {
             RespValue::Integer(i64::from(outcome.applied))
         }
-        (Finish::SetOk | Finish::SetNx, ShardReply::Written(Err(error))) => {
+        (Finish::Count, ShardReply::Count(count)) => RespValue::Integer(count as i64),
+        (Finish::SetOk | Finish::SetNx | Finish::Count, ShardReply::Written(Err(error))) => {
             RespValue::error(format!("ERR {}", quota_error(&error, session).message))
+        }
+        (Finish::Update(UpdateKind::Ok), ShardReply::Updated(Ok(UpdateOutcome::Existed(_)))) => {
+            RespValue::Simple("OK")
         }
         (Finish::Update(kind), ShardReply::Updated(result)) => match result {
             Ok(UpdateOutcome::Integer(n)) => RespValue::Integer(n),
@@ -1310,6 +1645,10 @@ fn finish_reply(finish: Finish, reply: ShardReply, session: &Session) -> RespVal
             }
             Err(UpdateError::Overflow) => {
                 RespValue::error("ERR increment or decrement would overflow")
+            }
+            Err(UpdateError::NoSuchKey) => RespValue::error("ERR no such key"),
+            Err(UpdateError::SameObject) => {
+                RespValue::error("ERR source and destination objects are the same")
             }
             Err(UpdateError::Quota(error)) => {
                 let _ = kind;
@@ -1463,8 +1802,15 @@ fn multi_reply(reply: Reply) -> RespValue {
     }
 }
 
+/// A node's error as RESP: Redis Cluster's `MOVED slot host:port` when a
+/// shard lives on another node, `ERR message` otherwise.
 fn protocol_error(error: &ProtocolError) -> RespValue {
-    RespValue::error(format!("ERR {}", error.message))
+    match &error.owner {
+        Some(owner) if !owner.address.is_empty() => {
+            RespValue::error(format!("MOVED {} {}", owner.slot, owner.address))
+        }
+        _ => RespValue::error(format!("ERR {}", error.message)),
+    }
 }
 
 fn too_many_keys(count: usize, max: usize) -> RespValue {

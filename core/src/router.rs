@@ -29,7 +29,7 @@ use glommio::channels::shared_channel::{ConnectedReceiver, ConnectedSender};
 use tinkerdb_schemas::wire::ErrorCode;
 
 use crate::config::Limits;
-use crate::protocol::ProtocolError;
+use crate::error::ProtocolError;
 use crate::shard::{Shard, ShardReply, ShardRequest};
 use crate::slots::{CoreId, SlotMap};
 use crate::snapshots::SnapshotState;
@@ -53,7 +53,7 @@ pub struct CoreStats {
     /// Requests answered, errors included.
     pub requests_total: Cell<u64>,
     /// Requests answered with an error, by `ErrorCode` value.
-    pub errors_total: [Cell<u64>; 18],
+    pub errors_total: [Cell<u64>; 19],
     /// Client connections accepted.
     pub connections_total: Cell<u64>,
     /// Client connections open now.

@@ -20,6 +20,7 @@ use tinkerdb_storage::{
     Quota, SetOptions, Slot, Store, StoreError, TenantId, TenantUsage, WriteOutcome, SLOT_COUNT,
 };
 
+use crate::error::ProtocolError;
 use crate::slots::{CoreId, SlotMap};
 use crate::tenants::CoreTenants;
 use tinkerdb_storage::log_op::{LoggedOp, RECORD_KIND_KV};
@@ -139,6 +140,27 @@ pub enum ShardRequest {
         /// What to do.
         update: Update,
     },
+    /// Write every entry only if none of the keys exists, atomically on
+    /// this shard (MSETNX); answers `Count(1)` if written, `Count(0)` if a
+    /// key existed, or the quota error with nothing written.
+    SetManyIfAbsent {
+        /// Tenant.
+        tenant: TenantId,
+        /// Keys and values (every key on this shard).
+        entries: Vec<(SlotKey, Bytes)>,
+    },
+    /// Rename or copy one key to another of this shard, value and expiry
+    /// (RENAME, RENAMENX, COPY); answers `Updated(Existed(applied))`.
+    Move {
+        /// Tenant.
+        tenant: TenantId,
+        /// The source key.
+        from: SlotKey,
+        /// The destination key (on the same shard).
+        to: SlotKey,
+        /// Rename or copy, and what an existing destination does.
+        how: MoveKind,
+    },
     /// Remove every key of the tenant on this shard.
     Flush {
         /// Tenant.
@@ -203,6 +225,25 @@ pub enum Update {
     IncrByFloat(f64),
 }
 
+/// What a [`ShardRequest::Move`] does. It travels in Raft entries as it
+/// is (`write_op`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum MoveKind {
+    /// RENAME: the destination is overwritten; a missing source is
+    /// `UpdateError::NoSuchKey`.
+    Rename,
+    /// RENAMENX: nothing happens (answer false) if the destination exists;
+    /// a missing source is `UpdateError::NoSuchKey`.
+    RenameIfAbsent,
+    /// COPY: the source stays; an existing destination is overwritten only
+    /// with `replace` (else answer false); a missing source answers false;
+    /// the same key as source and destination is `UpdateError::SameObject`.
+    Copy {
+        /// COPY ... REPLACE.
+        replace: bool,
+    },
+}
+
 /// When an [`Update::Expire`] applies (Redis 7's EXPIRE options). It
 /// travels in Raft entries as it is (`write_op`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -250,6 +291,10 @@ pub enum UpdateError {
     NotFinite,
     /// The tenant's quota.
     Quota(StoreError),
+    /// RENAME or RENAMENX of a key that does not exist.
+    NoSuchKey,
+    /// COPY of a key onto itself.
+    SameObject,
 }
 
 /// A shard's answer, variant by variant matching [`ShardRequest`].
@@ -290,7 +335,7 @@ pub enum ShardReply {
     Snapshotted(Result<(u64, u64), String>),
     /// Cluster mode: refused with this error (no leader, a request not
     /// replicated yet, a refusal by the replicated state machine).
-    Error(crate::protocol::ProtocolError),
+    Error(ProtocolError),
 }
 
 /// Most entries one scan step looks at (live or not, matching or not)
@@ -469,6 +514,38 @@ impl Journal {
 }
 
 impl ShardRequest {
+    /// The first slot this request names that `owned` rejects (a batch's
+    /// requests are checked one by one when executed).
+    pub fn foreign_slot(&self, owned: impl Fn(Slot) -> bool) -> Option<Slot> {
+        let foreign = |slot: Slot| (!owned(slot)).then_some(slot);
+        match self {
+            ShardRequest::Get { key, .. }
+            | ShardRequest::Set { key, .. }
+            | ShardRequest::Update { key, .. } => foreign(key.slot),
+            ShardRequest::GetMany { keys, .. }
+            | ShardRequest::Delete { keys, .. }
+            | ShardRequest::Exists { keys, .. } => keys.iter().find_map(|key| foreign(key.slot)),
+            ShardRequest::SetMany { entries, .. }
+            | ShardRequest::SetManyIfAbsent { entries, .. } => {
+                entries.iter().find_map(|(key, _)| foreign(key.slot))
+            }
+            ShardRequest::Move { from, to, .. } => foreign(from.slot).or_else(|| foreign(to.slot)),
+            ShardRequest::Scan { start_slot, .. } => {
+                let slot = Slot::try_from(*start_slot).unwrap_or(Slot::MAX);
+                if usize::from(slot) >= SLOT_COUNT {
+                    return Some(slot);
+                }
+                foreign(slot)
+            }
+            ShardRequest::Stale(request) => request.foreign_slot(owned),
+            ShardRequest::Usage { .. }
+            | ShardRequest::Flush { .. }
+            | ShardRequest::Batch(_)
+            | ShardRequest::Snapshot
+            | ShardRequest::SetQuota { .. } => None,
+        }
+    }
+
     /// Does this request only read the store?
     pub fn is_read(&self) -> bool {
         matches!(
@@ -489,6 +566,8 @@ impl ShardRequest {
                 | ShardRequest::SetMany { .. }
                 | ShardRequest::Delete { .. }
                 | ShardRequest::Update { .. }
+                | ShardRequest::SetManyIfAbsent { .. }
+                | ShardRequest::Move { .. }
                 | ShardRequest::Flush { .. }
         )
     }
@@ -600,6 +679,12 @@ impl Shard {
     /// Every applied write is logged before this returns; the caller must
     /// not acknowledge it before [`Shard::take_ack_point`]'s index is durable.
     pub fn execute(&mut self, request: ShardRequest, now_ms: u64) -> ShardReply {
+        // A key of another shard gets a typed answer naming its owner,
+        // before anything is read or changed.
+        if let Some(slot) = request.foreign_slot(|slot| self.slot_map.owner(slot) == self.core) {
+            let owner = self.slot_map.owner(slot);
+            return ShardReply::Error(ProtocolError::wrong_shard(slot, owner));
+        }
         if request.is_write() {
             if let Some(reason) = self.journal.refusal() {
                 return ShardReply::Refused(reason);
@@ -611,16 +696,8 @@ impl Shard {
             store,
             journal,
         } = self;
-        let assert_owned = |slot: Slot| {
-            assert_eq!(
-                slot_map.owner(slot),
-                *core,
-                "slot {slot} routed to a core that does not own it"
-            );
-        };
         match request {
             ShardRequest::Get { tenant, key } => {
-                assert_owned(key.slot);
                 journal.observe(key.slot);
                 ShardReply::Value(read(store, tenant, &key, now_ms))
             }
@@ -630,7 +707,6 @@ impl Shard {
                 value,
                 options,
             } => {
-                assert_owned(key.slot);
                 // A refused condition (NX, XX, version) shows the slot's state.
                 journal.observe(key.slot);
                 journal.before_write(store, key.slot);
@@ -723,13 +799,61 @@ impl Shard {
                 key,
                 update,
             } => {
-                assert_owned(key.slot);
                 // A refused update (not an integer) shows the slot's state.
                 journal.observe(key.slot);
                 journal.before_write(store, key.slot);
                 let result = apply_update(store, tenant, &key, update, now_ms);
                 if result.is_ok() {
                     journal.log_state(store, tenant, &key);
+                }
+                ShardReply::Updated(result)
+            }
+            ShardRequest::SetManyIfAbsent { tenant, entries } => {
+                entries.iter().for_each(|(key, _)| {
+                    journal.observe(key.slot);
+                });
+                if entries
+                    .iter()
+                    .any(|(key, _)| store.exists(tenant, key.slot, &key.key, now_ms))
+                {
+                    return ShardReply::Count(0);
+                }
+                let if_absent = SetOptions {
+                    condition: tinkerdb_storage::WriteCondition::IfAbsent,
+                    expiry: tinkerdb_storage::Expiry::Never,
+                };
+                for (done, (key, value)) in entries.iter().enumerate() {
+                    journal.before_write(store, key.slot);
+                    if let Err(error) =
+                        store.set(tenant, key.slot, &key.key, value, if_absent, now_ms)
+                    {
+                        // All or nothing: the keys written so far were
+                        // absent, and nothing is logged yet.
+                        for (written, _) in &entries[..done] {
+                            store.delete(tenant, written.slot, &written.key, now_ms);
+                        }
+                        return ShardReply::Written(Err(error));
+                    }
+                }
+                for (key, _) in &entries {
+                    journal.log_state(store, tenant, key);
+                }
+                ShardReply::Count(1)
+            }
+            ShardRequest::Move {
+                tenant,
+                from,
+                to,
+                how,
+            } => {
+                journal.observe(from.slot);
+                journal.observe(to.slot);
+                journal.before_write(store, from.slot);
+                journal.before_write(store, to.slot);
+                let result = apply_move(store, tenant, &from, &to, how, now_ms);
+                if matches!(result, Ok(UpdateOutcome::Existed(true))) {
+                    journal.log_state(store, tenant, &from);
+                    journal.log_state(store, tenant, &to);
                 }
                 ShardReply::Updated(result)
             }
@@ -937,6 +1061,58 @@ fn apply_update(
     }
 }
 
+/// RENAME, RENAMENX and COPY on one shard (see [`MoveKind`]); synchronous,
+/// so atomic. Answers whether it moved or copied.
+fn apply_move(
+    store: &mut Store,
+    tenant: TenantId,
+    from: &SlotKey,
+    to: &SlotKey,
+    how: MoveKind,
+    now_ms: u64,
+) -> Result<UpdateOutcome, UpdateError> {
+    let Some(source) = read(store, tenant, from, now_ms) else {
+        return match how {
+            MoveKind::Copy { .. } => Ok(UpdateOutcome::Existed(false)),
+            MoveKind::Rename | MoveKind::RenameIfAbsent => Err(UpdateError::NoSuchKey),
+        };
+    };
+    if from.key == to.key {
+        return match how {
+            // Redis: RENAME of a key onto itself is OK, RENAMENX answers 0.
+            MoveKind::Rename => Ok(UpdateOutcome::Existed(true)),
+            MoveKind::RenameIfAbsent => Ok(UpdateOutcome::Existed(false)),
+            MoveKind::Copy { .. } => Err(UpdateError::SameObject),
+        };
+    }
+    let overwrite = matches!(how, MoveKind::Rename | MoveKind::Copy { replace: true });
+    if !overwrite && store.exists(tenant, to.slot, &to.key, now_ms) {
+        return Ok(UpdateOutcome::Existed(false));
+    }
+    let options = SetOptions {
+        condition: tinkerdb_storage::WriteCondition::Always,
+        expiry: source.expires_at_ms.map_or(
+            tinkerdb_storage::Expiry::Never,
+            tinkerdb_storage::Expiry::AtMs,
+        ),
+    };
+    let renaming = !matches!(how, MoveKind::Copy { .. });
+    if renaming {
+        // Free the source first: a rename never adds a key, so it must not
+        // hit the key quota on the way.
+        store.delete(tenant, from.slot, &from.key, now_ms);
+    }
+    if let Err(error) = store.set(tenant, to.slot, &to.key, &source.value, options, now_ms) {
+        if renaming {
+            store
+                .set(tenant, from.slot, &from.key, &source.value, options, now_ms)
+                .expect("the source's own room was just freed");
+        }
+        return Err(UpdateError::Quota(error));
+    }
+    Ok(UpdateOutcome::Existed(true))
+}
+
 fn read(store: &Store, tenant: TenantId, key: &SlotKey, now_ms: u64) -> Option<ValueRead> {
     store
         .get(tenant, key.slot, &key.key, now_ms)
@@ -1122,5 +1298,155 @@ mod tests {
         assert_eq!(apply(&mut store, "r", range(0, b"ab"), now), "len 5");
         assert_eq!(apply(&mut store, "empty", range(9, b""), now), "len 0");
         assert!(read(&store, TENANT, &key("empty"), now).is_none());
+    }
+
+    /// A shard of core 0 of a 2-core node, without a WAL.
+    fn shard_of_core_0() -> Shard {
+        let specs = vec![tinkerdb_admin::tenants_file::TenantSpec {
+            name: "default".into(),
+            max_keys: Some(3),
+            max_bytes: None,
+        }];
+        let registry = Arc::new(crate::tenants::TenantRegistry::new(&specs));
+        let tenants = Rc::new(CoreTenants::new(registry));
+        let slot_map = Arc::new(SlotMap::contiguous(2));
+        let mut shard = Shard::new(0, slot_map, Store::new(), Journal::new(None, tenants));
+        shard.store_mut().set_quota(
+            TENANT,
+            Quota {
+                max_keys: Some(3),
+                max_bytes: None,
+            },
+        );
+        shard
+    }
+
+    /// `count` keys of `core`'s slots under a 2-core map, `prefix` + n.
+    fn keys_of(core: CoreId, prefix: &str, count: usize) -> Vec<SlotKey> {
+        let map = SlotMap::contiguous(2);
+        (0..)
+            .map(|n| key(&format!("{prefix}{n}")))
+            .filter(|key| map.owner(key.slot) == core)
+            .take(count)
+            .collect()
+    }
+
+    #[test]
+    fn a_key_of_another_core_gets_wrong_shard_naming_the_owner_and_changes_nothing() {
+        let mut shard = shard_of_core_0();
+        let mine = keys_of(0, "m", 1).remove(0);
+        let theirs = keys_of(1, "t", 1).remove(0);
+        let now = 1_000;
+        let write = ShardRequest::SetMany {
+            tenant: TENANT,
+            entries: vec![
+                (mine.clone(), Bytes::from_static(b"1")),
+                (theirs.clone(), Bytes::from_static(b"2")),
+            ],
+        };
+        match shard.execute(write, now) {
+            ShardReply::Error(error) => {
+                assert_eq!(error.code, tinkerdb_schemas::wire::ErrorCode::WrongShard);
+                let owner = error.owner.expect("names the owner");
+                assert_eq!((owner.slot, owner.core), (theirs.slot, 1));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Refused whole: the key of this core was not written either.
+        assert!(read(shard.store(), TENANT, &mine, now).is_none());
+        let scan = ShardRequest::Scan {
+            tenant: TENANT,
+            start_slot: SLOT_COUNT as u32 - 1,
+            filter: Arc::new(KeyFilter::default()),
+            max_keys: 10,
+        };
+        assert!(matches!(shard.execute(scan, now), ShardReply::Error(_)));
+    }
+
+    #[test]
+    fn set_many_if_absent_is_all_or_nothing_quota_included() {
+        let mut shard = shard_of_core_0();
+        let keys = keys_of(0, "k", 4);
+        let now = 1_000;
+        let entries = |keys: &[SlotKey]| {
+            keys.iter()
+                .map(|key| (key.clone(), Bytes::from_static(b"v")))
+                .collect::<Vec<_>>()
+        };
+        let msetnx = |keys: &[SlotKey]| ShardRequest::SetManyIfAbsent {
+            tenant: TENANT,
+            entries: entries(keys),
+        };
+        assert!(matches!(
+            shard.execute(msetnx(&keys[..2]), now),
+            ShardReply::Count(1)
+        ));
+        // One key exists: nothing is written.
+        assert!(matches!(
+            shard.execute(msetnx(&keys[1..3]), now),
+            ShardReply::Count(0)
+        ));
+        assert!(read(shard.store(), TENANT, &keys[2], now).is_none());
+        // Two more keys pass the 3-key quota: refused, and the first of them
+        // (which fitted) is taken back.
+        assert!(matches!(
+            shard.execute(msetnx(&keys[2..4]), now),
+            ShardReply::Written(Err(_))
+        ));
+        assert!(read(shard.store(), TENANT, &keys[2], now).is_none());
+        assert_eq!(shard.store().tenant_usage(TENANT).keys, 2);
+    }
+
+    #[test]
+    fn rename_and_copy_follow_redis_and_keep_the_expiry() {
+        let mut store = Store::new();
+        let now = 1_000;
+        let mv = |store: &mut Store, from: &str, to: &str, how: MoveKind| match apply_move(
+            store,
+            TENANT,
+            &key(from),
+            &key(to),
+            how,
+            now,
+        ) {
+            Ok(UpdateOutcome::Existed(done)) => format!("{done}"),
+            other => format!("{other:?}"),
+        };
+        put(&mut store, "a", "1", Some(9_000), now);
+        put(&mut store, "b", "2", None, now);
+        assert_eq!(mv(&mut store, "a", "b", MoveKind::RenameIfAbsent), "false");
+        assert_eq!(mv(&mut store, "a", "c", MoveKind::Rename), "true");
+        assert_eq!(ttl(&store, "c", now), Some(Some(9_000)));
+        assert_eq!(ttl(&store, "a", now), None);
+        assert_eq!(mv(&mut store, "a", "c", MoveKind::Rename), "Err(NoSuchKey)");
+        assert_eq!(
+            mv(&mut store, "a", "c", MoveKind::RenameIfAbsent),
+            "Err(NoSuchKey)"
+        );
+        assert_eq!(mv(&mut store, "c", "c", MoveKind::Rename), "true");
+        assert_eq!(mv(&mut store, "c", "c", MoveKind::RenameIfAbsent), "false");
+        let copy = |replace| MoveKind::Copy { replace };
+        assert_eq!(mv(&mut store, "c", "c", copy(false)), "Err(SameObject)");
+        assert_eq!(mv(&mut store, "a", "z", copy(false)), "false");
+        assert_eq!(mv(&mut store, "c", "b", copy(false)), "false");
+        assert_eq!(mv(&mut store, "c", "b", copy(true)), "true");
+        assert_eq!(ttl(&store, "b", now), Some(Some(9_000)));
+        assert_eq!(ttl(&store, "c", now), Some(Some(9_000)));
+        // An expired source is no source.
+        assert_eq!(mv(&mut store, "c", "d", MoveKind::Rename), "true");
+        assert_eq!(
+            match apply_move(
+                &mut store,
+                TENANT,
+                &key("d"),
+                &key("e"),
+                MoveKind::Rename,
+                9_000
+            ) {
+                Ok(_) => "moved".to_string(),
+                Err(error) => format!("{error:?}"),
+            },
+            "NoSuchKey"
+        );
     }
 }

@@ -28,7 +28,8 @@ use tinkerdb_storage::{
 };
 
 use crate::shard::{
-    ExpireCondition, ShardReply, ShardRequest, SlotKey, Update, UpdateError, UpdateOutcome,
+    ExpireCondition, MoveKind, ShardReply, ShardRequest, SlotKey, Update, UpdateError,
+    UpdateOutcome,
 };
 
 /// A write's condition, as it travels.
@@ -177,6 +178,20 @@ pub enum WriteOp {
     },
     /// `ShardRequest::Flush`.
     Flush,
+    /// `ShardRequest::SetManyIfAbsent`.
+    SetManyIfAbsent {
+        /// Keys and values.
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+    /// `ShardRequest::Move`.
+    Move {
+        /// The source key.
+        from: Vec<u8>,
+        /// The destination key.
+        to: Vec<u8>,
+        /// Rename or copy.
+        how: MoveKind,
+    },
 }
 
 /// Condition and expiry of a [`WriteOp`] (opaque outside this module).
@@ -251,6 +266,28 @@ impl WriteOp {
                 (*tenant, op)
             }
             ShardRequest::Flush { tenant } => (*tenant, WriteOp::Flush),
+            ShardRequest::SetManyIfAbsent { tenant, entries } => (
+                *tenant,
+                WriteOp::SetManyIfAbsent {
+                    entries: entries
+                        .iter()
+                        .map(|(slot_key, value)| (key(slot_key), value.to_vec()))
+                        .collect(),
+                },
+            ),
+            ShardRequest::Move {
+                tenant,
+                from,
+                to,
+                how,
+            } => (
+                *tenant,
+                WriteOp::Move {
+                    from: key(from),
+                    to: key(to),
+                    how: *how,
+                },
+            ),
             _ => return None,
         };
         Some(op)
@@ -268,7 +305,10 @@ impl WriteOp {
             | WriteOp::GetAndExpire { key, .. }
             | WriteOp::SetRange { key, .. }
             | WriteOp::IncrByFloat { key, .. } => vec![key],
-            WriteOp::SetMany { entries } => entries.iter().map(|(key, _)| &key[..]).collect(),
+            WriteOp::SetMany { entries } | WriteOp::SetManyIfAbsent { entries } => {
+                entries.iter().map(|(key, _)| &key[..]).collect()
+            }
+            WriteOp::Move { from, to, .. } => vec![from, to],
             WriteOp::Delete { keys } => keys.iter().map(|key| &key[..]).collect(),
             WriteOp::Flush => Vec::new(),
         }
@@ -340,6 +380,19 @@ impl WriteOp {
             ),
             WriteOp::IncrByFloat { key, by } => update(key, Update::IncrByFloat(by)),
             WriteOp::Flush => ShardRequest::Flush { tenant },
+            WriteOp::SetManyIfAbsent { entries } => ShardRequest::SetManyIfAbsent {
+                tenant,
+                entries: entries
+                    .into_iter()
+                    .map(|(key, value)| (slot_key(key), Bytes::from(value)))
+                    .collect(),
+            },
+            WriteOp::Move { from, to, how } => ShardRequest::Move {
+                tenant,
+                from: slot_key(from),
+                to: slot_key(to),
+                how,
+            },
         }
     }
 }
@@ -419,6 +472,10 @@ pub enum OpAnswer {
     NotFinite,
     /// `UpdateError::Quota`.
     UpdateRefused(QuotaRefusalOnWire),
+    /// `UpdateError::NoSuchKey`.
+    NoSuchKey,
+    /// `UpdateError::SameObject`.
+    SameObject,
 }
 
 /// A quota refusal inside an [`OpAnswer`] (opaque outside this module).
@@ -456,6 +513,8 @@ impl OpAnswer {
                 UpdateError::NotAFloat => OpAnswer::NotAFloat,
                 UpdateError::NotFinite => OpAnswer::NotFinite,
                 UpdateError::Quota(error) => OpAnswer::UpdateRefused(refusal(&error)),
+                UpdateError::NoSuchKey => OpAnswer::NoSuchKey,
+                UpdateError::SameObject => OpAnswer::SameObject,
             },
             // A replica's shard keeps no journal (the Raft log is its
             // durability), so it never refuses for storage.
@@ -491,6 +550,8 @@ impl OpAnswer {
             OpAnswer::UpdateRefused(refusal) => {
                 ShardReply::Updated(Err(UpdateError::Quota(refusal.0.error(tenant))))
             }
+            OpAnswer::NoSuchKey => ShardReply::Updated(Err(UpdateError::NoSuchKey)),
+            OpAnswer::SameObject => ShardReply::Updated(Err(UpdateError::SameObject)),
         }
     }
 }
@@ -581,6 +642,16 @@ mod tests {
                 update: Update::IncrByFloat(-0.25),
             },
             ShardRequest::Flush { tenant: 3 },
+            ShardRequest::SetManyIfAbsent {
+                tenant: 3,
+                entries: vec![(key("a"), Bytes::from_static(b"x"))],
+            },
+            ShardRequest::Move {
+                tenant: 3,
+                from: key("a"),
+                to: key("b"),
+                how: MoveKind::Copy { replace: true },
+            },
         ];
         let ops: Vec<WriteOp> = requests
             .iter()

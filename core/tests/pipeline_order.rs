@@ -74,7 +74,7 @@ fn pipelined_requests_apply_in_order() {
                     "GET after MSET sees it"
                 );
             }
-            (_, Response::Error { code, message }) => panic!("error {code:?}: {message}"),
+            (_, Response::Error { code, message, .. }) => panic!("error {code:?}: {message}"),
             _ => {}
         }
     }

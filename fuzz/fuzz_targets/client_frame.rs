@@ -343,6 +343,7 @@ fuzz_target!(|data: &[u8]| {
             let expected = Response::Error {
                 code: error.code,
                 message: error.message.clone(),
+                owner: None,
             };
             check_reply(id, &Reply::Error(error), expected, &limits);
         }

@@ -13,10 +13,10 @@ pub mod wire {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 17;
+pub const ENUM_MAX_ERROR_CODE: u16 = 18;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 18] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 19] = [
   ErrorCode::None,
   ErrorCode::MalformedFrame,
   ErrorCode::UnsupportedVersion,
@@ -35,6 +35,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 18] = [
   ErrorCode::Internal,
   ErrorCode::StorageFailed,
   ErrorCode::Unavailable,
+  ErrorCode::WrongShard,
 ];
 
 /// Why a request failed. Stable numbers: clients switch on them.
@@ -88,9 +89,13 @@ impl ErrorCode {
   /// quorum). Nothing was applied, or, for a write that was proposed, its
   /// outcome is unknown: retry (idempotent writes) or read back.
   pub const Unavailable: Self = Self(17);
+  /// The key's shard is not on the core or node that got the request (a
+  /// routing bug, or, once ranges move, a stale route). Nothing was
+  /// applied. The Error's `owner` names where the shard is now: retry there.
+  pub const WrongShard: Self = Self(18);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 17;
+  pub const ENUM_MAX: u16 = 18;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::MalformedFrame,
@@ -110,6 +115,7 @@ impl ErrorCode {
     Self::Internal,
     Self::StorageFailed,
     Self::Unavailable,
+    Self::WrongShard,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -132,6 +138,7 @@ impl ErrorCode {
       Self::Internal => Some("Internal"),
       Self::StorageFailed => Some("StorageFailed"),
       Self::Unavailable => Some("Unavailable"),
+      Self::WrongShard => Some("WrongShard"),
       _ => None,
     }
   }
@@ -2826,6 +2833,158 @@ impl ::core::fmt::Debug for RequestFrame<'_> {
       ds.finish()
   }
 }
+pub enum ShardOwnerOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Where a key's shard lives now (sent with WrongShard).
+pub struct ShardOwner<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ShardOwner<'a> {
+  type Inner = ShardOwner<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ShardOwner<'a> {
+  pub const VT_SLOT: ::flatbuffers::VOffsetT = 4;
+  pub const VT_CORE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_NODE: ::flatbuffers::VOffsetT = 8;
+  pub const VT_ADDRESS: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ShardOwner { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ShardOwnerArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ShardOwner<'bldr>> {
+    let mut builder = ShardOwnerBuilder::new(_fbb);
+    builder.add_node(args.node);
+    if let Some(x) = args.address { builder.add_address(x); }
+    builder.add_core(args.core);
+    builder.add_slot(args.slot);
+    builder.finish()
+  }
+
+
+  /// The key's hash slot.
+  #[inline]
+  pub fn slot(&self) -> u16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u16>(ShardOwner::VT_SLOT, Some(0)).unwrap()}
+  }
+  /// The core that owns the slot on `node`.
+  #[inline]
+  pub fn core(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(ShardOwner::VT_CORE, Some(0)).unwrap()}
+  }
+  /// The owning node's id in a cluster; 0 for the node that answered.
+  #[inline]
+  pub fn node(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ShardOwner::VT_NODE, Some(0)).unwrap()}
+  }
+  /// The owning node's client address; empty for the node that answered.
+  #[inline]
+  pub fn address(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ShardOwner::VT_ADDRESS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ShardOwner<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u16>("slot", Self::VT_SLOT, false)?
+     .visit_field::<u32>("core", Self::VT_CORE, false)?
+     .visit_field::<u64>("node", Self::VT_NODE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("address", Self::VT_ADDRESS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ShardOwnerArgs<'a> {
+    pub slot: u16,
+    pub core: u32,
+    pub node: u64,
+    pub address: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for ShardOwnerArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ShardOwnerArgs {
+      slot: 0,
+      core: 0,
+      node: 0,
+      address: None,
+    }
+  }
+}
+
+pub struct ShardOwnerBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ShardOwnerBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_slot(&mut self, slot: u16) {
+    self.fbb_.push_slot::<u16>(ShardOwner::VT_SLOT, slot, 0);
+  }
+  #[inline]
+  pub fn add_core(&mut self, core: u32) {
+    self.fbb_.push_slot::<u32>(ShardOwner::VT_CORE, core, 0);
+  }
+  #[inline]
+  pub fn add_node(&mut self, node: u64) {
+    self.fbb_.push_slot::<u64>(ShardOwner::VT_NODE, node, 0);
+  }
+  #[inline]
+  pub fn add_address(&mut self, address: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ShardOwner::VT_ADDRESS, address);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ShardOwnerBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ShardOwnerBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ShardOwner<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ShardOwner<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ShardOwner");
+      ds.field("slot", &self.slot());
+      ds.field("core", &self.core());
+      ds.field("node", &self.node());
+      ds.field("address", &self.address());
+      ds.finish()
+  }
+}
 pub enum ErrorOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2844,6 +3003,7 @@ impl<'a> ::flatbuffers::Follow<'a> for Error<'a> {
 impl<'a> Error<'a> {
   pub const VT_CODE: ::flatbuffers::VOffsetT = 4;
   pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_OWNER: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2855,6 +3015,7 @@ impl<'a> Error<'a> {
     args: &'args ErrorArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Error<'bldr>> {
     let mut builder = ErrorBuilder::new(_fbb);
+    if let Some(x) = args.owner { builder.add_owner(x); }
     if let Some(x) = args.message { builder.add_message(x); }
     builder.add_code(args.code);
     builder.finish()
@@ -2875,6 +3036,14 @@ impl<'a> Error<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Error::VT_MESSAGE, None)}
   }
+  /// Set with WrongShard only.
+  #[inline]
+  pub fn owner(&self) -> Option<ShardOwner<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<ShardOwner>>(Error::VT_OWNER, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Error<'_> {
@@ -2885,6 +3054,7 @@ impl ::flatbuffers::Verifiable for Error<'_> {
     v.visit_table(pos)?
      .visit_field::<ErrorCode>("code", Self::VT_CODE, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("message", Self::VT_MESSAGE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<ShardOwner>>("owner", Self::VT_OWNER, false)?
      .finish();
     Ok(())
   }
@@ -2892,6 +3062,7 @@ impl ::flatbuffers::Verifiable for Error<'_> {
 pub struct ErrorArgs<'a> {
     pub code: ErrorCode,
     pub message: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub owner: Option<::flatbuffers::WIPOffset<ShardOwner<'a>>>,
 }
 impl<'a> Default for ErrorArgs<'a> {
   #[inline]
@@ -2899,6 +3070,7 @@ impl<'a> Default for ErrorArgs<'a> {
     ErrorArgs {
       code: ErrorCode::None,
       message: None,
+      owner: None,
     }
   }
 }
@@ -2915,6 +3087,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ErrorBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_message(&mut self, message: ::flatbuffers::WIPOffset<&'b  str>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Error::VT_MESSAGE, message);
+  }
+  #[inline]
+  pub fn add_owner(&mut self, owner: ::flatbuffers::WIPOffset<ShardOwner<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<ShardOwner>>(Error::VT_OWNER, owner);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ErrorBuilder<'a, 'b, A> {
@@ -2936,6 +3112,7 @@ impl ::core::fmt::Debug for Error<'_> {
     let mut ds = f.debug_struct("Error");
       ds.field("code", &self.code());
       ds.field("message", &self.message());
+      ds.field("owner", &self.owner());
       ds.finish()
   }
 }

@@ -1,0 +1,62 @@
+//! The error every front end turns into its own wire form: a stable code
+//! (`tinkerdb_schemas::wire::ErrorCode`, the flatbuffers protocol's
+//! numbers) and a message. It lives below every module of the data path
+//! (shards answer with it, front ends encode it), so none of them imports
+//! another for it.
+
+use tinkerdb_schemas::wire::ErrorCode;
+
+use crate::slots::CoreId;
+
+/// A request that cannot be executed, with the code the client sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolError {
+    /// Stable error code.
+    pub code: ErrorCode,
+    /// Human-readable detail.
+    pub message: String,
+    /// With `WrongShard`: where the key's shard is now.
+    pub owner: Option<ShardOwner>,
+}
+
+/// Where a key's shard lives (sent with `ErrorCode::WrongShard`, encoded
+/// in the flatbuffers `Error.owner` and RESP's `MOVED`-like text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardOwner {
+    /// The key's hash slot.
+    pub slot: u16,
+    /// The core that owns the slot on `node`.
+    pub core: CoreId,
+    /// The owning node's id in a cluster; 0 for the node that answered.
+    pub node: u64,
+    /// The owning node's client address; empty for the node that answered.
+    pub address: String,
+}
+
+impl ProtocolError {
+    /// An error with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ProtocolError {
+        ProtocolError {
+            code,
+            message: message.into(),
+            owner: None,
+        }
+    }
+
+    /// `WrongShard`: slot `slot` reached a core that does not own it; `core`
+    /// of this node does. Nothing was applied.
+    pub fn wrong_shard(slot: u16, core: CoreId) -> ProtocolError {
+        ProtocolError {
+            code: ErrorCode::WrongShard,
+            message: format!(
+                "slot {slot} is owned by core {core} of this node, not the core that got it"
+            ),
+            owner: Some(ShardOwner {
+                slot,
+                core,
+                node: 0,
+                address: String::new(),
+            }),
+        }
+    }
+}
