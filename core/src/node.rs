@@ -28,19 +28,21 @@ use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::NodeConfig;
-use crate::connection::serve_connection;
-use crate::listener::PortSharing;
-use crate::recovery::recover_core;
-use crate::router::{now_ms, serve_peer, CoreContext, CoreMessage};
+use crate::coord::context::{now_ms, CoreContext, CoreMessage};
+use crate::coord::dispatch::serve_peer;
+use crate::coord::snapshots::drive_snapshots;
+use crate::frontend::fbs::serve_connection;
+use crate::net::listener::PortSharing;
+use crate::shard::recovery::recover_core;
 use crate::shard::{Journal, Shard};
 use crate::shutdown::{stop_signal, CoreStopSignals, StopSignal};
 use crate::slots::{CoreId, SlotMap};
-use crate::snapshots::drive_snapshots;
 use crate::tenants::{CoreTenants, TenantRegistry};
 use tinkerdb_admin::tenants_file::{self, TenantSpec};
 use tinkerdb_admin::{CoreInbox, NodeFacts, NodeHandle};
 
-use crate::admin_service::{apply_quotas, serve_admin};
+use crate::coord::quotas::apply_quotas;
+use crate::frontend::admin::serve_admin;
 
 /// Memory each executor registers with io_uring for its I/O buffers. Kept
 /// small: the default `ulimit -l` here is 8 MiB for the whole process.
@@ -494,7 +496,7 @@ struct CoreSetup {
 async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
     let core = setup.core;
     let bind = |addr: SocketAddr, what: &str| {
-        crate::listener::bind(addr, PortSharing::AllCores)
+        crate::net::listener::bind(addr, PortSharing::AllCores)
             .and_then(|listener| Ok((listener.local_addr()?, listener)))
             .map_err(|error| anyhow!("core {core} cannot listen for {what} on {addr}: {error}"))
     };
@@ -544,7 +546,7 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
         // group re-applies it into an empty store when it starts.
         std::fs::create_dir_all(&core_dir)
             .with_context(|| format!("cannot create {}", core_dir.display()))?;
-        crate::recovery::RecoveredCore::empty()
+        crate::shard::recovery::RecoveredCore::empty()
     } else {
         recover_core(&core_dir, &setup.tenants, mode)
             .with_context(|| format!("core {core} cannot recover from {}", core_dir.display()))?
@@ -745,7 +747,7 @@ async fn accept_loop(
             match protocol {
                 Protocol::Flatbuffers => serve_connection(context.clone(), stream, drain).await,
                 Protocol::Resp => {
-                    crate::resp::serve_resp_connection(
+                    crate::frontend::resp::serve_resp_connection(
                         context.clone(),
                         stream,
                         connection_id,
@@ -779,10 +781,10 @@ async fn refuse_connection(mut stream: glommio::net::TcpStream, protocol: Protoc
     let mut builder = flatbuffers::FlatBufferBuilder::new();
     let mut out = Vec::new();
     let limits = crate::config::Limits::default();
-    crate::protocol::encode_reply(
+    crate::frontend::fbs::codec::encode_reply(
         &mut builder,
         0,
-        &crate::protocol::Reply::Error(error),
+        &crate::coord::request::Reply::Error(error),
         &limits,
         0,
         &mut out,

@@ -3,7 +3,7 @@
 //! groups) where every write goes through node 3 and every read through
 //! node 1. Both must give the same answers, byte for byte: the cluster
 //! applies each write with the same code as the standalone node, through
-//! Raft (`core/src/write_op.rs`), and its reads are linearizable.
+//! Raft (`core/src/shard/write_op.rs`), and its reads are linearizable.
 
 mod common;
 

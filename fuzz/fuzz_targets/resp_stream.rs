@@ -17,7 +17,7 @@
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use tinkerdb_core::config::Limits;
-use tinkerdb_core::resp::{parse_command, Parsed, RESP_MAX_INLINE_BYTES};
+use tinkerdb_core::frontend::resp::{parse_command, Parsed, RESP_MAX_INLINE_BYTES};
 
 #[derive(Debug, PartialEq)]
 enum Event {

@@ -243,7 +243,7 @@ fn commands() -> Vec<Command> {
 
 /// The operations of a pipeline, encoded as the node proposes them.
 fn ops_payload() -> Vec<u8> {
-    use tinkerdb_core::write_op::{encode_ops, WriteOp};
+    use tinkerdb_core::shard::write_op::{encode_ops, WriteOp};
     let requests = ops_requests();
     let ops: Vec<WriteOp> = requests
         .iter()

@@ -14,25 +14,24 @@
 //!   once-a-second sample).
 
 use std::rc::Rc;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use tinkerdb_admin::link::{
     CoreRequest, CoreResponse, Envelope, KeyOp, StoredValue, Usage, MAX_SCAN_PAGE_KEYS,
 };
 use tinkerdb_admin::report::{CoreReport, SnapshotInfo};
-use tinkerdb_admin::tenants_file::TenantSpec;
 use tinkerdb_admin::{ApiError, CoreInbox, ErrorCode as ApiCode};
 use tinkerdb_schemas::wire::ErrorCode;
 use tinkerdb_storage::hash_slot;
 use tinkerdb_storage::WriteCondition;
 
-use crate::connection::{execute_multi, set_options, single_key_reply, Session};
+use crate::coord::context::CoreContext;
+use crate::coord::multi::{execute_multi, set_options, single_key_reply};
+use crate::coord::quotas::install_tenants;
+use crate::coord::request::{Command, Reply};
+use crate::coord::session::Session;
 use crate::error::ProtocolError;
-use crate::protocol::{Command, Reply};
-use crate::router::{now_ms, CoreContext};
-use crate::shard::{ShardReply, ShardRequest, SlotKey};
-use crate::tenants::{quota_share, TenantRegistry};
+use crate::shard::{ShardRequest, SlotKey};
 
 /// Serves this core's admin channel until the admin plane closes it.
 pub async fn serve_admin(context: Rc<CoreContext>, mut inbox: CoreInbox) {
@@ -142,17 +141,8 @@ async fn run_command(
 ) -> Result<Reply, ProtocolError> {
     let session = match session {
         Some(session) => session.clone(),
-        None => {
-            let tenant = context
-                .tenants
-                .by_name(crate::config::DEFAULT_TENANT)
-                .expect("the default tenant always exists");
-            Session {
-                tenant: tenant.id,
-                tenant_name: tenant.name,
-                stale_reads: false,
-            }
-        }
+        None => Session::open(&context.tenants, crate::config::DEFAULT_TENANT, false)
+            .expect("the default tenant always exists"),
     };
     let single = |key: Bytes| {
         let slot = hash_slot(&session.tenant_name, &key);
@@ -194,13 +184,12 @@ async fn run_command(
 }
 
 async fn key_op(context: &CoreContext, tenant: &str, op: KeyOp) -> CoreResponse {
-    let Some(found) = context.tenants.by_name(tenant) else {
-        return CoreResponse::Failed(tinkerdb_admin::api::unknown_tenant(tenant));
-    };
-    let session = Session {
-        tenant: found.id,
-        tenant_name: found.name,
-        stale_reads: matches!(op, KeyOp::Get { stale: true, .. }),
+    let stale_reads = matches!(op, KeyOp::Get { stale: true, .. });
+    // The admin API names its tenant in the path: an empty one is not
+    // `default` there.
+    let session = match Session::open(&context.tenants, tenant, stale_reads) {
+        Ok(session) if !tenant.is_empty() => session,
+        _ => return CoreResponse::Failed(tinkerdb_admin::api::unknown_tenant(tenant)),
     };
     let command = match op {
         KeyOp::Get { key, .. } => Command::Get { key },
@@ -418,29 +407,4 @@ fn tenant_usage(context: &CoreContext) -> Vec<Usage> {
             }
         })
         .collect()
-}
-
-/// Installs a new tenant list on this core and sets this core's share of
-/// every quota.
-pub fn install_tenants(context: &CoreContext, specs: &[TenantSpec]) {
-    let registry = Arc::new(TenantRegistry::new(specs));
-    context.tenants.install(registry.clone());
-    apply_quotas(context, &registry);
-}
-
-/// Sets this core's share of every tenant's quota.
-pub fn apply_quotas(context: &CoreContext, registry: &TenantRegistry) {
-    let slots = context.slot_map.slot_range(context.core);
-    let mut shard = context.shard.borrow_mut();
-    for tenant in registry.iter() {
-        let quota = quota_share(tenant.quota, slots.clone());
-        let reply = shard.execute(
-            ShardRequest::SetQuota {
-                tenant: tenant.id,
-                quota,
-            },
-            now_ms(),
-        );
-        debug_assert!(matches!(reply, ShardReply::Done));
-    }
 }

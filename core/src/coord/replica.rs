@@ -40,29 +40,23 @@
 //! there. A pipeline's consecutive writes for one shard travel as one
 //! entry. Not replicated: on-demand snapshots (Raft takes its own).
 
-use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use tinkerdb_replication::group::{
-    self, CoreGroups, GroupError, GroupRaft, GroupSpec, MemberChange, ReadRefused,
-};
-use tinkerdb_replication::health::{self, HealthTable};
+use tinkerdb_replication::group::{self, GroupError, GroupRaft, ReadRefused};
+use tinkerdb_replication::health::HealthTable;
 use tinkerdb_replication::network::Peers;
 use tinkerdb_replication::state_machine::Applier;
-use tinkerdb_replication::transport::PeerAddr;
-use tinkerdb_replication::{Command, Node, Response};
+use tinkerdb_replication::{Command, Response};
 use tinkerdb_schemas::wire::ErrorCode;
 use tinkerdb_storage::log_op::LoggedOp;
 use tinkerdb_storage::snapshot;
 use tinkerdb_storage::{hash_slot, Expiry, SetOptions, TenantId, WriteCondition};
 
-use crate::config::{ClusterConfig, RaftTuning};
+use crate::coord::context::{now_ms, CoreContext};
 use crate::error::ProtocolError;
-use crate::router::{now_ms, CoreContext};
+use crate::shard::write_op::{self, OpAnswer, WriteOp};
 use crate::shard::{ShardReply, ShardRequest, SlotKey};
-use crate::write_op::{self, OpAnswer, WriteOp};
 
 /// This core's replica of its group.
 pub struct Replica {
@@ -83,6 +77,13 @@ pub struct Replica {
 /// Applies committed commands to this core's shard.
 pub struct ShardApplier {
     context: Rc<CoreContext>,
+}
+
+impl ShardApplier {
+    /// The applier of `context`'s shard.
+    pub fn new(context: Rc<CoreContext>) -> ShardApplier {
+        ShardApplier { context }
+    }
 }
 
 fn refused(code: ErrorCode, message: impl Into<String>) -> Response {
@@ -121,14 +122,13 @@ impl Applier for ShardApplier {
             let foreign = ops
                 .iter()
                 .flat_map(WriteOp::keys)
-                .find(|key| context.slot_map.owner(hash_slot(&tenant.name, key)) != context.core);
-            if foreign.is_some() {
+                .map(|key| hash_slot(&tenant.name, key))
+                .find(|&slot| context.slot_map.owner(slot) != context.core);
+            if let Some(slot) = foreign {
+                let error = ProtocolError::wrong_shard(slot, context.slot_map.owner(slot));
                 return refused(
-                    ErrorCode::Internal,
-                    format!(
-                        "an entry of group {} writes a key of another group",
-                        context.core
-                    ),
+                    ErrorCode::WrongShard,
+                    format!("group {}: {}", context.core, error.message),
                 );
             }
             let mut shard = context.shard.borrow_mut();
@@ -224,7 +224,7 @@ impl Applier for ShardApplier {
         let registry = context.tenants.get();
         let mut store = tinkerdb_storage::Store::new();
         let info = snapshot::load(data_file, |op| match op {
-            LoggedOp::Put { .. } => crate::recovery::apply(&mut store, &registry, op),
+            LoggedOp::Put { .. } => crate::shard::recovery::apply(&mut store, &registry, op),
             other => Err(format!("a snapshot holds only puts, not {other:?}")),
         })
         .map_err(|error| error.to_string())?;
@@ -236,154 +236,8 @@ impl Applier for ShardApplier {
         shard.snapshot_cover_all();
         *shard.store_mut() = store;
         drop(shard);
-        crate::admin_service::apply_quotas(context, &context.tenants.get());
+        crate::coord::quotas::apply_quotas(context, &context.tenants.get());
         Ok(())
-    }
-}
-
-/// Starts this core's replica: its peer listener, its group (initialised
-/// with every node on first start), and the leader nudge.
-pub async fn start_replica(
-    context: &Rc<CoreContext>,
-    cluster: &ClusterConfig,
-    tuning: &RaftTuning,
-) -> anyhow::Result<()> {
-    let core = context.core;
-    // Core c of every node is at its Raft port + c (validated to fit).
-    let port_of = |addr: &PeerAddr| {
-        addr.with_port_offset(core)
-            .expect("validated: Raft port + cores fits")
-    };
-    // Bound where told (`raft_listen`, resolved by `node::run` before the
-    // cores start); peers are told and dial the node's entry in `nodes`.
-    let mut listen = cluster
-        .raft_listen
-        .ok_or_else(|| anyhow::anyhow!("core {core}: the Raft bind address is not resolved"))?;
-    listen.set_port(listen.port() + core as u16);
-    let listener = crate::listener::bind(listen, crate::listener::PortSharing::Exclusive).map_err(
-        |error| anyhow::anyhow!("core {core} cannot listen for Raft on {listen}: {error}"),
-    )?;
-    let peers = Rc::new(Peers::new(
-        cluster
-            .nodes
-            .iter()
-            .filter(|node| node.id != cluster.node_id)
-            .map(|node| (node.id, port_of(&node.raft))),
-    ));
-    let groups: Rc<CoreGroups<ShardApplier>> = Rc::new(CoreGroups::default());
-    glommio::spawn_local(tinkerdb_replication::transport::serve_peers(
-        listener,
-        groups.call_handler(peers.clone()),
-    ))
-    .detach();
-    let members: BTreeMap<u64, Node> = cluster
-        .nodes
-        .iter()
-        .map(|node| (node.id, Node::new(port_of(&node.raft).to_string())))
-        .collect();
-    let spec = GroupSpec {
-        group: core as u64,
-        node_id: cluster.node_id,
-        members,
-        wal_dir: context.core_dir.join("raft"),
-        snapshot_dir: context.core_dir.join("raft-snapshots"),
-        snapshot_every_entries: tuning.snapshot_every_entries,
-        logs_kept_after_snapshot: tuning.logs_kept_after_snapshot,
-        // A node that joins a running cluster waits to be added.
-        initialize: cluster.join.is_none(),
-    };
-    let applier = Rc::new(RefCell::new(ShardApplier {
-        context: context.clone(),
-    }));
-    let (raft, wal_stats) = group::start_with_stats(&spec, applier, peers.clone())
-        .await
-        .map_err(|error| anyhow::anyhow!("core {core}: {error}"))?;
-    groups.insert(spec.group, raft.clone());
-    // Spread first leaders: group c prefers node (c mod n) + 1.
-    let preferred = cluster.nodes[core % cluster.nodes.len()].id;
-    if preferred == cluster.node_id && raft.current_leader().await.is_none() {
-        let _ = raft.trigger().elect(false).await;
-    }
-    let health = Rc::new(HealthTable::default());
-    let members = {
-        let raft = raft.clone();
-        move || group::status(&raft, spec.group).other_members()
-    };
-    glommio::spawn_local(health::probe_peers(peers.clone(), health.clone(), members)).detach();
-    let replica = Replica {
-        group: spec.group,
-        raft,
-        peers,
-        health,
-        core,
-        wal_stats,
-    };
-    if context.replica.set(replica).is_err() {
-        anyhow::bail!("core {core} started its replica twice");
-    }
-    Ok(())
-}
-
-/// How long a joining node waits for the cluster to add it (catching up
-/// as a learner included).
-pub const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(70);
-
-/// Asks the member whose admin API is at `seed` to add this node to every
-/// group (`POST /v1/cluster/nodes`); returns once it is a voter of all.
-/// Called at start by a node given `--join`, after its cores serve (the
-/// leaders must reach its Raft listeners to catch it up). Idempotent: a
-/// restarted member asks again and is told it already is one. With its
-/// own admin API at `own_admin`, it then waits until its own replicas have
-/// applied the membership that makes it a voter, so that "ready" means a
-/// member in its own eyes too.
-pub fn join(
-    seed: &str,
-    cluster: &ClusterConfig,
-    cores: usize,
-    own_admin: Option<std::net::SocketAddr>,
-) -> anyhow::Result<()> {
-    // The advertised Raft address: what the members will dial.
-    let me = cluster.me();
-    let body = serde_json::json!({
-        "id": cluster.node_id,
-        "raft": me.raft.to_string(),
-        "cores": cores,
-    });
-    tracing::info!(%seed, node_id = cluster.node_id, "asking to join the cluster");
-    let answer = tinkerdb_client::admin::request(
-        seed,
-        "POST",
-        "/v1/cluster/nodes",
-        Some(&body),
-        JOIN_TIMEOUT,
-    )
-    .map_err(|error| anyhow::anyhow!("cannot join the cluster through {seed}: {error}"))?;
-    tracing::info!(voters = %answer["voters"], "joined the cluster");
-    let Some(own_admin) = own_admin else {
-        return Ok(());
-    };
-    let started = std::time::Instant::now();
-    let own_admin = own_admin.to_string();
-    let me = serde_json::json!(cluster.node_id);
-    loop {
-        let status =
-            tinkerdb_client::admin::request(&own_admin, "GET", "/v1/cluster", None, JOIN_TIMEOUT)?;
-        let voter_everywhere = status["shards"].as_array().is_some_and(|shards| {
-            shards.iter().all(|shard| {
-                shard["replicas"]
-                    .as_array()
-                    .is_some_and(|replicas| replicas.contains(&me))
-            })
-        });
-        if voter_everywhere {
-            return Ok(());
-        }
-        if started.elapsed() > JOIN_TIMEOUT {
-            anyhow::bail!(
-                "added through {seed}, but this node's replicas did not learn it within {JOIN_TIMEOUT:?}"
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 
@@ -540,44 +394,6 @@ async fn propose_ops(
         Ok(other) => failed(answer_error(other)),
         Err(reply) => failed(reply),
     }
-}
-
-/// Adds (`Some(raft_base)`, `HOST:PORT` of its core 0) or removes node
-/// `id` in this core's group, on the group's leader; answers the voters
-/// once committed.
-pub async fn change_member(
-    replica: &Replica,
-    id: u64,
-    raft_base: Option<&str>,
-) -> Result<Vec<u64>, (ErrorCode, String)> {
-    let change = match raft_base {
-        Some(base) => {
-            let addr = PeerAddr::parse(base)
-                .ok()
-                .and_then(|base| base.with_port_offset(replica.core))
-                .ok_or_else(|| {
-                    (
-                        ErrorCode::InvalidArgument,
-                        format!("raft: {base:?} is not HOST:PORT with room for every core's port"),
-                    )
-                })?;
-            MemberChange::Add {
-                id,
-                addr: addr.to_string(),
-            }
-        }
-        None => MemberChange::Remove { id },
-    };
-    group::change_members(&replica.raft, &replica.peers, replica.group, &change)
-        .await
-        .map_err(|error| {
-            let code = match error {
-                GroupError::Refused { .. } => ErrorCode::InvalidArgument,
-                GroupError::Stopped { .. } => ErrorCode::StorageFailed,
-                _ => ErrorCode::Unavailable,
-            };
-            (code, error.to_string())
-        })
 }
 
 async fn propose(replica: &Replica, command: Command) -> Result<Response, ShardReply> {

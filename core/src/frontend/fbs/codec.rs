@@ -10,85 +10,12 @@ use bytes::Bytes;
 use flatbuffers::{FlatBufferBuilder, WIPOffset};
 use tinkerdb_schemas::frame::{decode_request, write_frame};
 use tinkerdb_schemas::wire::{self, ErrorCode};
-use tinkerdb_storage::{WriteCondition, WriteOutcome, SLOT_COUNT};
+use tinkerdb_storage::{WriteCondition, SLOT_COUNT};
 
 use crate::config::Limits;
+use crate::coord::request::{Command, Reply};
 use crate::error::ProtocolError;
 use crate::shard::ValueRead;
-
-/// A decoded, validated client request.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Command {
-    /// Handshake.
-    Hello {
-        /// Protocol version the client speaks.
-        protocol_version: u32,
-        /// Tenant name (empty: default).
-        tenant: String,
-        /// Client's self-description.
-        client_name: String,
-        /// Reads may answer from local state in cluster mode (opt-in).
-        stale_reads: bool,
-    },
-    /// No-op round trip.
-    Ping,
-    /// Read one key.
-    Get {
-        /// Key.
-        key: Bytes,
-    },
-    /// Write one key (SET and CompareAndSet).
-    Set {
-        /// Key.
-        key: Bytes,
-        /// Value.
-        value: Bytes,
-        /// Time to live, 0 = none.
-        ttl_ms: u64,
-        /// When to apply.
-        condition: WriteCondition,
-    },
-    /// Delete keys.
-    Delete {
-        /// Keys.
-        keys: Vec<Bytes>,
-    },
-    /// Count existing keys.
-    Exists {
-        /// Keys.
-        keys: Vec<Bytes>,
-    },
-    /// Read keys.
-    MGet {
-        /// Keys.
-        keys: Vec<Bytes>,
-    },
-    /// Write keys.
-    MSet {
-        /// Keys and values.
-        entries: Vec<(Bytes, Bytes)>,
-    },
-    /// Keys matching a glob.
-    Keys {
-        /// Glob pattern (empty: all).
-        pattern: Bytes,
-    },
-    /// One scan step.
-    Scan {
-        /// Slot to resume at (0: start).
-        cursor: u32,
-        /// Key prefix filter.
-        prefix: Bytes,
-        /// Glob filter.
-        pattern: Bytes,
-        /// Keys wanted (already clamped to the limits).
-        count: usize,
-    },
-    /// The tenant's key count.
-    Count,
-    /// Snapshot every core now.
-    Snapshot,
-}
 
 /// Decodes one frame body. On error, the request id is given when the frame
 /// was readable enough to have one (0 otherwise).
@@ -296,54 +223,6 @@ fn check_key_count(count: usize, limits: &Limits) -> Result<(), ProtocolError> {
         ));
     }
     Ok(())
-}
-
-/// An answer to one request, before encoding.
-#[derive(Debug, PartialEq)]
-pub enum Reply {
-    /// The request failed.
-    Error(ProtocolError),
-    /// Handshake accepted.
-    HelloOk {
-        /// Bound tenant.
-        tenant: String,
-        /// Cores of the node.
-        cores: u32,
-    },
-    /// Answer to Ping.
-    Pong,
-    /// Answer to Get.
-    Value(Option<ValueRead>),
-    /// Answer to Set and CompareAndSet.
-    Written(WriteOutcome),
-    /// Answer to Delete, Exists, Count.
-    Count(u64),
-    /// Answer to MGet.
-    Values(Vec<Option<ValueRead>>),
-    /// Answer to MSet.
-    Versions(Vec<u64>),
-    /// Answer to Keys.
-    Keys(Vec<Bytes>),
-    /// Answer to Scan.
-    Scanned {
-        /// Next cursor, 0 when done.
-        cursor: u64,
-        /// Keys found.
-        keys: Vec<Bytes>,
-    },
-    /// Answer to Snapshot.
-    Snapshotted {
-        /// Entries written.
-        keys: u64,
-        /// Bytes written.
-        bytes: u64,
-    },
-}
-
-impl From<ProtocolError> for Reply {
-    fn from(error: ProtocolError) -> Reply {
-        Reply::Error(error)
-    }
 }
 
 /// Encodes `reply` as one response frame appended to `out`. `builder` is

@@ -3,8 +3,8 @@
 //!
 //! A RESP connection goes through exactly the same shard path as the
 //! flatbuffers protocol: single-key commands become `ShardRequest`s (batched
-//! per remote core over a pipeline, see `connection::RemoteBatches`),
-//! multi-key commands reuse `connection::execute_multi`. Only parsing and
+//! per remote core over a pipeline, see `coord::batches::RemoteBatches`),
+//! multi-key commands reuse `coord::multi::execute_multi`. Only parsing and
 //! reply encoding differ. Differences from Redis are listed in
 //! `docs/redis-compatibility.md`.
 //!
@@ -21,12 +21,13 @@ use glommio::net::TcpStream;
 use tinkerdb_storage::{hash_slot, Expiry, SetOptions, WriteCondition, SLOT_COUNT};
 
 use crate::config::DEFAULT_TENANT;
-use crate::connection::{
-    close_lingering, execute_multi, quota_error, Filled, ReadBuffer, RemoteBatches, Session,
-};
+use crate::coord::batches::RemoteBatches;
+use crate::coord::context::{now_ms, CoreContext};
+use crate::coord::multi::{execute_multi, quota_error};
+use crate::coord::request::{Command, Reply};
+use crate::coord::session::Session;
 use crate::error::ProtocolError;
-use crate::protocol::{Command, Reply};
-use crate::router::{now_ms, CoreContext};
+use crate::net::stream::{close_lingering, Filled, ReadBuffer};
 use crate::shard::{
     ExpireCondition, MoveKind, ShardReply, ShardRequest, SlotKey, Update, UpdateError,
     UpdateOutcome, ValueRead,
@@ -311,15 +312,8 @@ pub async fn serve_resp_connection(
     drain: StopSignal,
 ) {
     let peer = stream.peer_addr().ok();
-    let default = context
-        .tenants
-        .by_name(DEFAULT_TENANT)
+    let session = Session::open(&context.tenants, DEFAULT_TENANT, false)
         .expect("the default tenant always exists");
-    let session = Session {
-        tenant: default.id,
-        tenant_name: default.name.clone(),
-        stale_reads: false,
-    };
     let mut connection = RespConnection {
         context,
         stream,
@@ -1006,7 +1000,10 @@ impl RespConnection {
                     tenant,
                     entries: keys.into_iter().zip(values).collect(),
                 };
-                return (self.send_to_shard(slot, request, Finish::Count), After::Continue);
+                return (
+                    self.send_to_shard(slot, request, Finish::Count),
+                    After::Continue,
+                );
             }
             "RENAME" | "RENAMENX" => {
                 arity!(argc == 3);
@@ -1200,19 +1197,15 @@ impl RespConnection {
     }
 
     fn switch_tenant(&mut self, name: &str, from_auth: bool) -> RespValue {
-        match self.context.tenants.by_name(name) {
-            Some(tenant) => {
-                self.session = Session {
-                    tenant: tenant.id,
-                    tenant_name: tenant.name.clone(),
-                    stale_reads: false,
-                };
+        match Session::open(&self.context.tenants, name, false) {
+            Ok(session) => {
+                self.session = session;
                 RespValue::Simple("OK")
             }
-            None if from_auth => {
+            Err(_) if from_auth => {
                 RespValue::error("WRONGPASS invalid username-password pair or user is disabled.")
             }
-            None => RespValue::error("ERR DB index is out of range"),
+            Err(_) => RespValue::error("ERR DB index is out of range"),
         }
     }
 

@@ -17,7 +17,7 @@ use glommio::io::{DmaFile, DmaStreamWriterBuilder};
 use tinkerdb_storage::snapshot::snapshot_file_name;
 use tinkerdb_storage::wal::{sync_dir, PurgeHandle};
 
-use crate::router::{now_ms, CoreContext};
+use crate::coord::context::{now_ms, CoreContext};
 use crate::shard::ShardReply;
 
 /// How often the driver checks whether the WAL has grown enough.

@@ -41,7 +41,7 @@ impl RecoveredCore {
 }
 
 /// Applies one logged operation to `store` (also how a Raft snapshot's
-/// entries are loaded, `cluster::ShardApplier::restore`).
+/// entries are loaded, `coord::replica::ShardApplier::restore`).
 pub(crate) fn apply(
     store: &mut Store,
     tenants: &TenantRegistry,

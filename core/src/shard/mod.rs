@@ -11,6 +11,9 @@
 //! to gain from serialising them. Between nodes (replication) they will be
 //! flatbuffers.
 
+pub mod recovery;
+pub mod write_op;
+
 use std::rc::Rc;
 use std::sync::Arc;
 

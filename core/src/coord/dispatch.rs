@@ -1,0 +1,166 @@
+//! Cross-core routing: how a request reaches the core that owns its slot.
+//!
+//! Every ordered pair of cores (a, b) has one bounded single-producer,
+//! single-consumer channel (glommio `shared_channel`, lock-free, with an
+//! eventfd wake-up only when b sleeps). A request travels as a
+//! [`CoreMessage`] holding the request and a oneshot sender for the reply;
+//! the owning core's [`serve_peer`] task executes it on its shard and sends
+//! the reply back, which wakes the waiting task on core a.
+//!
+//! Invariants:
+//! - a request for a slot owned by the calling core is executed inline,
+//!   without a message (no hop, no allocation for the reply);
+//! - messages from one core to another are executed in send order, so two
+//!   requests on the same key from one connection keep their order;
+//! - the channel bound (`limits.core_channel_capacity`) gives backpressure:
+//!   a sender waits, it never drops a request.
+
+use futures_channel::oneshot;
+use glommio::channels::shared_channel::ConnectedReceiver;
+use tinkerdb_schemas::wire::ErrorCode;
+
+use crate::coord::context::{CoreContext, CoreMessage};
+use crate::error::ProtocolError;
+use crate::shard::{ShardReply, ShardRequest};
+use crate::slots::CoreId;
+
+/// A request on its way: answered already (local) or awaiting another core.
+pub enum Dispatched {
+    /// Executed inline.
+    Ready(ShardReply),
+    /// Sent to another core.
+    Pending(oneshot::Receiver<ShardReply>),
+}
+
+impl Dispatched {
+    /// Waits for the reply.
+    pub async fn reply(self) -> Result<ShardReply, ProtocolError> {
+        match self {
+            Dispatched::Ready(reply) => Ok(reply),
+            Dispatched::Pending(receiver) => receiver.await.map_err(|_| shutting_down()),
+        }
+    }
+}
+
+fn shutting_down() -> ProtocolError {
+    ProtocolError::new(ErrorCode::ShuttingDown, "a core of the node stopped")
+}
+
+impl CoreContext {
+    /// Executes `request` on this core's shard and waits until its writes
+    /// are as durable as the durability mode promises.
+    pub async fn execute_local(&self, request: ShardRequest) -> ShardReply {
+        if let Some(replica) = self.replica.get() {
+            return crate::coord::replica::execute_replicated(self, replica, request).await;
+        }
+        let (reply, ack_point) = self.execute_here(request);
+        match self.wait_durable(ack_point).await {
+            Ok(()) => reply,
+            Err(reason) => ShardReply::Refused(reason),
+        }
+    }
+
+    /// Sends `request` to `core` (or runs it here if `core` is this one).
+    ///
+    /// In cluster mode a request for this core runs as a task of its own
+    /// (a write waits for a quorum), so the caller can send its requests
+    /// for other cores meanwhile, as it would to a remote core. Requests
+    /// dispatched so are not ordered among themselves: a caller that needs
+    /// order waits for one before dispatching the next (see
+    /// `RemoteBatches::flush_ordered`).
+    pub async fn dispatch(
+        &self,
+        core: CoreId,
+        request: ShardRequest,
+    ) -> Result<Dispatched, ProtocolError> {
+        if core == self.core {
+            if let ShardRequest::Snapshot = request {
+                return Ok(Dispatched::Ready(
+                    crate::coord::snapshots::snapshot(self).await,
+                ));
+            }
+            if self.replica.get().is_some() {
+                let context = self
+                    .this
+                    .upgrade()
+                    .expect("a core's context outlives the requests it serves");
+                let (reply_to, receiver) = oneshot::channel();
+                glommio::spawn_local(async move {
+                    let _ = reply_to.send(context.execute_local(request).await);
+                })
+                .detach();
+                return Ok(Dispatched::Pending(receiver));
+            }
+            return Ok(Dispatched::Ready(self.execute_local(request).await));
+        }
+        let (reply_to, receiver) = oneshot::channel();
+        let peer = self.peers[core]
+            .as_ref()
+            .expect("a channel to every other core");
+        peer.send(CoreMessage { request, reply_to })
+            .await
+            .map_err(|_| shutting_down())?;
+        Ok(Dispatched::Pending(receiver))
+    }
+
+    /// Runs `request` on `core` and waits for the reply.
+    pub async fn call(
+        &self,
+        core: CoreId,
+        request: ShardRequest,
+    ) -> Result<ShardReply, ProtocolError> {
+        self.dispatch(core, request).await?.reply().await
+    }
+}
+
+/// Serves the requests another core sends to this one, in order, until that
+/// core closes its end.
+///
+/// A write's reply is held until its WAL record is durable, without holding
+/// up the requests behind it: the WAL runs the reply's callback after the
+/// group commit that covers it (so requests from other cores share flushes).
+pub async fn serve_peer(
+    context: std::rc::Rc<CoreContext>,
+    inbound: ConnectedReceiver<CoreMessage>,
+) {
+    while let Some(CoreMessage { request, reply_to }) = inbound.recv().await {
+        let stats = &context.stats;
+        stats
+            .peer_requests_total
+            .set(stats.peer_requests_total.get() + 1);
+        if let ShardRequest::Snapshot = request {
+            let context = context.clone();
+            glommio::spawn_local(async move {
+                let _ = reply_to.send(crate::coord::snapshots::snapshot(&context).await);
+            })
+            .detach();
+            continue;
+        }
+        if context.replica.get().is_some() {
+            // Cluster mode: through Raft, in its own task (a write waits
+            // for a quorum); requests that must stay ordered arrive in one
+            // Batch, which runs in order.
+            let context = context.clone();
+            glommio::spawn_local(async move {
+                let _ = reply_to.send(context.execute_local(request).await);
+            })
+            .detach();
+            continue;
+        }
+        let (reply, ack_point) = context.execute_here(request);
+        // The requester may have gone (connection closed): nothing to do then.
+        match (ack_point, &context.wal) {
+            (Some(index), Some(wal)) => wal.when_durable(index, move |result| {
+                let reply = match result {
+                    Ok(()) => reply,
+                    Err(error) => ShardReply::Refused(error.to_string()),
+                };
+                let _ = reply_to.send(reply);
+            }),
+            _ => {
+                let _ = reply_to.send(reply);
+            }
+        }
+        glommio::yield_if_needed().await;
+    }
+}

@@ -1,0 +1,369 @@
+//! Requests that may touch several shards (DEL, EXISTS, MGET, MSET, SCAN,
+//! KEYS, DBSIZE, snapshots), fanned out to every owner at once and
+//! gathered; and the replies every front end shares.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tinkerdb_schemas::wire::ErrorCode;
+use tinkerdb_storage::{hash_slot, Expiry, SetOptions, StoreError, WriteCondition, SLOT_COUNT};
+
+use crate::coord::context::{now_ms, CoreContext};
+use crate::coord::request::{Command, Reply};
+use crate::coord::session::Session;
+use crate::error::ProtocolError;
+use crate::shard::{KeyFilter, ShardReply, ShardRequest, SlotKey};
+use crate::slots::CoreId;
+
+pub(crate) fn set_options(condition: WriteCondition, ttl_ms: u64) -> SetOptions {
+    SetOptions {
+        condition,
+        expiry: match ttl_ms {
+            0 => Expiry::Never,
+            ttl_ms => Expiry::AtMs(now_ms().saturating_add(ttl_ms)),
+        },
+    }
+}
+
+/// The error of a write refused because the core's storage failed.
+pub(crate) fn storage_failed(reason: &str) -> ProtocolError {
+    ProtocolError::new(ErrorCode::StorageFailed, reason.to_owned())
+}
+
+/// Turns a shard's answer to Get or Set into the client's reply.
+pub(crate) fn single_key_reply(reply: ShardReply, session: &Session) -> Reply {
+    match reply {
+        ShardReply::Value(value) => Reply::Value(value),
+        ShardReply::Written(Ok(outcome)) => Reply::Written(outcome),
+        ShardReply::Written(Err(error)) => Reply::Error(quota_error(&error, session)),
+        ShardReply::Refused(reason) => Reply::Error(storage_failed(&reason)),
+        ShardReply::Error(error) => Reply::Error(error),
+        other => unreachable!("single-key request answered with {other:?}"),
+    }
+}
+
+pub(crate) fn quota_error(error: &StoreError, session: &Session) -> ProtocolError {
+    let name = &*session.tenant_name;
+    let message = match error {
+        StoreError::KeyQuotaExceeded { max_keys, .. } => {
+            format!("tenant {name:?} reached its key quota (this core's share: {max_keys} keys)")
+        }
+        StoreError::ByteQuotaExceeded { max_bytes, .. } => {
+            format!("tenant {name:?} reached its byte quota (this core's share: {max_bytes} bytes)")
+        }
+    };
+    ProtocolError::new(ErrorCode::QuotaExceeded, message)
+}
+
+pub(crate) fn unexpected(reply: &ShardReply) -> ProtocolError {
+    if let ShardReply::Error(error) = reply {
+        return error.clone();
+    }
+    ProtocolError::new(
+        ErrorCode::Internal,
+        format!("unexpected shard reply {reply:?}"),
+    )
+}
+
+/// Groups keys by owning core, remembering each key's position.
+fn group_by_core(
+    context: &CoreContext,
+    session: &Session,
+    keys: Vec<Bytes>,
+) -> Vec<(CoreId, Vec<usize>, Vec<SlotKey>)> {
+    let mut groups: Vec<(Vec<usize>, Vec<SlotKey>)> =
+        vec![(Vec::new(), Vec::new()); context.slot_map.cores()];
+    for (index, key) in keys.into_iter().enumerate() {
+        let slot = hash_slot(&session.tenant_name, &key);
+        let (indexes, slot_keys) = &mut groups[context.slot_map.owner(slot)];
+        indexes.push(index);
+        slot_keys.push(SlotKey { slot, key });
+    }
+    groups
+        .into_iter()
+        .enumerate()
+        .filter(|(_, (indexes, _))| !indexes.is_empty())
+        .map(|(core, (indexes, keys))| (core, indexes, keys))
+        .collect()
+}
+
+/// Sends one request per core, then waits for all (so cores work at once).
+async fn fan_out(
+    context: &CoreContext,
+    session: &Session,
+    requests: Vec<(CoreId, ShardRequest)>,
+) -> Result<Vec<ShardReply>, ProtocolError> {
+    let mut dispatched = Vec::with_capacity(requests.len());
+    for (core, request) in requests {
+        dispatched.push(context.dispatch(core, session.reading(request)).await?);
+    }
+    let mut replies = Vec::with_capacity(dispatched.len());
+    let mut refused = None;
+    for pending in dispatched {
+        match pending.reply().await? {
+            ShardReply::Refused(reason) => refused = Some(storage_failed(&reason)),
+            ShardReply::Error(error) => refused = Some(error),
+            reply => replies.push(reply),
+        }
+    }
+    match refused {
+        Some(error) => Err(error),
+        None => Ok(replies),
+    }
+}
+
+/// Requests that may touch several cores: run to completion.
+pub(crate) async fn execute_multi(
+    context: &CoreContext,
+    session: &Session,
+    command: Command,
+) -> Result<Reply, ProtocolError> {
+    let tenant = session.tenant;
+    match command {
+        Command::Delete { keys } => {
+            let requests = group_by_core(context, session, keys)
+                .into_iter()
+                .map(|(core, _, keys)| (core, ShardRequest::Delete { tenant, keys }))
+                .collect();
+            sum_counts(fan_out(context, session, requests).await?)
+        }
+        Command::Exists { keys } => {
+            let requests = group_by_core(context, session, keys)
+                .into_iter()
+                .map(|(core, _, keys)| (core, ShardRequest::Exists { tenant, keys }))
+                .collect();
+            sum_counts(fan_out(context, session, requests).await?)
+        }
+        Command::Count => {
+            let requests = (0..context.slot_map.cores())
+                .map(|core| (core, ShardRequest::Usage { tenant }))
+                .collect();
+            let mut total = 0;
+            for reply in fan_out(context, session, requests).await? {
+                match reply {
+                    ShardReply::Usage(usage) => total += usage.keys,
+                    other => return Err(unexpected(&other)),
+                }
+            }
+            Ok(Reply::Count(total))
+        }
+        Command::MGet { keys } => {
+            let key_count = keys.len();
+            let groups = group_by_core(context, session, keys);
+            let (positions, requests): (Vec<_>, Vec<_>) = groups
+                .into_iter()
+                .map(|(core, indexes, keys)| {
+                    let max_bytes = context.limits.max_response_bytes;
+                    let request = ShardRequest::GetMany {
+                        tenant,
+                        keys,
+                        max_bytes,
+                    };
+                    (indexes, (core, request))
+                })
+                .unzip();
+            let mut values = vec![None; key_count];
+            let mut bytes = 0;
+            for (indexes, reply) in positions
+                .into_iter()
+                .zip(fan_out(context, session, requests).await?)
+            {
+                let found = match reply {
+                    ShardReply::Values(found) => found,
+                    ShardReply::TooLarge(partial) => {
+                        bytes += partial;
+                        continue;
+                    }
+                    other => return Err(unexpected(&other)),
+                };
+                bytes += found.iter().flatten().map(|v| v.value.len()).sum::<usize>();
+                for (index, value) in indexes.into_iter().zip(found) {
+                    values[index] = value;
+                }
+            }
+            let limit = context.limits.max_response_bytes;
+            if bytes > limit {
+                return Err(ProtocolError::new(
+                    ErrorCode::ResultTooLarge,
+                    format!("the values exceed max_response_bytes ({limit}): ask for fewer keys"),
+                ));
+            }
+            Ok(Reply::Values(values))
+        }
+        Command::MSet { entries } => {
+            let key_count = entries.len();
+            let (keys, mut values): (Vec<Bytes>, Vec<Bytes>) = entries.into_iter().unzip();
+            let groups = group_by_core(context, session, keys);
+            let (positions, requests): (Vec<_>, Vec<_>) = groups
+                .into_iter()
+                .map(|(core, indexes, keys)| {
+                    let entries = indexes
+                        .iter()
+                        .zip(keys)
+                        .map(|(&index, key)| (key, std::mem::take(&mut values[index])))
+                        .collect();
+                    (indexes, (core, ShardRequest::SetMany { tenant, entries }))
+                })
+                .unzip();
+            let mut versions = vec![0; key_count];
+            let mut written = 0;
+            let mut refused = None;
+            for (indexes, reply) in positions
+                .into_iter()
+                .zip(fan_out(context, session, requests).await?)
+            {
+                let ShardReply::WrittenMany(done, error) = reply else {
+                    return Err(unexpected(&reply));
+                };
+                written += done.len();
+                for (index, version) in indexes.into_iter().zip(done) {
+                    versions[index] = version;
+                }
+                refused = refused.or(error);
+            }
+            match refused {
+                None => Ok(Reply::Versions(versions)),
+                Some(error) => {
+                    let mut error = quota_error(&error, session);
+                    error.message = format!(
+                        "{}; {written} of {key_count} keys were written",
+                        error.message
+                    );
+                    Err(error)
+                }
+            }
+        }
+        Command::Scan {
+            cursor,
+            prefix,
+            pattern,
+            count,
+        } => {
+            let filter = Arc::new(KeyFilter { prefix, pattern });
+            let (keys, next) = scan(context, session, cursor, filter, count).await?;
+            Ok(Reply::Scanned {
+                cursor: if next as usize >= SLOT_COUNT {
+                    0
+                } else {
+                    u64::from(next)
+                },
+                keys,
+            })
+        }
+        Command::Keys { pattern } => {
+            let filter = Arc::new(KeyFilter {
+                prefix: Bytes::new(),
+                pattern,
+            });
+            let limit = context.limits.max_keys_result;
+            let mut keys = Vec::new();
+            let mut key_bytes = 0;
+            let mut cursor = 0;
+            while (cursor as usize) < SLOT_COUNT {
+                let (found, next) = scan(
+                    context,
+                    session,
+                    cursor,
+                    filter.clone(),
+                    limit + 1 - keys.len(),
+                )
+                .await?;
+                key_bytes += found.iter().map(Bytes::len).sum::<usize>();
+                keys.extend(found);
+                if key_bytes > context.limits.max_response_bytes {
+                    return Err(ProtocolError::new(
+                        ErrorCode::ResultTooLarge,
+                        format!(
+                            "the keys exceed max_response_bytes ({}): use SCAN",
+                            context.limits.max_response_bytes
+                        ),
+                    ));
+                }
+                if keys.len() > limit {
+                    return Err(ProtocolError::new(
+                        ErrorCode::ResultTooLarge,
+                        format!("more than max_keys_result ({limit}) keys match: use SCAN"),
+                    ));
+                }
+                cursor = next;
+                // Between steps, let the core serve others: KEYS never stalls it.
+                glommio::yield_if_needed().await;
+            }
+            Ok(Reply::Keys(keys))
+        }
+        Command::Snapshot => {
+            let requests = (0..context.slot_map.cores())
+                .map(|core| (core, ShardRequest::Snapshot))
+                .collect();
+            let (mut keys, mut bytes) = (0, 0);
+            for reply in fan_out(context, session, requests).await? {
+                match reply {
+                    ShardReply::Snapshotted(Ok((entries, size))) => {
+                        keys += entries;
+                        bytes += size;
+                    }
+                    ShardReply::Snapshotted(Err(reason)) => {
+                        return Err(ProtocolError::new(
+                            ErrorCode::StorageFailed,
+                            format!("snapshot failed: {reason}"),
+                        ))
+                    }
+                    other => return Err(unexpected(&other)),
+                }
+            }
+            Ok(Reply::Snapshotted { keys, bytes })
+        }
+        other @ (Command::Hello { .. }
+        | Command::Ping
+        | Command::Get { .. }
+        | Command::Set { .. }) => {
+            unreachable!("single requests are handled by the caller: {other:?}")
+        }
+    }
+}
+
+/// Scans from slot `cursor` until `count` keys are found or every core
+/// that owns the following slots has taken one bounded step.
+async fn scan(
+    context: &CoreContext,
+    session: &Session,
+    mut cursor: u32,
+    filter: Arc<KeyFilter>,
+    count: usize,
+) -> Result<(Vec<Bytes>, u32), ProtocolError> {
+    let mut keys = Vec::new();
+    let mut steps = 0;
+    while (cursor as usize) < SLOT_COUNT && keys.len() < count && steps < context.slot_map.cores() {
+        let owner = context.slot_map.owner(cursor as u16);
+        let request = ShardRequest::Scan {
+            tenant: session.tenant,
+            start_slot: cursor,
+            filter: filter.clone(),
+            max_keys: count - keys.len(),
+        };
+        match context.call(owner, session.reading(request)).await? {
+            ShardReply::Scanned {
+                keys: found,
+                next_slot,
+            } => {
+                assert!(next_slot > cursor, "a scan step always advances");
+                keys.extend(found);
+                cursor = next_slot;
+            }
+            other => return Err(unexpected(&other)),
+        }
+        steps += 1;
+    }
+    Ok((keys, cursor))
+}
+
+fn sum_counts(replies: Vec<ShardReply>) -> Result<Reply, ProtocolError> {
+    let mut total = 0;
+    for reply in replies {
+        match reply {
+            ShardReply::Count(count) => total += count,
+            other => return Err(unexpected(&other)),
+        }
+    }
+    Ok(Reply::Count(total))
+}

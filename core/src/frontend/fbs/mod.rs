@@ -1,0 +1,362 @@
+//! One client connection: read frames, execute them, write answers.
+//!
+//! A connection is served by the core that accepted it (the kernel spreads
+//! connections over cores with `SO_REUSEPORT`). Each turn of the loop takes
+//! every whole frame already read (up to `max_pipelined_requests`), starts
+//! them all in order (single-key requests for another core are sent without
+//! waiting, so a pipeline costs one round trip between cores, not one per
+//! request), then waits for the answers in order and writes them with one
+//! system call. Answers carry the request's id; they happen to come in
+//! request order, but clients must match by id (docs/protocol.md).
+//!
+//! What can go wrong and what the client sees:
+//! - a frame that does not verify: `MalformedFrame` (request id 0), and the
+//!   connection stays, as the length prefix kept the stream in step;
+//! - a length prefix over `max_frame_bytes`: `FrameTooLarge`, then the
+//!   connection is closed, because the stream can no longer be followed;
+//! - everything else: a typed error for that request only;
+//! - the node shutting down (`crate::shutdown`): every request already read,
+//!   or arriving within `shutdown::DRAIN_READ_GRACE`, is answered; then one
+//!   `ShuttingDown` error with request id 0 says why the connection is about
+//!   to close, and it closes.
+
+pub mod codec;
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use flatbuffers::FlatBufferBuilder;
+use futures_lite::AsyncWriteExt;
+use glommio::net::TcpStream;
+use tinkerdb_schemas::frame::peek_frame;
+use tinkerdb_schemas::wire::ErrorCode;
+use tinkerdb_schemas::{FRAME_HEADER_BYTES, PROTOCOL_VERSION};
+use tinkerdb_storage::hash_slot;
+
+use crate::coord::batches::RemoteBatches;
+use crate::coord::context::{now_ms, CoreContext};
+use crate::coord::multi::{execute_multi, set_options, single_key_reply, storage_failed};
+use crate::coord::request::{Command, Reply};
+use crate::coord::session::Session;
+use crate::error::ProtocolError;
+use crate::net::stream::{close_lingering, Filled, ReadBuffer, READ_BUFFER_INITIAL_BYTES};
+use crate::shard::{ShardRequest, SlotKey};
+use crate::shutdown::{ConnectionDrain, StopSignal};
+use codec::{decode_command, encode_reply};
+
+/// An answer being produced.
+enum Pending {
+    Ready(Reply),
+    /// A local write's reply, to send only once WAL index `index` is durable.
+    Durable {
+        reply: Reply,
+        index: u64,
+    },
+    /// A single-key request for another core, the `index`-th of the batch
+    /// `batch` (see [`RemoteBatches`]).
+    Remote {
+        batch: usize,
+        index: usize,
+        session: Session,
+    },
+}
+
+/// Serves one client until it disconnects, the stream breaks or `drain` is
+/// tripped (graceful shutdown).
+pub async fn serve_connection(context: Rc<CoreContext>, stream: TcpStream, drain: StopSignal) {
+    let peer = stream.peer_addr().ok();
+    let mut connection = Connection {
+        context,
+        stream,
+        input: ReadBuffer::new(),
+        output: Vec::with_capacity(READ_BUFFER_INITIAL_BYTES),
+        builder: FlatBufferBuilder::new(),
+        session: None,
+        remote: RemoteBatches::default(),
+        drain: ConnectionDrain::new(drain),
+    };
+    if let Err(error) = connection.run().await {
+        tracing::debug!(?peer, %error, "connection ended with an I/O error");
+    }
+}
+
+struct Connection {
+    context: Rc<CoreContext>,
+    stream: TcpStream,
+    input: ReadBuffer,
+    output: Vec<u8>,
+    builder: FlatBufferBuilder<'static>,
+    session: Option<Session>,
+    remote: RemoteBatches,
+    /// Tripped when the node begins a graceful shutdown.
+    drain: ConnectionDrain,
+}
+
+impl Connection {
+    async fn run(&mut self) -> std::io::Result<()> {
+        let limits = self.context.limits.clone();
+        let mut batch: Vec<(u64, Pending)> = Vec::new();
+        loop {
+            // Latency is measured from here: the read that completed these
+            // requests (one clock read per batch).
+            let started = Instant::now();
+            let mut close_after_answers = false;
+            let mut bytes_wanted = FRAME_HEADER_BYTES;
+            while batch.len() < limits.max_pipelined_requests {
+                match peek_frame(self.input.unread(), limits.max_frame_bytes) {
+                    Ok(Some(body_len)) => {
+                        let unread = self.input.unread();
+                        let frame = Bytes::copy_from_slice(
+                            &unread[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + body_len],
+                        );
+                        self.input.consume(FRAME_HEADER_BYTES + body_len);
+                        let answer = self.start(frame).await;
+                        batch.push(answer);
+                    }
+                    Ok(None) => {
+                        if let Some(header) =
+                            self.input.unread().first_chunk::<FRAME_HEADER_BYTES>()
+                        {
+                            bytes_wanted =
+                                FRAME_HEADER_BYTES + u32::from_le_bytes(*header) as usize;
+                        }
+                        break;
+                    }
+                    Err(error) => {
+                        let error = ProtocolError::new(ErrorCode::FrameTooLarge, error.to_string());
+                        batch.push((0, Pending::Ready(Reply::Error(error))));
+                        close_after_answers = true;
+                        break;
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                self.remote.flush(&self.context).await;
+                self.answer(&mut batch, started).await?;
+                self.remote.clear();
+                if close_after_answers {
+                    return Ok(());
+                }
+                continue;
+            }
+            match self
+                .input
+                .fill_unless_draining(&mut self.stream, bytes_wanted, &mut self.drain)
+                .await?
+            {
+                Filled::Bytes(0) => return Ok(()),
+                Filled::Bytes(_) => {}
+                Filled::Draining => return self.say_shutting_down().await,
+            }
+        }
+    }
+
+    /// Tells the client the node is shutting down (request id 0: about the
+    /// connection, not a request), then closes.
+    async fn say_shutting_down(&mut self) -> std::io::Result<()> {
+        let notice = ProtocolError::new(
+            ErrorCode::ShuttingDown,
+            "the node is shutting down; reconnect (elsewhere in a cluster)",
+        );
+        self.output.clear();
+        encode_reply(
+            &mut self.builder,
+            0,
+            &Reply::Error(notice),
+            &self.context.limits,
+            now_ms(),
+            &mut self.output,
+        );
+        self.stream.write_all(&self.output).await?;
+        close_lingering(&mut self.stream).await
+    }
+
+    /// Waits for every answer of the batch in order, encodes, writes.
+    async fn answer(
+        &mut self,
+        batch: &mut Vec<(u64, Pending)>,
+        started: Instant,
+    ) -> std::io::Result<()> {
+        let answered = batch.len() as u64;
+        // One wait covers every local write of the pipeline (group commit).
+        let durable =
+            durable_through(&self.context, batch.iter().map(|(_, pending)| pending)).await;
+        let now = now_ms();
+        for (request_id, pending) in batch.drain(..) {
+            let reply = match pending {
+                Pending::Ready(reply) => reply,
+                Pending::Durable { reply, .. } => match &durable {
+                    Ok(()) => reply,
+                    Err(error) => Reply::Error(error.clone()),
+                },
+                Pending::Remote {
+                    batch,
+                    index,
+                    session,
+                } => match self.remote.take(batch, index).await {
+                    Ok(reply) => single_key_reply(reply, &session),
+                    Err(error) => Reply::Error(error),
+                },
+            };
+            if let Reply::Error(error) = &reply {
+                self.context.stats.count_error(error.code);
+            }
+            encode_reply(
+                &mut self.builder,
+                request_id,
+                &reply,
+                &self.context.limits,
+                now,
+                &mut self.output,
+            );
+            if self.builder.finished_data().len() > 4 * READ_BUFFER_INITIAL_BYTES {
+                // A big answer grew the builder: give the memory back.
+                self.builder = FlatBufferBuilder::new();
+            }
+        }
+        self.stream.write_all(&self.output).await?;
+        let tenant = self.session.as_ref().map_or(0, |session| session.tenant);
+        self.context.stats.record_answers(tenant, answered, started);
+        self.output.clear();
+        if self.output.capacity() > 4 * READ_BUFFER_INITIAL_BYTES {
+            self.output = Vec::with_capacity(READ_BUFFER_INITIAL_BYTES);
+        }
+        Ok(())
+    }
+
+    /// Decodes one frame and starts its execution.
+    async fn start(&mut self, frame: Bytes) -> (u64, Pending) {
+        let (request_id, command) = match decode_command(&frame, &self.context.limits) {
+            Ok(decoded) => decoded,
+            Err((request_id, error)) => return (request_id, Pending::Ready(Reply::Error(error))),
+        };
+        let pending = match (command, self.session.clone()) {
+            (
+                Command::Hello {
+                    protocol_version,
+                    tenant,
+                    stale_reads,
+                    ..
+                },
+                _,
+            ) => Pending::Ready(self.hello(protocol_version, &tenant, stale_reads)),
+            (_, None) => Pending::Ready(Reply::Error(ProtocolError::new(
+                ErrorCode::HandshakeRequired,
+                "send Hello before any other request",
+            ))),
+            (Command::Ping, Some(_)) => Pending::Ready(Reply::Pong),
+            (Command::Get { key }, Some(session)) => {
+                let slot = hash_slot(&session.tenant_name, &key);
+                let request = ShardRequest::Get {
+                    tenant: session.tenant,
+                    key: SlotKey { slot, key },
+                };
+                self.start_single(slot, request, session).await
+            }
+            (
+                Command::Set {
+                    key,
+                    value,
+                    ttl_ms,
+                    condition,
+                },
+                Some(session),
+            ) => {
+                let slot = hash_slot(&session.tenant_name, &key);
+                let request = ShardRequest::Set {
+                    tenant: session.tenant,
+                    key: SlotKey { slot, key },
+                    value,
+                    options: set_options(condition, ttl_ms),
+                };
+                self.start_single(slot, request, session).await
+            }
+            (command, Some(session)) => {
+                // Requests gathered so far must reach their cores first.
+                self.remote.flush_ordered(&self.context).await;
+                let reply = match execute_multi(&self.context, &session, command).await {
+                    Ok(reply) => reply,
+                    Err(error) => Reply::Error(error),
+                };
+                Pending::Ready(reply)
+            }
+        };
+        (request_id, pending)
+    }
+
+    async fn start_single(
+        &mut self,
+        slot: u16,
+        request: ShardRequest,
+        session: Session,
+    ) -> Pending {
+        let owner = self.context.slot_map.owner(slot);
+        let request = session.reading(request);
+        // Standalone: this core's keys are served inline. In cluster mode
+        // every request joins its shard's batch, this core's too: a
+        // pipeline's writes for one shard become one Raft entry.
+        if owner == self.context.core && self.context.replica.get().is_none() {
+            let (reply, ack_point) = self.context.execute_here(request);
+            let reply = single_key_reply(reply, &session);
+            return match ack_point {
+                Some(index) => Pending::Durable { reply, index },
+                None => Pending::Ready(reply),
+            };
+        }
+        let (batch, index) = self
+            .remote
+            .push(self.context.slot_map.cores(), owner, request);
+        Pending::Remote {
+            batch,
+            index,
+            session,
+        }
+    }
+
+    fn hello(&mut self, protocol_version: u32, tenant: &str, stale_reads: bool) -> Reply {
+        if protocol_version != PROTOCOL_VERSION {
+            return Reply::Error(ProtocolError::new(
+                ErrorCode::UnsupportedVersion,
+                format!("protocol version {protocol_version} is not supported; this node speaks {PROTOCOL_VERSION}"),
+            ));
+        }
+        if let Some(session) = &self.session {
+            return Reply::Error(ProtocolError::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "this connection is already bound to tenant {:?}",
+                    &*session.tenant_name
+                ),
+            ));
+        }
+        let session = match Session::open(&self.context.tenants, tenant, stale_reads) {
+            Ok(session) => session,
+            Err(error) => return Reply::Error(error),
+        };
+        let tenant = session.tenant_name.to_string();
+        self.session = Some(session);
+        Reply::HelloOk {
+            tenant,
+            cores: self.context.slot_map.cores() as u32,
+        }
+    }
+}
+
+/// Waits until the highest WAL index among `pending` local writes is
+/// durable. The error, if the WAL failed, is what those writes answer.
+async fn durable_through<'a>(
+    context: &CoreContext,
+    pending: impl Iterator<Item = &'a Pending>,
+) -> Result<(), ProtocolError> {
+    let highest = pending
+        .filter_map(|pending| match pending {
+            Pending::Durable { index, .. } => Some(*index),
+            _ => None,
+        })
+        .max();
+    context
+        .wait_durable(highest)
+        .await
+        .map_err(|reason| storage_failed(&reason))
+}
