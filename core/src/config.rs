@@ -58,6 +58,9 @@ pub struct NodeConfig {
     /// off Raft leadership, answering what is in flight, closing
     /// connections, syncing the WAL. Past it the node exits anyway.
     pub shutdown_timeout_ms: u64,
+    /// Databases per tenant (Redis's SELECT 0 to `databases - 1`), 1-256.
+    /// Every node of a cluster must use the same count.
+    pub databases: u16,
 }
 
 /// How a node's Raft groups snapshot and compact their logs.
@@ -208,6 +211,7 @@ impl Default for NodeConfig {
             cluster: None,
             raft: RaftTuning::default(),
             shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
+            databases: crate::tenants::DEFAULT_DATABASES,
         }
     }
 }
@@ -376,6 +380,12 @@ impl NodeConfig {
         }
         if self.shutdown_timeout_ms == 0 {
             return invalid("shutdown_timeout_ms must be at least 1".into());
+        }
+        if !(1..=256).contains(&self.databases) {
+            return invalid(format!(
+                "databases must be 1 to 256 (a database number is 8 bits), not {}",
+                self.databases
+            ));
         }
         if limits.max_frame_bytes > u32::MAX as usize {
             return invalid("limits.max_frame_bytes must fit in 32 bits".into());

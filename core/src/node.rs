@@ -141,7 +141,10 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
         })
         .collect();
     let tenant_specs = tenants_file::merge(configured, tenants_file::load(&config.data_dir)?);
-    let tenants = Arc::new(TenantRegistry::new(&tenant_specs));
+    let tenants = Arc::new(TenantRegistry::with_databases(
+        &tenant_specs,
+        config.databases,
+    ));
     // Bound now so a taken port fails the start before any core runs.
     let admin_listener = match config.admin_enabled {
         true => Some(tinkerdb_admin::bind(config.admin_listen)?),

@@ -7,6 +7,14 @@
 //! as a message carrying the whole new list; each core swaps its own
 //! [`CoreTenants`] (never shared mutation across cores). The list only
 //! grows, so the id a connection bound to stays valid.
+//!
+//! Databases: each tenant has `databases` keyspaces (Redis's SELECT 0 to
+//! `databases - 1`, 16 by default). Database 0 is the tenant itself; the
+//! others are named `tenant/n` (a `/` cannot appear in a tenant name, so
+//! the name is unambiguous) and carry the database number in their id
+//! (`tinkerdb_storage::keyspace`). The names travel as they are in WAL
+//! records, snapshots and Raft entries, so databases needed no change of
+//! format; the quota is the tenant's, over all its databases.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -14,7 +22,9 @@ use std::sync::Arc;
 
 use tinkerdb_admin::tenants_file::TenantSpec;
 
-use tinkerdb_storage::{Quota, TenantId, SLOT_COUNT};
+use tinkerdb_storage::{
+    database_of, keyspace, quota_owner, Quota, TenantId, MAX_TENANTS, SLOT_COUNT,
+};
 
 /// One known tenant.
 #[derive(Debug, Clone)]
@@ -27,16 +37,32 @@ pub struct Tenant {
     pub quota: Quota,
 }
 
+/// Databases per tenant unless configured (Redis's default).
+pub const DEFAULT_DATABASES: u16 = 16;
+
 /// All tenants of the node.
 #[derive(Debug, Clone)]
 pub struct TenantRegistry {
     tenants: Vec<Tenant>,
     id_by_name: HashMap<Arc<str>, TenantId>,
+    databases: u16,
 }
 
 impl TenantRegistry {
-    /// Builds the registry from validated specs (ids are list positions).
+    /// Builds the registry from validated specs (ids are list positions),
+    /// with the default number of databases.
     pub fn new(specs: &[TenantSpec]) -> TenantRegistry {
+        TenantRegistry::with_databases(specs, DEFAULT_DATABASES)
+    }
+
+    /// Builds the registry from validated specs, each tenant with
+    /// `databases` databases (at least 1).
+    pub fn with_databases(specs: &[TenantSpec], databases: u16) -> TenantRegistry {
+        assert!(
+            (1..=256).contains(&databases),
+            "a tenant has database 0 and at most 256 (8 bits)"
+        );
+        assert!(specs.len() < MAX_TENANTS as usize, "too many tenants");
         let tenants: Vec<Tenant> = specs
             .iter()
             .enumerate()
@@ -53,22 +79,64 @@ impl TenantRegistry {
         TenantRegistry {
             tenants,
             id_by_name,
+            databases,
         }
     }
 
-    /// The tenant called `name`.
-    pub fn by_name(&self, name: &str) -> Option<&Tenant> {
-        self.id_by_name
-            .get(name)
-            .map(|&id| &self.tenants[id as usize])
+    /// Databases per tenant.
+    pub fn databases(&self) -> u16 {
+        self.databases
     }
 
-    /// The tenant with local id `id`.
+    /// The keyspace called `name`: a tenant (its database 0) or
+    /// `tenant/n`, its database n.
+    pub fn by_name(&self, name: &str) -> Option<Tenant> {
+        if let Some(&id) = self.id_by_name.get(name) {
+            return Some(self.tenants[id as usize].clone());
+        }
+        let (tenant, database) = name.rsplit_once('/')?;
+        let database: u8 = database.parse().ok()?;
+        // One spelling per database: "acme/1", never "acme/01" or "acme/0".
+        if database == 0
+            || u16::from(database) >= self.databases
+            || database.to_string() != name[tenant.len() + 1..]
+        {
+            return None;
+        }
+        self.database(self.id_by_name.get(tenant).copied()?, database)
+    }
+
+    /// Database `database` of tenant `tenant` (`None` past the count).
+    pub fn database(&self, tenant: TenantId, database: u8) -> Option<Tenant> {
+        let owner = self.tenants.get(tenant as usize)?;
+        if u16::from(database) >= self.databases {
+            return None;
+        }
+        if database == 0 {
+            return Some(owner.clone());
+        }
+        Some(Tenant {
+            id: keyspace(owner.id, database),
+            name: Arc::from(format!("{}/{database}", owner.name)),
+            quota: owner.quota,
+        })
+    }
+
+    /// The tenant (database 0) with local id `id`.
     pub fn by_id(&self, id: TenantId) -> &Tenant {
         &self.tenants[id as usize]
     }
 
-    /// Every tenant.
+    /// The name of keyspace `id` (`tenant` or `tenant/n`).
+    pub fn name_of(&self, id: TenantId) -> Arc<str> {
+        let owner = self.by_id(quota_owner(id));
+        match database_of(id) {
+            0 => owner.name.clone(),
+            database => Arc::from(format!("{}/{database}", owner.name)),
+        }
+    }
+
+    /// Every tenant (database 0 of each).
     pub fn iter(&self) -> impl Iterator<Item = &Tenant> {
         self.tenants.iter()
     }
@@ -105,14 +173,14 @@ impl CoreTenants {
         self.current.borrow().clone()
     }
 
-    /// The tenant called `name`, now.
+    /// The keyspace called `name` (`tenant` or `tenant/n`), now.
     pub fn by_name(&self, name: &str) -> Option<Tenant> {
-        self.current.borrow().by_name(name).cloned()
+        self.current.borrow().by_name(name)
     }
 
-    /// The name of tenant `id`.
+    /// The name of keyspace `id`.
     pub fn name_of(&self, id: TenantId) -> Arc<str> {
-        self.current.borrow().by_id(id).name.clone()
+        self.current.borrow().name_of(id)
     }
 
     /// Replaces the registry. The new one must extend the old (same names
@@ -168,5 +236,37 @@ mod tests {
             );
         }
         assert_eq!(quota_share(Quota::default(), 0..3), Quota::default());
+    }
+
+    #[test]
+    fn databases_are_named_tenant_slash_n_and_carry_the_number_in_their_id() {
+        let specs = vec![
+            TenantSpec {
+                name: "default".into(),
+                max_keys: None,
+                max_bytes: None,
+            },
+            TenantSpec {
+                name: "acme".into(),
+                max_keys: Some(9),
+                max_bytes: None,
+            },
+        ];
+        let registry = TenantRegistry::with_databases(&specs, 4);
+        let acme3 = registry.by_name("acme/3").expect("database 3");
+        assert_eq!(acme3.id, keyspace(1, 3));
+        assert_eq!(&*acme3.name, "acme/3");
+        assert_eq!(acme3.quota.max_keys, Some(9));
+        assert_eq!(&*registry.name_of(acme3.id), "acme/3");
+        assert_eq!(registry.by_name("acme").unwrap().id, 1);
+        assert_eq!(registry.database(1, 0).unwrap().id, 1);
+        // One spelling per database, within the count, of a known tenant.
+        for name in [
+            "acme/0", "acme/03", "acme/4", "acme/", "ghost/1", "acme/1/1", "acme/-1",
+        ] {
+            assert!(registry.by_name(name).is_none(), "{name}");
+        }
+        assert!(registry.database(1, 4).is_none());
+        assert_eq!(registry.iter().count(), 2, "databases are not tenants");
     }
 }

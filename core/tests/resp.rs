@@ -176,10 +176,7 @@ fn string_commands_behave_like_redis() {
 
 #[test]
 fn multi_key_commands_scan_and_tenants() {
-    let node = TestNode::start_with_config(
-        2,
-        "[[tenants]]\nname = \"db1\"\n[[tenants]]\nname = \"acme\"\n",
-    );
+    let node = TestNode::start_with_config(2, "databases = 4\n[[tenants]]\nname = \"acme\"\n");
     let mut redis = connect(&node);
     let pairs: Vec<(String, String)> = (0..300)
         .map(|i| (format!("key:{i}"), i.to_string()))
@@ -237,29 +234,52 @@ fn multi_key_commands_scan_and_tenants() {
             .unwrap(),
         2
     );
-    // SELECT 1 is the tenant db1; AUTH names a tenant.
+    // SELECT n is database n of the connection's tenant; AUTH names a
+    // tenant (its database 0).
     let _: () = redis::cmd("SELECT").arg(1).query(&mut redis).unwrap();
     assert_eq!(redis::cmd("DBSIZE").query::<i64>(&mut redis).unwrap(), 0);
     let _: () = redis.set("key:5", "db1").unwrap();
-    let out_of_range: redis::RedisResult<()> = redis::cmd("SELECT").arg(7).query(&mut redis);
-    assert!(out_of_range
-        .unwrap_err()
-        .to_string()
-        .contains("DB index is out of range"));
+    for out_of_range in ["4", "-1", "256"] {
+        let refused: redis::RedisResult<()> =
+            redis::cmd("SELECT").arg(out_of_range).query(&mut redis);
+        assert!(
+            refused
+                .unwrap_err()
+                .to_string()
+                .contains("DB index is out of range"),
+            "SELECT {out_of_range}"
+        );
+    }
     let _: () = redis::cmd("AUTH")
         .arg("acme")
         .arg("any")
         .query(&mut redis)
         .unwrap();
     assert_eq!(redis.get::<_, Option<String>>("key:5").unwrap(), None);
+    // acme's database 1 is not default's.
+    let _: () = redis::cmd("SELECT").arg(1).query(&mut redis).unwrap();
+    assert_eq!(redis.get::<_, Option<String>>("key:5").unwrap(), None);
+    let _: () = redis.set("acme:1", "kept").unwrap();
     let wrong: redis::RedisResult<()> = redis::cmd("AUTH").arg("ghost").arg("pw").query(&mut redis);
     assert!(wrong.unwrap_err().to_string().contains("WRONGPASS"));
-    let _: () = redis::cmd("SELECT").arg(0).query(&mut redis).unwrap();
+    let _: () = redis::cmd("AUTH")
+        .arg("default")
+        .arg("any")
+        .query(&mut redis)
+        .unwrap();
     assert_eq!(
         redis.get::<_, Option<String>>("key:5").unwrap().as_deref(),
         Some("5")
     );
-    // FLUSHDB empties only the selected tenant.
+    let info: String = redis::cmd("INFO")
+        .arg("keyspace")
+        .query(&mut redis)
+        .unwrap();
+    assert!(
+        info.contains("db0:keys=298,") && info.contains("db1:keys=1,"),
+        "{info}"
+    );
+    // FLUSHDB empties only the selected database.
     let _: () = redis::cmd("FLUSHDB").query(&mut redis).unwrap();
     assert_eq!(redis::cmd("DBSIZE").query::<i64>(&mut redis).unwrap(), 0);
     let _: () = redis::cmd("SELECT").arg(1).query(&mut redis).unwrap();
@@ -267,6 +287,88 @@ fn multi_key_commands_scan_and_tenants() {
         redis.get::<_, Option<String>>("key:5").unwrap().as_deref(),
         Some("db1")
     );
+    // FLUSHALL empties every database of the tenant, never another's.
+    let _: () = redis::cmd("SELECT").arg(0).query(&mut redis).unwrap();
+    let _: () = redis.set("key:6", "again").unwrap();
+    let _: () = redis::cmd("FLUSHALL").query(&mut redis).unwrap();
+    assert_eq!(redis::cmd("DBSIZE").query::<i64>(&mut redis).unwrap(), 0);
+    let _: () = redis::cmd("SELECT").arg(1).query(&mut redis).unwrap();
+    assert_eq!(redis::cmd("DBSIZE").query::<i64>(&mut redis).unwrap(), 0);
+    let _: () = redis::cmd("AUTH")
+        .arg("acme")
+        .arg("any")
+        .query(&mut redis)
+        .unwrap();
+    let _: () = redis::cmd("SELECT").arg(1).query(&mut redis).unwrap();
+    assert_eq!(
+        redis.get::<_, Option<String>>("acme:1").unwrap().as_deref(),
+        Some("kept")
+    );
+}
+
+/// Databases are keyspaces of their own on disk too, and share their
+/// tenant's quota: a crash keeps database 3's keys apart from database 0's,
+/// and a tenant of 4 keys cannot hold more by spreading them over databases.
+#[test]
+fn databases_survive_a_crash_and_share_the_tenant_quota() {
+    let config = "[[tenants]]\nname = \"small\"\nmax_keys = 4\n";
+    let node = TestNode::start_with_config(2, config);
+    let mut redis = connect(&node);
+    let _: () = redis.set("k", "db0").unwrap();
+    let _: () = redis::cmd("SELECT").arg(3).query(&mut redis).unwrap();
+    let _: () = redis.set("k", "db3").unwrap();
+    let _: () = redis.set("only3", "x").unwrap();
+    let _: () = redis::cmd("AUTH")
+        .arg("small")
+        .arg("pw")
+        .query(&mut redis)
+        .unwrap();
+    let mut refused = 0;
+    for database in 0..4 {
+        let _: () = redis::cmd("SELECT")
+            .arg(database)
+            .query(&mut redis)
+            .unwrap();
+        for key in ["a", "b"] {
+            let written: redis::RedisResult<()> = redis.set(key, "v");
+            if let Err(error) = written {
+                assert!(error.to_string().contains("quota"), "{error}");
+                refused += 1;
+            }
+        }
+    }
+    // 8 writes of new keys against a quota of 4 keys split over 2 cores:
+    // at least 4 are refused (a core's share can refuse a little early).
+    assert!(refused >= 4, "refused {refused}");
+    let dir = node.crash();
+    let node = TestNode::start_in(2, config, &dir, &[]);
+    let mut redis = connect(&node);
+    assert_eq!(
+        redis.get::<_, Option<String>>("k").unwrap().as_deref(),
+        Some("db0")
+    );
+    assert_eq!(redis.get::<_, Option<String>>("only3").unwrap(), None);
+    let _: () = redis::cmd("SELECT").arg(3).query(&mut redis).unwrap();
+    assert_eq!(
+        redis.get::<_, Option<String>>("k").unwrap().as_deref(),
+        Some("db3")
+    );
+    assert_eq!(redis::cmd("DBSIZE").query::<i64>(&mut redis).unwrap(), 2);
+    let _: () = redis::cmd("AUTH")
+        .arg("small")
+        .arg("pw")
+        .query(&mut redis)
+        .unwrap();
+    let mut total = 0;
+    for database in 0..4 {
+        let _: () = redis::cmd("SELECT")
+            .arg(database)
+            .query(&mut redis)
+            .unwrap();
+        total += redis::cmd("DBSIZE").query::<i64>(&mut redis).unwrap();
+    }
+    assert_eq!(total, 8 - refused);
+    assert!(total <= 4);
 }
 
 #[test]

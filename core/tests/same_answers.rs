@@ -251,6 +251,24 @@ const TABLE: &[(&[&str], Via, &str)] = &[
     (&["INFO", "keyspace"], Via::Reader, "INFO Keyspace"),
     (&["INFO", "server", "cpu"], Via::Reader, "INFO Server CPU"),
     (&["INFO", "nosuchsection"], Via::Reader, "INFO"),
+    // Databases: each connection selects its own (the writer's and the
+    // reader's are apart), both go to database 2 here.
+    (&["SET", "d", "zero"], Via::Writer, "OK"),
+    (&["SELECT", "2"], Via::Writer, "OK"),
+    (&["SELECT", "2"], Via::Reader, "OK"),
+    (&["GET", "d"], Via::Reader, "(nil)"),
+    (&["SET", "d", "two"], Via::Writer, "OK"),
+    (&["INCR", "n2"], Via::Writer, ":1"),
+    (&["GET", "d"], Via::Reader, "\"two\""),
+    (&["DBSIZE"], Via::Reader, ":2"),
+    (&["SELECT", "16"], Via::Reader, "ERR DB index is out of range"),
+    (&["FLUSHDB"], Via::Writer, "OK"),
+    (&["DBSIZE"], Via::Reader, ":0"),
+    (&["SELECT", "0"], Via::Writer, "OK"),
+    (&["SELECT", "0"], Via::Reader, "OK"),
+    (&["GET", "d"], Via::Reader, "\"zero\""),
+    (&["FLUSHALL", "SYNC"], Via::Writer, "OK"),
+    (&["DBSIZE"], Via::Reader, ":0"),
 ];
 
 /// The table's one-shard keys share core 0's shard, and `tb` is on core 1's.

@@ -24,6 +24,38 @@ async fn tenant_client(node: &TestNode, tenant: &str) -> Client {
         .unwrap()
 }
 
+/// A Hello naming `tenant/n` binds database n of the tenant: the same
+/// keyspace RESP's SELECT n reaches.
+#[tokio::test]
+async fn hello_with_tenant_slash_n_binds_that_database_the_one_resp_selects() {
+    let node = TestNode::start_with_config(2, CONFIG);
+    let alpha3 = tenant_client(&node, "alpha/3").await;
+    let alpha = tenant_client(&node, "alpha").await;
+    alpha3.set("k", "three").await.unwrap();
+    assert_eq!(alpha.get("k").await.unwrap(), None);
+    assert_eq!(alpha3.count().await.unwrap(), 1);
+    let mut redis = redis::Client::open(format!("redis://{}/", node.resp_addr))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("AUTH")
+        .arg("alpha")
+        .arg("pw")
+        .query(&mut redis)
+        .unwrap();
+    let _: () = redis::cmd("SELECT").arg(3).query(&mut redis).unwrap();
+    let value: Option<String> = redis::cmd("GET").arg("k").query(&mut redis).unwrap();
+    assert_eq!(value.as_deref(), Some("three"));
+    for name in ["alpha/16", "alpha/0", "ghost/1"] {
+        let refused = Client::connect(ClientConfig::new(node.addr.to_string()).tenant(name)).await;
+        assert_eq!(
+            refused.err().and_then(|error| error.code()),
+            Some(tinkerdb_client::ErrorCode::UnknownTenant),
+            "{name}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn no_operation_crosses_tenants() {
     let node = TestNode::start_with_config(2, CONFIG);

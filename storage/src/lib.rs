@@ -35,6 +35,6 @@ pub mod wal_format;
 
 pub use slot::{hash_slot, Slot, SLOT_COUNT};
 pub use store::{
-    EntryView, Expiry, Quota, SetOptions, Store, StoreError, TenantId, TenantUsage, WriteCondition,
-    WriteOutcome,
+    database_of, keyspace, quota_owner, EntryView, Expiry, Quota, SetOptions, Store, StoreError,
+    TenantId, TenantUsage, WriteCondition, WriteOutcome, DATABASE_SHIFT, MAX_TENANTS,
 };

@@ -22,6 +22,13 @@
 //! A tenant's [`Quota`] here is this store's share of the tenant's node-wide
 //! quota (the node divides it among cores). A write that would take usage
 //! over the share fails with [`StoreError`] and changes nothing.
+//!
+//! # Databases
+//! A [`TenantId`] names a keyspace: the tenant in its low 24 bits and a
+//! database number (Redis's SELECT) in its high 8 bits ([`keyspace`]). A
+//! tenant's own id is its database 0. Keys, scans, counts and flushes are
+//! per keyspace; the quota belongs to the tenant and covers all its
+//! databases ([`quota_owner`]).
 
 use std::cell::Cell;
 use std::cmp::Reverse;
@@ -33,8 +40,33 @@ use hashbrown::{HashMap, HashTable};
 
 use crate::slot::Slot;
 
-/// A tenant's id local to one node (the node maps names to ids).
+/// A tenant's id local to one node (the node maps names to ids); with a
+/// database number in its high bits, one of the tenant's keyspaces (see the
+/// module docs, "Databases").
 pub type TenantId = u32;
+
+/// Where a keyspace's database number starts in a [`TenantId`].
+pub const DATABASE_SHIFT: u32 = 24;
+
+/// Most tenants a node can name (ids below this; the bits above hold the
+/// database number).
+pub const MAX_TENANTS: u32 = 1 << DATABASE_SHIFT;
+
+/// The keyspace of `tenant`'s database `database` (0: the tenant itself).
+pub fn keyspace(tenant: TenantId, database: u8) -> TenantId {
+    assert!(tenant < MAX_TENANTS, "tenant id {tenant} has database bits");
+    tenant | (u32::from(database) << DATABASE_SHIFT)
+}
+
+/// The tenant a keyspace belongs to: whose quota it counts against.
+pub fn quota_owner(keyspace: TenantId) -> TenantId {
+    keyspace & (MAX_TENANTS - 1)
+}
+
+/// The database number of a keyspace.
+pub fn database_of(keyspace: TenantId) -> u8 {
+    (keyspace >> DATABASE_SHIFT) as u8
+}
 
 /// Limits on one tenant's usage of one store. `None` means unlimited.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -234,7 +266,11 @@ const EXPIRY_QUEUE_SLACK: usize = 1024;
 pub struct Store {
     hasher: ahash::RandomState,
     tables: HashMap<(TenantId, Slot), HashTable<Entry>, ahash::RandomState>,
+    /// Keys and bytes per keyspace (their `quota` field is unused).
     tenants: HashMap<TenantId, TenantUsage, ahash::RandomState>,
+    /// Keys, bytes and quota per tenant, over all its keyspaces: what
+    /// quotas are checked against.
+    owners: HashMap<TenantId, TenantUsage, ahash::RandomState>,
     expiry_queue: BinaryHeap<Reverse<ExpiryItem>>,
     /// Entries whose `expires_at_ms` is not `NO_EXPIRY`.
     keys_with_expiry: usize,
@@ -256,6 +292,7 @@ impl Store {
             hasher: ahash::RandomState::new(),
             tables: HashMap::default(),
             tenants: HashMap::default(),
+            owners: HashMap::default(),
             expiry_queue: BinaryHeap::new(),
             keys_with_expiry: 0,
             last_version: 0,
@@ -263,15 +300,27 @@ impl Store {
         }
     }
 
-    /// Sets the quota this store enforces for `tenant` (its share of the
-    /// node-wide quota). Existing keys over a lowered quota stay.
+    /// Sets the quota this store enforces for `tenant` over all its
+    /// databases (its share of the node-wide quota). Existing keys over a
+    /// lowered quota stay.
     pub fn set_quota(&mut self, tenant: TenantId, quota: Quota) {
-        self.tenants.entry(tenant).or_default().quota = quota;
+        assert_eq!(quota_owner(tenant), tenant, "quotas belong to tenants");
+        self.owners.entry(tenant).or_default().quota = quota;
     }
 
-    /// Usage and quota of `tenant` in this store.
-    pub fn tenant_usage(&self, tenant: TenantId) -> TenantUsage {
-        self.tenants.get(&tenant).copied().unwrap_or_default()
+    /// Keys and bytes of keyspace `keyspace` in this store, and its
+    /// tenant's quota.
+    pub fn tenant_usage(&self, keyspace: TenantId) -> TenantUsage {
+        let usage = self.tenants.get(&keyspace).copied().unwrap_or_default();
+        TenantUsage {
+            quota: self.owner_usage(quota_owner(keyspace)).quota,
+            ..usage
+        }
+    }
+
+    /// Keys, bytes and quota of `tenant` over all its databases.
+    pub fn owner_usage(&self, tenant: TenantId) -> TenantUsage {
+        self.owners.get(&tenant).copied().unwrap_or_default()
     }
 
     /// Keys of all tenants held, including expired ones not yet removed.
@@ -339,6 +388,7 @@ impl Store {
             hasher,
             tables,
             tenants,
+            owners,
             expiry_queue,
             keys_with_expiry,
             last_version,
@@ -346,6 +396,7 @@ impl Store {
         } = self;
         let hash = hasher.hash_one(key);
         let usage = tenants.entry(tenant).or_default();
+        let owner = owners.entry(quota_owner(tenant)).or_default();
         let table = tables.entry((tenant, slot)).or_default();
         let new_bytes = (key.len() + value.len()) as u64;
         let new_expiry_if_new_key = match options.expiry {
@@ -368,9 +419,9 @@ impl Store {
                     });
                 }
                 let old_bytes = entry.charged_bytes();
-                let bytes_after = usage.bytes - old_bytes + new_bytes;
-                if let Some(max_bytes) = usage.quota.max_bytes {
-                    if new_bytes > old_bytes && bytes_after > max_bytes {
+                let owner_bytes_after = owner.bytes - old_bytes + new_bytes;
+                if let Some(max_bytes) = owner.quota.max_bytes {
+                    if new_bytes > old_bytes && owner_bytes_after > max_bytes {
                         return Err(StoreError::ByteQuotaExceeded { tenant, max_bytes });
                     }
                 }
@@ -392,7 +443,8 @@ impl Store {
                 }
                 entry.expires_at_ms = new_expires_at_ms;
                 entry.version = version;
-                usage.bytes = bytes_after;
+                usage.bytes = usage.bytes - old_bytes + new_bytes;
+                owner.bytes = owner_bytes_after;
                 (old_expires_at_ms, new_expires_at_ms, version)
             }
             TableEntry::Vacant(vacant) => {
@@ -402,13 +454,13 @@ impl Store {
                         version: 0,
                     });
                 }
-                if let Some(max_keys) = usage.quota.max_keys {
-                    if usage.keys >= max_keys {
+                if let Some(max_keys) = owner.quota.max_keys {
+                    if owner.keys >= max_keys {
                         return Err(StoreError::KeyQuotaExceeded { tenant, max_keys });
                     }
                 }
-                if let Some(max_bytes) = usage.quota.max_bytes {
-                    if usage.bytes + new_bytes > max_bytes {
+                if let Some(max_bytes) = owner.quota.max_bytes {
+                    if owner.bytes + new_bytes > max_bytes {
                         return Err(StoreError::ByteQuotaExceeded { tenant, max_bytes });
                     }
                 }
@@ -416,6 +468,8 @@ impl Store {
                 vacant.insert(Entry::new(key, value, new_expiry_if_new_key, version));
                 usage.keys += 1;
                 usage.bytes += new_bytes;
+                owner.keys += 1;
+                owner.bytes += new_bytes;
                 (NO_EXPIRY, new_expiry_if_new_key, version)
             }
         };
@@ -516,6 +570,13 @@ impl Store {
         self.keys_with_expiry -= removed_with_expiry;
         if let Some(usage) = self.tenants.get_mut(&tenant) {
             assert_eq!(usage.keys, removed, "usage counts every key of the tenant");
+            let owner = self
+                .owners
+                .get_mut(&quota_owner(tenant))
+                .expect("a keyspace's tenant has usage");
+            assert!(owner.keys >= usage.keys && owner.bytes >= usage.bytes);
+            owner.keys -= usage.keys;
+            owner.bytes -= usage.bytes;
             usage.keys = 0;
             usage.bytes = 0;
         }
@@ -562,8 +623,9 @@ impl Store {
             (1..=MAX_VERSION).contains(&version),
             "restored version {version} out of range"
         );
-        let quota = self.tenant_usage(tenant).quota;
-        self.set_quota(tenant, Quota::default());
+        let owner = quota_owner(tenant);
+        let quota = self.owner_usage(owner).quota;
+        self.set_quota(owner, Quota::default());
         let expiry = expires_at_ms.map_or(Expiry::Never, Expiry::AtMs);
         let options = SetOptions {
             condition: WriteCondition::Always,
@@ -576,7 +638,7 @@ impl Store {
         // when a restored version sat at the top of the range).
         self.write(tenant, slot, key, value, options, 0, Some(version))
             .expect("no quota while restoring");
-        self.set_quota(tenant, quota);
+        self.set_quota(owner, quota);
     }
 
     /// Moves the version counter up to at least `version` (from a snapshot's
@@ -672,6 +734,13 @@ impl Store {
         assert!(usage.keys >= 1 && usage.bytes >= entry.charged_bytes());
         usage.keys -= 1;
         usage.bytes -= entry.charged_bytes();
+        let owner = self
+            .owners
+            .get_mut(&quota_owner(tenant))
+            .expect("a keyspace's tenant has usage");
+        assert!(owner.keys >= 1 && owner.bytes >= entry.charged_bytes());
+        owner.keys -= 1;
+        owner.bytes -= entry.charged_bytes();
         if entry.expires_at_ms != NO_EXPIRY {
             self.keys_with_expiry -= 1;
         }
@@ -843,6 +912,50 @@ mod tests {
             .unwrap();
         assert_eq!(store.expire_due(1000, 10), 0, "stale queue item ignored");
         assert_eq!(store.get(T, 0, b"k", 1000).unwrap().value, b"x");
+    }
+
+    #[test]
+    fn databases_are_apart_and_share_their_tenant_quota() {
+        let mut store = Store::new();
+        store.set_quota(
+            T,
+            Quota {
+                max_keys: Some(2),
+                max_bytes: None,
+            },
+        );
+        let db3 = keyspace(T, 3);
+        let set = |store: &mut Store, tenant, key: &[u8]| {
+            store.set(tenant, 0, key, b"v", SetOptions::default(), 0)
+        };
+        set(&mut store, T, b"k").unwrap();
+        set(&mut store, db3, b"k").unwrap();
+        assert!(
+            set(&mut store, db3, b"other").is_err(),
+            "the tenant's quota covers db 3"
+        );
+        assert_eq!(store.get(T, 0, b"k", 0).unwrap().version, 1);
+        assert_eq!(store.get(db3, 0, b"k", 0).unwrap().version, 2);
+        assert_eq!(store.tenant_usage(db3).keys, 1);
+        assert_eq!(store.tenant_usage(db3).quota.max_keys, Some(2));
+        assert_eq!(store.owner_usage(T).keys, 2);
+        assert_eq!(store.flush_tenant(db3), 1);
+        assert_eq!(store.owner_usage(T).keys, 1);
+        assert!(
+            store.get(T, 0, b"k", 0).is_some(),
+            "flushing db 3 keeps db 0"
+        );
+        set(&mut store, db3, b"other").unwrap();
+        assert!(store.delete(db3, 0, b"other", 0));
+        assert_eq!(
+            store.owner_usage(T),
+            TenantUsage {
+                keys: 1,
+                bytes: 2,
+                quota: store.owner_usage(T).quota
+            }
+        );
+        assert_eq!((quota_owner(db3), database_of(db3)), (T, 3));
     }
 
     #[test]

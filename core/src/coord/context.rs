@@ -72,7 +72,7 @@ impl Default for CoreStats {
 }
 
 impl CoreStats {
-    /// Records `count` requests of `tenant` answered together, read at
+    /// Records `count` requests of `tenant` (a keyspace) answered together, read at
     /// `started` (one clock read per batch, not per request).
     pub fn record_answers(&self, tenant: TenantId, count: u64, started: Instant) {
         if count == 0 {
@@ -82,7 +82,8 @@ impl CoreStats {
         let micros = started.elapsed().as_micros() as u64;
         record_micros(&mut self.request_latency.borrow_mut(), micros, count);
         let mut by_tenant = self.tenant_requests.borrow_mut();
-        let index = tenant as usize;
+        // By tenant, all its databases together.
+        let index = tinkerdb_storage::quota_owner(tenant) as usize;
         if by_tenant.len() <= index {
             by_tenant.resize(index + 1, 0);
         }

@@ -11,7 +11,8 @@ use crate::tenants::{quota_share, TenantRegistry};
 /// Installs a new tenant list on this core and sets this core's share of
 /// every quota.
 pub fn install_tenants(context: &CoreContext, specs: &[TenantSpec]) {
-    let registry = Arc::new(TenantRegistry::new(specs));
+    let databases = context.tenants.get().databases();
+    let registry = Arc::new(TenantRegistry::with_databases(specs, databases));
     context.tenants.install(registry.clone());
     apply_quotas(context, &registry);
 }

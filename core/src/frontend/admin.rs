@@ -298,7 +298,7 @@ fn report(context: &CoreContext) -> CoreReport {
         let registry = context.tenants.get();
         let bytes = registry
             .iter()
-            .map(|tenant| store.tenant_usage(tenant.id).bytes)
+            .map(|tenant| store.owner_usage(tenant.id).bytes)
             .sum();
         (store.key_count(), bytes)
     };
@@ -400,7 +400,8 @@ fn tenant_usage(context: &CoreContext) -> Vec<Usage> {
         .get()
         .iter()
         .map(|tenant| {
-            let usage = store.tenant_usage(tenant.id);
+            // Every database of the tenant.
+            let usage = store.owner_usage(tenant.id);
             Usage {
                 keys: usage.keys,
                 bytes: usage.bytes,

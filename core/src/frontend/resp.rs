@@ -11,14 +11,18 @@
 //! Tenants: a connection starts in tenant `default` (Redis DB 0).
 //! `AUTH tenant [password]` and `HELLO 3 AUTH tenant password` switch to a
 //! tenant (passwords are not checked: authentication is milestone 6);
-//! `SELECT n` selects `default` for 0 and the tenant named `db<n>` otherwise.
+//! `SELECT n` selects database n of the connection's tenant (0 to
+//! `databases - 1`, 16 by default: `crate::tenants`); AUTH starts at its
+//! database 0.
 
 use std::rc::Rc;
 
 use bytes::Bytes;
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
-use tinkerdb_storage::{hash_slot, Expiry, SetOptions, WriteCondition, SLOT_COUNT};
+use tinkerdb_storage::{
+    database_of, hash_slot, quota_owner, Expiry, SetOptions, TenantId, WriteCondition, SLOT_COUNT,
+};
 
 use crate::config::DEFAULT_TENANT;
 use crate::coord::batches::RemoteBatches;
@@ -630,11 +634,10 @@ impl RespConnection {
                 let index = args.next().expect("arity");
                 match std::str::from_utf8(&index)
                     .ok()
-                    .and_then(|t| t.parse::<u32>().ok())
+                    .and_then(|t| t.parse::<i64>().ok())
                 {
                     None => RespValue::error("ERR value is not an integer or out of range"),
-                    Some(0) => self.switch_tenant(DEFAULT_TENANT, false),
-                    Some(n) => self.switch_tenant(&format!("db{n}"), false),
+                    Some(database) => self.select(database),
                 }
             }
             "GET" => {
@@ -1029,10 +1032,10 @@ impl RespConnection {
                         b"REPLACE" => replace = true,
                         // Only the connection's own database is reachable.
                         b"DB" => match args.next().as_deref().and_then(parse_i64) {
-                            Some(0) => {}
+                            Some(n) if n == i64::from(database_of(tenant)) => {}
                             Some(_) => {
                                 return ready(RespValue::error(
-                                    "ERR COPY to another database is not supported (a tenant is one database, docs/redis-compatibility.md)",
+                                    "ERR COPY to another database is not supported (its key lives in another slot, docs/redis-compatibility.md)",
                                 ))
                             }
                             None => {
@@ -1070,17 +1073,52 @@ impl RespConnection {
                 arity!(argc == 1);
                 self.multi(Command::Count).await
             }
-            // FLUSHALL empties every database of the connection's tenant,
-            // never another tenant's: today a tenant is one database.
+            // FLUSHDB empties the selected database; FLUSHALL every database
+            // of the connection's tenant, never another tenant's.
             "FLUSHDB" | "FLUSHALL" => {
                 arity!(argc <= 2);
+                if let Some(mode) = args.next() {
+                    if !mode.eq_ignore_ascii_case(b"ASYNC") && !mode.eq_ignore_ascii_case(b"SYNC") {
+                        return ready(RespValue::error("ERR syntax error"));
+                    }
+                }
                 self.remote.flush_ordered(&self.context).await;
-                let requests = (0..self.context.slot_map.cores())
-                    .map(|core| (core, ShardRequest::Flush { tenant }));
+                let keyspaces = if name == "FLUSHALL" {
+                    self.databases().into_iter().map(|(_, id)| id).collect()
+                } else {
+                    vec![tenant]
+                };
                 let mut failed = None;
-                for (core, request) in requests {
-                    if let Err(error) = self.context.call(core, request).await {
-                        failed = Some(protocol_error(&error));
+                for core in 0..self.context.slot_map.cores() {
+                    let flushes = keyspaces
+                        .iter()
+                        .map(|&tenant| ShardRequest::Flush { tenant })
+                        .collect();
+                    match self.context.call(core, ShardRequest::Batch(flushes)).await {
+                        Ok(ShardReply::Batch(replies)) => {
+                            for reply in replies {
+                                match reply {
+                                    ShardReply::Count(_) => {}
+                                    ShardReply::Refused(reason) => {
+                                        failed = Some(storage_error(&reason))
+                                    }
+                                    ShardReply::Error(error) => {
+                                        failed = Some(protocol_error(&error))
+                                    }
+                                    other => {
+                                        failed = Some(RespValue::error(format!(
+                                            "ERR internal: unexpected shard reply {other:?}"
+                                        )))
+                                    }
+                                }
+                            }
+                        }
+                        Ok(other) => {
+                            failed = Some(RespValue::error(format!(
+                                "ERR internal: unexpected shard reply {other:?}"
+                            )))
+                        }
+                        Err(error) => failed = Some(protocol_error(&error)),
                     }
                 }
                 failed.unwrap_or(RespValue::Simple("OK"))
@@ -1194,6 +1232,29 @@ impl RespConnection {
             pattern,
             count,
         })
+    }
+
+    /// SELECT: database `database` of the connection's tenant.
+    fn select(&mut self, database: i64) -> RespValue {
+        let owner = quota_owner(self.session.tenant);
+        let registry = self.context.tenants.get();
+        let found = u8::try_from(database)
+            .ok()
+            .and_then(|database| registry.database(owner, database));
+        match found {
+            Some(keyspace) => self.switch_tenant(&keyspace.name, false),
+            None => RespValue::error("ERR DB index is out of range"),
+        }
+    }
+
+    /// Every database of the connection's tenant: (number, keyspace id).
+    fn databases(&self) -> Vec<(u8, TenantId)> {
+        let owner = quota_owner(self.session.tenant);
+        let registry = self.context.tenants.get();
+        (0..registry.databases())
+            .filter_map(|database| registry.database(owner, u8::try_from(database).ok()?))
+            .map(|keyspace| (database_of(keyspace.id), keyspace.id))
+            .collect()
     }
 
     fn switch_tenant(&mut self, name: &str, from_auth: bool) -> RespValue {
@@ -1485,16 +1546,32 @@ impl RespConnection {
         }
         if want("keyspace") {
             self.remote.flush_ordered(&self.context).await;
-            let keys = match execute_multi(&self.context, &self.session, Command::Count).await {
-                Ok(Reply::Count(count)) => count,
-                _ => 0,
-            };
-            let fields = if keys > 0 {
-                vec![("db0", format!("keys={keys},expires=0,avg_ttl=0"))]
-            } else {
-                Vec::new()
-            };
-            section("Keyspace", fields);
+            let mut fields = Vec::new();
+            for (database, keyspace) in self.databases() {
+                let session = Session::open(
+                    &self.context.tenants,
+                    &self.context.tenants.name_of(keyspace),
+                    self.session.stale_reads,
+                )
+                .expect("a database of the connection's tenant");
+                if let Ok(Reply::Count(keys)) =
+                    execute_multi(&self.context, &session, Command::Count).await
+                {
+                    if keys > 0 {
+                        fields.push((
+                            format!("db{database}"),
+                            format!("keys={keys},expires=0,avg_ttl=0"),
+                        ));
+                    }
+                }
+            }
+            section(
+                "Keyspace",
+                fields
+                    .iter()
+                    .map(|(name, value)| (name.as_str(), value.clone()))
+                    .collect(),
+            );
         }
         text
     }
