@@ -1,5 +1,6 @@
-//! A small blocking client of a node's admin HTTP API (`docs/http-api.md`),
-//! for the `tinker cluster` commands and for a node joining a cluster.
+//! A small client of a node's admin HTTP API (`docs/http-api.md`): blocking
+//! for the `tinker cluster` commands, async (tokio) for a node joining a
+//! cluster.
 //!
 //! One request per connection (`Connection: close`), HTTP/1.1, JSON bodies;
 //! the node's errors (`{"error":{"code","message"}}`) come back as
@@ -45,7 +46,8 @@ pub enum AdminError {
 }
 
 /// Sends `method path` with an optional JSON body to the admin API at
-/// `addr` and returns the JSON answer of a 2xx status.
+/// `addr` and returns the JSON answer of a 2xx status (blocking: for the
+/// `tinker` CLI; a node uses [`request_async`]).
 pub fn request(
     addr: &str,
     method: &str,
@@ -57,53 +59,114 @@ pub fn request(
         addr: addr.to_owned(),
         source,
     };
-    let malformed = |detail: String| AdminError::Malformed {
-        addr: addr.to_owned(),
-        detail,
-    };
     let socket = addr
         .to_socket_addrs()
         .map_err(io)?
         .next()
-        .ok_or_else(|| malformed("the address does not resolve".into()))?;
+        .ok_or_else(|| malformed(addr, "the address does not resolve".into()))?;
     let mut stream = TcpStream::connect_timeout(&socket, timeout).map_err(io)?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    let body = body.map(|json| json.to_string()).unwrap_or_default();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).map_err(io)?;
-    stream.write_all(body.as_bytes()).map_err(io)?;
+    stream
+        .write_all(&request_bytes(addr, method, path, body))
+        .map_err(io)?;
     let mut answer = Vec::new();
     stream
         .take(MAX_ADMIN_ANSWER_BYTES as u64 + 1)
         .read_to_end(&mut answer)
         .map_err(io)?;
+    parse_answer(addr, &answer)
+}
+
+/// [`request`] on tokio: the whole exchange (connect, write, read) within
+/// `timeout`, without blocking a thread.
+pub async fn request_async(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    timeout: Duration,
+) -> Result<serde_json::Value, AdminError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = |source| AdminError::Io {
+        addr: addr.to_owned(),
+        source,
+    };
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(io)?;
+        stream
+            .write_all(&request_bytes(addr, method, path, body))
+            .await
+            .map_err(io)?;
+        let mut answer = Vec::new();
+        stream
+            .take(MAX_ADMIN_ANSWER_BYTES as u64 + 1)
+            .read_to_end(&mut answer)
+            .await
+            .map_err(io)?;
+        Ok(answer)
+    };
+    let answer = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| {
+            io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {timeout:?}"),
+            ))
+        })??;
+    parse_answer(addr, &answer)
+}
+
+fn malformed(addr: &str, detail: String) -> AdminError {
+    AdminError::Malformed {
+        addr: addr.to_owned(),
+        detail,
+    }
+}
+
+/// One HTTP/1.1 request, `Connection: close`, with a JSON body.
+fn request_bytes(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Vec<u8> {
+    let body = body.map(|json| json.to_string()).unwrap_or_default();
+    let mut bytes = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    bytes.extend_from_slice(body.as_bytes());
+    bytes
+}
+
+/// The JSON of a 2xx answer, or the node's error.
+fn parse_answer(addr: &str, answer: &[u8]) -> Result<serde_json::Value, AdminError> {
     if answer.len() > MAX_ADMIN_ANSWER_BYTES {
-        return Err(malformed(format!(
-            "answer over {MAX_ADMIN_ANSWER_BYTES} bytes"
-        )));
+        return Err(malformed(
+            addr,
+            format!("answer over {MAX_ADMIN_ANSWER_BYTES} bytes"),
+        ));
     }
     let split = answer
         .windows(4)
         .position(|window| window == b"\r\n\r\n")
-        .ok_or_else(|| malformed("no end of headers".into()))?;
+        .ok_or_else(|| malformed(addr, "no end of headers".into()))?;
     let head = String::from_utf8_lossy(&answer[..split]);
     let status: u16 = head
         .split_whitespace()
         .nth(1)
         .and_then(|code| code.parse().ok())
-        .ok_or_else(|| malformed(format!("bad status line {:?}", head.lines().next())))?;
+        .ok_or_else(|| malformed(addr, format!("bad status line {:?}", head.lines().next())))?;
     let chunked = head.lines().any(|line| {
         line.to_ascii_lowercase()
             .starts_with("transfer-encoding: chunked")
     });
     let raw = &answer[split + 4..];
     let payload = if chunked {
-        dechunk(raw).ok_or_else(|| malformed("bad chunked body".into()))?
+        dechunk(raw).ok_or_else(|| malformed(addr, "bad chunked body".into()))?
     } else {
         raw.to_vec()
     };
@@ -111,7 +174,7 @@ pub fn request(
         serde_json::Value::Null
     } else {
         serde_json::from_slice(&payload)
-            .map_err(|error| malformed(format!("body is not JSON: {error}")))?
+            .map_err(|error| malformed(addr, format!("body is not JSON: {error}")))?
     };
     if (200..300).contains(&status) {
         return Ok(json);

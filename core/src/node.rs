@@ -289,7 +289,11 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
     if let Some(cluster) = &config.cluster {
         if let Some(seed) = &cluster.join {
             let own_admin = admin.as_ref().map(|admin| admin.addr);
-            crate::cluster::join(seed, cluster, cores, own_admin)?;
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("a runtime for the join")?
+                .block_on(crate::cluster::join(seed, cluster, cores, own_admin))?;
         }
     }
     on_ready(&NodeInfo {

@@ -111,13 +111,16 @@ pub const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(70)
 /// restarted member asks again and is told it already is one. With its
 /// own admin API at `own_admin`, it then waits until its own replicas have
 /// applied the membership that makes it a voter, so that "ready" means a
-/// member in its own eyes too.
-pub fn join(
+/// member in its own eyes too. Async (tokio): `node::run` drives it on a
+/// current-thread runtime of its start-up thread; the cores never wait on
+/// it.
+pub async fn join(
     seed: &str,
     cluster: &ClusterConfig,
     cores: usize,
     own_admin: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<()> {
+    use tinkerdb_client::admin::request_async;
     // The advertised Raft address: what the members will dial.
     let me = cluster.me();
     let body = serde_json::json!({
@@ -126,42 +129,44 @@ pub fn join(
         "cores": cores,
     });
     tracing::info!(%seed, node_id = cluster.node_id, "asking to join the cluster");
-    let answer = tinkerdb_client::admin::request(
-        seed,
-        "POST",
-        "/v1/cluster/nodes",
-        Some(&body),
-        JOIN_TIMEOUT,
-    )
-    .map_err(|error| anyhow::anyhow!("cannot join the cluster through {seed}: {error}"))?;
+    let answer = request_async(seed, "POST", "/v1/cluster/nodes", Some(&body), JOIN_TIMEOUT)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot join the cluster through {seed}: {error}"))?;
     tracing::info!(voters = %answer["voters"], "joined the cluster");
     let Some(own_admin) = own_admin else {
         return Ok(());
     };
-    let started = std::time::Instant::now();
     let own_admin = own_admin.to_string();
     let me = serde_json::json!(cluster.node_id);
-    loop {
-        let status =
-            tinkerdb_client::admin::request(&own_admin, "GET", "/v1/cluster", None, JOIN_TIMEOUT)?;
-        let voter_everywhere = status["shards"].as_array().is_some_and(|shards| {
-            shards.iter().all(|shard| {
-                shard["replicas"]
-                    .as_array()
-                    .is_some_and(|replicas| replicas.contains(&me))
-            })
-        });
-        if voter_everywhere {
-            return Ok(());
+    let learned = async {
+        loop {
+            let status =
+                request_async(&own_admin, "GET", "/v1/cluster", None, JOIN_TIMEOUT).await?;
+            let voter_everywhere = status["shards"].as_array().is_some_and(|shards| {
+                shards.iter().all(|shard| {
+                    shard["replicas"]
+                        .as_array()
+                        .is_some_and(|replicas| replicas.contains(&me))
+                })
+            });
+            if voter_everywhere {
+                return anyhow::Ok(());
+            }
+            tokio::time::sleep(JOIN_POLL_INTERVAL).await;
         }
-        if started.elapsed() > JOIN_TIMEOUT {
-            anyhow::bail!(
+    };
+    tokio::time::timeout(JOIN_TIMEOUT, learned)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
                 "added through {seed}, but this node's replicas did not learn it within {JOIN_TIMEOUT:?}"
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+            )
+        })?
 }
+
+/// How often a joining node asks its own admin API whether its replicas
+/// have learned that it is a voter.
+pub const JOIN_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Adds (`Some(raft_base)`, `HOST:PORT` of its core 0) or removes node
 /// `id` in this core's group, on the group's leader; answers the voters
