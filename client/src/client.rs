@@ -102,6 +102,36 @@ pub enum SetCondition {
     IfPresent,
 }
 
+/// When [`Client::expire_at`] applies (Redis 7's EXPIRE options; no
+/// expiry counts as an infinitely late one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExpireCondition {
+    /// Always.
+    #[default]
+    Always,
+    /// NX: the key has no expiry.
+    IfNone,
+    /// XX: the key has an expiry.
+    IfSome,
+    /// GT: the new expiry is later.
+    IfLater,
+    /// LT: the new expiry is earlier.
+    IfEarlier,
+}
+
+/// What [`Client::rename_with`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenameKind {
+    /// RENAME: overwrite the destination.
+    Rename,
+    /// RENAMENX: only if the destination does not exist.
+    RenameIfAbsent,
+    /// COPY: keep the source; only if the destination does not exist.
+    Copy,
+    /// COPY ... REPLACE: keep the source, overwrite the destination.
+    CopyReplace,
+}
+
 /// Options of [`Client::set_with`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SetOptions {
@@ -274,6 +304,103 @@ impl Client {
             Response::Written(result) => Ok(result),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// Adds `by` to the key's value read as a decimal integer (a missing key
+    /// counts as 0) and returns the new value; the TTL is kept (Redis
+    /// INCRBY). `ErrorCode::NotAnInteger` for another value or an overflow.
+    pub async fn incr_by(&self, key: impl AsRef<[u8]>, by: i64) -> Result<i64, ClientError> {
+        let request = Request::IncrBy {
+            key: key.as_ref(),
+            by,
+        };
+        match self.call(request).await? {
+            Response::Integer(value) => Ok(value),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sets the key's expiry to `at` when `condition` holds; a time in the
+    /// past deletes the key. Whether it changed anything (false: no such
+    /// key, or the condition failed).
+    pub async fn expire_at(
+        &self,
+        key: impl AsRef<[u8]>,
+        at: std::time::SystemTime,
+        condition: ExpireCondition,
+    ) -> Result<bool, ClientError> {
+        // At least 1 ms: 0 on the wire means "remove the expiry".
+        let at_unix_ms = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |since| (since.as_millis() as u64).max(1));
+        self.expire_request(key.as_ref(), at_unix_ms, condition)
+            .await
+    }
+
+    /// Removes the key's expiry; whether it had one (Redis PERSIST).
+    pub async fn persist(&self, key: impl AsRef<[u8]>) -> Result<bool, ClientError> {
+        self.expire_request(key.as_ref(), 0, ExpireCondition::Always)
+            .await
+    }
+
+    async fn expire_request(
+        &self,
+        key: &[u8],
+        at_unix_ms: u64,
+        condition: ExpireCondition,
+    ) -> Result<bool, ClientError> {
+        let request = Request::Expire {
+            key,
+            at_unix_ms,
+            condition,
+        };
+        Ok(self.count_of(request).await? == 1)
+    }
+
+    /// Renames `from` to `to`, value and expiry, atomically (Redis RENAME).
+    /// Both keys must live on one shard (`ErrorCode::CrossShard`); a
+    /// missing `from` is `ErrorCode::NoSuchKey`.
+    pub async fn rename(
+        &self,
+        from: impl AsRef<[u8]>,
+        to: impl AsRef<[u8]>,
+    ) -> Result<(), ClientError> {
+        self.rename_with(from, to, RenameKind::Rename)
+            .await
+            .map(drop)
+    }
+
+    /// Renames or copies as `kind` says; whether it did (see
+    /// [`RenameKind`]).
+    pub async fn rename_with(
+        &self,
+        from: impl AsRef<[u8]>,
+        to: impl AsRef<[u8]>,
+        kind: RenameKind,
+    ) -> Result<bool, ClientError> {
+        let request = Request::Rename {
+            from: from.as_ref(),
+            to: to.as_ref(),
+            kind,
+        };
+        Ok(self.count_of(request).await? == 1)
+    }
+
+    /// Writes every entry only if none of the keys exists, atomically
+    /// (Redis MSETNX); whether it wrote. All keys must live on one shard
+    /// (`ErrorCode::CrossShard`).
+    pub async fn mset_if_absent<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        &self,
+        entries: &[(K, V)],
+    ) -> Result<bool, ClientError> {
+        let entries: Vec<(&[u8], &[u8])> = entries
+            .iter()
+            .map(|(key, value)| (key.as_ref(), value.as_ref()))
+            .collect();
+        Ok(self
+            .count_of(Request::MSetIfAbsent { entries: &entries })
+            .await?
+            == 1)
     }
 
     /// Deletes keys; returns how many existed.

@@ -7,7 +7,7 @@ use flatbuffers::{FlatBufferBuilder, WIPOffset};
 use tinkerdb_schemas::frame::{decode_response, write_frame};
 use tinkerdb_schemas::wire;
 
-use crate::client::{SetCondition, Value, WriteResult};
+use crate::client::{ExpireCondition, RenameKind, SetCondition, Value, WriteResult};
 use crate::error::{ClientError, ShardOwner};
 
 /// A request, borrowing its keys and values from the caller.
@@ -92,6 +92,36 @@ pub enum Request<'a> {
     Count,
     /// Snapshot the node.
     Snapshot,
+    /// Add to a key's integer value.
+    IncrBy {
+        /// Key.
+        key: &'a [u8],
+        /// Increment.
+        by: i64,
+    },
+    /// Set (at_unix_ms > 0) or remove (0) a key's expiry.
+    Expire {
+        /// Key.
+        key: &'a [u8],
+        /// Unix ms, 0 = remove.
+        at_unix_ms: u64,
+        /// When it applies.
+        condition: ExpireCondition,
+    },
+    /// Rename or copy a key.
+    Rename {
+        /// Source.
+        from: &'a [u8],
+        /// Destination.
+        to: &'a [u8],
+        /// How.
+        kind: RenameKind,
+    },
+    /// Write keys only if none exists.
+    MSetIfAbsent {
+        /// Pairs.
+        entries: &'a [(&'a [u8], &'a [u8])],
+    },
 }
 
 /// An answer, decoded.
@@ -145,6 +175,8 @@ pub enum Response {
         /// Bytes written.
         bytes: u64,
     },
+    /// Answer to IncrBy.
+    Integer(i64),
 }
 
 type KeyOffsets<'b> =
@@ -156,6 +188,30 @@ fn key_vector<'b>(builder: &mut FlatBufferBuilder<'b>, keys: &[&[u8]]) -> KeyOff
         .map(|key| {
             let bytes = builder.create_vector(key);
             wire::Key::create(builder, &wire::KeyArgs { bytes: Some(bytes) })
+        })
+        .collect();
+    builder.create_vector(&tables)
+}
+
+type KeyValueOffsets<'b> =
+    WIPOffset<flatbuffers::Vector<'b, flatbuffers::ForwardsUOffset<wire::KeyValue<'b>>>>;
+
+fn key_value_vector<'b>(
+    builder: &mut FlatBufferBuilder<'b>,
+    entries: &[(&[u8], &[u8])],
+) -> KeyValueOffsets<'b> {
+    let tables: Vec<_> = entries
+        .iter()
+        .map(|(key, value)| {
+            let key = builder.create_vector(key);
+            let value = builder.create_vector(value);
+            wire::KeyValue::create(
+                builder,
+                &wire::KeyValueArgs {
+                    key: Some(key),
+                    value: Some(value),
+                },
+            )
         })
         .collect();
     builder.create_vector(&tables)
@@ -260,21 +316,7 @@ pub fn encode_request(
             (wire::Request::MGet, table.as_union_value())
         }
         Request::MSet { entries } => {
-            let tables: Vec<_> = entries
-                .iter()
-                .map(|(key, value)| {
-                    let key = builder.create_vector(key);
-                    let value = builder.create_vector(value);
-                    wire::KeyValue::create(
-                        builder,
-                        &wire::KeyValueArgs {
-                            key: Some(key),
-                            value: Some(value),
-                        },
-                    )
-                })
-                .collect();
-            let entries = builder.create_vector(&tables);
+            let entries = key_value_vector(builder, entries);
             let table = wire::MSet::create(
                 builder,
                 &wire::MSetArgs {
@@ -320,6 +362,63 @@ pub fn encode_request(
             wire::Request::Snapshot,
             wire::Snapshot::create(builder, &wire::SnapshotArgs {}).as_union_value(),
         ),
+        Request::IncrBy { key, by } => {
+            let key = builder.create_vector(key);
+            let table = wire::IncrBy::create(builder, &wire::IncrByArgs { key: Some(key), by });
+            (wire::Request::IncrBy, table.as_union_value())
+        }
+        Request::Expire {
+            key,
+            at_unix_ms,
+            condition,
+        } => {
+            let key = builder.create_vector(key);
+            let condition = match condition {
+                ExpireCondition::Always => wire::ExpireCondition::Always,
+                ExpireCondition::IfNone => wire::ExpireCondition::IfNone,
+                ExpireCondition::IfSome => wire::ExpireCondition::IfSome,
+                ExpireCondition::IfLater => wire::ExpireCondition::IfLater,
+                ExpireCondition::IfEarlier => wire::ExpireCondition::IfEarlier,
+            };
+            let table = wire::Expire::create(
+                builder,
+                &wire::ExpireArgs {
+                    key: Some(key),
+                    at_unix_ms,
+                    condition,
+                },
+            );
+            (wire::Request::Expire, table.as_union_value())
+        }
+        Request::Rename { from, to, kind } => {
+            let from = builder.create_vector(from);
+            let to = builder.create_vector(to);
+            let kind = match kind {
+                RenameKind::Rename => wire::RenameKind::Rename,
+                RenameKind::RenameIfAbsent => wire::RenameKind::RenameIfAbsent,
+                RenameKind::Copy => wire::RenameKind::Copy,
+                RenameKind::CopyReplace => wire::RenameKind::CopyReplace,
+            };
+            let table = wire::Rename::create(
+                builder,
+                &wire::RenameArgs {
+                    from: Some(from),
+                    to: Some(to),
+                    kind,
+                },
+            );
+            (wire::Request::Rename, table.as_union_value())
+        }
+        Request::MSetIfAbsent { entries } => {
+            let entries = key_value_vector(builder, entries);
+            let table = wire::MSetIfAbsent::create(
+                builder,
+                &wire::MSetIfAbsentArgs {
+                    entries: Some(entries),
+                },
+            );
+            (wire::Request::MSetIfAbsent, table.as_union_value())
+        }
     };
     let frame = wire::RequestFrame::create(
         builder,
@@ -425,6 +524,12 @@ pub fn decode(body: &[u8]) -> Result<(u64, Response), ClientError> {
                 keys: keys_of(scan.keys()),
             }
         }
+        wire::Response::IntegerResult => Response::Integer(
+            frame
+                .response_as_integer_result()
+                .ok_or_else(missing)?
+                .value(),
+        ),
         wire::Response::SnapshotResult => {
             let result = frame.response_as_snapshot_result().ok_or_else(missing)?;
             Response::Snapshotted {

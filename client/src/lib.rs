@@ -32,7 +32,8 @@ pub mod connection;
 pub mod error;
 
 pub use client::{
-    Client, ClientConfig, ScanOptions, ScanPage, SetCondition, SetOptions, Value, WriteResult,
+    Client, ClientConfig, ExpireCondition, RenameKind, ScanOptions, ScanPage, SetCondition,
+    SetOptions, Value, WriteResult,
 };
 pub use error::{ClientError, ShardOwner};
 pub use tinkerdb_schemas::wire::ErrorCode;

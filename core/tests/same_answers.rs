@@ -346,6 +346,246 @@ fn run_table(writer: &mut redis::Connection, reader: &mut redis::Connection) -> 
     answers
 }
 
+/// The flatbuffers operations that mirror Redis commands (IncrBy, Expire,
+/// Rename, MSetIfAbsent), through the Rust client: writes through
+/// `writer`'s node, reads through `reader`'s. Returns every answer, shown
+/// as text (TTLs as a bound), after checking each against its expectation.
+fn run_flatbuffers_table(writer: &TestNode, reader: &TestNode) -> Vec<String> {
+    use tinkerdb_client::{Client, ClientConfig, ClientError, ExpireCondition, RenameKind};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let connect = |node: &TestNode| {
+            let config =
+                ClientConfig::new(node.addr.to_string()).request_timeout(Duration::from_secs(30));
+            Client::connect(config)
+        };
+        let (writer, reader) = (
+            connect(writer).await.unwrap(),
+            connect(reader).await.unwrap(),
+        );
+        let mut answers = Vec::new();
+        let mut check = |what: &str, answer: String, expected: &str| {
+            assert_eq!(answer, expected, "{what}");
+            answers.push(answer);
+        };
+        fn code<T>(result: Result<T, ClientError>) -> String {
+            match result {
+                Ok(_) => "ok".to_string(),
+                Err(error) => format!("{:?}", error.code()),
+            }
+        }
+        let now = std::time::SystemTime::now();
+        let secs = |n: u64| now + Duration::from_secs(n);
+        writer.set("f1", "5").await.unwrap();
+        check(
+            "incr",
+            format!("{:?}", writer.incr_by("f1", 10).await),
+            "Ok(15)",
+        );
+        check(
+            "decr",
+            format!("{:?}", writer.incr_by("f1", -20).await),
+            "Ok(-5)",
+        );
+        check(
+            "new",
+            format!("{:?}", writer.incr_by("fnew", 1).await),
+            "Ok(1)",
+        );
+        writer.set("fs", "abc").await.unwrap();
+        check(
+            "nan",
+            code(writer.incr_by("fs", 1).await),
+            "Some(NotAnInteger)",
+        );
+        check(
+            "overflow",
+            code(writer.incr_by("f1", i64::MIN).await),
+            "Some(NotAnInteger)",
+        );
+        let expire = |key: &'static str, at, condition| writer.expire_at(key, at, condition);
+        check(
+            "expire",
+            format!(
+                "{:?}",
+                expire("f1", secs(100), ExpireCondition::Always).await
+            ),
+            "Ok(true)",
+        );
+        let ttl = reader
+            .get("f1")
+            .await
+            .unwrap()
+            .unwrap()
+            .ttl
+            .unwrap()
+            .as_secs();
+        check(
+            "ttl",
+            format!("ttl {}", (90..=100).contains(&ttl)),
+            "ttl true",
+        );
+        check(
+            "nx",
+            format!(
+                "{:?}",
+                expire("f1", secs(200), ExpireCondition::IfNone).await
+            ),
+            "Ok(false)",
+        );
+        check(
+            "gt",
+            format!(
+                "{:?}",
+                expire("f1", secs(200), ExpireCondition::IfLater).await
+            ),
+            "Ok(true)",
+        );
+        check(
+            "lt",
+            format!(
+                "{:?}",
+                expire("f1", secs(300), ExpireCondition::IfEarlier).await
+            ),
+            "Ok(false)",
+        );
+        check(
+            "persist",
+            format!("{:?}", writer.persist("f1").await),
+            "Ok(true)",
+        );
+        check(
+            "persist again",
+            format!("{:?}", writer.persist("f1").await),
+            "Ok(false)",
+        );
+        check(
+            "missing",
+            format!(
+                "{:?}",
+                expire("nokey", secs(9), ExpireCondition::Always).await
+            ),
+            "Ok(false)",
+        );
+        check(
+            "past",
+            format!(
+                "{:?}",
+                expire(
+                    "fnew",
+                    secs(0) - Duration::from_secs(5),
+                    ExpireCondition::Always
+                )
+                .await
+            ),
+            "Ok(true)",
+        );
+        check(
+            "deleted",
+            format!("{:?}", reader.get("fnew").await.map(|v| v.is_some())),
+            "Ok(false)",
+        );
+        // ta, t1, t4 and td live on core 0's shard, tb on core 1's (see
+        // `table_keys_share_a_shard`).
+        check(
+            "rename missing",
+            code(writer.rename("ta", "t1").await),
+            "Some(NoSuchKey)",
+        );
+        writer.set("ta", "v").await.unwrap();
+        check(
+            "renamenx",
+            format!(
+                "{:?}",
+                writer
+                    .rename_with("ta", "t1", RenameKind::RenameIfAbsent)
+                    .await
+            ),
+            "Ok(true)",
+        );
+        check(
+            "copy",
+            format!(
+                "{:?}",
+                writer.rename_with("t1", "t4", RenameKind::Copy).await
+            ),
+            "Ok(true)",
+        );
+        check(
+            "copy again",
+            format!(
+                "{:?}",
+                writer.rename_with("t1", "t4", RenameKind::Copy).await
+            ),
+            "Ok(false)",
+        );
+        check(
+            "copy replace",
+            format!(
+                "{:?}",
+                writer
+                    .rename_with("t1", "t4", RenameKind::CopyReplace)
+                    .await
+            ),
+            "Ok(true)",
+        );
+        check(
+            "copy self",
+            code(writer.rename_with("t1", "t1", RenameKind::Copy).await),
+            "Some(InvalidArgument)",
+        );
+        check(
+            "cross",
+            code(writer.rename("t1", "tb").await),
+            "Some(CrossShard)",
+        );
+        check(
+            "moved",
+            format!(
+                "{:?}",
+                reader
+                    .mget(&["ta", "t1", "t4"])
+                    .await
+                    .map(|v| v.iter().map(Option::is_some).collect::<Vec<_>>())
+            ),
+            "Ok([false, true, true])",
+        );
+        check(
+            "msetnx",
+            format!(
+                "{:?}",
+                writer.mset_if_absent(&[("ta", "1"), ("td", "2")]).await
+            ),
+            "Ok(true)",
+        );
+        check(
+            "msetnx again",
+            format!(
+                "{:?}",
+                writer.mset_if_absent(&[("td", "x"), ("t5", "y")]).await
+            ),
+            "Ok(false)",
+        );
+        check(
+            "msetnx cross",
+            code(writer.mset_if_absent(&[("t5", "1"), ("tb", "2")]).await),
+            "Some(CrossShard)",
+        );
+        // With the pipeline's four counters, run before.
+        check("count", format!("{:?}", reader.count().await), "Ok(10)");
+        let keys = ["f1", "fs", "t1", "t4", "ta", "td"];
+        check(
+            "cleanup",
+            format!("{:?}", writer.delete(&keys).await),
+            "Ok(6)",
+        );
+        answers
+    })
+}
+
 /// A pipeline of writes and reads of a few keys, answered in order: 200
 /// INCRs over 4 keys with a GET after every tenth, in one pipeline.
 fn run_pipeline(writer: &mut redis::Connection) -> Vec<String> {
@@ -436,6 +676,7 @@ fn standalone_and_cluster_give_the_same_answers() {
     let standalone_answers = (
         run_table(&mut writer, &mut reader),
         run_pipeline(&mut writer),
+        run_flatbuffers_table(&standalone, &standalone),
     );
     drop(standalone);
 
@@ -446,6 +687,7 @@ fn standalone_and_cluster_give_the_same_answers() {
     let cluster_answers = (
         run_table(&mut writer, &mut reader),
         run_pipeline(&mut writer),
+        run_flatbuffers_table(&cluster[2], &cluster[0]),
     );
     assert_eq!(cluster_answers, standalone_answers);
 

@@ -16,12 +16,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use flatbuffers::FlatBufferBuilder;
 use libfuzzer_sys::fuzz_target;
-use tinkerdb_client::client::{SetCondition, Value, WriteResult};
+use tinkerdb_client::client::{ExpireCondition, RenameKind, SetCondition, Value, WriteResult};
 use tinkerdb_client::codec::{self, encode_request, Request, Response};
 use tinkerdb_core::config::Limits;
 use tinkerdb_core::coord::request::{Command, Reply};
 use tinkerdb_core::frontend::fbs::codec::{decode_command, encode_reply};
-use tinkerdb_core::shard::ValueRead;
+use tinkerdb_core::shard::{ExpireCondition as ShardExpire, MoveKind, ValueRead};
 use tinkerdb_schemas::frame::{decode_request, peek_frame, request_id_of_malformed};
 use tinkerdb_schemas::wire::ErrorCode;
 use tinkerdb_schemas::{FRAME_HEADER_BYTES, PROTOCOL_VERSION};
@@ -54,12 +54,17 @@ fn check_within(command: &Command, limits: &Limits) {
             count_ok(keys.len());
             keys.iter().for_each(key_ok);
         }
-        Command::MSet { entries } => {
+        Command::MSet { entries } | Command::MSetIfAbsent { entries } => {
             count_ok(entries.len());
             for (key, value) in entries {
                 key_ok(key);
                 value_ok(value);
             }
+        }
+        Command::IncrBy { key, .. } | Command::Expire { key, .. } => key_ok(key),
+        Command::Rename { from, to, .. } => {
+            key_ok(from);
+            key_ok(to);
         }
         Command::Scan { cursor, count, .. } => {
             assert!((*cursor as usize) < SLOT_COUNT, "cursor out of range");
@@ -141,6 +146,38 @@ fn encode_command(id: u64, command: &Command) -> Vec<u8> {
         }),
         Command::Count => send(Request::Count),
         Command::Snapshot => send(Request::Snapshot),
+        Command::IncrBy { key, by } => send(Request::IncrBy { key, by: *by }),
+        Command::Expire {
+            key,
+            at_ms,
+            condition,
+        } => send(Request::Expire {
+            key,
+            at_unix_ms: at_ms.unwrap_or(0),
+            condition: match condition {
+                ShardExpire::Always => ExpireCondition::Always,
+                ShardExpire::IfNone => ExpireCondition::IfNone,
+                ShardExpire::IfSome => ExpireCondition::IfSome,
+                ShardExpire::IfLater => ExpireCondition::IfLater,
+                ShardExpire::IfEarlier => ExpireCondition::IfEarlier,
+                ShardExpire::IfSomeAndEarlier => unreachable!("not on the wire"),
+            },
+        }),
+        Command::Rename { from, to, how } => send(Request::Rename {
+            from,
+            to,
+            kind: match how {
+                MoveKind::Rename => RenameKind::Rename,
+                MoveKind::RenameIfAbsent => RenameKind::RenameIfAbsent,
+                MoveKind::Copy { replace: false } => RenameKind::Copy,
+                MoveKind::Copy { replace: true } => RenameKind::CopyReplace,
+            },
+        }),
+        Command::MSetIfAbsent { entries } => {
+            let entries: Vec<(&[u8], &[u8])> =
+                entries.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+            send(Request::MSetIfAbsent { entries: &entries })
+        }
     }
     out
 }
@@ -196,6 +233,15 @@ fn reply_for(id: u64, command: &Command, limits: &Limits) -> (Reply, Response) {
         Command::Delete { keys } | Command::Exists { keys } => (
             Reply::Count(keys.len() as u64),
             Response::Count(keys.len() as u64),
+        ),
+        Command::IncrBy { by, .. } => (Reply::Integer(*by), Response::Integer(*by)),
+        Command::Expire { key, .. } | Command::Rename { from: key, .. } => (
+            Reply::Count(key.len() as u64 % 2),
+            Response::Count(key.len() as u64 % 2),
+        ),
+        Command::MSetIfAbsent { entries } => (
+            Reply::Count(entries.len() as u64 % 2),
+            Response::Count(entries.len() as u64 % 2),
         ),
         Command::MGet { keys } => {
             let (reads, clients) = keys

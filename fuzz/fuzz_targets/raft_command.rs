@@ -11,8 +11,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tinkerdb_replication::network::{decode, encode};
 use tinkerdb_core::shard::write_op::{decode_ops, encode_ops};
+use tinkerdb_replication::network::{decode, encode};
 use tinkerdb_replication::{Command, PutCondition};
 
 fuzz_target!(|data: &[u8]| {

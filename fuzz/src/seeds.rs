@@ -126,6 +126,21 @@ fn client_frame() -> Vec<Vec<u8>> {
         },
         Request::Count,
         Request::Snapshot,
+        Request::IncrBy {
+            key: b"n",
+            by: i64::MIN,
+        },
+        Request::Expire {
+            key: b"key",
+            at_unix_ms: 1_700_000_000_000,
+            condition: tinkerdb_client::ExpireCondition::IfLater,
+        },
+        Request::Rename {
+            from: b"a",
+            to: b"b",
+            kind: tinkerdb_client::RenameKind::CopyReplace,
+        },
+        Request::MSetIfAbsent { entries: &entries },
     ];
     let mut seeds: Vec<Vec<u8>> = requests
         .iter()

@@ -44,12 +44,7 @@ pub type Model = BTreeMap<(TenantId, Slot, Vec<u8>), ModelEntry>;
 /// `model` as the store's documented semantics say (time 0: an entry
 /// expiring at 0 is expired; an expiry change on an expired or absent key
 /// does nothing; an expiry at or before 0 deletes the key).
-pub fn apply(
-    store: &mut Store,
-    tenants: &mut Tenants,
-    model: &mut Model,
-    op: &LoggedOp<'_>,
-) {
+pub fn apply(store: &mut Store, tenants: &mut Tenants, model: &mut Model, op: &LoggedOp<'_>) {
     match *op {
         LoggedOp::Put {
             tenant,

@@ -12,7 +12,9 @@ use crate::coord::context::{now_ms, CoreContext};
 use crate::coord::request::{Command, Reply};
 use crate::coord::session::Session;
 use crate::error::ProtocolError;
-use crate::shard::{KeyFilter, ShardReply, ShardRequest, SlotKey};
+use crate::shard::{
+    KeyFilter, ShardReply, ShardRequest, SlotKey, Update, UpdateError, UpdateOutcome,
+};
 use crate::slots::CoreId;
 
 pub(crate) fn set_options(condition: WriteCondition, ttl_ms: u64) -> SetOptions {
@@ -30,16 +32,161 @@ pub(crate) fn storage_failed(reason: &str) -> ProtocolError {
     ProtocolError::new(ErrorCode::StorageFailed, reason.to_owned())
 }
 
-/// Turns a shard's answer to Get or Set into the client's reply.
+/// Turns a shard's answer to a one-shard request ([`one_shard_request`])
+/// into the client's reply.
 pub(crate) fn single_key_reply(reply: ShardReply, session: &Session) -> Reply {
+    let error = |code: ErrorCode, message: &str| Reply::Error(ProtocolError::new(code, message));
     match reply {
         ShardReply::Value(value) => Reply::Value(value),
         ShardReply::Written(Ok(outcome)) => Reply::Written(outcome),
         ShardReply::Written(Err(error)) => Reply::Error(quota_error(&error, session)),
+        ShardReply::Count(count) => Reply::Count(count),
+        ShardReply::Updated(Ok(UpdateOutcome::Integer(value))) => Reply::Integer(value),
+        ShardReply::Updated(Ok(UpdateOutcome::Existed(done))) => Reply::Count(u64::from(done)),
+        ShardReply::Updated(Err(UpdateError::Quota(error))) => {
+            Reply::Error(quota_error(&error, session))
+        }
+        ShardReply::Updated(Err(UpdateError::NotAnInteger)) => error(
+            ErrorCode::NotAnInteger,
+            "the value is not a decimal 64-bit integer",
+        ),
+        ShardReply::Updated(Err(UpdateError::Overflow)) => {
+            error(ErrorCode::NotAnInteger, "the increment would overflow")
+        }
+        ShardReply::Updated(Err(UpdateError::NoSuchKey)) => {
+            error(ErrorCode::NoSuchKey, "the key to rename does not exist")
+        }
+        ShardReply::Updated(Err(UpdateError::SameObject)) => error(
+            ErrorCode::InvalidArgument,
+            "source and destination are the same key",
+        ),
         ShardReply::Refused(reason) => Reply::Error(storage_failed(&reason)),
         ShardReply::Error(error) => Reply::Error(error),
-        other => unreachable!("single-key request answered with {other:?}"),
+        other => unreachable!("a one-shard request answered with {other:?}"),
     }
+}
+
+/// The keys of an atomic multi-key request with their slots, and the slot
+/// that names their shard; `CrossShard` when they span shards.
+pub fn keys_of_one_shard(
+    context: &CoreContext,
+    session: &Session,
+    keys: Vec<Bytes>,
+) -> Result<(u16, Vec<SlotKey>), ProtocolError> {
+    let keys: Vec<SlotKey> = keys
+        .into_iter()
+        .map(|key| SlotKey {
+            slot: hash_slot(&session.tenant_name, &key),
+            key,
+        })
+        .collect();
+    let first = keys.first().expect("at least one key").slot;
+    let owner = context.slot_map.owner(first);
+    if keys
+        .iter()
+        .any(|key| context.slot_map.owner(key.slot) != owner)
+    {
+        return Err(ProtocolError::new(
+            ErrorCode::CrossShard,
+            "the keys live on different shards (atomic multi-key requests across shards need transactions, not built yet)",
+        ));
+    }
+    Ok((first, keys))
+}
+
+/// The one-shard request `command` stands for (single-key commands, and
+/// atomic multi-key ones whose keys share a shard), with the slot that
+/// names its shard: what every front end batches per destination.
+/// `Err(command)` for a command that fans out ([`execute_multi`]).
+#[allow(clippy::result_large_err)]
+pub fn one_shard_request(
+    context: &CoreContext,
+    session: &Session,
+    command: Command,
+) -> Result<Result<(u16, ShardRequest), ProtocolError>, Command> {
+    let tenant = session.tenant;
+    let single = |key: Bytes| {
+        let slot = hash_slot(&session.tenant_name, &key);
+        (slot, SlotKey { slot, key })
+    };
+    let request = match command {
+        Command::Get { key } => {
+            let (slot, key) = single(key);
+            (slot, ShardRequest::Get { tenant, key })
+        }
+        Command::Set {
+            key,
+            value,
+            ttl_ms,
+            condition,
+        } => {
+            let (slot, key) = single(key);
+            let options = set_options(condition, ttl_ms);
+            (
+                slot,
+                ShardRequest::Set {
+                    tenant,
+                    key,
+                    value,
+                    options,
+                },
+            )
+        }
+        Command::IncrBy { key, by } => {
+            let (slot, key) = single(key);
+            let update = Update::IncrBy(by);
+            (
+                slot,
+                ShardRequest::Update {
+                    tenant,
+                    key,
+                    update,
+                },
+            )
+        }
+        Command::Expire {
+            key,
+            at_ms,
+            condition,
+        } => {
+            let (slot, key) = single(key);
+            let update = Update::Expire { at_ms, condition };
+            (
+                slot,
+                ShardRequest::Update {
+                    tenant,
+                    key,
+                    update,
+                },
+            )
+        }
+        Command::Rename { from, to, how } => {
+            let (slot, mut keys) = match keys_of_one_shard(context, session, vec![from, to]) {
+                Ok(found) => found,
+                Err(error) => return Ok(Err(error)),
+            };
+            let to = keys.pop().expect("two keys");
+            let from = keys.pop().expect("two keys");
+            let request = ShardRequest::Move {
+                tenant,
+                from,
+                to,
+                how,
+            };
+            (slot, request)
+        }
+        Command::MSetIfAbsent { entries } => {
+            let (keys, values): (Vec<Bytes>, Vec<Bytes>) = entries.into_iter().unzip();
+            let (slot, keys) = match keys_of_one_shard(context, session, keys) {
+                Ok(found) => found,
+                Err(error) => return Ok(Err(error)),
+            };
+            let entries = keys.into_iter().zip(values).collect();
+            (slot, ShardRequest::SetManyIfAbsent { tenant, entries })
+        }
+        other => return Err(other),
+    };
+    Ok(Ok(request))
 }
 
 pub(crate) fn quota_error(error: &StoreError, session: &Session) -> ProtocolError {
@@ -313,12 +460,20 @@ pub(crate) async fn execute_multi(
             }
             Ok(Reply::Snapshotted { keys, bytes })
         }
-        other @ (Command::Hello { .. }
-        | Command::Ping
-        | Command::Get { .. }
-        | Command::Set { .. }) => {
-            unreachable!("single requests are handled by the caller: {other:?}")
+        other @ (Command::Hello { .. } | Command::Ping) => {
+            unreachable!("the front end answers session commands itself: {other:?}")
         }
+        // One-shard commands, on their own (a front end batches them
+        // instead when it can).
+        command => match one_shard_request(context, session, command) {
+            Ok(Ok((slot, request))) => {
+                let owner = context.slot_map.owner(slot);
+                let reply = context.call(owner, session.reading(request)).await?;
+                Ok(single_key_reply(reply, session))
+            }
+            Ok(Err(error)) => Err(error),
+            Err(command) => unreachable!("every other command is matched above: {command:?}"),
+        },
     }
 }
 

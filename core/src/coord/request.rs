@@ -6,7 +6,7 @@ use bytes::Bytes;
 use tinkerdb_storage::{WriteCondition, WriteOutcome};
 
 use crate::error::ProtocolError;
-use crate::shard::ValueRead;
+use crate::shard::{ExpireCondition, MoveKind, ValueRead};
 
 /// A decoded, validated client request.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,6 +80,36 @@ pub enum Command {
     Count,
     /// Snapshot every core now.
     Snapshot,
+    /// Add to a key's integer value (INCRBY).
+    IncrBy {
+        /// Key.
+        key: Bytes,
+        /// The increment.
+        by: i64,
+    },
+    /// Set or clear a key's expiry (EXPIREAT with its options, PERSIST).
+    Expire {
+        /// Key.
+        key: Bytes,
+        /// The new expiry, `None` to clear it.
+        at_ms: Option<u64>,
+        /// When it applies.
+        condition: ExpireCondition,
+    },
+    /// Rename or copy a key (RENAME, RENAMENX, COPY).
+    Rename {
+        /// Source key.
+        from: Bytes,
+        /// Destination key.
+        to: Bytes,
+        /// What to do.
+        how: MoveKind,
+    },
+    /// Write keys only if none exists, atomically (MSETNX).
+    MSetIfAbsent {
+        /// Keys and values.
+        entries: Vec<(Bytes, Bytes)>,
+    },
 }
 
 /// An answer to one request, before encoding.
@@ -100,8 +130,10 @@ pub enum Reply {
     Value(Option<ValueRead>),
     /// Answer to Set and CompareAndSet.
     Written(WriteOutcome),
-    /// Answer to Delete, Exists, Count.
+    /// Answer to Delete, Exists, Count, Expire, Rename, MSetIfAbsent.
     Count(u64),
+    /// Answer to IncrBy: the new value.
+    Integer(i64),
     /// Answer to MGet.
     Values(Vec<Option<ValueRead>>),
     /// Answer to MSet.

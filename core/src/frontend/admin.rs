@@ -22,16 +22,14 @@ use tinkerdb_admin::link::{
 use tinkerdb_admin::report::{CoreReport, SnapshotInfo};
 use tinkerdb_admin::{ApiError, CoreInbox, ErrorCode as ApiCode};
 use tinkerdb_schemas::wire::ErrorCode;
-use tinkerdb_storage::hash_slot;
 use tinkerdb_storage::WriteCondition;
 
 use crate::coord::context::CoreContext;
-use crate::coord::multi::{execute_multi, set_options, single_key_reply};
+use crate::coord::multi::execute_multi;
 use crate::coord::quotas::install_tenants;
 use crate::coord::request::{Command, Reply};
 use crate::coord::session::Session;
 use crate::error::ProtocolError;
-use crate::shard::{ShardRequest, SlotKey};
 
 /// Serves this core's admin channel until the admin plane closes it.
 pub async fn serve_admin(context: Rc<CoreContext>, mut inbox: CoreInbox) {
@@ -144,39 +142,7 @@ async fn run_command(
         None => Session::open(&context.tenants, crate::config::DEFAULT_TENANT, false)
             .expect("the default tenant always exists"),
     };
-    let single = |key: Bytes| {
-        let slot = hash_slot(&session.tenant_name, &key);
-        (slot, SlotKey { slot, key })
-    };
-    let reply = match command {
-        Command::Get { key } => {
-            let (slot, key) = single(key);
-            let request = ShardRequest::Get {
-                tenant: session.tenant,
-                key,
-            };
-            let owner = context.slot_map.owner(slot);
-            let request = session.reading(request);
-            single_key_reply(context.call(owner, request).await?, &session)
-        }
-        Command::Set {
-            key,
-            value,
-            ttl_ms,
-            condition,
-        } => {
-            let (slot, key) = single(key);
-            let request = ShardRequest::Set {
-                tenant: session.tenant,
-                key,
-                value,
-                options: set_options(condition, ttl_ms),
-            };
-            let owner = context.slot_map.owner(slot);
-            single_key_reply(context.call(owner, request).await?, &session)
-        }
-        command => execute_multi(context, &session, command).await?,
-    };
+    let reply = execute_multi(context, &session, command).await?;
     match reply {
         Reply::Error(error) => Err(error),
         reply => Ok(reply),

@@ -20,6 +20,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
+use tinkerdb_schemas::wire::ErrorCode;
 use tinkerdb_storage::{
     database_of, hash_slot, quota_owner, Expiry, SetOptions, TenantId, WriteCondition, SLOT_COUNT,
 };
@@ -27,7 +28,7 @@ use tinkerdb_storage::{
 use crate::config::DEFAULT_TENANT;
 use crate::coord::batches::RemoteBatches;
 use crate::coord::context::{now_ms, CoreContext};
-use crate::coord::multi::{execute_multi, quota_error};
+use crate::coord::multi::{execute_multi, keys_of_one_shard, quota_error};
 use crate::coord::request::{Command, Reply};
 use crate::coord::session::Session;
 use crate::error::ProtocolError;
@@ -513,24 +514,8 @@ impl RespConnection {
         if let Some(error) = keys.iter().find_map(|key| self.key_error(key)) {
             return Err(error);
         }
-        let keys: Vec<SlotKey> = keys
-            .into_iter()
-            .map(|key| SlotKey {
-                slot: hash_slot(&self.session.tenant_name, &key),
-                key,
-            })
-            .collect();
-        let first = keys.first().expect("at least one key").slot;
-        let owner = self.context.slot_map.owner(first);
-        if keys
-            .iter()
-            .any(|key| self.context.slot_map.owner(key.slot) != owner)
-        {
-            return Err(RespValue::error(
-                "CROSSSLOT Keys in request don't hash to the same shard (atomic multi-key commands across shards need transactions, not built yet)",
-            ));
-        }
-        Ok((first, keys))
+        keys_of_one_shard(&self.context, &self.session, keys)
+            .map_err(|error| protocol_error(&error))
     }
 
     /// RENAME, RENAMENX and COPY.
@@ -1879,6 +1864,10 @@ fn protocol_error(error: &ProtocolError) -> RespValue {
         Some(owner) if !owner.address.is_empty() => {
             RespValue::error(format!("MOVED {} {}", owner.slot, owner.address))
         }
+        // Redis Cluster's error class for keys of different slots.
+        _ if error.code == ErrorCode::CrossShard => RespValue::error(
+            "CROSSSLOT Keys in request don't hash to the same shard (atomic multi-key commands across shards need transactions, not built yet)",
+        ),
         _ => RespValue::error(format!("ERR {}", error.message)),
     }
 }

@@ -13,10 +13,10 @@ pub mod wire {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 18;
+pub const ENUM_MAX_ERROR_CODE: u16 = 21;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 19] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 22] = [
   ErrorCode::None,
   ErrorCode::MalformedFrame,
   ErrorCode::UnsupportedVersion,
@@ -36,6 +36,9 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 19] = [
   ErrorCode::StorageFailed,
   ErrorCode::Unavailable,
   ErrorCode::WrongShard,
+  ErrorCode::CrossShard,
+  ErrorCode::NoSuchKey,
+  ErrorCode::NotAnInteger,
 ];
 
 /// Why a request failed. Stable numbers: clients switch on them.
@@ -93,9 +96,18 @@ impl ErrorCode {
   /// routing bug, or, once ranges move, a stale route). Nothing was
   /// applied. The Error's `owner` names where the shard is now: retry there.
   pub const WrongShard: Self = Self(18);
+  /// The keys of an atomic multi-key request (Rename, MSetIfAbsent) live on
+  /// different shards; atomicity across shards needs transactions, not
+  /// built yet. Nothing was applied.
+  pub const CrossShard: Self = Self(19);
+  /// Rename of a key that does not exist. Nothing was applied.
+  pub const NoSuchKey: Self = Self(20);
+  /// IncrBy on a value that is not a decimal 64-bit integer, or a result
+  /// that would overflow. Nothing was applied.
+  pub const NotAnInteger: Self = Self(21);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 18;
+  pub const ENUM_MAX: u16 = 21;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::MalformedFrame,
@@ -116,6 +128,9 @@ impl ErrorCode {
     Self::StorageFailed,
     Self::Unavailable,
     Self::WrongShard,
+    Self::CrossShard,
+    Self::NoSuchKey,
+    Self::NotAnInteger,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -139,6 +154,9 @@ impl ErrorCode {
       Self::StorageFailed => Some("StorageFailed"),
       Self::Unavailable => Some("Unavailable"),
       Self::WrongShard => Some("WrongShard"),
+      Self::CrossShard => Some("CrossShard"),
+      Self::NoSuchKey => Some("NoSuchKey"),
+      Self::NotAnInteger => Some("NotAnInteger"),
       _ => None,
     }
   }
@@ -378,12 +396,213 @@ impl<'a> ::flatbuffers::Verifiable for ReadConsistency {
 
 impl ::flatbuffers::SimpleToVerifyInSlice for ReadConsistency {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MIN_REQUEST: u8 = 0;
+pub const ENUM_MIN_EXPIRE_CONDITION: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST: u8 = 13;
+pub const ENUM_MAX_EXPIRE_CONDITION: u8 = 4;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST: [Request; 14] = [
+pub const ENUM_VALUES_EXPIRE_CONDITION: [ExpireCondition; 5] = [
+  ExpireCondition::Always,
+  ExpireCondition::IfNone,
+  ExpireCondition::IfSome,
+  ExpireCondition::IfLater,
+  ExpireCondition::IfEarlier,
+];
+
+/// When an Expire applies (Redis 7's EXPIRE options; no expiry counts as
+/// an infinitely late one).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct ExpireCondition(pub u8);
+#[allow(non_upper_case_globals)]
+impl ExpireCondition {
+  pub const Always: Self = Self(0);
+  /// NX: the key has no expiry.
+  pub const IfNone: Self = Self(1);
+  /// XX: the key has an expiry.
+  pub const IfSome: Self = Self(2);
+  /// GT: the new expiry is later.
+  pub const IfLater: Self = Self(3);
+  /// LT: the new expiry is earlier.
+  pub const IfEarlier: Self = Self(4);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 4;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::Always,
+    Self::IfNone,
+    Self::IfSome,
+    Self::IfLater,
+    Self::IfEarlier,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::Always => Some("Always"),
+      Self::IfNone => Some("IfNone"),
+      Self::IfSome => Some("IfSome"),
+      Self::IfLater => Some("IfLater"),
+      Self::IfEarlier => Some("IfEarlier"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for ExpireCondition {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for ExpireCondition {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for ExpireCondition {
+    type Output = ExpireCondition;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for ExpireCondition {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for ExpireCondition {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for ExpireCondition {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_RENAME_KIND: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_RENAME_KIND: u8 = 3;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_RENAME_KIND: [RenameKind; 4] = [
+  RenameKind::Rename,
+  RenameKind::RenameIfAbsent,
+  RenameKind::Copy,
+  RenameKind::CopyReplace,
+];
+
+/// How a Rename moves its key.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct RenameKind(pub u8);
+#[allow(non_upper_case_globals)]
+impl RenameKind {
+  /// RENAME: the destination is overwritten; a missing source: NoSuchKey.
+  pub const Rename: Self = Self(0);
+  /// RENAMENX: nothing happens (count 0) if the destination exists; a
+  /// missing source: NoSuchKey.
+  pub const RenameIfAbsent: Self = Self(1);
+  /// COPY: the source stays; nothing happens (count 0) if the destination
+  /// exists or the source does not.
+  pub const Copy: Self = Self(2);
+  /// COPY ... REPLACE: the destination is overwritten.
+  pub const CopyReplace: Self = Self(3);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 3;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::Rename,
+    Self::RenameIfAbsent,
+    Self::Copy,
+    Self::CopyReplace,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::Rename => Some("Rename"),
+      Self::RenameIfAbsent => Some("RenameIfAbsent"),
+      Self::Copy => Some("Copy"),
+      Self::CopyReplace => Some("CopyReplace"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for RenameKind {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for RenameKind {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for RenameKind {
+    type Output = RenameKind;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for RenameKind {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for RenameKind {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for RenameKind {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_REQUEST: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_REQUEST: u8 = 17;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_REQUEST: [Request; 18] = [
   Request::NONE,
   Request::Hello,
   Request::Ping,
@@ -398,6 +617,10 @@ pub const ENUM_VALUES_REQUEST: [Request; 14] = [
   Request::Scan,
   Request::Count,
   Request::Snapshot,
+  Request::IncrBy,
+  Request::Expire,
+  Request::Rename,
+  Request::MSetIfAbsent,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -419,9 +642,13 @@ impl Request {
   pub const Scan: Self = Self(11);
   pub const Count: Self = Self(12);
   pub const Snapshot: Self = Self(13);
+  pub const IncrBy: Self = Self(14);
+  pub const Expire: Self = Self(15);
+  pub const Rename: Self = Self(16);
+  pub const MSetIfAbsent: Self = Self(17);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 13;
+  pub const ENUM_MAX: u8 = 17;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -437,6 +664,10 @@ impl Request {
     Self::Scan,
     Self::Count,
     Self::Snapshot,
+    Self::IncrBy,
+    Self::Expire,
+    Self::Rename,
+    Self::MSetIfAbsent,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -455,6 +686,10 @@ impl Request {
       Self::Scan => Some("Scan"),
       Self::Count => Some("Count"),
       Self::Snapshot => Some("Snapshot"),
+      Self::IncrBy => Some("IncrBy"),
+      Self::Expire => Some("Expire"),
+      Self::Rename => Some("Rename"),
+      Self::MSetIfAbsent => Some("MSetIfAbsent"),
       _ => None,
     }
   }
@@ -514,10 +749,10 @@ pub struct RequestUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_RESPONSE: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_RESPONSE: u8 = 11;
+pub const ENUM_MAX_RESPONSE: u8 = 12;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_RESPONSE: [Response; 12] = [
+pub const ENUM_VALUES_RESPONSE: [Response; 13] = [
   Response::NONE,
   Response::Error,
   Response::HelloOk,
@@ -530,6 +765,7 @@ pub const ENUM_VALUES_RESPONSE: [Response; 12] = [
   Response::KeysResult,
   Response::ScanResult,
   Response::SnapshotResult,
+  Response::IntegerResult,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -549,9 +785,10 @@ impl Response {
   pub const KeysResult: Self = Self(9);
   pub const ScanResult: Self = Self(10);
   pub const SnapshotResult: Self = Self(11);
+  pub const IntegerResult: Self = Self(12);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 11;
+  pub const ENUM_MAX: u8 = 12;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Error,
@@ -565,6 +802,7 @@ impl Response {
     Self::KeysResult,
     Self::ScanResult,
     Self::SnapshotResult,
+    Self::IntegerResult,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -581,6 +819,7 @@ impl Response {
       Self::KeysResult => Some("KeysResult"),
       Self::ScanResult => Some("ScanResult"),
       Self::SnapshotResult => Some("SnapshotResult"),
+      Self::IntegerResult => Some("IntegerResult"),
       _ => None,
     }
   }
@@ -2394,6 +2633,491 @@ impl ::core::fmt::Debug for Snapshot<'_> {
       ds.finish()
   }
 }
+pub enum IncrByOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Add `by` to the key's value read as a decimal 64-bit integer (a missing
+/// key counts as 0); keeps the TTL; answers IntegerResult with the new
+/// value (Redis INCRBY / DECRBY). A value that is not an integer, or an
+/// overflow: NotAnInteger.
+pub struct IncrBy<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for IncrBy<'a> {
+  type Inner = IncrBy<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> IncrBy<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_BY: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    IncrBy { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args IncrByArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<IncrBy<'bldr>> {
+    let mut builder = IncrByBuilder::new(_fbb);
+    builder.add_by(args.by);
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(IncrBy::VT_KEY, None)}
+  }
+  #[inline]
+  pub fn by(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(IncrBy::VT_BY, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for IncrBy<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
+     .visit_field::<i64>("by", Self::VT_BY, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct IncrByArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub by: i64,
+}
+impl<'a> Default for IncrByArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    IncrByArgs {
+      key: None,
+      by: 0,
+    }
+  }
+}
+
+pub struct IncrByBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> IncrByBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(IncrBy::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_by(&mut self, by: i64) {
+    self.fbb_.push_slot::<i64>(IncrBy::VT_BY, by, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> IncrByBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    IncrByBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<IncrBy<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for IncrBy<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("IncrBy");
+      ds.field("key", &self.key());
+      ds.field("by", &self.by());
+      ds.finish()
+  }
+}
+pub enum ExpireOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Set the key's expiry to `at_unix_ms` (0: remove it, as PERSIST) when
+/// `condition` holds; a time in the past deletes the key. Answers
+/// CountResult: 1 if the expiry was set or removed, 0 if the key does not
+/// exist, the condition failed, or (at_unix_ms 0) it had no expiry.
+pub struct Expire<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Expire<'a> {
+  type Inner = Expire<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Expire<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_AT_UNIX_MS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_CONDITION: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Expire { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ExpireArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Expire<'bldr>> {
+    let mut builder = ExpireBuilder::new(_fbb);
+    builder.add_at_unix_ms(args.at_unix_ms);
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.add_condition(args.condition);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Expire::VT_KEY, None)}
+  }
+  #[inline]
+  pub fn at_unix_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Expire::VT_AT_UNIX_MS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn condition(&self) -> ExpireCondition {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ExpireCondition>(Expire::VT_CONDITION, Some(ExpireCondition::Always)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Expire<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
+     .visit_field::<u64>("at_unix_ms", Self::VT_AT_UNIX_MS, false)?
+     .visit_field::<ExpireCondition>("condition", Self::VT_CONDITION, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ExpireArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub at_unix_ms: u64,
+    pub condition: ExpireCondition,
+}
+impl<'a> Default for ExpireArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ExpireArgs {
+      key: None,
+      at_unix_ms: 0,
+      condition: ExpireCondition::Always,
+    }
+  }
+}
+
+pub struct ExpireBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ExpireBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Expire::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_at_unix_ms(&mut self, at_unix_ms: u64) {
+    self.fbb_.push_slot::<u64>(Expire::VT_AT_UNIX_MS, at_unix_ms, 0);
+  }
+  #[inline]
+  pub fn add_condition(&mut self, condition: ExpireCondition) {
+    self.fbb_.push_slot::<ExpireCondition>(Expire::VT_CONDITION, condition, ExpireCondition::Always);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ExpireBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ExpireBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Expire<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Expire<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Expire");
+      ds.field("key", &self.key());
+      ds.field("at_unix_ms", &self.at_unix_ms());
+      ds.field("condition", &self.condition());
+      ds.finish()
+  }
+}
+pub enum RenameOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Move or copy a key's value and expiry to another key, atomically. Both
+/// keys must live on one shard (else CrossShard). Answers CountResult: 1
+/// if done, 0 if not (see RenameKind). Copying a key onto itself:
+/// InvalidArgument.
+pub struct Rename<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Rename<'a> {
+  type Inner = Rename<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Rename<'a> {
+  pub const VT_FROM: ::flatbuffers::VOffsetT = 4;
+  pub const VT_TO: ::flatbuffers::VOffsetT = 6;
+  pub const VT_KIND: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Rename { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RenameArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Rename<'bldr>> {
+    let mut builder = RenameBuilder::new(_fbb);
+    if let Some(x) = args.to { builder.add_to(x); }
+    if let Some(x) = args.from { builder.add_from(x); }
+    builder.add_kind(args.kind);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn from(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Rename::VT_FROM, None)}
+  }
+  #[inline]
+  pub fn to(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Rename::VT_TO, None)}
+  }
+  #[inline]
+  pub fn kind(&self) -> RenameKind {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<RenameKind>(Rename::VT_KIND, Some(RenameKind::Rename)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Rename<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("from", Self::VT_FROM, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("to", Self::VT_TO, false)?
+     .visit_field::<RenameKind>("kind", Self::VT_KIND, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RenameArgs<'a> {
+    pub from: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub to: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub kind: RenameKind,
+}
+impl<'a> Default for RenameArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    RenameArgs {
+      from: None,
+      to: None,
+      kind: RenameKind::Rename,
+    }
+  }
+}
+
+pub struct RenameBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RenameBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_from(&mut self, from: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Rename::VT_FROM, from);
+  }
+  #[inline]
+  pub fn add_to(&mut self, to: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Rename::VT_TO, to);
+  }
+  #[inline]
+  pub fn add_kind(&mut self, kind: RenameKind) {
+    self.fbb_.push_slot::<RenameKind>(Rename::VT_KIND, kind, RenameKind::Rename);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RenameBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RenameBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Rename<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Rename<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Rename");
+      ds.field("from", &self.from());
+      ds.field("to", &self.to());
+      ds.field("kind", &self.kind());
+      ds.finish()
+  }
+}
+pub enum MSetIfAbsentOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Write every entry only if none of the keys exists, atomically (Redis
+/// MSETNX). All keys must live on one shard (else CrossShard). Answers
+/// CountResult: 1 if written, 0 if a key existed; a quota refusal writes
+/// none.
+pub struct MSetIfAbsent<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for MSetIfAbsent<'a> {
+  type Inner = MSetIfAbsent<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> MSetIfAbsent<'a> {
+  pub const VT_ENTRIES: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    MSetIfAbsent { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args MSetIfAbsentArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<MSetIfAbsent<'bldr>> {
+    let mut builder = MSetIfAbsentBuilder::new(_fbb);
+    if let Some(x) = args.entries { builder.add_entries(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn entries(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyValue<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyValue>>>>(MSetIfAbsent::VT_ENTRIES, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for MSetIfAbsent<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<KeyValue>>>>("entries", Self::VT_ENTRIES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct MSetIfAbsentArgs<'a> {
+    pub entries: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyValue<'a>>>>>,
+}
+impl<'a> Default for MSetIfAbsentArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    MSetIfAbsentArgs {
+      entries: None,
+    }
+  }
+}
+
+pub struct MSetIfAbsentBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MSetIfAbsentBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_entries(&mut self, entries: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<KeyValue<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MSetIfAbsent::VT_ENTRIES, entries);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MSetIfAbsentBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    MSetIfAbsentBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<MSetIfAbsent<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for MSetIfAbsent<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("MSetIfAbsent");
+      ds.field("entries", &self.entries());
+      ds.finish()
+  }
+}
 pub enum RequestFrameOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2649,6 +3373,66 @@ impl<'a> RequestFrame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_incr_by(&self) -> Option<IncrBy<'a>> {
+    if self.request_type() == Request::IncrBy {
+      self.request().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { IncrBy::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_expire(&self) -> Option<Expire<'a>> {
+    if self.request_type() == Request::Expire {
+      self.request().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Expire::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_rename(&self) -> Option<Rename<'a>> {
+    if self.request_type() == Request::Rename {
+      self.request().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Rename::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_mset_if_absent(&self) -> Option<MSetIfAbsent<'a>> {
+    if self.request_type() == Request::MSetIfAbsent {
+      self.request().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { MSetIfAbsent::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for RequestFrame<'_> {
@@ -2673,6 +3457,10 @@ impl ::flatbuffers::Verifiable for RequestFrame<'_> {
           Request::Scan => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Scan>>("Request::Scan", pos),
           Request::Count => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Count>>("Request::Count", pos),
           Request::Snapshot => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Snapshot>>("Request::Snapshot", pos),
+          Request::IncrBy => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<IncrBy>>("Request::IncrBy", pos),
+          Request::Expire => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Expire>>("Request::Expire", pos),
+          Request::Rename => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Rename>>("Request::Rename", pos),
+          Request::MSetIfAbsent => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MSetIfAbsent>>("Request::MSetIfAbsent", pos),
           _ => Ok(()),
         }
      })?
@@ -2820,6 +3608,34 @@ impl ::core::fmt::Debug for RequestFrame<'_> {
         },
         Request::Snapshot => {
           if let Some(x) = self.request_as_snapshot() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::IncrBy => {
+          if let Some(x) = self.request_as_incr_by() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::Expire => {
+          if let Some(x) = self.request_as_expire() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::Rename => {
+          if let Some(x) = self.request_as_rename() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::MSetIfAbsent => {
+          if let Some(x) = self.request_as_mset_if_absent() {
             ds.field("request", &x)
           } else {
             ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -3868,6 +4684,103 @@ impl ::core::fmt::Debug for CountResult<'_> {
       ds.finish()
   }
 }
+pub enum IntegerResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The new value of an IncrBy.
+pub struct IntegerResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for IntegerResult<'a> {
+  type Inner = IntegerResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> IntegerResult<'a> {
+  pub const VT_VALUE: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    IntegerResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args IntegerResultArgs
+  ) -> ::flatbuffers::WIPOffset<IntegerResult<'bldr>> {
+    let mut builder = IntegerResultBuilder::new(_fbb);
+    builder.add_value(args.value);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn value(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(IntegerResult::VT_VALUE, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for IntegerResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<i64>("value", Self::VT_VALUE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct IntegerResultArgs {
+    pub value: i64,
+}
+impl<'a> Default for IntegerResultArgs {
+  #[inline]
+  fn default() -> Self {
+    IntegerResultArgs {
+      value: 0,
+    }
+  }
+}
+
+pub struct IntegerResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> IntegerResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_value(&mut self, value: i64) {
+    self.fbb_.push_slot::<i64>(IntegerResult::VT_VALUE, value, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> IntegerResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    IntegerResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<IntegerResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for IntegerResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("IntegerResult");
+      ds.field("value", &self.value());
+      ds.finish()
+  }
+}
 pub enum MGetResultOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -4608,6 +5521,21 @@ impl<'a> ResponseFrame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn response_as_integer_result(&self) -> Option<IntegerResult<'a>> {
+    if self.response_type() == Response::IntegerResult {
+      self.response().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { IntegerResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for ResponseFrame<'_> {
@@ -4630,6 +5558,7 @@ impl ::flatbuffers::Verifiable for ResponseFrame<'_> {
           Response::KeysResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<KeysResult>>("Response::KeysResult", pos),
           Response::ScanResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ScanResult>>("Response::ScanResult", pos),
           Response::SnapshotResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SnapshotResult>>("Response::SnapshotResult", pos),
+          Response::IntegerResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<IntegerResult>>("Response::IntegerResult", pos),
           _ => Ok(()),
         }
      })?
@@ -4763,6 +5692,13 @@ impl ::core::fmt::Debug for ResponseFrame<'_> {
         },
         Response::SnapshotResult => {
           if let Some(x) = self.response_as_snapshot_result() {
+            ds.field("response", &x)
+          } else {
+            ds.field("response", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Response::IntegerResult => {
+          if let Some(x) = self.response_as_integer_result() {
             ds.field("response", &x)
           } else {
             ds.field("response", &"InvalidFlatbuffer: Union discriminant does not match value.")

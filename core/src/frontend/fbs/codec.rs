@@ -15,7 +15,7 @@ use tinkerdb_storage::{WriteCondition, SLOT_COUNT};
 use crate::config::Limits;
 use crate::coord::request::{Command, Reply};
 use crate::error::ProtocolError;
-use crate::shard::ValueRead;
+use crate::shard::{ExpireCondition, MoveKind, ValueRead};
 
 /// Decodes one frame body. On error, the request id is given when the frame
 /// was readable enough to have one (0 otherwise).
@@ -145,6 +145,69 @@ fn command_of(
         }
         wire::Request::Count => Command::Count,
         wire::Request::Snapshot => Command::Snapshot,
+        wire::Request::IncrBy => {
+            let incr = request.request_as_incr_by().ok_or_else(missing)?;
+            Command::IncrBy {
+                key: key_of(incr.key())?,
+                by: incr.by(),
+            }
+        }
+        wire::Request::Expire => {
+            let expire = request.request_as_expire().ok_or_else(missing)?;
+            let condition = match expire.condition() {
+                wire::ExpireCondition::Always => ExpireCondition::Always,
+                wire::ExpireCondition::IfNone => ExpireCondition::IfNone,
+                wire::ExpireCondition::IfSome => ExpireCondition::IfSome,
+                wire::ExpireCondition::IfLater => ExpireCondition::IfLater,
+                wire::ExpireCondition::IfEarlier => ExpireCondition::IfEarlier,
+                other => {
+                    return Err(ProtocolError::new(
+                        ErrorCode::InvalidArgument,
+                        format!("unknown expire condition {}", other.0),
+                    ))
+                }
+            };
+            Command::Expire {
+                key: key_of(expire.key())?,
+                at_ms: (expire.at_unix_ms() > 0).then_some(expire.at_unix_ms()),
+                condition,
+            }
+        }
+        wire::Request::Rename => {
+            let rename = request.request_as_rename().ok_or_else(missing)?;
+            let how = match rename.kind() {
+                wire::RenameKind::Rename => MoveKind::Rename,
+                wire::RenameKind::RenameIfAbsent => MoveKind::RenameIfAbsent,
+                wire::RenameKind::Copy => MoveKind::Copy { replace: false },
+                wire::RenameKind::CopyReplace => MoveKind::Copy { replace: true },
+                other => {
+                    return Err(ProtocolError::new(
+                        ErrorCode::InvalidArgument,
+                        format!("unknown rename kind {}", other.0),
+                    ))
+                }
+            };
+            Command::Rename {
+                from: key_of(rename.from())?,
+                to: key_of(rename.to())?,
+                how,
+            }
+        }
+        wire::Request::MSetIfAbsent => {
+            let entries = request
+                .request_as_mset_if_absent()
+                .ok_or_else(missing)?
+                .entries()
+                .ok_or_else(|| {
+                    ProtocolError::new(ErrorCode::InvalidArgument, "no entries given")
+                })?;
+            check_key_count(entries.len(), limits)?;
+            let entries = entries
+                .iter()
+                .map(|entry| Ok((key_of(entry.key())?, value_of(entry.value())?)))
+                .collect::<Result<Vec<_>, ProtocolError>>()?;
+            Command::MSetIfAbsent { entries }
+        }
         other => {
             return Err(ProtocolError::new(
                 ErrorCode::UnknownOperation,
@@ -308,6 +371,11 @@ pub fn encode_reply(
             let table =
                 wire::CountResult::create(builder, &wire::CountResultArgs { count: *count });
             (wire::Response::CountResult, table.as_union_value())
+        }
+        Reply::Integer(value) => {
+            let table =
+                wire::IntegerResult::create(builder, &wire::IntegerResultArgs { value: *value });
+            (wire::Response::IntegerResult, table.as_union_value())
         }
         Reply::Values(values) => {
             let tables: Vec<_> = values

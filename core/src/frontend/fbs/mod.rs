@@ -32,16 +32,15 @@ use glommio::net::TcpStream;
 use tinkerdb_schemas::frame::peek_frame;
 use tinkerdb_schemas::wire::ErrorCode;
 use tinkerdb_schemas::{FRAME_HEADER_BYTES, PROTOCOL_VERSION};
-use tinkerdb_storage::hash_slot;
 
 use crate::coord::batches::RemoteBatches;
 use crate::coord::context::{now_ms, CoreContext};
-use crate::coord::multi::{execute_multi, set_options, single_key_reply, storage_failed};
+use crate::coord::multi::{execute_multi, one_shard_request, single_key_reply, storage_failed};
 use crate::coord::request::{Command, Reply};
 use crate::coord::session::Session;
 use crate::error::ProtocolError;
 use crate::net::stream::{close_lingering, Filled, ReadBuffer, READ_BUFFER_INITIAL_BYTES};
-use crate::shard::{ShardRequest, SlotKey};
+use crate::shard::ShardRequest;
 use crate::shutdown::{ConnectionDrain, StopSignal};
 use codec::{decode_command, encode_reply};
 
@@ -246,40 +245,20 @@ impl Connection {
                 "send Hello before any other request",
             ))),
             (Command::Ping, Some(_)) => Pending::Ready(Reply::Pong),
-            (Command::Get { key }, Some(session)) => {
-                let slot = hash_slot(&session.tenant_name, &key);
-                let request = ShardRequest::Get {
-                    tenant: session.tenant,
-                    key: SlotKey { slot, key },
-                };
-                self.start_single(slot, request, session).await
-            }
-            (
-                Command::Set {
-                    key,
-                    value,
-                    ttl_ms,
-                    condition,
-                },
-                Some(session),
-            ) => {
-                let slot = hash_slot(&session.tenant_name, &key);
-                let request = ShardRequest::Set {
-                    tenant: session.tenant,
-                    key: SlotKey { slot, key },
-                    value,
-                    options: set_options(condition, ttl_ms),
-                };
-                self.start_single(slot, request, session).await
-            }
             (command, Some(session)) => {
-                // Requests gathered so far must reach their cores first.
-                self.remote.flush_ordered(&self.context).await;
-                let reply = match execute_multi(&self.context, &session, command).await {
-                    Ok(reply) => reply,
-                    Err(error) => Reply::Error(error),
-                };
-                Pending::Ready(reply)
+                match one_shard_request(&self.context, &session, command) {
+                    Ok(Ok((slot, request))) => self.start_single(slot, request, session).await,
+                    Ok(Err(error)) => Pending::Ready(Reply::Error(error)),
+                    Err(command) => {
+                        // Requests gathered so far must reach their cores first.
+                        self.remote.flush_ordered(&self.context).await;
+                        let reply = match execute_multi(&self.context, &session, command).await {
+                            Ok(reply) => reply,
+                            Err(error) => Reply::Error(error),
+                        };
+                        Pending::Ready(reply)
+                    }
+                }
             }
         };
         (request_id, pending)
