@@ -1,8 +1,6 @@
 //! Per-destination batches: a pipeline's single-key requests for each
 //! shard, sent as one message per shard and answered in request order.
 
-use tinkerdb_schemas::wire::ErrorCode;
-
 use crate::coord::context::CoreContext;
 use crate::coord::dispatch::Dispatched;
 use crate::coord::multi::unexpected;
@@ -84,7 +82,7 @@ impl RemoteBatches {
     /// inline, while in cluster mode each batch is a task of its own.
     pub(crate) async fn flush_ordered(&mut self, context: &CoreContext) {
         self.flush(context).await;
-        if context.replica.get().is_none() {
+        if context.dispatch_keeps_order() {
             return;
         }
         for slot in &mut self.sent {
@@ -118,7 +116,8 @@ impl RemoteBatches {
             SentBatch::Answered(replies) => replies
                 .get_mut(index)
                 .and_then(Option::take)
-                .ok_or_else(|| ProtocolError::new(ErrorCode::Internal, "batch reply missing")),
+                .map(Ok)
+                .expect("a batch answers each of its requests once"),
             SentBatch::Failed(error) => Err(error.clone()),
             SentBatch::InFlight(_) => unreachable!("awaited above"),
         }

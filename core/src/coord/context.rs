@@ -179,6 +179,31 @@ impl CoreContext {
         (reply, shard.take_ack_point())
     }
 
+    /// Whether this core's shard is replicated by a Raft group (cluster
+    /// mode). The data path asks the mode through the two questions below
+    /// and `dispatch::execute_local`, decided once at start (the replica is
+    /// set before any request is served), never by its own tests.
+    fn replicated(&self) -> bool {
+        self.replica.get().is_some()
+    }
+
+    /// Whether a request for `owner`'s shard runs inline on this core and
+    /// is answered at once. Only a local shard's own requests do: no
+    /// message, no task, and a write's durability wait joins the
+    /// pipeline's. A replicated shard's requests always join its batch, so
+    /// a pipeline's writes for it become one Raft entry.
+    pub fn runs_inline(&self, owner: CoreId) -> bool {
+        owner == self.core && !self.replicated()
+    }
+
+    /// Whether requests dispatched one after another reach their shard in
+    /// that order. True for local shards (FIFO channels, inline execution);
+    /// a replicated shard runs each dispatched request (or batch) as a task
+    /// of its own, so a caller that needs order waits for each first.
+    pub fn dispatch_keeps_order(&self) -> bool {
+        !self.replicated()
+    }
+
     /// Waits until WAL index `index` (if any) is durable; the error is the
     /// reason the WAL failed.
     pub async fn wait_durable(&self, index: Option<u64>) -> Result<(), String> {

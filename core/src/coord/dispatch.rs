@@ -79,7 +79,7 @@ impl CoreContext {
                     crate::coord::snapshots::snapshot(self).await,
                 ));
             }
-            if self.replica.get().is_some() {
+            if !self.dispatch_keeps_order() {
                 let context = self
                     .this
                     .upgrade()
@@ -136,7 +136,7 @@ pub async fn serve_peer(
             .detach();
             continue;
         }
-        if context.replica.get().is_some() {
+        if !context.dispatch_keeps_order() {
             // Cluster mode: through Raft, in its own task (a write waits
             // for a quorum); requests that must stay ordered arrive in one
             // Batch, which runs in order.

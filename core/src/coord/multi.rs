@@ -202,14 +202,15 @@ pub(crate) fn quota_error(error: &StoreError, session: &Session) -> ProtocolErro
     ProtocolError::new(ErrorCode::QuotaExceeded, message)
 }
 
+/// The error a shard answered instead of the reply its request asks for.
+/// Only an error can stand there (a refusal, a routing or Raft error): any
+/// other reply is a bug, asserted.
 pub(crate) fn unexpected(reply: &ShardReply) -> ProtocolError {
-    if let ShardReply::Error(error) = reply {
-        return error.clone();
+    match reply {
+        ShardReply::Error(error) => error.clone(),
+        ShardReply::Refused(reason) => storage_failed(reason),
+        other => unreachable!("a shard answered {other:?} to a request that cannot get it"),
     }
-    ProtocolError::new(
-        ErrorCode::Internal,
-        format!("unexpected shard reply {reply:?}"),
-    )
 }
 
 /// Groups keys by owning core, remembering each key's position.

@@ -407,9 +407,6 @@ fn answer_error(response: Response) -> ShardReply {
         Response::Refused { code, message } => {
             ShardReply::Error(ProtocolError::new(ErrorCode(code), message))
         }
-        other => ShardReply::Error(ProtocolError::new(
-            ErrorCode::Internal,
-            format!("unexpected state machine answer {other:?}"),
-        )),
+        other => unreachable!("this node's state machine answered {other:?} to an Ops entry"),
     }
 }

@@ -28,7 +28,7 @@ use tinkerdb_storage::{
 use crate::config::DEFAULT_TENANT;
 use crate::coord::batches::RemoteBatches;
 use crate::coord::context::{now_ms, CoreContext};
-use crate::coord::multi::{execute_multi, keys_of_one_shard, quota_error};
+use crate::coord::multi::{execute_multi, keys_of_one_shard, quota_error, unexpected};
 use crate::coord::request::{Command, Reply};
 use crate::coord::session::Session;
 use crate::error::ProtocolError;
@@ -478,7 +478,7 @@ impl RespConnection {
         // Standalone: this core's keys are served inline. In cluster mode
         // every command joins its shard's batch, this core's too: a
         // pipeline's writes for one shard become one Raft entry.
-        if owner == self.context.core && self.context.replica.get().is_none() {
+        if self.context.runs_inline(owner) {
             let (reply, ack_point) = self.context.execute_here(request);
             let value = finish_reply(finish, reply, &self.session);
             return match ack_point {
@@ -1084,25 +1084,11 @@ impl RespConnection {
                             for reply in replies {
                                 match reply {
                                     ShardReply::Count(_) => {}
-                                    ShardReply::Refused(reason) => {
-                                        failed = Some(storage_error(&reason))
-                                    }
-                                    ShardReply::Error(error) => {
-                                        failed = Some(protocol_error(&error))
-                                    }
-                                    other => {
-                                        failed = Some(RespValue::error(format!(
-                                            "ERR internal: unexpected shard reply {other:?}"
-                                        )))
-                                    }
+                                    other => failed = Some(protocol_error(&unexpected(&other))),
                                 }
                             }
                         }
-                        Ok(other) => {
-                            failed = Some(RespValue::error(format!(
-                                "ERR internal: unexpected shard reply {other:?}"
-                            )))
-                        }
+                        Ok(other) => failed = Some(protocol_error(&unexpected(&other))),
                         Err(error) => failed = Some(protocol_error(&error)),
                     }
                 }
@@ -1710,7 +1696,7 @@ fn finish_reply(finish: Finish, reply: ShardReply, session: &Session) -> RespVal
                 RespValue::error(format!("ERR {}", quota_error(&error, session).message))
             }
         },
-        (_, other) => RespValue::error(format!("ERR internal: unexpected shard reply {other:?}")),
+        (finish, other) => unreachable!("{finish:?} got the shard reply {other:?}"),
     }
 }
 
@@ -1853,7 +1839,7 @@ fn multi_reply(reply: Reply) -> RespValue {
         ]),
         Reply::Error(error) => protocol_error(&error),
         Reply::Snapshotted { .. } => RespValue::Simple("OK"),
-        other => RespValue::error(format!("ERR internal: unexpected reply {other:?}")),
+        other => unreachable!("a multi-key command answered {other:?}"),
     }
 }
 

@@ -275,7 +275,7 @@ impl Connection {
         // Standalone: this core's keys are served inline. In cluster mode
         // every request joins its shard's batch, this core's too: a
         // pipeline's writes for one shard become one Raft entry.
-        if owner == self.context.core && self.context.replica.get().is_none() {
+        if self.context.runs_inline(owner) {
             let (reply, ack_point) = self.context.execute_here(request);
             let reply = single_key_reply(reply, &session);
             return match ack_point {
