@@ -3,7 +3,7 @@
 //!
 //! A RESP connection goes through exactly the same shard path as the
 //! flatbuffers protocol: single-key commands become `ShardRequest`s (batched
-//! per remote core over a pipeline, see `coord::batches::RemoteBatches`),
+//! per shard over a pipeline, see `coord::batches::Pipeline`),
 //! multi-key commands reuse `coord::multi::execute_multi`. Only parsing and
 //! reply encoding differ. Differences from Redis are listed in
 //! `docs/redis-compatibility.md`.
@@ -26,7 +26,7 @@ use tinkerdb_storage::{
 };
 
 use crate::config::DEFAULT_TENANT;
-use crate::coord::batches::RemoteBatches;
+use crate::coord::batches::{Pipeline, Ticket};
 use crate::coord::context::{now_ms, CoreContext};
 use crate::coord::multi::{execute_multi, keys_of_one_shard, quota_error, unexpected};
 use crate::coord::request::{Command, Reply};
@@ -297,15 +297,12 @@ enum UpdateKind {
 
 enum Pending {
     Ready(RespValue),
-    /// A local write's reply, to send only once WAL index `index` is durable.
-    Durable {
-        value: RespValue,
-        index: u64,
-    },
-    Remote {
-        batch: usize,
-        index: usize,
+    /// A one-shard request handed to the pipeline, answered as `finish`
+    /// says for the session it ran in.
+    Shard {
+        ticket: Ticket,
         finish: Finish,
+        session: Session,
     },
 }
 
@@ -327,7 +324,7 @@ pub async fn serve_resp_connection(
         session,
         protocol: 2,
         client_name: None,
-        remote: RemoteBatches::default(),
+        pipeline: Pipeline::default(),
         connection_id,
         peer: peer.map(|p| p.to_string()).unwrap_or_default(),
         drain: ConnectionDrain::new(drain),
@@ -348,7 +345,7 @@ struct RespConnection {
     session: Session,
     protocol: u8,
     client_name: Option<String>,
-    remote: RemoteBatches,
+    pipeline: Pipeline,
     connection_id: u64,
     peer: String,
 }
@@ -391,29 +388,17 @@ impl RespConnection {
                 }
             }
             if !batch.is_empty() {
-                self.remote.flush(&self.context).await;
-                let highest = batch
-                    .iter()
-                    .filter_map(|pending| match pending {
-                        Pending::Durable { index, .. } => Some(*index),
-                        _ => None,
-                    })
-                    .max();
-                let durable = self.context.wait_durable(highest).await;
+                self.pipeline.settle(&self.context).await;
                 let answered = batch.len() as u64;
                 for pending in batch.drain(..) {
                     let value = match pending {
                         Pending::Ready(value) => value,
-                        Pending::Durable { value, .. } => match &durable {
-                            Ok(()) => value,
-                            Err(reason) => storage_error(reason),
-                        },
-                        Pending::Remote {
-                            batch,
-                            index,
+                        Pending::Shard {
+                            ticket,
                             finish,
-                        } => match self.remote.take(batch, index).await {
-                            Ok(reply) => finish_reply(finish, reply, &self.session),
+                            session,
+                        } => match self.pipeline.reply(ticket).await {
+                            Ok(reply) => finish_reply(finish, reply, &session),
                             Err(error) => protocol_error(&error),
                         },
                     };
@@ -423,7 +408,7 @@ impl RespConnection {
                     }
                     value.encode(self.protocol, &mut self.output);
                 }
-                self.remote.clear();
+                self.pipeline.clear();
                 self.stream.write_all(&self.output).await?;
                 self.context
                     .stats
@@ -473,26 +458,13 @@ impl RespConnection {
     /// Sends `request`, whose keys all live on the shard of `slot`, on its
     /// way: answered inline or joined to that shard's batch.
     fn send_to_shard(&mut self, slot: u16, request: ShardRequest, finish: Finish) -> Pending {
-        let request = self.session.reading(request);
-        let owner = self.context.slot_map.owner(slot);
-        // Standalone: this core's keys are served inline. In cluster mode
-        // every command joins its shard's batch, this core's too: a
-        // pipeline's writes for one shard become one Raft entry.
-        if self.context.runs_inline(owner) {
-            let (reply, ack_point) = self.context.execute_here(request);
-            let value = finish_reply(finish, reply, &self.session);
-            return match ack_point {
-                Some(index) => Pending::Durable { value, index },
-                None => Pending::Ready(value),
-            };
-        }
-        let (batch, index) = self
-            .remote
-            .push(self.context.slot_map.cores(), owner, request);
-        Pending::Remote {
-            batch,
-            index,
+        let ticket = self
+            .pipeline
+            .submit(&self.context, &self.session, slot, request);
+        Pending::Shard {
+            ticket,
             finish,
+            session: self.session.clone(),
         }
     }
 
@@ -567,7 +539,7 @@ impl RespConnection {
     }
 
     async fn multi(&mut self, command: Command) -> RespValue {
-        self.remote.flush_ordered(&self.context).await;
+        self.pipeline.send(&self.context).await;
         match execute_multi(&self.context, &self.session, command).await {
             Ok(reply) => multi_reply(reply),
             Err(error) => protocol_error(&error),
@@ -1067,7 +1039,7 @@ impl RespConnection {
                         return ready(RespValue::error("ERR syntax error"));
                     }
                 }
-                self.remote.flush_ordered(&self.context).await;
+                self.pipeline.send(&self.context).await;
                 let keyspaces = if name == "FLUSHALL" {
                     self.databases().into_iter().map(|(_, id)| id).collect()
                 } else {
@@ -1345,7 +1317,7 @@ impl RespConnection {
     /// crowded slots are likelier than keys of sparse ones, as with
     /// Redis's bucket sampling.)
     async fn random_key(&mut self) -> RespValue {
-        self.remote.flush_ordered(&self.context).await;
+        self.pipeline.send(&self.context).await;
         let mut seed = random_seed(self.connection_id);
         let start = (splitmix(&mut seed) % SLOT_COUNT as u64) as u32;
         let mut cursor = start;
@@ -1516,7 +1488,7 @@ impl RespConnection {
             );
         }
         if want("keyspace") {
-            self.remote.flush_ordered(&self.context).await;
+            self.pipeline.send(&self.context).await;
             let mut fields = Vec::new();
             for (database, keyspace) in self.databases() {
                 let session = Session::open(
@@ -1851,6 +1823,7 @@ fn protocol_error(error: &ProtocolError) -> RespValue {
             RespValue::error(format!("MOVED {} {}", owner.slot, owner.address))
         }
         // Redis Cluster's error class for keys of different slots.
+        _ if error.code == ErrorCode::StorageFailed => storage_error(&error.message),
         _ if error.code == ErrorCode::CrossShard => RespValue::error(
             "CROSSSLOT Keys in request don't hash to the same shard (atomic multi-key commands across shards need transactions, not built yet)",
         ),

@@ -33,30 +33,23 @@ use tinkerdb_schemas::frame::peek_frame;
 use tinkerdb_schemas::wire::ErrorCode;
 use tinkerdb_schemas::{FRAME_HEADER_BYTES, PROTOCOL_VERSION};
 
-use crate::coord::batches::RemoteBatches;
+use crate::coord::batches::{Pipeline, Ticket};
 use crate::coord::context::{now_ms, CoreContext};
-use crate::coord::multi::{execute_multi, one_shard_request, single_key_reply, storage_failed};
+use crate::coord::multi::{execute_multi, one_shard_request, single_key_reply};
 use crate::coord::request::{Command, Reply};
 use crate::coord::session::Session;
 use crate::error::ProtocolError;
 use crate::net::stream::{close_lingering, Filled, ReadBuffer, READ_BUFFER_INITIAL_BYTES};
-use crate::shard::ShardRequest;
 use crate::shutdown::{ConnectionDrain, StopSignal};
 use codec::{decode_command, encode_reply};
 
 /// An answer being produced.
 enum Pending {
     Ready(Reply),
-    /// A local write's reply, to send only once WAL index `index` is durable.
-    Durable {
-        reply: Reply,
-        index: u64,
-    },
-    /// A single-key request for another core, the `index`-th of the batch
-    /// `batch` (see [`RemoteBatches`]).
-    Remote {
-        batch: usize,
-        index: usize,
+    /// A one-shard request handed to the pipeline; its reply is the
+    /// session's (a quota error names the session's tenant).
+    Shard {
+        ticket: Ticket,
         session: Session,
     },
 }
@@ -72,7 +65,7 @@ pub async fn serve_connection(context: Rc<CoreContext>, stream: TcpStream, drain
         output: Vec::with_capacity(READ_BUFFER_INITIAL_BYTES),
         builder: FlatBufferBuilder::new(),
         session: None,
-        remote: RemoteBatches::default(),
+        pipeline: Pipeline::default(),
         drain: ConnectionDrain::new(drain),
     };
     if let Err(error) = connection.run().await {
@@ -87,7 +80,7 @@ struct Connection {
     output: Vec<u8>,
     builder: FlatBufferBuilder<'static>,
     session: Option<Session>,
-    remote: RemoteBatches,
+    pipeline: Pipeline,
     /// Tripped when the node begins a graceful shutdown.
     drain: ConnectionDrain,
 }
@@ -131,9 +124,9 @@ impl Connection {
                 }
             }
             if !batch.is_empty() {
-                self.remote.flush(&self.context).await;
+                self.pipeline.settle(&self.context).await;
                 self.answer(&mut batch, started).await?;
-                self.remote.clear();
+                self.pipeline.clear();
                 if close_after_answers {
                     return Ok(());
                 }
@@ -178,22 +171,11 @@ impl Connection {
         started: Instant,
     ) -> std::io::Result<()> {
         let answered = batch.len() as u64;
-        // One wait covers every local write of the pipeline (group commit).
-        let durable =
-            durable_through(&self.context, batch.iter().map(|(_, pending)| pending)).await;
         let now = now_ms();
         for (request_id, pending) in batch.drain(..) {
             let reply = match pending {
                 Pending::Ready(reply) => reply,
-                Pending::Durable { reply, .. } => match &durable {
-                    Ok(()) => reply,
-                    Err(error) => Reply::Error(error.clone()),
-                },
-                Pending::Remote {
-                    batch,
-                    index,
-                    session,
-                } => match self.remote.take(batch, index).await {
+                Pending::Shard { ticket, session } => match self.pipeline.reply(ticket).await {
                     Ok(reply) => single_key_reply(reply, &session),
                     Err(error) => Reply::Error(error),
                 },
@@ -247,11 +229,14 @@ impl Connection {
             (Command::Ping, Some(_)) => Pending::Ready(Reply::Pong),
             (command, Some(session)) => {
                 match one_shard_request(&self.context, &session, command) {
-                    Ok(Ok((slot, request))) => self.start_single(slot, request, session).await,
+                    Ok(Ok((slot, request))) => {
+                        let ticket = self.pipeline.submit(&self.context, &session, slot, request);
+                        Pending::Shard { ticket, session }
+                    }
                     Ok(Err(error)) => Pending::Ready(Reply::Error(error)),
                     Err(command) => {
                         // Requests gathered so far must reach their cores first.
-                        self.remote.flush_ordered(&self.context).await;
+                        self.pipeline.send(&self.context).await;
                         let reply = match execute_multi(&self.context, &session, command).await {
                             Ok(reply) => reply,
                             Err(error) => Reply::Error(error),
@@ -262,35 +247,6 @@ impl Connection {
             }
         };
         (request_id, pending)
-    }
-
-    async fn start_single(
-        &mut self,
-        slot: u16,
-        request: ShardRequest,
-        session: Session,
-    ) -> Pending {
-        let owner = self.context.slot_map.owner(slot);
-        let request = session.reading(request);
-        // Standalone: this core's keys are served inline. In cluster mode
-        // every request joins its shard's batch, this core's too: a
-        // pipeline's writes for one shard become one Raft entry.
-        if self.context.runs_inline(owner) {
-            let (reply, ack_point) = self.context.execute_here(request);
-            let reply = single_key_reply(reply, &session);
-            return match ack_point {
-                Some(index) => Pending::Durable { reply, index },
-                None => Pending::Ready(reply),
-            };
-        }
-        let (batch, index) = self
-            .remote
-            .push(self.context.slot_map.cores(), owner, request);
-        Pending::Remote {
-            batch,
-            index,
-            session,
-        }
     }
 
     fn hello(&mut self, protocol_version: u32, tenant: &str, stale_reads: bool) -> Reply {
@@ -320,22 +276,4 @@ impl Connection {
             cores: self.context.slot_map.cores() as u32,
         }
     }
-}
-
-/// Waits until the highest WAL index among `pending` local writes is
-/// durable. The error, if the WAL failed, is what those writes answer.
-async fn durable_through<'a>(
-    context: &CoreContext,
-    pending: impl Iterator<Item = &'a Pending>,
-) -> Result<(), ProtocolError> {
-    let highest = pending
-        .filter_map(|pending| match pending {
-            Pending::Durable { index, .. } => Some(*index),
-            _ => None,
-        })
-        .max();
-    context
-        .wait_durable(highest)
-        .await
-        .map_err(|reason| storage_failed(&reason))
 }
