@@ -8,26 +8,11 @@
 
 use hdrhistogram::Histogram;
 
-/// Largest latency a histogram records, in microseconds (60 s); larger
-/// values are clamped to it.
-pub const MAX_RECORDED_MICROS: u64 = 60_000_000;
-
-/// Significant decimal digits kept by latency histograms (2: 1% error, a
-/// few KiB per histogram).
-pub const LATENCY_SIGNIFICANT_DIGITS: u8 = 2;
-
-/// An empty latency histogram in microseconds (1 us to 60 s).
-pub fn latency_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_RECORDED_MICROS, LATENCY_SIGNIFICANT_DIGITS)
-        .expect("valid histogram bounds")
-}
-
-/// Records `count` samples of `micros` (clamped to the histogram's range).
-pub fn record_micros(histogram: &mut Histogram<u64>, micros: u64, count: u64) {
-    let value = micros.clamp(1, MAX_RECORDED_MICROS);
-    // Cannot fail: the value is within bounds and counts saturate.
-    let _ = histogram.record_n(value, count);
-}
+// The histogram's shape is the storage crate's, shared with the cores that
+// record into it.
+pub use tinkerdb_storage::latency::{
+    latency_histogram, record_micros, LATENCY_SIGNIFICANT_DIGITS, MAX_RECORDED_MICROS,
+};
 
 /// The last snapshot a core installed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -128,7 +128,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
         }
         cluster.raft_listen = Some(bind);
     }
-    check_node_file(&config.data_dir, cores)?;
+    check_node_file(&config.data_dir, cores, config.databases)?;
     let slot_map = Arc::new(SlotMap::contiguous(cores));
     // The config's tenants, then those created or changed at runtime.
     let configured = config
@@ -142,7 +142,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
         .collect();
     let tenant_specs = tenants_file::merge(configured, tenants_file::load(&config.data_dir)?);
     let tenants = Arc::new(TenantRegistry::with_databases(
-        &tenant_specs,
+        crate::frontend::admin::tenant_quotas(&tenant_specs),
         config.databases,
     ));
     // Bound now so a taken port fails the start before any core runs.
@@ -436,13 +436,22 @@ fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
 /// `<data_dir>/NODE` records the core count the data was written with: a
 /// key's core follows from the slot map, so a data directory can only be
 /// reopened with the same number of cores (resharding comes later).
-fn check_node_file(data_dir: &std::path::Path, cores: usize) -> anyhow::Result<()> {
+fn check_node_file(data_dir: &std::path::Path, cores: usize, databases: u16) -> anyhow::Result<()> {
     let path = data_dir.join("NODE");
-    let expected = format!("format = 1\ncores = {cores}\n");
+    // A database count other than the default is part of the data: WAL
+    // records and Raft entries name `tenant/n`, which a smaller count would
+    // no longer resolve. (Written only when not the default, so data
+    // directories from before databases existed still match.)
+    let databases_line = if databases == crate::tenants::DEFAULT_DATABASES {
+        String::new()
+    } else {
+        format!("databases = {databases}\n")
+    };
+    let expected = format!("format = 1\ncores = {cores}\n{databases_line}");
     match std::fs::read_to_string(&path) {
         Ok(text) if text == expected => Ok(()),
         Ok(text) => Err(anyhow!(
-            "data directory {} was written by a node with different settings ({}); start with the same --cores",
+            "data directory {} was written by a node with different settings ({}); start with the same --cores and databases (databases = 16 unless listed)",
             data_dir.display(),
             text.trim().replace('\n', ", ")
         )),
@@ -809,5 +818,28 @@ async fn active_expiry(context: Rc<CoreContext>) {
             .borrow_mut()
             .store_mut()
             .expire_due(now, ACTIVE_EXPIRY_MAX_ITEMS_PER_TICK);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_node_file_refuses_another_core_or_database_count() {
+        let dir = std::env::temp_dir().join(format!("tinkerdb-node-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A directory from before databases existed: format and cores only.
+        std::fs::write(dir.join("NODE"), "format = 1\ncores = 2\n").unwrap();
+        check_node_file(&dir, 2, crate::tenants::DEFAULT_DATABASES).expect("the default matches");
+        let fewer = check_node_file(&dir, 2, 4).unwrap_err().to_string();
+        assert!(fewer.contains("databases"), "{fewer}");
+        assert!(check_node_file(&dir, 3, crate::tenants::DEFAULT_DATABASES).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        check_node_file(&dir, 2, 4).expect("a fresh directory records 4");
+        check_node_file(&dir, 2, 4).expect("and accepts it again");
+        assert!(check_node_file(&dir, 2, crate::tenants::DEFAULT_DATABASES).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

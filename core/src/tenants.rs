@@ -20,8 +20,6 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tinkerdb_admin::tenants_file::TenantSpec;
-
 use tinkerdb_storage::{
     database_of, keyspace, quota_owner, Quota, TenantId, MAX_TENANTS, SLOT_COUNT,
 };
@@ -49,30 +47,32 @@ pub struct TenantRegistry {
 }
 
 impl TenantRegistry {
-    /// Builds the registry from validated specs (ids are list positions),
-    /// with the default number of databases.
-    pub fn new(specs: &[TenantSpec]) -> TenantRegistry {
-        TenantRegistry::with_databases(specs, DEFAULT_DATABASES)
+    /// Builds the registry from validated (name, node-wide quota) pairs
+    /// (ids are list positions), with the default number of databases.
+    pub fn new<'a>(tenants: impl IntoIterator<Item = (&'a str, Quota)>) -> TenantRegistry {
+        TenantRegistry::with_databases(tenants, DEFAULT_DATABASES)
     }
 
-    /// Builds the registry from validated specs, each tenant with
-    /// `databases` databases (at least 1).
-    pub fn with_databases(specs: &[TenantSpec], databases: u16) -> TenantRegistry {
+    /// Builds the registry from validated (name, node-wide quota) pairs,
+    /// each tenant with `databases` databases (1 to 256).
+    pub fn with_databases<'a>(
+        tenants: impl IntoIterator<Item = (&'a str, Quota)>,
+        databases: u16,
+    ) -> TenantRegistry {
         assert!(
             (1..=256).contains(&databases),
             "a tenant has database 0 and at most 256 (8 bits)"
         );
-        assert!(specs.len() < MAX_TENANTS as usize, "too many tenants");
-        let tenants: Vec<Tenant> = specs
-            .iter()
+        let tenants: Vec<Tenant> = tenants
+            .into_iter()
             .enumerate()
-            .map(|(index, config)| Tenant {
-                id: TenantId::try_from(index).expect("fewer than 2^32 tenants"),
-                name: Arc::from(config.name.as_str()),
-                quota: Quota {
-                    max_keys: config.max_keys,
-                    max_bytes: config.max_bytes,
-                },
+            .map(|(index, (name, quota))| Tenant {
+                id: TenantId::try_from(index)
+                    .ok()
+                    .filter(|&id| id < MAX_TENANTS)
+                    .expect("fewer tenants than MAX_TENANTS"),
+                name: Arc::from(name),
+                quota,
             })
             .collect();
         let id_by_name = tenants.iter().map(|t| (t.name.clone(), t.id)).collect();
@@ -240,19 +240,14 @@ mod tests {
 
     #[test]
     fn databases_are_named_tenant_slash_n_and_carry_the_number_in_their_id() {
-        let specs = vec![
-            TenantSpec {
-                name: "default".into(),
-                max_keys: None,
-                max_bytes: None,
-            },
-            TenantSpec {
-                name: "acme".into(),
-                max_keys: Some(9),
-                max_bytes: None,
-            },
-        ];
-        let registry = TenantRegistry::with_databases(&specs, 4);
+        let acme_quota = Quota {
+            max_keys: Some(9),
+            max_bytes: None,
+        };
+        let registry = TenantRegistry::with_databases(
+            [("default", Quota::default()), ("acme", acme_quota)],
+            4,
+        );
         let acme3 = registry.by_name("acme/3").expect("database 3");
         assert_eq!(acme3.id, keyspace(1, 3));
         assert_eq!(&*acme3.name, "acme/3");

@@ -26,6 +26,7 @@
 //!   so a version is never reused, even after a key is deleted and recreated.
 
 pub mod glob;
+pub mod latency;
 pub mod log_op;
 pub mod slot;
 pub mod snapshot;

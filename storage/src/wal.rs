@@ -217,18 +217,15 @@ impl WalStats {
         WalStats {
             bytes_written: Cell::new(0),
             flushes: Cell::new(0),
-            // 1 us to 60 s at 1% precision.
-            flush_micros: RefCell::new(
-                Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid histogram bounds"),
-            ),
+            flush_micros: RefCell::new(crate::latency::latency_histogram()),
         }
     }
 
     fn record_flush(&self, bytes: u64, elapsed: std::time::Duration) {
         self.bytes_written.set(self.bytes_written.get() + bytes);
         self.flushes.set(self.flushes.get() + 1);
-        let micros = (elapsed.as_micros() as u64).clamp(1, 60_000_000);
-        let _ = self.flush_micros.borrow_mut().record(micros);
+        let micros = elapsed.as_micros() as u64;
+        crate::latency::record_micros(&mut self.flush_micros.borrow_mut(), micros, 1);
     }
 }
 

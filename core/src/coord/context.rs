@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
-use tinkerdb_admin::report::{latency_histogram, record_micros};
+use tinkerdb_storage::latency::{latency_histogram, record_micros};
 use tinkerdb_storage::TenantId;
 
 use futures_channel::oneshot;
@@ -32,15 +32,15 @@ pub struct CoreMessage {
     pub reply_to: oneshot::Sender<ShardReply>,
 }
 
-/// Counters of one core, reported to the admin plane on request
-/// (`tinkerdb_admin::report::CoreReport`). Plain cells: only this core
+/// Counters of one core, reported to the admin plane on request (the
+/// admin adapter, `frontend::admin`, turns them into its `CoreReport`). Plain cells: only this core
 /// writes or reads them.
 #[derive(Debug)]
 pub struct CoreStats {
     /// Requests answered, errors included.
     pub requests_total: Cell<u64>,
     /// Requests answered with an error, by `ErrorCode` value.
-    pub errors_total: [Cell<u64>; 19],
+    pub errors_total: [Cell<u64>; 22],
     /// Client connections accepted.
     pub connections_total: Cell<u64>,
     /// Client connections open now.

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use tinkerdb_admin::tenants_file::TenantSpec;
+use tinkerdb_storage::Quota;
 
 use crate::coord::context::{now_ms, CoreContext};
 use crate::shard::{ShardReply, ShardRequest};
@@ -10,9 +10,12 @@ use crate::tenants::{quota_share, TenantRegistry};
 
 /// Installs a new tenant list on this core and sets this core's share of
 /// every quota.
-pub fn install_tenants(context: &CoreContext, specs: &[TenantSpec]) {
+pub fn install_tenants<'a>(
+    context: &CoreContext,
+    tenants: impl IntoIterator<Item = (&'a str, Quota)>,
+) {
     let databases = context.tenants.get().databases();
-    let registry = Arc::new(TenantRegistry::with_databases(specs, databases));
+    let registry = Arc::new(TenantRegistry::with_databases(tenants, databases));
     context.tenants.install(registry.clone());
     apply_quotas(context, &registry);
 }

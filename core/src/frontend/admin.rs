@@ -20,9 +20,10 @@ use tinkerdb_admin::link::{
     CoreRequest, CoreResponse, Envelope, KeyOp, StoredValue, Usage, MAX_SCAN_PAGE_KEYS,
 };
 use tinkerdb_admin::report::{CoreReport, SnapshotInfo};
+use tinkerdb_admin::tenants_file::TenantSpec;
 use tinkerdb_admin::{ApiError, CoreInbox, ErrorCode as ApiCode};
 use tinkerdb_schemas::wire::ErrorCode;
-use tinkerdb_storage::WriteCondition;
+use tinkerdb_storage::{Quota, WriteCondition};
 
 use crate::coord::context::CoreContext;
 use crate::coord::multi::execute_multi;
@@ -42,7 +43,7 @@ pub async fn serve_admin(context: Rc<CoreContext>, mut inbox: CoreInbox) {
                 let _ = reply.send(CoreResponse::Usage(tenant_usage(&context)));
             }
             CoreRequest::InstallTenants(specs) => {
-                install_tenants(&context, &specs);
+                install_tenants(&context, tenant_quotas(&specs));
                 let _ = reply.send(CoreResponse::Done);
             }
             CoreRequest::Snapshot => {
@@ -291,7 +292,7 @@ fn report(context: &CoreContext) -> CoreReport {
                 replica.wal_stats.flush_micros.borrow().clone(),
                 status.fatal.is_some(),
             ),
-            None => (0, 0, tinkerdb_admin::report::latency_histogram(), false),
+            None => (0, 0, tinkerdb_storage::latency::latency_histogram(), false),
         },
     };
     CoreReport {
@@ -374,4 +375,16 @@ fn tenant_usage(context: &CoreContext) -> Vec<Usage> {
             }
         })
         .collect()
+}
+
+/// The (name, node-wide quota) pairs of the admin plane's tenant specs:
+/// what the core's tenant registry is built from.
+pub fn tenant_quotas(specs: &[TenantSpec]) -> impl Iterator<Item = (&str, Quota)> {
+    specs.iter().map(|spec| {
+        let quota = Quota {
+            max_keys: spec.max_keys,
+            max_bytes: spec.max_bytes,
+        };
+        (spec.name.as_str(), quota)
+    })
 }

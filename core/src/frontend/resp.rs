@@ -12,8 +12,8 @@
 //! `AUTH tenant [password]` and `HELLO 3 AUTH tenant password` switch to a
 //! tenant (passwords are not checked: authentication is milestone 6);
 //! `SELECT n` selects database n of the connection's tenant (0 to
-//! `databases - 1`, 16 by default: `crate::tenants`); AUTH starts at its
-//! database 0.
+//! `databases - 1`, 16 by default: `crate::tenants`); AUTH binds the
+//! database it names (`acme` is database 0, `acme/3` database 3).
 
 use std::rc::Rc;
 

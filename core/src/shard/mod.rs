@@ -2,7 +2,7 @@
 //!
 //! A [`Shard`] owns one [`Store`]. Requests reach it as [`ShardRequest`]
 //! values, either called directly by a connection on the same core or carried
-//! over a cross-core channel (see `router`); both paths run the same
+//! over a cross-core channel (see `coord::dispatch`); both paths run the same
 //! [`Shard::execute`], synchronously, so a request is atomic on its shard and
 //! requests from one sender run in the order they were sent.
 //!
@@ -169,8 +169,9 @@ pub enum ShardRequest {
         /// Tenant.
         tenant: TenantId,
     },
-    /// Several single-key requests (`Get`, `Set`) from one connection's
-    /// pipeline, sent as one message to amortise the cross-core hop.
+    /// Several one-shard requests (any but `Batch` itself) from one
+    /// connection's pipeline, sent as one message to amortise the cross-core
+    /// hop (`coord::batches::Pipeline`).
     /// Executed in order; answered by `ShardReply::Batch` in the same order.
     Batch(Vec<ShardRequest>),
     /// A read that may answer from this replica's state without the read
@@ -336,8 +337,9 @@ pub enum ShardReply {
     Done,
     /// Answer to `Snapshot`: entries and bytes written, or why it failed.
     Snapshotted(Result<(u64, u64), String>),
-    /// Cluster mode: refused with this error (no leader, a request not
-    /// replicated yet, a refusal by the replicated state machine).
+    /// Refused with this error: a key of another shard (`WrongShard`, both
+    /// modes), an out-of-range scan slot, and in cluster mode no leader or a
+    /// refusal by the replicated state machine.
     Error(ProtocolError),
 }
 
@@ -685,6 +687,12 @@ impl Shard {
         // A key of another shard gets a typed answer naming its owner,
         // before anything is read or changed.
         if let Some(slot) = request.foreign_slot(|slot| self.slot_map.owner(slot) == self.core) {
+            if usize::from(slot) >= SLOT_COUNT {
+                return ShardReply::Error(ProtocolError::new(
+                    tinkerdb_schemas::wire::ErrorCode::InvalidArgument,
+                    format!("slot {slot} is out of range 0..{SLOT_COUNT}"),
+                ));
+            }
             let owner = self.slot_map.owner(slot);
             return ShardReply::Error(ProtocolError::wrong_shard(slot, owner));
         }
@@ -821,14 +829,13 @@ impl Shard {
                 {
                     return ShardReply::Count(0);
                 }
-                let if_absent = SetOptions {
-                    condition: tinkerdb_storage::WriteCondition::IfAbsent,
-                    expiry: tinkerdb_storage::Expiry::Never,
-                };
+                // None exists: write them all, a repeated key's last value
+                // winning (as Redis's MSETNX).
+                let options = SetOptions::default();
                 for (done, (key, value)) in entries.iter().enumerate() {
                     journal.before_write(store, key.slot);
                     if let Err(error) =
-                        store.set(tenant, key.slot, &key.key, value, if_absent, now_ms)
+                        store.set(tenant, key.slot, &key.key, value, options, now_ms)
                     {
                         // All or nothing: the keys written so far were
                         // absent, and nothing is logged yet.
@@ -855,8 +862,10 @@ impl Shard {
                 journal.before_write(store, to.slot);
                 let result = apply_move(store, tenant, &from, &to, how, now_ms);
                 if matches!(result, Ok(UpdateOutcome::Existed(true))) {
-                    journal.log_state(store, tenant, &from);
+                    // The destination first: should a crash keep only the
+                    // first record, a rename leaves two copies, never none.
                     journal.log_state(store, tenant, &to);
+                    journal.log_state(store, tenant, &from);
                 }
                 ShardReply::Updated(result)
             }
@@ -1107,9 +1116,17 @@ fn apply_move(
     }
     if let Err(error) = store.set(tenant, to.slot, &to.key, &source.value, options, now_ms) {
         if renaming {
-            store
-                .set(tenant, from.slot, &from.key, &source.value, options, now_ms)
-                .expect("the source's own room was just freed");
+            // Put the source back exactly as it was (version included),
+            // past the quota: a tenant already over a lowered quota must
+            // not lose the key, nor fail here.
+            store.restore(
+                tenant,
+                from.slot,
+                &from.key,
+                &source.value,
+                source.version,
+                source.expires_at_ms,
+            );
         }
         return Err(UpdateError::Quota(error));
     }
@@ -1305,12 +1322,13 @@ mod tests {
 
     /// A shard of core 0 of a 2-core node, without a WAL.
     fn shard_of_core_0() -> Shard {
-        let specs = vec![tinkerdb_admin::tenants_file::TenantSpec {
-            name: "default".into(),
-            max_keys: Some(3),
-            max_bytes: None,
-        }];
-        let registry = Arc::new(crate::tenants::TenantRegistry::new(&specs));
+        let registry = Arc::new(crate::tenants::TenantRegistry::new([(
+            "default",
+            Quota {
+                max_keys: Some(3),
+                max_bytes: None,
+            },
+        )]));
         let tenants = Rc::new(CoreTenants::new(registry));
         let slot_map = Arc::new(SlotMap::contiguous(2));
         let mut shard = Shard::new(0, slot_map, Store::new(), Journal::new(None, tenants));
@@ -1450,6 +1468,60 @@ mod tests {
                 Err(error) => format!("{error:?}"),
             },
             "NoSuchKey"
+        );
+    }
+
+    #[test]
+    fn a_rename_over_a_lowered_quota_is_refused_and_keeps_the_source_as_it_was() {
+        let mut store = Store::new();
+        let now = 1_000;
+        put(&mut store, "a", "1", Some(9_000), now);
+        put(&mut store, "b", "2", None, now);
+        let before = read(&store, TENANT, &key("a"), now).unwrap();
+        // Lowered below what the tenant holds: the keys stay, new ones fail.
+        store.set_quota(
+            TENANT,
+            Quota {
+                max_keys: Some(1),
+                max_bytes: None,
+            },
+        );
+        let result = apply_move(
+            &mut store,
+            TENANT,
+            &key("a"),
+            &key("c"),
+            MoveKind::Rename,
+            now,
+        );
+        assert!(matches!(result, Err(UpdateError::Quota(_))), "{result:?}");
+        let after = read(&store, TENANT, &key("a"), now).expect("the source is back");
+        assert_eq!(
+            (after.value, after.version, after.expires_at_ms),
+            (before.value, before.version, before.expires_at_ms)
+        );
+        assert!(read(&store, TENANT, &key("c"), now).is_none());
+        assert_eq!(store.owner_usage(TENANT).keys, 2);
+    }
+
+    #[test]
+    fn set_many_if_absent_with_a_repeated_key_keeps_its_last_value_as_redis() {
+        let mut shard = shard_of_core_0();
+        let k = keys_of(0, "r", 1).remove(0);
+        let request = ShardRequest::SetManyIfAbsent {
+            tenant: TENANT,
+            entries: vec![
+                (k.clone(), Bytes::from_static(b"1")),
+                (k.clone(), Bytes::from_static(b"2")),
+            ],
+        };
+        assert!(matches!(
+            shard.execute(request, 1_000),
+            ShardReply::Count(1)
+        ));
+        assert_eq!(
+            &read(shard.store(), TENANT, &k, 1_000).unwrap().value[..],
+            b"2"
         );
     }
 }

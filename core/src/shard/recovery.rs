@@ -51,8 +51,14 @@ pub(crate) fn apply(
         tenants
             .by_name(name)
             .map(|tenant| tenant.id)
-            .ok_or_else(|| {
-                format!("it names tenant {name:?}, which the configuration no longer defines")
+            .ok_or_else(|| match name.rsplit_once('/') {
+                Some((tenant, database)) => format!(
+                    "it names database {database} of tenant {tenant:?}, which the configuration no longer defines (its tenants and their `databases` count, {})",
+                    tenants.databases()
+                ),
+                None => {
+                    format!("it names tenant {name:?}, which the configuration no longer defines")
+                }
             })
     };
     match op {
