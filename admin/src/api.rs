@@ -481,6 +481,15 @@ pub struct AddNodeBody {
     /// core `c` of every node).
     #[schema(minimum = 1)]
     pub cores: usize,
+    /// Its databases per tenant: must equal this node's (the Raft log
+    /// names databases as `tenant/n`). Absent: 16, the default.
+    #[serde(default = "default_databases")]
+    #[schema(minimum = 1, maximum = 256)]
+    pub databases: u16,
+}
+
+fn default_databases() -> u16 {
+    16
 }
 
 /// Every shard's voters after a membership change.
@@ -518,6 +527,16 @@ async fn add_node(
             format!(
                 "node {} has {} cores; this cluster's nodes have {cores} (group c lives on core c of every node)",
                 body.id, body.cores
+            ),
+        ));
+    }
+    let databases = state.node.facts().databases;
+    if body.databases != databases {
+        return Err(ApiError::new(
+            ErrorCode::InvalidArgument,
+            format!(
+                "node {} has {} databases per tenant; this cluster's nodes have {databases} (the Raft log names databases)",
+                body.id, body.databases
             ),
         ));
     }

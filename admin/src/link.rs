@@ -213,6 +213,9 @@ pub struct NodeFacts {
     pub max_key_bytes: usize,
     /// Longest value accepted (`limits.max_value_bytes`).
     pub max_value_bytes: usize,
+    /// Databases per tenant (`databases`): every node of a cluster must
+    /// have the same count.
+    pub databases: u16,
 }
 
 /// The admin plane's handle on the node: the cores' channels and the

@@ -128,6 +128,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
         }
         cluster.raft_listen = Some(bind);
     }
+    refuse_shared_ports(&config, cores)?;
     check_node_file(&config.data_dir, cores, config.databases)?;
     let slot_map = Arc::new(SlotMap::contiguous(cores));
     // The config's tenants, then those created or changed at runtime.
@@ -280,6 +281,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
                 started_unix_ms: now_ms(),
                 max_key_bytes: config.limits.max_key_bytes,
                 max_value_bytes: config.limits.max_value_bytes,
+                databases: config.databases,
             };
             let handle = NodeHandle::new(facts, admin_senders, tenant_specs);
             Some(tinkerdb_admin::start(listener, handle)?)
@@ -293,7 +295,13 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
                 .enable_all()
                 .build()
                 .context("a runtime for the join")?
-                .block_on(crate::cluster::join(seed, cluster, cores, own_admin))?;
+                .block_on(crate::cluster::join(
+                    seed,
+                    cluster,
+                    cores,
+                    config.databases,
+                    own_admin,
+                ))?;
         }
     }
     on_ready(&NodeInfo {
@@ -467,6 +475,56 @@ fn check_node_file(data_dir: &std::path::Path, cores: usize, databases: u16) -> 
         }
         Err(error) => Err(error).with_context(|| format!("cannot read {}", path.display())),
     }
+}
+
+/// Fails when two of this node's listeners would share a port. The cores
+/// bind the client and RESP ports with `SO_REUSEPORT`, so such a clash does
+/// not fail to bind: the kernel silently hands one listener's connections
+/// to the other (seen: `--listen` on a 2-core node's Raft port + 1 started,
+/// and clients reached core 1's Raft listener). Port 0 (any free port)
+/// never clashes.
+fn refuse_shared_ports(config: &NodeConfig, cores: usize) -> anyhow::Result<()> {
+    let mut listeners = vec![(config.listen, "clients (--listen)".to_string())];
+    if config.resp_enabled {
+        listeners.push((
+            config.resp_listen,
+            "the Redis protocol (--resp-listen)".into(),
+        ));
+    }
+    if config.admin_enabled {
+        listeners.push((config.admin_listen, "the admin API (--admin-listen)".into()));
+    }
+    if let Some(raft) = config
+        .cluster
+        .as_ref()
+        .and_then(|cluster| cluster.raft_listen)
+    {
+        for core in 0..cores {
+            let mut addr = raft;
+            addr.set_port(raft.port() + core as u16);
+            listeners.push((
+                addr,
+                format!("Raft of core {core} (the Raft port + {core})"),
+            ));
+        }
+    }
+    let overlap = |a: SocketAddr, b: SocketAddr| {
+        a.port() == b.port()
+            && a.port() != 0
+            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    };
+    for (index, (addr, what)) in listeners.iter().enumerate() {
+        if let Some((other, other_what)) = listeners[index + 1..]
+            .iter()
+            .find(|(other, _)| overlap(*addr, *other))
+        {
+            anyhow::bail!(
+                "{what} on {addr} and {other_what} on {other} would share port {}: give each listener its own port",
+                addr.port()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Fails if another process already listens on `addr`. Needed because the

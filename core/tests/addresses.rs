@@ -165,6 +165,42 @@ fn advertise_raft_must_match_the_own_peers_entry() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The clash a new user hit: a 2-core node whose Raft base port is P gives
+/// core 1 the Raft port P + 1; `--listen` on P + 1 used to start (both bound
+/// with SO_REUSEPORT) and clients reached the Raft listener. The node must
+/// refuse to start and name both listeners.
+#[test]
+fn two_listeners_on_one_port_refuse_to_start_and_say_which() {
+    let base = common::free_port_block(4);
+    let dir = common::fresh_dir();
+    let mut child = Command::new(common::workspace_binary("tinkerdb"))
+        .args(["--cores", "2", "--node-id", "1"])
+        .args(["--peers", &format!("1=127.0.0.1:{base}")])
+        .args(["--listen", &format!("127.0.0.1:{}", base + 1)])
+        .args(["--resp-listen", &format!("127.0.0.1:{}", base + 2)])
+        .args(["--admin-listen", &format!("127.0.0.1:{}", base + 3)])
+        .arg("--data-dir")
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = common::eventually(Duration::from_secs(30), || {
+        child.try_wait().unwrap().is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(exited && !output.status.success(), "it started: {stderr}");
+    assert!(
+        stderr.contains("would share port") && stderr.contains("Raft of core 1"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 fn tinker_ping(addr: &str) -> std::process::Output {
     Command::new(common::workspace_binary("tinker"))
         .args(["--addr", addr, "ping", "--timeout-ms", "1000"])

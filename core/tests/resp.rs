@@ -340,6 +340,34 @@ fn databases_survive_a_crash_and_share_the_tenant_quota() {
     // 8 writes of new keys against a quota of 4 keys split over 2 cores:
     // at least 4 are refused (a core's share can refuse a little early).
     assert!(refused >= 4, "refused {refused}");
+    // Multi-key writes of database 3, each one WAL record: RENAME and
+    // MSETNX of keys on one shard (found through the slot map).
+    let map = tinkerdb_core::slots::SlotMap::contiguous(2);
+    let core_of = |key: &str| map.owner(tinkerdb_storage::hash_slot("default/3", key.as_bytes()));
+    let same: Vec<String> = (0..)
+        .map(|n| format!("g{n}"))
+        .filter(|key| core_of(key) == core_of("only3"))
+        .take(3)
+        .collect();
+    let _: () = redis::cmd("AUTH")
+        .arg("default")
+        .arg("pw")
+        .query(&mut redis)
+        .unwrap();
+    let _: () = redis::cmd("SELECT").arg(3).query(&mut redis).unwrap();
+    let _: () = redis::cmd("RENAME")
+        .arg("only3")
+        .arg(&same[0])
+        .query(&mut redis)
+        .unwrap();
+    let written: i64 = redis::cmd("MSETNX")
+        .arg(&same[1])
+        .arg("one")
+        .arg(&same[2])
+        .arg("two")
+        .query(&mut redis)
+        .unwrap();
+    assert_eq!(written, 1);
     let dir = node.crash();
     let node = TestNode::start_in(2, config, &dir, &[]);
     let mut redis = connect(&node);
@@ -353,7 +381,23 @@ fn databases_survive_a_crash_and_share_the_tenant_quota() {
         redis.get::<_, Option<String>>("k").unwrap().as_deref(),
         Some("db3")
     );
-    assert_eq!(redis::cmd("DBSIZE").query::<i64>(&mut redis).unwrap(), 2);
+    let values: Vec<Option<String>> = redis::cmd("MGET")
+        .arg("only3")
+        .arg(&same[0])
+        .arg(&same[1])
+        .arg(&same[2])
+        .query(&mut redis)
+        .unwrap();
+    assert_eq!(
+        values,
+        [
+            None,
+            Some("x".into()),
+            Some("one".into()),
+            Some("two".into())
+        ]
+    );
+    assert_eq!(redis::cmd("DBSIZE").query::<i64>(&mut redis).unwrap(), 4);
     let _: () = redis::cmd("AUTH")
         .arg("small")
         .arg("pw")

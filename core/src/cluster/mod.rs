@@ -118,6 +118,7 @@ pub async fn join(
     seed: &str,
     cluster: &ClusterConfig,
     cores: usize,
+    databases: u16,
     own_admin: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<()> {
     use tinkerdb_client::admin::request_async;
@@ -127,6 +128,7 @@ pub async fn join(
         "id": cluster.node_id,
         "raft": me.raft.to_string(),
         "cores": cores,
+        "databases": databases,
     });
     tracing::info!(%seed, node_id = cluster.node_id, "asking to join the cluster");
     let answer = request_async(seed, "POST", "/v1/cluster/nodes", Some(&body), JOIN_TIMEOUT)

@@ -379,6 +379,10 @@ pub struct Journal {
     /// The WAL index the current request's acknowledgement must wait for.
     ack_point: Option<u64>,
     log_buffer: Vec<u8>,
+    /// While a multi-key write runs ([`Journal::begin_group`]): the slots
+    /// its logged ops changed (`None`: every slot); the ops themselves
+    /// gather in `log_buffer` and become one record at `end_group`.
+    group: Option<Vec<Option<Slot>>>,
     /// Sync durability only (empty otherwise): for every slot, the WAL index
     /// of the last record that changed it. A request observing the slot
     /// waits for that index when it is not durable yet.
@@ -405,6 +409,7 @@ impl Journal {
             snapshot: None,
             ack_point: None,
             log_buffer: Vec::new(),
+            group: None,
             last_index_by_slot: match reads_wait {
                 true => vec![0; SLOT_COUNT],
                 false => Vec::new(),
@@ -469,25 +474,77 @@ impl Journal {
             .map(|error| error.to_string())
     }
 
-    /// Logs `op`, which changed `slot` (`None`: every slot).
+    /// Logs `op`, which changed `slot` (`None`: every slot): as a record of
+    /// its own, or into the group of the multi-key write running.
     fn append(&mut self, op: LoggedOp<'_>, slot: Option<Slot>) {
-        let Some(wal) = &self.wal else {
+        if self.wal.is_none() {
+            return;
+        }
+        let Some(mut slots) = self.group.take() else {
+            self.log_buffer.clear();
+            op.encode(&mut self.log_buffer);
+            let payload = std::mem::take(&mut self.log_buffer);
+            self.append_record(&payload, &[slot]);
+            self.log_buffer = payload;
             return;
         };
-        self.log_buffer.clear();
+        let before = self.log_buffer.len();
         op.encode(&mut self.log_buffer);
+        if self.log_buffer.len() > MAX_GROUP_RECORD_BYTES && before > 0 {
+            // Too large for one record: the ops so far go as one, and the
+            // group goes on from this op (a write this large, many big
+            // values, is atomic per record only).
+            let tail = self.log_buffer.split_off(before);
+            let head = std::mem::replace(&mut self.log_buffer, tail);
+            self.append_record(&head, &slots);
+            slots.clear();
+        }
+        slots.push(slot);
+        self.group = Some(slots);
+    }
+
+    /// Starts a multi-key write whose logged ops must survive a crash
+    /// together (MSETNX, RENAME, COPY, a core's part of MSET and DEL): they
+    /// become one WAL record, which a torn write keeps whole or not at all.
+    fn begin_group(&mut self) {
+        assert!(self.group.is_none(), "groups do not nest");
+        if self.wal.is_some() {
+            self.log_buffer.clear();
+            self.group = Some(Vec::new());
+        }
+    }
+
+    /// Ends the multi-key write: appends its ops as one record (none if it
+    /// changed nothing).
+    fn end_group(&mut self) {
+        let Some(slots) = self.group.take() else {
+            return;
+        };
+        if slots.is_empty() {
+            return;
+        }
+        let payload = std::mem::take(&mut self.log_buffer);
+        self.append_record(&payload, &slots);
+        self.log_buffer = payload;
+    }
+
+    /// Appends one record of key-value ops that changed `slots`.
+    fn append_record(&mut self, payload: &[u8], slots: &[Option<Slot>]) {
+        let wal = self.wal.as_ref().expect("only called with a WAL");
         // The WAL can only fail inside its flusher task, never between the
         // refusal check at the start of `execute` and here.
         let index = wal
-            .append(RECORD_KIND_KV, &self.log_buffer)
+            .append(RECORD_KIND_KV, payload)
             .expect("WAL poisoned in the middle of a synchronous request");
         if let Some(point) = wal.ack_point(index) {
             self.wait_for(point);
         }
         if !self.last_index_by_slot.is_empty() {
-            match slot {
-                Some(slot) => self.last_index_by_slot[slot as usize] = index,
-                None => self.last_index_all_slots = index,
+            for slot in slots {
+                match slot {
+                    Some(slot) => self.last_index_by_slot[*slot as usize] = index,
+                    None => self.last_index_all_slots = index,
+                }
             }
         }
     }
@@ -577,6 +634,10 @@ impl ShardRequest {
         )
     }
 }
+
+/// Most payload bytes of one record of grouped ops (a multi-key write):
+/// room for a WAL batch's and a record's headers below `MAX_BATCH_BYTES`.
+pub const MAX_GROUP_RECORD_BYTES: usize = tinkerdb_storage::wal_format::MAX_BATCH_BYTES - 4096;
 
 /// How many slots a snapshot step serialises before yielding the core.
 pub const SNAPSHOT_SLOTS_PER_STEP: usize = 64;
@@ -747,6 +808,8 @@ impl Shard {
             }
             ShardRequest::SetMany { tenant, entries } => {
                 let mut versions = Vec::with_capacity(entries.len());
+                let mut refused = None;
+                journal.begin_group();
                 for (key, value) in &entries {
                     journal.before_write(store, key.slot);
                     match store.set(
@@ -761,13 +824,18 @@ impl Shard {
                             journal.log_state(store, tenant, key);
                             versions.push(outcome.version);
                         }
-                        Err(error) => return ShardReply::WrittenMany(versions, Some(error)),
+                        Err(error) => {
+                            refused = Some(error);
+                            break;
+                        }
                     }
                 }
-                ShardReply::WrittenMany(versions, None)
+                journal.end_group();
+                ShardReply::WrittenMany(versions, refused)
             }
             ShardRequest::Delete { tenant, keys } => {
                 let mut deleted = 0;
+                journal.begin_group();
                 for key in &keys {
                     // A key not found shows the slot's state.
                     journal.observe(key.slot);
@@ -777,6 +845,7 @@ impl Shard {
                         deleted += 1;
                     }
                 }
+                journal.end_group();
                 ShardReply::Count(deleted)
             }
             ShardRequest::Exists { tenant, keys } => {
@@ -845,9 +914,11 @@ impl Shard {
                         return ShardReply::Written(Err(error));
                     }
                 }
+                journal.begin_group();
                 for (key, _) in &entries {
                     journal.log_state(store, tenant, key);
                 }
+                journal.end_group();
                 ShardReply::Count(1)
             }
             ShardRequest::Move {
@@ -862,10 +933,12 @@ impl Shard {
                 journal.before_write(store, to.slot);
                 let result = apply_move(store, tenant, &from, &to, how, now_ms);
                 if matches!(result, Ok(UpdateOutcome::Existed(true))) {
-                    // The destination first: should a crash keep only the
-                    // first record, a rename leaves two copies, never none.
+                    // One record for both keys: a crash keeps the rename
+                    // whole or not at all.
+                    journal.begin_group();
                     journal.log_state(store, tenant, &to);
                     journal.log_state(store, tenant, &from);
+                    journal.end_group();
                 }
                 ShardReply::Updated(result)
             }
