@@ -55,10 +55,7 @@ pub fn request(
     body: Option<&serde_json::Value>,
     timeout: Duration,
 ) -> Result<serde_json::Value, AdminError> {
-    let io = |source| AdminError::Io {
-        addr: addr.to_owned(),
-        source,
-    };
+    let io = |source| io_error(addr, source);
     let socket = addr
         .to_socket_addrs()
         .map_err(io)?
@@ -88,10 +85,7 @@ pub async fn request_async(
     timeout: Duration,
 ) -> Result<serde_json::Value, AdminError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let io = |source| AdminError::Io {
-        addr: addr.to_owned(),
-        source,
-    };
+    let io = |source| io_error(addr, source);
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(io)?;
         stream
@@ -115,6 +109,13 @@ pub async fn request_async(
             ))
         })??;
     parse_answer(addr, &answer)
+}
+
+fn io_error(addr: &str, source: std::io::Error) -> AdminError {
+    AdminError::Io {
+        addr: addr.to_owned(),
+        source,
+    }
 }
 
 fn malformed(addr: &str, detail: String) -> AdminError {

@@ -68,7 +68,7 @@ pub(crate) fn single_key_reply(reply: ShardReply, session: &Session) -> Reply {
 
 /// The keys of an atomic multi-key request with their slots, and the slot
 /// that names their shard; `CrossShard` when they span shards.
-pub fn keys_of_one_shard(
+fn keys_of_one_shard(
     context: &CoreContext,
     session: &Session,
     keys: Vec<Bytes>,

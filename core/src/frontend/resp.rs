@@ -28,7 +28,7 @@ use tinkerdb_storage::{
 use crate::config::DEFAULT_TENANT;
 use crate::coord::batches::{Pipeline, Ticket};
 use crate::coord::context::{now_ms, CoreContext};
-use crate::coord::multi::{execute_multi, keys_of_one_shard, quota_error, unexpected};
+use crate::coord::multi::{execute_multi, one_shard_request, quota_error, unexpected};
 use crate::coord::request::{Command, Reply};
 use crate::coord::session::Session;
 use crate::error::ProtocolError;
@@ -478,33 +478,40 @@ impl RespConnection {
         })
     }
 
-    /// The keys of a command that must run on one shard (MSETNX, RENAME,
-    /// COPY), with their slots, and the slot that names the shard; Redis
-    /// Cluster's CROSSSLOT error when they span shards (cross-shard
-    /// atomicity needs transactions, which do not exist yet).
-    fn one_shard(&self, keys: Vec<Bytes>) -> Result<(u16, Vec<SlotKey>), RespValue> {
+    /// A command whose keys must share one shard (MSETNX, RENAME, COPY),
+    /// built into its shard request by the coordinator (as for the
+    /// flatbuffers front end): Redis Cluster's CROSSSLOT error when the keys
+    /// span shards (cross-shard atomicity needs transactions).
+    fn one_shard(&mut self, keys: &[&Bytes], command: Command, finish: Finish) -> Pending {
         if let Some(error) = keys.iter().find_map(|key| self.key_error(key)) {
-            return Err(error);
+            return Pending::Ready(error);
         }
-        keys_of_one_shard(&self.context, &self.session, keys)
-            .map_err(|error| protocol_error(&error))
+        match one_shard_request(&self.context, &self.session, command) {
+            Ok(Ok((slot, request))) => self.send_to_shard(slot, request, finish),
+            Ok(Err(error)) => Pending::Ready(protocol_error(&error)),
+            Err(command) => unreachable!("{command:?} runs on one shard"),
+        }
     }
 
-    /// RENAME, RENAMENX and COPY.
-    fn move_key(&mut self, from: Bytes, to: Bytes, how: MoveKind, finish: Finish) -> Pending {
-        let (slot, mut keys) = match self.one_shard(vec![from, to]) {
-            Ok(found) => found,
-            Err(error) => return Pending::Ready(error),
-        };
-        let to = keys.pop().expect("two keys");
-        let from = keys.pop().expect("two keys");
-        let request = ShardRequest::Move {
-            tenant: self.session.tenant,
-            from,
-            to,
-            how,
-        };
-        self.send_to_shard(slot, request, finish)
+    /// MSET's and MSETNX's `key value ...` arguments, checked against the
+    /// limits.
+    fn key_value_pairs(&self, flat: Vec<Bytes>) -> Result<Vec<(Bytes, Bytes)>, RespValue> {
+        if let Some(error) = flat
+            .iter()
+            .skip(1)
+            .step_by(2)
+            .find_map(|v| self.value_ok(v))
+        {
+            return Err(error);
+        }
+        let max_keys = self.context.limits.max_keys_per_request;
+        if flat.len() / 2 > max_keys {
+            return Err(too_many_keys(flat.len() / 2, max_keys));
+        }
+        Ok(flat
+            .chunks(2)
+            .map(|pair| (pair[0].clone(), pair[1].clone()))
+            .collect())
     }
 
     /// A read of one key, answered as `finish` says (GET, STRLEN, TTL...).
@@ -909,25 +916,10 @@ impl RespConnection {
             }
             "MSET" => {
                 arity!(argc >= 3 && argc % 2 == 1);
-                let flat: Vec<Bytes> = args.collect();
-                if let Some(error) = flat
-                    .iter()
-                    .skip(1)
-                    .step_by(2)
-                    .find_map(|v| self.value_ok(v))
-                {
-                    return ready(error);
-                }
-                if flat.len() / 2 > self.context.limits.max_keys_per_request {
-                    return ready(too_many_keys(
-                        flat.len() / 2,
-                        self.context.limits.max_keys_per_request,
-                    ));
-                }
-                let entries = flat
-                    .chunks(2)
-                    .map(|pair| (pair[0].clone(), pair[1].clone()))
-                    .collect();
+                let entries = match self.key_value_pairs(args.collect()) {
+                    Ok(entries) => entries,
+                    Err(error) => return ready(error),
+                };
                 match self.multi(Command::MSet { entries }).await {
                     RespValue::Error(error) => RespValue::Error(error),
                     _ => RespValue::Simple("OK"),
@@ -935,33 +927,15 @@ impl RespConnection {
             }
             "MSETNX" => {
                 arity!(argc >= 3 && argc % 2 == 1);
-                let flat: Vec<Bytes> = args.collect();
-                if let Some(error) = flat
-                    .iter()
-                    .skip(1)
-                    .step_by(2)
-                    .find_map(|v| self.value_ok(v))
-                {
-                    return ready(error);
-                }
-                let max_keys = self.context.limits.max_keys_per_request;
-                if flat.len() / 2 > max_keys {
-                    return ready(too_many_keys(flat.len() / 2, max_keys));
-                }
-                let (keys, values): (Vec<Bytes>, Vec<Bytes>) = flat
-                    .chunks(2)
-                    .map(|pair| (pair[0].clone(), pair[1].clone()))
-                    .unzip();
-                let (slot, keys) = match self.one_shard(keys) {
-                    Ok(found) => found,
+                let entries = match self.key_value_pairs(args.collect()) {
+                    Ok(entries) => entries,
                     Err(error) => return ready(error),
                 };
-                let request = ShardRequest::SetManyIfAbsent {
-                    tenant,
-                    entries: keys.into_iter().zip(values).collect(),
-                };
+                let keys: Vec<Bytes> = entries.iter().map(|(key, _)| key.clone()).collect();
+                let keys: Vec<&Bytes> = keys.iter().collect();
+                let command = Command::MSetIfAbsent { entries };
                 return (
-                    self.send_to_shard(slot, request, Finish::Count),
+                    self.one_shard(&keys, command, Finish::Count),
                     After::Continue,
                 );
             }
@@ -977,7 +951,15 @@ impl RespConnection {
                         Finish::Update(UpdateKind::Existed),
                     )
                 };
-                return (self.move_key(from, to, how, finish), After::Continue);
+                let command = Command::Rename {
+                    from: from.clone(),
+                    to: to.clone(),
+                    how,
+                };
+                return (
+                    self.one_shard(&[&from, &to], command, finish),
+                    After::Continue,
+                );
             }
             "COPY" => {
                 arity!(argc >= 3);
@@ -1004,9 +986,16 @@ impl RespConnection {
                         _ => return ready(RespValue::error("ERR syntax error")),
                     }
                 }
-                let how = MoveKind::Copy { replace };
+                let command = Command::Rename {
+                    from: from.clone(),
+                    to: to.clone(),
+                    how: MoveKind::Copy { replace },
+                };
                 let finish = Finish::Update(UpdateKind::Existed);
-                return (self.move_key(from, to, how, finish), After::Continue);
+                return (
+                    self.one_shard(&[&from, &to], command, finish),
+                    After::Continue,
+                );
             }
             "RANDOMKEY" => {
                 arity!(argc == 1);

@@ -44,6 +44,7 @@ fn command_of(
     let key_of = |vector| checked_key(bytes_in_frame(frame, vector), limits);
     let value_of = |vector| checked_value(bytes_in_frame(frame, vector), limits);
     let keys_of = |keys: Option<KeyVector<'_>>| checked_keys(frame, keys, limits);
+    let entries_of = |entries: Option<KeyValueVector<'_>>| checked_entries(frame, entries, limits);
     let missing = || {
         ProtocolError::new(
             ErrorCode::MalformedFrame,
@@ -105,21 +106,9 @@ fn command_of(
         wire::Request::MGet => Command::MGet {
             keys: keys_of(request.request_as_mget().ok_or_else(missing)?.keys())?,
         },
-        wire::Request::MSet => {
-            let entries = request
-                .request_as_mset()
-                .ok_or_else(missing)?
-                .entries()
-                .ok_or_else(|| {
-                    ProtocolError::new(ErrorCode::InvalidArgument, "no entries given")
-                })?;
-            check_key_count(entries.len(), limits)?;
-            let entries = entries
-                .iter()
-                .map(|entry| Ok((key_of(entry.key())?, value_of(entry.value())?)))
-                .collect::<Result<Vec<_>, ProtocolError>>()?;
-            Command::MSet { entries }
-        }
+        wire::Request::MSet => Command::MSet {
+            entries: entries_of(request.request_as_mset().ok_or_else(missing)?.entries())?,
+        },
         wire::Request::Keys => Command::Keys {
             pattern: bytes_of(request.request_as_keys().ok_or_else(missing)?.pattern()),
         },
@@ -193,21 +182,14 @@ fn command_of(
                 how,
             }
         }
-        wire::Request::MSetIfAbsent => {
-            let entries = request
-                .request_as_mset_if_absent()
-                .ok_or_else(missing)?
-                .entries()
-                .ok_or_else(|| {
-                    ProtocolError::new(ErrorCode::InvalidArgument, "no entries given")
-                })?;
-            check_key_count(entries.len(), limits)?;
-            let entries = entries
-                .iter()
-                .map(|entry| Ok((key_of(entry.key())?, value_of(entry.value())?)))
-                .collect::<Result<Vec<_>, ProtocolError>>()?;
-            Command::MSetIfAbsent { entries }
-        }
+        wire::Request::MSetIfAbsent => Command::MSetIfAbsent {
+            entries: entries_of(
+                request
+                    .request_as_mset_if_absent()
+                    .ok_or_else(missing)?
+                    .entries(),
+            )?,
+        },
         other => {
             return Err(ProtocolError::new(
                 ErrorCode::UnknownOperation,
@@ -219,6 +201,28 @@ fn command_of(
 }
 
 type KeyVector<'a> = flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<wire::Key<'a>>>;
+type KeyValueVector<'a> = flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<wire::KeyValue<'a>>>;
+
+/// MSet's and MSetIfAbsent's entries: present, not too many, each key and
+/// value within the limits.
+fn checked_entries(
+    frame: &Bytes,
+    entries: Option<KeyValueVector<'_>>,
+    limits: &Limits,
+) -> Result<Vec<(Bytes, Bytes)>, ProtocolError> {
+    let entries = entries
+        .ok_or_else(|| ProtocolError::new(ErrorCode::InvalidArgument, "no entries given"))?;
+    check_key_count(entries.len(), limits)?;
+    entries
+        .iter()
+        .map(|entry| {
+            Ok((
+                checked_key(bytes_in_frame(frame, entry.key()), limits)?,
+                checked_value(bytes_in_frame(frame, entry.value()), limits)?,
+            ))
+        })
+        .collect()
+}
 
 /// A byte vector of the frame as a zero-copy `Bytes` (absent: empty).
 fn bytes_in_frame(frame: &Bytes, vector: Option<flatbuffers::Vector<'_, u8>>) -> Bytes {
