@@ -536,7 +536,7 @@ fn refuse_address_in_use(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
     if addr.port() == 0 {
         return Ok(());
     }
-    std::net::TcpListener::bind(addr)
+    crate::net::listener::retry_while_in_use(|| std::net::TcpListener::bind(addr))
         .map(drop)
         .with_context(|| format!("cannot listen for {what} on {addr}"))
 }

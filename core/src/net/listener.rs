@@ -14,10 +14,18 @@
 //! [`PortSharing::Exclusive`] listeners, and by `node`'s start-up probe for
 //! [`PortSharing::AllCores`] ones (where `SO_REUSEPORT` would otherwise let
 //! a second process in).
+//!
+//! A node that has just exited can still hold a listening socket for a
+//! moment (seen in CI as `EADDRINUSE` on a restart right after a clean exit;
+//! the likely holder is the kernel's asynchronous io_uring teardown, an
+//! accept still queued there keeping the socket open). Binding therefore
+//! retries `EADDRINUSE` for [`RESTART_BIND_GRACE`]; a live node holds its
+//! ports for good and is still refused, after the grace.
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
+use std::time::{Duration, Instant};
 
 use glommio::net::TcpListener;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -25,6 +33,23 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 /// Connections the kernel queues for a listener before `accept` takes them
 /// (as glommio's own `bind`; capped by `net.core.somaxconn`).
 pub const LISTEN_BACKLOG: i32 = 1024;
+
+/// How long binding a port retries `EADDRINUSE` (see the module docs).
+pub const RESTART_BIND_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs `bind` until it does not fail with `EADDRINUSE`, or
+/// [`RESTART_BIND_GRACE`] has passed. Start-up only: it sleeps the thread.
+pub fn retry_while_in_use<T>(mut bind: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    let deadline = Instant::now() + RESTART_BIND_GRACE;
+    loop {
+        match bind() {
+            Err(error) if error.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
 
 /// Whether the cores of this node share the port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,12 +69,15 @@ pub fn bind(addr: SocketAddr, sharing: PortSharing) -> io::Result<TcpListener> {
         SocketAddr::V4(_) => Domain::IPV4,
         SocketAddr::V6(_) => Domain::IPV6,
     };
-    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    if sharing == PortSharing::AllCores {
-        socket.set_reuse_port(true)?;
-    }
-    socket.bind(&SockAddr::from(addr))?;
+    let socket = retry_while_in_use(|| {
+        let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        if sharing == PortSharing::AllCores {
+            socket.set_reuse_port(true)?;
+        }
+        socket.bind(&SockAddr::from(addr))?;
+        Ok(socket)
+    })?;
     socket.listen(LISTEN_BACKLOG)?;
     let fd = socket.into_raw_fd();
     // SAFETY: `fd` is a TCP socket this function created, bound and put in
