@@ -616,7 +616,7 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
     let mode = setup.config.durability_mode();
     let started = std::time::Instant::now();
     let recovered = if setup.config.cluster.is_some() {
-        // Cluster mode: the Raft log (core-N/raft) is the durable copy; the
+        // Cluster mode: the Raft log (core-N/raft-log) is the durable copy; the
         // group re-applies it into an empty store when it starts.
         std::fs::create_dir_all(&core_dir)
             .with_context(|| format!("cannot create {}", core_dir.display()))?;

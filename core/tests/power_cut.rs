@@ -123,13 +123,28 @@ where
 /// Cuts power under `config`, restarts, returns how many acknowledged keys
 /// are missing.
 async fn lost_after_power_cut(disk: &XfsDisk, config: &str) -> (usize, usize) {
+    lost_after_power_cut_with(disk, config, &[]).await
+}
+
+/// [`lost_after_power_cut`] with extra node arguments (cluster mode).
+async fn lost_after_power_cut_with(
+    disk: &XfsDisk,
+    config: &str,
+    args: &[String],
+) -> (usize, usize) {
     let dir: &Path = &disk.data_dir();
-    let node = TestNode::start_in(2, config, dir, &[]);
+    let node = TestNode::start_with_args(2, config, dir, &[], args);
     let acknowledged = write_keys(&node, 2000).await;
     disk.power_cut();
     let dir = node.crash();
     disk.remount();
-    let node = TestNode::start_in(2, config, &dir, &[]);
+    if !args.is_empty() {
+        assert!(
+            dir.join("data/core-0/raft-log").is_dir(),
+            "the node did not keep a shared Raft log: not in cluster mode?"
+        );
+    }
+    let node = TestNode::start_with_args(2, config, &dir, &[], args);
     let client = Client::connect(ClientConfig::new(node.addr.to_string()))
         .await
         .unwrap();
@@ -151,6 +166,28 @@ async fn acknowledged_writes_survive_a_power_cut() {
     assert_eq!(
         missing, 0,
         "{missing} of {acknowledged} acknowledged writes lost in a power cut"
+    );
+}
+
+/// Cluster mode: a one-voter cluster's writes are acknowledged once
+/// committed, i.e. once the core's shared Raft log (`core-N/raft-log`) holds
+/// them durably; a power cut loses none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_replicated_writes_survive_a_power_cut() {
+    let disk = XfsDisk::new("raft");
+    let raft_port = common::free_port_block(2);
+    let args = [
+        "--node-id".to_string(),
+        "1".to_string(),
+        "--peers".to_string(),
+        format!("1=127.0.0.1:{raft_port}"),
+    ];
+    let (acknowledged, missing) =
+        lost_after_power_cut_with(&disk, "durability = \"sync\"\n", &args).await;
+    assert_eq!(acknowledged, 2000);
+    assert_eq!(
+        missing, 0,
+        "{missing} of {acknowledged} acknowledged replicated writes lost in a power cut"
     );
 }
 

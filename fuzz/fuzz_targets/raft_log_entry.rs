@@ -1,6 +1,6 @@
-//! A Raft log WAL record payload (`replication/src/log_store.rs`): decoded
-//! as an entry (kind 2 records) and as the metadata record, the two
-//! formats `WalLogStore::open` reads back from disk.
+//! A Raft log record body (`replication/src/log_store/records.rs`): decoded
+//! as an entry and as a range's state, the two bodies `CoreLog::open` reads
+//! back from disk (after each record's range id).
 //!
 //! Entry: what decodes can be stored again (`check_storable`), encodes to
 //! bytes that decode equal, encoding is stable, and the entry's serde form

@@ -17,7 +17,7 @@ use openraft::{EntryPayload, StoredMembership};
 use tinkerdb_client::codec::{encode_request, Request};
 use tinkerdb_client::SetCondition;
 use tinkerdb_replication::group::{GroupError, MemberChange};
-use tinkerdb_replication::log_store::encode_entry_for_fuzzing;
+use tinkerdb_replication::log_store::{encode_entry_for_fuzzing, RECORD_KIND_RANGE_ENTRY};
 use tinkerdb_replication::network::encode;
 use tinkerdb_replication::transport::{encode_peer_frame, PeerCall};
 use tinkerdb_replication::{Command, Entry, LogId, Membership, Node, PutCondition, Response, Vote};
@@ -25,7 +25,9 @@ use tinkerdb_schemas::wire::PeerCallKind;
 use tinkerdb_storage::log_op::{LoggedOp, RECORD_KIND_KV};
 use tinkerdb_storage::snapshot::SnapshotCut;
 use tinkerdb_storage::store::MAX_VERSION;
-use tinkerdb_storage::wal_format::{encode_batch, encode_record, encode_truncation, BLOCK_BYTES};
+use tinkerdb_storage::wal_format::{
+    encode_batch, encode_record, encode_truncation, BLOCK_BYTES, WAL_FORMAT_VERSION,
+};
 use tinkerdb_storage::{hash_slot, Store, SLOT_COUNT};
 
 use crate::fix::fix_snapshot_checksums;
@@ -677,7 +679,12 @@ fn logged_ops() -> Vec<Vec<u8>> {
 
 fn wal_segment() -> Vec<Vec<u8>> {
     let ops = logged_ops();
-    let entry_bytes = raft_log_entry();
+    // Shared Raft log entry records: the range id, then the entry.
+    let entry_bytes: Vec<Vec<u8>> = raft_log_entry()
+        .into_iter()
+        .enumerate()
+        .map(|(range, entry)| [(range as u64).to_le_bytes().to_vec(), entry].concat())
+        .collect();
     // A segment of three batches, then zeros, as the WAL writes it.
     let mut segment = Vec::new();
     let mut compact = Vec::new();
@@ -689,17 +696,27 @@ fn wal_segment() -> Vec<Vec<u8>> {
             let (kind, payload) = if n % 2 == 0 {
                 (RECORD_KIND_KV, &ops[(batch + n) % 2])
             } else {
-                (2, &entry_bytes[(batch + n) % entry_bytes.len()])
+                (
+                    RECORD_KIND_RANGE_ENTRY,
+                    &entry_bytes[(batch + n) % entry_bytes.len()],
+                )
             };
             encode_record(&mut body, index + n as u64, kind, payload);
         }
         let start = segment.len();
-        encode_batch(&mut segment, index, count as u32, &body, 7, index - 1);
+        encode_batch(
+            &mut segment,
+            index,
+            count as u32,
+            &body,
+            WAL_FORMAT_VERSION,
+            index - 1,
+        );
         compact.extend_from_slice(&segment[start..start + 40 + body.len()]);
         index += count as u64;
     }
     let start = segment.len();
-    encode_truncation(&mut segment, 3, 7, index - 1);
+    encode_truncation(&mut segment, 3, WAL_FORMAT_VERSION, index - 1);
     compact.extend_from_slice(&segment[start..start + 40]);
     segment.resize(segment.len() + BLOCK_BYTES, 0);
 

@@ -2,7 +2,7 @@
 //! and how a write or a linearizable read goes through it.
 //!
 //! A group is a shard's replica set. The core that owns the shard owns the
-//! group's `Raft` handle, its log store (a WAL directory of its own) and its
+//! group's `Raft` handle, its log store (its part of the core's shared log, [`CoreLog`]) and its
 //! state machine; every node places group `g` on the same core, so the
 //! group's Raft traffic stays on one connection per peer per core.
 //!
@@ -37,7 +37,7 @@ use tinkerdb_storage::wal::WalStats;
 use crate::network::{decode, encode, serve_raft_call, NetworkFactory, Peers};
 use crate::state_machine::{Applier, StateMachine};
 use crate::transport::{CallHandler, PeerCall, PeerClient};
-use crate::{Command, Node, NodeId, Response, TypeConfig, WalLogStore};
+use crate::{Command, CoreLog, Node, NodeId, Response, TypeConfig};
 
 /// Heartbeat period of a leader.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
@@ -74,8 +74,8 @@ pub struct GroupSpec {
     pub node_id: NodeId,
     /// The initial voters (used only for a group never started before).
     pub members: BTreeMap<NodeId, Node>,
-    /// The group's WAL directory on this node.
-    pub wal_dir: PathBuf,
+    /// The core's shared Raft log, which keeps this group's log too.
+    pub log: CoreLog,
     /// Where the group's snapshots live on this node.
     pub snapshot_dir: PathBuf,
     /// Snapshot after this many entries ([`SNAPSHOT_EVERY_ENTRIES`]).
@@ -122,10 +122,8 @@ pub async fn start_with_stats<A: Applier>(
     applier: Rc<RefCell<A>>,
     peers: Rc<Peers>,
 ) -> Result<(GroupRaft<A>, Rc<WalStats>), String> {
-    std::fs::create_dir_all(&spec.wal_dir)
-        .map_err(|error| format!("cannot create {}: {error}", spec.wal_dir.display()))?;
-    let log_store = WalLogStore::open(&spec.wal_dir).map_err(|error| error.to_string())?;
-    let wal_stats = log_store.wal_stats();
+    let log_store = spec.log.open_range(spec.group)?;
+    let wal_stats = spec.log.wal_stats();
     let state_machine = StateMachine::open(applier, &spec.snapshot_dir).map_err(|error| {
         format!(
             "group {} cannot open its snapshots in {}: {error}",

@@ -13,8 +13,9 @@
 //!   (no tokio linked).
 //! - [`command`]: [`Command`], what a log entry asks the state machine to do,
 //!   and [`Response`], what applying it answers; their byte encoding.
-//! - [`log_store`]: [`WalLogStore`], openraft's `RaftLogStorage` on the
-//!   per-core WAL (group commit, durable vote, restart).
+//! - [`log_store`]: [`CoreLog`], one WAL per core for the Raft logs of
+//!   every range on it (one group commit for all of them), and
+//!   [`log_store::RangeLogStore`], openraft's `RaftLogStorage` for one range.
 //! - `codec` (private): bounds-checked little-endian decoding helpers.
 //! - [`state_machine`]: [`state_machine::StateMachine`], applying committed
 //!   commands through the node's [`state_machine::Applier`].
@@ -55,7 +56,7 @@ mod codec;
 
 pub use codec::DecodeError;
 pub use command::{Command, PutCondition, Response};
-pub use log_store::WalLogStore;
+pub use log_store::{CoreLog, RangeId};
 pub use runtime::GlommioRuntime;
 
 /// A node's id in a Raft group (the node id TinkerDB gives each process).

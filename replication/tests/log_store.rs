@@ -1,24 +1,27 @@
-//! The WAL-backed Raft log store: openraft's conformance suite and restarts,
-//! on real WAL directories (real `fdatasync`) inside glommio executors.
+//! The core's shared Raft log ([`CoreLog`]): openraft's conformance suite
+//! on one range while other ranges of the same log write, truncate and
+//! purge beside it, and restarts of logs with interleaved ranges, on real
+//! WAL directories (real `fdatasync`) inside glommio executors.
 //!
 //! openraft's suite also exercises a state machine: the crate's own
 //! `StateMachine`, over an applier that only counts commands.
 
 use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::{RaftLogReader, StorageError};
 use openraft_rt::{AsyncRuntime, Oneshot};
-use tinkerdb_replication::log_store::RECORD_KIND_RAFT_ENTRY;
+use tinkerdb_replication::log_store::{RangeLogStore, LEGACY_RECORD_KIND_GROUP_ENTRY};
 use tinkerdb_replication::state_machine::{Applier, StateMachine, WholeCopy};
 use tinkerdb_replication::{
-    Command, Entry, GlommioRuntime, LogId, Membership, Response, TypeConfig, Vote, WalLogStore,
+    Command, CoreLog, Entry, GlommioRuntime, LogId, Membership, RangeId, Response, TypeConfig, Vote,
 };
 
 /// A fresh directory under the system temp dir, removed when dropped.
@@ -34,11 +37,6 @@ impl TempDir {
         ));
         let _ = std::fs::remove_dir_all(&path);
         TempDir(path)
-    }
-
-    /// The path, no longer removed on drop.
-    fn keep(self) -> PathBuf {
-        std::mem::ManuallyDrop::new(self).0.clone()
     }
 }
 
@@ -88,48 +86,94 @@ impl Applier for CountingApplier {
 
 type TestStateMachine = StateMachine<CountingApplier>;
 
-/// Builds each suite case on a fresh WAL directory.
-struct Builder;
+/// Builds each suite case as a fresh range of one shared log, with a
+/// neighbour range writing beside it for as long as the case runs. The
+/// suite wants a `Send` builder: the log itself (`!Send`, one core's) is
+/// kept in a thread local of the suite's executor.
+struct Builder {
+    next_range: AtomicU64,
+}
 
-/// A suite case's directory, removed only once the whole suite is over.
-/// The suite drops a case's guard while the case's WAL writer task may
-/// still run on the executor (it ends when it sees its handle gone), and
-/// removing the directory under a writer that is preparing its next
-/// segment makes glommio's open panic (a `statfs` of the vanished file,
-/// unwrapped inside glommio): a failure of the test's teardown, not of
-/// the store.
-struct SuiteDir(PathBuf);
+thread_local! {
+    static SUITE_LOG: RefCell<Option<CoreLog>> = const { RefCell::new(None) };
+}
 
-static SUITE_DIRS: std::sync::Mutex<Vec<TempDir>> = std::sync::Mutex::new(Vec::new());
+fn suite_log() -> CoreLog {
+    SUITE_LOG.with(|log| log.borrow().clone().expect("the suite's log is open"))
+}
 
-impl Drop for SuiteDir {
+/// A suite case's guard: stops its neighbour when the case is over.
+struct CaseGuard {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for CaseGuard {
     fn drop(&mut self) {
-        let dir = TempDir(std::mem::take(&mut self.0));
-        SUITE_DIRS.lock().unwrap().push(dir);
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
-impl StoreBuilder<TypeConfig, WalLogStore, TestStateMachine, SuiteDir> for Builder {
+/// A neighbour range: appends, truncates and purges its own log while the
+/// suite's range is under test, so every suite case runs on a stream where
+/// another range's records interleave with its own. Bounded: at most 400
+/// rounds of a few entries.
+async fn neighbour(log: CoreLog, range: RangeId, stop: Arc<AtomicBool>) {
+    let mut store = log.open_range(range).expect("a fresh neighbour range");
+    let mut next = 1;
+    for round in 0..400u64 {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let entries: Vec<Entry> = (next..next + 3).map(|index| put(1, index)).collect();
+        next += 3;
+        append_durably(&mut store, entries).await;
+        if round % 7 == 6 {
+            store
+                .truncate_after(Some(log_id(1, next - 2)))
+                .await
+                .unwrap();
+            next -= 1;
+        }
+        if round % 11 == 10 {
+            store.purge(log_id(1, next - 5)).await.unwrap();
+        }
+    }
+}
+
+impl StoreBuilder<TypeConfig, RangeLogStore, TestStateMachine, CaseGuard> for Builder {
     async fn build(
         &self,
-    ) -> Result<(SuiteDir, WalLogStore, TestStateMachine), StorageError<TypeConfig>> {
-        let path = TempDir::new("suite").keep();
-        let store = WalLogStore::open(&path).expect("open a fresh WAL");
+    ) -> Result<(CaseGuard, RangeLogStore, TestStateMachine), StorageError<TypeConfig>> {
+        let range = self.next_range.fetch_add(2, Ordering::Relaxed);
+        let log = suite_log();
+        let stop = Arc::new(AtomicBool::new(false));
+        glommio::spawn_local(neighbour(log.clone(), range + 1, stop.clone())).detach();
+        let store = log.open_range(range).expect("a fresh range");
         let applier = Rc::new(RefCell::new(CountingApplier::default()));
-        let state_machine = StateMachine::open(applier, &path.join("snapshots")).expect("open");
-        Ok((SuiteDir(path), store, state_machine))
+        let snapshots = log.dir().join(format!("snapshots-{range}"));
+        let state_machine = StateMachine::open(applier, &snapshots).expect("open");
+        Ok((CaseGuard { stop }, store, state_machine))
     }
 }
 
 #[test]
-fn openraft_log_store_suite_passes() {
-    GlommioRuntime::new(1).block_on(async {
-        Suite::test_all(Builder)
-            .await
-            .expect("openraft's log store suite");
+fn openraft_log_store_suite_passes_on_a_shared_log_with_interleaved_ranges() {
+    let dir = TempDir::new("suite");
+    let path = dir.0.clone();
+    GlommioRuntime::new(1).block_on(async move {
+        let log = CoreLog::open(&path).expect("open a fresh log");
+        SUITE_LOG.with(|suite| *suite.borrow_mut() = Some(log.clone()));
+        Suite::test_all(Builder {
+            next_range: AtomicU64::new(100),
+        })
+        .await
+        .expect("openraft's log store suite");
+        // Every case's range and its neighbour wrote to the one log.
+        assert!(log.range_ids().len() > 20, "{:?}", log.range_ids());
+        SUITE_LOG.with(|suite| suite.borrow_mut().take());
     });
-    // The executor has ended: no task of any case can touch its directory.
-    SUITE_DIRS.lock().unwrap().clear();
+    // The executor has ended: no task can touch the directory any more.
+    drop(dir);
 }
 
 fn log_id(term: u64, index: u64) -> LogId {
@@ -152,7 +196,7 @@ fn put(term: u64, index: u64) -> Entry {
 }
 
 /// Appends and waits until the WAL says the entries are durable.
-async fn append_durably(store: &mut WalLogStore, entries: Vec<Entry>) {
+async fn append_durably(store: &mut RangeLogStore, entries: Vec<Entry>) {
     let (done, flushed) = <GlommioRuntime as AsyncRuntime>::Oneshot::channel();
     store
         .append(entries, IOFlushed::signal(done))
@@ -161,13 +205,21 @@ async fn append_durably(store: &mut WalLogStore, entries: Vec<Entry>) {
     flushed.await.unwrap().unwrap();
 }
 
-/// Runs one "life" of a store on `dir` in its own executor, as a restarted
-/// process would.
-fn life<T: 'static>(dir: &Path, body: impl AsyncFnOnce(WalLogStore) -> T) -> T {
+/// The range the single-range tests use.
+const RANGE: RangeId = 1;
+
+/// Runs one "life" of range [`RANGE`]'s store on `dir` in its own
+/// executor, as a restarted process would.
+fn life<T: 'static>(dir: &Path, body: impl AsyncFnOnce(RangeLogStore) -> T) -> T {
+    life_of_log(dir, async |log| body(log.open_range(RANGE).unwrap()).await)
+}
+
+/// Runs one "life" of the whole log on `dir`.
+fn life_of_log<T: 'static>(dir: &Path, body: impl AsyncFnOnce(CoreLog) -> T) -> T {
     let dir = dir.to_owned();
     GlommioRuntime::new(1).block_on(async move {
-        let store = WalLogStore::open(&dir).expect("recover the Raft log");
-        body(store).await
+        let log = CoreLog::open(&dir).expect("recover the Raft log");
+        body(log).await
     })
 }
 
@@ -215,10 +267,9 @@ fn entries_and_vote_survive_a_restart() {
         assert_eq!(reader.try_get_log_entries(0..=50).await.unwrap().len(), 51);
         flushed.await.unwrap().unwrap();
         store.save_vote(&vote(2, 3, true)).await.unwrap();
-        // Persisted in the background; sync_committed waits for it.
+        // Rides with the next flush; sync_committed makes it durable now.
         store.save_committed(Some(log_id(1, 40))).await.unwrap();
         store.sync_committed().await.unwrap();
-        assert_eq!(store.durable_committed(), Some(log_id(1, 40)));
         entries
     });
     life(&dir.0, async |mut store| {
@@ -228,8 +279,8 @@ fn entries_and_vote_survive_a_restart() {
         assert_eq!(store.read_vote().await.unwrap(), Some(vote(2, 3, true)));
         assert_eq!(store.read_committed().await.unwrap(), Some(log_id(1, 40)));
         assert_eq!(store.try_get_log_entries(..).await.unwrap(), written);
-        // A vote write carries the newest committed id along, whether or
-        // not the background writer got to it first.
+        // A vote write carries the newest committed id along, though the
+        // committed id's own record was appended lazily.
         store.save_committed(Some(log_id(1, 45))).await.unwrap();
         store.save_vote(&vote(3, 3, false)).await.unwrap();
         append_durably(&mut store, vec![put(3, 51)]).await;
@@ -250,7 +301,6 @@ fn truncation_and_purge_survive_a_restart_without_holes() {
         // A new leader overwrote 21..: truncate after 20, append term 2.
         store.truncate_after(Some(log_id(1, 20))).await.unwrap();
         append_durably(&mut store, (21..=25).map(|index| put(2, index)).collect()).await;
-        // Not yet durable when the restart comes: readable now, maybe gone later.
         store.purge(log_id(1, 10)).await.unwrap();
         let state = store.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id, Some(log_id(1, 10)));
@@ -342,8 +392,10 @@ fn purge_deletes_wal_segments_and_restart_still_works() {
     });
     let before = segments(&dir.0);
     assert!(before >= 3, "{before} segments");
-    life(&dir.0, async |mut store| {
+    life_of_log(&dir.0, async |log| {
+        let mut store = log.open_range(RANGE).unwrap();
         store.purge(log_id(1, 15)).await.unwrap();
+        log.reclaim_now().await;
     });
     let after = segments(&dir.0);
     assert!(
@@ -365,11 +417,242 @@ fn purge_deletes_wal_segments_and_restart_still_works() {
     });
 }
 
+/// The entries of `range` (all of them) in a log `log`.
+async fn entries_of(log: &CoreLog, range: RangeId) -> Vec<Entry> {
+    let mut store = log.open_range(range).unwrap();
+    store.try_get_log_entries(..).await.unwrap()
+}
+
+/// An entry of about 2.5 MiB: a few of them fill a 16 MiB WAL segment.
+fn big(term: u64, index: u64) -> Entry {
+    Entry::new_normal(
+        log_id(term, index),
+        Command::Put {
+            tenant: "acme".into(),
+            key: index.to_le_bytes().to_vec(),
+            value: vec![index as u8; 5 << 19],
+            expires_at_unix_ms: None,
+        },
+    )
+}
+
+fn segment_count(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|entry| {
+            entry
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".wal")
+        })
+        .count()
+}
+
 #[test]
-fn the_wal_holds_only_raft_entry_records() {
-    assert_eq!(RECORD_KIND_RAFT_ENTRY, 2);
-    assert_ne!(
-        RECORD_KIND_RAFT_ENTRY,
-        tinkerdb_storage::log_op::RECORD_KIND_KV
-    );
+fn interleaved_ranges_each_recover_exactly_their_own_log() {
+    let dir = TempDir::new("interleaved");
+    let expected = life_of_log(&dir.0, async |log| {
+        let mut a = log.open_range(10).unwrap();
+        let mut b = log.open_range(20).unwrap();
+        let mut c = log.open_range(30).unwrap();
+        // Appends of three ranges interleave in the one stream; only the
+        // last append of each is waited for (group commit across ranges).
+        for index in 0..40 {
+            a.append(vec![put(1, index)], IOFlushed::noop())
+                .await
+                .unwrap();
+            b.append(vec![put(2, index)], IOFlushed::noop())
+                .await
+                .unwrap();
+            if index % 2 == 0 {
+                c.append(vec![put(3, index / 2)], IOFlushed::noop())
+                    .await
+                    .unwrap();
+            }
+        }
+        append_durably(&mut a, vec![put(1, 40)]).await;
+        // b: a new leader overwrote 30..; a truncates nothing of a or c.
+        b.truncate_after(Some(log_id(2, 29))).await.unwrap();
+        append_durably(&mut b, (30..=33).map(|index| put(4, index)).collect()).await;
+        // c: purged to 9; a keeps everything; votes differ per range.
+        c.purge(log_id(3, 9)).await.unwrap();
+        a.save_vote(&vote(5, 1, true)).await.unwrap();
+        b.save_vote(&vote(6, 2, false)).await.unwrap();
+        append_durably(&mut c, vec![put(3, 20)]).await;
+        let mut expected = BTreeMap::new();
+        expected.insert(10, (0..=40).map(|index| put(1, index)).collect::<Vec<_>>());
+        expected.insert(
+            20,
+            (0..30)
+                .map(|index| put(2, index))
+                .chain((30..=33).map(|index| put(4, index)))
+                .collect(),
+        );
+        expected.insert(30, (10..=20).map(|index| put(3, index)).collect());
+        for (range, entries) in &expected {
+            let mut reader = match *range {
+                10 => a.get_log_reader().await,
+                20 => b.get_log_reader().await,
+                _ => c.get_log_reader().await,
+            };
+            assert_eq!(&reader.try_get_log_entries(..).await.unwrap(), entries);
+        }
+        expected
+    });
+    life_of_log(&dir.0, async |log| {
+        assert_eq!(log.range_ids(), vec![10, 20, 30]);
+        for (range, entries) in &expected {
+            assert_eq!(&entries_of(&log, *range).await, entries, "range {range}");
+        }
+        let mut a = log.open_range(10).unwrap();
+        assert_eq!(a.read_vote().await.unwrap(), Some(vote(5, 1, true)));
+        let mut b = log.open_range(20).unwrap();
+        assert_eq!(b.read_vote().await.unwrap(), Some(vote(6, 2, false)));
+        let mut c = log.open_range(30).unwrap();
+        assert_eq!(c.read_vote().await.unwrap(), None);
+        assert_eq!(
+            c.get_log_state().await.unwrap().last_purged_log_id,
+            Some(log_id(3, 9))
+        );
+        // One store per range at a time.
+        assert!(log.open_range(30).is_err());
+    });
+}
+
+#[test]
+fn a_truncation_across_a_segment_boundary_voids_only_its_own_range() {
+    let dir = TempDir::new("truncate-segments");
+    life_of_log(&dir.0, async |log| {
+        let mut a = log.open_range(1).unwrap();
+        let mut b = log.open_range(2).unwrap();
+        // a's big entries span several segments; b appends between them.
+        for index in 0..14 {
+            append_durably(&mut a, vec![big(1, index)]).await;
+            append_durably(&mut b, vec![put(1, index)]).await;
+        }
+        assert!(segment_count(log.dir()) >= 3);
+        // Back to index 2 (two segments back), while b keeps appending.
+        a.truncate_after(Some(log_id(1, 2))).await.unwrap();
+        append_durably(&mut b, vec![put(1, 14)]).await;
+        append_durably(&mut a, vec![put(2, 3), put(2, 4)]).await;
+    });
+    life_of_log(&dir.0, async |log| {
+        let a: Vec<Entry> = (0..=2)
+            .map(|index| big(1, index))
+            .chain([put(2, 3), put(2, 4)])
+            .collect();
+        assert_eq!(entries_of(&log, 1).await, a);
+        assert_eq!(
+            entries_of(&log, 2).await,
+            (0..=14).map(|index| put(1, index)).collect::<Vec<_>>()
+        );
+    });
+}
+
+#[test]
+fn a_lagging_range_keeps_segments_until_it_purges_and_idle_states_survive_reclaiming() {
+    let dir = TempDir::new("lagging");
+    let path = dir.0.clone();
+    let (before, pinned) = life_of_log(&dir.0, async |log| {
+        let mut busy = log.open_range(1).unwrap();
+        let mut lagging = log.open_range(2).unwrap();
+        let mut idle = log.open_range(3).unwrap();
+        // The idle range only votes, once, at the start of the log.
+        idle.save_vote(&vote(7, 3, true)).await.unwrap();
+        append_durably(&mut lagging, vec![put(1, 0)]).await;
+        for index in 0..20 {
+            append_durably(&mut busy, vec![big(1, index)]).await;
+        }
+        let before = segment_count(&path);
+        assert!(before >= 3, "{before} segments");
+        // busy purges almost everything, but lagging's entry 0 sits in the
+        // first segment: nothing can go.
+        busy.purge(log_id(1, 18)).await.unwrap();
+        glommio::timer::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(
+            segment_count(&path),
+            before,
+            "a segment a range needs was deleted"
+        );
+        let pinned = log.ranges_pinning(2).unwrap();
+        // Once it purges, the segments go; the idle range's vote is written
+        // again at the end of the log first.
+        lagging.purge(log_id(1, 0)).await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while segment_count(&path) >= before && std::time::Instant::now() < deadline {
+            glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        (before, pinned)
+    });
+    assert_eq!(pinned, vec![2], "the lagging range holds the segments back");
+    let after = segment_count(&dir.0);
+    assert!(after < before, "no segment reclaimed ({before} -> {after})");
+    life_of_log(&dir.0, async |log| {
+        let mut idle = log.open_range(3).unwrap();
+        assert_eq!(idle.read_vote().await.unwrap(), Some(vote(7, 3, true)));
+        assert_eq!(
+            entries_of(&log, 1).await,
+            vec![big(1, 19)],
+            "busy keeps exactly its live entry"
+        );
+        let mut lagging = log.open_range(2).unwrap();
+        let state = lagging.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id, Some(log_id(1, 0)));
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 0)));
+    });
+}
+
+#[test]
+fn a_dropped_range_is_forgotten_and_its_id_starts_afresh() {
+    let dir = TempDir::new("dropped");
+    life_of_log(&dir.0, async |log| {
+        let mut gone = log.open_range(5).unwrap();
+        append_durably(&mut gone, (0..10).map(|index| put(1, index)).collect()).await;
+        gone.save_vote(&vote(3, 1, true)).await.unwrap();
+        let mut kept = log.open_range(6).unwrap();
+        append_durably(&mut kept, vec![put(1, 0)]).await;
+        // Refused while open (its Raft would still write to it).
+        assert!(log.drop_range(5).await.is_err());
+        drop(gone);
+        log.drop_range(5).await.unwrap();
+        assert_eq!(log.range_ids(), vec![6]);
+    });
+    life_of_log(&dir.0, async |log| {
+        assert_eq!(log.range_ids(), vec![6]);
+        let mut again = log.open_range(5).unwrap();
+        assert_eq!(again.read_vote().await.unwrap(), None);
+        assert!(again.try_get_log_entries(..).await.unwrap().is_empty());
+        append_durably(&mut again, vec![put(9, 100)]).await;
+    });
+    life_of_log(&dir.0, async |log| {
+        assert_eq!(entries_of(&log, 5).await, vec![put(9, 100)]);
+        assert_eq!(entries_of(&log, 6).await, vec![put(1, 0)]);
+    });
+}
+
+#[test]
+fn a_log_of_the_per_group_format_is_refused_with_a_clear_reason() {
+    let dir = TempDir::new("legacy");
+    let path = dir.0.clone();
+    GlommioRuntime::new(1).block_on(async move {
+        let recovered = tinkerdb_storage::wal::recover(
+            &path,
+            0,
+            tinkerdb_storage::wal::DurabilityMode::Sync,
+            |_| Ok(()),
+        )
+        .unwrap();
+        let wal = recovered.wal;
+        glommio::spawn_local(recovered.writer.run()).detach();
+        let index = wal
+            .append(LEGACY_RECORD_KIND_GROUP_ENTRY, &[1; 30])
+            .unwrap();
+        wal.wait_durable(index).await.unwrap();
+    });
+    let path = dir.0.clone();
+    let refusal = GlommioRuntime::new(1)
+        .block_on(async move { CoreLog::open(&path).map(|_| ()).unwrap_err().to_string() });
+    assert!(refusal.contains("before the shared log"), "{refusal}");
 }

@@ -1,12 +1,12 @@
-//! After the WAL fails an `fdatasync`, the log store acknowledges nothing
-//! more and refuses every write; reads keep working. Its own test binary:
+//! After the WAL fails an `fdatasync`, the core's log acknowledges nothing
+//! more and every range's store refuses every write; reads keep working. Its own test binary:
 //! the WAL's failpoint is a process environment variable.
 
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::RaftLogReader;
 use openraft_rt::{AsyncRuntime, Oneshot};
-use tinkerdb_replication::{Entry, GlommioRuntime, LogId, WalLogStore};
+use tinkerdb_replication::{CoreLog, Entry, GlommioRuntime, LogId};
 
 fn blank(index: u64) -> Entry {
     Entry::new_blank(LogId {
@@ -27,7 +27,9 @@ fn a_failed_fsync_fails_the_append_and_every_later_write() {
     std::env::set_var(tinkerdb_storage::wal::FAILPOINT_FSYNC_FAIL_AFTER, "2");
     let path = dir.clone();
     GlommioRuntime::new(1).block_on(async move {
-        let mut store = WalLogStore::open(&path).unwrap();
+        let log = CoreLog::open(&path).unwrap();
+        let mut store = log.open_range(1).unwrap();
+        let mut neighbour = log.open_range(2).unwrap();
         let mut results = Vec::new();
         for index in 0..3 {
             let (done, flushed) = <GlommioRuntime as AsyncRuntime>::Oneshot::channel();
@@ -56,6 +58,10 @@ fn a_failed_fsync_fails_the_append_and_every_later_write() {
             .is_err());
         assert!(store.purge(blank(0).log_id).await.is_err());
         assert!(store.save_committed(None).await.is_err());
+        // The whole core's log failed: every other range refuses too.
+        assert!(neighbour.save_committed(None).await.is_err());
+        assert!(neighbour.truncate_after(None).await.is_err());
+        assert!(log.drop_range(3).await.is_err());
         // Reads still answer from memory.
         assert_eq!(store.try_get_log_entries(..).await.unwrap().len(), 3);
     });

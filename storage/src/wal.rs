@@ -39,7 +39,7 @@ use crate::wal_format::encode_truncation;
 
 use crate::wal_format::{
     encode_batch, encode_record, record_bytes, scan_segment, Record, SegmentEnd,
-    BATCH_HEADER_BYTES, BLOCK_BYTES, MAX_BATCH_BYTES, SEGMENT_BYTES,
+    BATCH_HEADER_BYTES, BLOCK_BYTES, MAX_BATCH_BYTES, SEGMENT_BYTES, WAL_FORMAT_VERSION,
 };
 
 /// When a write is acknowledged.
@@ -77,6 +77,16 @@ pub enum RecoveryError {
         offset: u64,
         /// What is wrong.
         reason: String,
+    },
+    /// A batch written by a newer TinkerDB (its header's format version).
+    #[error("{path} at offset {offset} holds a WAL batch of format version {version}, written by a newer TinkerDB (this one reads up to {WAL_FORMAT_VERSION}); refusing to start rather than cut it")]
+    NewerFormat {
+        /// The segment.
+        path: PathBuf,
+        /// Byte offset of the batch.
+        offset: u64,
+        /// Its format version.
+        version: u32,
     },
     /// The caller rejected a record while replaying it.
     #[error("cannot replay WAL record {index} from {path}: {reason}")]
@@ -232,6 +242,19 @@ impl WalStats {
 impl Wal {
     /// Appends a record; returns its index. Refused once poisoned.
     pub fn append(&self, kind: u32, payload: &[u8]) -> Result<u64, WalError> {
+        self.append_record(kind, payload, true)
+    }
+
+    /// Appends a record that does not start a flush of its own: it is
+    /// written with the next flush another append (or a durability wait,
+    /// [`Wal::when_durable`]) starts. For a record whose loss in a crash
+    /// costs nothing but a little redone work (a Raft group's committed
+    /// index, a hint openraft rebuilds): it never costs an `fdatasync`.
+    pub fn append_lazily(&self, kind: u32, payload: &[u8]) -> Result<u64, WalError> {
+        self.append_record(kind, payload, false)
+    }
+
+    fn append_record(&self, kind: u32, payload: &[u8], flush: bool) -> Result<u64, WalError> {
         let mut state = self.state.borrow_mut();
         if let Some(error) = &state.poisoned {
             return Err(error.clone());
@@ -259,8 +282,10 @@ impl Wal {
         let chunk = state.pending.last_mut().expect("just ensured");
         encode_record(&mut chunk.body, index, kind, payload);
         chunk.count += 1;
-        if let Some(flusher) = state.flusher.take() {
-            flusher.wake();
+        if flush {
+            if let Some(flusher) = state.flusher.take() {
+                flusher.wake();
+            }
         }
         Ok(index)
     }
@@ -289,6 +314,10 @@ impl Wal {
             .entry(index)
             .or_default()
             .push(Box::new(callback));
+        // Someone waits: records appended lazily must not sit pending.
+        if let Some(flusher) = state.flusher.take() {
+            flusher.wake();
+        }
     }
 
     /// Waits until every record up to `index` is on disk.
@@ -467,7 +496,6 @@ pub struct WalWriter {
     stats: Rc<WalStats>,
     state: Rc<RefCell<WalState>>,
     mode: DurabilityMode,
-    log_id: u32,
     segments: Vec<Segment>,
     file: Option<Rc<DmaFile>>,
     /// Next write offset in the current (last) segment.
@@ -615,6 +643,13 @@ fn scan_log(
                 None
             }
             SegmentEnd::TornTail(at) => Some(at),
+            SegmentEnd::NewerFormat { offset, version } => {
+                return Err(RecoveryError::NewerFormat {
+                    path: segment.path.clone(),
+                    offset: offset as u64,
+                    version,
+                });
+            }
             SegmentEnd::GapBeforeValid {
                 offset: at,
                 reason,
@@ -736,7 +771,6 @@ pub fn recover(
             stats,
             state,
             mode,
-            log_id: 0,
             offset: if end.segments.is_empty() || full {
                 SEGMENT_BYTES
             } else {
@@ -984,7 +1018,12 @@ impl WalWriter {
         let acked_through = self.state.borrow().durable_index;
         for chunk in &chunks {
             if chunk.truncation {
-                encode_truncation(&mut image, chunk.first_index, self.log_id, acked_through);
+                encode_truncation(
+                    &mut image,
+                    chunk.first_index,
+                    WAL_FORMAT_VERSION,
+                    acked_through,
+                );
                 durable_through = chunk.first_index - 1;
             } else {
                 encode_batch(
@@ -992,7 +1031,7 @@ impl WalWriter {
                     chunk.first_index,
                     chunk.count,
                     &chunk.body,
-                    self.log_id,
+                    WAL_FORMAT_VERSION,
                     acked_through,
                 );
                 durable_through = chunk.first_index + u64::from(chunk.count) - 1;
@@ -1448,6 +1487,32 @@ mod tests {
         // Segments 17 and 33 held only dropped records; segment 1 was full,
         // so the marker and record 6 went to a new segment named 6.
         assert_eq!(names.len(), 2, "{names:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_batch_of_a_newer_format_is_refused_not_cut_as_a_torn_tail() {
+        use crate::wal_format::encode_batch;
+        let dir = temp_dir("newer-format");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut image = Vec::new();
+        for (batch, version) in [
+            (0u64, 0u32),
+            (1, WAL_FORMAT_VERSION),
+            (2, WAL_FORMAT_VERSION + 1),
+        ] {
+            let mut body = Vec::new();
+            encode_record(&mut body, batch + 1, 1, b"a");
+            encode_batch(&mut image, batch + 1, 1, &body, version, batch);
+        }
+        image.resize(SEGMENT_BYTES as usize, 0);
+        std::fs::write(segment_path(&dir, 1), &image).unwrap();
+        let error = recover(&dir, 0, DurabilityMode::Sync, |_| Ok(()))
+            .err()
+            .expect("a newer batch was read or cut");
+        assert!(error.to_string().contains("newer TinkerDB"), "{error}");
+        // Nothing was cut: the segment is as it was.
+        assert_eq!(std::fs::read(segment_path(&dir, 1)).unwrap(), image);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

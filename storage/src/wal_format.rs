@@ -11,7 +11,7 @@
 //! ```text
 //! batch  = header(40) record* zero-padding-to-4096
 //! header = magic u32 "TWAL" | header_crc u32 | body_bytes u32 | record_count u32
-//!          | first_index u64 | log_id u32 | flags u32 (0, or 1: truncation marker)
+//!          | first_index u64 | format_version u32 | flags u32 (0, or 1: truncation marker)
 //!          | acked_through u64
 //! record = payload_bytes u32 | crc u32 | index u64 | kind u32 | payload | pad to 8
 //! ```
@@ -25,9 +25,19 @@
 //! tell that (never acknowledged: cut) from damage to an acknowledged batch
 //! (corruption: refuse to start).
 //!
+//! `format_version` is [`WAL_FORMAT_VERSION`] in every batch written now; 0
+//! in batches written before the field had a meaning (the same layout).
+//! A batch whose header checks but whose version is newer is refused as
+//! such ([`BatchError::NewerFormat`]), never taken for a torn write: a
+//! downgraded binary must not cut a newer one's log as a torn tail.
+//!
 //! A *truncation marker* is a batch with flag 1 and no records: "the log
 //! continues at `first_index`; every record at or after it written before
 //! this marker is void". Truncating a suffix (Raft) is thus an append too.
+
+/// The batch layout this code writes (the header's `format_version`). It
+/// reads this one and 0 (batches written before the field was a version).
+pub const WAL_FORMAT_VERSION: u32 = 1;
 
 /// Size of a WAL segment file.
 pub const SEGMENT_BYTES: u64 = 16 << 20;
@@ -91,13 +101,18 @@ pub fn encode_record(body: &mut Vec<u8>, index: u64, kind: u32, payload: &[u8]) 
 pub const FLAG_TRUNCATION: u32 = 1;
 
 /// Builds a truncation marker: the log continues at `next_index`.
-pub fn encode_truncation(out: &mut Vec<u8>, next_index: u64, log_id: u32, acked_through: u64) {
+pub fn encode_truncation(
+    out: &mut Vec<u8>,
+    next_index: u64,
+    format_version: u32,
+    acked_through: u64,
+) {
     encode_batch_with_flags(
         out,
         next_index,
         0,
         &[],
-        log_id,
+        format_version,
         FLAG_TRUNCATION,
         acked_through,
     );
@@ -109,7 +124,7 @@ pub fn encode_batch(
     first_index: u64,
     record_count: u32,
     body: &[u8],
-    log_id: u32,
+    format_version: u32,
     acked_through: u64,
 ) {
     encode_batch_with_flags(
@@ -117,7 +132,7 @@ pub fn encode_batch(
         first_index,
         record_count,
         body,
-        log_id,
+        format_version,
         0,
         acked_through,
     );
@@ -128,7 +143,7 @@ fn encode_batch_with_flags(
     first_index: u64,
     record_count: u32,
     body: &[u8],
-    log_id: u32,
+    format_version: u32,
     flags: u32,
     acked_through: u64,
 ) {
@@ -140,7 +155,7 @@ fn encode_batch_with_flags(
     out.extend_from_slice(&body_bytes.to_le_bytes());
     out.extend_from_slice(&record_count.to_le_bytes());
     out.extend_from_slice(&first_index.to_le_bytes());
-    out.extend_from_slice(&log_id.to_le_bytes());
+    out.extend_from_slice(&format_version.to_le_bytes());
     out.extend_from_slice(&flags.to_le_bytes());
     out.extend_from_slice(&acked_through.to_le_bytes());
     let header_crc = crc32c::crc32c(&out[start + 8..start + BATCH_HEADER_BYTES]);
@@ -174,6 +189,9 @@ pub enum BatchError {
     Empty,
     /// Something is there but it is not a valid batch.
     Invalid(String),
+    /// A batch whose header checks, in a format newer than this code reads
+    /// (its `format_version`).
+    NewerFormat(u32),
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> u32 {
@@ -203,6 +221,10 @@ pub fn decode_batch(segment: &[u8], offset: usize) -> Result<Batch, BatchError> 
     let body_bytes = u32_at(header, 8) as usize;
     let record_count = u32_at(header, 12) as usize;
     let first_index = u64_at(header, 16);
+    let format_version = u32_at(header, 24);
+    if format_version > WAL_FORMAT_VERSION {
+        return Err(BatchError::NewerFormat(format_version));
+    }
     let flags = u32_at(header, 28);
     if flags > FLAG_TRUNCATION
         || (flags == FLAG_TRUNCATION && (body_bytes != 0 || record_count != 0))
@@ -281,6 +303,13 @@ pub enum SegmentEnd {
     /// An invalid batch at this offset and no valid batch after it: a flush
     /// torn by a crash, never acknowledged. Safe to cut here.
     TornTail(usize),
+    /// A batch written by a newer TinkerDB at this offset: refuse to start.
+    NewerFormat {
+        /// Offset of the batch.
+        offset: usize,
+        /// Its `format_version`.
+        version: u32,
+    },
 }
 
 /// Reads every batch of a segment, in order, and says how it ends.
@@ -296,6 +325,9 @@ pub fn scan_segment(segment: &[u8]) -> (Vec<Batch>, SegmentEnd) {
             }
             Err(BatchError::Empty) => "a batch is missing".to_owned(),
             Err(BatchError::Invalid(reason)) => reason,
+            Err(BatchError::NewerFormat(version)) => {
+                return (batches, SegmentEnd::NewerFormat { offset, version });
+            }
         };
         // Is anything valid written further on?
         let mut acked_through = None::<u64>;

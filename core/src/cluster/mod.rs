@@ -11,7 +11,7 @@ use tinkerdb_replication::group::{self, CoreGroups, GroupError, GroupSpec, Membe
 use tinkerdb_replication::health::{self, HealthTable};
 use tinkerdb_replication::network::Peers;
 use tinkerdb_replication::transport::PeerAddr;
-use tinkerdb_replication::Node;
+use tinkerdb_replication::{CoreLog, Node};
 use tinkerdb_schemas::wire::ErrorCode;
 
 use crate::config::{ClusterConfig, RaftTuning};
@@ -63,7 +63,7 @@ pub async fn start_replica(
         group: core as u64,
         node_id: cluster.node_id,
         members,
-        wal_dir: context.core_dir.join("raft"),
+        log: open_core_log(&context.core_dir)?,
         snapshot_dir: context.core_dir.join("raft-snapshots"),
         snapshot_every_entries: tuning.snapshot_every_entries,
         logs_kept_after_snapshot: tuning.logs_kept_after_snapshot,
@@ -98,6 +98,32 @@ pub async fn start_replica(
         anyhow::bail!("core {core} started its replica twice");
     }
     Ok(())
+}
+
+/// The directory of a core's shared Raft log (every range on the core).
+pub const CORE_LOG_DIR: &str = "raft-log";
+
+/// Where a core kept its one group's Raft log before the shared log.
+const PER_GROUP_LOG_DIR: &str = "raft";
+
+/// Opens the core's shared Raft log, refusing a data directory that still
+/// holds the per-group log of an earlier version (it would be ignored, and
+/// the node would come back with an empty log and vote again in terms it
+/// already voted in).
+fn open_core_log(core_dir: &std::path::Path) -> anyhow::Result<CoreLog> {
+    let old = core_dir.join(PER_GROUP_LOG_DIR);
+    if old.exists() {
+        anyhow::bail!(
+            "{} holds a Raft log in the per-group format of TinkerDB before the shared log; \
+             this version keeps every range of a core in {}: move {} away (the node then \
+             catches up from its peers) or run the version that wrote it",
+            old.display(),
+            core_dir.join(CORE_LOG_DIR).display(),
+            core_dir.display()
+        );
+    }
+    let dir = core_dir.join(CORE_LOG_DIR);
+    CoreLog::open(&dir).map_err(|error| anyhow::anyhow!("cannot open {}: {error}", dir.display()))
 }
 
 /// How long a joining node waits for the cluster to add it (catching up

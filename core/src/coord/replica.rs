@@ -19,7 +19,7 @@
 //! - a read waits for the read-index barrier (linearizable on any replica),
 //!   then reads the local store.
 //!
-//! Durability: the group's Raft log (`core-N/raft/`, the WAL) is the only
+//! Durability: the group's Raft log (in the core's `core-N/raft-log/`) is the only
 //! durable copy. The shard's own journal is off and its store is rebuilt
 //! at start by re-applying the committed log.
 //!

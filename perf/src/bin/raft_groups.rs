@@ -12,10 +12,15 @@
 //! 2. busy: one writer per group (one write in flight each) through the
 //!    group's leader for a few seconds: writes per second in total.
 //!
-//! Each group keeps its own WAL directory (16 MiB segments, one prepared
-//! ahead), so `N` groups cost `3 x N x 32 MiB` of disk while it runs.
+//! Two log layouts, in the same run: `shared` (what a node runs: one
+//! `CoreLog` per core for every group on it, one `fdatasync` per flush for
+//! all of them) and `per-group` (a `CoreLog` of its own per group, as before
+//! the shared log: each group pays its own `fdatasync`). A log directory
+//! costs 32 MiB of disk (16 MiB segments, one prepared ahead), so
+//! `per-group` costs `3 x N x 32 MiB` while it runs.
 //!
 //!     cargo run --release -p tinkerdb-perf --bin raft-groups -- 1 8 32 64
+//!     cargo run --release -p tinkerdb-perf --bin raft-groups -- --layout shared 64
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -29,7 +34,7 @@ use tinkerdb_replication::group::{self, CoreGroups, GroupRaft, GroupSpec};
 use tinkerdb_replication::network::Peers;
 use tinkerdb_replication::state_machine::{Applier, WholeCopy};
 use tinkerdb_replication::transport::serve_peers_until;
-use tinkerdb_replication::{Command, Node, NodeId, Response};
+use tinkerdb_replication::{Command, CoreLog, Node, NodeId, Response};
 
 /// A state machine that counts what it applies (the cost measured is
 /// Raft's, not a store's).
@@ -97,11 +102,21 @@ fn thread_cpu(tid: u32) -> Duration {
     Duration::from_nanos(nanos)
 }
 
+/// Where the groups of a node keep their Raft logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// One log per node (core) for all its groups.
+    Shared,
+    /// One log per group.
+    PerGroup,
+}
+
 fn start_node(
     id: NodeId,
     addrs: BTreeMap<NodeId, SocketAddr>,
     groups: u64,
     dir: PathBuf,
+    layout: Layout,
 ) -> (async_channel::Sender<Ask>, std::thread::JoinHandle<()>) {
     let (asks, inbox) = async_channel::unbounded::<Ask>();
     let thread = std::thread::spawn(move || {
@@ -129,12 +144,19 @@ fn start_node(
                     .map(|(p, a)| (*p, Node::new(a.to_string())))
                     .collect();
                 let mut rafts: Vec<Raft> = Vec::new();
+                let shared_log = CoreLog::open(&dir.join("raft-log")).expect("open the log");
                 for g in 0..groups {
+                    let log = match layout {
+                        Layout::Shared => shared_log.clone(),
+                        Layout::PerGroup => {
+                            CoreLog::open(&dir.join(format!("g{g}/raft-log"))).expect("open")
+                        }
+                    };
                     let spec = GroupSpec {
                         group: g,
                         node_id: id,
                         members: members.clone(),
-                        wal_dir: dir.join(format!("g{g}/raft")),
+                        log,
                         snapshot_dir: dir.join(format!("g{g}/snapshots")),
                         snapshot_every_entries: group::SNAPSHOT_EVERY_ENTRIES,
                         logs_kept_after_snapshot: group::LOGS_KEPT_AFTER_SNAPSHOT,
@@ -240,8 +262,22 @@ fn free_addrs() -> BTreeMap<NodeId, SocketAddr> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let counts: Vec<u64> = std::env::args()
-        .skip(1)
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let layouts = match args.iter().position(|arg| arg == "--layout") {
+        Some(at) => {
+            let value = args.get(at + 1).cloned().unwrap_or_default();
+            args.drain(at..(at + 2).min(args.len()));
+            match value.as_str() {
+                "shared" => vec![Layout::Shared],
+                "per-group" => vec![Layout::PerGroup],
+                "both" => vec![Layout::PerGroup, Layout::Shared],
+                other => anyhow::bail!("--layout shared|per-group|both, not {other:?}"),
+            }
+        }
+        None => vec![Layout::PerGroup, Layout::Shared],
+    };
+    let counts: Vec<u64> = args
+        .iter()
         .map(|arg| arg.parse())
         .collect::<Result<_, _>>()?;
     let counts = if counts.is_empty() {
@@ -255,17 +291,28 @@ fn main() -> anyhow::Result<()> {
         "3 nodes x 1 core in one process; idle CPU over {idle_for:?}, then one writer per group for {write_for:?}"
     );
     println!(
-        "{:>7} {:>18} {:>14} {:>16}",
-        "groups", "idle CPU per core", "per group", "busy writes/s"
+        "{:>10} {:>7} {:>18} {:>14} {:>16}",
+        "log", "groups", "idle CPU per core", "per group", "busy writes/s"
     );
-    for &groups in &counts {
+    for (&groups, &layout) in counts
+        .iter()
+        .flat_map(|groups| layouts.iter().map(move |layout| (groups, layout)))
+    {
         let base =
             std::env::temp_dir().join(format!("tinkerdb-raft-groups-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         let addrs = free_addrs();
         let nodes: Vec<_> = addrs
             .keys()
-            .map(|&id| start_node(id, addrs.clone(), groups, base.join(format!("n{id}"))))
+            .map(|&id| {
+                start_node(
+                    id,
+                    addrs.clone(),
+                    groups,
+                    base.join(format!("n{id}")),
+                    layout,
+                )
+            })
             .collect();
         let started = Instant::now();
         loop {
@@ -299,8 +346,12 @@ fn main() -> anyhow::Result<()> {
             .into_iter()
             .map(|a| futures::executor::block_on(a).expect("answer"))
             .sum();
+        let name = match layout {
+            Layout::Shared => "shared",
+            Layout::PerGroup => "per-group",
+        };
         println!(
-            "{groups:>7} {per_core:>17.1}% {:>13.2}% {:>16.0}",
+            "{name:>10} {groups:>7} {per_core:>17.1}% {:>13.2}% {:>16.0}",
             per_core / groups as f64,
             writes as f64 / write_for.as_secs_f64()
         );

@@ -18,7 +18,7 @@ use tinkerdb_replication::group::{
 use tinkerdb_replication::network::Peers;
 use tinkerdb_replication::state_machine::{Applier, WholeCopy};
 use tinkerdb_replication::transport::serve_peers_until;
-use tinkerdb_replication::{Command, Node, NodeId, Response};
+use tinkerdb_replication::{Command, CoreLog, Node, NodeId, Response};
 
 /// The one group the tests run.
 pub const GROUP: u64 = 7;
@@ -153,7 +153,7 @@ pub fn start_node_with(
                     group: GROUP,
                     node_id: id,
                     members,
-                    wal_dir: dir.join("raft"),
+                    log: CoreLog::open(&dir.join("raft-log")).unwrap(),
                     snapshot_dir: dir.join("snapshots"),
                     snapshot_every_entries: TEST_SNAPSHOT_EVERY,
                     logs_kept_after_snapshot: 5,
