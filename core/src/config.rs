@@ -73,6 +73,10 @@ pub struct RaftTuning {
     /// Entries kept below a snapshot, so that a follower a little behind
     /// catches up by log rather than by a whole snapshot.
     pub logs_kept_after_snapshot: u64,
+    /// A group with no traffic for this long stops its Raft timers (no
+    /// heartbeats, no election timers) until a request or a dead leader
+    /// wakes it (`replication::hibernate`). 0: never.
+    pub hibernate_after_ms: u64,
 }
 
 impl Default for RaftTuning {
@@ -80,6 +84,7 @@ impl Default for RaftTuning {
         RaftTuning {
             snapshot_every_entries: tinkerdb_replication::group::SNAPSHOT_EVERY_ENTRIES,
             logs_kept_after_snapshot: tinkerdb_replication::group::LOGS_KEPT_AFTER_SNAPSHOT,
+            hibernate_after_ms: tinkerdb_replication::hibernate::HIBERNATE_AFTER.as_millis() as u64,
         }
     }
 }

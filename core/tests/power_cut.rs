@@ -64,9 +64,28 @@ impl XfsDisk {
         );
     }
 
-    /// Power back on: unmount and mount again (XFS replays its log).
+    /// Power back on: unmount and mount again (XFS replays its log). The
+    /// killed process's io_uring instances are torn down by the kernel
+    /// after the process is gone (in a worker), holding its files open a
+    /// little longer: `umount` says "target is busy" until then.
     fn remount(&self) {
-        run("umount", &[self.mount.to_str().unwrap()]);
+        let mount = self.mount.to_str().unwrap();
+        for _ in 0..100 {
+            let busy = Command::new("umount")
+                .arg(mount)
+                .output()
+                .is_ok_and(|output| {
+                    !output.status.success()
+                        && String::from_utf8_lossy(&output.stderr).contains("busy")
+                });
+            if !busy {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if run("findmnt", &["-n", "-o", "TARGET", "--target", mount]) == mount {
+            run("umount", &[mount]);
+        }
         run("mount", &[&self.device, self.mount.to_str().unwrap()]);
     }
 

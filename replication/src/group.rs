@@ -166,7 +166,17 @@ impl<A: Applier> CoreGroups<A> {
         self.groups.borrow_mut().insert(group, raft);
     }
 
-    /// The group's handle (cloned: handles are cheap `Rc`s).
+    /// Every group of the core, with its handle (cloned: handles are
+    /// cheap `Rc`s).
+    pub fn all(&self) -> Vec<(u64, GroupRaft<A>)> {
+        self.groups
+            .borrow()
+            .iter()
+            .map(|(group, raft)| (*group, raft.clone()))
+            .collect()
+    }
+
+    /// The group's handle, if this core runs it.
     pub fn get(&self, group: u64) -> Option<GroupRaft<A>> {
         self.groups.borrow().get(&group).cloned()
     }
@@ -199,6 +209,7 @@ impl<A: Applier> CoreGroups<A> {
                         Ok(encode(&answer))
                     }
                     PeerCallKind::ReadIndex => {
+                        crate::hibernate::wake(&raft, call.group);
                         let read = raft
                             .ensure_linearizable(ReadPolicy::ReadIndex)
                             .await
@@ -295,6 +306,8 @@ async fn propose_here<A: Applier>(
     let me = *raft.node_id();
     let mut last_reason = String::from("no attempt");
     while started.elapsed() < REQUEST_DEADLINE {
+        // A group asleep confirms its lease by heartbeats first.
+        crate::hibernate::wake(raft, group);
         match raft.client_write(command.clone()).await {
             Ok(written) => return Ok(written.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
@@ -395,6 +408,7 @@ pub async fn read_barrier<A: Applier>(
     let me = *raft.node_id();
     let mut last_reason = String::new();
     while started.elapsed() < REQUEST_DEADLINE {
+        crate::hibernate::wake(raft, group);
         match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
             Ok(_) => return Ok(()),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(forward))) => {
@@ -487,6 +501,7 @@ async fn change_here<A: Applier>(
     let me = *raft.node_id();
     let mut last_reason = String::from("no attempt");
     while started.elapsed() < MEMBERSHIP_DEADLINE {
+        crate::hibernate::wake(raft, group);
         // Done when this node leads and its committed membership is
         // settled (not joint, nothing newer proposed) and says so.
         if raft.current_leader().await == Some(me) {

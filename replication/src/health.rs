@@ -66,6 +66,15 @@ pub struct HealthTable {
 }
 
 impl HealthTable {
+    /// Whether `node` answered a probe within [`PEER_DOWN_AFTER`].
+    pub fn is_up(&self, node: NodeId) -> bool {
+        self.peers.borrow().get(&node).is_some_and(|health| {
+            health
+                .last_answer
+                .is_some_and(|at| at.elapsed() <= PEER_DOWN_AFTER)
+        })
+    }
+
     /// The health of each of `members` (other than this node) now.
     pub fn report(&self, peers: &Peers, members: &[(NodeId, String)]) -> Vec<PeerHealthReport> {
         let table = self.peers.borrow();

@@ -28,6 +28,8 @@
 //!   machine, network), serving its peers' calls, writes, reads, membership
 //!   changes and status.
 //! - [`health`]: each core pings its peers and reports them up or down.
+//! - [`hibernate`]: quiet groups stop their timers (no heartbeats, no
+//!   election timers) and wake on the first request or a dead leader.
 //!
 //! # Invariants
 //! - A group's Raft state is touched only by the core that owns it; the WAL's
@@ -45,6 +47,7 @@
 pub mod command;
 pub mod group;
 pub mod health;
+pub mod hibernate;
 pub mod log_store;
 pub mod network;
 pub mod runtime;

@@ -38,7 +38,11 @@ fn log_id(term: u64, index: u64) -> LogId {
 /// stale or foreign entry never compares equal. Every 5th is 200 KiB, so
 /// the log rolls over several 16 MiB segments.
 fn entry(range: RangeId, term: u64, index: u64) -> Entry {
-    let size = if index.is_multiple_of(5) { 200 << 10 } else { 64 };
+    let size = if index.is_multiple_of(5) {
+        200 << 10
+    } else {
+        64
+    };
     Entry::new_normal(
         log_id(term, index),
         Command::Put {

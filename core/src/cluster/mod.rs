@@ -9,6 +9,7 @@ use std::rc::Rc;
 
 use tinkerdb_replication::group::{self, CoreGroups, GroupError, GroupSpec, MemberChange};
 use tinkerdb_replication::health::{self, HealthTable};
+use tinkerdb_replication::hibernate;
 use tinkerdb_replication::network::Peers;
 use tinkerdb_replication::transport::PeerAddr;
 use tinkerdb_replication::{CoreLog, Node};
@@ -86,6 +87,15 @@ pub async fn start_replica(
         move || group::status(&raft, spec.group).other_members()
     };
     glommio::spawn_local(health::probe_peers(peers.clone(), health.clone(), members)).detach();
+    if tuning.hibernate_after_ms > 0 {
+        glommio::spawn_local(hibernate::run(
+            groups.clone(),
+            health.clone(),
+            cluster.node_id,
+            std::time::Duration::from_millis(tuning.hibernate_after_ms),
+        ))
+        .detach();
+    }
     let replica = Replica {
         group: spec.group,
         raft,

@@ -19,8 +19,15 @@
 //! costs 32 MiB of disk (16 MiB segments, one prepared ahead), so
 //! `per-group` costs `3 x N x 32 MiB` while it runs.
 //!
+//! Every node runs health probes and hibernation as a TinkerDB node does
+//! (`--hibernate-after-ms`, default `hibernate::HIBERNATE_AFTER`; 0 turns it
+//! off); idle CPU is measured once the groups had time to fall asleep. With
+//! `--busy N` only the first N groups get a writer (the others stay idle):
+//! the latency of a busy range among idle ones.
+//!
 //!     cargo run --release -p tinkerdb-perf --bin raft-groups -- 1 8 32 64
 //!     cargo run --release -p tinkerdb-perf --bin raft-groups -- --layout shared 64
+//!     cargo run --release -p tinkerdb-perf --bin raft-groups -- --layout shared --busy 1 256
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -31,6 +38,8 @@ use std::time::{Duration, Instant};
 
 use futures_channel::oneshot;
 use tinkerdb_replication::group::{self, CoreGroups, GroupRaft, GroupSpec};
+use tinkerdb_replication::health::{self, HealthTable};
+use tinkerdb_replication::hibernate;
 use tinkerdb_replication::network::Peers;
 use tinkerdb_replication::state_machine::{Applier, WholeCopy};
 use tinkerdb_replication::transport::serve_peers_until;
@@ -76,8 +85,12 @@ type Raft = GroupRaft<CountingApplier>;
 enum Ask {
     /// How many of this node's groups know a leader, and which lead here.
     Leaders(oneshot::Sender<(usize, Vec<u64>)>),
-    /// One writer per group this node leads, for this long: writes done.
-    Write(Duration, oneshot::Sender<u64>),
+    /// One writer per group this node leads among the first `busy`
+    /// groups, for this long: each write's latency (us), and the WAL
+    /// flushes (write + `fdatasync`) this node made meanwhile.
+    Write(Duration, u64, oneshot::Sender<(Vec<u64>, u64)>),
+    /// How many of this node's groups sleep (hibernation).
+    Asleep(oneshot::Sender<usize>),
     /// The executor thread's Linux thread id (for its CPU time).
     ThreadId(oneshot::Sender<u32>),
     Stop(oneshot::Sender<()>),
@@ -117,6 +130,7 @@ fn start_node(
     groups: u64,
     dir: PathBuf,
     layout: Layout,
+    hibernate_after: Duration,
 ) -> (async_channel::Sender<Ask>, std::thread::JoinHandle<()>) {
     let (asks, inbox) = async_channel::unbounded::<Ask>();
     let thread = std::thread::spawn(move || {
@@ -133,6 +147,7 @@ fn start_node(
                 ));
                 let table: Rc<CoreGroups<CountingApplier>> = Rc::new(CoreGroups::default());
                 let (stop_serving, stop) = async_channel::bounded::<()>(1);
+                let health = Rc::new(HealthTable::default());
                 glommio::spawn_local(serve_peers_until(
                     listener,
                     table.call_handler(peers.clone()),
@@ -145,11 +160,15 @@ fn start_node(
                     .collect();
                 let mut rafts: Vec<Raft> = Vec::new();
                 let shared_log = CoreLog::open(&dir.join("raft-log")).expect("open the log");
+                let mut logs = vec![shared_log.clone()];
                 for g in 0..groups {
                     let log = match layout {
                         Layout::Shared => shared_log.clone(),
                         Layout::PerGroup => {
-                            CoreLog::open(&dir.join(format!("g{g}/raft-log"))).expect("open")
+                            let log =
+                                CoreLog::open(&dir.join(format!("g{g}/raft-log"))).expect("open");
+                            logs.push(log.clone());
+                            log
                         }
                     };
                     let spec = GroupSpec {
@@ -173,6 +192,27 @@ fn start_node(
                     }
                     rafts.push(raft);
                 }
+                // Health probes and hibernation, as a node runs them.
+                let members: Vec<(NodeId, String)> = addrs
+                    .iter()
+                    .filter(|(p, _)| **p != id)
+                    .map(|(p, a)| (*p, a.to_string()))
+                    .collect();
+                glommio::spawn_local(health::probe_peers(
+                    peers.clone(),
+                    health.clone(),
+                    move || members.clone(),
+                ))
+                .detach();
+                if !hibernate_after.is_zero() {
+                    glommio::spawn_local(hibernate::run(
+                        table.clone(),
+                        health.clone(),
+                        id,
+                        hibernate_after,
+                    ))
+                    .detach();
+                }
                 while let Ok(ask) = inbox.recv().await {
                     match ask {
                         Ask::Leaders(reply) => {
@@ -190,11 +230,19 @@ fn start_node(
                             }
                             let _ = reply.send((known, mine));
                         }
-                        Ask::Write(duration, reply) => {
-                            let done = Rc::new(RefCell::new(0u64));
+                        Ask::Asleep(reply) => {
+                            let asleep = (0..groups).filter(|g| hibernate::is_asleep(*g)).count();
+                            let _ = reply.send(asleep);
+                        }
+                        Ask::Write(duration, busy, reply) => {
+                            let flushes = || -> u64 {
+                                logs.iter().map(|log| log.wal_stats().flushes.get()).sum()
+                            };
+                            let flushes_before = flushes();
+                            let done = Rc::new(RefCell::new(Vec::<u64>::new()));
                             let deadline = Instant::now() + duration;
                             let mut writers = Vec::new();
-                            for (g, raft) in rafts.iter().enumerate() {
+                            for (g, raft) in rafts.iter().enumerate().take(busy as usize) {
                                 if raft.current_leader().await != Some(id) {
                                     continue;
                                 }
@@ -210,11 +258,13 @@ fn start_node(
                                             value: vec![7; 100],
                                             expires_at_unix_ms: None,
                                         };
+                                        let started = Instant::now();
                                         if group::write(&raft, &peers, g as u64, command)
                                             .await
                                             .is_ok()
                                         {
-                                            *done.borrow_mut() += 1;
+                                            done.borrow_mut()
+                                                .push(started.elapsed().as_micros() as u64);
                                         }
                                         i += 1;
                                     }
@@ -223,8 +273,8 @@ fn start_node(
                             for writer in writers {
                                 writer.await;
                             }
-                            let total = *done.borrow();
-                            let _ = reply.send(total);
+                            let total = done.take();
+                            let _ = reply.send((total, flushes() - flushes_before));
                         }
                         Ask::ThreadId(reply) => {
                             let _ = reply.send(thread_id());
@@ -261,21 +311,37 @@ fn free_addrs() -> BTreeMap<NodeId, SocketAddr> {
         .collect()
 }
 
+/// Takes `--name value` out of `args`.
+fn take_flag(args: &mut Vec<String>, name: &str) -> Option<String> {
+    let at = args.iter().position(|arg| arg == name)?;
+    let value = args.get(at + 1).cloned().unwrap_or_default();
+    args.drain(at..(at + 2).min(args.len()));
+    Some(value)
+}
+
+fn percentile(sorted: &[u64], quantile: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let at = ((sorted.len() - 1) as f64 * quantile).round() as usize;
+    sorted[at] as f64 / 1000.0
+}
+
 fn main() -> anyhow::Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let layouts = match args.iter().position(|arg| arg == "--layout") {
-        Some(at) => {
-            let value = args.get(at + 1).cloned().unwrap_or_default();
-            args.drain(at..(at + 2).min(args.len()));
-            match value.as_str() {
-                "shared" => vec![Layout::Shared],
-                "per-group" => vec![Layout::PerGroup],
-                "both" => vec![Layout::PerGroup, Layout::Shared],
-                other => anyhow::bail!("--layout shared|per-group|both, not {other:?}"),
-            }
-        }
-        None => vec![Layout::PerGroup, Layout::Shared],
+    let layouts = match take_flag(&mut args, "--layout").as_deref() {
+        Some("shared") => vec![Layout::Shared],
+        Some("per-group") => vec![Layout::PerGroup],
+        Some("both") | None => vec![Layout::PerGroup, Layout::Shared],
+        Some(other) => anyhow::bail!("--layout shared|per-group|both, not {other:?}"),
     };
+    let hibernate_after = match take_flag(&mut args, "--hibernate-after-ms") {
+        Some(ms) => Duration::from_millis(ms.parse()?),
+        None => hibernate::HIBERNATE_AFTER,
+    };
+    let busy: Option<u64> = take_flag(&mut args, "--busy")
+        .map(|n| n.parse())
+        .transpose()?;
     let counts: Vec<u64> = args
         .iter()
         .map(|arg| arg.parse())
@@ -288,11 +354,22 @@ fn main() -> anyhow::Result<()> {
     let idle_for = Duration::from_secs(5);
     let write_for = Duration::from_secs(5);
     println!(
-        "3 nodes x 1 core in one process; idle CPU over {idle_for:?}, then one writer per group for {write_for:?}"
+        "3 nodes x 1 core in one process; idle CPU over {idle_for:?} (hibernation after {hibernate_after:?}, 0 = off), \
+         then one writer per busy group ({}) for {write_for:?}",
+        busy.map_or("all".to_string(), |n| n.to_string())
     );
     println!(
-        "{:>10} {:>7} {:>18} {:>14} {:>16}",
-        "log", "groups", "idle CPU per core", "per group", "busy writes/s"
+        "{:>10} {:>7} {:>7} {:>18} {:>10} {:>14} {:>10} {:>10} {:>12} {:>14}",
+        "log",
+        "groups",
+        "asleep",
+        "idle CPU per core",
+        "per group",
+        "busy writes/s",
+        "p50 ms",
+        "p99 ms",
+        "flushes/s",
+        "CPU us/write"
     );
     for (&groups, &layout) in counts
         .iter()
@@ -311,6 +388,7 @@ fn main() -> anyhow::Result<()> {
                     groups,
                     base.join(format!("n{id}")),
                     layout,
+                    hibernate_after,
                 )
             })
             .collect();
@@ -326,34 +404,53 @@ fn main() -> anyhow::Result<()> {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        // Let start-up work (elections, first appends) settle.
+        // Let start-up work (elections, first appends) settle, and the
+        // groups fall asleep when hibernation is on.
         std::thread::sleep(Duration::from_secs(1));
+        if !hibernate_after.is_zero() {
+            std::thread::sleep(hibernate_after + Duration::from_secs(1));
+        }
         let tids: Vec<u32> = nodes.iter().map(|(n, _)| ask(n, Ask::ThreadId)).collect();
         let before: Duration = tids.iter().map(|t| thread_cpu(*t)).sum();
         std::thread::sleep(idle_for);
         let used: Duration = tids.iter().map(|t| thread_cpu(*t)).sum::<Duration>() - before;
         let per_core = used.as_secs_f64() / idle_for.as_secs_f64() / 3.0 * 100.0;
+        let asleep: usize = nodes.iter().map(|(n, _)| ask(n, Ask::Asleep)).sum();
+        let busy_before: Duration = tids.iter().map(|t| thread_cpu(*t)).sum();
         let answers: Vec<_> = nodes
             .iter()
             .map(|(n, _)| {
                 let (reply, answer) = oneshot::channel();
-                n.send_blocking(Ask::Write(write_for, reply))
+                n.send_blocking(Ask::Write(write_for, busy.unwrap_or(groups), reply))
                     .expect("node alive");
                 answer
             })
             .collect();
-        let writes: u64 = answers
-            .into_iter()
-            .map(|a| futures::executor::block_on(a).expect("answer"))
-            .sum();
+        let mut latencies = Vec::new();
+        let mut flushes = 0;
+        for answer in answers {
+            let (node_latencies, node_flushes) =
+                futures::executor::block_on(answer).expect("answer");
+            latencies.extend(node_latencies);
+            flushes += node_flushes;
+        }
+        latencies.sort_unstable();
+        let writes = latencies.len() as u64;
+        // The three nodes' executor threads: all the CPU a write costs.
+        let busy_cpu = tids.iter().map(|t| thread_cpu(*t)).sum::<Duration>() - busy_before;
         let name = match layout {
             Layout::Shared => "shared",
             Layout::PerGroup => "per-group",
         };
         println!(
-            "{name:>10} {groups:>7} {per_core:>17.1}% {:>13.2}% {:>16.0}",
+            "{name:>10} {groups:>7} {:>7} {per_core:>17.1}% {:>9.2}% {:>14.0} {:>10.2} {:>10.2} {:>12.0} {:>14.1}",
+            format!("{asleep}/{}", 3 * groups),
             per_core / groups as f64,
-            writes as f64 / write_for.as_secs_f64()
+            writes as f64 / write_for.as_secs_f64(),
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+            flushes as f64 / write_for.as_secs_f64(),
+            busy_cpu.as_secs_f64() * 1e6 / writes.max(1) as f64
         );
         for (node, thread) in nodes {
             ask(&node, Ask::Stop);

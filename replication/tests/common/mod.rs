@@ -15,6 +15,8 @@ use glommio::net::TcpListener;
 use tinkerdb_replication::group::{
     self, CoreGroups, GroupSpec, GroupStatus, MemberChange, ReadRefused,
 };
+use tinkerdb_replication::health::{self, HealthTable};
+use tinkerdb_replication::hibernate;
 use tinkerdb_replication::network::Peers;
 use tinkerdb_replication::state_machine::{Applier, WholeCopy};
 use tinkerdb_replication::transport::serve_peers_until;
@@ -81,8 +83,14 @@ pub enum Ask {
     Len(oneshot::Sender<usize>),
     Status(oneshot::Sender<GroupStatus>),
     Change(MemberChange, oneshot::Sender<Result<Vec<NodeId>, String>>),
+    /// Whether the group sleeps on this node (`hibernate`).
+    Asleep(oneshot::Sender<bool>),
     Stop(oneshot::Sender<()>),
 }
+
+/// The harness's groups hibernate after this much quiet (short, so tests
+/// see it; every test runs with hibernation on, as a node does).
+pub const TEST_HIBERNATE_AFTER: Duration = Duration::from_millis(600);
 
 pub struct NodeThread {
     asks: async_channel::Sender<Ask>,
@@ -163,6 +171,21 @@ pub fn start_node_with(
                     .await
                     .unwrap();
                 groups.insert(GROUP, raft.clone());
+                // Health probes and hibernation, as a node runs them.
+                let health = Rc::new(HealthTable::default());
+                let members = {
+                    let raft = raft.clone();
+                    move || group::status(&raft, GROUP).other_members()
+                };
+                glommio::spawn_local(health::probe_peers(peers.clone(), health.clone(), members))
+                    .detach();
+                glommio::spawn_local(hibernate::run(
+                    groups.clone(),
+                    health,
+                    id,
+                    TEST_HIBERNATE_AFTER,
+                ))
+                .detach();
                 while let Ok(ask) = inbox.recv().await {
                     match ask {
                         Ask::Write(command, reply) => {
@@ -217,6 +240,9 @@ pub fn start_node_with(
                             })
                             .detach();
                         }
+                        Ask::Asleep(reply) => {
+                            let _ = reply.send(hibernate::is_asleep(GROUP));
+                        }
                         Ask::Stop(reply) => {
                             raft.shutdown().await.unwrap();
                             // The listener and every accepted connection
@@ -257,6 +283,9 @@ impl NodeThread {
     }
     pub fn leader(&self) -> Option<NodeId> {
         self.ask(Ask::Leader)
+    }
+    pub fn asleep(&self) -> bool {
+        self.ask(Ask::Asleep)
     }
     pub fn len(&self) -> usize {
         self.ask(Ask::Len)
