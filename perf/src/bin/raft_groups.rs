@@ -319,6 +319,23 @@ fn take_flag(args: &mut Vec<String>, name: &str) -> Option<String> {
     Some(value)
 }
 
+/// This process's resident memory, bytes.
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| {
+            value
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
 fn percentile(sorted: &[u64], quantile: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -359,10 +376,11 @@ fn main() -> anyhow::Result<()> {
         busy.map_or("all".to_string(), |n| n.to_string())
     );
     println!(
-        "{:>10} {:>7} {:>7} {:>18} {:>10} {:>14} {:>10} {:>10} {:>12} {:>14}",
+        "{:>10} {:>7} {:>7} {:>9} {:>18} {:>10} {:>14} {:>10} {:>10} {:>12} {:>14}",
         "log",
         "groups",
         "asleep",
+        "KiB/group",
         "idle CPU per core",
         "per group",
         "busy writes/s",
@@ -379,6 +397,7 @@ fn main() -> anyhow::Result<()> {
             std::env::temp_dir().join(format!("tinkerdb-raft-groups-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         let addrs = free_addrs();
+        let rss_before = resident_bytes();
         let nodes: Vec<_> = addrs
             .keys()
             .map(|&id| {
@@ -416,6 +435,10 @@ fn main() -> anyhow::Result<()> {
         let used: Duration = tids.iter().map(|t| thread_cpu(*t)).sum::<Duration>() - before;
         let per_core = used.as_secs_f64() / idle_for.as_secs_f64() / 3.0 * 100.0;
         let asleep: usize = nodes.iter().map(|(n, _)| ask(n, Ask::Asleep)).sum();
+        // What the groups hold idle: the executors' own memory included, so
+        // one group's figure is an upper bound.
+        let kib_per_group =
+            resident_bytes().saturating_sub(rss_before) as f64 / 1024.0 / (3 * groups) as f64;
         let busy_before: Duration = tids.iter().map(|t| thread_cpu(*t)).sum();
         let answers: Vec<_> = nodes
             .iter()
@@ -443,7 +466,7 @@ fn main() -> anyhow::Result<()> {
             Layout::PerGroup => "per-group",
         };
         println!(
-            "{name:>10} {groups:>7} {:>7} {per_core:>17.1}% {:>9.2}% {:>14.0} {:>10.2} {:>10.2} {:>12.0} {:>14.1}",
+            "{name:>10} {groups:>7} {:>7} {kib_per_group:>9.0} {per_core:>17.1}% {:>9.2}% {:>14.0} {:>10.2} {:>10.2} {:>12.0} {:>14.1}",
             format!("{asleep}/{}", 3 * groups),
             per_core / groups as f64,
             writes as f64 / write_for.as_secs_f64(),
