@@ -774,3 +774,69 @@ pub async fn hand_off_leadership<A: Applier>(
     }
     None
 }
+
+/// A range whose oldest live entry keeps more than this many segments of
+/// its core's shared log alive (16 MiB each) is made to let go.
+pub const MAX_SEGMENTS_PINNED: usize = 8;
+/// How often a core looks for ranges that pin its log's segments.
+pub const PINNED_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Makes the ranges that hold the core's shared log back let go, forever
+/// (a task per core). A range's oldest live entry pins every segment from
+/// its own on, whatever the other ranges purged: an idle range keeps the
+/// entries since its last snapshot (up to [`LOGS_KEPT_AFTER_SNAPSHOT`])
+/// while busy neighbours fill segment after segment. Every `every`, each
+/// range that pins more than `max_segments` segments (see
+/// [`CoreLog::ranges_pinning`]) is asked to purge its log up to its
+/// snapshot (ignoring the entries openraft keeps for followers a little
+/// behind: those catch up by snapshot instead), or, when its snapshot
+/// covers nothing more to purge, to take a snapshot first (purged at the
+/// next look).
+pub async fn release_pinned_segments<A: Applier>(
+    groups: Rc<CoreGroups<A>>,
+    log: CoreLog,
+    max_segments: usize,
+    every: Duration,
+) {
+    use openraft::rt::WatchReceiver;
+    loop {
+        glommio::timer::sleep(every).await;
+        let pinning = match log.ranges_pinning(max_segments) {
+            Ok(pinning) => pinning,
+            Err(error) => {
+                tracing::warn!(dir = %log.dir().display(), %error, "cannot list the log's segments");
+                continue;
+            }
+        };
+        for range in pinning {
+            let Some(raft) = groups.get(range) else {
+                continue; // not a group of this core (any more)
+            };
+            let (snapshot, purged) = {
+                let metrics = raft.metrics();
+                let metrics = metrics.borrow_watched();
+                (
+                    metrics.snapshot.map(|id| id.index),
+                    metrics.purged.map(|id| id.index),
+                )
+            };
+            let result = match snapshot {
+                Some(at) if purged.is_none_or(|purged| purged < at) => {
+                    tracing::info!(
+                        range,
+                        upto = at,
+                        "range pins the core's log: purging to its snapshot"
+                    );
+                    raft.trigger().purge_log(at).await
+                }
+                _ => {
+                    tracing::info!(range, "range pins the core's log: taking a snapshot");
+                    raft.trigger().snapshot().await
+                }
+            };
+            if let Err(error) = result {
+                tracing::warn!(range, %error, "cannot release the range's log");
+            }
+        }
+    }
+}

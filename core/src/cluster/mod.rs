@@ -76,6 +76,13 @@ pub async fn start_replica(
         .await
         .map_err(|error| anyhow::anyhow!("core {core}: {error}"))?;
     groups.insert(spec.group, raft.clone());
+    glommio::spawn_local(group::release_pinned_segments(
+        groups.clone(),
+        spec.log.clone(),
+        group::MAX_SEGMENTS_PINNED,
+        group::PINNED_CHECK_INTERVAL,
+    ))
+    .detach();
     // Spread first leaders: group c prefers node (c mod n) + 1.
     let preferred = cluster.nodes[core % cluster.nodes.len()].id;
     if preferred == cluster.node_id && raft.current_leader().await.is_none() {

@@ -64,8 +64,9 @@
 //! then deletes the segments. Truncation and drop records need no copy:
 //! segments go in prefix order, so a marker is deleted only together with
 //! every entry it voids. A range whose first live entry is old pins every
-//! segment after it: [`CoreLog::ranges_pinning`] names them, so the node can
-//! ask them to snapshot (their purge then frees the segments).
+//! segment after it: [`CoreLog::ranges_pinning`] names them, and
+//! `group::release_pinned_segments` (a task per core) makes them purge to
+//! their snapshot, or snapshot first.
 //!
 //! # Memory
 //!
