@@ -316,6 +316,10 @@ pub struct ClusterShard {
     pub snapshot_index: Option<u64>,
     /// Last log index purged from this node's log.
     pub purged_index: Option<u64>,
+    /// Whether the group sleeps on this node: idle, its Raft timers
+    /// parked (no heartbeats: a leader's `last_ack_ms` then grows while
+    /// all is well); the first request wakes it.
+    pub asleep: bool,
     /// When this node leads the shard: each other member's progress.
     pub followers: Vec<ShardFollower>,
 }
@@ -357,6 +361,7 @@ async fn cluster_status(State(state): State<AppState>) -> ApiResult<Json<Cluster
                     learners: raft.learners.iter().map(|(id, _)| *id).collect(),
                     snapshot_index: raft.snapshot_index,
                     purged_index: raft.purged_index,
+                    asleep: raft.asleep,
                     followers: raft
                         .followers
                         .iter()
@@ -407,6 +412,7 @@ async fn cluster_status(State(state): State<AppState>) -> ApiResult<Json<Cluster
                 learners: Vec::new(),
                 snapshot_index: None,
                 purged_index: None,
+                asleep: false,
                 followers: Vec::new(),
                 role: "Leader".into(),
                 last_log_index: None,

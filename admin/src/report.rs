@@ -54,6 +54,8 @@ pub struct RaftReport {
     pub snapshot_index: Option<u64>,
     /// Last index purged from this replica's log.
     pub purged_index: Option<u64>,
+    /// Whether the group sleeps on this node (no heartbeats while idle).
+    pub asleep: bool,
     /// On the leader: how each other member keeps up.
     pub followers: Vec<FollowerReport>,
     /// This core's health probes of its peers.

@@ -642,6 +642,9 @@ pub struct GroupStatus {
     pub snapshot_index: Option<u64>,
     /// Last log index purged from this replica's log (covered by a snapshot).
     pub purged_index: Option<u64>,
+    /// Whether the group sleeps on this node ([`crate::hibernate`]): no
+    /// heartbeats, so a leader's `last_ack_ms` grows while all is well.
+    pub asleep: bool,
     /// On the leader: each other member's progress (empty elsewhere).
     pub followers: Vec<FollowerProgress>,
 }
@@ -725,6 +728,7 @@ pub fn status<A: Applier>(raft: &GroupRaft<A>, group: u64) -> GroupStatus {
         learners: membership.learner_ids().map(with_addr).collect(),
         snapshot_index: metrics.snapshot.map(|log_id| log_id.index),
         purged_index: metrics.purged.map(|log_id| log_id.index),
+        asleep: crate::hibernate::is_asleep(group),
         followers,
     }
 }
@@ -743,6 +747,24 @@ pub async fn hand_off_leadership<A: Applier>(
     group: u64,
     timeout: Duration,
 ) -> Option<NodeId> {
+    if status(raft, group).leader != Some(*raft.node_id()) {
+        return None;
+    }
+    // A sleeping group has heard nothing from its followers lately: wake
+    // it and let one heartbeat round show who answers.
+    if crate::hibernate::is_asleep(group) {
+        crate::hibernate::wake(raft, group);
+        let _ = raft.trigger().heartbeat().await;
+        let heard_by = Instant::now() + HEARTBEAT_INTERVAL * 5;
+        while Instant::now() < heard_by
+            && !status(raft, group)
+                .followers
+                .iter()
+                .any(|follower| follower.last_ack_ms.is_some_and(|ms| ms < 1_000))
+        {
+            glommio::timer::sleep(HAND_OFF_POLL).await;
+        }
+    }
     let before = status(raft, group);
     if before.leader != Some(before.node_id) {
         return None;

@@ -1,8 +1,9 @@
 //! Hibernation of idle groups (`replication::hibernate`) on three real
 //! nodes (executors, sockets, WALs): an idle group sleeps on every node,
 //! a write through a follower wakes it and succeeds at once, it sleeps
-//! again once quiet, and when the sleeping group's leader dies the other
-//! two notice through their health probes, elect, and take writes.
+//! again once quiet, a graceful hand-off of its leadership works while it
+//! sleeps, and when the sleeping group's leader dies the other two notice
+//! through their health probes, elect, and take writes.
 
 mod common;
 
@@ -65,6 +66,29 @@ fn an_idle_group_sleeps_wakes_for_a_write_and_fails_over_when_its_leader_dies() 
         all_asleep(&nodes)
     });
 
+    // A graceful stop hands a sleeping group's leadership over at once
+    // (it wakes the group to see which followers answer first: asleep for
+    // over a second, no follower has acknowledged anything lately).
+    std::thread::sleep(Duration::from_millis(1500));
+    let started = Instant::now();
+    let taker = nodes[&leader].hand_off();
+    let hand_off = started.elapsed();
+    let Some(taker) = taker else {
+        panic!("no hand-off of a sleeping group's leadership");
+    };
+    assert_ne!(taker, leader);
+    assert!(
+        hand_off < Duration::from_secs(3),
+        "the hand-off took {hand_off:?}"
+    );
+    assert_eq!(agreed_leader(&nodes), taker);
+    let leader = taker;
+    wait_for(
+        "the group asleep after the hand-off",
+        Duration::from_secs(20),
+        || all_asleep(&nodes),
+    );
+
     // The sleeping group's leader dies: the others see it down and elect.
     let died_at = Instant::now();
     nodes.remove(&leader).unwrap().stop();
@@ -88,7 +112,9 @@ fn an_idle_group_sleeps_wakes_for_a_write_and_fails_over_when_its_leader_dies() 
         assert_eq!(node.read("before").unwrap(), Some(b"1".to_vec()));
         assert_eq!(node.read("woken").unwrap(), Some(b"2".to_vec()));
     }
-    eprintln!("failover of a sleeping group: {failover:?}, a write that woke it: {took:?}");
+    eprintln!(
+        "failover of a sleeping group: {failover:?}, a write that woke it: {took:?}, a hand-off: {hand_off:?}"
+    );
     for (_, node) in nodes {
         node.stop();
     }

@@ -327,6 +327,7 @@ fn report(context: &CoreContext) -> CoreReport {
                 learners: status.learners,
                 snapshot_index: status.snapshot_index,
                 purged_index: status.purged_index,
+                asleep: status.asleep,
                 followers: status
                     .followers
                     .into_iter()

@@ -85,6 +85,8 @@ pub enum Ask {
     Change(MemberChange, oneshot::Sender<Result<Vec<NodeId>, String>>),
     /// Whether the group sleeps on this node (`hibernate`).
     Asleep(oneshot::Sender<bool>),
+    /// Hands this node's leadership to another voter (graceful stop).
+    HandOff(oneshot::Sender<Option<NodeId>>),
     Stop(oneshot::Sender<()>),
 }
 
@@ -243,6 +245,19 @@ pub fn start_node_with(
                         Ask::Asleep(reply) => {
                             let _ = reply.send(hibernate::is_asleep(GROUP));
                         }
+                        Ask::HandOff(reply) => {
+                            let raft = raft.clone();
+                            glommio::spawn_local(async move {
+                                let to = group::hand_off_leadership(
+                                    &raft,
+                                    GROUP,
+                                    Duration::from_secs(5),
+                                )
+                                .await;
+                                let _ = reply.send(to);
+                            })
+                            .detach();
+                        }
                         Ask::Stop(reply) => {
                             raft.shutdown().await.unwrap();
                             // The listener and every accepted connection
@@ -286,6 +301,9 @@ impl NodeThread {
     }
     pub fn asleep(&self) -> bool {
         self.ask(Ask::Asleep)
+    }
+    pub fn hand_off(&self) -> Option<NodeId> {
+        self.ask(Ask::HandOff)
     }
     pub fn len(&self) -> usize {
         self.ask(Ask::Len)
