@@ -568,6 +568,12 @@ fn format_cluster_status(status: &serde_json::Value) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        // A hibernating group: idle, no heartbeats (docs/replication.md).
+        let lag = if shard["asleep"] == true {
+            format!("{lag} (asleep)")
+        } else {
+            lag
+        };
         let _ = writeln!(
             out,
             "{:<7}{:<13}{:<8}{:<6}{:<11}{:>10}{:>10}{:>10}  {lag}",
