@@ -74,11 +74,14 @@ thread_local! {
 }
 
 /// Wakes `group` (running on this core) now: its timers run again and it
-/// stays awake for at least [`HIBERNATE_AFTER`]. Cheap when it is awake.
+/// stays awake for at least [`HIBERNATE_AFTER`]. Cheap when it is awake
+/// (on every write's path): the checker turns the ticker off only
+/// together with marking the group asleep, so only then is it turned on.
 pub fn wake<A: Applier>(raft: &GroupRaft<A>, group: u64) {
     WOKEN.with(|woken| woken.borrow_mut().insert(group, Instant::now()));
-    ASLEEP.with(|asleep| asleep.borrow_mut().remove(&group));
-    raft.runtime_config().tick(true);
+    if ASLEEP.with(|asleep| asleep.borrow_mut().remove(&group)) {
+        raft.runtime_config().tick(true);
+    }
 }
 
 /// Whether `group` should sleep now (module doc), from its metrics.
@@ -91,7 +94,8 @@ fn should_sleep<A: Applier>(
     if !quiet {
         return false;
     }
-    let metrics = raft.metrics().borrow_watched().clone();
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow_watched();
     let voters: Vec<NodeId> = metrics.membership_config.voter_ids().collect();
     match metrics.state {
         ServerState::Leader => {
@@ -127,7 +131,9 @@ pub async fn run<A: Applier>(
     loop {
         glommio::timer::sleep(CHECK_INTERVAL).await;
         let now = Instant::now();
-        for (group, raft) in groups.all() {
+        let all = groups.all();
+        for (group, raft) in &all {
+            let (group, raft) = (*group, raft);
             let last_log_index = raft.metrics().borrow_watched().last_log_index;
             let woken_at = WOKEN.with(|woken| woken.borrow().get(&group).copied());
             let watch = watches.entry(group).or_insert(Watch {
@@ -143,10 +149,9 @@ pub async fn run<A: Applier>(
                 watch.active_at = woken_at;
             }
             let quiet = now.duration_since(watch.active_at) >= hibernate_after;
-            let sleep = should_sleep(&raft, me, &health, quiet);
-            // Always told, not only on a change: `wake` may have turned the
-            // ticker on behind the checker's back (openraft ignores a
-            // repeated value).
+            let sleep = should_sleep(raft, me, &health, quiet);
+            // Told every time (openraft ignores a repeated value): one
+            // source of truth with `ASLEEP`, which `wake` relies on.
             raft.runtime_config().tick(!sleep);
             ASLEEP.with(|asleep| {
                 let mut asleep = asleep.borrow_mut();
@@ -161,7 +166,7 @@ pub async fn run<A: Applier>(
                 watch.asleep = sleep;
             }
         }
-        let live: HashSet<u64> = groups.all().into_iter().map(|(group, _)| group).collect();
+        let live: HashSet<u64> = all.into_iter().map(|(group, _)| group).collect();
         watches.retain(|group, _| live.contains(group));
     }
 }

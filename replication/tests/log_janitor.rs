@@ -28,20 +28,6 @@ fn put(key: String, bytes: usize) -> Command {
     }
 }
 
-fn segments(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .filter(|entry| {
-            entry
-                .as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".wal")
-        })
-        .count()
-}
-
 #[test]
 fn an_idle_range_that_pins_the_log_is_made_to_snapshot_and_purge() {
     let dir = common::fresh_dir("janitor");
@@ -81,7 +67,7 @@ fn an_idle_range_that_pins_the_log_is_made_to_snapshot_and_purge() {
                 .unwrap();
         }
         log.reclaim_now().await;
-        let pinned = segments(log.dir());
+        let pinned = log.segment_count().unwrap();
         assert!(pinned >= 5, "{pinned} segments: the test writes too little");
         // The idle range holds the log back, first of all (the busy one
         // keeps the entries since its last snapshot too).
@@ -98,12 +84,13 @@ fn an_idle_range_that_pins_the_log_is_made_to_snapshot_and_purge() {
         ))
         .detach();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while log.ranges_pinning(2).unwrap().contains(&1) || segments(log.dir()) >= pinned {
+        while log.ranges_pinning(2).unwrap().contains(&1) || log.segment_count().unwrap() >= pinned
+        {
             assert!(
                 Instant::now() < deadline,
                 "still pinned after 30 s: {:?}, {} segments",
                 log.ranges_pinning(2).unwrap(),
-                segments(log.dir())
+                log.segment_count().unwrap()
             );
             glommio::timer::sleep(Duration::from_millis(50)).await;
         }

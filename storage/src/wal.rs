@@ -1240,6 +1240,24 @@ async fn prepare_segment(path: PathBuf) -> Result<DmaFile, String> {
     Ok(file)
 }
 
+/// The first indexes of the WAL segments in `dir` (their names),
+/// ascending; none for a directory that does not exist.
+pub fn segment_first_indexes(dir: &Path) -> std::io::Result<Vec<u64>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(error),
+    };
+    let mut firsts: Vec<u64> = entries
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name();
+            name.to_str()?.strip_suffix(".wal")?.parse().ok()
+        })
+        .collect();
+    firsts.sort_unstable();
+    Ok(firsts)
+}
+
 /// Deletes segments a snapshot made redundant.
 #[derive(Debug, Clone)]
 pub struct PurgeHandle {
@@ -1256,13 +1274,7 @@ impl PurgeHandle {
     /// every segment followed by a segment starting at or before `index + 1`.
     /// Never leaves a hole: the segment holding `index + 1` stays.
     pub fn purge_up_to(&self, index: u64) -> std::io::Result<usize> {
-        let mut firsts: Vec<u64> = std::fs::read_dir(&self.dir)?
-            .filter_map(|entry| {
-                let name = entry.ok()?.file_name();
-                name.to_str()?.strip_suffix(".wal")?.parse().ok()
-            })
-            .collect();
-        firsts.sort_unstable();
+        let firsts = segment_first_indexes(&self.dir)?;
         let mut removed = 0;
         for pair in firsts.windows(2) {
             if pair[1] <= index + 1 {

@@ -444,14 +444,14 @@ impl CoreLog {
 
     /// The WAL segments on disk.
     pub fn segment_count(&self) -> io::Result<usize> {
-        Ok(segment_firsts(&self.inner.dir)?.len())
+        Ok(wal::segment_first_indexes(&self.inner.dir)?.len())
     }
 
     /// The ranges whose oldest live entry keeps more than `max_segments`
     /// segments alive, oldest first: they should snapshot (and purge) so
     /// the segments can go.
     pub fn ranges_pinning(&self, max_segments: usize) -> io::Result<Vec<RangeId>> {
-        let firsts = segment_firsts(&self.inner.dir)?;
+        let firsts = wal::segment_first_indexes(&self.inner.dir)?;
         let mut pinning: Vec<(u64, RangeId)> = self
             .inner
             .ranges
@@ -553,7 +553,7 @@ impl CoreLog {
 
     /// Deletes the segments no range needs (module doc); returns how many.
     async fn reclaim(&self) -> io::Result<usize> {
-        let firsts = segment_firsts(&self.inner.dir)?;
+        let firsts = wal::segment_first_indexes(&self.inner.dir)?;
         let entry_floor = self
             .inner
             .ranges
@@ -602,25 +602,9 @@ impl CoreLog {
     }
 }
 
-/// The first indexes of the WAL segments in `dir`, ascending.
-fn segment_firsts(dir: &Path) -> io::Result<Vec<u64>> {
-    let mut firsts: Vec<u64> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(|entry| {
-                let name = entry.ok()?.file_name();
-                name.to_str()?.strip_suffix(".wal")?.parse().ok()
-            })
-            .collect(),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Vec::new(),
-        Err(error) => return Err(error),
-    };
-    firsts.sort_unstable();
-    Ok(firsts)
-}
-
 /// The first index of the oldest WAL segment in `dir`, if any.
 fn first_segment_index(dir: &Path) -> Result<Option<u64>, OpenError> {
-    let firsts = segment_firsts(dir).map_err(|source| OpenError::Io {
+    let firsts = wal::segment_first_indexes(dir).map_err(|source| OpenError::Io {
         dir: dir.to_owned(),
         source,
     })?;
