@@ -256,7 +256,7 @@ async fn node_status(State(state): State<AppState>) -> ApiResult<Json<NodeStatus
 pub struct ClusterNode {
     /// Node id.
     pub id: u64,
-    /// Client address (standalone), or Raft address of core 0 (cluster).
+    /// Client address (standalone), or the node's Raft address (cluster).
     pub address: String,
     /// Health as this node's probes see it: `up` (answered within 2 s on
     /// every core), `down` (silent or failing on some core), `unknown`
@@ -320,6 +320,10 @@ pub struct ClusterShard {
     /// parked (no heartbeats: a leader's `last_ack_ms` then grows while
     /// all is well); the first request wakes it.
     pub asleep: bool,
+    /// The range's configuration epoch: the log index of the membership
+    /// this node's replica uses, raised by every change of the replicas
+    /// (0 on a standalone node). Requests will carry it once ranges move.
+    pub epoch: u64,
     /// When this node leads the shard: each other member's progress.
     pub followers: Vec<ShardFollower>,
 }
@@ -362,6 +366,7 @@ async fn cluster_status(State(state): State<AppState>) -> ApiResult<Json<Cluster
                     snapshot_index: raft.snapshot_index,
                     purged_index: raft.purged_index,
                     asleep: raft.asleep,
+                    epoch: raft.epoch,
                     followers: raft
                         .followers
                         .iter()
@@ -413,6 +418,7 @@ async fn cluster_status(State(state): State<AppState>) -> ApiResult<Json<Cluster
                 snapshot_index: None,
                 purged_index: None,
                 asleep: false,
+                epoch: 0,
                 followers: Vec::new(),
                 role: "Leader".into(),
                 last_log_index: None,
@@ -438,7 +444,6 @@ fn cluster_nodes(me: u64, reports: &[CoreReport]) -> Vec<ClusterNode> {
         for ((id, addr), role) in members {
             nodes.entry(*id).or_insert_with(|| ClusterNode {
                 id: *id,
-                // Core 0's address is the node's; other cores add their index.
                 address: addr.clone(),
                 state: if *id == me { "up" } else { "unknown" }.into(),
                 is_self: *id == me,
@@ -480,8 +485,7 @@ pub struct AddNodeBody {
     /// Its node id (unique, at least 1).
     #[schema(minimum = 1)]
     pub id: u64,
-    /// Its Raft address for core 0 (`HOST:PORT`); core `c` listens on
-    /// port + `c`.
+    /// Its Raft address (`HOST:PORT`): one port, whatever its core count.
     pub raft: String,
     /// Its number of cores: must equal this cluster's (group `c` lives on
     /// core `c` of every node).
@@ -548,27 +552,21 @@ async fn add_node(
     }
     // HOST:PORT: an IP or a host name (resolved by the members whenever
     // they connect, so it may name a container that changes IP).
-    let port = body
-        .raft
+    body.raft
         .rsplit_once(':')
         .filter(|(host, _)| !host.is_empty())
         .and_then(|(_, port)| port.parse::<u16>().ok())
+        .filter(|&port| port != 0)
         .ok_or_else(|| {
             ApiError::new(
                 ErrorCode::InvalidArgument,
                 format!("raft: {:?} is not a HOST:PORT address", body.raft),
             )
         })?;
-    if usize::from(port) + cores > usize::from(u16::MAX) + 1 {
-        return Err(ApiError::new(
-            ErrorCode::InvalidArgument,
-            "raft: the port + cores must stay below 65536",
-        ));
-    }
-    let raft_base = body.raft.trim().to_owned();
+    let raft = body.raft.trim().to_owned();
     change_membership(&state, body.id, || CoreRequest::AddMember {
         id: body.id,
-        raft_base: raft_base.clone(),
+        raft: raft.clone(),
     })
     .await
 }

@@ -56,14 +56,14 @@ pub enum CoreRequest {
     /// Replace this core's tenant list (ids are list positions; the list
     /// only ever grows, so ids held by open connections stay valid).
     InstallTenants(Arc<Vec<TenantSpec>>),
-    /// Cluster mode: make node `id` a voter of this core's group; its core
-    /// `c` listens for Raft on `raft_base` port + `c`.
+    /// Cluster mode: make node `id` a voter of this core's group, reached
+    /// at its Raft address `raft`.
     AddMember {
         /// The node.
         id: u64,
-        /// Its Raft address for core 0, `HOST:PORT` (an IP or a host
-        /// name, as its peers are to dial it).
-        raft_base: String,
+        /// Its Raft address, `HOST:PORT` (an IP or a host name, as its
+        /// peers are to dial it).
+        raft: String,
     },
     /// Cluster mode: remove node `id` from this core's group.
     RemoveMember {

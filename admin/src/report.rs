@@ -56,6 +56,9 @@ pub struct RaftReport {
     pub purged_index: Option<u64>,
     /// Whether the group sleeps on this node (no heartbeats while idle).
     pub asleep: bool,
+    /// The range's configuration epoch (log index of the membership this
+    /// replica uses; raised by every change of the replicas).
+    pub epoch: u64,
     /// On the leader: how each other member keeps up.
     pub followers: Vec<FollowerReport>,
     /// This core's health probes of its peers.

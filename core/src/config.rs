@@ -103,8 +103,8 @@ pub struct ClusterConfig {
     /// its groups empty and asks that member to add it.
     #[serde(default)]
     pub join: Option<String>,
-    /// Where this node binds its Raft listener for core 0 (core `c` on
-    /// port + `c`), e.g. `0.0.0.0:7390` in a container. Absent: this
+    /// Where this node binds its one Raft listener (every core's peer
+    /// connections arrive there), e.g. `0.0.0.0:7390` in a container. Absent: this
     /// node's own entry in `nodes`, resolved at start. The node's entry in
     /// `nodes` stays what its peers are told and dial (its advertised Raft
     /// address).
@@ -118,16 +118,16 @@ pub struct ClusterConfig {
 pub struct ClusterNodeConfig {
     /// Node id (unique, at least 1).
     pub id: u64,
-    /// Raft address of the node's core 0 as its peers dial it,
-    /// `HOST:PORT` (an IP or a host name, resolved again on every
-    /// reconnection); core `c` listens on port + `c`.
+    /// The node's Raft address as its peers dial it, `HOST:PORT` (an IP
+    /// or a host name, resolved again on every reconnection); one port
+    /// whatever the node's core count.
     pub raft: PeerAddr,
 }
 
 impl ClusterConfig {
     /// Parses `--peers`: `ID=HOST:PORT,ID=HOST:PORT,...` (every node, this
-    /// one included; the address is the node's Raft address for core 0, an
-    /// IP or a host name). Nothing is resolved here.
+    /// one included; the address is the node's Raft address, an IP or a
+    /// host name). Nothing is resolved here.
     pub fn from_flags(node_id: u64, peers: &str) -> Result<ClusterConfig, ConfigError> {
         let nodes = peers
             .split(',')
@@ -155,7 +155,7 @@ impl ClusterConfig {
 
     /// `--join ADMIN_ADDR --raft-listen ADDR [--advertise-raft HOST:PORT]`:
     /// a node joining a running cluster, bound on `raft_listen` and reached
-    /// by its peers at `advertise` (default: `raft_listen`), both core 0's.
+    /// by its peers at `advertise` (default: `raft_listen`).
     pub fn joining(
         node_id: u64,
         raft_listen: SocketAddr,
@@ -173,7 +173,7 @@ impl ClusterConfig {
         }
     }
 
-    /// This node's entry: its advertised Raft address (core 0).
+    /// This node's entry: its advertised Raft address.
     pub fn me(&self) -> &ClusterNodeConfig {
         self.nodes
             .iter()
@@ -181,7 +181,7 @@ impl ClusterConfig {
             .expect("validated: node_id is one of the nodes")
     }
 
-    /// The address core 0 binds for Raft: `raft_listen`, or this node's
+    /// The address the node binds for Raft: `raft_listen`, or this node's
     /// own entry resolved now (blocking: call before the cores start).
     pub fn raft_bind(&self) -> Result<SocketAddr, ConfigError> {
         if let Some(addr) = self.raft_listen {
@@ -427,16 +427,6 @@ impl NodeConfig {
                     "cluster.node_id {} is not one of cluster.nodes",
                     cluster.node_id
                 ));
-            }
-            let cores_hint = self.cores.max(1);
-            for node in &cluster.nodes {
-                if node.raft.with_port_offset(cores_hint - 1).is_none() {
-                    return invalid(format!(
-                        "cluster.nodes: node {}'s Raft port {} + cores must stay below 65536",
-                        node.id,
-                        node.raft.port()
-                    ));
-                }
             }
             if let Some(listen) = cluster.raft_listen {
                 if listen.port() == 0 {

@@ -120,15 +120,9 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
         // Resolved once, here, before the cores start (a host name in
         // --peers binds where it resolves unless --raft-listen says).
         let bind = cluster.raft_bind()?;
-        if usize::from(bind.port()) + cores > usize::from(u16::MAX) + 1 {
-            anyhow::bail!(
-                "the Raft port {} + {cores} cores must stay below 65536",
-                bind.port()
-            );
-        }
         cluster.raft_listen = Some(bind);
     }
-    refuse_shared_ports(&config, cores)?;
+    refuse_shared_ports(&config)?;
     check_node_file(&config.data_dir, cores, config.databases)?;
     let slot_map = Arc::new(SlotMap::contiguous(cores));
     // The config's tenants, then those created or changed at runtime.
@@ -172,6 +166,15 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
         }
     }
 
+    // Cluster mode: core 0 accepts every peer connection on the node's one
+    // Raft address and hands each to the core hosting its range.
+    let mut peer_sockets: Vec<Option<crate::cluster::PeerSocketEnds>> = match config.cluster {
+        Some(_) => crate::cluster::handoff_channels(cores)
+            .into_iter()
+            .map(Some)
+            .collect(),
+        None => (0..cores).map(|_| None).collect(),
+    };
     let (bound_tx, bound_rx) = mpsc::channel::<anyhow::Result<BoundAddrs>>();
     let (drain_trigger, drain) = stop_signal();
     let (exit_trigger, exit) = stop_signal();
@@ -199,6 +202,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
             config: config.clone(),
             senders,
             receivers,
+            peer_sockets: peer_sockets[core].take(),
             bound: bound_tx.clone(),
             events: events_tx.clone(),
             admin_inbox: admin_listener.is_some().then(|| admin_inboxes.remove(0)),
@@ -480,10 +484,11 @@ fn check_node_file(data_dir: &std::path::Path, cores: usize, databases: u16) -> 
 /// Fails when two of this node's listeners would share a port. The cores
 /// bind the client and RESP ports with `SO_REUSEPORT`, so such a clash does
 /// not fail to bind: the kernel silently hands one listener's connections
-/// to the other (seen: `--listen` on a 2-core node's Raft port + 1 started,
+/// to the other (seen: `--listen` on a 2-core node's Raft port + 1 started
+/// when core c listened for Raft on that port + c,
 /// and clients reached core 1's Raft listener). Port 0 (any free port)
 /// never clashes.
-fn refuse_shared_ports(config: &NodeConfig, cores: usize) -> anyhow::Result<()> {
+fn refuse_shared_ports(config: &NodeConfig) -> anyhow::Result<()> {
     let mut listeners = vec![(config.listen, "clients (--listen)".to_string())];
     if config.resp_enabled {
         listeners.push((
@@ -499,14 +504,10 @@ fn refuse_shared_ports(config: &NodeConfig, cores: usize) -> anyhow::Result<()> 
         .as_ref()
         .and_then(|cluster| cluster.raft_listen)
     {
-        for core in 0..cores {
-            let mut addr = raft;
-            addr.set_port(raft.port() + core as u16);
-            listeners.push((
-                addr,
-                format!("Raft of core {core} (the Raft port + {core})"),
-            ));
-        }
+        listeners.push((
+            raft,
+            "Raft (--raft-listen or this node's --peers entry)".into(),
+        ));
     }
     let overlap = |a: SocketAddr, b: SocketAddr| {
         a.port() == b.port()
@@ -557,6 +558,8 @@ struct CoreSetup {
     config: NodeConfig,
     senders: Vec<Option<SharedSender<CoreMessage>>>,
     receivers: Vec<SharedReceiver<CoreMessage>>,
+    /// Cluster mode: this core's end of the peer-connection hand-off.
+    peer_sockets: Option<crate::cluster::PeerSocketEnds>,
     /// Told the bound address (or why binding failed) first thing.
     bound: mpsc::Sender<anyhow::Result<BoundAddrs>>,
     /// Told once the core is connected to the others and serving.
@@ -602,6 +605,7 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
         .into_iter()
         .map(|receiver| glommio::spawn_local(receiver.connect()))
         .collect();
+    let peer_sockets = setup.peer_sockets.map(|ends| ends.connect());
     let mut peers = Vec::with_capacity(setup.senders.len());
     for sender in setup.senders {
         peers.push(match sender {
@@ -669,7 +673,8 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
     }
     apply_quotas(&context, &setup.tenants);
     if let Some(cluster) = &setup.config.cluster {
-        crate::cluster::start_replica(&context, cluster, &setup.config.raft).await?;
+        let peer_sockets = peer_sockets.expect("cluster mode makes the hand-off channels");
+        crate::cluster::start_replica(&context, cluster, &setup.config.raft, peer_sockets).await?;
     }
     for connecting in inbound_connecting {
         let inbound = connecting.await;

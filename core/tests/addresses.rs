@@ -45,9 +45,7 @@ fn node_args(id: u64, peers: &str, raft_port: u16) -> Vec<String> {
 
 #[test]
 fn a_cluster_of_host_names_replicates_and_a_node_joins_by_name() {
-    let ports: Vec<u16> = (0..4)
-        .map(|_| common::free_port_block(CORES as u16))
-        .collect();
+    let ports: Vec<u16> = (0..4).map(|_| common::free_port_block(1)).collect();
     let peers = (1..=3)
         .map(|id| format!("{id}=localhost:{}", ports[id as usize - 1]))
         .collect::<Vec<_>>()
@@ -165,10 +163,11 @@ fn advertise_raft_must_match_the_own_peers_entry() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// The clash a new user hit: a 2-core node whose Raft base port is P gives
-/// core 1 the Raft port P + 1; `--listen` on P + 1 used to start (both bound
-/// with SO_REUSEPORT) and clients reached the Raft listener. The node must
-/// refuse to start and name both listeners.
+/// The clash a new user hit: a 2-core node whose Raft port was P gave core
+/// 1 the Raft port P + 1; `--listen` on P + 1 started (both bound with
+/// SO_REUSEPORT) and clients reached the Raft listener. A node now has one
+/// Raft port, and a listener on the same port refuses the start, naming
+/// both listeners.
 #[test]
 fn two_listeners_on_one_port_refuse_to_start_and_say_which() {
     let base = common::free_port_block(4);
@@ -176,7 +175,7 @@ fn two_listeners_on_one_port_refuse_to_start_and_say_which() {
     let mut child = Command::new(common::workspace_binary("tinkerdb"))
         .args(["--cores", "2", "--node-id", "1"])
         .args(["--peers", &format!("1=127.0.0.1:{base}")])
-        .args(["--listen", &format!("127.0.0.1:{}", base + 1)])
+        .args(["--listen", &format!("127.0.0.1:{base}")])
         .args(["--resp-listen", &format!("127.0.0.1:{}", base + 2)])
         .args(["--admin-listen", &format!("127.0.0.1:{}", base + 3)])
         .arg("--data-dir")
@@ -195,9 +194,93 @@ fn two_listeners_on_one_port_refuse_to_start_and_say_which() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(exited && !output.status.success(), "it started: {stderr}");
     assert!(
-        stderr.contains("would share port") && stderr.contains("Raft of core 1"),
+        stderr.contains("would share port") && stderr.contains("Raft (--raft-listen"),
         "{stderr}"
     );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A node has one Raft address whatever its core count: a 2-core node
+/// listens for peers on its Raft port P only (P + 1 is free for anything
+/// else, here the client listener), routes a connection's hello for range
+/// 1 to core 1 (which answers calls for its group), and refuses a hello for
+/// a range it does not host with a message saying so.
+#[test]
+fn one_raft_port_per_node_routes_each_range_to_its_core() {
+    use tinkerdb_replication::transport::{PeerCall, PeerClient, TransportError};
+    use tinkerdb_schemas::wire::PeerCallKind;
+    let base = common::free_port_block(4);
+    let dir = common::fresh_dir();
+    let node = common::TestNode::start_on(
+        2,
+        "",
+        &dir,
+        &[],
+        &[
+            "--node-id".into(),
+            "1".into(),
+            "--peers".into(),
+            format!("1=127.0.0.1:{base}"),
+        ],
+        Some(common::NodePorts {
+            client: base + 1,
+            resp: base + 2,
+            admin: base + 3,
+        }),
+    );
+    let raft = std::net::SocketAddr::from(([127, 0, 0, 1], base));
+    let answers = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .make()
+        .unwrap()
+        .run(async move {
+            let ping = |range| PeerCall {
+                group: range,
+                kind: PeerCallKind::Ping,
+                payload: Vec::new(),
+            };
+            let deadline = Duration::from_secs(10);
+            let mut answers = Vec::new();
+            for range in [0u64, 1, 2, 1 << 40] {
+                let client = PeerClient::new(raft, range);
+                answers.push(client.call(ping(range), deadline).await);
+            }
+            // Core 1 serves its group's Raft calls: a vote request with a
+            // garbage body reaches the group and is refused by its decoder,
+            // not by the router.
+            let client = PeerClient::new(raft, 1);
+            let garbage = client
+                .call(
+                    PeerCall {
+                        group: 1,
+                        kind: PeerCallKind::Vote,
+                        payload: vec![0xff; 3],
+                    },
+                    deadline,
+                )
+                .await;
+            (answers, garbage)
+        });
+    let (answers, garbage) = answers;
+    assert_eq!(answers[0], Ok(Vec::new()), "range 0: {answers:?}");
+    assert_eq!(answers[1], Ok(Vec::new()), "range 1: {answers:?}");
+    for refused in &answers[2..] {
+        assert!(
+            matches!(refused, Err(TransportError::Refused(_, why)) if why.contains("is not hosted on this node")),
+            "{refused:?}"
+        );
+    }
+    assert!(
+        matches!(&garbage, Err(TransportError::Refused(_, why)) if !why.contains("not hosted")),
+        "{garbage:?}"
+    );
+    // The node goes on: both ranges still report.
+    let status = cluster_status(&node);
+    assert_eq!(
+        status["shards"].as_array().map(Vec::len),
+        Some(2),
+        "{status}"
+    );
+    drop(node);
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -17,11 +17,9 @@ const CORES: usize = 2;
 /// run through snapshots, purged logs and catch-up by snapshot.
 const RAFT_TUNING: &str = "[raft]\nsnapshot_every_entries = 40\nlogs_kept_after_snapshot = 5\n";
 
-/// `n` Raft base ports, each with the next `CORES - 1` ports free too.
+/// `n` free Raft ports (one per node, whatever its core count).
 fn raft_ports(n: usize) -> Vec<u16> {
-    (0..n)
-        .map(|_| common::free_port_block(CORES as u16))
-        .collect()
+    (0..n).map(|_| common::free_port_block(1)).collect()
 }
 
 struct Cluster {
@@ -415,6 +413,13 @@ fn a_node_joins_and_another_leaves_under_load_and_health_shows_a_dead_peer() {
         );
     };
     writes_reach(10, "before the join");
+    let epochs = |shards: Vec<serde_json::Value>| -> Vec<u64> {
+        shards
+            .iter()
+            .map(|shard| shard["epoch"].as_u64().expect("an epoch"))
+            .collect()
+    };
+    let epochs_before = epochs(cluster.shards(1));
 
     // Node 4 joins through node 1's admin API; "ready" means it is a voter.
     let port = raft_ports(1)[0];
@@ -447,6 +452,15 @@ fn a_node_joins_and_another_leaves_under_load_and_health_shows_a_dead_peer() {
     assert!(
         removed.contains("node 1 removed; voters per shard: [[2,3,4],[2,3,4]]"),
         "{removed}"
+    );
+    // Every change of a range's replicas raises its epoch.
+    let epochs_after = epochs(cluster.shards(2));
+    assert!(
+        epochs_after
+            .iter()
+            .zip(&epochs_before)
+            .all(|(after, before)| after > before),
+        "epochs before the join {epochs_before:?}, after the removal {epochs_after:?}"
     );
     let after_removal = written.load(std::sync::atomic::Ordering::Relaxed) + 10;
     writes_reach(after_removal.max(21), "after the removal");

@@ -194,7 +194,7 @@ async fn acknowledged_writes_survive_a_power_cut() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_replicated_writes_survive_a_power_cut() {
     let disk = XfsDisk::new("raft");
-    let raft_port = common::free_port_block(2);
+    let raft_port = common::free_port_block(1);
     let args = [
         "--node-id".to_string(),
         "1".to_string(),

@@ -622,9 +622,7 @@ fn connect(node: &TestNode) -> redis::Connection {
 }
 
 fn three_node_cluster() -> Vec<TestNode> {
-    let ports: Vec<u16> = (0..3)
-        .map(|_| common::free_port_block(CORES as u16))
-        .collect();
+    let ports: Vec<u16> = (0..3).map(|_| common::free_port_block(1)).collect();
     let peers = (1..=3)
         .map(|id| format!("{id}=127.0.0.1:{}", ports[id - 1]))
         .collect::<Vec<_>>()

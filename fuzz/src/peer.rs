@@ -133,6 +133,10 @@ pub fn check_payload(kind: PeerCallKind, is_answer: bool, payload: &[u8]) {
         (K::ReadIndex, true) => {
             round_trip_eq::<u64>(payload);
         }
+        // A hello carries the peer protocol version, its answer a core.
+        (K::Hello, _) => {
+            round_trip_eq::<u32>(payload);
+        }
         // ReadIndex and Ping calls carry nothing; other kinds are refused.
         _ => {}
     }

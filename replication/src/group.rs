@@ -645,6 +645,11 @@ pub struct GroupStatus {
     /// Whether the group sleeps on this node ([`crate::hibernate`]): no
     /// heartbeats, so a leader's `last_ack_ms` grows while all is well.
     pub asleep: bool,
+    /// The range's configuration epoch: the log index of the membership
+    /// this replica uses. Every change of the replicas raises it (twice:
+    /// joint consensus commits two entries), nothing else does; a replica
+    /// that has not caught up with a change shows the older one.
+    pub epoch: u64,
     /// On the leader: each other member's progress (empty elsewhere).
     pub followers: Vec<FollowerProgress>,
 }
@@ -716,6 +721,11 @@ pub fn status<A: Applier>(raft: &GroupRaft<A>, group: u64) -> GroupStatus {
         state: format!("{:?}", metrics.state),
         leader: metrics.current_leader,
         term: metrics.current_term,
+        epoch: metrics
+            .membership_config
+            .log_id()
+            .as_ref()
+            .map_or(0, |log_id| log_id.index),
         last_log_index: metrics.last_log_index,
         committed_index: metrics.local_committed.map(|log_id| log_id.index),
         applied_index: metrics.last_applied.map(|log_id| log_id.index),

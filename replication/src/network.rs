@@ -34,23 +34,30 @@ use tinkerdb_schemas::wire::PeerCallKind;
 use crate::transport::{PeerAddr, PeerCall, PeerClient, TransportError};
 use crate::{NodeId, TypeConfig};
 
-/// This core's clients of its peers' same core, by node id. Starts from
-/// the seed list and grows as memberships name new nodes (a node that
-/// joined later is reached at the address its membership entry gives).
-#[derive(Default)]
+/// This core's clients of its peer nodes, by node id. Starts from the
+/// seed list and grows as memberships name new nodes (a node that joined
+/// later is reached at the address its membership entry gives).
 pub struct Peers {
+    /// The range every connection's hello names (one this core hosts);
+    /// the peer hands the connection to its core that hosts it.
+    hello_range: u64,
     clients: RefCell<HashMap<NodeId, Rc<PeerClient>>>,
 }
 
 impl Peers {
-    /// Peers from `(node id, address of the peer core's Raft listener)`
-    /// (an IP:PORT or a [`PeerAddr`] naming a host).
-    pub fn new<A: Into<PeerAddr>>(peers: impl IntoIterator<Item = (NodeId, A)>) -> Peers {
+    /// Peers from `(node id, the node's Raft address)` (an IP:PORT or a
+    /// [`PeerAddr`] naming a host), whose connections are for the ranges
+    /// of `hello_range`'s core.
+    pub fn new<A: Into<PeerAddr>>(
+        hello_range: u64,
+        peers: impl IntoIterator<Item = (NodeId, A)>,
+    ) -> Peers {
         Peers {
+            hello_range,
             clients: RefCell::new(
                 peers
                     .into_iter()
-                    .map(|(id, addr)| (id, Rc::new(PeerClient::new(addr))))
+                    .map(|(id, addr)| (id, Rc::new(PeerClient::new(addr, hello_range))))
                     .collect(),
             ),
         }
@@ -71,7 +78,7 @@ impl Peers {
             return Ok(client);
         }
         let addr = PeerAddr::parse(addr).map_err(|error| format!("node {id}'s address {error}"))?;
-        let client = Rc::new(PeerClient::new(addr));
+        let client = Rc::new(PeerClient::new(addr, self.hello_range));
         self.clients.borrow_mut().insert(id, client.clone());
         Ok(client)
     }

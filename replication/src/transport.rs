@@ -1,11 +1,20 @@
 //! Node-to-node calls: the Raft RPCs (and forwarded client writes) of every
-//! group on a core, over one TCP connection per peer node.
+//! range on a core, over one TCP connection per peer node.
 //!
-//! Placement makes this simple: group `g` lives on core `g % cores` of every
-//! node, so core `c` only ever talks to core `c` of its peers. Each core
-//! listens on its own port (`raft port + c`) and keeps one [`PeerClient`] per
-//! peer node; every group on the core shares it, which is what lets one
-//! connection carry the heartbeats of tens of groups.
+//! A node has one Raft address (`host:port`), whatever its core count.
+//! Every connection opens with a hello ([`PeerCallKind::Hello`]) naming a
+//! range (Raft group); the core that accepted it (core 0) asks its
+//! [`PeerRouter`] which core hosts that range, answers the core's index
+//! and hands the socket to that core ([`PeerRouter::hand_off`]), which
+//! serves it from then on ([`serve_connection`]): no frame ever hops
+//! between cores. A hello for a range the node does not host, or of
+//! another protocol version, is answered with an error and the connection
+//! closed.
+//!
+//! A core keeps one [`PeerClient`] per peer node and every range on the
+//! core shares it, which is what lets one connection carry the heartbeats
+//! of tens of ranges. Today every node places range `g` on core `g`, so
+//! the ranges of one core live on one core of each peer too.
 //!
 //! A frame is a flatbuffers `PeerFrame` (schemas/tinkerdb.fbs) behind the
 //! usual 4-byte length prefix: a call (group, kind, call id, payload) or the
@@ -18,7 +27,11 @@
 //! - a broken connection is re-made by the next call, never retried in a
 //!   loop here (openraft decides when to retry); so is a silent one (no
 //!   frame for [`PEER_STALL_TIMEOUT`] when a call times out);
-//! - frames are bounded by [`MAX_PEER_FRAME_BYTES`] both ways;
+//! - frames are bounded by [`MAX_PEER_FRAME_BYTES`] both ways, a hello by
+//!   [`MAX_HELLO_FRAME_BYTES`] and [`PEER_HELLO_TIMEOUT`]; the acceptor
+//!   reads exactly the hello frame, so nothing a peer sent after it is
+//!   lost when the socket changes core (a client sends nothing before
+//!   the hello's answer anyway);
 //! - [`PeerClient::set_blocked`] drops every call to that peer (the fault
 //!   layer partition tests use: `tc netem` is absent here);
 //! - a peer is named by a [`PeerAddr`], `host:port`: an IP literal is used
@@ -32,11 +45,13 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::time::Duration;
 
 use flatbuffers::FlatBufferBuilder;
 use futures_channel::oneshot;
+use futures_lite::future::BoxedLocal;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
@@ -61,6 +76,17 @@ pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long resolving a peer's host name may take before the connection
 /// attempt fails (the next attempt resolves again).
 pub const PEER_RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The peer protocol version a hello carries; a node refuses any other
+/// (nodes of one cluster run one version, upgrades are rolling restarts).
+pub const PEER_PROTOCOL_VERSION: u32 = 1;
+
+/// How long a new connection may take to send its hello (acceptor) or to
+/// have it answered (dialer) before it is closed.
+pub const PEER_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Largest hello frame or hello answer either side reads.
+pub const MAX_HELLO_FRAME_BYTES: usize = 4096;
 
 /// A peer's address: `host:port`, where the host is an IP literal or a
 /// name resolved when connecting.
@@ -105,23 +131,6 @@ impl PeerAddr {
     /// The port.
     pub fn port(&self) -> u16 {
         self.port
-    }
-
-    /// The same host at `port + offset` (core `c` of a node listens on its
-    /// Raft port + `c`); `None` past port 65535.
-    pub fn with_port_offset(&self, offset: usize) -> Option<PeerAddr> {
-        let port = u16::try_from(usize::from(self.port) + offset).ok()?;
-        Some(match self.literal {
-            Some(mut addr) => {
-                addr.set_port(port);
-                PeerAddr::from(addr)
-            }
-            None => PeerAddr {
-                host: self.host.clone(),
-                port,
-                literal: None,
-            },
-        })
     }
 
     /// The address itself if the host is an IP literal.
@@ -259,21 +268,6 @@ mod peer_addr_tests {
         ] {
             assert!(PeerAddr::parse(bad).is_err(), "{bad:?} parsed");
         }
-    }
-
-    #[test]
-    fn port_offsets_keep_the_host() {
-        let name = PeerAddr::parse("node1:7390").unwrap();
-        assert_eq!(name.with_port_offset(3).unwrap().to_string(), "node1:7393");
-        let ip = PeerAddr::parse("10.0.0.1:7390").unwrap();
-        assert_eq!(
-            ip.with_port_offset(1).unwrap().literal(),
-            Some("10.0.0.1:7391".parse().unwrap())
-        );
-        assert!(PeerAddr::parse("node1:65535")
-            .unwrap()
-            .with_port_offset(1)
-            .is_none());
     }
 
     #[test]
@@ -459,9 +453,11 @@ struct Link {
     last_heard: Rc<Cell<std::time::Instant>>,
 }
 
-/// This core's connection to the same core of one peer node.
+/// This core's connection to one peer node (to the peer's core that
+/// hosts `hello_range`, which today hosts every range of this core too).
 pub struct PeerClient {
     addr: PeerAddr,
+    hello_range: u64,
     link: RefCell<Option<Rc<Link>>>,
     next_call_id: Cell<u64>,
     builder: RefCell<FlatBufferBuilder<'static>>,
@@ -469,11 +465,13 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
-    /// A client for the peer core listening on `addr` (connects lazily;
-    /// a host name is resolved on each connection attempt).
-    pub fn new(addr: impl Into<PeerAddr>) -> PeerClient {
+    /// A client for the node whose Raft address is `addr`, reaching the
+    /// core that hosts range `hello_range` there (connects lazily; a host
+    /// name is resolved on each connection attempt).
+    pub fn new(addr: impl Into<PeerAddr>, hello_range: u64) -> PeerClient {
         PeerClient {
             addr: addr.into(),
+            hello_range,
             link: RefCell::new(None),
             next_call_id: Cell::new(1),
             builder: RefCell::new(FlatBufferBuilder::new()),
@@ -529,8 +527,24 @@ impl PeerClient {
                 Err(error) => failure = format!("{socket}: {error}"),
             }
         }
-        let stream = connected.ok_or_else(|| unreachable(failure))?;
+        let mut stream = connected.ok_or_else(|| unreachable(failure))?;
         let _ = stream.set_nodelay(true);
+        let hello = glommio::timer::timeout(PEER_HELLO_TIMEOUT, async {
+            Ok(say_hello(&mut stream, self.hello_range).await)
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(HelloFailure::Broken(format!(
+                "no answer to the hello within {PEER_HELLO_TIMEOUT:?}"
+            )))
+        });
+        match hello {
+            Ok(_core) => {}
+            Err(HelloFailure::Broken(error)) => return Err(unreachable(error)),
+            Err(HelloFailure::Refused(error)) => {
+                return Err(TransportError::Refused(self.addr.clone(), error))
+            }
+        }
         let (reader, writer) = futures_lite::io::split(stream);
         let pending: Pending = Rc::new(RefCell::new(HashMap::new()));
         let alive = Rc::new(Cell::new(true));
@@ -623,6 +637,73 @@ impl PeerClient {
     }
 }
 
+/// Why a hello did not open a connection.
+enum HelloFailure {
+    /// The connection broke or the peer sent something else.
+    Broken(String),
+    /// The peer answered with an error (no such range, another version).
+    Refused(String),
+}
+
+/// Sends the hello for `range` on a new connection and reads its answer:
+/// the index of the peer's core that serves the connection from now on.
+async fn say_hello(stream: &mut TcpStream, range: u64) -> Result<u32, HelloFailure> {
+    let hello = PeerCall {
+        group: range,
+        kind: PeerCallKind::Hello,
+        payload: postcard::to_allocvec(&PEER_PROTOCOL_VERSION).expect("a u32 encodes"),
+    };
+    let mut bytes = Vec::new();
+    encode_peer_frame(
+        &mut FlatBufferBuilder::new(),
+        0,
+        &hello,
+        false,
+        None,
+        &mut bytes,
+    );
+    stream
+        .write_all(&bytes)
+        .await
+        .map_err(|error| HelloFailure::Broken(error.to_string()))?;
+    let body = read_one_frame(stream, MAX_HELLO_FRAME_BYTES)
+        .await
+        .map_err(HelloFailure::Broken)?;
+    let answer = decode_peer(&body).map_err(HelloFailure::Broken)?;
+    if !answer.is_answer || answer.call.kind != PeerCallKind::Hello {
+        return Err(HelloFailure::Broken(format!(
+            "the peer answered the hello with a {:?} frame",
+            answer.call.kind
+        )));
+    }
+    if let Some(error) = answer.error {
+        return Err(HelloFailure::Refused(error));
+    }
+    postcard::from_bytes(&answer.call.payload)
+        .map_err(|error| HelloFailure::Broken(format!("malformed hello answer: {error}")))
+}
+
+/// Reads exactly one frame (no byte past it) and returns its body.
+async fn read_one_frame(stream: &mut TcpStream, max_bytes: usize) -> Result<Vec<u8>, String> {
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    stream
+        .read_exact(&mut header)
+        .await
+        .map_err(|error| error.to_string())?;
+    let length = u32::from_le_bytes(header) as usize;
+    if length > max_bytes {
+        return Err(format!(
+            "a {length}-byte frame where at most {max_bytes} bytes were expected"
+        ));
+    }
+    let mut body = vec![0u8; length];
+    stream
+        .read_exact(&mut body)
+        .await
+        .map_err(|error| error.to_string())?;
+    Ok(body)
+}
+
 fn fail_all(pending: &Pending, reason: &str) {
     for (_, waiter) in pending.borrow_mut().drain() {
         let _ = waiter.send(Err(reason.to_owned()));
@@ -634,11 +715,49 @@ fn fail_all(pending: &Pending, reason: &str) {
 pub type CallHandler =
     Rc<dyn Fn(PeerCall) -> futures_lite::future::BoxedLocal<Result<Vec<u8>, String>>>;
 
+/// Where the connections a core accepts go: the range a hello names is
+/// hosted by one core of this node, which serves the connection.
+pub struct PeerRouter {
+    /// The accepting core.
+    pub here: usize,
+    /// The core of this node that hosts a range, or why none does (the
+    /// hello is answered with it).
+    pub locate: Box<dyn Fn(u64) -> Result<usize, String>>,
+    /// Gives an accepted connection's socket to another core of the node,
+    /// which serves it with [`serve_connection`]; fails when that core is
+    /// gone (the connection is then closed; the peer dials again).
+    pub hand_off: HandOff,
+}
+
+/// How a [`PeerRouter`] gives a connection's socket to another core.
+pub type HandOff = Box<dyn Fn(usize, OwnedFd) -> BoxedLocal<Result<(), String>>>;
+
+impl PeerRouter {
+    /// The router of a server that hosts every range itself (one core).
+    pub fn all_here() -> PeerRouter {
+        PeerRouter {
+            here: 0,
+            locate: Box::new(|_| Ok(0)),
+            hand_off: Box::new(|core, _| {
+                Box::pin(async move { Err(format!("this server has no core {core}")) })
+            }),
+        }
+    }
+}
+
 /// Serves peer connections on `listener` until the core stops; each call
 /// runs in its own task and its answer goes back on the same connection.
+/// Every range is served here ([`PeerRouter::all_here`]).
 pub async fn serve_peers(listener: TcpListener, handler: CallHandler) {
     let (_never_closed, stop) = async_channel::bounded::<()>(1);
-    serve_peers_until(listener, handler, stop).await
+    serve_routed_peers(listener, handler, PeerRouter::all_here(), stop).await
+}
+
+/// Accepts the peer connections of a node on its one Raft address until
+/// the process ends, serving each on the core `router` names.
+pub async fn serve_node_peers(listener: TcpListener, handler: CallHandler, router: PeerRouter) {
+    let (_never_closed, stop) = async_channel::bounded::<()>(1);
+    serve_routed_peers(listener, handler, router, stop).await
 }
 
 /// [`serve_peers`] until `stop` is closed: then the listener and every
@@ -651,6 +770,19 @@ pub async fn serve_peers_until(
     handler: CallHandler,
     stop: async_channel::Receiver<()>,
 ) {
+    serve_routed_peers(listener, handler, PeerRouter::all_here(), stop).await
+}
+
+/// Accepts peer connections on `listener` (the node's one Raft address)
+/// until `stop` is closed: reads each one's hello, serves it here or hands
+/// it to the core `router` names (see the module docs).
+pub async fn serve_routed_peers(
+    listener: TcpListener,
+    handler: CallHandler,
+    router: PeerRouter,
+    stop: async_channel::Receiver<()>,
+) {
+    let router = Rc::new(router);
     let stopped = {
         let stop = stop.clone();
         move || {
@@ -682,7 +814,7 @@ pub async fn serve_peers_until(
             }
             return;
         };
-        let stream = match accepted {
+        let mut stream = match accepted {
             Ok(stream) => stream,
             Err(error) => {
                 tracing::warn!(%error, "peer accept failed");
@@ -692,59 +824,161 @@ pub async fn serve_peers_until(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
+        let router = router.clone();
         let stopped = stopped.clone();
         open.set(open.get() + 1);
         let open = Open(open.clone());
         glommio::spawn_local(async move {
             let _open = open;
-            let (reader, writer) = futures_lite::io::split(stream);
-            let answers = spawn_writer(writer);
-            let builder = Rc::new(RefCell::new(FlatBufferBuilder::new()));
-            let outcome = read_frames(reader, |frame| {
-                if frame.is_answer {
+            let core = match accept_hello(&mut stream, &router).await {
+                Ok(core) => core,
+                Err(reason) => {
+                    tracing::debug!(%reason, "peer connection refused at its hello");
                     return;
                 }
-                let handler = handler.clone();
-                let answers = answers.clone();
-                let builder = builder.clone();
-                glommio::spawn_local(async move {
-                    let group = frame.call.group;
-                    let kind = frame.call.kind;
-                    let result = handler(frame.call).await;
-                    let (payload, error) = match result {
-                        Ok(payload) => (payload, None),
-                        Err(error) => (Vec::new(), Some(error)),
-                    };
-                    let answer = PeerCall {
-                        group,
-                        kind,
-                        payload,
-                    };
-                    let mut bytes = Vec::with_capacity(answer.payload.len() + 64);
-                    encode_peer_frame(
-                        &mut builder.borrow_mut(),
-                        frame.call_id,
-                        &answer,
-                        true,
-                        error.as_deref(),
-                        &mut bytes,
-                    );
-                    let _ = answers.send(bytes).await;
-                })
-                .detach();
-            });
-            let outcome = futures_lite::future::or(async { Some(outcome.await) }, async {
-                stopped().await;
-                None
-            })
-            .await
-            .unwrap_or(Ok(()));
-            if let Err(error) = outcome {
-                tracing::debug!(%error, "peer connection ended");
+            };
+            if core == router.here {
+                let served = futures_lite::future::or(
+                    async { Some(serve_frames(stream, handler).await) },
+                    async {
+                        stopped().await;
+                        None
+                    },
+                )
+                .await;
+                if let Some(Err(error)) = served {
+                    tracing::debug!(%error, "peer connection ended");
+                }
+                return;
+            }
+            // The socket moves to its core: a duplicate descriptor travels,
+            // this one closes with `stream` (the socket stays open).
+            let socket = match socket_of(&stream) {
+                Ok(socket) => socket,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot hand a peer connection to core {core}");
+                    return;
+                }
+            };
+            drop(stream);
+            if let Err(error) = (router.hand_off)(core, socket).await {
+                tracing::debug!(%error, core, "peer connection not handed off");
             }
         })
         .detach();
     }
+}
+
+/// A descriptor of `stream`'s socket that outlives `stream`.
+fn socket_of(stream: &TcpStream) -> std::io::Result<OwnedFd> {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    // SAFETY: the descriptor is `stream`'s, open for as long as the borrow
+    // (this function), and only duplicated here.
+    #[allow(unsafe_code)]
+    let borrowed = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    borrowed.try_clone_to_owned()
+}
+
+/// Serves a connection another core accepted and handed to this one (its
+/// hello already answered) until it closes.
+pub async fn serve_connection(socket: OwnedFd, handler: CallHandler) {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    // SAFETY: `socket` is an open TCP socket this function owns; the
+    // stream takes it over (and closes it when dropped).
+    #[allow(unsafe_code)]
+    let stream = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
+    if let Err(error) = serve_frames(stream, handler).await {
+        tracing::debug!(%error, "peer connection ended");
+    }
+}
+
+/// Reads a new connection's hello and answers it: the core of this node
+/// that serves the connection, or why none does (then the connection is
+/// closed: a frame other than a hello first is not answered at all).
+async fn accept_hello(stream: &mut TcpStream, router: &PeerRouter) -> Result<usize, String> {
+    let body = glommio::timer::timeout(PEER_HELLO_TIMEOUT, async {
+        Ok(read_one_frame(stream, MAX_HELLO_FRAME_BYTES).await)
+    })
+    .await
+    .map_err(|_| format!("no hello within {PEER_HELLO_TIMEOUT:?}"))??;
+    let hello = decode_peer(&body)?;
+    if hello.is_answer || hello.call.kind != PeerCallKind::Hello {
+        return Err(format!("a {:?} frame before the hello", hello.call.kind));
+    }
+    let range = hello.call.group;
+    let verdict = match postcard::from_bytes::<u32>(&hello.call.payload) {
+        Ok(PEER_PROTOCOL_VERSION) => (router.locate)(range),
+        Ok(version) => Err(format!(
+            "peer protocol version {version}: this node speaks version {PEER_PROTOCOL_VERSION} (run one TinkerDB version across the cluster)"
+        )),
+        Err(error) => Err(format!("malformed hello: {error}")),
+    };
+    let answer = PeerCall {
+        group: range,
+        kind: PeerCallKind::Hello,
+        payload: match &verdict {
+            Ok(core) => postcard::to_allocvec(&(*core as u32)).expect("a u32 encodes"),
+            Err(_) => Vec::new(),
+        },
+    };
+    let mut bytes = Vec::new();
+    encode_peer_frame(
+        &mut FlatBufferBuilder::new(),
+        hello.call_id,
+        &answer,
+        true,
+        verdict.as_ref().err().map(String::as_str),
+        &mut bytes,
+    );
+    stream
+        .write_all(&bytes)
+        .await
+        .map_err(|error| format!("cannot answer the hello: {error}"))?;
+    verdict
+}
+
+/// Answers the calls on an open connection (hello done) until it closes.
+async fn serve_frames(stream: TcpStream, handler: CallHandler) -> Result<(), String> {
+    let (reader, writer) = futures_lite::io::split(stream);
+    let answers = spawn_writer(writer);
+    let builder = Rc::new(RefCell::new(FlatBufferBuilder::new()));
+    read_frames(reader, |frame| {
+        if frame.is_answer {
+            return;
+        }
+        let handler = handler.clone();
+        let answers = answers.clone();
+        let builder = builder.clone();
+        glommio::spawn_local(async move {
+            let group = frame.call.group;
+            let kind = frame.call.kind;
+            let result = match kind {
+                PeerCallKind::Hello => Err("a hello only opens a connection".to_owned()),
+                _ => handler(frame.call).await,
+            };
+            let (payload, error) = match result {
+                Ok(payload) => (payload, None),
+                Err(error) => (Vec::new(), Some(error)),
+            };
+            let answer = PeerCall {
+                group,
+                kind,
+                payload,
+            };
+            let mut bytes = Vec::with_capacity(answer.payload.len() + 64);
+            encode_peer_frame(
+                &mut builder.borrow_mut(),
+                frame.call_id,
+                &answer,
+                true,
+                error.as_deref(),
+                &mut bytes,
+            );
+            let _ = answers.send(bytes).await;
+        })
+        .detach();
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -790,7 +1024,7 @@ mod tests {
     fn calls_are_answered_matched_and_failures_are_typed() {
         run(async {
             let addr = echo_server();
-            let client = Rc::new(PeerClient::new(addr));
+            let client = Rc::new(PeerClient::new(addr, 1));
             // Long enough for any call that must succeed, even on a busy
             // machine (the late answer takes 300 ms; the timeout case below
             // uses its own 50 ms).
@@ -843,18 +1077,151 @@ mod tests {
                 let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
                 listener.local_addr().unwrap()
             };
-            let client = PeerClient::new(dead);
+            let client = PeerClient::new(dead, 1);
             assert!(matches!(
                 client.call(call(1, b"x"), Duration::from_secs(1)).await,
                 Err(TransportError::Unreachable(..))
             ));
-            let client = PeerClient::new(echo_server());
+            let client = PeerClient::new(echo_server(), 1);
             let big = vec![5u8; 8 << 20];
             let answer = client
                 .call(call(1, &big), Duration::from_secs(60))
                 .await
                 .unwrap();
             assert_eq!(answer.len(), big.len());
+        });
+    }
+
+    /// A server of "two cores" in one executor: range 1 is handed off (its
+    /// socket travels, as between cores), range 0 served by the acceptor,
+    /// any other range refused at the hello. Each handler tags its answers.
+    fn routed_server() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tagged = |tag: u8| -> CallHandler {
+            Rc::new(move |call: PeerCall| {
+                Box::pin(async move {
+                    let mut payload = call.payload;
+                    payload.push(tag);
+                    Ok(payload)
+                })
+            })
+        };
+        let (to_core_1, handed) = local_channel::new_bounded::<OwnedFd>(4);
+        let to_core_1 = Rc::new(to_core_1);
+        let router = PeerRouter {
+            here: 0,
+            locate: Box::new(|range| match range {
+                0 | 1 => Ok(range as usize),
+                _ => Err(format!("range {range} is not hosted here")),
+            }),
+            hand_off: Box::new(move |core, socket| {
+                assert_eq!(core, 1);
+                let to_core_1 = to_core_1.clone();
+                Box::pin(async move {
+                    to_core_1
+                        .send(socket)
+                        .await
+                        .map_err(|_| "core 1 is gone".to_owned())
+                })
+            }),
+        };
+        let core_1 = tagged(1);
+        glommio::spawn_local(async move {
+            while let Some(socket) = handed.recv().await {
+                glommio::spawn_local(serve_connection(socket, core_1.clone())).detach();
+            }
+        })
+        .detach();
+        glommio::spawn_local(serve_node_peers(listener, tagged(0), router)).detach();
+        addr
+    }
+
+    #[test]
+    fn a_hello_routes_the_connection_to_the_core_of_its_range() {
+        run(async {
+            let addr = routed_server();
+            let deadline = Duration::from_secs(30);
+            let here = PeerClient::new(addr, 0);
+            let handed = PeerClient::new(addr, 1);
+            for round in 0..3u8 {
+                assert_eq!(
+                    here.call(call(0, &[round]), deadline).await,
+                    Ok(vec![round, 0])
+                );
+                assert_eq!(
+                    handed.call(call(1, &[round]), deadline).await,
+                    Ok(vec![round, 1])
+                );
+            }
+            // A big frame right after the hand-off arrives whole.
+            let big = PeerClient::new(addr, 1);
+            let answer = big
+                .call(call(1, &vec![7u8; 4 << 20]), deadline)
+                .await
+                .unwrap();
+            assert_eq!((answer.len(), answer.last()), ((4 << 20) + 1, Some(&1)));
+            let nowhere = PeerClient::new(addr, 5);
+            assert!(matches!(
+                nowhere.call(call(5, b"x"), deadline).await,
+                Err(TransportError::Refused(_, why)) if why == "range 5 is not hosted here"
+            ));
+        });
+    }
+
+    #[test]
+    fn a_connection_without_a_good_hello_is_refused_or_closed() {
+        run(async {
+            let addr = routed_server();
+            // Raw frames on a raw connection.
+            async fn exchange(
+                addr: SocketAddr,
+                frame: PeerCall,
+                call_id: u64,
+            ) -> Option<DecodedFrame> {
+                let mut stream = TcpStream::connect(addr).await.unwrap();
+                let mut bytes = Vec::new();
+                encode_peer_frame(
+                    &mut FlatBufferBuilder::new(),
+                    call_id,
+                    &frame,
+                    false,
+                    None,
+                    &mut bytes,
+                );
+                stream.write_all(&bytes).await.unwrap();
+                let body = read_one_frame(&mut stream, MAX_HELLO_FRAME_BYTES)
+                    .await
+                    .ok()?;
+                Some(decode_peer(&body).unwrap())
+            }
+            // Another protocol version: answered with why, then closed.
+            let old = PeerCall {
+                group: 0,
+                kind: PeerCallKind::Hello,
+                payload: postcard::to_allocvec(&(PEER_PROTOCOL_VERSION + 1)).unwrap(),
+            };
+            let answer = exchange(addr, old, 3).await.expect("an answer");
+            assert_eq!((answer.call_id, answer.is_answer), (3, true));
+            assert!(answer.error.unwrap().contains("peer protocol version 2"));
+            // A call before any hello: closed without an answer.
+            assert!(exchange(addr, call(0, b"x"), 4).await.is_none());
+            // A hello on an open connection is refused; the connection
+            // goes on.
+            let client = PeerClient::new(addr, 0);
+            let hello_again = PeerCall {
+                group: 0,
+                kind: PeerCallKind::Hello,
+                payload: postcard::to_allocvec(&PEER_PROTOCOL_VERSION).unwrap(),
+            };
+            assert!(matches!(
+                client.call(hello_again, Duration::from_secs(30)).await,
+                Err(TransportError::Refused(_, why)) if why.contains("only opens a connection")
+            ));
+            assert_eq!(
+                client.call(call(0, b"y"), Duration::from_secs(30)).await,
+                Ok(b"y\0".to_vec())
+            );
         });
     }
 

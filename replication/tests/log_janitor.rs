@@ -34,7 +34,10 @@ fn an_idle_range_that_pins_the_log_is_made_to_snapshot_and_purge() {
     let base = dir.clone();
     GlommioRuntime::new(1).block_on(async move {
         let log = CoreLog::open(&base.join("raft-log")).unwrap();
-        let peers = Rc::new(Peers::new(std::iter::empty::<(u64, std::net::SocketAddr)>()));
+        let peers = Rc::new(Peers::new(
+            0,
+            std::iter::empty::<(u64, std::net::SocketAddr)>(),
+        ));
         let groups: Rc<CoreGroups<MapApplier>> = Rc::new(CoreGroups::default());
         let mut rafts = BTreeMap::new();
         for range in [1u64, 2] {

@@ -78,7 +78,7 @@ def check_up(state_file, log_file):
     # Security group: TinkerDB ports only from the group itself, SSH only from the admin CIDR.
     admin = os.environ["ADMIN_CIDR"]
     want = {("tcp", 7379, 7379, sg_id), ("tcp", 7380, 7380, sg_id), ("tcp", 7381, 7381, sg_id),
-            ("tcp", 7400, 7463, sg_id), ("tcp", 22, 22, admin)}
+            ("tcp", 7400, 7400, sg_id), ("tcp", 22, 22, admin)}
     got = set()
     for p in sg.get("IpPermissions", []):
         key = (p.get("IpProtocol"), p.get("FromPort"), p.get("ToPort"))

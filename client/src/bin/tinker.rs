@@ -545,8 +545,8 @@ fn format_cluster_status(status: &serde_json::Value) -> String {
     }
     let _ = writeln!(
         out,
-        "\n{:<7}{:<13}{:<8}{:<6}{:<11}{:>10}{:>10}{:>10}  LAG (node: entries behind the leader)",
-        "SHARD", "SLOTS", "LEADER", "TERM", "ROLE HERE", "COMMITTED", "APPLIED", "SNAPSHOT"
+        "\n{:<7}{:<13}{:<7}{:<8}{:<6}{:<11}{:>10}{:>10}{:>10}  LAG (node: entries behind the leader)",
+        "SHARD", "SLOTS", "EPOCH", "LEADER", "TERM", "ROLE HERE", "COMMITTED", "APPLIED", "SNAPSHOT"
     );
     for shard in shards {
         let slots = format!(
@@ -576,9 +576,10 @@ fn format_cluster_status(status: &serde_json::Value) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<7}{:<13}{:<8}{:<6}{:<11}{:>10}{:>10}{:>10}  {lag}",
+            "{:<7}{:<13}{:<7}{:<8}{:<6}{:<11}{:>10}{:>10}{:>10}  {lag}",
             opt(&shard["id"]),
             slots,
+            opt(&shard["epoch"]),
             opt(&shard["leader"]),
             opt(&shard["term"]),
             opt(&shard["role"]),

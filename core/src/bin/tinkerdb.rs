@@ -59,8 +59,8 @@ struct Args {
     /// Cluster mode: this node's id (with --peers, or --join and --raft-listen).
     #[arg(long)]
     node_id: Option<u64>,
-    /// Cluster mode: every node as ID=HOST:PORT (Raft address of core 0;
-    /// core c uses port + c), this node included. HOST is an IP or a host
+    /// Cluster mode: every node as ID=HOST:PORT (its Raft address: one
+    /// port per node), this node included. HOST is an IP or a host
     /// name (`1=node1:7390,2=node2:7390`), resolved again whenever a peer
     /// is reconnected; this node's own entry is what its peers dial.
     #[arg(long, requires = "node_id", conflicts_with = "join")]
@@ -70,11 +70,11 @@ struct Args {
     /// --raft-listen.
     #[arg(long, requires_all = ["node_id", "raft_listen"])]
     join: Option<String>,
-    /// Where this node binds Raft for core 0 (core c uses port + c), e.g.
+    /// Where this node binds its Raft listener (one port), e.g.
     /// 0.0.0.0:7390 [with --peers, default: this node's --peers entry].
     #[arg(long)]
     raft_listen: Option<SocketAddr>,
-    /// The Raft address (core 0) peers are told and dial, HOST:PORT. With
+    /// The Raft address peers are told and dial, HOST:PORT. With
     /// --join [default: --raft-listen]; with --peers it must be this node's
     /// --peers entry (that is what the other nodes dial).
     #[arg(long)]

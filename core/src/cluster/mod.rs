@@ -1,17 +1,22 @@
 //! Cluster membership: starting a core's replica of its Raft group (its
-//! peer listener, the group, the first-leader nudge), joining a running
-//! cluster, and adding or removing a member. The request path through a
+//! share of the node's one peer listener, the group, the first-leader
+//! nudge), joining a running cluster, and adding or removing a member. The request path through a
 //! replica is `coord::replica`.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
+
+use glommio::channels::shared_channel::{
+    self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
+};
 
 use tinkerdb_replication::group::{self, CoreGroups, GroupError, GroupSpec, MemberChange};
 use tinkerdb_replication::health::{self, HealthTable};
 use tinkerdb_replication::hibernate;
 use tinkerdb_replication::network::Peers;
-use tinkerdb_replication::transport::PeerAddr;
+use tinkerdb_replication::transport::{self, PeerAddr, PeerRouter};
 use tinkerdb_replication::{CoreLog, Node};
 use tinkerdb_schemas::wire::ErrorCode;
 
@@ -19,49 +24,130 @@ use crate::config::{ClusterConfig, RaftTuning};
 use crate::coord::context::CoreContext;
 use crate::coord::replica::{Replica, ShardApplier};
 
-/// Starts this core's replica: its peer listener, its group (initialised
-/// with every node on first start), and the leader nudge.
+/// Connections a core hands to another (core 0 accepts every peer
+/// connection of the node and passes each to the core hosting the range
+/// its hello names) queued before the sender waits.
+pub const PEER_HANDOFF_QUEUE: usize = 64;
+
+/// A core's end of the peer-connection hand-off, as made before the cores
+/// start (see [`handoff_channels`]).
+pub enum PeerSocketEnds {
+    /// Core 0: accepts on the node's Raft address; a sender to every
+    /// other core (`None` at its own index).
+    Accepts(Vec<Option<SharedSender<OwnedFd>>>),
+    /// Another core: the connections core 0 hands it.
+    Receives(SharedReceiver<OwnedFd>),
+}
+
+/// The hand-off channels of a node with `cores` cores, by core.
+pub fn handoff_channels(cores: usize) -> Vec<PeerSocketEnds> {
+    let mut senders = vec![None];
+    let mut ends = vec![];
+    for _ in 1..cores {
+        let (sender, receiver) = shared_channel::new_bounded(PEER_HANDOFF_QUEUE);
+        senders.push(Some(sender));
+        ends.push(PeerSocketEnds::Receives(receiver));
+    }
+    ends.insert(0, PeerSocketEnds::Accepts(senders));
+    ends
+}
+
+/// [`PeerSocketEnds`] being connected (a channel's two ends wait for each
+/// other; started early in a core's life so no two cores wait in a cycle).
+pub enum PeerSocketsConnecting {
+    /// Core 0's senders.
+    Accepts(Vec<Option<glommio::task::JoinHandle<ConnectedSender<OwnedFd>>>>),
+    /// Another core's receiver.
+    Receives(glommio::task::JoinHandle<ConnectedReceiver<OwnedFd>>),
+}
+
+impl PeerSocketEnds {
+    /// Starts connecting this core's ends.
+    pub fn connect(self) -> PeerSocketsConnecting {
+        match self {
+            PeerSocketEnds::Accepts(senders) => PeerSocketsConnecting::Accepts(
+                senders
+                    .into_iter()
+                    .map(|sender| {
+                        sender.map(|sender| glommio::spawn_local(sender.connect()).detach())
+                    })
+                    .collect(),
+            ),
+            PeerSocketEnds::Receives(receiver) => {
+                PeerSocketsConnecting::Receives(glommio::spawn_local(receiver.connect()).detach())
+            }
+        }
+    }
+}
+
+/// Starts this core's replica: its share of the peer listener, its group
+/// (initialised with every node on first start), and the leader nudge.
 pub async fn start_replica(
     context: &Rc<CoreContext>,
     cluster: &ClusterConfig,
     tuning: &RaftTuning,
+    peer_sockets: PeerSocketsConnecting,
 ) -> anyhow::Result<()> {
     let core = context.core;
-    // Core c of every node is at its Raft port + c (validated to fit).
-    let port_of = |addr: &PeerAddr| {
-        addr.with_port_offset(core)
-            .expect("validated: Raft port + cores fits")
-    };
-    // Bound where told (`raft_listen`, resolved by `node::run` before the
-    // cores start); peers are told and dial the node's entry in `nodes`.
-    let mut listen = cluster
-        .raft_listen
-        .ok_or_else(|| anyhow::anyhow!("core {core}: the Raft bind address is not resolved"))?;
-    listen.set_port(listen.port() + core as u16);
-    let listener = crate::net::listener::bind(listen, crate::net::listener::PortSharing::Exclusive)
-        .map_err(|error| {
-            anyhow::anyhow!("core {core} cannot listen for Raft on {listen}: {error}")
-        })?;
+    // Placement: range (group) g is hosted by core g of every node.
+    let range = core as u64;
     let peers = Rc::new(Peers::new(
+        range,
         cluster
             .nodes
             .iter()
             .filter(|node| node.id != cluster.node_id)
-            .map(|node| (node.id, port_of(&node.raft))),
+            .map(|node| (node.id, node.raft.clone())),
     ));
     let groups: Rc<CoreGroups<ShardApplier>> = Rc::new(CoreGroups::default());
-    glommio::spawn_local(tinkerdb_replication::transport::serve_peers(
-        listener,
-        groups.call_handler(peers.clone()),
-    ))
-    .detach();
+    let handler = groups.call_handler(peers.clone());
+    match peer_sockets {
+        PeerSocketsConnecting::Accepts(senders) => {
+            // Bound where told (`raft_listen`, resolved by `node::run`
+            // before the cores start); peers dial the node's entry in
+            // `nodes`.
+            let listen = cluster.raft_listen.ok_or_else(|| {
+                anyhow::anyhow!("core {core}: the Raft bind address is not resolved")
+            })?;
+            let listener =
+                crate::net::listener::bind(listen, crate::net::listener::PortSharing::Exclusive)
+                    .map_err(|error| {
+                        anyhow::anyhow!("cannot listen for Raft on {listen}: {error}")
+                    })?;
+            let mut connected = Vec::with_capacity(senders.len());
+            for sender in senders {
+                connected.push(match sender {
+                    Some(connecting) => Some(
+                        connecting
+                            .await
+                            .ok_or_else(|| anyhow::anyhow!("a core stopped during start-up"))?,
+                    ),
+                    None => None,
+                });
+            }
+            let router = peer_router(core, context.slot_map.cores(), Rc::new(connected));
+            glommio::spawn_local(transport::serve_node_peers(listener, handler, router)).detach();
+        }
+        PeerSocketsConnecting::Receives(receiver) => {
+            let receiver = receiver
+                .await
+                .ok_or_else(|| anyhow::anyhow!("core 0 stopped during start-up"))?;
+            glommio::spawn_local(async move {
+                while let Some(socket) = receiver.recv().await {
+                    glommio::spawn_local(transport::serve_connection(socket, handler.clone()))
+                        .detach();
+                }
+            })
+            .detach();
+        }
+    }
     let members: BTreeMap<u64, Node> = cluster
         .nodes
         .iter()
-        .map(|node| (node.id, Node::new(port_of(&node.raft).to_string())))
+        .map(|node| (node.id, Node::new(node.raft.to_string())))
         .collect();
     let spec = GroupSpec {
-        group: core as u64,
+        group: range,
         node_id: cluster.node_id,
         members,
         log: open_core_log(&context.core_dir)?,
@@ -115,6 +201,40 @@ pub async fn start_replica(
         anyhow::bail!("core {core} started its replica twice");
     }
     Ok(())
+}
+
+/// Core 0's router of the node's peer connections: range `g` is hosted by
+/// core `g` (the placement of `start_replica`); a connection for another
+/// core travels to it over `to_core`.
+fn peer_router(
+    here: usize,
+    cores: usize,
+    to_core: Rc<Vec<Option<ConnectedSender<OwnedFd>>>>,
+) -> PeerRouter {
+    PeerRouter {
+        here,
+        locate: Box::new(move |range| {
+            match usize::try_from(range) {
+            Ok(core) if core < cores => Ok(core),
+            _ => Err(format!(
+                "range {range} is not hosted on this node (it hosts ranges 0..{cores}, one per core)"
+            )),
+        }
+        }),
+        hand_off: Box::new(move |core, socket| {
+            let to_core = to_core.clone();
+            Box::pin(async move {
+                let sender = to_core
+                    .get(core)
+                    .and_then(Option::as_ref)
+                    .ok_or_else(|| format!("no channel to core {core}"))?;
+                sender
+                    .send(socket)
+                    .await
+                    .map_err(|_| format!("core {core} stopped"))
+            })
+        }),
+    }
 }
 
 /// The directory of a core's shared Raft log (every range on the core).
@@ -213,25 +333,18 @@ pub async fn join(
 /// have learned that it is a voter.
 pub const JOIN_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// Adds (`Some(raft_base)`, `HOST:PORT` of its core 0) or removes node
-/// `id` in this core's group, on the group's leader; answers the voters
-/// once committed.
+/// Adds (`Some(raft)`, the node's Raft address `HOST:PORT`) or removes
+/// node `id` in this core's group, on the group's leader; answers the
+/// voters once committed.
 pub async fn change_member(
     replica: &Replica,
     id: u64,
-    raft_base: Option<&str>,
+    raft: Option<&str>,
 ) -> Result<Vec<u64>, (ErrorCode, String)> {
-    let change = match raft_base {
-        Some(base) => {
-            let addr = PeerAddr::parse(base)
-                .ok()
-                .and_then(|base| base.with_port_offset(replica.core))
-                .ok_or_else(|| {
-                    (
-                        ErrorCode::InvalidArgument,
-                        format!("raft: {base:?} is not HOST:PORT with room for every core's port"),
-                    )
-                })?;
+    let change = match raft {
+        Some(raft) => {
+            let addr = PeerAddr::parse(raft)
+                .map_err(|error| (ErrorCode::InvalidArgument, format!("raft: {error}")))?;
             MemberChange::Add {
                 id,
                 addr: addr.to_string(),

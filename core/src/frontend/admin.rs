@@ -61,8 +61,8 @@ pub async fn serve_admin(context: Rc<CoreContext>, mut inbox: CoreInbox) {
                 })
                 .detach();
             }
-            CoreRequest::AddMember { id, raft_base } => {
-                change_member(&context, id, Some(raft_base), reply);
+            CoreRequest::AddMember { id, raft } => {
+                change_member(&context, id, Some(raft), reply);
             }
             CoreRequest::RemoveMember { id } => change_member(&context, id, None, reply),
             CoreRequest::Key { tenant, op } => {
@@ -80,7 +80,7 @@ pub async fn serve_admin(context: Rc<CoreContext>, mut inbox: CoreInbox) {
 fn change_member(
     context: &Rc<CoreContext>,
     id: u64,
-    raft_base: Option<String>,
+    raft: Option<String>,
     reply: tinkerdb_admin::link::ReplySlot,
 ) {
     let context = context.clone();
@@ -92,7 +92,7 @@ fn change_member(
             )));
             return;
         };
-        let answer = match crate::cluster::change_member(replica, id, raft_base.as_deref()).await {
+        let answer = match crate::cluster::change_member(replica, id, raft.as_deref()).await {
             Ok(voters) => CoreResponse::Members(voters),
             Err((code, message)) => {
                 CoreResponse::Failed(api_error(ProtocolError::new(code, message)))
@@ -328,6 +328,7 @@ fn report(context: &CoreContext) -> CoreReport {
                 snapshot_index: status.snapshot_index,
                 purged_index: status.purged_index,
                 asleep: status.asleep,
+                epoch: status.epoch,
                 followers: status
                     .followers
                     .into_iter()

@@ -140,6 +140,7 @@ fn start_node(
             .run(async move {
                 let listener = glommio::net::TcpListener::bind(addrs[&id]).expect("bind");
                 let peers = Rc::new(Peers::new(
+                    0,
                     addrs
                         .iter()
                         .filter(|(p, _)| **p != id)

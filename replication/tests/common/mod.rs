@@ -139,6 +139,7 @@ pub fn start_node_with(
             .run(async move {
                 let listener = TcpListener::bind(addrs[&id]).unwrap();
                 let peers = Rc::new(Peers::new(
+                    GROUP,
                     addrs
                         .iter()
                         .filter(|(p, _)| **p != id)

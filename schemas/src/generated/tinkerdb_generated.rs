@@ -879,10 +879,10 @@ pub struct ResponseUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_PEER_CALL_KIND: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_PEER_CALL_KIND: u8 = 8;
+pub const ENUM_MAX_PEER_CALL_KIND: u8 = 9;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_PEER_CALL_KIND: [PeerCallKind; 9] = [
+pub const ENUM_VALUES_PEER_CALL_KIND: [PeerCallKind; 10] = [
   PeerCallKind::None,
   PeerCallKind::AppendEntries,
   PeerCallKind::Vote,
@@ -892,6 +892,7 @@ pub const ENUM_VALUES_PEER_CALL_KIND: [PeerCallKind; 9] = [
   PeerCallKind::ChangeMembership,
   PeerCallKind::Ping,
   PeerCallKind::TransferLeader,
+  PeerCallKind::Hello,
 ];
 
 /// What a peer call asks for.
@@ -921,9 +922,16 @@ impl PeerCallKind {
   /// Raft TransferLeader: a leader hands its leadership to the named
   /// member (graceful shutdown), which starts an election at once.
   pub const TransferLeader: Self = Self(8);
+  /// The first frame on every peer connection, and only there: names the
+  /// range (`group`) the connection is for; the payload is the peer
+  /// protocol version (postcard `u32`). The node that accepted the
+  /// connection answers with the index of its core that hosts the range
+  /// (postcard `u32`) and hands the connection to that core, or answers an
+  /// error and closes it (no such range here, another version).
+  pub const Hello: Self = Self(9);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 8;
+  pub const ENUM_MAX: u8 = 9;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::AppendEntries,
@@ -934,6 +942,7 @@ impl PeerCallKind {
     Self::ChangeMembership,
     Self::Ping,
     Self::TransferLeader,
+    Self::Hello,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -947,6 +956,7 @@ impl PeerCallKind {
       Self::ChangeMembership => Some("ChangeMembership"),
       Self::Ping => Some("Ping"),
       Self::TransferLeader => Some("TransferLeader"),
+      Self::Hello => Some("Hello"),
       _ => None,
     }
   }
@@ -5763,7 +5773,7 @@ impl<'a> PeerFrame<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(PeerFrame::VT_CALL_ID, Some(0)).unwrap()}
   }
-  /// Raft group (shard) the call is for.
+  /// Raft group (range) the call is for.
   #[inline]
   pub fn group(&self) -> u64 {
     // Safety:
