@@ -346,17 +346,17 @@ pub struct ClusterStatus {
 async fn cluster_status(State(state): State<AppState>) -> ApiResult<Json<ClusterStatus>> {
     let facts = state.node.facts();
     let reports = reports(&state.node).await?;
-    if let Some(first) = reports.iter().find_map(|report| report.raft.as_ref()) {
-        // Cluster mode: one Raft group per core, as this node's replicas
+    if let Some(first) = reports.iter().find_map(|report| report.ranges.first()) {
+        // Cluster mode: one Raft group per range, as this node's replicas
         // see them.
         let me = first.node_id;
         let nodes = cluster_nodes(me, &reports);
         let shards = reports
             .iter()
-            .filter_map(|report| {
-                let raft = report.raft.as_ref()?;
-                let (start, end) = facts.core_slots[report.core];
-                Some(ClusterShard {
+            .flat_map(|report| &report.ranges)
+            .map(|raft| {
+                let (start, end) = raft.slots;
+                ClusterShard {
                     id: raft.group,
                     slots: SlotRange { start, end },
                     leader: raft.leader,
@@ -381,7 +381,7 @@ async fn cluster_status(State(state): State<AppState>) -> ApiResult<Json<Cluster
                     last_log_index: raft.last_log_index,
                     committed_index: raft.committed_index,
                     applied_index: raft.applied_index,
-                })
+                }
             })
             .collect();
         return Ok(Json(ClusterStatus {
@@ -429,13 +429,12 @@ async fn cluster_status(State(state): State<AppState>) -> ApiResult<Json<Cluster
     }))
 }
 
-/// The cluster's nodes as this node sees them: members from core 0's group
+/// The cluster's nodes as this node sees them: members from range 0's group
 /// (every group has the same members once changes settle), health merged
 /// over every core's probes (the worst state, the oldest answer).
 fn cluster_nodes(me: u64, reports: &[CoreReport]) -> Vec<ClusterNode> {
     let mut nodes: BTreeMap<u64, ClusterNode> = BTreeMap::new();
-    for report in reports {
-        let Some(raft) = &report.raft else { continue };
+    for raft in reports.iter().flat_map(|report| &report.ranges) {
         let members = raft
             .voters
             .iter()
@@ -460,7 +459,10 @@ fn cluster_nodes(me: u64, reports: &[CoreReport]) -> Vec<ClusterNode> {
         _ => 2,
     };
     for (core, report) in reports.iter().enumerate() {
-        let Some(raft) = &report.raft else { continue };
+        // A core's probes are shared by its ranges: its first one has them.
+        let Some(raft) = report.ranges.first() else {
+            continue;
+        };
         for peer in &raft.peers {
             let Some(node) = nodes.get_mut(&peer.node_id) else {
                 continue;
@@ -487,8 +489,8 @@ pub struct AddNodeBody {
     pub id: u64,
     /// Its Raft address (`HOST:PORT`): one port, whatever its core count.
     pub raft: String,
-    /// Its number of cores: must equal this cluster's (group `c` lives on
-    /// core `c` of every node).
+    /// Its number of cores: must equal this cluster's (every node hosts
+    /// range `r` on the same core).
     #[schema(minimum = 1)]
     pub cores: usize,
     /// Its databases per tenant: must equal this node's (the Raft log
@@ -496,6 +498,15 @@ pub struct AddNodeBody {
     #[serde(default = "default_databases")]
     #[schema(minimum = 1, maximum = 256)]
     pub databases: u16,
+    /// Its ranges per core: must equal this node's (every node hosts
+    /// range r on the same core). Absent: 1, the default.
+    #[serde(default = "default_ranges_per_core")]
+    #[schema(minimum = 1, maximum = 64)]
+    pub ranges_per_core: usize,
+}
+
+fn default_ranges_per_core() -> usize {
+    1
 }
 
 fn default_databases() -> u16 {
@@ -507,7 +518,7 @@ fn default_databases() -> u16 {
 pub struct MembershipBody {
     /// The node added or removed.
     pub node: u64,
-    /// Per shard (core order): its voters once the change committed.
+    /// Per shard (range order): its voters once the change committed.
     pub voters: Vec<Vec<u64>>,
 }
 
@@ -535,8 +546,18 @@ async fn add_node(
         return Err(ApiError::new(
             ErrorCode::InvalidArgument,
             format!(
-                "node {} has {} cores; this cluster's nodes have {cores} (group c lives on core c of every node)",
+                "node {} has {} cores; this cluster's nodes have {cores} (every node hosts range r on the same core)",
                 body.id, body.cores
+            ),
+        ));
+    }
+    let ranges_per_core = state.node.facts().ranges_per_core;
+    if body.ranges_per_core != ranges_per_core {
+        return Err(ApiError::new(
+            ErrorCode::InvalidArgument,
+            format!(
+                "node {} hosts {} ranges per core; this cluster's nodes host {ranges_per_core} (range r lives on the same core of every node)",
+                body.id, body.ranges_per_core
             ),
         ));
     }
@@ -610,7 +631,10 @@ async fn change_membership(
                 format!("unexpected core answer {other:?}"),
             )),
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect();
     Ok(Json(MembershipBody { node, voters }))
 }
 

@@ -162,7 +162,7 @@ pub enum CoreResponse {
     Done,
     /// Answer to `AddMember` and `RemoveMember`: the group's voters once
     /// the change is committed.
-    Members(Vec<u64>),
+    Members(Vec<Vec<u64>>),
     /// The request failed.
     Failed(ApiError),
 }
@@ -216,6 +216,9 @@ pub struct NodeFacts {
     /// Databases per tenant (`databases`): every node of a cluster must
     /// have the same count.
     pub databases: u16,
+    /// Ranges each core hosts (`ranges_per_core`): every node of a cluster
+    /// must have the same count.
+    pub ranges_per_core: usize,
 }
 
 /// The admin plane's handle on the node: the cores' channels and the

@@ -27,11 +27,13 @@ pub struct SnapshotInfo {
     pub cut_index: u64,
 }
 
-/// A core's replica of its Raft group (cluster mode).
+/// A core's replica of one range's Raft group (cluster mode).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RaftReport {
-    /// The group (shard) id.
+    /// The group (range) id.
     pub group: u64,
+    /// The range's first and last slot (inclusive, as `core_slots`).
+    pub slots: (u32, u32),
     /// This node's id.
     pub node_id: u64,
     /// `Leader`, `Follower`, `Candidate`, `Learner`, `Shutdown`.
@@ -129,6 +131,7 @@ pub struct CoreReport {
     pub tenant_requests: Vec<u64>,
     /// The last snapshot installed, if any.
     pub last_snapshot: Option<SnapshotInfo>,
-    /// Cluster mode: this core's Raft replica.
-    pub raft: Option<RaftReport>,
+    /// Cluster mode: this core's Raft replicas, one per range it hosts
+    /// (empty on a standalone node).
+    pub ranges: Vec<RaftReport>,
 }

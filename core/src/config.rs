@@ -61,6 +61,12 @@ pub struct NodeConfig {
     /// Databases per tenant (Redis's SELECT 0 to `databases - 1`), 1-256.
     /// Every node of a cluster must use the same count.
     pub databases: u16,
+    /// Cluster mode: ranges (Raft groups) each core hosts, 1 to
+    /// `slots::MAX_RANGES_PER_CORE`; the slots split into `cores x
+    /// ranges_per_core` ranges. Every node of a cluster must use the same
+    /// value, fixed for a data directory (its NODE file). A standalone node
+    /// hosts one range per core.
+    pub ranges_per_core: usize,
 }
 
 /// How a node's Raft groups snapshot and compact their logs.
@@ -217,6 +223,7 @@ impl Default for NodeConfig {
             raft: RaftTuning::default(),
             shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
             databases: crate::tenants::DEFAULT_DATABASES,
+            ranges_per_core: 1,
         }
     }
 }
@@ -406,6 +413,20 @@ impl NodeConfig {
         }
         if limits.scan_count_default > limits.scan_count_max {
             return invalid("limits.scan_count_default must not exceed scan_count_max".into());
+        }
+        if !(1..=crate::slots::MAX_RANGES_PER_CORE).contains(&self.ranges_per_core) {
+            return invalid(format!(
+                "ranges_per_core must be 1 to {}, not {}",
+                crate::slots::MAX_RANGES_PER_CORE,
+                self.ranges_per_core
+            ));
+        }
+        if self.ranges_per_core != 1 && self.cluster.is_none() {
+            return invalid(
+                "ranges_per_core other than 1 needs cluster mode (a standalone core's WAL \
+                 and snapshots hold one range)"
+                    .into(),
+            );
         }
         if self.raft.snapshot_every_entries == 0 {
             return invalid("raft.snapshot_every_entries must be at least 1".into());

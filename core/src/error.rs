@@ -43,13 +43,14 @@ impl ProtocolError {
         }
     }
 
-    /// `WrongShard`: slot `slot` reached a core that does not own it; `core`
-    /// of this node does. Nothing was applied.
-    pub fn wrong_shard(slot: u16, core: CoreId) -> ProtocolError {
+    /// `WrongShard`: slot `slot` reached a range that does not own it;
+    /// range `range`, hosted by `core` of this node, does. Nothing was
+    /// applied.
+    pub fn wrong_shard(slot: u16, range: usize, core: CoreId) -> ProtocolError {
         ProtocolError {
             code: ErrorCode::WrongShard,
             message: format!(
-                "slot {slot} is owned by core {core} of this node, not the core that got it"
+                "slot {slot} is owned by range {range} on core {core} of this node, not the range that got it"
             ),
             owner: Some(ShardOwner {
                 slot,

@@ -123,8 +123,13 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
         cluster.raft_listen = Some(bind);
     }
     refuse_shared_ports(&config)?;
-    check_node_file(&config.data_dir, cores, config.databases)?;
-    let slot_map = Arc::new(SlotMap::contiguous(cores));
+    check_node_file(
+        &config.data_dir,
+        cores,
+        config.databases,
+        config.ranges_per_core,
+    )?;
+    let slot_map = Arc::new(SlotMap::placed(cores, config.ranges_per_core));
     // The config's tenants, then those created or changed at runtime.
     let configured = config
         .tenants
@@ -278,14 +283,15 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
                 resp_addr: addrs.resp,
                 core_slots: (0..cores)
                     .map(|core| {
-                        let range = slot_map.slot_range(core);
-                        (range.start as u32, range.end as u32 - 1)
+                        let slots = slot_map.core_slot_range(core);
+                        (slots.start as u32, slots.end as u32 - 1)
                     })
                     .collect(),
                 started_unix_ms: now_ms(),
                 max_key_bytes: config.limits.max_key_bytes,
                 max_value_bytes: config.limits.max_value_bytes,
                 databases: config.databases,
+                ranges_per_core: config.ranges_per_core,
             };
             let handle = NodeHandle::new(facts, admin_senders, tenant_specs);
             Some(tinkerdb_admin::start(listener, handle)?)
@@ -304,6 +310,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
                     cluster,
                     cores,
                     config.databases,
+                    config.ranges_per_core,
                     own_admin,
                 ))?;
         }
@@ -446,9 +453,15 @@ fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
 }
 
 /// `<data_dir>/NODE` records the core count the data was written with: a
-/// key's core follows from the slot map, so a data directory can only be
-/// reopened with the same number of cores (resharding comes later).
-fn check_node_file(data_dir: &std::path::Path, cores: usize, databases: u16) -> anyhow::Result<()> {
+/// key's range and core follow from the slot map, so a data directory can
+/// only be reopened with the same number of cores and ranges per core
+/// (moving ranges comes later).
+fn check_node_file(
+    data_dir: &std::path::Path,
+    cores: usize,
+    databases: u16,
+    ranges_per_core: usize,
+) -> anyhow::Result<()> {
     let path = data_dir.join("NODE");
     // A database count other than the default is part of the data: WAL
     // records and Raft entries name `tenant/n`, which a smaller count would
@@ -459,11 +472,17 @@ fn check_node_file(data_dir: &std::path::Path, cores: usize, databases: u16) -> 
     } else {
         format!("databases = {databases}\n")
     };
-    let expected = format!("format = 1\ncores = {cores}\n{databases_line}");
+    // Likewise written only when not 1.
+    let ranges_line = if ranges_per_core == 1 {
+        String::new()
+    } else {
+        format!("ranges_per_core = {ranges_per_core}\n")
+    };
+    let expected = format!("format = 1\ncores = {cores}\n{databases_line}{ranges_line}");
     match std::fs::read_to_string(&path) {
         Ok(text) if text == expected => Ok(()),
         Ok(text) => Err(anyhow!(
-            "data directory {} was written by a node with different settings ({}); start with the same --cores and databases (databases = 16 unless listed)",
+            "data directory {} was written by a node with different settings ({}); start with the same --cores, databases and ranges_per_core (databases = 16 and ranges_per_core = 1 unless listed)",
             data_dir.display(),
             text.trim().replace('\n', ", ")
         )),
@@ -646,14 +665,25 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
         None => (None, None),
     };
     let core_tenants = Rc::new(CoreTenants::new(setup.tenants.clone()));
-    let journal = Journal::new(wal.clone(), core_tenants.clone());
-    let shard = Shard::new(core, setup.slot_map.clone(), recovered.store, journal);
+    // One shard per range the core hosts. Standalone: one, over the
+    // recovered store and the core's WAL; cluster mode: each range's store
+    // starts empty and its group re-applies its log into it.
+    let mut recovered_store = Some(recovered.store);
+    let shards = setup
+        .slot_map
+        .ranges_of(core)
+        .map(|range| {
+            let store = recovered_store.take().unwrap_or_default();
+            let journal = Journal::new(wal.clone(), core_tenants.clone());
+            Shard::new(range, setup.slot_map.clone(), store, journal)
+        })
+        .collect();
     let context = CoreContext::new_rc(
         core,
         setup.slot_map.clone(),
         core_tenants,
         setup.config.limits.clone(),
-        shard,
+        shards,
         wal,
         core_dir,
         peers,
@@ -674,7 +704,7 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
     apply_quotas(&context, &setup.tenants);
     if let Some(cluster) = &setup.config.cluster {
         let peer_sockets = peer_sockets.expect("cluster mode makes the hand-off channels");
-        crate::cluster::start_replica(&context, cluster, &setup.config.raft, peer_sockets).await?;
+        crate::cluster::start_replicas(&context, cluster, &setup.config.raft, peer_sockets).await?;
     }
     for connecting in inbound_connecting {
         let inbound = connecting.await;
@@ -713,9 +743,9 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
     .await;
     let _ = setup.events.send(CoreEvent::Drained(core));
     stop.exit.tripped().await;
-    if let Some(replica) = context.replica.get() {
+    for replica in context.replicas.get().into_iter().flatten() {
         if let Err(error) = replica.raft.shutdown().await {
-            tracing::warn!(core, %error, "Raft group did not shut down cleanly");
+            tracing::warn!(core, group = replica.group, %error, "Raft group did not shut down cleanly");
         }
     }
     tracing::debug!(core, "core stopped");
@@ -732,7 +762,7 @@ const DRAIN_POLL: Duration = Duration::from_millis(5);
 async fn drain_core(context: &CoreContext, timeout: Duration) {
     let core = context.core;
     let deadline = Instant::now() + timeout;
-    if let Some(replica) = context.replica.get() {
+    for replica in context.replicas.get().into_iter().flatten() {
         let handed_to = tinkerdb_replication::group::hand_off_leadership(
             &replica.raft,
             replica.group,
@@ -876,11 +906,12 @@ async fn active_expiry(context: Rc<CoreContext>) {
     loop {
         glommio::timer::sleep(ACTIVE_EXPIRY_INTERVAL).await;
         let now = now_ms();
-        context
-            .shard
-            .borrow_mut()
-            .store_mut()
-            .expire_due(now, ACTIVE_EXPIRY_MAX_ITEMS_PER_TICK);
+        for shard in context.shards() {
+            shard
+                .borrow_mut()
+                .store_mut()
+                .expire_due(now, ACTIVE_EXPIRY_MAX_ITEMS_PER_TICK);
+        }
     }
 }
 
@@ -889,20 +920,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_node_file_refuses_another_core_or_database_count() {
+    fn the_node_file_refuses_another_core_database_or_range_count() {
         let dir = std::env::temp_dir().join(format!("tinkerdb-node-file-{}", std::process::id()));
+        let default_databases = crate::tenants::DEFAULT_DATABASES;
         std::fs::create_dir_all(&dir).unwrap();
         // A directory from before databases existed: format and cores only.
         std::fs::write(dir.join("NODE"), "format = 1\ncores = 2\n").unwrap();
-        check_node_file(&dir, 2, crate::tenants::DEFAULT_DATABASES).expect("the default matches");
-        let fewer = check_node_file(&dir, 2, 4).unwrap_err().to_string();
+        check_node_file(&dir, 2, default_databases, 1).expect("the defaults match");
+        let fewer = check_node_file(&dir, 2, 4, 1).unwrap_err().to_string();
         assert!(fewer.contains("databases"), "{fewer}");
-        assert!(check_node_file(&dir, 3, crate::tenants::DEFAULT_DATABASES).is_err());
+        assert!(check_node_file(&dir, 3, default_databases, 1).is_err());
+        assert!(check_node_file(&dir, 2, default_databases, 2).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
         std::fs::create_dir_all(&dir).unwrap();
-        check_node_file(&dir, 2, 4).expect("a fresh directory records 4");
-        check_node_file(&dir, 2, 4).expect("and accepts it again");
-        assert!(check_node_file(&dir, 2, crate::tenants::DEFAULT_DATABASES).is_err());
+        check_node_file(&dir, 2, 4, 3).expect("a fresh directory records 4 and 3");
+        check_node_file(&dir, 2, 4, 3).expect("and accepts them again");
+        assert!(check_node_file(&dir, 2, default_databases, 3).is_err());
+        assert!(check_node_file(&dir, 2, 4, 1).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -26,10 +26,17 @@ struct Cluster {
     nodes: BTreeMap<u64, TestNode>,
     dirs: BTreeMap<u64, PathBuf>,
     peers: String,
+    config: String,
 }
 
 impl Cluster {
     fn start() -> Cluster {
+        Cluster::start_with_ranges(1)
+    }
+
+    /// Three nodes of `CORES` cores, each core hosting `ranges_per_core`
+    /// ranges (Raft groups).
+    fn start_with_ranges(ranges_per_core: usize) -> Cluster {
         let ports = raft_ports(3);
         let peers = (1..=3)
             .map(|id| format!("{id}=127.0.0.1:{}", ports[id as usize - 1]))
@@ -39,6 +46,7 @@ impl Cluster {
             nodes: BTreeMap::new(),
             dirs: BTreeMap::new(),
             peers,
+            config: format!("ranges_per_core = {ranges_per_core}\n{RAFT_TUNING}"),
         };
         for id in 1..=3 {
             let dir = common::fresh_dir();
@@ -55,7 +63,7 @@ impl Cluster {
             "--peers".to_string(),
             self.peers.clone(),
         ];
-        let node = TestNode::start_with_args(CORES, RAFT_TUNING, &self.dirs[&id], &[], &args);
+        let node = TestNode::start_with_args(CORES, &self.config, &self.dirs[&id], &[], &args);
         self.nodes.insert(id, node);
     }
 
@@ -127,7 +135,101 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 #[test]
 fn kill_9_of_a_leader_loses_no_acknowledged_write_and_the_node_catches_up() {
     let _alone = one_cluster_at_a_time();
-    let mut cluster = Cluster::start();
+    kill_9_of_a_leader_of_range_0(1);
+}
+
+/// The same with two ranges (Raft groups) on each core, four in all, on
+/// each core's one shared log: every range keeps its own store, version
+/// counter and snapshots; a request spanning ranges of one core is split
+/// like one spanning cores.
+#[test]
+fn with_two_ranges_per_core_a_kill_9_loses_nothing_and_requests_span_ranges() {
+    let _alone = one_cluster_at_a_time();
+    let (cluster, acked) = kill_9_of_a_leader_of_range_0(2);
+    let shards = cluster.shards(1);
+    assert_eq!(shards.len(), CORES * 2, "{shards:?}");
+    let mut next_slot = 0;
+    for (range, shard) in shards.iter().enumerate() {
+        assert_eq!(shard["id"].as_u64(), Some(range as u64), "{shard}");
+        assert_eq!(shard["slots"]["start"].as_u64(), Some(next_slot), "{shard}");
+        next_slot = shard["slots"]["end"].as_u64().unwrap() + 1;
+        assert_eq!(
+            shard["replicas"].as_array().map(Vec::len),
+            Some(3),
+            "{shard}"
+        );
+    }
+    assert_eq!(next_slot, 16384);
+    let client = cluster.client(2);
+    runtime().block_on(async {
+        // Multi-key requests fan out over the ranges, those on one core
+        // included, and every key is counted and scanned exactly once.
+        let entries: Vec<(String, String)> = (0..40)
+            .map(|i| (format!("multi:{i}"), format!("m{i}")))
+            .collect();
+        client.mset(&entries).await.unwrap();
+        let keys: Vec<&String> = entries.iter().map(|(key, _)| key).collect();
+        let values = client.mget(&keys).await.unwrap();
+        for ((_, value), read) in entries.iter().zip(values) {
+            assert_eq!(read.map(|v| v.value), Some(value.clone().into()));
+        }
+        assert_eq!(
+            client.count().await.unwrap(),
+            (acked.len() + entries.len()) as u64
+        );
+        let mut scanned = client
+            .scan_all(&tinkerdb_client::ScanOptions::default())
+            .await
+            .unwrap();
+        scanned.sort();
+        let before = scanned.len();
+        scanned.dedup();
+        assert_eq!(
+            (before, scanned.len()),
+            (acked.len() + entries.len(), before)
+        );
+        assert_eq!(client.delete(&keys).await.unwrap(), 40);
+        // Atomic multi-key requests stay within one range.
+        // (Searched over independent names: a CRC's slots of keys that
+        // differ only in a shared suffix are tied to each other.)
+        let (a, b) = (0..1000)
+            .flat_map(|i| (0..1000).map(move |j| (format!("pair:{i}"), format!("other:{j}"))))
+            .find(|(a, b)| range_of(a) != range_of(b) && core_of(a) == core_of(b))
+            .expect("two keys of two ranges of one core");
+        let refused = client.mset_if_absent(&[(&a, "1"), (&b, "2")]).await;
+        assert!(
+            matches!(
+                &refused,
+                Err(tinkerdb_client::ClientError::Server { code, .. })
+                    if *code == tinkerdb_schemas::wire::ErrorCode::CrossShard
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(
+            client.exists(&[&a, &b]).await.unwrap(),
+            0,
+            "nothing applied"
+        );
+    });
+}
+
+/// The range of `key` (default tenant) on 2 cores x 2 ranges.
+fn range_of(key: &str) -> usize {
+    let slot = tinkerdb_storage::hash_slot("default", key.as_bytes());
+    usize::from(slot) * (CORES * 2) / 16384
+}
+
+fn core_of(key: &str) -> usize {
+    range_of(key) / 2
+}
+
+/// Starts a cluster with `ranges_per_core`, writes through every node,
+/// kills the leader of range 0 with SIGKILL, writes on until the survivors
+/// purge range 0's log past what the victim holds, restarts the victim and
+/// reads everything back through it. Returns the cluster and the writes.
+/// The caller holds [`one_cluster_at_a_time`].
+fn kill_9_of_a_leader_of_range_0(ranges_per_core: usize) -> (Cluster, Vec<(String, String)>) {
+    let mut cluster = Cluster::start_with_ranges(ranges_per_core);
     let mut agreed = Vec::new();
     assert!(
         common::eventually(Duration::from_secs(60), || {
@@ -168,9 +270,10 @@ fn kill_9_of_a_leader_loses_no_acknowledged_write_and_the_node_catches_up() {
         .collect();
     let mut slowest = Duration::ZERO;
     runtime().block_on(async {
-        // Enough that group 0 (about half the keys) passes its next
-        // snapshot points (every 40 entries) well beyond the victim's log.
-        for i in 120..320 {
+        // Enough that group 0 (about 1 / ranges of the keys) passes its
+        // next snapshot points (every 40 entries) well beyond the
+        // victim's log.
+        for i in 120..120 + 200 * ranges_per_core {
             let via = survivors[i % 2];
             let (key, value) = (format!("key:{i}"), format!("value:{i}"));
             let started = Instant::now();
@@ -203,8 +306,9 @@ fn kill_9_of_a_leader_loses_no_acknowledged_write_and_the_node_catches_up() {
     );
     eprintln!(
         "killed node {victim} (leader of group 0, log up to {victim_last_index}); slowest write \
-         after the kill {slowest:?}; 320 writes acknowledged in {:?}, none lost; survivors purged \
-         group 0 to {purged:?}",
+         after the kill {slowest:?}; {} writes acknowledged in {:?}, none lost; survivors purged \
+         group 0 to {purged:?} ({ranges_per_core} ranges per core)",
+        acked.len(),
         killed_at.elapsed()
     );
 
@@ -218,6 +322,7 @@ fn kill_9_of_a_leader_loses_no_acknowledged_write_and_the_node_catches_up() {
         installed.is_some_and(|index| index > victim_last_index),
         "the restarted node holds snapshot {installed:?}"
     );
+    (cluster, acked)
 }
 
 /// Every acknowledged write reads back through `client` with its value.

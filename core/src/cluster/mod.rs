@@ -1,7 +1,8 @@
-//! Cluster membership: starting a core's replica of its Raft group (its
-//! share of the node's one peer listener, the group, the first-leader
-//! nudge), joining a running cluster, and adding or removing a member. The request path through a
-//! replica is `coord::replica`.
+//! Cluster membership: starting a core's replicas of its ranges' Raft
+//! groups (its share of the node's one peer listener, the groups on the
+//! core's shared log, the first-leader nudge), joining a running cluster,
+//! and adding or removing a member. The request path through a replica is
+//! `coord::replica`.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -23,6 +24,7 @@ use tinkerdb_schemas::wire::ErrorCode;
 use crate::config::{ClusterConfig, RaftTuning};
 use crate::coord::context::CoreContext;
 use crate::coord::replica::{Replica, ShardApplier};
+use crate::slots::RangeId;
 
 /// Connections a core hands to another (core 0 accepts every peer
 /// connection of the node and passes each to the core hosting the range
@@ -80,19 +82,22 @@ impl PeerSocketEnds {
     }
 }
 
-/// Starts this core's replica: its share of the peer listener, its group
-/// (initialised with every node on first start), and the leader nudge.
-pub async fn start_replica(
+/// Starts this core's replicas, one per range it hosts: its share of the
+/// peer listener, the groups (initialised with every node on first
+/// start), the leader nudge, health probes and hibernation.
+pub async fn start_replicas(
     context: &Rc<CoreContext>,
     cluster: &ClusterConfig,
     tuning: &RaftTuning,
     peer_sockets: PeerSocketsConnecting,
 ) -> anyhow::Result<()> {
     let core = context.core;
-    // Placement: range (group) g is hosted by core g of every node.
-    let range = core as u64;
+    // Placement (`SlotMap::core_of`): every node hosts range r on the same
+    // core, so this core's peer connections reach the core of the peers
+    // that hosts the same ranges; a hello names the first of them.
+    let hosted = context.hosted_ranges();
     let peers = Rc::new(Peers::new(
-        range,
+        hosted.start as u64,
         cluster
             .nodes
             .iter()
@@ -125,7 +130,7 @@ pub async fn start_replica(
                     None => None,
                 });
             }
-            let router = peer_router(core, context.slot_map.cores(), Rc::new(connected));
+            let router = peer_router(core, context.slot_map.clone(), Rc::new(connected));
             glommio::spawn_local(transport::serve_node_peers(listener, handler, router)).detach();
         }
         PeerSocketsConnecting::Receives(receiver) => {
@@ -146,38 +151,53 @@ pub async fn start_replica(
         .iter()
         .map(|node| (node.id, Node::new(node.raft.to_string())))
         .collect();
-    let spec = GroupSpec {
-        group: range,
-        node_id: cluster.node_id,
-        members,
-        log: open_core_log(&context.core_dir)?,
-        snapshot_dir: context.core_dir.join("raft-snapshots"),
-        snapshot_every_entries: tuning.snapshot_every_entries,
-        logs_kept_after_snapshot: tuning.logs_kept_after_snapshot,
-        // A node that joins a running cluster waits to be added.
-        initialize: cluster.join.is_none(),
-    };
-    let applier = Rc::new(RefCell::new(ShardApplier::new(context.clone())));
-    let (raft, wal_stats) = group::start_with_stats(&spec, applier, peers.clone())
-        .await
-        .map_err(|error| anyhow::anyhow!("core {core}: {error}"))?;
-    groups.insert(spec.group, raft.clone());
+    // Every range of the core on its one shared Raft log.
+    let log = open_core_log(&context.core_dir)?;
+    let health = Rc::new(HealthTable::default());
+    let mut replicas = Vec::with_capacity(hosted.len());
+    for range in hosted.clone() {
+        let spec = GroupSpec {
+            group: range as u64,
+            node_id: cluster.node_id,
+            members: members.clone(),
+            log: log.clone(),
+            snapshot_dir: snapshot_dir(&context.core_dir, range, hosted.start),
+            snapshot_every_entries: tuning.snapshot_every_entries,
+            logs_kept_after_snapshot: tuning.logs_kept_after_snapshot,
+            // A node that joins a running cluster waits to be added.
+            initialize: cluster.join.is_none(),
+        };
+        let applier = Rc::new(RefCell::new(ShardApplier::new(context.clone(), range)));
+        let (raft, wal_stats) = group::start_with_stats(&spec, applier, peers.clone())
+            .await
+            .map_err(|error| anyhow::anyhow!("core {core}, range {range}: {error}"))?;
+        groups.insert(spec.group, raft.clone());
+        // Spread first leaders: range r prefers node (r mod n) + 1.
+        let preferred = cluster.nodes[range % cluster.nodes.len()].id;
+        if preferred == cluster.node_id && raft.current_leader().await.is_none() {
+            let _ = raft.trigger().elect(false).await;
+        }
+        replicas.push(Replica {
+            group: spec.group,
+            raft,
+            peers: peers.clone(),
+            health: health.clone(),
+            wal_stats,
+        });
+    }
     glommio::spawn_local(group::release_pinned_segments(
         groups.clone(),
-        spec.log.clone(),
+        log,
         group::MAX_SEGMENTS_PINNED,
         group::PINNED_CHECK_INTERVAL,
     ))
     .detach();
-    // Spread first leaders: group c prefers node (c mod n) + 1.
-    let preferred = cluster.nodes[core % cluster.nodes.len()].id;
-    if preferred == cluster.node_id && raft.current_leader().await.is_none() {
-        let _ = raft.trigger().elect(false).await;
-    }
-    let health = Rc::new(HealthTable::default());
+    // One set of probes per core: every range of it has the same members
+    // once changes settle; the first range's are probed.
     let members = {
-        let raft = raft.clone();
-        move || group::status(&raft, spec.group).other_members()
+        let raft = replicas[0].raft.clone();
+        let group = replicas[0].group;
+        move || group::status(&raft, group).other_members()
     };
     glommio::spawn_local(health::probe_peers(peers.clone(), health.clone(), members)).detach();
     if tuning.hibernate_after_ms > 0 {
@@ -189,37 +209,43 @@ pub async fn start_replica(
         ))
         .detach();
     }
-    let replica = Replica {
-        group: spec.group,
-        raft,
-        peers,
-        health,
-        core,
-        wal_stats,
-    };
-    if context.replica.set(replica).is_err() {
-        anyhow::bail!("core {core} started its replica twice");
+    if context.replicas.set(replicas).is_err() {
+        anyhow::bail!("core {core} started its replicas twice");
     }
     Ok(())
 }
 
-/// Core 0's router of the node's peer connections: range `g` is hosted by
-/// core `g` (the placement of `start_replica`); a connection for another
-/// core travels to it over `to_core`.
+/// Where range `range`'s Raft snapshots go: the core's first range keeps
+/// `raft-snapshots` (the directory of a one-range core, as before ranges),
+/// the others `raft-snapshots-range-R`.
+fn snapshot_dir(
+    core_dir: &std::path::Path,
+    range: RangeId,
+    first_range: RangeId,
+) -> std::path::PathBuf {
+    if range == first_range {
+        core_dir.join("raft-snapshots")
+    } else {
+        core_dir.join(format!("raft-snapshots-range-{range}"))
+    }
+}
+
+/// Core 0's router of the node's peer connections: a range's connection
+/// goes to the core that hosts it (the placement of `start_replicas`); a
+/// connection for another core travels to it over `to_core`.
 fn peer_router(
     here: usize,
-    cores: usize,
+    slot_map: std::sync::Arc<crate::slots::SlotMap>,
     to_core: Rc<Vec<Option<ConnectedSender<OwnedFd>>>>,
 ) -> PeerRouter {
     PeerRouter {
         here,
-        locate: Box::new(move |range| {
-            match usize::try_from(range) {
-            Ok(core) if core < cores => Ok(core),
+        locate: Box::new(move |range| match usize::try_from(range) {
+            Ok(range) if range < slot_map.ranges() => Ok(slot_map.core_of(range)),
             _ => Err(format!(
-                "range {range} is not hosted on this node (it hosts ranges 0..{cores}, one per core)"
+                "range {range} is not hosted on this node (it hosts ranges 0..{})",
+                slot_map.ranges()
             )),
-        }
         }),
         hand_off: Box::new(move |core, socket| {
             let to_core = to_core.clone();
@@ -282,6 +308,7 @@ pub async fn join(
     cluster: &ClusterConfig,
     cores: usize,
     databases: u16,
+    ranges_per_core: usize,
     own_admin: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<()> {
     use tinkerdb_client::admin::request_async;
@@ -292,6 +319,7 @@ pub async fn join(
         "raft": me.raft.to_string(),
         "cores": cores,
         "databases": databases,
+        "ranges_per_core": ranges_per_core,
     });
     tracing::info!(%seed, node_id = cluster.node_id, "asking to join the cluster");
     let answer = request_async(seed, "POST", "/v1/cluster/nodes", Some(&body), JOIN_TIMEOUT)

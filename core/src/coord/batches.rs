@@ -10,18 +10,18 @@ use crate::coord::multi::{storage_failed, unexpected};
 use crate::coord::session::Session;
 use crate::error::ProtocolError;
 use crate::shard::{ShardReply, ShardRequest};
-use crate::slots::CoreId;
+use crate::slots::RangeId;
 
-/// Single-key requests for other cores, gathered while a pipeline is read
-/// and sent as one `ShardRequest::Batch` message per core: one cross-core
-/// hop per core per pipeline instead of one per request.
+/// Single-key requests for other ranges, gathered while a pipeline is read
+/// and sent as one `ShardRequest::Batch` message per range: one cross-core
+/// hop per range per pipeline instead of one per request.
 ///
 /// Order: a batch is sent (`flush`) before any multi-key request starts and
-/// at the end of the pipeline, so requests still reach each core in the
+/// at the end of the pipeline, so requests still reach each range in the
 /// order the client sent them.
 #[derive(Default)]
 struct RemoteBatches {
-    /// Requests gathered per core, not yet sent (index = core).
+    /// Requests gathered per range, not yet sent (index = range).
     gathering: Vec<(Vec<ShardRequest>, Option<usize>)>,
     /// Batches sent: the reply to await, then the replies once received.
     sent: Vec<SentBatch>,
@@ -46,12 +46,12 @@ impl SentBatch {
 }
 
 impl RemoteBatches {
-    /// Queues `request` for `core`; returns (batch id, index in it).
-    fn push(&mut self, cores: usize, core: CoreId, request: ShardRequest) -> (usize, usize) {
+    /// Queues `request` for `range`; returns (batch id, index in it).
+    fn push(&mut self, ranges: usize, range: RangeId, request: ShardRequest) -> (usize, usize) {
         if self.gathering.is_empty() {
-            self.gathering.resize_with(cores, Default::default);
+            self.gathering.resize_with(ranges, Default::default);
         }
-        let (requests, batch_id) = &mut self.gathering[core];
+        let (requests, batch_id) = &mut self.gathering[range];
         let batch = *batch_id.get_or_insert_with(|| {
             self.sent.push(SentBatch::Answered(Vec::new()));
             self.sent.len() - 1
@@ -62,12 +62,12 @@ impl RemoteBatches {
 
     /// Sends every gathered batch.
     async fn flush(&mut self, context: &CoreContext) {
-        for (core, (requests, batch_id)) in self.gathering.iter_mut().enumerate() {
+        for (range, (requests, batch_id)) in self.gathering.iter_mut().enumerate() {
             let Some(batch) = batch_id.take() else {
                 continue;
             };
             let requests = std::mem::take(requests);
-            self.sent[batch] = match context.dispatch(core, ShardRequest::Batch(requests)).await {
+            self.sent[batch] = match context.dispatch(range, ShardRequest::Batch(requests)).await {
                 Ok(dispatched) => SentBatch::InFlight(dispatched),
                 Err(error) => SentBatch::Failed(error),
             };
@@ -176,11 +176,11 @@ impl Pipeline {
         let request = session.reading(request);
         let owner = context.slot_map.owner(slot);
         if context.runs_inline(owner) {
-            let (reply, durable_at) = context.execute_here(request);
+            let (reply, durable_at) = context.execute_here(owner, request);
             self.durable_at = self.durable_at.max(durable_at);
             return Ticket::Ready { reply, durable_at };
         }
-        let (batch, index) = self.batches.push(context.slot_map.cores(), owner, request);
+        let (batch, index) = self.batches.push(context.slot_map.ranges(), owner, request);
         Ticket::Batched { batch, index }
     }
 

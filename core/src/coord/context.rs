@@ -1,6 +1,6 @@
-//! A core's context: everything one core's tasks share (its shard, its
-//! WAL, its snapshot state, its Raft replica in cluster mode, its counters,
-//! the channels to the other cores). Plain data and the synchronous steps
+//! A core's context: everything one core's tasks share (the shards of the
+//! ranges it hosts, its WAL, its snapshot state, its Raft replicas in
+//! cluster mode, its counters, the channels to the other cores). Plain data and the synchronous steps
 //! on it; how requests travel is `coord::dispatch`.
 
 use std::cell::{Cell, RefCell};
@@ -19,13 +19,15 @@ use tinkerdb_schemas::wire::ErrorCode;
 use crate::config::Limits;
 use crate::coord::snapshots::SnapshotState;
 use crate::shard::{Shard, ShardReply, ShardRequest};
-use crate::slots::{CoreId, SlotMap};
+use crate::slots::{CoreId, RangeId, SlotMap};
 use crate::tenants::CoreTenants;
 use std::path::PathBuf;
 use tinkerdb_storage::wal::Wal;
 
 /// A request sent to another core, with where to send its reply.
 pub struct CoreMessage {
+    /// The range (hosted by the receiving core) it is for.
+    pub range: RangeId,
     /// The work.
     pub request: ShardRequest,
     /// Where the owning core puts the answer.
@@ -109,9 +111,11 @@ pub struct CoreContext {
     pub tenants: Rc<CoreTenants>,
     /// Request limits.
     pub limits: Limits,
-    /// This core's keys. Borrowed only inside synchronous code, never across
-    /// an `.await`, so a borrow can never be held by a suspended task.
-    pub shard: RefCell<Shard>,
+    /// The shards of the ranges this core hosts, in range order (see
+    /// [`Self::shard`]). Each is borrowed only inside synchronous code,
+    /// never across an `.await`, so a borrow can never be held by a
+    /// suspended task.
+    shards: Vec<RefCell<Shard>>,
     /// This core's WAL (none with durability `none`).
     pub wal: Option<Wal>,
     /// Snapshot bookkeeping of this core.
@@ -122,10 +126,11 @@ pub struct CoreContext {
     pub(super) peers: Vec<Option<ConnectedSender<CoreMessage>>>,
     /// Counters.
     pub stats: CoreStats,
-    /// Cluster mode: this core's replica of its shard's Raft group (set
-    /// once at start). When set, every request goes through it
+    /// Cluster mode: this core's replicas of its ranges' Raft groups, in
+    /// range order like the shards (set once at start). When set, every
+    /// request goes through its range's replica
     /// (`coord::replica::execute_replicated`), never straight to the shard.
-    pub replica: std::cell::OnceCell<crate::coord::replica::Replica>,
+    pub replicas: std::cell::OnceCell<Vec<crate::coord::replica::Replica>>,
     /// This context's own `Rc` (weak: no cycle), so a request for this core
     /// can run as a task of its own (cluster mode, see [`Self::dispatch`]).
     pub(super) this: Weak<CoreContext>,
@@ -140,25 +145,30 @@ pub fn now_ms() -> u64 {
 }
 
 impl CoreContext {
-    /// Builds the context of `core` from its recovered shard and connected
-    /// channels.
+    /// Builds the context of `core` from the (recovered) shards of the
+    /// ranges it hosts, in range order, and its connected channels.
     #[allow(clippy::too_many_arguments)]
     pub fn new_rc(
         core: CoreId,
         slot_map: Arc<SlotMap>,
         tenants: Rc<CoreTenants>,
         limits: Limits,
-        shard: Shard,
+        shards: Vec<Shard>,
         wal: Option<Wal>,
         core_dir: PathBuf,
         peers: Vec<Option<ConnectedSender<CoreMessage>>>,
     ) -> Rc<CoreContext> {
         assert_eq!(peers.len(), slot_map.cores());
         assert!(peers[core].is_none(), "no channel from a core to itself");
+        assert_eq!(
+            shards.len(),
+            slot_map.ranges_of(core).len(),
+            "one shard per range the core hosts"
+        );
         Rc::new_cyclic(|this| CoreContext {
             this: this.clone(),
             core,
-            shard: RefCell::new(shard),
+            shards: shards.into_iter().map(RefCell::new).collect(),
             slot_map,
             tenants,
             limits,
@@ -167,33 +177,74 @@ impl CoreContext {
             core_dir,
             peers,
             stats: CoreStats::default(),
-            replica: std::cell::OnceCell::new(),
+            replicas: std::cell::OnceCell::new(),
         })
     }
 
-    /// Executes `request` on this core's shard now; returns the reply and
-    /// the WAL index it must not be acknowledged before (if it wrote).
-    pub fn execute_here(&self, request: ShardRequest) -> (ShardReply, Option<u64>) {
-        let mut shard = self.shard.borrow_mut();
+    /// The ranges this core hosts.
+    pub fn hosted_ranges(&self) -> std::ops::Range<RangeId> {
+        self.slot_map.ranges_of(self.core)
+    }
+
+    /// Position of `range` among this core's (panics if another core
+    /// hosts it: routing sends a range's requests to its core only).
+    fn local_index(&self, range: RangeId) -> usize {
+        let hosted = self.hosted_ranges();
+        assert!(
+            hosted.contains(&range),
+            "range {range} is not hosted by core {}",
+            self.core
+        );
+        range - hosted.start
+    }
+
+    /// The shard of `range`, a range this core hosts.
+    pub fn shard(&self, range: RangeId) -> &RefCell<Shard> {
+        &self.shards[self.local_index(range)]
+    }
+
+    /// The shards of every range this core hosts, in range order.
+    pub fn shards(&self) -> &[RefCell<Shard>] {
+        &self.shards
+    }
+
+    /// The shard of a standalone core: a standalone node hosts one range
+    /// per core (its WAL and on-demand snapshots are per core).
+    pub fn standalone_shard(&self) -> &RefCell<Shard> {
+        assert_eq!(self.shards.len(), 1, "a standalone core hosts one range");
+        &self.shards[0]
+    }
+
+    /// Cluster mode: the replica of `range`, a range this core hosts.
+    pub fn replica(&self, range: RangeId) -> Option<&crate::coord::replica::Replica> {
+        let index = self.local_index(range);
+        self.replicas.get().map(|replicas| &replicas[index])
+    }
+
+    /// Executes `request` on the shard of `range` (hosted here) now;
+    /// returns the reply and the WAL index it must not be acknowledged
+    /// before (if it wrote).
+    pub fn execute_here(&self, range: RangeId, request: ShardRequest) -> (ShardReply, Option<u64>) {
+        let mut shard = self.shard(range).borrow_mut();
         let reply = shard.execute(request, now_ms());
         (reply, shard.take_ack_point())
     }
 
-    /// Whether this core's shard is replicated by a Raft group (cluster
+    /// Whether this core's ranges are replicated by Raft groups (cluster
     /// mode). The data path asks the mode through the two questions below
-    /// and `dispatch::execute_local`, decided once at start (the replica is
-    /// set before any request is served), never by its own tests.
+    /// and `dispatch::execute_local`, decided once at start (the replicas
+    /// are set before any request is served), never by its own tests.
     fn replicated(&self) -> bool {
-        self.replica.get().is_some()
+        self.replicas.get().is_some()
     }
 
-    /// Whether a request for `owner`'s shard runs inline on this core and
-    /// is answered at once. Only a local shard's own requests do: no
-    /// message, no task, and a write's durability wait joins the
-    /// pipeline's. A replicated shard's requests always join its batch, so
-    /// a pipeline's writes for it become one Raft entry.
-    pub fn runs_inline(&self, owner: CoreId) -> bool {
-        owner == self.core && !self.replicated()
+    /// Whether a request for range `owner` runs inline on this core and is
+    /// answered at once. Only a local shard's own requests do: no message,
+    /// no task, and a write's durability wait joins the pipeline's. A
+    /// replicated range's requests always join its batch, so a pipeline's
+    /// writes for it become one Raft entry.
+    pub fn runs_inline(&self, owner: RangeId) -> bool {
+        self.slot_map.core_of(owner) == self.core && !self.replicated()
     }
 
     /// Whether requests dispatched one after another reach their shard in

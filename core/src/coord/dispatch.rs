@@ -1,4 +1,5 @@
-//! Cross-core routing: how a request reaches the core that owns its slot.
+//! Cross-core routing: how a request reaches the range that owns its slot,
+//! on the core that hosts the range.
 //!
 //! Every ordered pair of cores (a, b) has one bounded single-producer,
 //! single-consumer channel (glommio `shared_channel`, lock-free, with an
@@ -22,7 +23,7 @@ use tinkerdb_schemas::wire::ErrorCode;
 use crate::coord::context::{CoreContext, CoreMessage};
 use crate::error::ProtocolError;
 use crate::shard::{ShardReply, ShardRequest};
-use crate::slots::CoreId;
+use crate::slots::RangeId;
 
 /// A request on its way: answered already (local) or awaiting another core.
 pub enum Dispatched {
@@ -47,20 +48,21 @@ fn shutting_down() -> ProtocolError {
 }
 
 impl CoreContext {
-    /// Executes `request` on this core's shard and waits until its writes
-    /// are as durable as the durability mode promises.
-    pub async fn execute_local(&self, request: ShardRequest) -> ShardReply {
-        if let Some(replica) = self.replica.get() {
+    /// Executes `request` on the shard of `range` (hosted here) and waits
+    /// until its writes are as durable as the durability mode promises.
+    pub async fn execute_local(&self, range: RangeId, request: ShardRequest) -> ShardReply {
+        if let Some(replica) = self.replica(range) {
             return crate::coord::replica::execute_replicated(self, replica, request).await;
         }
-        let (reply, ack_point) = self.execute_here(request);
+        let (reply, ack_point) = self.execute_here(range, request);
         match self.wait_durable(ack_point).await {
             Ok(()) => reply,
             Err(reason) => ShardReply::Refused(reason),
         }
     }
 
-    /// Sends `request` to `core` (or runs it here if `core` is this one).
+    /// Sends `request` to range `range` on its core (or runs it here if
+    /// this core hosts it).
     ///
     /// In cluster mode a request for this core runs as a task of its own
     /// (a write waits for a quorum), so the caller can send its requests
@@ -70,9 +72,10 @@ impl CoreContext {
     /// `RemoteBatches::flush_ordered`).
     pub async fn dispatch(
         &self,
-        core: CoreId,
+        range: RangeId,
         request: ShardRequest,
     ) -> Result<Dispatched, ProtocolError> {
+        let core = self.slot_map.core_of(range);
         if core == self.core {
             if let ShardRequest::Snapshot = request {
                 return Ok(Dispatched::Ready(
@@ -86,30 +89,34 @@ impl CoreContext {
                     .expect("a core's context outlives the requests it serves");
                 let (reply_to, receiver) = oneshot::channel();
                 glommio::spawn_local(async move {
-                    let _ = reply_to.send(context.execute_local(request).await);
+                    let _ = reply_to.send(context.execute_local(range, request).await);
                 })
                 .detach();
                 return Ok(Dispatched::Pending(receiver));
             }
-            return Ok(Dispatched::Ready(self.execute_local(request).await));
+            return Ok(Dispatched::Ready(self.execute_local(range, request).await));
         }
         let (reply_to, receiver) = oneshot::channel();
         let peer = self.peers[core]
             .as_ref()
             .expect("a channel to every other core");
-        peer.send(CoreMessage { request, reply_to })
-            .await
-            .map_err(|_| shutting_down())?;
+        peer.send(CoreMessage {
+            range,
+            request,
+            reply_to,
+        })
+        .await
+        .map_err(|_| shutting_down())?;
         Ok(Dispatched::Pending(receiver))
     }
 
-    /// Runs `request` on `core` and waits for the reply.
+    /// Runs `request` on range `range` and waits for the reply.
     pub async fn call(
         &self,
-        core: CoreId,
+        range: RangeId,
         request: ShardRequest,
     ) -> Result<ShardReply, ProtocolError> {
-        self.dispatch(core, request).await?.reply().await
+        self.dispatch(range, request).await?.reply().await
     }
 }
 
@@ -123,7 +130,12 @@ pub async fn serve_peer(
     context: std::rc::Rc<CoreContext>,
     inbound: ConnectedReceiver<CoreMessage>,
 ) {
-    while let Some(CoreMessage { request, reply_to }) = inbound.recv().await {
+    while let Some(CoreMessage {
+        range,
+        request,
+        reply_to,
+    }) = inbound.recv().await
+    {
         let stats = &context.stats;
         stats
             .peer_requests_total
@@ -142,12 +154,12 @@ pub async fn serve_peer(
             // Batch, which runs in order.
             let context = context.clone();
             glommio::spawn_local(async move {
-                let _ = reply_to.send(context.execute_local(request).await);
+                let _ = reply_to.send(context.execute_local(range, request).await);
             })
             .detach();
             continue;
         }
-        let (reply, ack_point) = context.execute_here(request);
+        let (reply, ack_point) = context.execute_here(range, request);
         // The requester may have gone (connection closed): nothing to do then.
         match (ack_point, &context.wal) {
             (Some(index), Some(wal)) => wal.when_durable(index, move |result| {

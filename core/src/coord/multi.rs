@@ -15,7 +15,7 @@ use crate::error::ProtocolError;
 use crate::shard::{
     KeyFilter, ShardReply, ShardRequest, SlotKey, Update, UpdateError, UpdateOutcome,
 };
-use crate::slots::CoreId;
+use crate::slots::RangeId;
 
 pub(crate) fn set_options(condition: WriteCondition, ttl_ms: u64) -> SetOptions {
     SetOptions {
@@ -193,10 +193,12 @@ pub(crate) fn quota_error(error: &StoreError, session: &Session) -> ProtocolErro
     let name = &*session.tenant_name;
     let message = match error {
         StoreError::KeyQuotaExceeded { max_keys, .. } => {
-            format!("tenant {name:?} reached its key quota (this core's share: {max_keys} keys)")
+            format!("tenant {name:?} reached its key quota (this range's share: {max_keys} keys)")
         }
         StoreError::ByteQuotaExceeded { max_bytes, .. } => {
-            format!("tenant {name:?} reached its byte quota (this core's share: {max_bytes} bytes)")
+            format!(
+                "tenant {name:?} reached its byte quota (this range's share: {max_bytes} bytes)"
+            )
         }
     };
     ProtocolError::new(ErrorCode::QuotaExceeded, message)
@@ -213,14 +215,14 @@ pub(crate) fn unexpected(reply: &ShardReply) -> ProtocolError {
     }
 }
 
-/// Groups keys by owning core, remembering each key's position.
-fn group_by_core(
+/// Groups keys by owning range, remembering each key's position.
+fn group_by_range(
     context: &CoreContext,
     session: &Session,
     keys: Vec<Bytes>,
-) -> Vec<(CoreId, Vec<usize>, Vec<SlotKey>)> {
+) -> Vec<(RangeId, Vec<usize>, Vec<SlotKey>)> {
     let mut groups: Vec<(Vec<usize>, Vec<SlotKey>)> =
-        vec![(Vec::new(), Vec::new()); context.slot_map.cores()];
+        vec![(Vec::new(), Vec::new()); context.slot_map.ranges()];
     for (index, key) in keys.into_iter().enumerate() {
         let slot = hash_slot(&session.tenant_name, &key);
         let (indexes, slot_keys) = &mut groups[context.slot_map.owner(slot)];
@@ -231,19 +233,19 @@ fn group_by_core(
         .into_iter()
         .enumerate()
         .filter(|(_, (indexes, _))| !indexes.is_empty())
-        .map(|(core, (indexes, keys))| (core, indexes, keys))
+        .map(|(range, (indexes, keys))| (range, indexes, keys))
         .collect()
 }
 
-/// Sends one request per core, then waits for all (so cores work at once).
+/// Sends one request per range, then waits for all (so cores work at once).
 async fn fan_out(
     context: &CoreContext,
     session: &Session,
-    requests: Vec<(CoreId, ShardRequest)>,
+    requests: Vec<(RangeId, ShardRequest)>,
 ) -> Result<Vec<ShardReply>, ProtocolError> {
     let mut dispatched = Vec::with_capacity(requests.len());
-    for (core, request) in requests {
-        dispatched.push(context.dispatch(core, session.reading(request)).await?);
+    for (range, request) in requests {
+        dispatched.push(context.dispatch(range, session.reading(request)).await?);
     }
     let mut replies = Vec::with_capacity(dispatched.len());
     let mut refused = None;
@@ -269,22 +271,22 @@ pub(crate) async fn execute_multi(
     let tenant = session.tenant;
     match command {
         Command::Delete { keys } => {
-            let requests = group_by_core(context, session, keys)
+            let requests = group_by_range(context, session, keys)
                 .into_iter()
-                .map(|(core, _, keys)| (core, ShardRequest::Delete { tenant, keys }))
+                .map(|(range, _, keys)| (range, ShardRequest::Delete { tenant, keys }))
                 .collect();
             sum_counts(fan_out(context, session, requests).await?)
         }
         Command::Exists { keys } => {
-            let requests = group_by_core(context, session, keys)
+            let requests = group_by_range(context, session, keys)
                 .into_iter()
-                .map(|(core, _, keys)| (core, ShardRequest::Exists { tenant, keys }))
+                .map(|(range, _, keys)| (range, ShardRequest::Exists { tenant, keys }))
                 .collect();
             sum_counts(fan_out(context, session, requests).await?)
         }
         Command::Count => {
-            let requests = (0..context.slot_map.cores())
-                .map(|core| (core, ShardRequest::Usage { tenant }))
+            let requests = (0..context.slot_map.ranges())
+                .map(|range| (range, ShardRequest::Usage { tenant }))
                 .collect();
             let mut total = 0;
             for reply in fan_out(context, session, requests).await? {
@@ -297,17 +299,17 @@ pub(crate) async fn execute_multi(
         }
         Command::MGet { keys } => {
             let key_count = keys.len();
-            let groups = group_by_core(context, session, keys);
+            let groups = group_by_range(context, session, keys);
             let (positions, requests): (Vec<_>, Vec<_>) = groups
                 .into_iter()
-                .map(|(core, indexes, keys)| {
+                .map(|(range, indexes, keys)| {
                     let max_bytes = context.limits.max_response_bytes;
                     let request = ShardRequest::GetMany {
                         tenant,
                         keys,
                         max_bytes,
                     };
-                    (indexes, (core, request))
+                    (indexes, (range, request))
                 })
                 .unzip();
             let mut values = vec![None; key_count];
@@ -341,16 +343,16 @@ pub(crate) async fn execute_multi(
         Command::MSet { entries } => {
             let key_count = entries.len();
             let (keys, mut values): (Vec<Bytes>, Vec<Bytes>) = entries.into_iter().unzip();
-            let groups = group_by_core(context, session, keys);
+            let groups = group_by_range(context, session, keys);
             let (positions, requests): (Vec<_>, Vec<_>) = groups
                 .into_iter()
-                .map(|(core, indexes, keys)| {
+                .map(|(range, indexes, keys)| {
                     let entries = indexes
                         .iter()
                         .zip(keys)
                         .map(|(&index, key)| (key, std::mem::take(&mut values[index])))
                         .collect();
-                    (indexes, (core, ShardRequest::SetMany { tenant, entries }))
+                    (indexes, (range, ShardRequest::SetMany { tenant, entries }))
                 })
                 .unzip();
             let mut versions = vec![0; key_count];
@@ -440,8 +442,8 @@ pub(crate) async fn execute_multi(
             Ok(Reply::Keys(keys))
         }
         Command::Snapshot => {
-            let requests = (0..context.slot_map.cores())
-                .map(|core| (core, ShardRequest::Snapshot))
+            let requests = (0..context.slot_map.ranges())
+                .map(|range| (range, ShardRequest::Snapshot))
                 .collect();
             let (mut keys, mut bytes) = (0, 0);
             for reply in fan_out(context, session, requests).await? {
@@ -478,7 +480,7 @@ pub(crate) async fn execute_multi(
     }
 }
 
-/// Scans from slot `cursor` until `count` keys are found or every core
+/// Scans from slot `cursor` until `count` keys are found or every range
 /// that owns the following slots has taken one bounded step.
 async fn scan(
     context: &CoreContext,
@@ -489,7 +491,8 @@ async fn scan(
 ) -> Result<(Vec<Bytes>, u32), ProtocolError> {
     let mut keys = Vec::new();
     let mut steps = 0;
-    while (cursor as usize) < SLOT_COUNT && keys.len() < count && steps < context.slot_map.cores() {
+    while (cursor as usize) < SLOT_COUNT && keys.len() < count && steps < context.slot_map.ranges()
+    {
         let owner = context.slot_map.owner(cursor as u16);
         let request = ShardRequest::Scan {
             tenant: session.tenant,

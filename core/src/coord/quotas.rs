@@ -1,4 +1,4 @@
-//! A core's tenants and its share of their quotas.
+//! A core's tenants and its ranges' shares of their quotas.
 
 use std::sync::Arc;
 
@@ -20,19 +20,22 @@ pub fn install_tenants<'a>(
     apply_quotas(context, &registry);
 }
 
-/// Sets this core's share of every tenant's quota.
+/// Sets each of this core's ranges' share of every tenant's quota (shares
+/// by slot count, so the ranges of all cores add up to the quota).
 pub fn apply_quotas(context: &CoreContext, registry: &TenantRegistry) {
-    let slots = context.slot_map.slot_range(context.core);
-    let mut shard = context.shard.borrow_mut();
-    for tenant in registry.iter() {
-        let quota = quota_share(tenant.quota, slots.clone());
-        let reply = shard.execute(
-            ShardRequest::SetQuota {
-                tenant: tenant.id,
-                quota,
-            },
-            now_ms(),
-        );
-        debug_assert!(matches!(reply, ShardReply::Done));
+    for range in context.hosted_ranges() {
+        let slots = context.slot_map.slot_range(range);
+        let mut shard = context.shard(range).borrow_mut();
+        for tenant in registry.iter() {
+            let quota = quota_share(tenant.quota, slots.clone());
+            let reply = shard.execute(
+                ShardRequest::SetQuota {
+                    tenant: tenant.id,
+                    quota,
+                },
+                now_ms(),
+            );
+            debug_assert!(matches!(reply, ShardReply::Done));
+        }
     }
 }

@@ -1,14 +1,14 @@
-//! Cluster mode: each core's shard is a Raft group replicated on every node
-//! of the cluster (`tinkerdb --node-id N --peers ...`).
+//! Cluster mode: each range's shard is a Raft group replicated on every
+//! node of the cluster (`tinkerdb --node-id N --peers ...`).
 //!
-//! Placement: a node runs the same number of cores as its peers, and core
-//! `c` of every node hosts a replica of group `c`, which owns core `c`'s
-//! slot range. Raft traffic of a group therefore stays between the same
-//! cores: one peer connection per core per peer node
-//! (`tinkerdb_replication::transport`). The first leader of group `c` is
-//! nudged to node `c % nodes + 1` (an election it triggers at start) so
-//! that leaders spread over the nodes; after a failover they stay where
-//! the election put them.
+//! Placement: a node runs the same number of cores and ranges per core as
+//! its peers, and every node places range `r` (Raft group `r`, owning the
+//! range's slots) on the same core (`SlotMap::core_of`). Raft traffic of a
+//! group therefore stays between the same cores: one peer connection per
+//! core per peer node (`tinkerdb_replication::transport`). The first
+//! leader of group `r` is nudged to node `r % nodes + 1` (an election it
+//! triggers at start) so that leaders spread over the nodes; after a
+//! failover they stay where the election put them.
 //!
 //! Request path: a request reaches its key's core on whatever node the
 //! client is connected to (the same routing as a standalone node), then
@@ -57,32 +57,39 @@ use crate::coord::context::{now_ms, CoreContext};
 use crate::error::ProtocolError;
 use crate::shard::write_op::{self, OpAnswer, WriteOp};
 use crate::shard::{ShardReply, ShardRequest, SlotKey};
+use crate::slots::RangeId;
 
-/// This core's replica of its group.
+/// This core's replica of one range's group.
 pub struct Replica {
-    /// The group id (= the core index).
+    /// The group id (= the range id).
     pub group: u64,
     /// The group's Raft handle.
     pub raft: GroupRaft<ShardApplier>,
-    /// This core's clients of its peers.
+    /// This core's clients of its peers (shared by its ranges).
     pub peers: Rc<Peers>,
-    /// This core's health probes of its peers.
+    /// This core's health probes of its peers (shared by its ranges).
     pub health: Rc<HealthTable>,
-    /// The port offset of this core's Raft listener (= the core index).
-    pub core: usize,
-    /// The group's Raft log WAL counters (reported as this core's WAL).
+    /// The core's shared Raft log WAL counters (reported as its WAL).
     pub wal_stats: Rc<tinkerdb_storage::wal::WalStats>,
 }
 
-/// Applies committed commands to this core's shard.
+impl Replica {
+    /// The range this replica's group replicates.
+    pub fn range(&self) -> RangeId {
+        self.group as RangeId
+    }
+}
+
+/// Applies committed commands to one range's shard.
 pub struct ShardApplier {
     context: Rc<CoreContext>,
+    range: RangeId,
 }
 
 impl ShardApplier {
-    /// The applier of `context`'s shard.
-    pub fn new(context: Rc<CoreContext>) -> ShardApplier {
-        ShardApplier { context }
+    /// The applier of the shard of `range`, hosted by `context`'s core.
+    pub fn new(context: Rc<CoreContext>, range: RangeId) -> ShardApplier {
+        ShardApplier { context, range }
     }
 }
 
@@ -123,15 +130,17 @@ impl Applier for ShardApplier {
                 .iter()
                 .flat_map(WriteOp::keys)
                 .map(|key| hash_slot(&tenant.name, key))
-                .find(|&slot| context.slot_map.owner(slot) != context.core);
+                .find(|&slot| context.slot_map.owner(slot) != self.range);
             if let Some(slot) = foreign {
-                let error = ProtocolError::wrong_shard(slot, context.slot_map.owner(slot));
+                let owner = context.slot_map.owner(slot);
+                let error =
+                    ProtocolError::wrong_shard(slot, owner, context.slot_map.core_of(owner));
                 return refused(
                     ErrorCode::WrongShard,
-                    format!("group {}: {}", context.core, error.message),
+                    format!("group {}: {}", self.range, error.message),
                 );
             }
-            let mut shard = context.shard.borrow_mut();
+            let mut shard = context.shard(self.range).borrow_mut();
             let answers: Vec<OpAnswer> = ops
                 .into_iter()
                 .map(|op| {
@@ -146,7 +155,7 @@ impl Applier for ShardApplier {
         let key = Bytes::copy_from_slice(key);
         let slot = hash_slot(&tenant.name, &key);
         let key = SlotKey { slot, key };
-        let mut shard = context.shard.borrow_mut();
+        let mut shard = context.shard(self.range).borrow_mut();
         let (value, expires_at_unix_ms, condition, at_unix_ms) = match command {
             Command::Delete { .. } => {
                 let request = ShardRequest::Delete {
@@ -202,21 +211,25 @@ impl Applier for ShardApplier {
 
     fn begin_snapshot(&mut self, last_index: u64) -> Result<(), String> {
         self.context
-            .shard
+            .shard(self.range)
             .borrow_mut()
             .begin_snapshot_at(last_index, now_ms())
     }
 
     fn snapshot_step(&mut self) -> (Vec<u8>, bool) {
-        self.context.shard.borrow_mut().snapshot_step()
+        self.context.shard(self.range).borrow_mut().snapshot_step()
     }
 
     fn finish_snapshot(&mut self) -> Vec<u8> {
-        self.context.shard.borrow_mut().finish_snapshot().0
+        self.context
+            .shard(self.range)
+            .borrow_mut()
+            .finish_snapshot()
+            .0
     }
 
     fn abort_snapshot(&mut self) {
-        self.context.shard.borrow_mut().abort_snapshot();
+        self.context.shard(self.range).borrow_mut().abort_snapshot();
     }
 
     fn restore(&mut self, data_file: &std::path::Path) -> Result<(), String> {
@@ -230,12 +243,13 @@ impl Applier for ShardApplier {
         .map_err(|error| error.to_string())?;
         // Versions continue from the cut's counter on every replica alike.
         store.raise_last_version(info.last_version);
-        let mut shard = context.shard.borrow_mut();
+        let mut shard = context.shard(self.range).borrow_mut();
         // A snapshot of this shard still being written keeps describing
         // its cut: copy what it has not reached before the data goes.
         shard.snapshot_cover_all();
         *shard.store_mut() = store;
         drop(shard);
+        // The fresh store has no quotas yet: set every range's share again.
         crate::coord::quotas::apply_quotas(context, &context.tenants.get());
         Ok(())
     }
@@ -269,7 +283,7 @@ pub async fn execute_replicated(
         | ShardRequest::Scan { .. }
         | ShardRequest::Usage { .. } => {
             match group::read_barrier(&replica.raft, &replica.peers, replica.group).await {
-                Ok(()) => context.execute_here(request).0,
+                Ok(()) => context.execute_here(replica.range(), request).0,
                 Err(ReadRefused::Failed(error)) => unavailable(error),
             }
         }
@@ -285,10 +299,12 @@ pub async fn execute_replicated(
             replies.pop().expect("one reply")
         }
         // Quotas are configuration: each replica sets its own share.
-        ShardRequest::SetQuota { .. } => context.execute_here(request).0,
+        ShardRequest::SetQuota { .. } => context.execute_here(replica.range(), request).0,
         // Opted-in stale read: this replica's state as it is, no leader
         // asked (answers even without a quorum; may lag the leader).
-        ShardRequest::Stale(read) if read.is_read() => context.execute_here(*read).0,
+        ShardRequest::Stale(read) if read.is_read() => {
+            context.execute_here(replica.range(), *read).0
+        }
         ShardRequest::Stale(request) => {
             Box::pin(execute_replicated(context, replica, *request)).await
         }

@@ -94,10 +94,13 @@ pub async fn drive_snapshots(context: Rc<CoreContext>, after_wal_bytes: u64) {
 }
 
 async fn take_snapshot(context: &CoreContext) -> Result<(u64, u64), String> {
-    let cut = context.shard.borrow_mut().begin_snapshot(now_ms())?;
+    let cut = context
+        .standalone_shard()
+        .borrow_mut()
+        .begin_snapshot(now_ms())?;
     let result = write_snapshot(context, cut).await;
     if result.is_err() {
-        context.shard.borrow_mut().abort_snapshot();
+        context.standalone_shard().borrow_mut().abort_snapshot();
         let _ = std::fs::remove_file(temp_path(context, cut));
     }
     result
@@ -119,7 +122,7 @@ async fn write_snapshot(context: &CoreContext, cut: u64) -> Result<(u64, u64), S
         .with_buffer_size(1 << 20)
         .build();
     loop {
-        let (bytes, done) = context.shard.borrow_mut().snapshot_step();
+        let (bytes, done) = context.standalone_shard().borrow_mut().snapshot_step();
         if !bytes.is_empty() {
             writer.write_all(&bytes).await.map_err(io("write"))?;
         }
@@ -128,7 +131,7 @@ async fn write_snapshot(context: &CoreContext, cut: u64) -> Result<(u64, u64), S
         }
         glommio::yield_if_needed().await;
     }
-    let (tail, entries) = context.shard.borrow_mut().finish_snapshot();
+    let (tail, entries) = context.standalone_shard().borrow_mut().finish_snapshot();
     writer.write_all(&tail).await.map_err(io("write"))?;
     let bytes = writer.current_pos();
     writer

@@ -85,20 +85,27 @@ fn change_member(
 ) {
     let context = context.clone();
     glommio::spawn_local(async move {
-        let Some(replica) = context.replica.get() else {
+        let Some(replicas) = context.replicas.get() else {
             let _ = reply.send(CoreResponse::Failed(ApiError::new(
                 ApiCode::Unsupported,
                 "this node is standalone: there is no cluster to change",
             )));
             return;
         };
-        let answer = match crate::cluster::change_member(replica, id, raft.as_deref()).await {
-            Ok(voters) => CoreResponse::Members(voters),
-            Err((code, message)) => {
-                CoreResponse::Failed(api_error(ProtocolError::new(code, message)))
+        // Each range of the core in turn (a change is idempotent: asked
+        // again after a failure, the ranges done answer at once).
+        let mut voters = Vec::with_capacity(replicas.len());
+        for replica in replicas {
+            match crate::cluster::change_member(replica, id, raft.as_deref()).await {
+                Ok(range_voters) => voters.push(range_voters),
+                Err((code, message)) => {
+                    let error = api_error(ProtocolError::new(code, message));
+                    let _ = reply.send(CoreResponse::Failed(error));
+                    return;
+                }
             }
-        };
-        let _ = reply.send(answer);
+        }
+        let _ = reply.send(CoreResponse::Members(voters));
     })
     .detach();
 }
@@ -259,24 +266,31 @@ async fn scan_page(
 
 fn report(context: &CoreContext) -> CoreReport {
     let stats = &context.stats;
-    let (keys, data_bytes) = {
-        let shard = context.shard.borrow();
+    let (mut keys, mut data_bytes) = (0, 0);
+    let registry = context.tenants.get();
+    for shard in context.shards() {
+        let shard = shard.borrow();
         let store = shard.store();
-        let registry = context.tenants.get();
-        let bytes = registry
+        keys += store.key_count();
+        data_bytes += registry
             .iter()
             .map(|tenant| store.owner_usage(tenant.id).bytes)
-            .sum();
-        (store.key_count(), bytes)
-    };
+            .sum::<u64>();
+    }
     let snapshots = context.snapshots.borrow();
-    // Cluster mode: this core's replica as its group sees it now.
-    let raft_status = context.replica.get().map(|replica| {
-        (
-            replica,
-            tinkerdb_replication::group::status(&replica.raft, replica.group),
-        )
-    });
+    // Cluster mode: this core's replicas as their groups see them now.
+    let raft_statuses: Vec<_> = context
+        .replicas
+        .get()
+        .into_iter()
+        .flatten()
+        .map(|replica| {
+            (
+                replica,
+                tinkerdb_replication::group::status(&replica.raft, replica.group),
+            )
+        })
+        .collect();
     let (wal_bytes_written, wal_fsyncs, wal_fsync_latency, wal_poisoned) = match &context.wal {
         Some(wal) => (
             wal.stats().bytes_written.get(),
@@ -284,13 +298,15 @@ fn report(context: &CoreContext) -> CoreReport {
             wal.stats().flush_micros.borrow().clone(),
             wal.poisoned().is_some(),
         ),
-        // Cluster mode: the core's WAL is its group's Raft log.
-        None => match &raft_status {
-            Some((replica, status)) => (
+        // Cluster mode: the core's WAL is its ranges' shared Raft log.
+        None => match raft_statuses.first() {
+            Some((replica, _)) => (
                 replica.wal_stats.bytes_written.get(),
                 replica.wal_stats.flushes.get(),
                 replica.wal_stats.flush_micros.borrow().clone(),
-                status.fatal.is_some(),
+                raft_statuses
+                    .iter()
+                    .any(|(_, status)| status.fatal.is_some()),
             ),
             None => (0, 0, tinkerdb_storage::latency::latency_histogram(), false),
         },
@@ -310,48 +326,53 @@ fn report(context: &CoreContext) -> CoreReport {
         wal_fsync_latency,
         request_latency: stats.request_latency.borrow().clone(),
         tenant_requests: stats.tenant_requests.borrow().clone(),
-        raft: raft_status.map(|(replica, status)| {
-            let peers = replica
-                .health
-                .report(&replica.peers, &status.other_members());
-            tinkerdb_admin::report::RaftReport {
-                group: status.group,
-                node_id: status.node_id,
-                state: status.state,
-                leader: status.leader,
-                term: status.term,
-                last_log_index: status.last_log_index,
-                committed_index: status.committed_index,
-                applied_index: status.applied_index,
-                voters: status.voters,
-                learners: status.learners,
-                snapshot_index: status.snapshot_index,
-                purged_index: status.purged_index,
-                asleep: status.asleep,
-                epoch: status.epoch,
-                followers: status
-                    .followers
-                    .into_iter()
-                    .map(|f| tinkerdb_admin::report::FollowerReport {
-                        node_id: f.node_id,
-                        matched_index: f.matched_index,
-                        lag: f.lag,
-                        last_ack_ms: f.last_ack_ms,
-                    })
-                    .collect(),
-                peers: peers
-                    .into_iter()
-                    .map(|p| tinkerdb_admin::report::PeerReport {
-                        node_id: p.node_id,
-                        addr: p.addr,
-                        state: p.state.to_string(),
-                        last_seen_ms: p.last_seen_ms,
-                        rtt_us: p.rtt_us,
-                        last_error: p.last_error,
-                    })
-                    .collect(),
-            }
-        }),
+        ranges: raft_statuses
+            .into_iter()
+            .map(|(replica, status)| {
+                let peers = replica
+                    .health
+                    .report(&replica.peers, &status.other_members());
+                let slots = context.slot_map.slot_range(replica.range());
+                tinkerdb_admin::report::RaftReport {
+                    group: status.group,
+                    slots: (slots.start as u32, slots.end as u32 - 1),
+                    node_id: status.node_id,
+                    state: status.state,
+                    leader: status.leader,
+                    term: status.term,
+                    last_log_index: status.last_log_index,
+                    committed_index: status.committed_index,
+                    applied_index: status.applied_index,
+                    voters: status.voters,
+                    learners: status.learners,
+                    snapshot_index: status.snapshot_index,
+                    purged_index: status.purged_index,
+                    asleep: status.asleep,
+                    epoch: status.epoch,
+                    followers: status
+                        .followers
+                        .into_iter()
+                        .map(|f| tinkerdb_admin::report::FollowerReport {
+                            node_id: f.node_id,
+                            matched_index: f.matched_index,
+                            lag: f.lag,
+                            last_ack_ms: f.last_ack_ms,
+                        })
+                        .collect(),
+                    peers: peers
+                        .into_iter()
+                        .map(|p| tinkerdb_admin::report::PeerReport {
+                            node_id: p.node_id,
+                            addr: p.addr,
+                            state: p.state.to_string(),
+                            last_seen_ms: p.last_seen_ms,
+                            rtt_us: p.rtt_us,
+                            last_error: p.last_error,
+                        })
+                        .collect(),
+                }
+            })
+            .collect(),
         last_snapshot: snapshots.last.map(|last| SnapshotInfo {
             unix_ms: last.unix_ms,
             entries: last.entries,
@@ -362,19 +383,19 @@ fn report(context: &CoreContext) -> CoreReport {
 }
 
 fn tenant_usage(context: &CoreContext) -> Vec<Usage> {
-    let shard = context.shard.borrow();
-    let store = shard.store();
     context
         .tenants
         .get()
         .iter()
         .map(|tenant| {
-            // Every database of the tenant.
-            let usage = store.owner_usage(tenant.id);
-            Usage {
-                keys: usage.keys,
-                bytes: usage.bytes,
+            // Every database of the tenant, on every range of the core.
+            let mut usage = Usage { keys: 0, bytes: 0 };
+            for shard in context.shards() {
+                let owned = shard.borrow().store().owner_usage(tenant.id);
+                usage.keys += owned.keys;
+                usage.bytes += owned.bytes;
             }
+            usage
         })
         .collect()
 }

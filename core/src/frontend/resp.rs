@@ -1035,12 +1035,12 @@ impl RespConnection {
                     vec![tenant]
                 };
                 let mut failed = None;
-                for core in 0..self.context.slot_map.cores() {
+                for range in 0..self.context.slot_map.ranges() {
                     let flushes = keyspaces
                         .iter()
                         .map(|&tenant| ShardRequest::Flush { tenant })
                         .collect();
-                    match self.context.call(core, ShardRequest::Batch(flushes)).await {
+                    match self.context.call(range, ShardRequest::Batch(flushes)).await {
                         Ok(ShardReply::Batch(replies)) => {
                             for reply in replies {
                                 match reply {
@@ -1371,7 +1371,7 @@ impl RespConnection {
         };
         let context = self.context.clone();
         let stats = &context.stats;
-        let cluster = context.replica.get().is_some();
+        let cluster = context.replicas.get().is_some();
         if want("server") {
             section(
                 "Server",
@@ -1456,7 +1456,8 @@ impl RespConnection {
         }
         if want("replication") {
             let mut fields = vec![("role", "master".to_string())];
-            if let Some(replica) = context.replica.get() {
+            // This connection's core's first range (a core may host more).
+            if let Some(replica) = context.replicas.get().and_then(|replicas| replicas.first()) {
                 let leader = replica.raft.current_leader().await;
                 fields.push(("tinkerdb_shard", replica.group.to_string()));
                 fields.push((

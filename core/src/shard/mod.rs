@@ -24,7 +24,7 @@ use tinkerdb_storage::{
 };
 
 use crate::error::ProtocolError;
-use crate::slots::{CoreId, SlotMap};
+use crate::slots::{RangeId, SlotMap};
 use crate::tenants::CoreTenants;
 use tinkerdb_storage::log_op::{LoggedOp, RECORD_KIND_KV};
 use tinkerdb_storage::snapshot::SnapshotCut;
@@ -354,9 +354,10 @@ pub const SCAN_STEP_MAX_KEY_BYTES: usize = 4 << 20;
 /// Most (possibly empty) slots one scan step looks at.
 pub const SCAN_STEP_MAX_SLOTS_VISITED: usize = 4096;
 
-/// One core's keys, and the journal that makes their changes durable.
+/// One range's keys, and the journal that makes their changes durable.
+/// (A core hosts one or more ranges: see `slots`.)
 pub struct Shard {
-    core: CoreId,
+    range: RangeId,
     slot_map: Arc<SlotMap>,
     store: Store,
     journal: Journal,
@@ -643,10 +644,10 @@ pub const MAX_GROUP_RECORD_BYTES: usize = tinkerdb_storage::wal_format::MAX_BATC
 pub const SNAPSHOT_SLOTS_PER_STEP: usize = 64;
 
 impl Shard {
-    /// A shard for `core` over a (recovered) store.
-    pub fn new(core: CoreId, slot_map: Arc<SlotMap>, store: Store, journal: Journal) -> Shard {
+    /// The shard of `range` over a (recovered) store.
+    pub fn new(range: RangeId, slot_map: Arc<SlotMap>, store: Store, journal: Journal) -> Shard {
         Shard {
-            core,
+            range,
             slot_map,
             store,
             journal,
@@ -681,7 +682,7 @@ impl Shard {
         let cut = SnapshotCut::new(
             wal.last_index(),
             self.store.last_version(),
-            self.slot_map.slot_range(self.core),
+            self.slot_map.slot_range(self.range),
             created_ms,
         );
         let cut_index = cut.cut_index;
@@ -699,7 +700,7 @@ impl Shard {
         self.journal.snapshot = Some(SnapshotCut::new(
             cut_index,
             self.store.last_version(),
-            self.slot_map.slot_range(self.core),
+            self.slot_map.slot_range(self.range),
             created_ms,
         ));
         Ok(())
@@ -747,7 +748,7 @@ impl Shard {
     pub fn execute(&mut self, request: ShardRequest, now_ms: u64) -> ShardReply {
         // A key of another shard gets a typed answer naming its owner,
         // before anything is read or changed.
-        if let Some(slot) = request.foreign_slot(|slot| self.slot_map.owner(slot) == self.core) {
+        if let Some(slot) = request.foreign_slot(|slot| self.slot_map.owner(slot) == self.range) {
             if usize::from(slot) >= SLOT_COUNT {
                 return ShardReply::Error(ProtocolError::new(
                     tinkerdb_schemas::wire::ErrorCode::InvalidArgument,
@@ -755,7 +756,11 @@ impl Shard {
                 ));
             }
             let owner = self.slot_map.owner(slot);
-            return ShardReply::Error(ProtocolError::wrong_shard(slot, owner));
+            return ShardReply::Error(ProtocolError::wrong_shard(
+                slot,
+                owner,
+                self.slot_map.core_of(owner),
+            ));
         }
         if request.is_write() {
             if let Some(reason) = self.journal.refusal() {
@@ -763,7 +768,7 @@ impl Shard {
             }
         }
         let Shard {
-            core,
+            range,
             slot_map,
             store,
             journal,
@@ -863,7 +868,7 @@ impl Shard {
                 max_keys,
             } => {
                 let reply = scan_step(
-                    store, slot_map, *core, tenant, start_slot, &filter, max_keys, now_ms,
+                    store, slot_map, *range, tenant, start_slot, &filter, max_keys, now_ms,
                 );
                 if let ShardReply::Scanned { next_slot, .. } = &reply {
                     (start_slot..*next_slot).for_each(|slot| journal.observe(slot as Slot));
@@ -978,7 +983,7 @@ impl Shard {
 fn scan_step(
     store: &Store,
     slot_map: &SlotMap,
-    core: CoreId,
+    range: RangeId,
     tenant: TenantId,
     start_slot: u32,
     filter: &KeyFilter,
@@ -990,7 +995,7 @@ fn scan_step(
     let mut key_bytes = 0;
     let mut slot = start_slot as usize;
     let slot_limit = (slot + SCAN_STEP_MAX_SLOTS_VISITED).min(SLOT_COUNT);
-    while slot < slot_limit && slot_map.owner(slot as Slot) == core {
+    while slot < slot_limit && slot_map.owner(slot as Slot) == range {
         entries_visited += store.for_each_key_in_slot(tenant, slot as Slot, now_ms, |key| {
             if filter.accepts(key) {
                 key_bytes += key.len();
@@ -1415,8 +1420,9 @@ mod tests {
         shard
     }
 
-    /// `count` keys of `core`'s slots under a 2-core map, `prefix` + n.
-    fn keys_of(core: CoreId, prefix: &str, count: usize) -> Vec<SlotKey> {
+    /// `count` keys of range `core`'s slots under a 2-core map (one range
+    /// per core), `prefix` + n.
+    fn keys_of(core: RangeId, prefix: &str, count: usize) -> Vec<SlotKey> {
         let map = SlotMap::contiguous(2);
         (0..)
             .map(|n| key(&format!("{prefix}{n}")))
