@@ -229,7 +229,16 @@ impl<A: Applier> CoreGroups<A> {
                             .map_err(|error| error.to_string())?;
                         Ok(encode(&read.log_id().index))
                     }
-                    kind => serve_raft_call(&raft, kind, &call.payload).await,
+                    kind => {
+                        if matches!(
+                            kind,
+                            PeerCallKind::AppendEntries | PeerCallKind::InstallSnapshot
+                        ) {
+                            // Only a leader sends these: the lease is fresh.
+                            crate::hibernate::heard_from_leader(call.group);
+                        }
+                        serve_raft_call(&raft, kind, &call.payload).await
+                    }
                 }
             })
         })

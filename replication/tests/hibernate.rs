@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::*;
+use tinkerdb_replication::group;
 use tinkerdb_replication::{NodeId, Response};
 
 fn all_asleep(nodes: &BTreeMap<NodeId, NodeThread>) -> bool {
@@ -45,8 +46,20 @@ fn an_idle_group_sleeps_wakes_for_a_write_and_fails_over_when_its_leader_dies() 
         "a sleeping group changed leader"
     );
 
-    // A write through a follower wakes the group and succeeds promptly.
+    // A follower woken (as by a request it then forwards) after a long
+    // sleep does not depose its sleeping leader: the last heartbeat it saw
+    // is long past its election timeout, so openraft would elect at once if
+    // its timers ran before it heard from the leader again.
     let follower = *addrs.keys().find(|id| **id != leader).unwrap();
+    nodes[&follower].wake();
+    std::thread::sleep(group::ELECTION_TIMEOUT_MAX * 3);
+    assert_eq!(
+        agreed_leader(&nodes),
+        leader,
+        "a woken follower called an election against its sleeping leader"
+    );
+
+    // A write through a follower wakes the group and succeeds promptly.
     let started = Instant::now();
     assert!(matches!(
         nodes[&follower].write(put("woken", "2")),
@@ -54,8 +67,15 @@ fn an_idle_group_sleeps_wakes_for_a_write_and_fails_over_when_its_leader_dies() 
     ));
     let took = started.elapsed();
     assert!(
-        took < Duration::from_secs(3),
+        took < Duration::from_secs(1),
         "a write to a sleeping group took {took:?}"
+    );
+    // Waking costs no election: the woken follower waits for its leader's
+    // heartbeat instead of timing out on the old one.
+    assert_eq!(
+        agreed_leader(&nodes),
+        leader,
+        "a write through a follower of a sleeping group changed its leader"
     );
     assert!(
         !nodes[&leader].asleep(),

@@ -85,6 +85,8 @@ pub enum Ask {
     Change(MemberChange, oneshot::Sender<Result<Vec<NodeId>, String>>),
     /// Whether the group sleeps on this node (`hibernate`).
     Asleep(oneshot::Sender<bool>),
+    /// Wakes the group here as a request would, without a request.
+    Wake(oneshot::Sender<()>),
     /// Hands this node's leadership to another voter (graceful stop).
     HandOff(oneshot::Sender<Option<NodeId>>),
     Stop(oneshot::Sender<()>),
@@ -246,6 +248,10 @@ pub fn start_node_with(
                         Ask::Asleep(reply) => {
                             let _ = reply.send(hibernate::is_asleep(GROUP));
                         }
+                        Ask::Wake(reply) => {
+                            hibernate::wake(&raft, GROUP);
+                            let _ = reply.send(());
+                        }
                         Ask::HandOff(reply) => {
                             let raft = raft.clone();
                             glommio::spawn_local(async move {
@@ -305,6 +311,9 @@ impl NodeThread {
     }
     pub fn hand_off(&self) -> Option<NodeId> {
         self.ask(Ask::HandOff)
+    }
+    pub fn wake(&self) {
+        self.ask(Ask::Wake)
     }
     pub fn len(&self) -> usize {
         self.ask(Ask::Len)
