@@ -501,7 +501,7 @@ pub struct AddNodeBody {
     /// Its ranges per core: must equal this node's (every node hosts
     /// range r on the same core). Absent: 1, the default.
     #[serde(default = "default_ranges_per_core")]
-    #[schema(minimum = 1, maximum = 64)]
+    #[schema(minimum = 1, maximum = 256)]
     pub ranges_per_core: usize,
 }
 

@@ -20,7 +20,7 @@ pub type CoreId = usize;
 pub type RangeId = usize;
 
 /// Most ranges one core may host (`cluster.ranges_per_core`).
-pub const MAX_RANGES_PER_CORE: usize = 64;
+pub const MAX_RANGES_PER_CORE: usize = 256;
 
 /// Slot -> owning range -> hosting core. Immutable once built; shared
 /// read-only by all cores.
@@ -130,7 +130,7 @@ mod tests {
 
     #[test]
     fn several_ranges_per_core_are_placed_in_contiguous_blocks() {
-        for (cores, per_core) in [(1, 4), (2, 2), (3, 5), (2, 64)] {
+        for (cores, per_core) in [(1, 4), (2, 2), (3, 5), (2, 256)] {
             let map = SlotMap::placed(cores, per_core);
             assert_eq!(map.ranges(), cores * per_core);
             let mut next_slot = 0;
