@@ -542,34 +542,31 @@ async fn add_node(
             "node ids start at 1",
         ));
     }
-    if body.cores != cores {
-        return Err(ApiError::new(
-            ErrorCode::InvalidArgument,
-            format!(
-                "node {} has {} cores; this cluster's nodes have {cores} (every node hosts range r on the same core)",
-                body.id, body.cores
-            ),
-        ));
-    }
-    let ranges_per_core = state.node.facts().ranges_per_core;
-    if body.ranges_per_core != ranges_per_core {
-        return Err(ApiError::new(
-            ErrorCode::InvalidArgument,
-            format!(
-                "node {} hosts {} ranges per core; this cluster's nodes host {ranges_per_core} (range r lives on the same core of every node)",
-                body.id, body.ranges_per_core
-            ),
-        ));
-    }
-    let databases = state.node.facts().databases;
-    if body.databases != databases {
-        return Err(ApiError::new(
-            ErrorCode::InvalidArgument,
-            format!(
-                "node {} has {} databases per tenant; this cluster's nodes have {databases} (the Raft log names databases)",
-                body.id, body.databases
-            ),
-        ));
+    // Every node places range r on the same core, and the Raft log names
+    // databases: a node that differs in any of these cannot join.
+    let facts = state.node.facts();
+    for (theirs, ours, what) in [
+        (body.cores, cores, "cores"),
+        (
+            body.ranges_per_core,
+            facts.ranges_per_core,
+            "ranges per core",
+        ),
+        (
+            usize::from(body.databases),
+            usize::from(facts.databases),
+            "databases per tenant",
+        ),
+    ] {
+        if theirs != ours {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "node {} has {theirs} {what}; this cluster's nodes have {ours} (every node hosts range r on the same core, and the Raft log names databases)",
+                    body.id
+                ),
+            ));
+        }
     }
     // HOST:PORT: an IP or a host name (resolved by the members whenever
     // they connect, so it may name a container that changes IP).

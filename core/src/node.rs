@@ -503,9 +503,9 @@ fn check_node_file(
 /// Fails when two of this node's listeners would share a port. The cores
 /// bind the client and RESP ports with `SO_REUSEPORT`, so such a clash does
 /// not fail to bind: the kernel silently hands one listener's connections
-/// to the other (seen: `--listen` on a 2-core node's Raft port + 1 started
-/// when core c listened for Raft on that port + c,
-/// and clients reached core 1's Raft listener). Port 0 (any free port)
+/// to the other (seen when core c listened for Raft on the Raft port + c:
+/// `--listen` on a 2-core node's Raft port + 1 started, and clients
+/// reached core 1's Raft listener). Port 0 (any free port)
 /// never clashes.
 fn refuse_shared_ports(config: &NodeConfig) -> anyhow::Result<()> {
     let mut listeners = vec![(config.listen, "clients (--listen)".to_string())];
@@ -624,7 +624,6 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
         .into_iter()
         .map(|receiver| glommio::spawn_local(receiver.connect()))
         .collect();
-    let peer_sockets = setup.peer_sockets.map(|ends| ends.connect());
     let mut peers = Vec::with_capacity(setup.senders.len());
     for sender in setup.senders {
         peers.push(match sender {
@@ -703,7 +702,9 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
     }
     apply_quotas(&context, &setup.tenants);
     if let Some(cluster) = &setup.config.cluster {
-        let peer_sockets = peer_sockets.expect("cluster mode makes the hand-off channels");
+        let peer_sockets = setup
+            .peer_sockets
+            .expect("cluster mode makes the hand-off channels");
         crate::cluster::start_replicas(&context, cluster, &setup.config.raft, peer_sockets).await?;
     }
     for connecting in inbound_connecting {

@@ -59,13 +59,13 @@ use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use openraft::ServerState;
+use openraft::{RaftMetrics, ServerState};
 use openraft_rt::WatchReceiver;
 
 use crate::group::{CoreGroups, GroupRaft};
 use crate::health::HealthTable;
 use crate::state_machine::Applier;
-use crate::NodeId;
+use crate::{NodeId, TypeConfig};
 
 /// How long a group must be quiet before it sleeps.
 pub const HIBERNATE_AFTER: Duration = Duration::from_secs(3);
@@ -136,8 +136,8 @@ fn follower_may_tick(group: u64, leader: Option<NodeId>, me: NodeId, health: &He
 }
 
 /// Whether `group` should sleep now (module doc), from its metrics.
-fn should_sleep<A: Applier>(
-    raft: &GroupRaft<A>,
+fn should_sleep(
+    metrics: &RaftMetrics<TypeConfig>,
     me: NodeId,
     health: &HealthTable,
     quiet: bool,
@@ -145,8 +145,6 @@ fn should_sleep<A: Applier>(
     if !quiet {
         return false;
     }
-    let metrics = raft.metrics();
-    let metrics = metrics.borrow_watched();
     let voters: Vec<NodeId> = metrics.membership_config.voter_ids().collect();
     match metrics.state {
         ServerState::Leader => {
@@ -185,7 +183,9 @@ pub async fn run<A: Applier>(
         let all = groups.all();
         for (group, raft) in &all {
             let (group, raft) = (*group, raft);
-            let last_log_index = raft.metrics().borrow_watched().last_log_index;
+            let metrics = raft.metrics();
+            let metrics = metrics.borrow_watched();
+            let last_log_index = metrics.last_log_index;
             let woken_at = WOKEN.with(|woken| woken.borrow().get(&group).copied());
             let watch = watches.entry(group).or_insert(Watch {
                 last_log_index,
@@ -199,20 +199,16 @@ pub async fn run<A: Applier>(
             if let Some(woken_at) = woken_at.filter(|at| *at > watch.active_at) {
                 watch.active_at = woken_at;
             }
-            let (state, leader) = {
-                let metrics = raft.metrics();
-                let metrics = metrics.borrow_watched();
-                (metrics.state, metrics.current_leader)
-            };
-            let quiet_for = match state {
+            let quiet_for = match metrics.state {
                 ServerState::Leader => hibernate_after + LEADER_SLEEP_MARGIN,
                 _ => hibernate_after,
             };
             let quiet = now.duration_since(watch.active_at) >= quiet_for;
-            let sleep = should_sleep(raft, me, &health, quiet);
+            let sleep = should_sleep(&metrics, me, &health, quiet);
             let tick = !sleep
-                && (state != ServerState::Follower
-                    || follower_may_tick(group, leader, me, &health));
+                && (metrics.state != ServerState::Follower
+                    || follower_may_tick(group, metrics.current_leader, me, &health));
+            drop(metrics);
             // Told every time (openraft ignores a repeated value): one
             // source of truth with `ASLEEP`, which `wake` relies on.
             raft.runtime_config().tick(tick);

@@ -745,22 +745,16 @@ impl PeerRouter {
     }
 }
 
-/// Serves peer connections on `listener` until the core stops; each call
-/// runs in its own task and its answer goes back on the same connection.
-/// Every range is served here ([`PeerRouter::all_here`]).
-pub async fn serve_peers(listener: TcpListener, handler: CallHandler) {
-    let (_never_closed, stop) = async_channel::bounded::<()>(1);
-    serve_routed_peers(listener, handler, PeerRouter::all_here(), stop).await
-}
-
 /// Accepts the peer connections of a node on its one Raft address until
-/// the process ends, serving each on the core `router` names.
+/// the process ends, serving each on the core `router` names; each call
+/// runs in its own task and its answer goes back on the same connection.
 pub async fn serve_node_peers(listener: TcpListener, handler: CallHandler, router: PeerRouter) {
     let (_never_closed, stop) = async_channel::bounded::<()>(1);
     serve_routed_peers(listener, handler, router, stop).await
 }
 
-/// [`serve_peers`] until `stop` is closed: then the listener and every
+/// Serves every range here ([`PeerRouter::all_here`]) until `stop` is
+/// closed: then the listener and every
 /// connection it accepted are closed (calls in flight still finish). A
 /// process that exits closes them anyway; this is for a node stopped and
 /// restarted inside one process (the cluster tests), whose old listener
@@ -1008,7 +1002,7 @@ mod tests {
                 }
             })
         });
-        glommio::spawn_local(serve_peers(listener, handler)).detach();
+        glommio::spawn_local(serve_node_peers(listener, handler, PeerRouter::all_here())).detach();
         addr
     }
 

@@ -9,9 +9,7 @@ use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
 
-use glommio::channels::shared_channel::{
-    self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
-};
+use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, SharedSender};
 
 use tinkerdb_replication::group::{self, CoreGroups, GroupError, GroupSpec, MemberChange};
 use tinkerdb_replication::health::{self, HealthTable};
@@ -54,34 +52,6 @@ pub fn handoff_channels(cores: usize) -> Vec<PeerSocketEnds> {
     ends
 }
 
-/// [`PeerSocketEnds`] being connected (a channel's two ends wait for each
-/// other; started early in a core's life so no two cores wait in a cycle).
-pub enum PeerSocketsConnecting {
-    /// Core 0's senders.
-    Accepts(Vec<Option<glommio::task::JoinHandle<ConnectedSender<OwnedFd>>>>),
-    /// Another core's receiver.
-    Receives(glommio::task::JoinHandle<ConnectedReceiver<OwnedFd>>),
-}
-
-impl PeerSocketEnds {
-    /// Starts connecting this core's ends.
-    pub fn connect(self) -> PeerSocketsConnecting {
-        match self {
-            PeerSocketEnds::Accepts(senders) => PeerSocketsConnecting::Accepts(
-                senders
-                    .into_iter()
-                    .map(|sender| {
-                        sender.map(|sender| glommio::spawn_local(sender.connect()).detach())
-                    })
-                    .collect(),
-            ),
-            PeerSocketEnds::Receives(receiver) => {
-                PeerSocketsConnecting::Receives(glommio::spawn_local(receiver.connect()).detach())
-            }
-        }
-    }
-}
-
 /// Starts this core's replicas, one per range it hosts: its share of the
 /// peer listener, the groups (initialised with every node on first
 /// start), the leader nudge, health probes and hibernation.
@@ -89,7 +59,7 @@ pub async fn start_replicas(
     context: &Rc<CoreContext>,
     cluster: &ClusterConfig,
     tuning: &RaftTuning,
-    peer_sockets: PeerSocketsConnecting,
+    peer_sockets: PeerSocketEnds,
 ) -> anyhow::Result<()> {
     let core = context.core;
     // Placement (`SlotMap::core_of`): every node hosts range r on the same
@@ -106,8 +76,11 @@ pub async fn start_replicas(
     ));
     let groups: Rc<CoreGroups<ShardApplier>> = Rc::new(CoreGroups::default());
     let handler = groups.call_handler(peers.clone());
+    // A hand-off channel's two ends wait for each other while connecting:
+    // both are connected here, and no core waits on another's replicas
+    // before it reaches this point, so they meet.
     match peer_sockets {
-        PeerSocketsConnecting::Accepts(senders) => {
+        PeerSocketEnds::Accepts(senders) => {
             // Bound where told (`raft_listen`, resolved by `node::run`
             // before the cores start); peers dial the node's entry in
             // `nodes`.
@@ -122,21 +95,15 @@ pub async fn start_replicas(
             let mut connected = Vec::with_capacity(senders.len());
             for sender in senders {
                 connected.push(match sender {
-                    Some(connecting) => Some(
-                        connecting
-                            .await
-                            .ok_or_else(|| anyhow::anyhow!("a core stopped during start-up"))?,
-                    ),
+                    Some(sender) => Some(sender.connect().await),
                     None => None,
                 });
             }
             let router = peer_router(core, context.slot_map.clone(), Rc::new(connected));
             glommio::spawn_local(transport::serve_node_peers(listener, handler, router)).detach();
         }
-        PeerSocketsConnecting::Receives(receiver) => {
-            let receiver = receiver
-                .await
-                .ok_or_else(|| anyhow::anyhow!("core 0 stopped during start-up"))?;
+        PeerSocketEnds::Receives(receiver) => {
+            let receiver = receiver.connect().await;
             glommio::spawn_local(async move {
                 while let Some(socket) = receiver.recv().await {
                     glommio::spawn_local(transport::serve_connection(socket, handler.clone()))

@@ -1,7 +1,8 @@
 //! A core's context: everything one core's tasks share (the shards of the
 //! ranges it hosts, its WAL, its snapshot state, its Raft replicas in
-//! cluster mode, its counters, the channels to the other cores). Plain data and the synchronous steps
-//! on it; how requests travel is `coord::dispatch`.
+//! cluster mode, its counters, the channels to the other cores). Plain
+//! data and the synchronous steps on it; how requests travel is
+//! `coord::dispatch`.
 
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
