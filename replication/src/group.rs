@@ -189,6 +189,12 @@ impl<A: Applier> CoreGroups<A> {
             .collect()
     }
 
+    /// Takes the group out (it no longer answers peer calls here); the
+    /// caller shuts it down.
+    pub fn remove(&self, group: u64) -> Option<GroupRaft<A>> {
+        self.groups.borrow_mut().remove(&group)
+    }
+
     /// The group's handle, if this core runs it.
     pub fn get(&self, group: u64) -> Option<GroupRaft<A>> {
         self.groups.borrow().get(&group).cloned()
@@ -207,7 +213,7 @@ impl<A: Applier> CoreGroups<A> {
                 }
                 let raft = groups
                     .get(call.group)
-                    .ok_or_else(|| format!("no group {} on this core", call.group))?;
+                    .ok_or_else(|| crate::transport::no_group_here(call.group))?;
                 match call.kind {
                     PeerCallKind::ForwardWrite => {
                         let command: Command = decode(&call.payload)?;

@@ -12,9 +12,13 @@
 //! closed.
 //!
 //! A core keeps one [`PeerClient`] per peer node and every range on the
-//! core shares it, which is what lets one connection carry the heartbeats
-//! of tens of ranges. Today every node places range `g` on core `g`, so
-//! the ranges of one core live on one core of each peer too.
+//! core shares its connection, which is what lets one connection carry the
+//! heartbeats of tens of ranges: nodes place range `r` on the same core at
+//! first, so the ranges of one core live on one core of each peer too. A
+//! range that moved to another core of a peer (or a peer that places
+//! ranges otherwise) is refused there with [`no_group_here`]; the client
+//! then gives that range a connection of its own, whose hello names it
+//! (see [`PeerClient`]).
 //!
 //! A frame is a flatbuffers `PeerFrame` (schemas/tinkerdb.fbs) behind the
 //! usual 4-byte length prefix: a call (group, kind, call id, payload) or the
@@ -453,16 +457,42 @@ struct Link {
     last_heard: Rc<Cell<std::time::Instant>>,
 }
 
-/// This core's connection to one peer node (to the peer's core that
-/// hosts `hello_range`, which today hosts every range of this core too).
+/// This core's connection to one peer node: by default to the peer's core
+/// that hosts `hello_range`, where the peer's ranges of this core usually
+/// are too. A call the peer refuses because its range is not on that core
+/// ([`is_no_group_here`]: the range moved to another of the peer's cores,
+/// or the peer places ranges differently) is sent again once over a
+/// connection whose hello names the call's own range, which the peer hands
+/// to the right core; later calls of that range use that connection.
 pub struct PeerClient {
     addr: PeerAddr,
     hello_range: u64,
     link: RefCell<Option<Rc<Link>>>,
+    /// Ranges whose calls travel on a connection of their own (see above).
+    rerouted: RefCell<std::collections::HashSet<u64>>,
+    /// Those connections, by range.
+    range_links: RefCell<HashMap<u64, Rc<Link>>>,
     next_call_id: Cell<u64>,
     builder: RefCell<FlatBufferBuilder<'static>>,
     blocked: Cell<bool>,
 }
+
+/// A refused call is sent again on a rerouted connection only up to this
+/// size (it is copied before the first attempt; a larger one, a snapshot,
+/// is retried by Raft itself, on the rerouted connection).
+pub const MAX_REROUTED_RETRY_BYTES: usize = 1 << 20;
+
+/// The refusal of a call for a group this core does not run.
+pub fn no_group_here(group: u64) -> String {
+    format!("{NO_GROUP_HERE} {group} on this core")
+}
+
+/// Whether a refusal says the call's group is not on the core that got it.
+pub fn is_no_group_here(reason: &str) -> bool {
+    reason.starts_with(NO_GROUP_HERE)
+}
+
+const NO_GROUP_HERE: &str = "no group";
 
 impl PeerClient {
     /// A client for the node whose Raft address is `addr`, reaching the
@@ -473,6 +503,8 @@ impl PeerClient {
             addr: addr.into(),
             hello_range,
             link: RefCell::new(None),
+            rerouted: RefCell::default(),
+            range_links: RefCell::default(),
             next_call_id: Cell::new(1),
             builder: RefCell::new(FlatBufferBuilder::new()),
             blocked: Cell::new(false),
@@ -485,11 +517,13 @@ impl PeerClient {
     }
 
     /// Cuts (or restores) this peer: while blocked every call fails at once
-    /// and the connection is dropped, as if the network were partitioned.
+    /// and the connections are dropped, as if the network were partitioned.
     pub fn set_blocked(&self, blocked: bool) {
         self.blocked.set(blocked);
         if blocked {
-            if let Some(link) = self.link.borrow_mut().take() {
+            let mut links: Vec<Rc<Link>> = self.link.borrow_mut().take().into_iter().collect();
+            links.extend(self.range_links.borrow_mut().drain().map(|(_, link)| link));
+            for link in links {
                 link.alive.set(false);
                 fail_all(&link.pending, "cut off by fault injection");
             }
@@ -501,12 +535,30 @@ impl PeerClient {
         self.blocked.get()
     }
 
-    async fn connect(&self) -> Result<Rc<Link>, TransportError> {
+    /// The connection calls of `range` travel on, made if needed.
+    async fn connect(&self, range: u64) -> Result<Rc<Link>, TransportError> {
+        if self.rerouted.borrow().contains(&range) {
+            let held = self.range_links.borrow().get(&range).cloned();
+            if let Some(link) = held.filter(|link| link.alive.get()) {
+                return Ok(link);
+            }
+            let link = self.open_link(range).await?;
+            self.range_links.borrow_mut().insert(range, link.clone());
+            return Ok(link);
+        }
         if let Some(link) = self.link.borrow().as_ref() {
             if link.alive.get() {
                 return Ok(link.clone());
             }
         }
+        let link = self.open_link(self.hello_range).await?;
+        // Another call may have connected meanwhile; either link works.
+        *self.link.borrow_mut() = Some(link.clone());
+        Ok(link)
+    }
+
+    /// Opens a connection whose hello names `hello_range`.
+    async fn open_link(&self, hello_range: u64) -> Result<Rc<Link>, TransportError> {
         let unreachable = |error: String| TransportError::Unreachable(self.addr.clone(), error);
         // Resolved afresh on every attempt: the name may point elsewhere now.
         let sockets = self
@@ -530,7 +582,7 @@ impl PeerClient {
         let mut stream = connected.ok_or_else(|| unreachable(failure))?;
         let _ = stream.set_nodelay(true);
         let hello = glommio::timer::timeout(PEER_HELLO_TIMEOUT, async {
-            Ok(say_hello(&mut stream, self.hello_range).await)
+            Ok(say_hello(&mut stream, hello_range).await)
         })
         .await
         .unwrap_or_else(|_| {
@@ -571,12 +623,12 @@ impl PeerClient {
             fail_all(&pending, &reason);
         })
         .detach();
-        // Another call may have connected meanwhile; either link works.
-        *self.link.borrow_mut() = Some(link.clone());
         Ok(link)
     }
 
-    /// Sends `call` and waits for its answer's payload (at most `deadline`).
+    /// Sends `call` and waits for its answer's payload (at most `deadline`
+    /// per attempt; a call refused as [`is_no_group_here`] is sent once
+    /// more, rerouted: see [`PeerClient`]).
     pub async fn call(
         &self,
         call: PeerCall,
@@ -585,7 +637,7 @@ impl PeerClient {
         if self.blocked.get() {
             return Err(TransportError::Blocked(self.addr.clone()));
         }
-        let link = self.connect().await?;
+        let link = self.connect(call.group).await?;
         let call_id = self.next_call_id.get();
         self.next_call_id.set(call_id + 1);
         let mut bytes = Vec::with_capacity(call.payload.len() + 64);
@@ -597,6 +649,30 @@ impl PeerClient {
             None,
             &mut bytes,
         );
+        let again = (bytes.len() <= MAX_REROUTED_RETRY_BYTES).then(|| bytes.clone());
+        match self.send_and_wait(&link, call_id, bytes, deadline).await {
+            Err(TransportError::Refused(addr, reason)) if is_no_group_here(&reason) => {
+                // The next call of this range opens its own connection.
+                self.rerouted.borrow_mut().insert(call.group);
+                self.range_links.borrow_mut().remove(&call.group);
+                let Some(bytes) = again else {
+                    return Err(TransportError::Refused(addr, reason));
+                };
+                let link = self.connect(call.group).await?;
+                self.send_and_wait(&link, call_id, bytes, deadline).await
+            }
+            outcome => outcome,
+        }
+    }
+
+    /// Sends one encoded frame on `link` and waits for its answer.
+    async fn send_and_wait(
+        &self,
+        link: &Rc<Link>,
+        call_id: u64,
+        bytes: Vec<u8>,
+        deadline: Duration,
+    ) -> Result<Vec<u8>, TransportError> {
         let (answer_to, answer) = oneshot::channel();
         link.pending.borrow_mut().insert(call_id, answer_to);
         if link.frames.send(bytes).await.is_err() {
@@ -618,9 +694,12 @@ impl PeerClient {
                     link.alive.set(false);
                     fail_all(&link.pending, "connection silent; replaced");
                     let mut current = self.link.borrow_mut();
-                    if current.as_ref().is_some_and(|held| Rc::ptr_eq(held, &link)) {
+                    if current.as_ref().is_some_and(|held| Rc::ptr_eq(held, link)) {
                         *current = None;
                     }
+                    self.range_links
+                        .borrow_mut()
+                        .retain(|_, held| !Rc::ptr_eq(held, link));
                 }
                 Err(TransportError::Timeout(self.addr.clone(), deadline))
             }
@@ -1095,6 +1174,10 @@ mod tests {
         let tagged = |tag: u8| -> CallHandler {
             Rc::new(move |call: PeerCall| {
                 Box::pin(async move {
+                    // Each "core" runs the group of its own index only.
+                    if call.group != u64::from(tag) {
+                        return Err(no_group_here(call.group));
+                    }
                     let mut payload = call.payload;
                     payload.push(tag);
                     Ok(payload)
@@ -1158,6 +1241,36 @@ mod tests {
             let nowhere = PeerClient::new(addr, 5);
             assert!(matches!(
                 nowhere.call(call(5, b"x"), deadline).await,
+                Err(TransportError::Refused(_, why)) if why == "range 5 is not hosted here"
+            ));
+        });
+    }
+
+    #[test]
+    fn a_call_refused_as_not_on_that_core_is_rerouted_by_a_hello_naming_its_range() {
+        run(async {
+            let addr = routed_server();
+            let deadline = Duration::from_secs(30);
+            // Connected for range 0 (core 0), asked for range 1, which the
+            // peer runs on core 1: refused there, sent again on a
+            // connection of its own, then served by it from then on.
+            let client = PeerClient::new(addr, 0);
+            for round in 0..3u8 {
+                assert_eq!(
+                    client.call(call(1, &[round]), deadline).await,
+                    Ok(vec![round, 1])
+                );
+                assert_eq!(
+                    client.call(call(0, &[round]), deadline).await,
+                    Ok(vec![round, 0])
+                );
+            }
+            assert!(client.rerouted.borrow().contains(&1));
+            assert_eq!(client.range_links.borrow().len(), 1);
+            // A range the peer does not host at all: the rerouting hello
+            // is refused, with the peer's reason.
+            assert!(matches!(
+                client.call(call(5, b"x"), deadline).await,
                 Err(TransportError::Refused(_, why)) if why == "range 5 is not hosted here"
             ));
         });

@@ -635,3 +635,72 @@ fn a_log_of_the_per_group_format_is_refused_with_a_clear_reason() {
         .block_on(async move { CoreLog::open(&path).map(|_| ()).unwrap_err().to_string() });
     assert!(refusal.contains("before the shared log"), "{refusal}");
 }
+
+#[test]
+fn a_range_exported_from_one_core_log_and_imported_into_another_keeps_its_vote_log_and_purge_point()
+{
+    let from = TempDir::new("export-from");
+    let to = TempDir::new("export-to");
+    // The source: range 5 purged through 3, with entries 4..=9 and a vote,
+    // beside range 6 that stays.
+    let export = life_of_log(&from.0, async |log| {
+        let mut moving = log.open_range(5).unwrap();
+        append_durably(&mut moving, (0..10).map(|index| put(2, index)).collect()).await;
+        moving.save_vote(&vote(2, 3, true)).await.unwrap();
+        moving.save_committed(Some(log_id(2, 8))).await.unwrap();
+        moving.purge(log_id(2, 3)).await.unwrap();
+        let mut staying = log.open_range(6).unwrap();
+        append_durably(&mut staying, vec![put(1, 0)]).await;
+        // Refused while open: its Raft would go on writing.
+        assert!(log.export_range(5).await.is_err());
+        drop(moving);
+        assert!(log.export_range(7).await.is_err(), "nothing of range 7");
+        log.export_range(5).await.unwrap()
+    });
+    // The target already holds range 9; bad exports change nothing.
+    life_of_log(&to.0, async |log| {
+        let mut other = log.open_range(9).unwrap();
+        append_durably(&mut other, vec![put(1, 0), put(1, 1)]).await;
+        drop(other);
+        assert!(
+            log.import_range(6, &export).await.is_err(),
+            "an export of 5 as 6"
+        );
+        assert!(log
+            .import_range(5, &export[..export.len() - 3])
+            .await
+            .is_err());
+        assert!(log.import_range(5, b"TKRX").await.is_err());
+        assert!(log.import_range(9, &export).await.is_err());
+        assert_eq!(log.range_ids(), vec![9]);
+        log.import_range(5, &export).await.unwrap();
+        assert!(
+            log.import_range(5, &export).await.is_err(),
+            "imported twice"
+        );
+    });
+    // After a restart the target has range 5 exactly as the source had it.
+    life_of_log(&to.0, async |log| {
+        assert_eq!(log.range_ids(), vec![5, 9]);
+        let mut moved = log.open_range(5).unwrap();
+        assert_eq!(moved.read_vote().await.unwrap(), Some(vote(2, 3, true)));
+        assert_eq!(moved.read_committed().await.unwrap(), Some(log_id(2, 8)));
+        let state = moved.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(2, 3)));
+        assert_eq!(state.last_log_id, Some(log_id(2, 9)));
+        assert_eq!(
+            moved.try_get_log_entries(..).await.unwrap(),
+            (4..10).map(|index| put(2, index)).collect::<Vec<_>>()
+        );
+        // It goes on from there.
+        append_durably(&mut moved, vec![put(3, 10)]).await;
+        drop(moved);
+        assert_eq!(entries_of(&log, 9).await, vec![put(1, 0), put(1, 1)]);
+    });
+    // The source drops its copy; its other range is untouched.
+    life_of_log(&from.0, async |log| {
+        log.drop_range(5).await.unwrap();
+        assert_eq!(entries_of(&log, 6).await, vec![put(1, 0)]);
+    });
+    life_of_log(&from.0, async |log| assert_eq!(log.range_ids(), vec![6]));
+}

@@ -432,6 +432,97 @@ impl CoreLog {
         Ok(())
     }
 
+    /// Whether the log holds anything of `range`.
+    pub fn holds_range(&self, range: RangeId) -> bool {
+        self.inner.ranges.borrow().contains_key(&range)
+    }
+
+    /// Everything `range` holds here (its state and its live entries), as
+    /// bytes another core's log can [`import`](Self::import_range): how a
+    /// range moves from one core to another. Refused while the range's
+    /// store is open (shut its Raft down first) and once the log failed.
+    /// Waits until everything the range appended is durable, so what is
+    /// exported is what a crash would have left.
+    pub async fn export_range(&self, range: RangeId) -> io::Result<Vec<u8>> {
+        self.check_writable()?;
+        let log = self.inner.ranges.borrow().get(&range).cloned();
+        let Some(log) = log else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("range {range} has nothing in {}", self.inner.dir.display()),
+            ));
+        };
+        if log.borrow().attached {
+            return Err(io::Error::other(format!(
+                "range {range} is still open: shut its Raft group down before exporting it"
+            )));
+        }
+        self.wait_durable(self.inner.wal.last_index()).await?;
+        let log = log.borrow();
+        let mut out =
+            Vec::with_capacity(EXPORT_HEADER_BYTES + log.entry_bytes + 64 * log.entries.len());
+        out.extend_from_slice(EXPORT_MAGIC);
+        out.extend_from_slice(&EXPORT_FORMAT.to_le_bytes());
+        out.extend_from_slice(&range.to_le_bytes());
+        let mut put = |kind: u32, payload: &[u8]| {
+            out.extend_from_slice(&kind.to_le_bytes());
+            out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            out.extend_from_slice(payload);
+        };
+        put(
+            RECORD_KIND_RANGE_STATE,
+            &encode_state_record(range, &log.written),
+        );
+        let mut bytes = Vec::new();
+        for entry in &log.entries {
+            bytes.clear();
+            encode_entry_record(range, entry, &mut bytes)
+                .map_err(|reason| io::Error::other(format!("range {range}: {reason}")))?;
+            put(RECORD_KIND_RANGE_ENTRY, &bytes);
+        }
+        Ok(out)
+    }
+
+    /// Takes in a range [exported](Self::export_range) by another core's
+    /// log: appends its state and entries to this log's stream and returns
+    /// once they are durable. Refused when this log already holds anything
+    /// of the range (drop it first) or the bytes are not a whole export of
+    /// it; nothing is appended then.
+    pub async fn import_range(&self, range: RangeId, export: &[u8]) -> io::Result<()> {
+        self.check_writable()?;
+        if self.holds_range(range) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} already holds range {range}: drop it before importing it",
+                    self.inner.dir.display()
+                ),
+            ));
+        }
+        // Decoded and checked whole before anything is appended.
+        let records = decode_export(range, export)
+            .map_err(|reason| io::Error::new(io::ErrorKind::InvalidData, reason))?;
+        let mut log = RangeLog::default();
+        let mut last = 0;
+        for (kind, payload, record) in records {
+            last = self.append(kind, payload)?;
+            log.replay(last, record)
+                .map_err(|reason| io::Error::new(io::ErrorKind::InvalidData, reason))?;
+        }
+        log.check_shape()
+            .map_err(|reason| io::Error::new(io::ErrorKind::InvalidData, reason))?;
+        // In the map before the wait: the reclaimer must see its records.
+        self.inner
+            .ranges
+            .borrow_mut()
+            .insert(range, Rc::new(RefCell::new(log)));
+        if let Err(error) = self.wait_durable(last).await {
+            self.inner.ranges.borrow_mut().remove(&range);
+            return Err(error);
+        }
+        Ok(())
+    }
+
     /// The WAL's counters (bytes, flushes, flush latency), shared.
     pub fn wal_stats(&self) -> Rc<WalStats> {
         self.inner.wal.stats_handle()
@@ -600,6 +691,64 @@ impl CoreLog {
         );
         Ok(removed)
     }
+}
+
+/// First bytes of a range export ([`CoreLog::export_range`]).
+const EXPORT_MAGIC: &[u8; 4] = b"TKRX";
+/// Format of a range export: after the magic, this as `u32`, the range as
+/// `u64`, then records, each `kind: u32, length: u32, payload` (the WAL
+/// record payloads of [`records`]): the range's state first, then its live
+/// entries in order. All little-endian.
+const EXPORT_FORMAT: u32 = 1;
+const EXPORT_HEADER_BYTES: usize = 4 + 4 + 8;
+
+/// One record of a range export: its WAL kind, its payload, decoded.
+type ExportedRecord<'a> = (u32, &'a [u8], LogRecord);
+
+/// The records of an export of `range`.
+fn decode_export(range: RangeId, bytes: &[u8]) -> Result<Vec<ExportedRecord<'_>>, String> {
+    if bytes.len() < EXPORT_HEADER_BYTES || &bytes[..4] != EXPORT_MAGIC {
+        return Err("not a range export".into());
+    }
+    let format = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+    if format != EXPORT_FORMAT {
+        return Err(format!(
+            "range export format {format}, expected {EXPORT_FORMAT}"
+        ));
+    }
+    let named = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    if named != range {
+        return Err(format!("an export of range {named}, not of range {range}"));
+    }
+    let mut rest = &bytes[EXPORT_HEADER_BYTES..];
+    let mut records = Vec::new();
+    while !rest.is_empty() {
+        if rest.len() < 8 {
+            return Err("a range export cut inside a record header".into());
+        }
+        let kind = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes"));
+        let length = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes")) as usize;
+        let payload = rest
+            .get(8..8 + length)
+            .ok_or("a range export cut inside a record")?;
+        let record = decode_record(kind, payload).map_err(|error| error.to_string())?;
+        let record_range = match &record {
+            LogRecord::State { range, .. } if records.is_empty() => *range,
+            LogRecord::Entry { range, .. } if !records.is_empty() => *range,
+            _ => return Err(format!("record kind {kind} out of place in a range export")),
+        };
+        if record_range != range {
+            return Err(format!(
+                "a record of range {record_range} in an export of range {range}"
+            ));
+        }
+        records.push((kind, payload, record));
+        rest = &rest[8 + length..];
+    }
+    if records.is_empty() {
+        return Err("a range export without its state".into());
+    }
+    Ok(records)
 }
 
 /// The first index of the oldest WAL segment in `dir`, if any.
