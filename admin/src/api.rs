@@ -45,6 +45,9 @@ pub struct AppState {
     pub live: Arc<Mutex<LiveSeries>>,
     /// The admin address actually bound.
     pub admin_addr: std::net::SocketAddr,
+    /// Held by a range move for its whole run: one move at a time per
+    /// node (each records the node's placement file).
+    pub moves: Arc<tokio::sync::Mutex<()>>,
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -300,8 +303,10 @@ pub struct ClusterShard {
     pub committed_index: Option<u64>,
     /// Last index applied by this replica.
     pub applied_index: Option<u64>,
-    /// Shard id.
+    /// Shard id (the range id).
     pub id: u64,
+    /// The core of this node that hosts it.
+    pub core: usize,
     /// Its slots.
     pub slots: SlotRange,
     /// Node id of the leader.
@@ -351,13 +356,15 @@ async fn cluster_status(State(state): State<AppState>) -> ApiResult<Json<Cluster
         // see them.
         let me = first.node_id;
         let nodes = cluster_nodes(me, &reports);
-        let shards = reports
+        let mut shards: Vec<ClusterShard> = reports
             .iter()
-            .flat_map(|report| &report.ranges)
-            .map(|raft| {
+            .enumerate()
+            .flat_map(|(core, report)| report.ranges.iter().map(move |raft| (core, raft)))
+            .map(|(core, raft)| {
                 let (start, end) = raft.slots;
                 ClusterShard {
                     id: raft.group,
+                    core,
                     slots: SlotRange { start, end },
                     leader: raft.leader,
                     term: raft.term,
@@ -384,6 +391,8 @@ async fn cluster_status(State(state): State<AppState>) -> ApiResult<Json<Cluster
                 }
             })
             .collect();
+        // In range order, whichever core hosts each (ranges move).
+        shards.sort_by_key(|shard| shard.id);
         return Ok(Json(ClusterStatus {
             mode: "raft".into(),
             nodes,
@@ -410,6 +419,7 @@ async fn cluster_status(State(state): State<AppState>) -> ApiResult<Json<Cluster
             .enumerate()
             .map(|(core, &(start, end))| ClusterShard {
                 id: core as u64,
+                core,
                 slots: SlotRange { start, end },
                 leader: Some(1),
                 term: 0,
@@ -633,6 +643,125 @@ async fn change_membership(
         .flatten()
         .collect();
     Ok(Json(MembershipBody { node, voters }))
+}
+
+/// Where a range should move.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RangeMoveRequest {
+    /// The core of this node to host the range.
+    pub core: usize,
+}
+
+/// A range move that happened.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RangeMoveBody {
+    /// The range.
+    pub range: usize,
+    /// The core that hosted it.
+    pub from_core: usize,
+    /// The core that hosts it now.
+    pub to_core: usize,
+    /// Bytes of Raft log handed over (the entries since its snapshot).
+    pub log_bytes: usize,
+    /// How long the move took, stop to start.
+    pub elapsed_ms: u64,
+}
+
+/// Moves a range's replica on this node to another of its cores, without
+/// a restart (cluster mode). The replica stops on its core (handing its
+/// leadership to another node first), its log and snapshots go to the
+/// target core, and it starts there; its requests wait meanwhile and are
+/// then served there. The node records the placement, so a restart keeps
+/// it. Nothing travels over the network: the other nodes see this
+/// replica pause. One move at a time per node.
+#[utoipa::path(post, path = "/v1/ranges/{range}/move", tag = "node", request_body = RangeMoveRequest,
+    params(("range" = usize, Path, description = "Range id")),
+    responses((status = 200, body = RangeMoveBody), (status = 400, body = ErrorBody),
+              (status = 409, description = "A standalone node", body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+async fn move_range(
+    State(state): State<AppState>,
+    Path(range): Path<String>,
+    body: Result<Json<RangeMoveRequest>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<RangeMoveBody>> {
+    let Json(body) = body.map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.body_text()))?;
+    let range: usize = range.parse().map_err(|_| {
+        ApiError::new(
+            ErrorCode::InvalidArgument,
+            format!("{range:?} is not a range id"),
+        )
+    })?;
+    let cores = state.node.cores();
+    if body.core >= cores {
+        return Err(ApiError::new(
+            ErrorCode::InvalidArgument,
+            format!(
+                "core {} does not exist: this node has cores 0..{cores}",
+                body.core
+            ),
+        ));
+    }
+    let _one_at_a_time = state.moves.lock().await;
+    let started = std::time::Instant::now();
+    let timeout = crate::link::RANGE_MOVE_CALL_TIMEOUT;
+    let from_core = match state
+        .node
+        .call_within(0, CoreRequest::LocateRange { range }, timeout)
+        .await?
+    {
+        CoreResponse::RangeAt { core } => core,
+        other => return Err(unexpected(other)),
+    };
+    if from_core == body.core {
+        return Err(ApiError::new(
+            ErrorCode::InvalidArgument,
+            format!("range {range} is on core {from_core} already"),
+        ));
+    }
+    let export = CoreRequest::ExportRange {
+        range,
+        to_core: body.core,
+    };
+    let (log, snapshots) = match state.node.call_within(from_core, export, timeout).await? {
+        CoreResponse::RangeExported { log, snapshots } => (log, snapshots),
+        other => return Err(unexpected(other)),
+    };
+    let log_bytes = log.len();
+    let import = CoreRequest::ImportRange {
+        range,
+        log,
+        snapshots,
+    };
+    let imported = state.node.call_within(body.core, import, timeout).await;
+    // Whatever the import did, the source ends the move: it drops its copy
+    // if the range moved, or starts it again.
+    let settled = state
+        .node
+        .call_within(from_core, CoreRequest::SettleRangeMove { range }, timeout)
+        .await;
+    let moved = match settled {
+        Ok(CoreResponse::RangeSettled { moved }) => moved,
+        Ok(other) => return Err(unexpected(other)),
+        Err(error) => return Err(error),
+    };
+    match imported {
+        Ok(CoreResponse::Done) if moved => Ok(Json(RangeMoveBody {
+            range,
+            from_core,
+            to_core: body.core,
+            log_bytes,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        })),
+        Ok(CoreResponse::Done) => Err(ApiError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "range {range}: the source core gave the move up; it stays on core {from_core}"
+            ),
+        )),
+        Ok(other) => Err(unexpected(other)),
+        Err(error) => Err(error),
+    }
 }
 
 // ---------------------------------------------------------------- tenants
@@ -1214,7 +1343,7 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "TinkerDB admin API", description = "Node status, tenants, keys, snapshots and metrics of one TinkerDB node. Errors are `{\"error\": {\"code\", \"message\"}}` with a stable code."),
-    paths(health, ready, node_status, cluster_status, add_node, remove_node, list_tenants, create_tenant, set_quota,
+    paths(health, ready, node_status, cluster_status, add_node, remove_node, move_range, list_tenants, create_tenant, set_quota,
           get_key, put_key, delete_key, scan_keys, take_snapshot, live_stats, metrics),
     components(schemas(ErrorBody, ApiError, ErrorCode, TenantSpec, Consistency)),
     tags((name = "node"), (name = "tenants"), (name = "keys"), (name = "stats"))
@@ -1276,6 +1405,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/cluster", get(cluster_status))
         .route("/v1/cluster/nodes", post(add_node))
         .route("/v1/cluster/nodes/{id}", delete(remove_node))
+        .route("/v1/ranges/{range}/move", post(move_range))
         .route("/v1/tenants", get(list_tenants).post(create_tenant))
         .route("/v1/tenants/{tenant}/quota", put(set_quota))
         .route("/v1/tenants/{tenant}/keys", get(scan_keys))

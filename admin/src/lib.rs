@@ -85,6 +85,7 @@ pub fn start(listener: std::net::TcpListener, node: NodeHandle) -> anyhow::Resul
                     node,
                     live,
                     admin_addr: addr,
+                    moves: Arc::default(),
                 };
                 let listener = match tokio::net::TcpListener::from_std(listener) {
                     Ok(listener) => listener,

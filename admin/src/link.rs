@@ -70,6 +70,34 @@ pub enum CoreRequest {
         /// The node.
         id: u64,
     },
+    /// Which core hosts range `range` now (any core answers).
+    LocateRange {
+        /// The range.
+        range: usize,
+    },
+    /// Cluster mode, step 1 of a range move, on the core hosting it: stop
+    /// the range's replica and export its log for core `to_core`.
+    ExportRange {
+        /// The range.
+        range: usize,
+        /// The core it moves to.
+        to_core: usize,
+    },
+    /// Step 2, on the target core: take the range in and start it.
+    ImportRange {
+        /// The range.
+        range: usize,
+        /// Its log, as the source exported it.
+        log: Vec<u8>,
+        /// Its snapshot directory on the source core.
+        snapshots: PathBuf,
+    },
+    /// Step 3, on the source core: end the move (drop the old copy if the
+    /// range moved, start it again here if not).
+    SettleRangeMove {
+        /// The range.
+        range: usize,
+    },
 }
 
 /// A key operation.
@@ -163,6 +191,23 @@ pub enum CoreResponse {
     /// Answer to `AddMember` and `RemoveMember`: the group's voters once
     /// the change is committed.
     Members(Vec<Vec<u64>>),
+    /// Answer to `LocateRange`.
+    RangeAt {
+        /// The core hosting the range.
+        core: usize,
+    },
+    /// Answer to `ExportRange`.
+    RangeExported {
+        /// The range's log (`tinkerdb_replication`'s range export).
+        log: Vec<u8>,
+        /// Its snapshot directory on the source core.
+        snapshots: PathBuf,
+    },
+    /// Answer to `SettleRangeMove`: whether the range left the core.
+    RangeSettled {
+        /// True: it moved; false: it stays (started again).
+        moved: bool,
+    },
     /// The request failed.
     Failed(ApiError),
 }
@@ -332,6 +377,11 @@ impl NodeHandle {
 /// until it has caught up as a learner (the group's `MEMBERSHIP_DEADLINE`
 /// is 60 s; this leaves the answer time to arrive).
 pub const MEMBERSHIP_CALL_TIMEOUT: Duration = Duration::from_secs(65);
+
+/// How long one step of a range move may take on a core (a stop waits for
+/// a leadership hand-off and the requests in flight; a start restores the
+/// range's snapshot and applies its log).
+pub const RANGE_MOVE_CALL_TIMEOUT: Duration = Duration::from_secs(25);
 
 /// Current wall-clock time in Unix milliseconds.
 pub fn now_unix_ms() -> u64 {

@@ -36,7 +36,7 @@ use crate::net::listener::PortSharing;
 use crate::shard::recovery::recover_core;
 use crate::shard::{Journal, Shard};
 use crate::shutdown::{stop_signal, CoreStopSignals, StopSignal};
-use crate::slots::{CoreId, SlotMap};
+use crate::slots::{CoreId, MoveClaims, SlotMap};
 use crate::tenants::{CoreTenants, TenantRegistry};
 use tinkerdb_admin::tenants_file::{self, TenantSpec};
 use tinkerdb_admin::{CoreInbox, NodeFacts, NodeHandle};
@@ -130,6 +130,13 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
         config.ranges_per_core,
     )?;
     let slot_map = Arc::new(SlotMap::placed(cores, config.ranges_per_core));
+    // Cluster mode: ranges moved at runtime stay where they were moved.
+    if config.cluster.is_some() {
+        slot_map
+            .load_placement(&config.data_dir)
+            .map_err(|error| anyhow!("{error}"))?;
+    }
+    let move_claims = Arc::new(MoveClaims::new(slot_map.ranges()));
     // The config's tenants, then those created or changed at runtime.
     let configured = config
         .tenants
@@ -203,6 +210,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
             core,
             addrs,
             slot_map: slot_map.clone(),
+            move_claims: move_claims.clone(),
             tenants: tenants.clone(),
             config: config.clone(),
             senders,
@@ -283,7 +291,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
                 resp_addr: addrs.resp,
                 core_slots: (0..cores)
                     .map(|core| {
-                        let slots = slot_map.core_slot_range(core);
+                        let slots = slot_map.home_slot_range(core);
                         (slots.start as u32, slots.end as u32 - 1)
                     })
                     .collect(),
@@ -573,6 +581,8 @@ struct CoreSetup {
     core: CoreId,
     addrs: BoundAddrs,
     slot_map: Arc<SlotMap>,
+    /// The node's range moves under way (cluster mode).
+    move_claims: Arc<MoveClaims>,
     tenants: Arc<TenantRegistry>,
     config: NodeConfig,
     senders: Vec<Option<SharedSender<CoreMessage>>>,
@@ -671,6 +681,7 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
     let shards = setup
         .slot_map
         .ranges_of(core)
+        .into_iter()
         .map(|range| {
             let store = recovered_store.take().unwrap_or_default();
             let journal = Journal::new(wal.clone(), core_tenants.clone());
@@ -705,7 +716,15 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
         let peer_sockets = setup
             .peer_sockets
             .expect("cluster mode makes the hand-off channels");
-        crate::cluster::start_replicas(&context, cluster, &setup.config.raft, peer_sockets).await?;
+        crate::cluster::start_replicas(
+            &context,
+            cluster,
+            &setup.config.raft,
+            &setup.config.data_dir,
+            setup.move_claims.clone(),
+            peer_sockets,
+        )
+        .await?;
     }
     for connecting in inbound_connecting {
         let inbound = connecting.await;
@@ -744,7 +763,7 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
     .await;
     let _ = setup.events.send(CoreEvent::Drained(core));
     stop.exit.tripped().await;
-    for replica in context.replicas.get().into_iter().flatten() {
+    for replica in context.replicas() {
         if let Err(error) = replica.raft.shutdown().await {
             tracing::warn!(core, group = replica.group, %error, "Raft group did not shut down cleanly");
         }
@@ -763,7 +782,7 @@ const DRAIN_POLL: Duration = Duration::from_millis(5);
 async fn drain_core(context: &CoreContext, timeout: Duration) {
     let core = context.core;
     let deadline = Instant::now() + timeout;
-    for replica in context.replicas.get().into_iter().flatten() {
+    for replica in context.replicas() {
         let handed_to = tinkerdb_replication::group::hand_off_leadership(
             &replica.raft,
             replica.group,

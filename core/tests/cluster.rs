@@ -3,6 +3,8 @@
 //! driven through the Rust client.
 
 mod common;
+#[path = "../../replication/tests/common/register.rs"]
+mod register;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -57,13 +59,18 @@ impl Cluster {
     }
 
     fn start_node(&mut self, id: u64) {
+        self.start_node_with_env(id, &[]);
+    }
+
+    /// Starts node `id` with extra environment variables (failpoints).
+    fn start_node_with_env(&mut self, id: u64, env: &[(&str, &str)]) {
         let args = vec![
             "--node-id".to_string(),
             id.to_string(),
             "--peers".to_string(),
             self.peers.clone(),
         ];
-        let node = TestNode::start_with_args(CORES, &self.config, &self.dirs[&id], &[], &args);
+        let node = TestNode::start_with_args(CORES, &self.config, &self.dirs[&id], env, &args);
         self.nodes.insert(id, node);
     }
 
@@ -806,4 +813,318 @@ fn a_rolling_restart_under_load_loses_no_write_and_costs_no_election_timeout() {
         tinkerdb_replication::group::ELECTION_TIMEOUT_MAX,
         stops.join(", ")
     );
+}
+
+/// Keys of the range-move test and its history clients.
+const MOVE_KEYS: usize = 48;
+const MOVE_CLIENTS: usize = 6;
+
+/// `POST /v1/ranges/{range}/move` on node `id`; the HTTP status and body.
+fn move_range(cluster: &Cluster, id: u64, range: usize, core: usize) -> (u16, serde_json::Value) {
+    let url = format!(
+        "http://{}/v1/ranges/{range}/move",
+        cluster.nodes[&id].admin_addr
+    );
+    let response = reqwest::blocking::Client::new()
+        .post(url)
+        .json(&serde_json::json!({ "core": core }))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().unwrap())
+}
+
+/// The core hosting each range, as node `id` reports it.
+fn cores_of_ranges(cluster: &Cluster, id: u64) -> Vec<u64> {
+    cluster
+        .shards(id)
+        .iter()
+        .map(|shard| shard["core"].as_u64().unwrap())
+        .collect()
+}
+
+/// Ranges move between the cores of running nodes (on every node, there
+/// and back) while clients on all three nodes write and read keys of those
+/// ranges; every operation is recorded with its call and return times.
+/// Each key's history must be linearizable (an acknowledged write lost, or
+/// a read of a value that was then taken back, shows up as a violation),
+/// and the last values read back through every node. A node killed with
+/// SIGKILL after the moves comes back with its ranges where they were
+/// moved. Bad move requests get typed refusals.
+#[test]
+fn ranges_move_between_cores_under_load_and_histories_stay_linearizable() {
+    use register::{linearizable, Op, UNKNOWN};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let _alone = one_cluster_at_a_time();
+    let mut cluster = Cluster::start_with_ranges(2);
+    assert!(
+        common::eventually(Duration::from_secs(60), || {
+            (1..=3).all(|id| cluster.leaders(id).iter().all(Option::is_some))
+        }),
+        "the groups never elected leaders"
+    );
+    // Keys of ranges 1 (home core 0) and 2 (home core 1): the ones moving.
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("mv:{i}"))
+        .filter(|key| matches!(range_of(key), 1 | 2))
+        .take(MOVE_KEYS)
+        .collect();
+    let clock = Instant::now();
+    let now = move || clock.elapsed().as_nanos();
+    let history: Arc<Mutex<Vec<Vec<Op>>>> = Arc::new(Mutex::new(vec![Vec::new(); MOVE_KEYS]));
+    // Room for every client's last operation and one final read per key.
+    let full = register::MAX_OPS - MOVE_CLIENTS - 1;
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let load: Vec<_> = (0..MOVE_CLIENTS)
+        .map(|worker| {
+            let client = cluster.client(worker as u64 % 3 + 1);
+            let (history, stop, failures, keys) = (
+                history.clone(),
+                stop.clone(),
+                failures.clone(),
+                keys.clone(),
+            );
+            runtime().spawn(async move {
+                let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (worker as u64 + 1) << 17;
+                let mut counter = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let key = (seed % MOVE_KEYS as u64) as usize;
+                    // Paced so the history spans every move.
+                    tokio::time::sleep(Duration::from_millis(15)).await;
+                    if history.lock().unwrap()[key].len() >= full {
+                        continue;
+                    }
+                    let invoked = now();
+                    let op = if seed & (1 << 40) == 0 {
+                        counter += 1;
+                        let value = (worker as u64) << 32 | counter;
+                        match client.set(&keys[key], value.to_string()).await {
+                            Ok(_) => Op::write(value, invoked, now()),
+                            Err(error) => {
+                                eprintln!("write {} failed: {error}", keys[key]);
+                                failures.fetch_add(1, Ordering::Relaxed);
+                                Op::write(value, invoked, UNKNOWN)
+                            }
+                        }
+                    } else {
+                        match client.get(&keys[key]).await {
+                            Ok(read) => {
+                                let read = read.map(|v| {
+                                    std::str::from_utf8(&v.value).unwrap().parse().unwrap()
+                                });
+                                Op::read(read, invoked, now())
+                            }
+                            Err(error) => {
+                                // A failed read says nothing: not recorded.
+                                eprintln!("read {} failed: {error}", keys[key]);
+                                failures.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
+                        }
+                    };
+                    history.lock().unwrap()[key].push(op);
+                }
+            })
+        })
+        .collect();
+
+    // Bad requests first: typed refusals, nothing moves.
+    assert_eq!(move_range(&cluster, 1, 1, 7).0, 400);
+    assert_eq!(move_range(&cluster, 1, 99, 1).0, 400);
+    let (status, body) = move_range(&cluster, 1, 1, 0);
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already"),
+        "{body}"
+    );
+
+    // (node, range, to core): ranges 1 and 2 leave home on every node,
+    // and some come back.
+    let moves = [
+        (1, 1, 1),
+        (2, 1, 1),
+        (3, 2, 0),
+        (1, 2, 0),
+        (1, 1, 0),
+        (3, 1, 1),
+    ];
+    for (node, range, core) in moves {
+        std::thread::sleep(Duration::from_millis(400));
+        let (status, body) = move_range(&cluster, node, range, core);
+        assert_eq!(
+            status, 200,
+            "node {node}, range {range} to core {core}: {body}"
+        );
+        eprintln!("node {node}: {body}");
+        assert_eq!(body["to_core"], core, "{body}");
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    stop.store(true, Ordering::Relaxed);
+    runtime().block_on(async {
+        for task in load {
+            task.await.unwrap();
+        }
+    });
+    // Where the ranges are now, as each node reports them.
+    assert_eq!(cores_of_ranges(&cluster, 1), vec![0, 0, 0, 1]);
+    assert_eq!(cores_of_ranges(&cluster, 2), vec![0, 1, 1, 1]);
+    assert_eq!(cores_of_ranges(&cluster, 3), vec![0, 1, 0, 1]);
+
+    // The last value of every key, read through each node, then checked
+    // with the rest of its history.
+    let readers: Vec<Client> = (1..=3).map(|id| cluster.client(id)).collect();
+    let finals: Vec<Option<u64>> = runtime().block_on(async {
+        let mut finals = Vec::new();
+        for (index, key) in keys.iter().enumerate() {
+            let mut seen = Vec::new();
+            for (node, reader) in readers.iter().enumerate() {
+                let invoked = now();
+                let read = reader.get(key).await.unwrap().map(|v| {
+                    std::str::from_utf8(&v.value)
+                        .unwrap()
+                        .parse::<u64>()
+                        .unwrap()
+                });
+                seen.push(read);
+                if node == 0 {
+                    history.lock().unwrap()[index].push(Op::read(read, invoked, now()));
+                }
+            }
+            assert!(
+                seen.windows(2).all(|pair| pair[0] == pair[1]),
+                "{key}: {seen:?}"
+            );
+            finals.push(seen[0]);
+        }
+        finals
+    });
+    let history = history.lock().unwrap();
+    let operations: usize = history.iter().map(Vec::len).sum();
+    for (key, ops) in keys.iter().zip(history.iter()) {
+        assert!(
+            linearizable(ops),
+            "{key}'s history is not linearizable: {ops:#?}"
+        );
+    }
+    let failed = failures.load(Ordering::Relaxed);
+    eprintln!(
+        "{} moves under load: {operations} operations recorded on {MOVE_KEYS} keys, {failed} \
+         failed, every history linearizable",
+        moves.len()
+    );
+    assert!(operations > 500, "the load ran: {operations} operations");
+    // Requests wait out a move instead of failing (measured: none fail;
+    // a loaded machine may time one out).
+    assert!(failed * 50 <= operations, "{failed} of {operations} failed");
+
+    // A node killed after its moves starts with its ranges where they were
+    // moved, and serves them.
+    drop(readers);
+    cluster.kill(2);
+    cluster.start_node(2);
+    assert_eq!(cores_of_ranges(&cluster, 2), vec![0, 1, 1, 1]);
+    let client = cluster.client(2);
+    runtime().block_on(async {
+        for (key, last) in keys.iter().zip(&finals) {
+            let read = client.get(key).await.unwrap().map(|v| {
+                std::str::from_utf8(&v.value)
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap()
+            });
+            assert_eq!(read, *last, "{key} after the restart");
+        }
+    });
+}
+
+/// A node that dies in the middle of a range move comes back with the
+/// range on exactly one core, all its data, and no copy left on the other:
+/// dying after the target imported the log (placement unchanged) keeps the
+/// range where it was; dying after the placement was recorded (the source
+/// not yet cleaned up) puts it on the target.
+#[test]
+fn a_node_that_dies_in_the_middle_of_a_range_move_keeps_the_range_on_one_core() {
+    let _alone = one_cluster_at_a_time();
+    let mut cluster = Cluster::start_with_ranges(2);
+    assert!(
+        common::eventually(Duration::from_secs(60), || {
+            (1..=3).all(|id| cluster.leaders(id).iter().all(Option::is_some))
+        }),
+        "the groups never elected leaders"
+    );
+    // Enough writes to range 1 that it snapshots (every 40 entries).
+    let written: Vec<(String, String)> = (0..)
+        .map(|i| format!("crash-mv:{i}"))
+        .filter(|key| range_of(key) == 1)
+        .take(120)
+        .enumerate()
+        .map(|(i, key)| (key, format!("v{i}")))
+        .collect();
+    let client = cluster.client(2);
+    runtime().block_on(async {
+        for (key, value) in &written {
+            client.set(key, value).await.unwrap();
+        }
+    });
+    drop(client);
+    let data = cluster.dirs[&1].join("data");
+    let snapshots_on = |core: usize| data.join(format!("core-{core}/raft-snapshots-range-1"));
+    for (point, home_after) in [("imported", 0u64), ("placed", 1u64)] {
+        // Restart node 1 with the failpoint armed, once its copy of range 1
+        // has snapshots where it is now.
+        cluster.kill(1);
+        cluster.start_node_with_env(1, &[("TINKERDB_FAILPOINT_MOVE_EXIT_AT", point)]);
+        let from = cores_of_ranges(&cluster, 1)[1] as usize;
+        assert!(
+            common::eventually(Duration::from_secs(30), || snapshots_on(from).exists()),
+            "range 1 never snapshotted on core {from}"
+        );
+        let url = format!("http://{}/v1/ranges/1/move", cluster.nodes[&1].admin_addr);
+        let died = reqwest::blocking::Client::new()
+            .post(url)
+            .json(&serde_json::json!({ "core": 1 - from }))
+            .timeout(Duration::from_secs(60))
+            .send();
+        assert!(died.is_err(), "the node died mid-move: {died:?}");
+        cluster.kill(1);
+        cluster.start_node(1);
+        let cores = cores_of_ranges(&cluster, 1);
+        let expected = if home_after == 0 { from } else { 1 - from } as u64;
+        assert_eq!(cores[1], expected, "after dying at {point}: {cores:?}");
+        // The other core's copy is gone (its snapshots with it).
+        assert!(
+            !snapshots_on(1 - expected as usize).exists(),
+            "a copy of range 1 stayed on core {} after dying at {point}",
+            1 - expected
+        );
+        let client = cluster.client(1);
+        runtime().block_on(async {
+            for (key, value) in &written {
+                let read = client.get(key).await.unwrap().map(|v| v.value);
+                assert_eq!(
+                    read,
+                    Some(value.clone().into()),
+                    "{key} after dying at {point}"
+                );
+            }
+            client.set("after-crash", point).await.unwrap();
+        });
+        eprintln!(
+            "died at {point}: range 1 on core {expected}, all {} keys read back",
+            written.len()
+        );
+    }
+    // And a move still works afterwards.
+    let (status, body) = move_range(&cluster, 1, 1, 0);
+    assert_eq!(status, 200, "{body}");
 }

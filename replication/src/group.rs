@@ -163,12 +163,44 @@ pub async fn start_with_stats<A: Applier>(
 /// The groups of one core, by id, for serving peer calls.
 pub struct CoreGroups<A: Applier> {
     groups: RefCell<HashMap<u64, GroupRaft<A>>>,
+    /// Peer calls being served, by group (a group taken out waits for
+    /// them before it stops: see [`Self::calls_in_flight`]).
+    calls: Rc<RefCell<HashMap<u64, usize>>>,
 }
 
 impl<A: Applier> Default for CoreGroups<A> {
     fn default() -> Self {
         CoreGroups {
             groups: RefCell::new(HashMap::new()),
+            calls: Rc::default(),
+        }
+    }
+}
+
+/// Counts one peer call of a group while it lives.
+struct CallInFlight {
+    calls: Rc<RefCell<HashMap<u64, usize>>>,
+    group: u64,
+}
+
+impl CallInFlight {
+    fn new(calls: &Rc<RefCell<HashMap<u64, usize>>>, group: u64) -> CallInFlight {
+        *calls.borrow_mut().entry(group).or_default() += 1;
+        CallInFlight {
+            calls: calls.clone(),
+            group,
+        }
+    }
+}
+
+impl Drop for CallInFlight {
+    fn drop(&mut self) {
+        let mut calls = self.calls.borrow_mut();
+        if let Some(count) = calls.get_mut(&self.group) {
+            *count -= 1;
+            if *count == 0 {
+                calls.remove(&self.group);
+            }
         }
     }
 }
@@ -189,10 +221,16 @@ impl<A: Applier> CoreGroups<A> {
             .collect()
     }
 
-    /// Takes the group out (it no longer answers peer calls here); the
-    /// caller shuts it down.
+    /// Takes the group out: later peer calls for it are refused as
+    /// [`crate::transport::no_group_here`]. The caller waits for the calls
+    /// under way ([`Self::calls_in_flight`]), then shuts it down.
     pub fn remove(&self, group: u64) -> Option<GroupRaft<A>> {
         self.groups.borrow_mut().remove(&group)
+    }
+
+    /// Peer calls of `group` being served now.
+    pub fn calls_in_flight(&self, group: u64) -> usize {
+        self.calls.borrow().get(&group).copied().unwrap_or(0)
     }
 
     /// The group's handle, if this core runs it.
@@ -214,6 +252,7 @@ impl<A: Applier> CoreGroups<A> {
                 let raft = groups
                     .get(call.group)
                     .ok_or_else(|| crate::transport::no_group_here(call.group))?;
+                let _counted = CallInFlight::new(&groups.calls, call.group);
                 match call.kind {
                     PeerCallKind::ForwardWrite => {
                         let command: Command = decode(&call.payload)?;
@@ -290,6 +329,21 @@ pub enum GroupError {
         /// Why.
         reason: String,
     },
+    /// A forwarded write reached a replica that no longer leads the group
+    /// (it handed leadership off, or lost it): nothing was proposed, and
+    /// the forwarding replica tries the current leader. Never reaches a
+    /// client. (Added after the first peer protocol: a node of an earlier
+    /// version cannot decode it, so such a write fails there instead of
+    /// being retried.)
+    #[error("node {me} does not lead group {group}; its leader is {leader:?}")]
+    NotLeader {
+        /// The group.
+        group: u64,
+        /// The node that answered.
+        me: NodeId,
+        /// The leader it knows of.
+        leader: Option<NodeId>,
+    },
 }
 
 impl GroupError {
@@ -343,9 +397,22 @@ async fn propose_here<A: Applier>(
                 match forward.leader_id {
                     Some(leader) if leader != me && may_forward => {
                         match forward_write(raft, peers, leader, group, &command).await {
+                            // A former leader: ask the current one.
+                            Ok(Err(not_leader @ GroupError::NotLeader { .. })) => {
+                                last_reason = not_leader.to_string();
+                            }
                             Ok(answer) => return answer,
                             Err(reason) => last_reason = reason,
                         }
+                    }
+                    // A forwarded write at a replica that knows another
+                    // leader: the forwarder asks that one at once.
+                    Some(leader) if leader != me => {
+                        return Err(GroupError::NotLeader {
+                            group,
+                            me,
+                            leader: Some(leader),
+                        });
                     }
                     // Unknown leader, an election, or this node elected but
                     // not yet confirmed: wait and retry.

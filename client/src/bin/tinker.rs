@@ -159,6 +159,15 @@ enum ClusterAction {
         /// Its node id.
         id: u64,
     },
+    /// Move a range (shard) of the node reached by --admin to another of
+    /// its cores, without a restart.
+    Move {
+        /// The range (shard id).
+        range: usize,
+        /// The core to host it.
+        #[arg(long)]
+        to_core: usize,
+    },
 }
 
 /// What a command's outcome means for the exit status.
@@ -481,6 +490,15 @@ fn cluster(admin: &str, action: ClusterAction) -> Result<(), AdminError> {
             let answer = admin::request(admin, "DELETE", &path, None, CLUSTER_TIMEOUT)?;
             println!("node {id} removed; voters per shard: {}", answer["voters"]);
         }
+        ClusterAction::Move { range, to_core } => {
+            let path = format!("/v1/ranges/{range}/move");
+            let body = serde_json::json!({ "core": to_core });
+            let answer = admin::request(admin, "POST", &path, Some(&body), CLUSTER_TIMEOUT)?;
+            println!(
+                "range {range} moved from core {} to core {} in {} ms ({} bytes of log)",
+                answer["from_core"], answer["to_core"], answer["elapsed_ms"], answer["log_bytes"]
+            );
+        }
     }
     Ok(())
 }
@@ -545,8 +563,8 @@ fn format_cluster_status(status: &serde_json::Value) -> String {
     }
     let _ = writeln!(
         out,
-        "\n{:<7}{:<13}{:<7}{:<8}{:<6}{:<11}{:>10}{:>10}{:>10}  LAG (node: entries behind the leader)",
-        "SHARD", "SLOTS", "EPOCH", "LEADER", "TERM", "ROLE HERE", "COMMITTED", "APPLIED", "SNAPSHOT"
+        "\n{:<7}{:<6}{:<13}{:<7}{:<8}{:<6}{:<11}{:>10}{:>10}{:>10}  LAG (node: entries behind the leader)",
+        "SHARD", "CORE", "SLOTS", "EPOCH", "LEADER", "TERM", "ROLE HERE", "COMMITTED", "APPLIED", "SNAPSHOT"
     );
     for shard in shards {
         let slots = format!(
@@ -576,8 +594,9 @@ fn format_cluster_status(status: &serde_json::Value) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<7}{:<13}{:<7}{:<8}{:<6}{:<11}{:>10}{:>10}{:>10}  {lag}",
+            "{:<7}{:<6}{:<13}{:<7}{:<8}{:<6}{:<11}{:>10}{:>10}{:>10}  {lag}",
             opt(&shard["id"]),
+            opt(&shard["core"]),
             slots,
             opt(&shard["epoch"]),
             opt(&shard["leader"]),

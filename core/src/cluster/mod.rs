@@ -4,6 +4,8 @@
 //! and adding or removing a member. The request path through a replica is
 //! `coord::replica`.
 
+pub mod moves;
+
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -21,7 +23,7 @@ use tinkerdb_schemas::wire::ErrorCode;
 
 use crate::config::{ClusterConfig, RaftTuning};
 use crate::coord::context::CoreContext;
-use crate::coord::replica::{Replica, ShardApplier};
+use crate::coord::replica::{CoreReplication, Replica, ShardApplier};
 use crate::slots::RangeId;
 
 /// Connections a core hands to another (core 0 accepts every peer
@@ -59,15 +61,19 @@ pub async fn start_replicas(
     context: &Rc<CoreContext>,
     cluster: &ClusterConfig,
     tuning: &RaftTuning,
+    data_dir: &std::path::Path,
+    move_claims: std::sync::Arc<crate::slots::MoveClaims>,
     peer_sockets: PeerSocketEnds,
 ) -> anyhow::Result<()> {
     let core = context.core;
-    // Placement (`SlotMap::core_of`): every node hosts range r on the same
-    // core, so this core's peer connections reach the core of the peers
-    // that hosts the same ranges; a hello names the first of them.
+    // Placement (`SlotMap::core_of`): every node places range r on the
+    // same core at first, so this core's peer connections reach the core
+    // of the peers that hosts the same ranges; a hello names the first of
+    // this core's home ranges. A range placed otherwise on a peer (moved)
+    // gets a connection of its own (`transport::PeerClient`).
     let hosted = context.hosted_ranges();
     let peers = Rc::new(Peers::new(
-        hosted.start as u64,
+        context.slot_map.home_ranges(core).start as u64,
         cluster
             .nodes
             .iter()
@@ -113,44 +119,59 @@ pub async fn start_replicas(
             .detach();
         }
     }
+    // Every range of the core on its one shared Raft log.
+    let log = open_core_log(&context.core_dir)?;
+    let health = Rc::new(HealthTable::default());
+    let replication = CoreReplication {
+        node_id: cluster.node_id,
+        data_dir: data_dir.to_owned(),
+        groups: groups.clone(),
+        peers: peers.clone(),
+        health: health.clone(),
+        log: log.clone(),
+        snapshot_every_entries: tuning.snapshot_every_entries,
+        logs_kept_after_snapshot: tuning.logs_kept_after_snapshot,
+        move_claims,
+    };
+    if context.replication.set(replication).is_err() {
+        anyhow::bail!("core {core} started its replicas twice");
+    }
+    // What a move left behind: a range the log (or a snapshot directory)
+    // holds but the placement gives another core (a move that stopped
+    // before or after its switch).
+    for range in log.range_ids() {
+        if usize::try_from(range).is_ok_and(|range| range >= context.slot_map.ranges()) {
+            anyhow::bail!(
+                "core {core}: its Raft log holds range {range}, but this node has ranges 0..{} \
+                 (a data directory of another configuration?)",
+                context.slot_map.ranges()
+            );
+        }
+    }
+    for range in 0..context.slot_map.ranges() {
+        let left_over = log.holds_range(range as u64) || snapshot_dir(context, range).exists();
+        if left_over && !hosted.contains(&range) {
+            tracing::info!(core, range, "dropping the copy of a range hosted elsewhere");
+            moves::forget_range(context, range)
+                .await
+                .map_err(|error| anyhow::anyhow!("core {core}, range {range}: {error}"))?;
+        }
+    }
     let members: BTreeMap<u64, Node> = cluster
         .nodes
         .iter()
         .map(|node| (node.id, Node::new(node.raft.to_string())))
         .collect();
-    // Every range of the core on its one shared Raft log.
-    let log = open_core_log(&context.core_dir)?;
-    let health = Rc::new(HealthTable::default());
-    let mut replicas = Vec::with_capacity(hosted.len());
-    for range in hosted.clone() {
-        let spec = GroupSpec {
-            group: range as u64,
-            node_id: cluster.node_id,
-            members: members.clone(),
-            log: log.clone(),
-            snapshot_dir: snapshot_dir(&context.core_dir, range, hosted.start),
-            snapshot_every_entries: tuning.snapshot_every_entries,
-            logs_kept_after_snapshot: tuning.logs_kept_after_snapshot,
-            // A node that joins a running cluster waits to be added.
-            initialize: cluster.join.is_none(),
-        };
-        let applier = Rc::new(RefCell::new(ShardApplier::new(context.clone(), range)));
-        let (raft, wal_stats) = group::start_with_stats(&spec, applier, peers.clone())
-            .await
-            .map_err(|error| anyhow::anyhow!("core {core}, range {range}: {error}"))?;
-        groups.insert(spec.group, raft.clone());
+    for &range in &hosted {
+        // A node that joins a running cluster waits to be added.
+        let initial_members = cluster.join.is_none().then(|| members.clone());
+        let replica = start_range(context, range, initial_members).await?;
         // Spread first leaders: range r prefers node (r mod n) + 1.
         let preferred = cluster.nodes[range % cluster.nodes.len()].id;
-        if preferred == cluster.node_id && raft.current_leader().await.is_none() {
-            let _ = raft.trigger().elect(false).await;
+        if preferred == cluster.node_id && replica.raft.current_leader().await.is_none() {
+            let _ = replica.raft.trigger().elect(false).await;
         }
-        replicas.push(Replica {
-            group: spec.group,
-            raft,
-            peers: peers.clone(),
-            health: health.clone(),
-            wal_stats,
-        });
+        context.set_replica(replica);
     }
     glommio::spawn_local(group::release_pinned_segments(
         groups.clone(),
@@ -160,11 +181,18 @@ pub async fn start_replicas(
     ))
     .detach();
     // One set of probes per core: every range of it has the same members
-    // once changes settle; the first range's are probed.
+    // once changes settle; the first range hosted now is probed.
     let members = {
-        let raft = replicas[0].raft.clone();
-        let group = replicas[0].group;
-        move || group::status(&raft, group).other_members()
+        let context = Rc::downgrade(context);
+        move || {
+            let Some(context) = context.upgrade() else {
+                return Vec::new();
+            };
+            let first = context.replicas().into_iter().next();
+            first.map_or_else(Vec::new, |replica| {
+                group::status(&replica.raft, replica.group).other_members()
+            })
+        }
     };
     glommio::spawn_local(health::probe_peers(peers.clone(), health.clone(), members)).detach();
     if tuning.hibernate_after_ms > 0 {
@@ -176,24 +204,59 @@ pub async fn start_replicas(
         ))
         .detach();
     }
-    if context.replicas.set(replicas).is_err() {
-        anyhow::bail!("core {core} started its replicas twice");
-    }
     Ok(())
 }
 
-/// Where range `range`'s Raft snapshots go: the core's first range keeps
-/// `raft-snapshots` (the directory of a one-range core, as before ranges),
-/// the others `raft-snapshots-range-R`.
-fn snapshot_dir(
-    core_dir: &std::path::Path,
+/// Starts this core's replica of `range` (hosted here, its log in the
+/// core's shared log) and makes it answer peer calls. A group never
+/// started before is initialised with `initial_members` when given (a
+/// node joining a running cluster, or a range moving in, gives none).
+pub async fn start_range(
+    context: &Rc<CoreContext>,
     range: RangeId,
-    first_range: RangeId,
-) -> std::path::PathBuf {
-    if range == first_range {
-        core_dir.join("raft-snapshots")
+    initial_members: Option<BTreeMap<u64, Node>>,
+) -> anyhow::Result<Replica> {
+    let core = context.core;
+    let replication = context
+        .replication
+        .get()
+        .expect("cluster mode: the core's replication is set before its ranges start");
+    let spec = GroupSpec {
+        group: range as u64,
+        node_id: replication.node_id,
+        initialize: initial_members.is_some(),
+        members: initial_members.unwrap_or_default(),
+        log: replication.log.clone(),
+        snapshot_dir: snapshot_dir(context, range),
+        snapshot_every_entries: replication.snapshot_every_entries,
+        logs_kept_after_snapshot: replication.logs_kept_after_snapshot,
+    };
+    let applier = Rc::new(RefCell::new(ShardApplier::new(context.clone(), range)));
+    let (raft, wal_stats) = group::start_with_stats(&spec, applier, replication.peers.clone())
+        .await
+        .map_err(|error| anyhow::anyhow!("core {core}, range {range}: {error}"))?;
+    replication.groups.insert(spec.group, raft.clone());
+    Ok(Replica {
+        group: spec.group,
+        raft,
+        peers: replication.peers.clone(),
+        health: replication.health.clone(),
+        wal_stats,
+        in_flight: Rc::default(),
+    })
+}
+
+/// Where range `range`'s Raft snapshots go on `context`'s core: the first
+/// of the core's home ranges keeps `raft-snapshots` (the directory of a
+/// one-range core, as before ranges), every other range
+/// `raft-snapshots-range-R`.
+pub fn snapshot_dir(context: &CoreContext, range: RangeId) -> std::path::PathBuf {
+    if range == context.slot_map.home_ranges(context.core).start {
+        context.core_dir.join("raft-snapshots")
     } else {
-        core_dir.join(format!("raft-snapshots-range-{range}"))
+        context
+            .core_dir
+            .join(format!("raft-snapshots-range-{range}"))
     }
 }
 

@@ -112,11 +112,12 @@ pub struct CoreContext {
     pub tenants: Rc<CoreTenants>,
     /// Request limits.
     pub limits: Limits,
-    /// The shards of the ranges this core hosts, in range order (see
-    /// [`Self::shard`]). Each is borrowed only inside synchronous code,
-    /// never across an `.await`, so a borrow can never be held by a
-    /// suspended task.
-    shards: Vec<RefCell<Shard>>,
+    /// The shards of the ranges this core hosts, by range id (`None`: a
+    /// range hosted by another core; see [`Self::shard`]). A shard is
+    /// borrowed only inside synchronous code, never across an `.await`, so
+    /// a borrow can never be held by a suspended task; the table itself
+    /// changes only when a range moves (`cluster::moves`).
+    shards: RefCell<Vec<Option<Rc<RefCell<Shard>>>>>,
     /// This core's WAL (none with durability `none`).
     pub wal: Option<Wal>,
     /// Snapshot bookkeeping of this core.
@@ -127,14 +128,29 @@ pub struct CoreContext {
     pub(super) peers: Vec<Option<ConnectedSender<CoreMessage>>>,
     /// Counters.
     pub stats: CoreStats,
-    /// Cluster mode: this core's replicas of its ranges' Raft groups, in
-    /// range order like the shards (set once at start). When set, every
+    /// Cluster mode: this core's share of the cluster (its groups, peer
+    /// clients, shared Raft log), set once at start. When set, every
     /// request goes through its range's replica
     /// (`coord::replica::execute_replicated`), never straight to the shard.
-    pub replicas: std::cell::OnceCell<Vec<crate::coord::replica::Replica>>,
+    pub replication: std::cell::OnceCell<crate::coord::replica::CoreReplication>,
+    /// Cluster mode: this core's replicas of its ranges' Raft groups, by
+    /// range id like the shards.
+    replicas: RefCell<Vec<Option<Rc<crate::coord::replica::Replica>>>>,
+    /// Ranges leaving this core right now, with the requests parked until
+    /// the move ends (then sent on to wherever the range is).
+    moving: RefCell<std::collections::HashMap<RangeId, Move>>,
     /// This context's own `Rc` (weak: no cycle), so a request for this core
     /// can run as a task of its own (cluster mode, see [`Self::dispatch`]).
     pub(super) this: Weak<CoreContext>,
+}
+
+/// A range moving on this core (`cluster::moves`).
+#[derive(Default)]
+struct Move {
+    /// Requests waiting for the move to end.
+    parked: Vec<oneshot::Sender<()>>,
+    /// Whether a caller is ending it.
+    settling: bool,
 }
 
 /// Current wall-clock time in Unix milliseconds (TTLs are wall-clock so that
@@ -161,15 +177,21 @@ impl CoreContext {
     ) -> Rc<CoreContext> {
         assert_eq!(peers.len(), slot_map.cores());
         assert!(peers[core].is_none(), "no channel from a core to itself");
+        let hosted = slot_map.ranges_of(core);
         assert_eq!(
             shards.len(),
-            slot_map.ranges_of(core).len(),
+            hosted.len(),
             "one shard per range the core hosts"
         );
+        let mut by_range: Vec<Option<Rc<RefCell<Shard>>>> = vec![None; slot_map.ranges()];
+        for (range, shard) in hosted.into_iter().zip(shards) {
+            by_range[range] = Some(Rc::new(RefCell::new(shard)));
+        }
+        let ranges = slot_map.ranges();
         Rc::new_cyclic(|this| CoreContext {
             this: this.clone(),
             core,
-            shards: shards.into_iter().map(RefCell::new).collect(),
+            shards: RefCell::new(by_range),
             slot_map,
             tenants,
             limits,
@@ -178,55 +200,149 @@ impl CoreContext {
             core_dir,
             peers,
             stats: CoreStats::default(),
-            replicas: std::cell::OnceCell::new(),
+            replication: std::cell::OnceCell::new(),
+            replicas: RefCell::new(vec![None; ranges]),
+            moving: RefCell::default(),
         })
     }
 
-    /// The ranges this core hosts.
-    pub fn hosted_ranges(&self) -> std::ops::Range<RangeId> {
-        self.slot_map.ranges_of(self.core)
+    /// The ranges this core hosts, in id order.
+    pub fn hosted_ranges(&self) -> Vec<RangeId> {
+        let shards = self.shards.borrow();
+        (0..shards.len())
+            .filter(|&range| shards[range].is_some())
+            .collect()
     }
 
-    /// Position of `range` among this core's (panics if another core
-    /// hosts it: routing sends a range's requests to its core only).
-    fn local_index(&self, range: RangeId) -> usize {
-        let hosted = self.hosted_ranges();
-        assert!(
-            hosted.contains(&range),
-            "range {range} is not hosted by core {}",
-            self.core
-        );
-        range - hosted.start
+    /// Whether this core hosts `range` now.
+    pub fn hosts(&self, range: RangeId) -> bool {
+        self.shards.borrow()[range].is_some()
     }
 
-    /// The shard of `range`, a range this core hosts.
-    pub fn shard(&self, range: RangeId) -> &RefCell<Shard> {
-        &self.shards[self.local_index(range)]
+    /// The shard of `range`, a range this core hosts (panics otherwise:
+    /// routing sends a range's requests to its core only, and a request
+    /// that arrives after its range left is sent on by `execute_local`
+    /// before it gets here).
+    pub fn shard(&self, range: RangeId) -> Rc<RefCell<Shard>> {
+        self.shards.borrow()[range]
+            .clone()
+            .unwrap_or_else(|| panic!("range {range} is not hosted by core {}", self.core))
     }
 
     /// The shards of every range this core hosts, in range order.
-    pub fn shards(&self) -> &[RefCell<Shard>] {
-        &self.shards
+    pub fn shards(&self) -> Vec<Rc<RefCell<Shard>>> {
+        self.shards.borrow().iter().flatten().cloned().collect()
+    }
+
+    /// Hosts `shard` (of a range moving in) from now on.
+    pub fn add_shard(&self, range: RangeId, shard: Shard) {
+        let mut shards = self.shards.borrow_mut();
+        assert!(
+            shards[range].is_none(),
+            "range {range} is already on core {}",
+            self.core
+        );
+        shards[range] = Some(Rc::new(RefCell::new(shard)));
+    }
+
+    /// Cluster mode: `range`'s replica stopped (it is moving away).
+    pub fn remove_replica(&self, range: RangeId) {
+        self.replicas.borrow_mut()[range] = None;
+    }
+
+    /// Stops hosting `range` (it moved away); its replica goes too.
+    pub fn remove_shard(&self, range: RangeId) {
+        self.shards.borrow_mut()[range] = None;
+        self.replicas.borrow_mut()[range] = None;
     }
 
     /// The shard of a standalone core: a standalone node hosts one range
     /// per core (its WAL and on-demand snapshots are per core).
-    pub fn standalone_shard(&self) -> &RefCell<Shard> {
-        assert_eq!(self.shards.len(), 1, "a standalone core hosts one range");
-        &self.shards[0]
+    pub fn standalone_shard(&self) -> Rc<RefCell<Shard>> {
+        let shards = self.shards();
+        assert_eq!(shards.len(), 1, "a standalone core hosts one range");
+        shards[0].clone()
     }
 
-    /// Cluster mode: the replica of `range`, a range this core hosts.
-    pub fn replica(&self, range: RangeId) -> Option<&crate::coord::replica::Replica> {
-        let index = self.local_index(range);
-        self.replicas.get().map(|replicas| &replicas[index])
+    /// Cluster mode: the replica of `range`, if this core hosts it.
+    pub fn replica(&self, range: RangeId) -> Option<Rc<crate::coord::replica::Replica>> {
+        self.replicas.borrow()[range].clone()
+    }
+
+    /// Cluster mode: every replica of this core, in range order.
+    pub fn replicas(&self) -> Vec<Rc<crate::coord::replica::Replica>> {
+        self.replicas.borrow().iter().flatten().cloned().collect()
+    }
+
+    /// Cluster mode: `replica` serves its range (hosted here) from now on.
+    pub fn set_replica(&self, replica: crate::coord::replica::Replica) {
+        let range = replica.range();
+        assert!(
+            self.hosts(range),
+            "a replica of range {range}, not hosted by core {}",
+            self.core
+        );
+        self.replicas.borrow_mut()[range] = Some(Rc::new(replica));
+    }
+
+    /// Marks `range` as moving (leaving this core, or arriving before its
+    /// group runs): its requests park until [`Self::end_move`]. False if
+    /// it is moving already.
+    pub fn begin_move(&self, range: RangeId) -> bool {
+        let mut moving = self.moving.borrow_mut();
+        if moving.contains_key(&range) {
+            return false;
+        }
+        moving.insert(range, Move::default());
+        true
+    }
+
+    /// Whether `range` is moving.
+    pub fn is_moving(&self, range: RangeId) -> bool {
+        self.moving.borrow().contains_key(&range)
+    }
+
+    /// Claims the ending of `range`'s move for one caller: false if it is
+    /// not moving or another caller ends it.
+    pub fn start_settling(&self, range: RangeId) -> bool {
+        match self.moving.borrow_mut().get_mut(&range) {
+            Some(state) if !state.settling => {
+                state.settling = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Ends `range`'s move (done or abandoned): its parked requests go on.
+    pub fn end_move(&self, range: RangeId) {
+        let state = self.moving.borrow_mut().remove(&range).unwrap_or_default();
+        for waiter in state.parked {
+            let _ = waiter.send(());
+        }
+    }
+
+    /// If `range` is moving, a wait for the end of its move.
+    pub(super) fn move_of(&self, range: RangeId) -> Option<oneshot::Receiver<()>> {
+        let mut moving = self.moving.borrow_mut();
+        let state = moving.get_mut(&range)?;
+        let (sender, receiver) = oneshot::channel();
+        state.parked.push(sender);
+        Some(receiver)
+    }
+
+    /// Whether any range is leaving this core (a cheap test for the
+    /// request path).
+    pub(super) fn any_moving(&self) -> bool {
+        !self.moving.borrow().is_empty()
     }
 
     /// Executes `request` on the shard of `range` (hosted here) now;
     /// returns the reply and the WAL index it must not be acknowledged
     /// before (if it wrote).
     pub fn execute_here(&self, range: RangeId, request: ShardRequest) -> (ShardReply, Option<u64>) {
-        let mut shard = self.shard(range).borrow_mut();
+        let shard = self.shard(range);
+        let mut shard = shard.borrow_mut();
         let reply = shard.execute(request, now_ms());
         (reply, shard.take_ack_point())
     }
@@ -236,7 +352,7 @@ impl CoreContext {
     /// and `dispatch::execute_local`, decided once at start (the replicas
     /// are set before any request is served), never by its own tests.
     fn replicated(&self) -> bool {
-        self.replicas.get().is_some()
+        self.replication.get().is_some()
     }
 
     /// Whether a request for range `owner` runs inline on this core and is

@@ -50,14 +50,46 @@ fn shutting_down() -> ProtocolError {
 impl CoreContext {
     /// Executes `request` on the shard of `range` (hosted here) and waits
     /// until its writes are as durable as the durability mode promises.
+    ///
+    /// A request for a range that is leaving this core waits until the
+    /// move ends; one for a range that has left (routed here before the
+    /// move) is sent on to the range's core.
     pub async fn execute_local(&self, range: RangeId, request: ShardRequest) -> ShardReply {
+        if self.any_moving() {
+            if let Some(moved) = self.move_of(range) {
+                // Ends when the move does (done or abandoned), which is
+                // bounded by `cluster::moves::MOVE_TIMEOUT`.
+                let _ = moved.await;
+            }
+        }
+        if !self.hosts(range) {
+            return Box::pin(self.send_on(range, request)).await;
+        }
         if let Some(replica) = self.replica(range) {
-            return crate::coord::replica::execute_replicated(self, replica, request).await;
+            let _counted = replica.count_in_flight();
+            return crate::coord::replica::execute_replicated(self, &replica, request).await;
         }
         let (reply, ack_point) = self.execute_here(range, request);
         match self.wait_durable(ack_point).await {
             Ok(()) => reply,
             Err(reason) => ShardReply::Refused(reason),
+        }
+    }
+
+    /// Sends on a request for `range`, which left this core after the
+    /// request was routed here.
+    async fn send_on(&self, range: RangeId, request: ShardRequest) -> ShardReply {
+        let core = self.slot_map.core_of(range);
+        if core == self.core {
+            // A move switches the route before the old core lets go.
+            return ShardReply::Error(ProtocolError::new(
+                ErrorCode::Internal,
+                format!("range {range} is routed to core {core}, which does not host it"),
+            ));
+        }
+        match self.call(range, request).await {
+            Ok(reply) => reply,
+            Err(error) => ShardReply::Error(error),
         }
     }
 

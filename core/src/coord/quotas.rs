@@ -25,7 +25,8 @@ pub fn install_tenants<'a>(
 pub fn apply_quotas(context: &CoreContext, registry: &TenantRegistry) {
     for range in context.hosted_ranges() {
         let slots = context.slot_map.slot_range(range);
-        let mut shard = context.shard(range).borrow_mut();
+        let shard = context.shard(range);
+        let mut shard = shard.borrow_mut();
         for tenant in registry.iter() {
             let quota = quota_share(tenant.quota, slots.clone());
             let reply = shard.execute(

@@ -43,7 +43,7 @@
 use std::rc::Rc;
 
 use bytes::Bytes;
-use tinkerdb_replication::group::{self, GroupError, GroupRaft, ReadRefused};
+use tinkerdb_replication::group::{self, CoreGroups, GroupError, GroupRaft, ReadRefused};
 use tinkerdb_replication::health::HealthTable;
 use tinkerdb_replication::network::Peers;
 use tinkerdb_replication::state_machine::Applier;
@@ -59,6 +59,31 @@ use crate::shard::write_op::{self, OpAnswer, WriteOp};
 use crate::shard::{ShardReply, ShardRequest, SlotKey};
 use crate::slots::RangeId;
 
+/// This core's share of the cluster, set once at start
+/// (`cluster::start_replicas`): what serves its groups' peer calls and
+/// what starting a range's group here needs (a range moving in,
+/// `cluster::moves`).
+pub struct CoreReplication {
+    /// This node's id.
+    pub node_id: u64,
+    /// The node's data directory (its placement file).
+    pub data_dir: std::path::PathBuf,
+    /// The groups this core runs, by id (served by its peer connections).
+    pub groups: Rc<CoreGroups<ShardApplier>>,
+    /// This core's clients of its peers (shared by its ranges).
+    pub peers: Rc<Peers>,
+    /// This core's health probes of its peers (shared by its ranges).
+    pub health: Rc<HealthTable>,
+    /// The core's shared Raft log (every range on the core).
+    pub log: tinkerdb_replication::CoreLog,
+    /// Snapshot policy of every group.
+    pub snapshot_every_entries: u64,
+    /// Entries kept below a snapshot.
+    pub logs_kept_after_snapshot: u64,
+    /// The node's range moves under way (shared by its cores).
+    pub move_claims: std::sync::Arc<crate::slots::MoveClaims>,
+}
+
 /// This core's replica of one range's group.
 pub struct Replica {
     /// The group id (= the range id).
@@ -71,9 +96,27 @@ pub struct Replica {
     pub health: Rc<HealthTable>,
     /// The core's shared Raft log WAL counters (reported as its WAL).
     pub wal_stats: Rc<tinkerdb_storage::wal::WalStats>,
+    /// Requests running through this replica now.
+    pub in_flight: Rc<std::cell::Cell<usize>>,
+}
+
+/// Counts a request in [`Replica::in_flight`] while it lives.
+pub struct InFlight(Rc<std::cell::Cell<usize>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
 }
 
 impl Replica {
+    /// Counts one request running through this replica until the guard
+    /// drops (a range moving away waits for them: `cluster::moves`).
+    pub fn count_in_flight(&self) -> InFlight {
+        self.in_flight.set(self.in_flight.get() + 1);
+        InFlight(self.in_flight.clone())
+    }
+
     /// The range this replica's group replicates.
     pub fn range(&self) -> RangeId {
         self.group as RangeId
@@ -140,7 +183,8 @@ impl Applier for ShardApplier {
                     format!("group {}: {}", self.range, error.message),
                 );
             }
-            let mut shard = context.shard(self.range).borrow_mut();
+            let shard = context.shard(self.range);
+            let mut shard = shard.borrow_mut();
             let answers: Vec<OpAnswer> = ops
                 .into_iter()
                 .map(|op| {
@@ -155,7 +199,8 @@ impl Applier for ShardApplier {
         let key = Bytes::copy_from_slice(key);
         let slot = hash_slot(&tenant.name, &key);
         let key = SlotKey { slot, key };
-        let mut shard = context.shard(self.range).borrow_mut();
+        let shard = context.shard(self.range);
+        let mut shard = shard.borrow_mut();
         let (value, expires_at_unix_ms, condition, at_unix_ms) = match command {
             Command::Delete { .. } => {
                 let request = ShardRequest::Delete {
@@ -243,7 +288,8 @@ impl Applier for ShardApplier {
         .map_err(|error| error.to_string())?;
         // Versions continue from the cut's counter on every replica alike.
         store.raise_last_version(info.last_version);
-        let mut shard = context.shard(self.range).borrow_mut();
+        let shard = context.shard(self.range);
+        let mut shard = shard.borrow_mut();
         // A snapshot of this shard still being written keeps describing
         // its cut: copy what it has not reached before the data goes.
         shard.snapshot_cover_all();

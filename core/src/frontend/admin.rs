@@ -25,6 +25,7 @@ use tinkerdb_admin::{ApiError, CoreInbox, ErrorCode as ApiCode};
 use tinkerdb_schemas::wire::ErrorCode;
 use tinkerdb_storage::{Quota, WriteCondition};
 
+use crate::cluster::moves;
 use crate::coord::context::CoreContext;
 use crate::coord::multi::execute_multi;
 use crate::coord::quotas::install_tenants;
@@ -65,6 +66,61 @@ pub async fn serve_admin(context: Rc<CoreContext>, mut inbox: CoreInbox) {
                 change_member(&context, id, Some(raft), reply);
             }
             CoreRequest::RemoveMember { id } => change_member(&context, id, None, reply),
+            CoreRequest::LocateRange { range } => {
+                let answer = if context.replication.get().is_none() {
+                    CoreResponse::Failed(standalone())
+                } else if range >= context.slot_map.ranges() {
+                    CoreResponse::Failed(ApiError::new(
+                        ApiCode::InvalidArgument,
+                        format!(
+                            "range {range} does not exist: this node has ranges 0..{}",
+                            context.slot_map.ranges()
+                        ),
+                    ))
+                } else {
+                    CoreResponse::RangeAt {
+                        core: context.slot_map.core_of(range),
+                    }
+                };
+                let _ = reply.send(answer);
+            }
+            CoreRequest::ExportRange { range, to_core } => {
+                let context = context.clone();
+                glommio::spawn_local(async move {
+                    let answer = match moves::export(&context, range, to_core).await {
+                        Ok(moves::Exported { log, snapshots }) => {
+                            CoreResponse::RangeExported { log, snapshots }
+                        }
+                        Err(reason) => CoreResponse::Failed(move_refused(reason)),
+                    };
+                    let _ = reply.send(answer);
+                })
+                .detach();
+            }
+            CoreRequest::ImportRange {
+                range,
+                log,
+                snapshots,
+            } => {
+                let context = context.clone();
+                glommio::spawn_local(async move {
+                    let exported = moves::Exported { log, snapshots };
+                    let answer = match moves::import(&context, range, exported).await {
+                        Ok(()) => CoreResponse::Done,
+                        Err(reason) => CoreResponse::Failed(move_refused(reason)),
+                    };
+                    let _ = reply.send(answer);
+                })
+                .detach();
+            }
+            CoreRequest::SettleRangeMove { range } => {
+                let context = context.clone();
+                glommio::spawn_local(async move {
+                    let moved = moves::settle(&context, range).await;
+                    let _ = reply.send(CoreResponse::RangeSettled { moved });
+                })
+                .detach();
+            }
             CoreRequest::Key { tenant, op } => {
                 let context = context.clone();
                 glommio::spawn_local(async move {
@@ -76,6 +132,23 @@ pub async fn serve_admin(context: Rc<CoreContext>, mut inbox: CoreInbox) {
     }
 }
 
+fn standalone() -> ApiError {
+    ApiError::new(
+        ApiCode::Unsupported,
+        "this node is standalone: its ranges stay on their cores",
+    )
+}
+
+/// The admin plane's error for a move step that did not happen.
+fn move_refused(error: moves::MoveError) -> ApiError {
+    let code = match error {
+        moves::MoveError::Standalone => ApiCode::Unsupported,
+        moves::MoveError::Refused(_) => ApiCode::InvalidArgument,
+        moves::MoveError::Failed(_) => ApiCode::Unavailable,
+    };
+    ApiError::new(code, error.to_string())
+}
+
 /// Runs a membership change of this core's group in its own task.
 fn change_member(
     context: &Rc<CoreContext>,
@@ -85,18 +158,19 @@ fn change_member(
 ) {
     let context = context.clone();
     glommio::spawn_local(async move {
-        let Some(replicas) = context.replicas.get() else {
+        if context.replication.get().is_none() {
             let _ = reply.send(CoreResponse::Failed(ApiError::new(
                 ApiCode::Unsupported,
                 "this node is standalone: there is no cluster to change",
             )));
             return;
-        };
+        }
         // Each range of the core in turn (a change is idempotent: asked
         // again after a failure, the ranges done answer at once).
+        let replicas = context.replicas();
         let mut voters = Vec::with_capacity(replicas.len());
         for replica in replicas {
-            match crate::cluster::change_member(replica, id, raft.as_deref()).await {
+            match crate::cluster::change_member(&replica, id, raft.as_deref()).await {
                 Ok(range_voters) => voters.push(range_voters),
                 Err((code, message)) => {
                     let error = api_error(ProtocolError::new(code, message));
@@ -279,11 +353,9 @@ fn report(context: &CoreContext) -> CoreReport {
     }
     let snapshots = context.snapshots.borrow();
     // Cluster mode: this core's replicas as their groups see them now.
-    let raft_statuses: Vec<_> = context
-        .replicas
-        .get()
-        .into_iter()
-        .flatten()
+    let replicas = context.replicas();
+    let raft_statuses: Vec<_> = replicas
+        .iter()
         .map(|replica| {
             (
                 replica,

@@ -1371,7 +1371,7 @@ impl RespConnection {
         };
         let context = self.context.clone();
         let stats = &context.stats;
-        let cluster = context.replicas.get().is_some();
+        let cluster = context.replication.get().is_some();
         if want("server") {
             section(
                 "Server",
@@ -1457,7 +1457,7 @@ impl RespConnection {
         if want("replication") {
             let mut fields = vec![("role", "master".to_string())];
             // This connection's core's first range (a core may host more).
-            if let Some(replica) = context.replicas.get().and_then(|replicas| replicas.first()) {
+            if let Some(replica) = context.replicas().into_iter().next() {
                 let leader = replica.raft.current_leader().await;
                 fields.push(("tinkerdb_shard", replica.group.to_string()));
                 fields.push((
