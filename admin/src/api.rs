@@ -499,8 +499,9 @@ pub struct AddNodeBody {
     pub id: u64,
     /// Its Raft address (`HOST:PORT`): one port, whatever its core count.
     pub raft: String,
-    /// Its number of cores: must equal this cluster's (every node hosts
-    /// range `r` on the same core).
+    /// Its number of cores. Times its ranges per core, it must give this
+    /// node's number of ranges (every node holds every range, with the
+    /// same slots); the core count itself may differ.
     #[schema(minimum = 1)]
     pub cores: usize,
     /// Its databases per tenant: must equal this node's (the Raft log
@@ -508,8 +509,7 @@ pub struct AddNodeBody {
     #[serde(default = "default_databases")]
     #[schema(minimum = 1, maximum = 256)]
     pub databases: u16,
-    /// Its ranges per core: must equal this node's (every node hosts
-    /// range r on the same core). Absent: 1, the default.
+    /// Its ranges per core (see `cores`). Absent: 1, the default.
     #[serde(default = "default_ranges_per_core")]
     #[schema(minimum = 1, maximum = 256)]
     pub ranges_per_core: usize,
@@ -552,15 +552,15 @@ async fn add_node(
             "node ids start at 1",
         ));
     }
-    // Every node places range r on the same core, and the Raft log names
-    // databases: a node that differs in any of these cannot join.
+    // Every node holds every range (the same slots each: the same number
+    // of ranges), wherever its cores put them; the Raft log names
+    // databases. A node that differs in either cannot join.
     let facts = state.node.facts();
     for (theirs, ours, what) in [
-        (body.cores, cores, "cores"),
         (
-            body.ranges_per_core,
-            facts.ranges_per_core,
-            "ranges per core",
+            body.cores.saturating_mul(body.ranges_per_core),
+            cores * facts.ranges_per_core,
+            "ranges (cores x ranges per core)",
         ),
         (
             usize::from(body.databases),
@@ -572,7 +572,7 @@ async fn add_node(
             return Err(ApiError::new(
                 ErrorCode::InvalidArgument,
                 format!(
-                    "node {} has {theirs} {what}; this cluster's nodes have {ours} (every node hosts range r on the same core, and the Raft log names databases)",
+                    "node {} has {theirs} {what}; this cluster's nodes have {ours} (every node holds every range, and the Raft log names databases)",
                     body.id
                 ),
             ));

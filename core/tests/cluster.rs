@@ -545,8 +545,26 @@ fn a_node_joins_and_another_leaves_under_load_and_health_shows_a_dead_peer() {
         &cluster.nodes[&1].admin_addr.to_string(),
     ]
     .map(String::from);
+    // A node of another core count may join as long as it has the same
+    // ranges: node 4 runs both on its one core, and its peers' calls for
+    // range 1 find that core through a connection of their own.
+    let url = format!("http://{}/v1/cluster/nodes", cluster.nodes[&1].admin_addr);
+    let refused = reqwest::blocking::Client::new()
+        .post(&url)
+        .json(&serde_json::json!({ "id": 4, "raft": "127.0.0.1:1", "cores": 3 }))
+        .send()
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 400);
+    let why: serde_json::Value = refused.json().unwrap();
+    assert!(
+        why["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("has 3 ranges (cores x ranges per core); this cluster's nodes have 2"),
+        "{why}"
+    );
     let joined_at = Instant::now();
-    let node4 = TestNode::start_with_args(CORES, "", &dir4, &[], &join_args);
+    let node4 = TestNode::start_with_args(1, "ranges_per_core = 2\n", &dir4, &[], &join_args);
     let join_took = joined_at.elapsed();
     cluster.dirs.insert(4, dir4);
     cluster.nodes.insert(4, node4);
@@ -596,7 +614,7 @@ fn a_node_joins_and_another_leaves_under_load_and_health_shows_a_dead_peer() {
     });
 
     // Health: node 3 dies; node 4's probes report it down, and the
-    // remaining majority (2 and 4) still takes writes.
+    // remaining majority (2 and 4, of two cores and one) still takes writes.
     cluster.kill(3);
     let mut status = String::new();
     assert!(
@@ -818,6 +836,8 @@ fn a_rolling_restart_under_load_loses_no_write_and_costs_no_election_timeout() {
 /// Keys of the range-move test and its history clients.
 const MOVE_KEYS: usize = 48;
 const MOVE_CLIENTS: usize = 6;
+/// Operations the load completes before each move and after the last.
+const MOVE_OPS_BETWEEN: usize = 60;
 
 /// `POST /v1/ranges/{range}/move` on node `id`; the HTTP status and body.
 fn move_range(cluster: &Cluster, id: u64, range: usize, core: usize) -> (u16, serde_json::Value) {
@@ -879,13 +899,15 @@ fn ranges_move_between_cores_under_load_and_histories_stay_linearizable() {
     let full = register::MAX_OPS - MOVE_CLIENTS - 1;
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
     let load: Vec<_> = (0..MOVE_CLIENTS)
         .map(|worker| {
             let client = cluster.client(worker as u64 % 3 + 1);
-            let (history, stop, failures, keys) = (
+            let (history, stop, failures, done, keys) = (
                 history.clone(),
                 stop.clone(),
                 failures.clone(),
+                done.clone(),
                 keys.clone(),
             );
             runtime().spawn(async move {
@@ -930,6 +952,7 @@ fn ranges_move_between_cores_under_load_and_histories_stay_linearizable() {
                         }
                     };
                     history.lock().unwrap()[key].push(op);
+                    done.fetch_add(1, Ordering::Relaxed);
                 }
             })
         })
@@ -958,8 +981,19 @@ fn ranges_move_between_cores_under_load_and_histories_stay_linearizable() {
         (1, 1, 0),
         (3, 1, 1),
     ];
+    // Each move waits for some load after the one before (a count, not a
+    // pause, so a slow machine still moves under load).
+    let load_runs = |when: &str| {
+        let from = done.load(Ordering::Relaxed);
+        assert!(
+            common::eventually(Duration::from_secs(60), || {
+                done.load(Ordering::Relaxed) >= from + MOVE_OPS_BETWEEN
+            }),
+            "the load stalled {when}"
+        );
+    };
     for (node, range, core) in moves {
-        std::thread::sleep(Duration::from_millis(400));
+        load_runs(&format!("before moving range {range} on node {node}"));
         let (status, body) = move_range(&cluster, node, range, core);
         assert_eq!(
             status, 200,
@@ -968,7 +1002,7 @@ fn ranges_move_between_cores_under_load_and_histories_stay_linearizable() {
         eprintln!("node {node}: {body}");
         assert_eq!(body["to_core"], core, "{body}");
     }
-    std::thread::sleep(Duration::from_millis(400));
+    load_runs("after the moves");
     stop.store(true, Ordering::Relaxed);
     runtime().block_on(async {
         for task in load {
@@ -1022,7 +1056,6 @@ fn ranges_move_between_cores_under_load_and_histories_stay_linearizable() {
          failed, every history linearizable",
         moves.len()
     );
-    assert!(operations > 500, "the load ran: {operations} operations");
     // Requests wait out a move instead of failing (measured: none fail;
     // a loaded machine may time one out).
     assert!(failed * 50 <= operations, "{failed} of {operations} failed");

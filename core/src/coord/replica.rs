@@ -1,11 +1,14 @@
 //! Cluster mode: each range's shard is a Raft group replicated on every
 //! node of the cluster (`tinkerdb --node-id N --peers ...`).
 //!
-//! Placement: a node runs the same number of cores and ranges per core as
-//! its peers, and every node places range `r` (Raft group `r`, owning the
-//! range's slots) on the same core (`SlotMap::core_of`). Raft traffic of a
-//! group therefore stays between the same cores: one peer connection per
-//! core per peer node (`tinkerdb_replication::transport`). The first
+//! Placement: every node holds every range (Raft group `r` owns range
+//! `r`'s slots, the same on every node: nodes have the same number of
+//! ranges). A node places range `r` on its home core at first
+//! (`SlotMap::core_of`); with the same layout on every node a group's
+//! Raft traffic stays between the same cores, one peer connection per
+//! core per peer node (`tinkerdb_replication::transport`). A range moved
+//! to another core (`cluster::moves`), or a peer of another core count,
+//! gets a connection of its own to the core that hosts it there. The first
 //! leader of group `r` is nudged to node `r % nodes + 1` (an election it
 //! triggers at start) so that leaders spread over the nodes; after a
 //! failover they stay where the election put them.
