@@ -135,8 +135,12 @@ pub struct SnapshotStatus {
 pub struct CoreStatus {
     /// Core number.
     pub core: usize,
-    /// Slots it owns.
+    /// The slots of its home ranges (where the node placed its ranges at
+    /// start; in cluster mode a range may have moved since: see `ranges`).
     pub slots: SlotRange,
+    /// Cluster mode: the ranges it hosts now (their slots are in
+    /// `/v1/cluster`); standalone: its one range, its core number.
+    pub ranges: Vec<u64>,
     /// Live keys.
     pub keys: u64,
     /// Bytes of keys and values.
@@ -212,13 +216,21 @@ async fn reports(node: &NodeHandle) -> ApiResult<Vec<CoreReport>> {
 async fn node_status(State(state): State<AppState>) -> ApiResult<Json<NodeStatus>> {
     let facts = state.node.facts();
     let reports = reports(&state.node).await?;
+    // A cluster node reports its replicas (at least one range somewhere).
+    let cluster_mode = reports.iter().any(|report| !report.ranges.is_empty());
     let per_core: Vec<CoreStatus> = reports
         .iter()
         .map(|report| {
             let (start, end) = facts.core_slots[report.core];
+            let ranges = if !cluster_mode {
+                vec![report.core as u64]
+            } else {
+                report.ranges.iter().map(|raft| raft.group).collect()
+            };
             CoreStatus {
                 core: report.core,
                 slots: SlotRange { start, end },
+                ranges,
                 keys: report.keys,
                 memory_bytes: report.data_bytes,
                 wal_bytes: report.wal_bytes_written,

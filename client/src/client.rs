@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use crate::codec::{Request, Response};
 use crate::connection::{Connection, HelloInfo};
-use crate::error::ClientError;
+use crate::error::{ClientError, Route};
 
 /// How to reach a node and how patient to be.
 #[derive(Debug, Clone)]
@@ -223,9 +223,17 @@ impl Client {
     }
 
     async fn call(&self, request: Request<'_>) -> Result<Response, ClientError> {
+        self.call_routed(request, None).await
+    }
+
+    async fn call_routed(
+        &self,
+        request: Request<'_>,
+        route: Option<Route>,
+    ) -> Result<Response, ClientError> {
         let connection = self.connection().await?;
         match connection
-            .call(&request, self.inner.config.request_timeout)
+            .call_routed(&request, route, self.inner.config.request_timeout)
             .await?
         {
             Response::Error {
@@ -250,6 +258,43 @@ impl Client {
     pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Value>, ClientError> {
         match self.call(Request::Get { key: key.as_ref() }).await? {
             Response::Value(value) => Ok(value),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// [`Self::get`], sent with the route the client believes `key` has:
+    /// [`ClientError::StaleRoute`] (with the current route) when it is not
+    /// current. For clients that cache ranges.
+    pub async fn get_routed(
+        &self,
+        key: impl AsRef<[u8]>,
+        route: Route,
+    ) -> Result<Option<Value>, ClientError> {
+        match self
+            .call_routed(Request::Get { key: key.as_ref() }, Some(route))
+            .await?
+        {
+            Response::Value(value) => Ok(value),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// [`Self::set`], sent with the route the client believes `key` has
+    /// (see [`Self::get_routed`]).
+    pub async fn set_routed(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        route: Route,
+    ) -> Result<u64, ClientError> {
+        let request = Request::Set {
+            key: key.as_ref(),
+            value: value.as_ref(),
+            ttl_ms: 0,
+            condition: SetCondition::Always,
+        };
+        match self.call_routed(request, Some(route)).await? {
+            Response::Written(result) => Ok(result.version),
             other => Err(unexpected(other)),
         }
     }

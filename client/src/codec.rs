@@ -8,7 +8,7 @@ use tinkerdb_schemas::frame::{decode_response, write_frame};
 use tinkerdb_schemas::wire;
 
 use crate::client::{ExpireCondition, RenameKind, SetCondition, Value, WriteResult};
-use crate::error::{ClientError, ShardOwner};
+use crate::error::{ClientError, Route, ShardOwner};
 
 /// A request, borrowing its keys and values from the caller.
 #[derive(Debug, Clone)]
@@ -224,6 +224,18 @@ pub fn encode_request(
     request: &Request<'_>,
     out: &mut Vec<u8>,
 ) {
+    encode_routed_request(builder, request_id, request, None, out);
+}
+
+/// [`encode_request`] with the route the client believes the request's
+/// keys have (checked by the node: `ErrorCode::StaleRoute` when stale).
+pub fn encode_routed_request(
+    builder: &mut FlatBufferBuilder<'_>,
+    request_id: u64,
+    request: &Request<'_>,
+    route: Option<Route>,
+    out: &mut Vec<u8>,
+) {
     builder.reset();
     let (request_type, body) = match *request {
         Request::Hello {
@@ -420,12 +432,22 @@ pub fn encode_request(
             (wire::Request::MSetIfAbsent, table.as_union_value())
         }
     };
+    let route = route.map(|route| {
+        wire::Route::create(
+            builder,
+            &wire::RouteArgs {
+                range: route.range,
+                epoch: route.epoch,
+            },
+        )
+    });
     let frame = wire::RequestFrame::create(
         builder,
         &wire::RequestFrameArgs {
             request_id,
             request_type,
             request: Some(body),
+            route,
         },
     );
     builder.finish_minimal(frame);
@@ -466,6 +488,8 @@ pub fn decode(body: &[u8]) -> Result<(u64, Response), ClientError> {
                     core: owner.core(),
                     node: owner.node(),
                     address: owner.address().unwrap_or_default().to_owned(),
+                    range: owner.range(),
+                    epoch: owner.epoch(),
                 }),
             }
         }

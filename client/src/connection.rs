@@ -21,8 +21,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::codec::{decode, encode_request, Request, Response};
+use crate::codec::{decode, encode_routed_request, Request, Response};
 use crate::error::ClientError;
+use crate::error::Route;
 
 /// Frames a connection queues for its writer before callers wait.
 pub const MAX_QUEUED_FRAMES: usize = 4096;
@@ -140,12 +141,24 @@ impl Connection {
         request: &Request<'_>,
         timeout: Duration,
     ) -> Result<Response, ClientError> {
+        self.call_routed(request, None, timeout).await
+    }
+
+    /// [`Self::call`] with the route the request's keys are believed to
+    /// have (the node checks it).
+    pub async fn call_routed(
+        &self,
+        request: &Request<'_>,
+        route: Option<Route>,
+        timeout: Duration,
+    ) -> Result<Response, ClientError> {
         let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
         let mut frame = Vec::new();
-        encode_request(
+        encode_routed_request(
             &mut FlatBufferBuilder::new(),
             request_id,
             request,
+            route,
             &mut frame,
         );
         let (slot, answer) = oneshot::channel();

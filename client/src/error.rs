@@ -46,6 +46,26 @@ pub enum ClientError {
         /// Where the shard is now.
         owner: ShardOwner,
     },
+    /// The route the request carried is stale (`ErrorCode::StaleRoute`):
+    /// a key is in another range, or the range's epoch changed. Nothing
+    /// was applied; `owner` gives the key's range and its epoch now.
+    #[error("stale route: {message}")]
+    StaleRoute {
+        /// The node's explanation.
+        message: String,
+        /// The current route of the first key off the sent one.
+        owner: ShardOwner,
+    },
+}
+
+/// Where a client believes a request's keys are: the range owning their
+/// slots, at the range's epoch (the flatbuffers `Route`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// The range.
+    pub range: u32,
+    /// Its epoch, as the client last learned it.
+    pub epoch: u64,
 }
 
 /// Where a key's shard lives now (the flatbuffers `ShardOwner`).
@@ -59,6 +79,20 @@ pub struct ShardOwner {
     pub node: u64,
     /// The owning node's client address; empty for the node that answered.
     pub address: String,
+    /// The range that owns the slot.
+    pub range: u32,
+    /// That range's epoch on the node that answered.
+    pub epoch: u64,
+}
+
+impl ShardOwner {
+    /// The route to send the key's requests with.
+    pub fn route(&self) -> Route {
+        Route {
+            range: self.range,
+            epoch: self.epoch,
+        }
+    }
 }
 
 impl ClientError {
@@ -67,6 +101,7 @@ impl ClientError {
         match self {
             ClientError::Server { code, .. } => Some(*code),
             ClientError::WrongShard { .. } => Some(ErrorCode::WrongShard),
+            ClientError::StaleRoute { .. } => Some(ErrorCode::StaleRoute),
             _ => None,
         }
     }
@@ -76,6 +111,9 @@ impl ClientError {
         match owner {
             Some(owner) if code == ErrorCode::WrongShard => {
                 ClientError::WrongShard { message, owner }
+            }
+            Some(owner) if code == ErrorCode::StaleRoute => {
+                ClientError::StaleRoute { message, owner }
             }
             _ => ClientError::Server { code, message },
         }

@@ -35,5 +35,5 @@ pub use client::{
     Client, ClientConfig, ExpireCondition, RenameKind, ScanOptions, ScanPage, SetCondition,
     SetOptions, Value, WriteResult,
 };
-pub use error::{ClientError, ShardOwner};
+pub use error::{ClientError, Route, ShardOwner};
 pub use tinkerdb_schemas::wire::ErrorCode;

@@ -15,7 +15,7 @@ pub struct ProtocolError {
     pub code: ErrorCode,
     /// Human-readable detail.
     pub message: String,
-    /// With `WrongShard`: where the key's shard is now.
+    /// With `WrongShard` and `StaleRoute`: where the key's shard is now.
     pub owner: Option<ShardOwner>,
 }
 
@@ -31,6 +31,10 @@ pub struct ShardOwner {
     pub node: u64,
     /// The owning node's client address; empty for the node that answered.
     pub address: String,
+    /// The range that owns the slot.
+    pub range: usize,
+    /// That range's epoch on this node.
+    pub epoch: u64,
 }
 
 impl ProtocolError {
@@ -46,7 +50,7 @@ impl ProtocolError {
     /// `WrongShard`: slot `slot` reached a range that does not own it;
     /// range `range`, hosted by `core` of this node, does. Nothing was
     /// applied.
-    pub fn wrong_shard(slot: u16, range: usize, core: CoreId) -> ProtocolError {
+    pub fn wrong_shard(slot: u16, range: usize, core: CoreId, epoch: u64) -> ProtocolError {
         ProtocolError {
             code: ErrorCode::WrongShard,
             message: format!(
@@ -57,6 +61,32 @@ impl ProtocolError {
                 core,
                 node: 0,
                 address: String::new(),
+                range,
+                epoch,
+            }),
+        }
+    }
+
+    /// `StaleRoute`: the request's route is not current; `owner` gives the
+    /// current route of `slot` (range `range` at `epoch`, on `core`).
+    /// Nothing was applied.
+    pub fn stale_route(
+        why: String,
+        slot: u16,
+        range: usize,
+        core: CoreId,
+        epoch: u64,
+    ) -> ProtocolError {
+        ProtocolError {
+            code: ErrorCode::StaleRoute,
+            message: format!("{why}; slot {slot} is in range {range} at epoch {epoch} now"),
+            owner: Some(ShardOwner {
+                slot,
+                core,
+                node: 0,
+                address: String::new(),
+                range,
+                epoch,
             }),
         }
     }

@@ -19,7 +19,7 @@
 //! and one that saw the old core is sent on by it.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
 
 use tinkerdb_storage::{Slot, SLOT_COUNT};
 
@@ -42,6 +42,9 @@ pub const PLACEMENT_FILE: &str = "PLACEMENT";
 pub struct SlotMap {
     range_by_slot: Box<[u16]>,
     core_by_range: Box<[AtomicU16]>,
+    /// Each range's epoch on this node (cluster mode; 0 on a standalone
+    /// node): see [`SlotMap::epoch`].
+    epoch_by_range: Box<[AtomicU64]>,
     ranges_per_core: usize,
     cores: usize,
 }
@@ -74,6 +77,7 @@ impl SlotMap {
             .collect();
         SlotMap {
             range_by_slot,
+            epoch_by_range: (0..ranges).map(|_| AtomicU64::new(0)).collect(),
             core_by_range,
             ranges_per_core,
             cores,
@@ -90,6 +94,23 @@ impl SlotMap {
     #[inline]
     pub fn core_of(&self, range: RangeId) -> CoreId {
         usize::from(self.core_by_range[range].load(Ordering::Acquire))
+    }
+
+    /// `range`'s epoch on this node: the log index of the newest
+    /// membership of its Raft group this node has applied (0 before any,
+    /// and on a standalone node). Every change of the range's replicas
+    /// raises it; a change of its slots will. A request routed with an
+    /// older epoch is answered `StaleRoute` (`coord::routes`). Moving the
+    /// range between this node's cores does not change it: routing inside
+    /// a node is the node's business.
+    pub fn epoch(&self, range: RangeId) -> u64 {
+        self.epoch_by_range[range].load(Ordering::Acquire)
+    }
+
+    /// Raises `range`'s epoch to `epoch` (a membership applied; replays
+    /// after a restart or a move apply older ones again: never lowered).
+    pub fn raise_epoch(&self, range: RangeId, epoch: u64) {
+        self.epoch_by_range[range].fetch_max(epoch, Ordering::AcqRel);
     }
 
     /// The core `range` is placed on at first (its home).

@@ -29,6 +29,7 @@ fn frame(request_id: u64, build: impl FnOnce(&mut FlatBufferBuilder<'static>) ->
             request_id,
             request_type,
             request: Some(request),
+            route: None,
         },
     );
     builder.finish_minimal(root);
@@ -173,6 +174,7 @@ fn malformed_frames_get_an_error_and_the_connection_survives() {
             request_id: 5,
             request_type: wire::Request::Get,
             request: None,
+            route: None,
         },
     );
     builder.finish_minimal(root);

@@ -592,6 +592,31 @@ fn a_node_joins_and_another_leaves_under_load_and_health_shows_a_dead_peer() {
             .all(|(after, before)| after > before),
         "epochs before the join {epochs_before:?}, after the removal {epochs_after:?}"
     );
+    // A request routed with a range's epoch from before the changes gets
+    // the typed answer with the current one, and runs with that.
+    let stale = tinkerdb_client::Route {
+        range: 0,
+        epoch: epochs_before[0],
+    };
+    // (A key of range 0 of the two: the lower half of the slots.)
+    let key = (0..)
+        .map(|i| format!("routed:{i}"))
+        .find(|key| tinkerdb_storage::hash_slot("default", key.as_bytes()) < 8192)
+        .unwrap();
+    let via_2 = cluster.client(2);
+    let current = match runtime().block_on(via_2.set_routed(&key, "v", stale)) {
+        Err(tinkerdb_client::ClientError::StaleRoute { owner, .. }) => owner.route(),
+        other => panic!("an old epoch: {other:?}"),
+    };
+    assert_eq!(current.range, 0);
+    assert!(
+        current.epoch > epochs_before[0],
+        "{current:?} after {epochs_before:?}"
+    );
+    runtime()
+        .block_on(via_2.set_routed(&key, "v", current))
+        .unwrap();
+    drop(via_2);
     let after_removal = written.load(std::sync::atomic::Ordering::Relaxed) + 10;
     writes_reach(after_removal.max(21), "after the removal");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -401,3 +401,55 @@ async fn compare_and_set_from_many_connections_loses_no_update() {
     assert_eq!(total, CLIENTS * INCREMENTS_PER_CLIENT, "lost updates");
     assert!(conflicts > 0, "the test must actually contend");
 }
+
+/// A request may carry the route its client believes (range, epoch): a
+/// current one runs; one naming another range than its key's, or another
+/// epoch, gets `StaleRoute` with the current route and changes nothing; a
+/// range that does not exist is an invalid argument.
+#[tokio::test]
+async fn a_routed_request_runs_only_on_a_current_route() {
+    use tinkerdb_client::{ClientError, Route};
+    let node = TestNode::start(2);
+    let client = client(&node).await;
+    // Learn the key's route from the answer to a guess.
+    let guess = Route { range: 0, epoch: 7 };
+    let learned = match client.set_routed("routed", "v1", guess).await {
+        Err(ClientError::StaleRoute { owner, message }) => {
+            assert!(
+                message.contains("not 7") || message.contains("not in range 0"),
+                "{message}"
+            );
+            owner
+        }
+        other => panic!("a guessed route: {other:?}"),
+    };
+    assert_eq!(
+        learned.epoch, 0,
+        "a standalone node's ranges stay at epoch 0"
+    );
+    assert_eq!(client.get("routed").await.unwrap(), None, "nothing applied");
+    // The learned route works, for writes and reads.
+    let route = learned.route();
+    client.set_routed("routed", "v2", route).await.unwrap();
+    let read = client.get_routed("routed", route).await.unwrap().unwrap();
+    assert_eq!(read.value, "v2");
+    // The other range, or an old epoch: refused with the current route.
+    let other = Route {
+        range: 1 - route.range,
+        epoch: 0,
+    };
+    match client.get_routed("routed", other).await {
+        Err(ClientError::StaleRoute { owner, .. }) => assert_eq!(owner.route(), route),
+        other => panic!("the other range: {other:?}"),
+    }
+    let old = Route { epoch: 3, ..route };
+    assert!(matches!(
+        client.set_routed("routed", "v3", old).await,
+        Err(ClientError::StaleRoute { .. })
+    ));
+    assert_eq!(client.get("routed").await.unwrap().unwrap().value, "v2");
+    // A range the node does not have.
+    let nowhere = Route { range: 9, epoch: 0 };
+    let error = client.get_routed("routed", nowhere).await.unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::InvalidArgument));
+}

@@ -62,6 +62,12 @@ pub trait Applier: 'static {
     /// Replaces all data with that of a snapshot's data file. A snapshot
     /// in progress must still describe its cut afterwards.
     fn restore(&mut self, data_file: &Path) -> Result<(), String>;
+    /// The group's membership that this replica applies is the one at log
+    /// index `log_index` (applied from the log or installed with a
+    /// snapshot). Replays after a restart report older ones again.
+    fn membership_applied(&mut self, log_index: u64) {
+        let _ = log_index;
+    }
 }
 
 /// The snapshot half of an [`Applier`] whose data is small enough to copy
@@ -211,6 +217,9 @@ impl<A: Applier> RaftStateMachine<TypeConfig> for StateMachine<A> {
     async fn applied_state(
         &mut self,
     ) -> Result<(Option<LogId>, StoredMembershipOf<TypeConfig>), io::Error> {
+        if let Some(log_id) = self.membership.log_id() {
+            self.applier.borrow_mut().membership_applied(log_id.index);
+        }
         Ok((self.last_applied, self.membership.clone()))
     }
 
@@ -229,6 +238,9 @@ impl<A: Applier> RaftStateMachine<TypeConfig> for StateMachine<A> {
                         Some(entry.log_id),
                         membership.clone(),
                     );
+                    self.applier
+                        .borrow_mut()
+                        .membership_applied(entry.log_id.index);
                     Response::Empty
                 }
             };
@@ -280,6 +292,9 @@ impl<A: Applier> RaftStateMachine<TypeConfig> for StateMachine<A> {
             .map_err(io::Error::other)?;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
+        if let Some(log_id) = self.membership.log_id() {
+            self.applier.borrow_mut().membership_applied(log_id.index);
+        }
         Ok(())
     }
 

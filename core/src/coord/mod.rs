@@ -10,6 +10,7 @@
 //!   to another core, or through the Raft group; serving other cores.
 //! - [`session`]: who a request acts for; made in one place.
 //! - [`request`]: the front-end-neutral request and reply.
+//! - [`routes`]: the check of the route a client sends with a request.
 //! - [`batches`]: a pipeline's requests gathered per destination shard.
 //! - [`multi`]: requests that fan out to several shards.
 //! - [`replica`]: the path through a shard's Raft group (cluster mode).
@@ -23,5 +24,6 @@ pub mod multi;
 pub mod quotas;
 pub mod replica;
 pub mod request;
+pub mod routes;
 pub mod session;
 pub mod snapshots;

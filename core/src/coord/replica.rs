@@ -179,8 +179,12 @@ impl Applier for ShardApplier {
                 .find(|&slot| context.slot_map.owner(slot) != self.range);
             if let Some(slot) = foreign {
                 let owner = context.slot_map.owner(slot);
-                let error =
-                    ProtocolError::wrong_shard(slot, owner, context.slot_map.core_of(owner));
+                let error = ProtocolError::wrong_shard(
+                    slot,
+                    owner,
+                    context.slot_map.core_of(owner),
+                    context.slot_map.epoch(owner),
+                );
                 return refused(
                     ErrorCode::WrongShard,
                     format!("group {}: {}", self.range, error.message),
@@ -278,6 +282,10 @@ impl Applier for ShardApplier {
 
     fn abort_snapshot(&mut self) {
         self.context.shard(self.range).borrow_mut().abort_snapshot();
+    }
+
+    fn membership_applied(&mut self, log_index: u64) {
+        self.context.slot_map.raise_epoch(self.range, log_index);
     }
 
     fn restore(&mut self, data_file: &std::path::Path) -> Result<(), String> {

@@ -112,6 +112,32 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The keys the command names (none for Hello, Ping, Keys, Scan,
+    /// Count and Snapshot).
+    pub fn keys(&self) -> Vec<&Bytes> {
+        match self {
+            Command::Get { key }
+            | Command::Set { key, .. }
+            | Command::IncrBy { key, .. }
+            | Command::Expire { key, .. } => vec![key],
+            Command::Delete { keys } | Command::Exists { keys } | Command::MGet { keys } => {
+                keys.iter().collect()
+            }
+            Command::MSet { entries } | Command::MSetIfAbsent { entries } => {
+                entries.iter().map(|(key, _)| key).collect()
+            }
+            Command::Rename { from, to, .. } => vec![from, to],
+            Command::Hello { .. }
+            | Command::Ping
+            | Command::Keys { .. }
+            | Command::Scan { .. }
+            | Command::Count
+            | Command::Snapshot => Vec::new(),
+        }
+    }
+}
+
 /// An answer to one request, before encoding.
 #[derive(Debug, PartialEq)]
 pub enum Reply {

@@ -420,7 +420,9 @@ fn report(context: &CoreContext) -> CoreReport {
                     snapshot_index: status.snapshot_index,
                     purged_index: status.purged_index,
                     asleep: status.asleep,
-                    epoch: status.epoch,
+                    // The routing epoch (`SlotMap::epoch`): the one a
+                    // routed request is checked against.
+                    epoch: context.slot_map.epoch(replica.range()),
                     followers: status
                         .followers
                         .into_iter()

@@ -760,6 +760,7 @@ impl Shard {
                 slot,
                 owner,
                 self.slot_map.core_of(owner),
+                self.slot_map.epoch(owner),
             ));
         }
         if request.is_write() {

@@ -13,10 +13,10 @@ pub mod wire {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 21;
+pub const ENUM_MAX_ERROR_CODE: u16 = 22;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 22] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 23] = [
   ErrorCode::None,
   ErrorCode::MalformedFrame,
   ErrorCode::UnsupportedVersion,
@@ -39,6 +39,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 22] = [
   ErrorCode::CrossShard,
   ErrorCode::NoSuchKey,
   ErrorCode::NotAnInteger,
+  ErrorCode::StaleRoute,
 ];
 
 /// Why a request failed. Stable numbers: clients switch on them.
@@ -105,9 +106,15 @@ impl ErrorCode {
   /// IncrBy on a value that is not a decimal 64-bit integer, or a result
   /// that would overflow. Nothing was applied.
   pub const NotAnInteger: Self = Self(21);
+  /// The request's `route` is not current: a key of it is in another range
+  /// than the route names, or the range's epoch changed (its replicas or
+  /// its slots did). Nothing was applied. The Error's `owner` gives the
+  /// first such key's range and that range's current epoch: update the
+  /// cached route and send again.
+  pub const StaleRoute: Self = Self(22);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 21;
+  pub const ENUM_MAX: u16 = 22;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::MalformedFrame,
@@ -131,6 +138,7 @@ impl ErrorCode {
     Self::CrossShard,
     Self::NoSuchKey,
     Self::NotAnInteger,
+    Self::StaleRoute,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -157,6 +165,7 @@ impl ErrorCode {
       Self::CrossShard => Some("CrossShard"),
       Self::NoSuchKey => Some("NoSuchKey"),
       Self::NotAnInteger => Some("NotAnInteger"),
+      Self::StaleRoute => Some("StaleRoute"),
       _ => None,
     }
   }
@@ -3128,6 +3137,122 @@ impl ::core::fmt::Debug for MSetIfAbsent<'_> {
       ds.finish()
   }
 }
+pub enum RouteOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Where a client believes a request's keys are: the range owning their
+/// slots, at the range's epoch. A client that caches ranges sends it so a
+/// node tells it when the cache is stale (`StaleRoute`).
+pub struct Route<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Route<'a> {
+  type Inner = Route<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Route<'a> {
+  pub const VT_RANGE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_EPOCH: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Route { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RouteArgs
+  ) -> ::flatbuffers::WIPOffset<Route<'bldr>> {
+    let mut builder = RouteBuilder::new(_fbb);
+    builder.add_epoch(args.epoch);
+    builder.add_range(args.range);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn range(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Route::VT_RANGE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn epoch(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Route::VT_EPOCH, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Route<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u32>("range", Self::VT_RANGE, false)?
+     .visit_field::<u64>("epoch", Self::VT_EPOCH, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RouteArgs {
+    pub range: u32,
+    pub epoch: u64,
+}
+impl<'a> Default for RouteArgs {
+  #[inline]
+  fn default() -> Self {
+    RouteArgs {
+      range: 0,
+      epoch: 0,
+    }
+  }
+}
+
+pub struct RouteBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RouteBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_range(&mut self, range: u32) {
+    self.fbb_.push_slot::<u32>(Route::VT_RANGE, range, 0);
+  }
+  #[inline]
+  pub fn add_epoch(&mut self, epoch: u64) {
+    self.fbb_.push_slot::<u64>(Route::VT_EPOCH, epoch, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RouteBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RouteBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Route<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Route<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Route");
+      ds.field("range", &self.range());
+      ds.field("epoch", &self.epoch());
+      ds.finish()
+  }
+}
 pub enum RequestFrameOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3147,6 +3272,7 @@ impl<'a> RequestFrame<'a> {
   pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
   pub const VT_REQUEST_TYPE: ::flatbuffers::VOffsetT = 6;
   pub const VT_REQUEST: ::flatbuffers::VOffsetT = 8;
+  pub const VT_ROUTE: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3155,10 +3281,11 @@ impl<'a> RequestFrame<'a> {
   #[allow(unused_mut)]
   pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
     _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args RequestFrameArgs
+    args: &'args RequestFrameArgs<'args>
   ) -> ::flatbuffers::WIPOffset<RequestFrame<'bldr>> {
     let mut builder = RequestFrameBuilder::new(_fbb);
     builder.add_request_id(args.request_id);
+    if let Some(x) = args.route { builder.add_route(x); }
     if let Some(x) = args.request { builder.add_request(x); }
     builder.add_request_type(args.request_type);
     builder.finish()
@@ -3187,6 +3314,15 @@ impl<'a> RequestFrame<'a> {
     // Created from valid Table for this object
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Table<'a>>>(RequestFrame::VT_REQUEST, None)}
+  }
+  /// Optional: checked before the request runs (every key must be in this
+  /// range, at this epoch). Absent: no check, the node routes by itself.
+  #[inline]
+  pub fn route(&self) -> Option<Route<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<Route>>(RequestFrame::VT_ROUTE, None)}
   }
   #[inline]
   #[allow(non_snake_case)]
@@ -3474,22 +3610,25 @@ impl ::flatbuffers::Verifiable for RequestFrame<'_> {
           _ => Ok(()),
         }
      })?
+     .visit_field::<::flatbuffers::ForwardsUOffset<Route>>("route", Self::VT_ROUTE, false)?
      .finish();
     Ok(())
   }
 }
-pub struct RequestFrameArgs {
+pub struct RequestFrameArgs<'a> {
     pub request_id: u64,
     pub request_type: Request,
     pub request: Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>>,
+    pub route: Option<::flatbuffers::WIPOffset<Route<'a>>>,
 }
-impl<'a> Default for RequestFrameArgs {
+impl<'a> Default for RequestFrameArgs<'a> {
   #[inline]
   fn default() -> Self {
     RequestFrameArgs {
       request_id: 0,
       request_type: Request::NONE,
       request: None,
+      route: None,
     }
   }
 }
@@ -3510,6 +3649,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RequestFrameBuilder<'a, 'b, A
   #[inline]
   pub fn add_request(&mut self, request: ::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RequestFrame::VT_REQUEST, request);
+  }
+  #[inline]
+  pub fn add_route(&mut self, route: ::flatbuffers::WIPOffset<Route<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<Route>>(RequestFrame::VT_ROUTE, route);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RequestFrameBuilder<'a, 'b, A> {
@@ -3656,6 +3799,7 @@ impl ::core::fmt::Debug for RequestFrame<'_> {
           ds.field("request", &x)
         },
       };
+      ds.field("route", &self.route());
       ds.finish()
   }
 }
@@ -3680,6 +3824,8 @@ impl<'a> ShardOwner<'a> {
   pub const VT_CORE: ::flatbuffers::VOffsetT = 6;
   pub const VT_NODE: ::flatbuffers::VOffsetT = 8;
   pub const VT_ADDRESS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_RANGE: ::flatbuffers::VOffsetT = 12;
+  pub const VT_EPOCH: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3691,7 +3837,9 @@ impl<'a> ShardOwner<'a> {
     args: &'args ShardOwnerArgs<'args>
   ) -> ::flatbuffers::WIPOffset<ShardOwner<'bldr>> {
     let mut builder = ShardOwnerBuilder::new(_fbb);
+    builder.add_epoch(args.epoch);
     builder.add_node(args.node);
+    builder.add_range(args.range);
     if let Some(x) = args.address { builder.add_address(x); }
     builder.add_core(args.core);
     builder.add_slot(args.slot);
@@ -3731,6 +3879,22 @@ impl<'a> ShardOwner<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ShardOwner::VT_ADDRESS, None)}
   }
+  /// The range that owns the slot.
+  #[inline]
+  pub fn range(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(ShardOwner::VT_RANGE, Some(0)).unwrap()}
+  }
+  /// That range's epoch on the node that answered.
+  #[inline]
+  pub fn epoch(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ShardOwner::VT_EPOCH, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ShardOwner<'_> {
@@ -3743,6 +3907,8 @@ impl ::flatbuffers::Verifiable for ShardOwner<'_> {
      .visit_field::<u32>("core", Self::VT_CORE, false)?
      .visit_field::<u64>("node", Self::VT_NODE, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("address", Self::VT_ADDRESS, false)?
+     .visit_field::<u32>("range", Self::VT_RANGE, false)?
+     .visit_field::<u64>("epoch", Self::VT_EPOCH, false)?
      .finish();
     Ok(())
   }
@@ -3752,6 +3918,8 @@ pub struct ShardOwnerArgs<'a> {
     pub core: u32,
     pub node: u64,
     pub address: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub range: u32,
+    pub epoch: u64,
 }
 impl<'a> Default for ShardOwnerArgs<'a> {
   #[inline]
@@ -3761,6 +3929,8 @@ impl<'a> Default for ShardOwnerArgs<'a> {
       core: 0,
       node: 0,
       address: None,
+      range: 0,
+      epoch: 0,
     }
   }
 }
@@ -3787,6 +3957,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ShardOwnerBuilder<'a, 'b, A> 
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ShardOwner::VT_ADDRESS, address);
   }
   #[inline]
+  pub fn add_range(&mut self, range: u32) {
+    self.fbb_.push_slot::<u32>(ShardOwner::VT_RANGE, range, 0);
+  }
+  #[inline]
+  pub fn add_epoch(&mut self, epoch: u64) {
+    self.fbb_.push_slot::<u64>(ShardOwner::VT_EPOCH, epoch, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ShardOwnerBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ShardOwnerBuilder {
@@ -3808,6 +3986,8 @@ impl ::core::fmt::Debug for ShardOwner<'_> {
       ds.field("core", &self.core());
       ds.field("node", &self.node());
       ds.field("address", &self.address());
+      ds.field("range", &self.range());
+      ds.field("epoch", &self.epoch());
       ds.finish()
   }
 }
@@ -3862,7 +4042,7 @@ impl<'a> Error<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Error::VT_MESSAGE, None)}
   }
-  /// Set with WrongShard only.
+  /// Set with WrongShard and StaleRoute only.
   #[inline]
   pub fn owner(&self) -> Option<ShardOwner<'a>> {
     // Safety:

@@ -14,6 +14,7 @@ use tinkerdb_storage::{WriteCondition, SLOT_COUNT};
 
 use crate::config::Limits;
 use crate::coord::request::{Command, Reply};
+use crate::coord::routes::Route;
 use crate::error::ProtocolError;
 use crate::shard::{ExpireCondition, MoveKind, ValueRead};
 
@@ -23,6 +24,14 @@ pub fn decode_command(
     frame: &Bytes,
     limits: &Limits,
 ) -> Result<(u64, Command), (u64, ProtocolError)> {
+    decode_routed_command(frame, limits).map(|(request_id, command, _)| (request_id, command))
+}
+
+/// [`decode_command`], with the route the request carries, if any.
+pub fn decode_routed_command(
+    frame: &Bytes,
+    limits: &Limits,
+) -> Result<(u64, Command, Option<Route>), (u64, ProtocolError)> {
     let request = decode_request(frame).map_err(|error| {
         (
             tinkerdb_schemas::frame::request_id_of_malformed(frame).unwrap_or(0),
@@ -30,8 +39,12 @@ pub fn decode_command(
         )
     })?;
     let request_id = request.request_id();
+    let route = request.route().map(|route| Route {
+        range: route.range(),
+        epoch: route.epoch(),
+    });
     command_of(request, frame, limits)
-        .map(|command| (request_id, command))
+        .map(|command| (request_id, command, route))
         .map_err(|error| (request_id, error))
 }
 
@@ -315,6 +328,8 @@ pub fn encode_reply(
                         core: owner.core as u32,
                         node: owner.node,
                         address: Some(address),
+                        range: owner.range as u32,
+                        epoch: owner.epoch,
                     },
                 )
             });
@@ -497,6 +512,7 @@ mod tests {
                 request_id: 42,
                 request_type,
                 request: Some(request),
+                route: None,
             },
         );
         builder.finish_minimal(frame);

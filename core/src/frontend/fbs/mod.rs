@@ -37,11 +37,12 @@ use crate::coord::batches::{Pipeline, Ticket};
 use crate::coord::context::{now_ms, CoreContext};
 use crate::coord::multi::{execute_multi, one_shard_request, single_key_reply};
 use crate::coord::request::{Command, Reply};
+use crate::coord::routes;
 use crate::coord::session::Session;
 use crate::error::ProtocolError;
 use crate::net::stream::{close_lingering, Filled, ReadBuffer, READ_BUFFER_INITIAL_BYTES};
 use crate::shutdown::{ConnectionDrain, StopSignal};
-use codec::{decode_command, encode_reply};
+use codec::{decode_routed_command, encode_reply};
 
 /// An answer being produced.
 enum Pending {
@@ -208,10 +209,19 @@ impl Connection {
 
     /// Decodes one frame and starts its execution.
     async fn start(&mut self, frame: Bytes) -> (u64, Pending) {
-        let (request_id, command) = match decode_command(&frame, &self.context.limits) {
+        let (request_id, command, route) = match decode_routed_command(&frame, &self.context.limits)
+        {
             Ok(decoded) => decoded,
             Err((request_id, error)) => return (request_id, Pending::Ready(Reply::Error(error))),
         };
+        // A route that is not current gets the typed answer; nothing runs.
+        if let (Some(route), Some(session)) = (route, &self.session) {
+            if !matches!(command, Command::Hello { .. }) {
+                if let Err(error) = routes::check(&self.context, session, &command, route) {
+                    return (request_id, Pending::Ready(Reply::Error(error)));
+                }
+            }
+        }
         let pending = match (command, self.session.clone()) {
             (
                 Command::Hello {
