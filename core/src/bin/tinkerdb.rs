@@ -5,7 +5,10 @@
 /// mimalloc rather than glibc's malloc: a node makes many small, short-lived
 /// allocations per request (frames, commands, Raft entries), and a profile
 /// of a cluster leader under 100 clients spent about 15% of its CPU in
-/// glibc's malloc and free (docs/PERFORMANCE.md).
+/// glibc's malloc and free (docs/PERFORMANCE.md). Built without transparent
+/// huge pages (the workspace's `no_thp` feature): with them every range's
+/// few KB of start-up state held a 2 MiB page (3.2 MiB per range, 1.66x
+/// Redis's memory per key at 100k keys; docs/PERFORMANCE.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
