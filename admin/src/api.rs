@@ -678,6 +678,11 @@ pub struct RangeMoveBody {
     pub log_bytes: usize,
     /// How long the move took, stop to start.
     pub elapsed_ms: u64,
+    /// Set when the range moved but its group did not start there (its
+    /// requests are refused until the node restarts), or the target's
+    /// answer was lost: what happened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// Moves a range's replica on this node to another of its cores, without
@@ -714,6 +719,27 @@ async fn move_range(
             ),
         ));
     }
+    // In a task of its own: a caller that hangs up does not cut a move
+    // between its steps (nor release the one-move lock while they run).
+    let task_state = state.clone();
+    let to_core = body.core;
+    tokio::spawn(async move { run_move(&task_state, range, to_core).await })
+        .await
+        .map_err(|error| {
+            ApiError::new(
+                ErrorCode::Internal,
+                format!("the move task failed: {error}"),
+            )
+        })?
+}
+
+/// The steps of a range move (see [`move_range`]), one move at a time.
+async fn run_move(
+    state: &AppState,
+    range: usize,
+    to_core: usize,
+) -> ApiResult<Json<RangeMoveBody>> {
+    let body = RangeMoveRequest { core: to_core };
     let _one_at_a_time = state.moves.lock().await;
     let started = std::time::Instant::now();
     let timeout = crate::link::RANGE_MOVE_CALL_TIMEOUT;
@@ -757,14 +783,22 @@ async fn move_range(
         Ok(other) => return Err(unexpected(other)),
         Err(error) => return Err(error),
     };
-    match imported {
-        Ok(CoreResponse::Done) if moved => Ok(Json(RangeMoveBody {
+    let done = |note: Option<String>| {
+        Json(RangeMoveBody {
             range,
             from_core,
             to_core: body.core,
             log_bytes,
             elapsed_ms: started.elapsed().as_millis() as u64,
-        })),
+            note,
+        })
+    };
+    match imported {
+        Ok(CoreResponse::Done) if moved => Ok(done(None)),
+        // The source saw the route switch: the range is on the target,
+        // whatever the target answered (its group did not start, or the
+        // answer was lost).
+        Err(error) if moved => Ok(done(Some(error.to_string()))),
         Ok(CoreResponse::Done) => Err(ApiError::new(
             ErrorCode::Unavailable,
             format!(

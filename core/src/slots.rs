@@ -45,6 +45,8 @@ pub struct SlotMap {
     /// Each range's epoch on this node (cluster mode; 0 on a standalone
     /// node): see [`SlotMap::epoch`].
     epoch_by_range: Box<[AtomicU64]>,
+    /// Held while the placement file is written.
+    placement_lock: std::sync::Mutex<()>,
     ranges_per_core: usize,
     cores: usize,
 }
@@ -78,6 +80,7 @@ impl SlotMap {
         SlotMap {
             range_by_slot,
             epoch_by_range: (0..ranges).map(|_| AtomicU64::new(0)).collect(),
+            placement_lock: std::sync::Mutex::new(()),
             core_by_range,
             ranges_per_core,
             cores,
@@ -214,13 +217,44 @@ impl SlotMap {
     /// Records the current placement in `data_dir`, durably (a new file
     /// written, synced and renamed over the old one, the directory synced).
     pub fn save_placement(&self, data_dir: &Path) -> std::io::Result<()> {
+        self.write_placement(data_dir, None)
+    }
+
+    /// Records the current placement with `range` on `core` (a move about
+    /// to switch), durably, before the route itself switches.
+    pub fn save_placement_with(
+        &self,
+        data_dir: &Path,
+        range: RangeId,
+        core: CoreId,
+    ) -> std::io::Result<()> {
+        self.write_placement(data_dir, Some((range, core)))
+    }
+
+    fn write_placement(
+        &self,
+        data_dir: &Path,
+        change: Option<(RangeId, CoreId)>,
+    ) -> std::io::Result<()> {
         use std::io::Write;
+        // One writer at a time (the cores of a node share the file); the
+        // text is taken under the lock, so no save undoes another's move.
+        let _one_writer = self
+            .placement_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut text = String::from(
             "# Ranges hosted away from their home core: `range core` per line.\n\
              # Written by TinkerDB when a range moves; read at start.\n",
         );
-        for (range, core) in self.moved() {
-            text.push_str(&format!("{range} {core}\n"));
+        for range in 0..self.ranges() {
+            let core = match change {
+                Some((changed, core)) if changed == range => core,
+                _ => self.core_of(range),
+            };
+            if core != self.home_core(range) {
+                text.push_str(&format!("{range} {core}\n"));
+            }
         }
         let path = data_dir.join(PLACEMENT_FILE);
         let temp = data_dir.join(format!("{PLACEMENT_FILE}.tmp"));

@@ -406,7 +406,10 @@ async fn propose_here<A: Applier>(
                         }
                     }
                     // A forwarded write at a replica that knows another
-                    // leader: the forwarder asks that one at once.
+                    // leader: nothing is proposed here, and the forwarder
+                    // tries again after `RETRY_PAUSE`, by when its own
+                    // view names the new leader (openraft answers
+                    // ForwardToLeader before it appends anything).
                     Some(leader) if leader != me => {
                         return Err(GroupError::NotLeader {
                             group,

@@ -21,7 +21,9 @@
 //!    snapshots, commit the move (only if the source has not given up),
 //!    record the new placement durably (the node's `PLACEMENT` file), switch
 //!    the route (`SlotMap::set_core`), start the group, release the
-//!    requests parked here meanwhile.
+//!    requests parked here meanwhile. A placement that cannot be recorded
+//!    abandons the move once the old one is recorded again, or stops the
+//!    node if even that fails (a disk that fails a write is not retried).
 //! 3. [`settle`] on the source core: if the route switched, drop the old
 //!    log and snapshots and send the parked requests on to the new core;
 //!    otherwise start the group here again (the move is abandoned, its
@@ -137,13 +139,19 @@ pub async fn export(
             "range {range}'s replica is not running on core {core}"
         )));
     };
-    if !claims.claim(range, target) || !context.begin_move(range) {
+    if !claims.claim(range, target) {
         return Err(MoveError::Refused(format!(
             "a move of range {range} is under way already"
         )));
     }
+    let Some(move_id) = context.begin_move(range, true) else {
+        claims.give_up(range);
+        return Err(MoveError::Refused(format!(
+            "a move of range {range} is under way already"
+        )));
+    };
     // From here on, new requests for the range park until `settle`.
-    spawn_watchdog(context, range);
+    spawn_watchdog(context, range, move_id);
     let started = Instant::now();
     if let Some(leader) =
         group::hand_off_leadership(&replica.raft, replica.group, group::ELECTION_TIMEOUT_MAX).await
@@ -162,7 +170,8 @@ pub async fn export(
     // No peer call reaches the group after this; those under way (a
     // write forwarded here, a read index) finish first.
     replication.groups.remove(replica.group);
-    while replication.groups.calls_in_flight(replica.group) > 0 && Instant::now() < drained_by {
+    let calls_by = Instant::now() + MOVE_DRAIN_TIMEOUT;
+    while replication.groups.calls_in_flight(replica.group) > 0 && Instant::now() < calls_by {
         glommio::timer::sleep(MOVE_POLL).await;
     }
     if let Err(error) = replica.raft.shutdown().await {
@@ -255,11 +264,22 @@ pub async fn import(
     }
     // The placement is durable before the route switches (module doc).
     context.add_shard(range, fresh_shard(context, range));
-    context.begin_move(range);
+    context.begin_move(range, false);
     let previous = context.slot_map.core_of(range);
-    context.slot_map.set_core(range, core);
-    if let Err(error) = context.slot_map.save_placement(&replication.data_dir) {
-        context.slot_map.set_core(range, previous);
+    if let Err(error) = context
+        .slot_map
+        .save_placement_with(&replication.data_dir, range, core)
+    {
+        // The file may or may not name this core now (a failed rename or
+        // directory sync). Record the old placement again before the
+        // source may start the range again; if even that fails, the disk
+        // decides which copy a restart uses, and both must still be the
+        // same: the node stops here, before the source runs the range
+        // again (as after a failed fsync, nothing is retried).
+        if let Err(again) = context.slot_map.save_placement(&replication.data_dir) {
+            tracing::error!(range, %error, %again, "cannot record the placement of a range move; stopping the node");
+            std::process::exit(1);
+        }
         context.remove_shard(range);
         context.end_move(range);
         claims.uncommit(range, core);
@@ -268,6 +288,7 @@ pub async fn import(
             "range {range} stays where it was: cannot record the placement: {error}"
         )));
     }
+    context.slot_map.set_core(range, core);
     exit_point("placed");
     claims.finish(range);
     let outcome = match super::start_range(context, range, None).await {
@@ -340,11 +361,12 @@ pub async fn settle(context: &Rc<CoreContext>, range: RangeId) -> bool {
 
 /// Settles the move of `range` by itself if nobody asks within
 /// [`MOVE_TIMEOUT`].
-fn spawn_watchdog(context: &Rc<CoreContext>, range: RangeId) {
+fn spawn_watchdog(context: &Rc<CoreContext>, range: RangeId, move_id: u64) {
     let context = context.clone();
     glommio::spawn_local(async move {
         glommio::timer::sleep(MOVE_TIMEOUT).await;
-        if context.is_moving(range) {
+        // Only this move, and only while it still leaves this core.
+        if context.is_leaving(range, move_id) {
             tracing::warn!(
                 core = context.core,
                 range,
@@ -357,14 +379,18 @@ fn spawn_watchdog(context: &Rc<CoreContext>, range: RangeId) {
 }
 
 /// A new, empty shard for `range` on `context`'s core (its group fills it
-/// from the snapshot and the log).
+/// from the snapshot and the log), with its share of every tenant's quota
+/// set as on every other replica (a replica without them would accept
+/// writes the others refuse).
 fn fresh_shard(context: &CoreContext, range: RangeId) -> Shard {
-    Shard::new(
+    let mut shard = Shard::new(
         range,
         context.slot_map.clone(),
         tinkerdb_storage::Store::default(),
         crate::shard::Journal::new(None, context.tenants.clone()),
-    )
+    );
+    crate::coord::quotas::set_range_quotas(context, range, &mut shard, &context.tenants.get());
+    shard
 }
 
 /// Drops everything of `range` this core's log and snapshot directory hold.
@@ -414,5 +440,10 @@ fn link_snapshots(from: &Path, to: &Path) -> std::io::Result<()> {
             std::fs::File::open(&target)?.sync_all()?;
         }
     }
-    std::fs::File::open(to)?.sync_all()
+    std::fs::File::open(to)?.sync_all()?;
+    // The directory's own name, in the core's directory.
+    match to.parent() {
+        Some(parent) => std::fs::File::open(parent)?.sync_all(),
+        None => Ok(()),
+    }
 }

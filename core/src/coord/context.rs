@@ -139,14 +139,20 @@ pub struct CoreContext {
     /// Ranges leaving this core right now, with the requests parked until
     /// the move ends (then sent on to wherever the range is).
     moving: RefCell<std::collections::HashMap<RangeId, Move>>,
+    /// The id of the next move (see [`Self::begin_move`]).
+    next_move_id: Cell<u64>,
     /// This context's own `Rc` (weak: no cycle), so a request for this core
     /// can run as a task of its own (cluster mode, see [`Self::dispatch`]).
     pub(super) this: Weak<CoreContext>,
 }
 
 /// A range moving on this core (`cluster::moves`).
-#[derive(Default)]
 struct Move {
+    /// Which move (unique on this core): a late watchdog of an earlier
+    /// move of the range must not end this one.
+    id: u64,
+    /// Leaving this core (the source), or arriving (the target).
+    leaving: bool,
     /// Requests waiting for the move to end.
     parked: Vec<oneshot::Sender<()>>,
     /// Whether a caller is ending it.
@@ -203,6 +209,7 @@ impl CoreContext {
             replication: std::cell::OnceCell::new(),
             replicas: RefCell::new(vec![None; ranges]),
             moving: RefCell::default(),
+            next_move_id: Cell::new(1),
         })
     }
 
@@ -285,16 +292,26 @@ impl CoreContext {
         self.replicas.borrow_mut()[range] = Some(Rc::new(replica));
     }
 
-    /// Marks `range` as moving (leaving this core, or arriving before its
-    /// group runs): its requests park until [`Self::end_move`]. False if
-    /// it is moving already.
-    pub fn begin_move(&self, range: RangeId) -> bool {
+    /// Marks `range` as moving, `leaving` this core or arriving before
+    /// its group runs: its requests park until [`Self::end_move`]. The
+    /// move's id, or `None` if the range is moving already.
+    pub fn begin_move(&self, range: RangeId, leaving: bool) -> Option<u64> {
         let mut moving = self.moving.borrow_mut();
         if moving.contains_key(&range) {
-            return false;
+            return None;
         }
-        moving.insert(range, Move::default());
-        true
+        let id = self.next_move_id.get();
+        self.next_move_id.set(id + 1);
+        moving.insert(
+            range,
+            Move {
+                id,
+                leaving,
+                parked: Vec::new(),
+                settling: false,
+            },
+        );
+        Some(id)
     }
 
     /// Whether `range` is moving.
@@ -302,11 +319,19 @@ impl CoreContext {
         self.moving.borrow().contains_key(&range)
     }
 
-    /// Claims the ending of `range`'s move for one caller: false if it is
-    /// not moving or another caller ends it.
+    /// Whether move `id` of `range`, leaving this core, is still under way.
+    pub fn is_leaving(&self, range: RangeId, id: u64) -> bool {
+        self.moving
+            .borrow()
+            .get(&range)
+            .is_some_and(|state| state.id == id && state.leaving)
+    }
+
+    /// Claims the ending of `range`'s move away from this core for one
+    /// caller: false if it is not leaving or another caller ends it.
     pub fn start_settling(&self, range: RangeId) -> bool {
         match self.moving.borrow_mut().get_mut(&range) {
-            Some(state) if !state.settling => {
+            Some(state) if state.leaving && !state.settling => {
                 state.settling = true;
                 true
             }
@@ -316,8 +341,12 @@ impl CoreContext {
 
     /// Ends `range`'s move (done or abandoned): its parked requests go on.
     pub fn end_move(&self, range: RangeId) {
-        let state = self.moving.borrow_mut().remove(&range).unwrap_or_default();
-        for waiter in state.parked {
+        let parked = self
+            .moving
+            .borrow_mut()
+            .remove(&range)
+            .map_or_else(Vec::new, |state| state.parked);
+        for waiter in parked {
             let _ = waiter.send(());
         }
     }

@@ -65,9 +65,43 @@ impl CoreContext {
         if !self.hosts(range) {
             return Box::pin(self.send_on(range, request)).await;
         }
-        if let Some(replica) = self.replica(range) {
-            let _counted = replica.count_in_flight();
-            return crate::coord::replica::execute_replicated(self, &replica, request).await;
+        if self.replication.get().is_some() {
+            let Some(replica) = self.replica(range) else {
+                // Hosted, but its group did not start (a move that could
+                // not finish): never served from the store without Raft.
+                return ShardReply::Error(ProtocolError::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "range {range} has no running replica on core {} (a move did not \
+                         complete; restarting the node starts it)",
+                        self.core
+                    ),
+                ));
+            };
+            let reply = {
+                let _counted = replica.count_in_flight();
+                crate::coord::replica::execute_replicated(self, &replica, request).await
+            };
+            // A write cut off because its group stopped for a move may
+            // still commit through the new leader: its outcome is unknown,
+            // not a storage failure.
+            if let ShardReply::Error(error) = &reply {
+                let moved_meanwhile = self.is_moving(range)
+                    || !self
+                        .replica(range)
+                        .is_some_and(|now| std::rc::Rc::ptr_eq(&now, &replica));
+                if error.code == ErrorCode::StorageFailed && moved_meanwhile {
+                    return ShardReply::Error(ProtocolError::new(
+                        ErrorCode::Unavailable,
+                        format!(
+                            "range {range} moved while the request ran; a write's outcome is \
+                             unknown: {}",
+                            error.message
+                        ),
+                    ));
+                }
+            }
+            return reply;
         }
         let (reply, ack_point) = self.execute_here(range, request);
         match self.wait_durable(ack_point).await {

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use tinkerdb_storage::Quota;
 
 use crate::coord::context::{now_ms, CoreContext};
-use crate::shard::{ShardReply, ShardRequest};
+use crate::shard::{Shard, ShardReply, ShardRequest};
+use crate::slots::RangeId;
 use crate::tenants::{quota_share, TenantRegistry};
 
 /// Installs a new tenant list on this core and sets this core's share of
@@ -24,19 +25,28 @@ pub fn install_tenants<'a>(
 /// by slot count, so the ranges of all cores add up to the quota).
 pub fn apply_quotas(context: &CoreContext, registry: &TenantRegistry) {
     for range in context.hosted_ranges() {
-        let slots = context.slot_map.slot_range(range);
         let shard = context.shard(range);
-        let mut shard = shard.borrow_mut();
-        for tenant in registry.iter() {
-            let quota = quota_share(tenant.quota, slots.clone());
-            let reply = shard.execute(
-                ShardRequest::SetQuota {
-                    tenant: tenant.id,
-                    quota,
-                },
-                now_ms(),
-            );
-            debug_assert!(matches!(reply, ShardReply::Done));
-        }
+        set_range_quotas(context, range, &mut shard.borrow_mut(), registry);
+    }
+}
+
+/// Sets `shard`'s (range `range`'s) share of every tenant's quota.
+pub fn set_range_quotas(
+    context: &CoreContext,
+    range: RangeId,
+    shard: &mut Shard,
+    registry: &TenantRegistry,
+) {
+    let slots = context.slot_map.slot_range(range);
+    for tenant in registry.iter() {
+        let quota = quota_share(tenant.quota, slots.clone());
+        let reply = shard.execute(
+            ShardRequest::SetQuota {
+                tenant: tenant.id,
+                quota,
+            },
+            now_ms(),
+        );
+        debug_assert!(matches!(reply, ShardReply::Done));
     }
 }

@@ -327,6 +327,24 @@ fn not_replicated(what: &str) -> ShardReply {
     ))
 }
 
+/// Runs `request` (a read, or a replica's own configuration) on the shard
+/// of `replica`'s range here, if `replica` still serves it; a range that
+/// moved away (or was started again) while the request waited is asked
+/// again wherever it is now.
+async fn read_here(context: &CoreContext, replica: &Replica, request: ShardRequest) -> ShardReply {
+    let range = replica.range();
+    let current = context
+        .replica(range)
+        .is_some_and(|now| std::ptr::eq(&*now, replica));
+    if current {
+        return context.execute_here(range, request).0;
+    }
+    match Box::pin(context.call(range, request)).await {
+        Ok(reply) => reply,
+        Err(error) => ShardReply::Error(error),
+    }
+}
+
 /// Executes `request` through this core's replica (see the module docs).
 pub async fn execute_replicated(
     context: &CoreContext,
@@ -340,7 +358,7 @@ pub async fn execute_replicated(
         | ShardRequest::Scan { .. }
         | ShardRequest::Usage { .. } => {
             match group::read_barrier(&replica.raft, &replica.peers, replica.group).await {
-                Ok(()) => context.execute_here(replica.range(), request).0,
+                Ok(()) => read_here(context, replica, request).await,
                 Err(ReadRefused::Failed(error)) => unavailable(error),
             }
         }
@@ -356,12 +374,10 @@ pub async fn execute_replicated(
             replies.pop().expect("one reply")
         }
         // Quotas are configuration: each replica sets its own share.
-        ShardRequest::SetQuota { .. } => context.execute_here(replica.range(), request).0,
+        ShardRequest::SetQuota { .. } => read_here(context, replica, request).await,
         // Opted-in stale read: this replica's state as it is, no leader
         // asked (answers even without a quorum; may lag the leader).
-        ShardRequest::Stale(read) if read.is_read() => {
-            context.execute_here(replica.range(), *read).0
-        }
+        ShardRequest::Stale(read) if read.is_read() => read_here(context, replica, *read).await,
         ShardRequest::Stale(request) => {
             Box::pin(execute_replicated(context, replica, *request)).await
         }
