@@ -39,6 +39,12 @@ impl Cluster {
     /// Three nodes of `CORES` cores, each core hosting `ranges_per_core`
     /// ranges (Raft groups).
     fn start_with_ranges(ranges_per_core: usize) -> Cluster {
+        Cluster::start_with_config(ranges_per_core, "")
+    }
+
+    /// [`Cluster::start_with_ranges`] with more configuration (TOML tables
+    /// after the `[raft]` tuning).
+    fn start_with_config(ranges_per_core: usize, more: &str) -> Cluster {
         let ports = raft_ports(3);
         let peers = (1..=3)
             .map(|id| format!("{id}=127.0.0.1:{}", ports[id as usize - 1]))
@@ -48,7 +54,7 @@ impl Cluster {
             nodes: BTreeMap::new(),
             dirs: BTreeMap::new(),
             peers,
-            config: format!("ranges_per_core = {ranges_per_core}\n{RAFT_TUNING}"),
+            config: format!("ranges_per_core = {ranges_per_core}\n{RAFT_TUNING}{more}"),
         };
         for id in 1..=3 {
             let dir = common::fresh_dir();
@@ -1153,7 +1159,13 @@ fn a_node_that_dies_in_the_middle_of_a_range_move_keeps_the_range_on_one_core() 
             .json(&serde_json::json!({ "core": 1 - from }))
             .timeout(Duration::from_secs(60))
             .send();
-        assert!(died.is_err(), "the node died mid-move: {died:?}");
+        if let Ok(answer) = died {
+            panic!(
+                "the node should have died mid-move, it answered {}: {}",
+                answer.status(),
+                answer.text().unwrap_or_default()
+            );
+        }
         cluster.kill(1);
         cluster.start_node(1);
         let cores = cores_of_ranges(&cluster, 1);
@@ -1185,4 +1197,73 @@ fn a_node_that_dies_in_the_middle_of_a_range_move_keeps_the_range_on_one_core() 
     // And a move still works afterwards.
     let (status, body) = move_range(&cluster, 1, 1, 0);
     assert_eq!(status, 200, "{body}");
+}
+
+/// A range moved to another core keeps its share of every tenant's quota:
+/// the replica there refuses the writes the other replicas refuse, so all
+/// three hold the same keys (a fresh shard without quotas would apply
+/// every write the leader's quota turned down, and diverge).
+#[test]
+fn a_moved_range_keeps_its_quota_share_and_its_replicas_agree() {
+    let _alone = one_cluster_at_a_time();
+    let tenants =
+        "[[tenants]]\nname = \"default\"\n[[tenants]]\nname = \"capped\"\nmax_keys = 40\n";
+    let cluster = Cluster::start_with_config(2, tenants);
+    assert!(
+        common::eventually(Duration::from_secs(60), || {
+            (1..=3).all(|id| cluster.leaders(id).iter().all(Option::is_some))
+        }),
+        "the groups never elected leaders"
+    );
+    // Range 1 (slots 4096..8192 of 4 ranges) holds a quarter of the
+    // quota: 10 keys. It moves on every node.
+    for node in 1..=3 {
+        let (status, body) = move_range(&cluster, node, 1, 1);
+        assert_eq!(status, 200, "node {node}: {body}");
+    }
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("q:{i}"))
+        .filter(|key| {
+            let slot = usize::from(tinkerdb_storage::hash_slot("capped", key.as_bytes()));
+            slot * 4 / 16384 == 1
+        })
+        .take(30)
+        .collect();
+    let capped = |id: u64, stale: bool| {
+        let config = ClientConfig::new(cluster.nodes[&id].addr.to_string())
+            .tenant("capped")
+            .stale_reads(stale)
+            .request_timeout(Duration::from_secs(15));
+        runtime().block_on(Client::connect(config)).unwrap()
+    };
+    let writer = capped(2, false);
+    let mut written = 0;
+    runtime().block_on(async {
+        for key in &keys {
+            match writer.set(key, "v").await {
+                Ok(_) => written += 1,
+                Err(error) => assert_eq!(
+                    error.code(),
+                    Some(tinkerdb_schemas::wire::ErrorCode::QuotaExceeded),
+                    "{key}: {error}"
+                ),
+            }
+        }
+    });
+    assert_eq!(written, 10, "range 1's share of 40 keys");
+    // Every replica, read as it is (stale reads: no leader involved),
+    // holds exactly those keys once it has applied the writes.
+    let readers: Vec<Client> = (1..=3).map(|id| capped(id, true)).collect();
+    for (node, reader) in readers.iter().enumerate() {
+        let mut held = 0;
+        let agreed = common::eventually(Duration::from_secs(30), || {
+            held = runtime().block_on(reader.exists(&keys)).unwrap();
+            held == 10
+        });
+        assert!(
+            agreed,
+            "node {} holds {held} of the keys, the others 10",
+            node + 1
+        );
+    }
 }

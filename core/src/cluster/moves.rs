@@ -78,6 +78,11 @@ fn exit_point(point: &str) {
     }
 }
 
+/// Longest the source waits for openraft to let go of a stopped group's
+/// log store (its tasks end after `shutdown` returns) before it gives the
+/// move up.
+pub const MOVE_RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How often a waiting step looks again.
 const MOVE_POLL: Duration = Duration::from_millis(5);
 
@@ -181,7 +186,7 @@ pub async fn export(
     drop(replica);
     // openraft drops the log store as its tasks end: wait for that.
     let mut exported = replication.log.export_range(range as u64).await;
-    let released_by = Instant::now() + MOVE_DRAIN_TIMEOUT;
+    let released_by = Instant::now() + MOVE_RELEASE_TIMEOUT;
     while exported
         .as_ref()
         .is_err_and(|error| error.to_string().contains("still open"))
@@ -434,10 +439,16 @@ fn link_snapshots(from: &Path, to: &Path) -> std::io::Result<()> {
             continue; // an unfinished snapshot: never read
         }
         let target = to.join(&name);
-        if std::fs::hard_link(entry.path(), &target).is_err() {
-            // Another file system: a copy (synced) does as well.
-            std::fs::copy(entry.path(), &target)?;
-            std::fs::File::open(&target)?.sync_all()?;
+        match std::fs::hard_link(entry.path(), &target) {
+            Ok(()) => {}
+            // An older snapshot the store deleted meanwhile (only the
+            // newest pair matters; a pair missing a file is ignored).
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(_) => {
+                // Another file system: a copy (synced) does as well.
+                std::fs::copy(entry.path(), &target)?;
+                std::fs::File::open(&target)?.sync_all()?;
+            }
         }
     }
     std::fs::File::open(to)?.sync_all()?;
