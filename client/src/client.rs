@@ -256,7 +256,15 @@ impl Client {
 
     /// The value of `key`, or `None`.
     pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Value>, ClientError> {
-        match self.call(Request::Get { key: key.as_ref() }).await? {
+        self.get_via(key.as_ref(), None).await
+    }
+
+    async fn get_via(
+        &self,
+        key: &[u8],
+        route: Option<Route>,
+    ) -> Result<Option<Value>, ClientError> {
+        match self.call_routed(Request::Get { key }, route).await? {
             Response::Value(value) => Ok(value),
             other => Err(unexpected(other)),
         }
@@ -270,13 +278,7 @@ impl Client {
         key: impl AsRef<[u8]>,
         route: Route,
     ) -> Result<Option<Value>, ClientError> {
-        match self
-            .call_routed(Request::Get { key: key.as_ref() }, Some(route))
-            .await?
-        {
-            Response::Value(value) => Ok(value),
-            other => Err(unexpected(other)),
-        }
+        self.get_via(key.as_ref(), Some(route)).await
     }
 
     /// [`Self::set`], sent with the route the client believes `key` has
@@ -287,16 +289,9 @@ impl Client {
         value: impl AsRef<[u8]>,
         route: Route,
     ) -> Result<u64, ClientError> {
-        let request = Request::Set {
-            key: key.as_ref(),
-            value: value.as_ref(),
-            ttl_ms: 0,
-            condition: SetCondition::Always,
-        };
-        match self.call_routed(request, Some(route)).await? {
-            Response::Written(result) => Ok(result.version),
-            other => Err(unexpected(other)),
-        }
+        let options = SetOptions::default();
+        let written = self.set_via(key.as_ref(), value.as_ref(), options, Some(route));
+        Ok(written.await?.version)
     }
 
     /// Writes `value` under `key`; returns the new version.
@@ -318,13 +313,24 @@ impl Client {
         value: impl AsRef<[u8]>,
         options: SetOptions,
     ) -> Result<WriteResult, ClientError> {
+        self.set_via(key.as_ref(), value.as_ref(), options, None)
+            .await
+    }
+
+    async fn set_via(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        options: SetOptions,
+        route: Option<Route>,
+    ) -> Result<WriteResult, ClientError> {
         let request = Request::Set {
-            key: key.as_ref(),
-            value: value.as_ref(),
+            key,
+            value,
             ttl_ms: ttl_ms(options.ttl),
             condition: options.condition,
         };
-        match self.call(request).await? {
+        match self.call_routed(request, route).await? {
             Response::Written(result) => Ok(result),
             other => Err(unexpected(other)),
         }

@@ -37,6 +37,21 @@ pub struct ShardOwner {
     pub epoch: u64,
 }
 
+impl ShardOwner {
+    /// Slot `slot` in range `range` (at `epoch`), on `core` of the node
+    /// that answers.
+    fn here(slot: u16, range: usize, core: CoreId, epoch: u64) -> ShardOwner {
+        ShardOwner {
+            slot,
+            core,
+            node: 0,
+            address: String::new(),
+            range,
+            epoch,
+        }
+    }
+}
+
 impl ProtocolError {
     /// An error with `code` and `message`.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> ProtocolError {
@@ -56,14 +71,7 @@ impl ProtocolError {
             message: format!(
                 "slot {slot} is owned by range {range} on core {core} of this node, not the range that got it"
             ),
-            owner: Some(ShardOwner {
-                slot,
-                core,
-                node: 0,
-                address: String::new(),
-                range,
-                epoch,
-            }),
+            owner: Some(ShardOwner::here(slot, range, core, epoch)),
         }
     }
 
@@ -80,14 +88,7 @@ impl ProtocolError {
         ProtocolError {
             code: ErrorCode::StaleRoute,
             message: format!("{why}; slot {slot} is in range {range} at epoch {epoch} now"),
-            owner: Some(ShardOwner {
-                slot,
-                core,
-                node: 0,
-                address: String::new(),
-                range,
-                epoch,
-            }),
+            owner: Some(ShardOwner::here(slot, range, core, epoch)),
         }
     }
 }

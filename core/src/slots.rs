@@ -174,8 +174,16 @@ impl SlotMap {
 
     /// The ranges hosted away from their home core, with their core.
     pub fn moved(&self) -> Vec<(RangeId, CoreId)> {
+        self.moved_with(None)
+    }
+
+    /// [`Self::moved`], with `change` (a range and its new core) applied.
+    fn moved_with(&self, change: Option<(RangeId, CoreId)>) -> Vec<(RangeId, CoreId)> {
         (0..self.ranges())
-            .map(|range| (range, self.core_of(range)))
+            .map(|range| match change {
+                Some((changed, core)) if changed == range => (range, core),
+                _ => (range, self.core_of(range)),
+            })
             .filter(|&(range, core)| core != self.home_core(range))
             .collect()
     }
@@ -247,14 +255,8 @@ impl SlotMap {
             "# Ranges hosted away from their home core: `range core` per line.\n\
              # Written by TinkerDB when a range moves; read at start.\n",
         );
-        for range in 0..self.ranges() {
-            let core = match change {
-                Some((changed, core)) if changed == range => core,
-                _ => self.core_of(range),
-            };
-            if core != self.home_core(range) {
-                text.push_str(&format!("{range} {core}\n"));
-            }
+        for (range, core) in self.moved_with(change) {
+            text.push_str(&format!("{range} {core}\n"));
         }
         let path = data_dir.join(PLACEMENT_FILE);
         let temp = data_dir.join(format!("{PLACEMENT_FILE}.tmp"));

@@ -115,6 +115,16 @@ impl Cluster {
         body["shards"].as_array().unwrap().clone()
     }
 
+    /// Waits (bounded) until every node sees a leader for every group.
+    fn wait_for_leaders(&self) {
+        assert!(
+            common::eventually(Duration::from_secs(60), || {
+                (1..=3).all(|id| self.leaders(id).iter().all(Option::is_some))
+            }),
+            "the groups never elected leaders"
+        );
+    }
+
     /// Leaders of the groups, as node `id` sees them.
     fn leaders(&self, id: u64) -> Vec<Option<u64>> {
         self.shards(id)
@@ -911,12 +921,7 @@ fn ranges_move_between_cores_under_load_and_histories_stay_linearizable() {
 
     let _alone = one_cluster_at_a_time();
     let mut cluster = Cluster::start_with_ranges(2);
-    assert!(
-        common::eventually(Duration::from_secs(60), || {
-            (1..=3).all(|id| cluster.leaders(id).iter().all(Option::is_some))
-        }),
-        "the groups never elected leaders"
-    );
+    cluster.wait_for_leaders();
     // Keys of ranges 1 (home core 0) and 2 (home core 1): the ones moving.
     let keys: Vec<String> = (0..)
         .map(|i| format!("mv:{i}"))
@@ -1120,12 +1125,7 @@ fn ranges_move_between_cores_under_load_and_histories_stay_linearizable() {
 fn a_node_that_dies_in_the_middle_of_a_range_move_keeps_the_range_on_one_core() {
     let _alone = one_cluster_at_a_time();
     let mut cluster = Cluster::start_with_ranges(2);
-    assert!(
-        common::eventually(Duration::from_secs(60), || {
-            (1..=3).all(|id| cluster.leaders(id).iter().all(Option::is_some))
-        }),
-        "the groups never elected leaders"
-    );
+    cluster.wait_for_leaders();
     // Enough writes to range 1 that it snapshots (every 40 entries).
     let written: Vec<(String, String)> = (0..)
         .map(|i| format!("crash-mv:{i}"))
@@ -1209,12 +1209,7 @@ fn a_moved_range_keeps_its_quota_share_and_its_replicas_agree() {
     let tenants =
         "[[tenants]]\nname = \"default\"\n[[tenants]]\nname = \"capped\"\nmax_keys = 40\n";
     let cluster = Cluster::start_with_config(2, tenants);
-    assert!(
-        common::eventually(Duration::from_secs(60), || {
-            (1..=3).all(|id| cluster.leaders(id).iter().all(Option::is_some))
-        }),
-        "the groups never elected leaders"
-    );
+    cluster.wait_for_leaders();
     // Range 1 (slots 4096..8192 of 4 ranges) holds a quarter of the
     // quota: 10 keys. It moves on every node.
     for node in 1..=3 {

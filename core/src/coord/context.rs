@@ -380,7 +380,7 @@ impl CoreContext {
     /// mode). The data path asks the mode through the two questions below
     /// and `dispatch::execute_local`, decided once at start (the replicas
     /// are set before any request is served), never by its own tests.
-    fn replicated(&self) -> bool {
+    pub(super) fn replicated(&self) -> bool {
         self.replication.get().is_some()
     }
 

@@ -65,7 +65,7 @@ impl CoreContext {
         if !self.hosts(range) {
             return Box::pin(self.send_on(range, request)).await;
         }
-        if self.replication.get().is_some() {
+        if self.replicated() {
             let Some(replica) = self.replica(range) else {
                 // Hosted, but its group did not start (a move that could
                 // not finish): never served from the store without Raft.
