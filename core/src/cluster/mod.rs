@@ -2,9 +2,13 @@
 //! groups (its share of the node's one peer listener, the groups on the
 //! core's shared log, the first-leader nudge), joining a running cluster,
 //! and adding or removing a member. The request path through a replica is
-//! `coord::replica`.
+//! `coord::replica`. [`placement`] is the planner that decides which nodes
+//! hold each range's replicas and which moves rebalance them (pure code,
+//! checked by its simulator; the scheduler that executes its operations is
+//! the issue "Scale-out").
 
 pub mod moves;
+pub mod placement;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
