@@ -48,6 +48,8 @@ pub struct AppState {
     /// Held by a range move for its whole run: one move at a time per
     /// node (each records the node's placement file).
     pub moves: Arc<tokio::sync::Mutex<()>>,
+    /// Basic-auth credentials that passed lately (`access`).
+    pub credentials: Arc<crate::access::RememberedCredentials>,
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -1390,9 +1392,11 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
 #[openapi(
     info(title = "TinkerDB admin API", description = "Node status, tenants, keys, snapshots and metrics of one TinkerDB node. Errors are `{\"error\": {\"code\", \"message\"}}` with a stable code."),
     paths(health, ready, node_status, cluster_status, add_node, remove_node, move_range, list_tenants, create_tenant, set_quota,
-          get_key, put_key, delete_key, scan_keys, take_snapshot, live_stats, metrics),
+          get_key, put_key, delete_key, scan_keys, take_snapshot, live_stats, metrics,
+          crate::access::list_users, crate::access::create_user, crate::access::change_user,
+          crate::access::delete_user),
     components(schemas(ErrorBody, ApiError, ErrorCode, TenantSpec, Consistency)),
-    tags((name = "node"), (name = "tenants"), (name = "keys"), (name = "stats"))
+    tags((name = "node"), (name = "tenants"), (name = "keys"), (name = "stats"), (name = "users"))
 )]
 pub struct ApiDoc;
 
@@ -1461,8 +1465,20 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/snapshot", post(take_snapshot))
         .route("/v1/stats/live", get(live_stats))
+        .route(
+            "/v1/users",
+            get(crate::access::list_users).post(crate::access::create_user),
+        )
+        .route(
+            "/v1/users/{user}",
+            put(crate::access::change_user).delete(crate::access::delete_user),
+        )
         .merge(crate::assets::routes())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::access::require_cluster_admin,
+        ))
         .layer(axum::middleware::from_fn(trace_request))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)

@@ -38,16 +38,31 @@ pub enum ErrorCode {
     NotFound,
     /// A bug or an unexpected state.
     Internal,
+    /// Authentication is on and the request carries no valid credentials
+    /// (HTTP basic auth of an enabled user); every kind of failure gets
+    /// this same answer.
+    Unauthenticated,
+    /// The user may not do this (the admin API needs a `cluster_admin`).
+    PermissionDenied,
+    /// The user does not exist.
+    UnknownUser,
+    /// The user already exists.
+    UserExists,
 }
 
 impl ErrorCode {
     /// The HTTP status of an error with this code.
     pub fn status(self) -> StatusCode {
         match self {
-            ErrorCode::UnknownTenant | ErrorCode::KeyNotFound | ErrorCode::NotFound => {
-                StatusCode::NOT_FOUND
+            ErrorCode::UnknownTenant
+            | ErrorCode::KeyNotFound
+            | ErrorCode::NotFound
+            | ErrorCode::UnknownUser => StatusCode::NOT_FOUND,
+            ErrorCode::TenantExists | ErrorCode::Unsupported | ErrorCode::UserExists => {
+                StatusCode::CONFLICT
             }
-            ErrorCode::TenantExists | ErrorCode::Unsupported => StatusCode::CONFLICT,
+            ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
             ErrorCode::InvalidArgument => StatusCode::BAD_REQUEST,
             ErrorCode::KeyTooLarge | ErrorCode::ValueTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             // As gRPC's RESOURCE_EXHAUSTED maps to HTTP (the client's own

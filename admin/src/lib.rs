@@ -17,12 +17,15 @@
 //! Modules:
 //! - [`link`]: the messages and the [`NodeHandle`];
 //! - [`api`]: the HTTP handlers and the generated OpenAPI document;
+//! - [`access`]: who may use the API (basic auth), the user routes;
 //! - [`live`]: the per-second series the dashboard draws;
 //! - [`metrics`]: the Prometheus exposition;
 //! - [`report`]: what a core reports (counters, hdrhistograms);
 //! - [`tenants_file`]: tenants created at runtime, saved in the data dir;
+//! - [`users`]: users, password hashes and their check (authentication);
 //! - [`error`]: error codes and the JSON error body.
 
+pub mod access;
 pub mod api;
 mod assets;
 pub mod error;
@@ -31,6 +34,7 @@ pub mod live;
 pub mod metrics;
 pub mod report;
 pub mod tenants_file;
+pub mod users;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -86,6 +90,7 @@ pub fn start(listener: std::net::TcpListener, node: NodeHandle) -> anyhow::Resul
                     live,
                     admin_addr: addr,
                     moves: Arc::default(),
+                    credentials: Arc::default(),
                 };
                 let listener = match tokio::net::TcpListener::from_std(listener) {
                     Ok(listener) => listener,

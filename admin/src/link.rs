@@ -279,15 +279,18 @@ struct HandleInner {
     next_core: AtomicUsize,
     /// Changed only under this lock, persisted before it is installed.
     tenants: tokio::sync::Mutex<Vec<TenantSpec>>,
+    /// The node's users (shared with the cores).
+    users: Arc<crate::users::Users>,
 }
 
 impl NodeHandle {
-    /// A handle over the cores' senders (index = core) and the tenant list
-    /// the cores were started with.
+    /// A handle over the cores' senders (index = core), the tenant list
+    /// the cores were started with and the node's users.
     pub fn new(
         facts: NodeFacts,
         cores: Vec<mpsc::Sender<Envelope>>,
         tenants: Vec<TenantSpec>,
+        users: Arc<crate::users::Users>,
     ) -> NodeHandle {
         assert_eq!(facts.cores, cores.len(), "one channel per core");
         NodeHandle {
@@ -296,6 +299,7 @@ impl NodeHandle {
                 cores,
                 next_core: AtomicUsize::new(0),
                 tenants: tokio::sync::Mutex::new(tenants),
+                users,
             }),
         }
     }
@@ -318,6 +322,11 @@ impl NodeHandle {
     /// The tenant list (authoritative copy).
     pub fn tenants(&self) -> &tokio::sync::Mutex<Vec<TenantSpec>> {
         &self.inner.tenants
+    }
+
+    /// The node's users.
+    pub fn users(&self) -> &Arc<crate::users::Users> {
+        &self.inner.users
     }
 
     /// Sends `request` to `core` and waits (at most [`CORE_CALL_TIMEOUT`])

@@ -2,7 +2,9 @@
 //! for the `tinker cluster` commands, async (tokio) for a node joining a
 //! cluster.
 //!
-//! One request per connection (`Connection: close`), HTTP/1.1, JSON bodies;
+//! One request per connection (`Connection: close`), HTTP/1.1, JSON bodies,
+//! HTTP basic auth when [`Credentials`] are given (a node with
+//! authentication on needs a `cluster_admin` user);
 //! the node's errors (`{"error":{"code","message"}}`) come back as
 //! [`AdminError::Api`] with their stable code. Every request has a deadline
 //! for connecting, writing and reading.
@@ -45,6 +47,15 @@ pub enum AdminError {
     },
 }
 
+/// A user and password for HTTP basic auth.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+}
+
 /// Sends `method path` with an optional JSON body to the admin API at
 /// `addr` and returns the JSON answer of a 2xx status (blocking: for the
 /// `tinker` CLI; a node uses [`request_async`]).
@@ -54,6 +65,18 @@ pub fn request(
     path: &str,
     body: Option<&serde_json::Value>,
     timeout: Duration,
+) -> Result<serde_json::Value, AdminError> {
+    request_as(addr, method, path, body, timeout, None)
+}
+
+/// [`request`] authenticated as `credentials` (HTTP basic auth).
+pub fn request_as(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    timeout: Duration,
+    credentials: Option<&Credentials>,
 ) -> Result<serde_json::Value, AdminError> {
     let io = |source| io_error(addr, source);
     let socket = addr
@@ -65,7 +88,7 @@ pub fn request(
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
     stream
-        .write_all(&request_bytes(addr, method, path, body))
+        .write_all(&request_bytes(addr, method, path, body, credentials))
         .map_err(io)?;
     let mut answer = Vec::new();
     stream
@@ -89,7 +112,7 @@ pub async fn request_async(
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(io)?;
         stream
-            .write_all(&request_bytes(addr, method, path, body))
+            .write_all(&request_bytes(addr, method, path, body, None))
             .await
             .map_err(io)?;
         let mut answer = Vec::new();
@@ -131,10 +154,19 @@ fn request_bytes(
     method: &str,
     path: &str,
     body: Option<&serde_json::Value>,
+    credentials: Option<&Credentials>,
 ) -> Vec<u8> {
+    use base64::Engine;
     let body = body.map(|json| json.to_string()).unwrap_or_default();
+    let authorization = credentials.map_or_else(String::new, |credentials| {
+        let pair = format!("{}:{}", credentials.user, credentials.password);
+        format!(
+            "Authorization: Basic {}\r\n",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        )
+    });
     let mut bytes = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{authorization}\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     )

@@ -29,6 +29,10 @@ pub struct ClientConfig {
     /// the shard's leader (faster, available without a quorum, but possibly
     /// behind the latest writes). Off: reads are linearizable.
     pub stale_reads: bool,
+    /// User and password for a node with authentication on (the session
+    /// then acts for the user's tenant: leave `tenant` as `default` or set
+    /// it to that tenant). Sent in the clear over plain TCP.
+    pub credentials: Option<(String, String)>,
 }
 
 impl ClientConfig {
@@ -42,7 +46,18 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
             stale_reads: false,
+            credentials: None,
         }
+    }
+
+    /// The same, authenticating as `user` with `password`.
+    pub fn credentials(
+        mut self,
+        user: impl Into<String>,
+        password: impl Into<String>,
+    ) -> ClientConfig {
+        self.credentials = Some((user.into(), password.into()));
+        self
     }
 
     /// The same with stale reads allowed (see [`ClientConfig::stale_reads`]).
@@ -559,11 +574,22 @@ impl Client {
 }
 
 async fn open(config: &ClientConfig) -> Result<(Connection, HelloInfo), ClientError> {
+    let credentials = config
+        .credentials
+        .as_ref()
+        .map(|(user, password)| (user.as_str(), password.as_str()));
+    // A user acts for its own tenant: `default` (the config's default)
+    // means "whatever the user's is".
+    let tenant = match (&credentials, config.tenant.as_str()) {
+        (Some(_), "default") => "",
+        (_, tenant) => tenant,
+    };
     Connection::open(
         &config.addr,
-        &config.tenant,
+        tenant,
         &config.client_name,
         config.stale_reads,
+        credentials,
         config.connect_timeout,
         config.request_timeout,
     )

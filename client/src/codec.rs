@@ -22,6 +22,10 @@ pub enum Request<'a> {
         /// Cluster mode: reads may answer from the replica reached, without
         /// the read index (possibly behind the latest writes).
         stale_reads: bool,
+        /// User to authenticate as (empty: none; protocol version 2).
+        user: &'a str,
+        /// Its password (empty: none).
+        password: &'a str,
     },
     /// Round trip.
     Ping,
@@ -242,9 +246,14 @@ pub fn encode_routed_request(
             tenant,
             client_name,
             stale_reads,
+            user,
+            password,
         } => {
             let tenant = builder.create_string(tenant);
             let client_name = builder.create_string(client_name);
+            // Absent (not empty) when not authenticating.
+            let user = (!user.is_empty()).then(|| builder.create_string(user));
+            let password = (!password.is_empty()).then(|| builder.create_string(password));
             let table = wire::Hello::create(
                 builder,
                 &wire::HelloArgs {
@@ -256,6 +265,8 @@ pub fn encode_routed_request(
                     } else {
                         wire::ReadConsistency::Linearizable
                     },
+                    user,
+                    password,
                 },
             );
             (wire::Request::Hello, table.as_union_value())

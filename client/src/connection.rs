@@ -70,12 +70,16 @@ impl Drop for Connection {
 }
 
 impl Connection {
-    /// Connects to `addr` and binds the connection to `tenant`.
+    /// Connects to `addr` and binds the connection to `tenant`, or to the
+    /// user of `credentials` (user, password) on a node with
+    /// authentication on.
+    #[allow(clippy::too_many_arguments)]
     pub async fn open(
         addr: &str,
         tenant: &str,
         client_name: &str,
         stale_reads: bool,
+        credentials: Option<(&str, &str)>,
         connect_timeout: Duration,
         request_timeout: Duration,
     ) -> Result<(Connection, HelloInfo), ClientError> {
@@ -110,10 +114,13 @@ impl Connection {
             broken,
             tasks,
         };
+        let (user, password) = credentials.unwrap_or_default();
         let hello = Request::Hello {
             tenant,
             client_name,
             stale_reads,
+            user,
+            password,
         };
         match connection.call(&hello, request_timeout).await? {
             Response::HelloOk { tenant, cores, .. } => {

@@ -67,6 +67,24 @@ pub struct NodeConfig {
     /// value, fixed for a data directory (its NODE file). A standalone node
     /// hosts one range per core.
     pub ranges_per_core: usize,
+    /// Authentication: off by default (any client that reaches a port acts
+    /// for any tenant, as before); see docs/security.md.
+    pub auth: AuthConfig,
+}
+
+/// Who may talk to the node (docs/security.md).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Every client must authenticate: RESP `AUTH`/`HELLO ... AUTH`, the
+    /// flatbuffers `Hello`'s user and password, the admin API's HTTP basic
+    /// auth (a `cluster_admin` user). Needs at least one enabled
+    /// `cluster_admin` user.
+    pub enabled: bool,
+    /// Users known at start (more are made with the admin API or `ACL
+    /// SETUSER` and kept in the data directory's `users.json`). Each has a
+    /// `password_hash` made by `tinker hash-password`, never a password.
+    pub users: Vec<tinkerdb_admin::users::UserSpec>,
 }
 
 /// How a node's Raft groups snapshot and compact their logs.
@@ -224,6 +242,7 @@ impl Default for NodeConfig {
             shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
             databases: crate::tenants::DEFAULT_DATABASES,
             ranges_per_core: 1,
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -485,6 +504,15 @@ impl NodeConfig {
             }
             if !seen.insert(name) {
                 return invalid(format!("tenant {name:?} is listed twice"));
+            }
+        }
+        let mut users = std::collections::HashSet::new();
+        for user in &self.auth.users {
+            if let Err(error) = tinkerdb_admin::users::check_user(user) {
+                return invalid(format!("auth.users: {error}"));
+            }
+            if !users.insert(&user.name) {
+                return invalid(format!("user {:?} is listed twice", user.name));
             }
         }
         Ok(())

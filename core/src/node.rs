@@ -39,6 +39,7 @@ use crate::shutdown::{stop_signal, CoreStopSignals, StopSignal};
 use crate::slots::{CoreId, MoveClaims, SlotMap};
 use crate::tenants::{CoreTenants, TenantRegistry};
 use tinkerdb_admin::tenants_file::{self, TenantSpec};
+use tinkerdb_admin::users::Users;
 use tinkerdb_admin::{CoreInbox, NodeFacts, NodeHandle};
 
 use crate::coord::quotas::apply_quotas;
@@ -152,6 +153,18 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
         crate::frontend::admin::tenant_quotas(&tenant_specs),
         config.databases,
     ));
+    // The config's users, then those made at runtime (users.json).
+    let users = Arc::new(Users::open(
+        config.auth.enabled,
+        config.auth.users.clone(),
+        Some(&config.data_dir),
+    )?);
+    if !users.enabled() {
+        tracing::warn!(
+            "authentication is off: anyone who reaches this node's ports can read and write \
+             every tenant and change the cluster (set [auth] enabled = true; docs/security.md)"
+        );
+    }
     // Bound now so a taken port fails the start before any core runs.
     let admin_listener = match config.admin_enabled {
         true => Some(tinkerdb_admin::bind(config.admin_listen)?),
@@ -212,6 +225,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
             slot_map: slot_map.clone(),
             move_claims: move_claims.clone(),
             tenants: tenants.clone(),
+            users: users.clone(),
             config: config.clone(),
             senders,
             receivers,
@@ -301,7 +315,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
                 databases: config.databases,
                 ranges_per_core: config.ranges_per_core,
             };
-            let handle = NodeHandle::new(facts, admin_senders, tenant_specs);
+            let handle = NodeHandle::new(facts, admin_senders, tenant_specs, users.clone());
             Some(tinkerdb_admin::start(listener, handle)?)
         }
         None => None,
@@ -584,6 +598,8 @@ struct CoreSetup {
     /// The node's range moves under way (cluster mode).
     move_claims: Arc<MoveClaims>,
     tenants: Arc<TenantRegistry>,
+    /// The node's users (shared by every core and the admin plane).
+    users: Arc<Users>,
     config: NodeConfig,
     senders: Vec<Option<SharedSender<CoreMessage>>>,
     receivers: Vec<SharedReceiver<CoreMessage>>,
@@ -692,6 +708,7 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
         core,
         setup.slot_map.clone(),
         core_tenants,
+        setup.users.clone(),
         setup.config.limits.clone(),
         shards,
         wal,

@@ -35,6 +35,8 @@ fn pipelined_requests_apply_in_order() {
         tenant: "",
         client_name: "order-test",
         stale_reads: false,
+        user: "",
+        password: "",
     }];
     for value in &values {
         requests.extend(keys.iter().map(|key| set(key, value)));

@@ -87,11 +87,15 @@ fn encode_command(id: u64, command: &Command) -> Vec<u8> {
             tenant,
             client_name,
             stale_reads,
+            user,
+            password,
             ..
         } => send(Request::Hello {
             tenant,
             client_name,
             stale_reads: *stale_reads,
+            user,
+            password,
         }),
         Command::Ping => send(Request::Ping),
         Command::Get { key } => send(Request::Get { key }),
@@ -370,12 +374,16 @@ fuzz_target!(|data: &[u8]| {
                     tenant,
                     client_name,
                     stale_reads,
+                    user,
+                    password,
                     ..
                 } => Command::Hello {
                     protocol_version: PROTOCOL_VERSION,
                     tenant,
                     client_name,
                     stale_reads,
+                    user,
+                    password,
                 },
                 other => other,
             };

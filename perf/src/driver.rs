@@ -71,6 +71,8 @@ impl Connection {
                 tenant: &tenant,
                 client_name: "tinkerdb-bench",
                 stale_reads: false,
+                user: "",
+                password: "",
             };
             encode_request(&mut connection.builder, 0, &hello, &mut connection.out);
             connection.flush().await?;

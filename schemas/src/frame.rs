@@ -8,7 +8,13 @@
 use crate::wire;
 
 /// The protocol version a client sends in `Hello` and a node answers with.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version 2 added the Hello's `user` and `password`.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The oldest version a node still accepts (a version-1 Hello has no
+/// credentials: it is refused `Unauthenticated` by a node that requires
+/// them, and served as before by one that does not).
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
 
 /// Size of the length prefix in front of every frame.
 pub const FRAME_HEADER_BYTES: usize = 4;

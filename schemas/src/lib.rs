@@ -36,4 +36,4 @@ pub mod wire {
 
 pub mod frame;
 
-pub use frame::{FrameError, FRAME_HEADER_BYTES, PROTOCOL_VERSION};
+pub use frame::{FrameError, FRAME_HEADER_BYTES, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};

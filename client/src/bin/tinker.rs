@@ -30,9 +30,22 @@ struct Args {
     /// shard's leader (may miss the latest writes; works without a quorum).
     #[arg(long)]
     stale_reads: bool,
-    /// The node's admin API address (for `cluster` commands).
+    /// The node's admin API address (for `cluster`, `user`, `tenant`).
     #[arg(long, default_value = "127.0.0.1:7380", env = "TINKER_ADMIN")]
     admin: String,
+    /// User to authenticate as (a node with authentication on); the data
+    /// connection then acts for the user's tenant.
+    #[arg(long, env = "TINKER_USER", requires = "password")]
+    user: Option<String>,
+    /// The user's password (prefer the TINKER_PASSWORD environment
+    /// variable: a command line is visible to other local users).
+    #[arg(
+        long,
+        env = "TINKER_PASSWORD",
+        hide_env_values = true,
+        requires = "user"
+    )]
+    password: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -137,6 +150,88 @@ enum Command {
         #[command(subcommand)]
         action: ClusterAction,
     },
+    /// The node's users, through the admin API (--admin; a cluster_admin
+    /// user when authentication is on).
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
+    /// The node's tenants and their quotas, through the admin API.
+    Tenant {
+        #[command(subcommand)]
+        action: TenantAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UserAction {
+    /// Users with their tenant and rights (never passwords).
+    List,
+    /// Create a user.
+    Add {
+        /// Its name.
+        name: String,
+        /// Its password (only its Argon2id hash is kept).
+        #[arg(long)]
+        new_password: String,
+        /// The tenant its connections act for.
+        #[arg(long, default_value = "default")]
+        for_tenant: String,
+        /// May use the admin API and change users.
+        #[arg(long)]
+        cluster_admin: bool,
+    },
+    /// Give a user a new password (its open connections are cut off).
+    Passwd {
+        /// The user.
+        name: String,
+        /// The new password.
+        #[arg(long)]
+        new_password: String,
+    },
+    /// Let a user authenticate again.
+    Enable {
+        /// The user.
+        name: String,
+    },
+    /// Stop a user from authenticating (its connections are cut off).
+    Disable {
+        /// The user.
+        name: String,
+    },
+    /// Delete a user (its connections are cut off).
+    Delete {
+        /// The user.
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TenantAction {
+    /// Tenants with their quotas and usage.
+    List,
+    /// Create a tenant.
+    Create {
+        /// Its name.
+        name: String,
+        /// Most keys (default: unlimited).
+        #[arg(long)]
+        max_keys: Option<u64>,
+        /// Most key + value bytes (default: unlimited).
+        #[arg(long)]
+        max_bytes: Option<u64>,
+    },
+    /// Set a tenant's quotas (absent: unlimited).
+    Quota {
+        /// The tenant.
+        name: String,
+        /// Most keys.
+        #[arg(long)]
+        max_keys: Option<u64>,
+        /// Most key + value bytes.
+        #[arg(long)]
+        max_bytes: Option<u64>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -190,9 +285,20 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    if let Some(Command::Cluster { action }) = args.command {
+    let admin = AdminTarget {
+        addr: args.admin.clone(),
+        credentials: args
+            .user
+            .clone()
+            .zip(args.password.clone())
+            .map(|(user, password)| admin::Credentials { user, password }),
+    };
+    if let Some(
+        command @ (Command::Cluster { .. } | Command::User { .. } | Command::Tenant { .. }),
+    ) = args.command
+    {
         // Admin API only: no data connection needed.
-        return match cluster(&args.admin, action) {
+        return match admin.run(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("(error) {error}");
@@ -203,13 +309,13 @@ fn main() -> ExitCode {
     if let Some(Command::Ping { timeout_ms }) = args.command {
         return runtime.block_on(ping(&args, Duration::from_millis(timeout_ms)));
     }
-    let admin = args.admin.clone();
     runtime.block_on(async move {
-        let config = ClientConfig::new(&args.addr)
+        let mut config = ClientConfig::new(&args.addr)
             .tenant(&args.tenant)
             .connections(1)
             .stale_reads(args.stale_reads)
             .request_timeout(Duration::from_millis(args.timeout_ms));
+        config.credentials = args.user.clone().zip(args.password.clone());
         let client = match Client::connect(config).await {
             Ok(client) => client,
             Err(error) => {
@@ -239,6 +345,7 @@ async fn ping(args: &Args, timeout: Duration) -> ExitCode {
         .connections(1)
         .request_timeout(timeout);
     config.connect_timeout = timeout;
+    config.credentials = args.user.clone().zip(args.password.clone());
     let attempt = async {
         let client = Client::connect(config).await?;
         client.ping().await
@@ -259,7 +366,7 @@ async fn ping(args: &Args, timeout: Duration) -> ExitCode {
     }
 }
 
-async fn interactive(client: &Client, addr: &str, admin: &str) -> ExitCode {
+async fn interactive(client: &Client, addr: &str, admin: &AdminTarget) -> ExitCode {
     let stdin = std::io::stdin();
     let on_terminal = stdin.is_terminal();
     let prompt = format!("{addr} [{}]> ", client.tenant());
@@ -285,9 +392,10 @@ async fn interactive(client: &Client, addr: &str, admin: &str) -> ExitCode {
         };
         match Line::try_parse_from(words) {
             Ok(Line {
-                command: Command::Cluster { action },
+                command:
+                    command @ (Command::Cluster { .. } | Command::User { .. } | Command::Tenant { .. }),
             }) => {
-                if let Err(error) = cluster(admin, action) {
+                if let Err(error) = admin.run(command) {
                     println!("(error) {error}");
                 }
             }
@@ -451,9 +559,9 @@ async fn run(client: &Client, command: Command, interactive: bool) -> Result<Out
             Outcome::Done
         }
         // Handled before a data connection is made (main, interactive).
-        Command::Cluster { .. } => {
+        Command::Cluster { .. } | Command::User { .. } | Command::Tenant { .. } => {
             return Err(ClientError::InvalidRequest(
-                "cluster commands go to the admin API (--admin)".into(),
+                "cluster, user and tenant commands go to the admin API (--admin)".into(),
             ))
         }
     })
@@ -463,10 +571,145 @@ async fn run(client: &Client, command: Command, interactive: bool) -> Result<Out
 /// until it has caught up).
 const CLUSTER_TIMEOUT: Duration = Duration::from_secs(70);
 
-fn cluster(admin: &str, action: ClusterAction) -> Result<(), AdminError> {
+/// Where the admin API is, and who to be there.
+struct AdminTarget {
+    addr: String,
+    credentials: Option<admin::Credentials>,
+}
+
+impl AdminTarget {
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, AdminError> {
+        admin::request_as(
+            &self.addr,
+            method,
+            path,
+            body,
+            CLUSTER_TIMEOUT,
+            self.credentials.as_ref(),
+        )
+    }
+
+    /// Runs an admin command (`cluster`, `user`, `tenant`).
+    fn run(&self, command: Command) -> Result<(), AdminError> {
+        match command {
+            Command::Cluster { action } => cluster(self, action),
+            Command::User { action } => users(self, action),
+            Command::Tenant { action } => tenants(self, action),
+            other => unreachable!("not an admin command: {other:?}"),
+        }
+    }
+}
+
+fn users(admin: &AdminTarget, action: UserAction) -> Result<(), AdminError> {
+    let change = |name: &str, body: serde_json::Value| {
+        let path = format!("/v1/users/{name}");
+        admin.call("PUT", &path, Some(&body)).map(|_| ())
+    };
+    match action {
+        UserAction::List => {
+            let users = admin.call("GET", "/v1/users", None)?;
+            println!(
+                "{:<24} {:<24} {:<8} CLUSTER-ADMIN",
+                "USER", "TENANT", "ENABLED"
+            );
+            for user in users.as_array().into_iter().flatten() {
+                println!(
+                    "{:<24} {:<24} {:<8} {}",
+                    opt(&user["name"]),
+                    opt(&user["tenant"]),
+                    opt(&user["enabled"]),
+                    opt(&user["cluster_admin"])
+                );
+            }
+        }
+        UserAction::Add {
+            name,
+            new_password,
+            for_tenant,
+            cluster_admin,
+        } => {
+            let body = serde_json::json!({
+                "name": name, "password": new_password, "tenant": for_tenant,
+                "cluster_admin": cluster_admin,
+            });
+            admin.call("POST", "/v1/users", Some(&body))?;
+            println!("user {name} created (tenant {for_tenant})");
+        }
+        UserAction::Passwd { name, new_password } => {
+            change(&name, serde_json::json!({ "password": new_password }))?;
+            println!("user {name} has a new password");
+        }
+        UserAction::Enable { name } => {
+            change(&name, serde_json::json!({ "enabled": true }))?;
+            println!("user {name} enabled");
+        }
+        UserAction::Disable { name } => {
+            change(&name, serde_json::json!({ "enabled": false }))?;
+            println!("user {name} disabled");
+        }
+        UserAction::Delete { name } => {
+            admin.call("DELETE", &format!("/v1/users/{name}"), None)?;
+            println!("user {name} deleted");
+        }
+    }
+    Ok(())
+}
+
+fn tenants(admin: &AdminTarget, action: TenantAction) -> Result<(), AdminError> {
+    match action {
+        TenantAction::List => {
+            let tenants = admin.call("GET", "/v1/tenants", None)?;
+            println!(
+                "{:<24} {:>12} {:>14} {:>12} {:>14}",
+                "TENANT", "KEYS", "BYTES", "MAX-KEYS", "MAX-BYTES"
+            );
+            for tenant in tenants["tenants"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<24} {:>12} {:>14} {:>12} {:>14}",
+                    opt(&tenant["name"]),
+                    opt(&tenant["usage"]["keys"]),
+                    opt(&tenant["usage"]["bytes"]),
+                    opt(&tenant["quota"]["max_keys"]),
+                    opt(&tenant["quota"]["max_bytes"])
+                );
+            }
+        }
+        TenantAction::Create {
+            name,
+            max_keys,
+            max_bytes,
+        } => {
+            let body =
+                serde_json::json!({ "name": name, "max_keys": max_keys, "max_bytes": max_bytes });
+            admin.call("POST", "/v1/tenants", Some(&body))?;
+            println!("tenant {name} created");
+        }
+        TenantAction::Quota {
+            name,
+            max_keys,
+            max_bytes,
+        } => {
+            let body = serde_json::json!({ "max_keys": max_keys, "max_bytes": max_bytes });
+            admin.call("PUT", &format!("/v1/tenants/{name}/quota"), Some(&body))?;
+            println!(
+                "tenant {name}: max_keys {}, max_bytes {}",
+                opt(&body["max_keys"]),
+                opt(&body["max_bytes"])
+            );
+        }
+    }
+    Ok(())
+}
+
+fn cluster(admin: &AdminTarget, action: ClusterAction) -> Result<(), AdminError> {
     match action {
         ClusterAction::Status { json } => {
-            let status = admin::request(admin, "GET", "/v1/cluster", None, CLUSTER_TIMEOUT)?;
+            let status = admin.call("GET", "/v1/cluster", None)?;
             if json {
                 println!("{status:#}");
             } else {
@@ -474,26 +717,20 @@ fn cluster(admin: &str, action: ClusterAction) -> Result<(), AdminError> {
             }
         }
         ClusterAction::Add { id, raft } => {
-            let node = admin::request(admin, "GET", "/v1/node", None, CLUSTER_TIMEOUT)?;
+            let node = admin.call("GET", "/v1/node", None)?;
             let body = serde_json::json!({ "id": id, "raft": raft, "cores": node["cores"] });
-            let answer = admin::request(
-                admin,
-                "POST",
-                "/v1/cluster/nodes",
-                Some(&body),
-                CLUSTER_TIMEOUT,
-            )?;
+            let answer = admin.call("POST", "/v1/cluster/nodes", Some(&body))?;
             println!("node {id} added; voters per shard: {}", answer["voters"]);
         }
         ClusterAction::Remove { id } => {
             let path = format!("/v1/cluster/nodes/{id}");
-            let answer = admin::request(admin, "DELETE", &path, None, CLUSTER_TIMEOUT)?;
+            let answer = admin.call("DELETE", &path, None)?;
             println!("node {id} removed; voters per shard: {}", answer["voters"]);
         }
         ClusterAction::Move { range, to_core } => {
             let path = format!("/v1/ranges/{range}/move");
             let body = serde_json::json!({ "core": to_core });
-            let answer = admin::request(admin, "POST", &path, Some(&body), CLUSTER_TIMEOUT)?;
+            let answer = admin.call("POST", &path, Some(&body))?;
             println!(
                 "range {range} moved from core {} to core {} in {} ms ({} bytes of log)",
                 answer["from_core"], answer["to_core"], answer["elapsed_ms"], answer["log_bytes"]

@@ -85,6 +85,10 @@ struct Args {
     /// Log line format (logs go to stderr; level from RUST_LOG, default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Print the Argon2id hash of a password read from stdin (its first
+    /// line), for a config file's `[[auth.users]] password_hash`, and exit.
+    #[arg(long)]
+    hash_password: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -95,6 +99,15 @@ enum LogFormat {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.hash_password {
+        let mut password = String::new();
+        std::io::stdin().read_line(&mut password)?;
+        let password = password.trim_end_matches(['\r', '\n']);
+        let hash = tinkerdb_admin::users::hash_password(password.as_bytes())
+            .map_err(|error| anyhow::anyhow!("{error}"))?;
+        println!("{hash}");
+        return Ok(());
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         // glommio logs an ERROR when a filesystem lacks io_uring polled I/O
         // (it falls back on its own): not an error of ours. openraft logs

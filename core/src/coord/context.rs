@@ -110,6 +110,9 @@ pub struct CoreContext {
     pub slot_map: Arc<SlotMap>,
     /// Tenants (replaced whole by the admin plane).
     pub tenants: Rc<CoreTenants>,
+    /// The node's users (shared by every core and the admin plane; read
+    /// per request through one atomic, see `tinkerdb_admin::users`).
+    pub users: Arc<tinkerdb_admin::users::Users>,
     /// Request limits.
     pub limits: Limits,
     /// The shards of the ranges this core hosts, by range id (`None`: a
@@ -175,6 +178,7 @@ impl CoreContext {
         core: CoreId,
         slot_map: Arc<SlotMap>,
         tenants: Rc<CoreTenants>,
+        users: Arc<tinkerdb_admin::users::Users>,
         limits: Limits,
         shards: Vec<Shard>,
         wal: Option<Wal>,
@@ -200,6 +204,7 @@ impl CoreContext {
             shards: RefCell::new(by_range),
             slot_map,
             tenants,
+            users,
             limits,
             wal,
             snapshots: RefCell::new(SnapshotState::default()),

@@ -21,6 +21,10 @@ pub enum Command {
         client_name: String,
         /// Reads may answer from local state in cluster mode (opt-in).
         stale_reads: bool,
+        /// The user to authenticate as (empty: none).
+        user: String,
+        /// Its password (never logged).
+        password: String,
     },
     /// No-op round trip.
     Ping,

@@ -9,11 +9,25 @@
 //! `docs/redis-compatibility.md`.
 //!
 //! Tenants: a connection starts in tenant `default` (Redis DB 0).
-//! `AUTH tenant [password]` and `HELLO 3 AUTH tenant password` switch to a
-//! tenant (passwords are not checked: authentication is milestone 6);
 //! `SELECT n` selects database n of the connection's tenant (0 to
-//! `databases - 1`, 16 by default: `crate::tenants`); AUTH binds the
-//! database it names (`acme` is database 0, `acme/3` database 3).
+//! `databases - 1`, 16 by default: `crate::tenants`).
+//!
+//! Authentication (`[auth] enabled`, docs/security.md) speaks Redis's ACL
+//! dialect: `AUTH password` (the user `default`), `AUTH user password`,
+//! `HELLO 3 AUTH user password`; every command but those, QUIT and RESET
+//! is answered `-NOAUTH Authentication required.` until one succeeds, and
+//! every failure gets the same `-WRONGPASS ...`. A user acts for its
+//! tenant. Before authenticating, a connection's commands are held to
+//! [`UNAUTHENTICATED_MAX_ARGS`] arguments of [`UNAUTHENTICATED_MAX_BULK_BYTES`].
+//! A connection whose user is deleted, disabled or given a new password is
+//! answered NOAUTH and closed at its next command. `ACL WHOAMI`, `ACL
+//! USERS`, `ACL LIST`, `ACL SETUSER`, `ACL DELUSER` (the last three for
+//! `cluster_admin` users) read and change the node's users.
+//!
+//! With authentication off (the default), `AUTH tenant [password]` and
+//! `HELLO 3 AUTH tenant password` switch to a tenant without checking any
+//! password, as before; AUTH binds the database it names (`acme` is
+//! database 0, `acme/3` database 3).
 
 use std::rc::Rc;
 
@@ -30,7 +44,7 @@ use crate::coord::batches::{Pipeline, Ticket};
 use crate::coord::context::{now_ms, CoreContext};
 use crate::coord::multi::{execute_multi, one_shard_request, quota_error, unexpected};
 use crate::coord::request::{Command, Reply};
-use crate::coord::session::Session;
+use crate::coord::session::{authenticate, Admission, Session};
 use crate::error::ProtocolError;
 use crate::net::stream::{close_lingering, Filled, ReadBuffer};
 use crate::shard::{
@@ -38,12 +52,27 @@ use crate::shard::{
     UpdateOutcome, ValueRead,
 };
 use crate::shutdown::{ConnectionDrain, StopSignal};
+use tinkerdb_admin::users::{NOAUTH, WRONGPASS};
 
 /// Longest inline command (a line without the `*` array header), as Redis.
 pub const RESP_MAX_INLINE_BYTES: usize = 64 << 10;
 
 /// Most commands read from one connection before answering them.
 pub const RESP_MAX_PIPELINED_COMMANDS: usize = 1024;
+
+/// Most arguments of a command from a connection that has not
+/// authenticated (authentication on): `HELLO 3 AUTH user pass SETNAME n`
+/// fits; a stranger cannot make the node buffer a huge command.
+pub const UNAUTHENTICATED_MAX_ARGS: usize = 8;
+
+/// How long a connection that has not authenticated (authentication on)
+/// may stay silent before the node closes it: a stranger cannot hold
+/// connections (`max_connections_per_core`) open for free.
+pub const UNAUTHENTICATED_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Longest argument of a command from a connection that has not
+/// authenticated (authentication on): above the longest password.
+pub const UNAUTHENTICATED_MAX_BULK_BYTES: usize = 2 * tinkerdb_admin::users::MAX_PASSWORD_BYTES;
 
 /// A RESP value to send.
 #[derive(Debug, Clone, PartialEq)]
@@ -368,6 +397,12 @@ impl RespConnection {
             let started = std::time::Instant::now();
             let mut after = After::Continue;
             while batch.len() < RESP_MAX_PIPELINED_COMMANDS {
+                let stranger =
+                    self.session.admission(&self.context.users) == Admission::NotAuthenticated;
+                let (max_args, max_bulk_bytes) = match stranger {
+                    true => (UNAUTHENTICATED_MAX_ARGS, UNAUTHENTICATED_MAX_BULK_BYTES),
+                    false => (max_args, max_bulk_bytes),
+                };
                 match parse_command(self.input.unread(), max_args, max_bulk_bytes) {
                     Parsed::Command(args, used) => {
                         self.input.consume(used);
@@ -429,14 +464,19 @@ impl RespConnection {
                 self.stream.write_all(&self.output).await?;
                 return Ok(());
             }
+            let stranger =
+                self.session.admission(&self.context.users) == Admission::NotAuthenticated;
+            let idle_limit = stranger.then_some(UNAUTHENTICATED_IDLE_TIMEOUT);
             match self
                 .input
-                .fill_unless_draining(&mut self.stream, 1, &mut self.drain)
+                .fill_within(&mut self.stream, 1, &mut self.drain, idle_limit)
                 .await?
             {
                 Filled::Bytes(0) => return Ok(()),
                 Filled::Bytes(_) => {}
                 Filled::Draining => return close_lingering(&mut self.stream).await,
+                // As Redis's `timeout`: closed without a word.
+                Filled::Idle => return Ok(()),
             }
         }
     }
@@ -573,6 +613,19 @@ impl RespConnection {
                 }
             };
         }
+        match self.session.admission(&self.context.users) {
+            Admission::Admitted => {}
+            Admission::NotAuthenticated if matches!(name.as_str(), "AUTH" | "HELLO" | "QUIT") => {}
+            Admission::NotAuthenticated => return ready(RespValue::error(NOAUTH)),
+            Admission::Revoked => {
+                tracing::info!(
+                    user = self.session.user_name(),
+                    connection = self.connection_id,
+                    "closing a connection whose user was deleted, disabled or given a new password"
+                );
+                return (Pending::Ready(RespValue::error(NOAUTH)), After::Close);
+            }
+        }
         let mut args = args.into_iter().skip(1);
         let pending = match name.as_str() {
             "PING" => {
@@ -587,11 +640,20 @@ impl RespConnection {
                 RespValue::Bulk(args.next().expect("arity"))
             }
             "QUIT" => return (Pending::Ready(RespValue::Simple("OK")), After::Close),
-            "HELLO" => self.hello(args.collect()),
+            "HELLO" => self.hello(args.collect()).await,
             "AUTH" => {
                 arity!(argc == 2 || argc == 3);
-                let tenant = args.next().expect("arity");
-                self.switch_tenant(&String::from_utf8_lossy(&tenant), true)
+                let first = args.next().expect("arity");
+                match (self.context.users.enabled(), args.next()) {
+                    (true, Some(password)) => self.authenticate(&first, &password).await,
+                    // `AUTH password`: Redis's user `default`.
+                    (true, None) => self.authenticate(b"default", &first).await,
+                    (false, _) => self.switch_tenant(&String::from_utf8_lossy(&first), true),
+                }
+            }
+            "ACL" => {
+                arity!(argc >= 2);
+                crate::frontend::acl::command(&self.context, &self.session, args.collect()).await
             }
             "SELECT" => {
                 arity!(argc == 2);
@@ -1189,9 +1251,33 @@ impl RespConnection {
             .collect()
     }
 
+    /// Checks `user`'s `password` (authentication on) and binds the
+    /// connection to the user on success.
+    async fn authenticate(&mut self, user: &[u8], password: &[u8]) -> RespValue {
+        let users = &self.context.users;
+        let generation = users.generation();
+        let Some(user) = authenticate(users, user, password).await else {
+            return RespValue::error(WRONGPASS);
+        };
+        match Session::for_user(&self.context.tenants, &user, generation, false) {
+            Ok(session) => {
+                self.session = session;
+                RespValue::Simple("OK")
+            }
+            Err(error) => RespValue::error(format!(
+                "ERR user {:?} acts for tenant {:?}, which this node does not define ({})",
+                user.name, user.tenant, error.message
+            )),
+        }
+    }
+
     fn switch_tenant(&mut self, name: &str, from_auth: bool) -> RespValue {
         match Session::open(&self.context.tenants, name, false) {
-            Ok(session) => {
+            Ok(mut session) => {
+                // SELECT keeps the connection's user (AUTH without
+                // authentication has none).
+                session.user = self.session.user.take();
+                session.stale_reads = self.session.stale_reads;
                 self.session = session;
                 RespValue::Simple("OK")
             }
@@ -1202,7 +1288,17 @@ impl RespConnection {
         }
     }
 
-    fn hello(&mut self, args: Vec<Bytes>) -> RespValue {
+    async fn hello(&mut self, args: Vec<Bytes>) -> RespValue {
+        let authenticating = args.iter().any(|arg| arg.eq_ignore_ascii_case(b"AUTH"));
+        if !authenticating
+            && self.session.admission(&self.context.users) == Admission::NotAuthenticated
+        {
+            return RespValue::error(
+                "NOAUTH HELLO must be called with the client already authenticated, otherwise \
+                 the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the \
+                 client and select the RESP protocol version at the same time",
+            );
+        }
         let mut args = args.into_iter();
         if let Some(version) = args.next() {
             match std::str::from_utf8(&version)
@@ -1221,10 +1317,13 @@ impl RespConnection {
         while let Some(option) = args.next() {
             match option.to_ascii_uppercase().as_slice() {
                 b"AUTH" => {
-                    let (Some(user), Some(_password)) = (args.next(), args.next()) else {
+                    let (Some(user), Some(password)) = (args.next(), args.next()) else {
                         return RespValue::error("ERR Syntax error in HELLO option 'auth'");
                     };
-                    let reply = self.switch_tenant(&String::from_utf8_lossy(&user), true);
+                    let reply = match self.context.users.enabled() {
+                        true => self.authenticate(&user, &password).await,
+                        false => self.switch_tenant(&String::from_utf8_lossy(&user), true),
+                    };
                     if let RespValue::Error(_) = reply {
                         return reply;
                     }

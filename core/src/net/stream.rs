@@ -26,12 +26,14 @@ pub(crate) async fn close_lingering(stream: &mut TcpStream) -> std::io::Result<(
     Ok(())
 }
 
-/// What [`ReadBuffer::fill_unless_draining`] turned up.
+/// What [`ReadBuffer::fill_within`] turned up.
 pub(crate) enum Filled {
     /// Bytes read (0: end of stream).
     Bytes(usize),
     /// The node is shutting down: stop reading.
     Draining,
+    /// Nothing arrived within the idle limit the caller gave.
+    Idle,
 }
 
 /// Bytes a connection's read buffer starts with (it grows for large frames
@@ -78,11 +80,15 @@ impl ReadBuffer {
     /// prefix costs nothing until its bytes are actually sent. A full buffer
     /// also doubles (a RESP command's size is not announced up front).
     /// Returns bytes read (0: end of stream).
-    pub(crate) async fn fill_unless_draining(
+    ///
+    /// With an `idle_limit` (an unauthenticated connection's), gives up
+    /// with [`Filled::Idle`] when nothing arrives within it.
+    pub(crate) async fn fill_within(
         &mut self,
         stream: &mut TcpStream,
         bytes_wanted: usize,
         drain: &mut ConnectionDrain,
+        idle_limit: Option<std::time::Duration>,
     ) -> std::io::Result<Filled> {
         // The drain first: a connection with bytes still arriving must not
         // keep a shutdown waiting past its grace.
@@ -91,12 +97,21 @@ impl ReadBuffer {
                 drain.must_stop_reading().await;
                 Ok(Filled::Draining)
             },
-            async { self.fill(stream, bytes_wanted).await.map(Filled::Bytes) },
+            futures_lite::future::or(
+                async {
+                    match idle_limit {
+                        Some(limit) => glommio::timer::sleep(limit).await,
+                        None => futures_lite::future::pending::<()>().await,
+                    }
+                    Ok(Filled::Idle)
+                },
+                async { self.fill(stream, bytes_wanted).await.map(Filled::Bytes) },
+            ),
         )
         .await
     }
 
-    /// [`ReadBuffer::fill_unless_draining`] without a drain signal.
+    /// [`ReadBuffer::fill_within`] without a drain signal or idle limit.
     async fn fill(
         &mut self,
         stream: &mut TcpStream,

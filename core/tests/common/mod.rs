@@ -269,6 +269,11 @@ impl TestNode {
         }
     }
 
+    /// The node's test directory (its data under `data/`).
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
     /// Gives up the handle without killing the process's files: returns the
     /// data directory (the process must have exited).
     pub fn into_dir(mut self) -> PathBuf {

@@ -13,10 +13,10 @@ pub mod wire {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 22;
+pub const ENUM_MAX_ERROR_CODE: u16 = 23;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 23] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 24] = [
   ErrorCode::None,
   ErrorCode::MalformedFrame,
   ErrorCode::UnsupportedVersion,
@@ -40,6 +40,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 23] = [
   ErrorCode::NoSuchKey,
   ErrorCode::NotAnInteger,
   ErrorCode::StaleRoute,
+  ErrorCode::Unauthenticated,
 ];
 
 /// Why a request failed. Stable numbers: clients switch on them.
@@ -112,9 +113,16 @@ impl ErrorCode {
   /// first such key's range and that range's current epoch: update the
   /// cached route and send again.
   pub const StaleRoute: Self = Self(22);
+  /// The node requires authentication (protocol version 2) and the Hello's
+  /// user and password are missing or wrong, or the user is disabled: one
+  /// answer for every kind of failure. The connection stays open for
+  /// another Hello. Also the answer to the next request of a session
+  /// whose user was deleted, disabled or given a new password: the
+  /// session ends there, and the connection needs a new Hello.
+  pub const Unauthenticated: Self = Self(23);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 22;
+  pub const ENUM_MAX: u16 = 23;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::MalformedFrame,
@@ -139,6 +147,7 @@ impl ErrorCode {
     Self::NoSuchKey,
     Self::NotAnInteger,
     Self::StaleRoute,
+    Self::Unauthenticated,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -166,6 +175,7 @@ impl ErrorCode {
       Self::NoSuchKey => Some("NoSuchKey"),
       Self::NotAnInteger => Some("NotAnInteger"),
       Self::StaleRoute => Some("StaleRoute"),
+      Self::Unauthenticated => Some("Unauthenticated"),
       _ => None,
     }
   }
@@ -1251,6 +1261,8 @@ impl<'a> Hello<'a> {
   pub const VT_TENANT: ::flatbuffers::VOffsetT = 6;
   pub const VT_CLIENT_NAME: ::flatbuffers::VOffsetT = 8;
   pub const VT_READ_CONSISTENCY: ::flatbuffers::VOffsetT = 10;
+  pub const VT_USER: ::flatbuffers::VOffsetT = 12;
+  pub const VT_PASSWORD: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1262,6 +1274,8 @@ impl<'a> Hello<'a> {
     args: &'args HelloArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Hello<'bldr>> {
     let mut builder = HelloBuilder::new(_fbb);
+    if let Some(x) = args.password { builder.add_password(x); }
+    if let Some(x) = args.user { builder.add_user(x); }
     if let Some(x) = args.client_name { builder.add_client_name(x); }
     if let Some(x) = args.tenant { builder.add_tenant(x); }
     builder.add_protocol_version(args.protocol_version);
@@ -1301,6 +1315,25 @@ impl<'a> Hello<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<ReadConsistency>(Hello::VT_READ_CONSISTENCY, Some(ReadConsistency::Linearizable)).unwrap()}
   }
+  /// Protocol version 2: the user to authenticate as (a node with
+  /// authentication on requires it; the session then acts for the user's
+  /// tenant, and `tenant` must be empty or name that tenant).
+  #[inline]
+  pub fn user(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Hello::VT_USER, None)}
+  }
+  /// Protocol version 2: the user's password. Sent in the clear over plain
+  /// TCP: use TLS where the network is not trusted.
+  #[inline]
+  pub fn password(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Hello::VT_PASSWORD, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Hello<'_> {
@@ -1313,6 +1346,8 @@ impl ::flatbuffers::Verifiable for Hello<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("tenant", Self::VT_TENANT, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("client_name", Self::VT_CLIENT_NAME, false)?
      .visit_field::<ReadConsistency>("read_consistency", Self::VT_READ_CONSISTENCY, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("user", Self::VT_USER, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("password", Self::VT_PASSWORD, false)?
      .finish();
     Ok(())
   }
@@ -1322,6 +1357,8 @@ pub struct HelloArgs<'a> {
     pub tenant: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub client_name: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub read_consistency: ReadConsistency,
+    pub user: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub password: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for HelloArgs<'a> {
   #[inline]
@@ -1331,6 +1368,8 @@ impl<'a> Default for HelloArgs<'a> {
       tenant: None,
       client_name: None,
       read_consistency: ReadConsistency::Linearizable,
+      user: None,
+      password: None,
     }
   }
 }
@@ -1357,6 +1396,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HelloBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<ReadConsistency>(Hello::VT_READ_CONSISTENCY, read_consistency, ReadConsistency::Linearizable);
   }
   #[inline]
+  pub fn add_user(&mut self, user: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Hello::VT_USER, user);
+  }
+  #[inline]
+  pub fn add_password(&mut self, password: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Hello::VT_PASSWORD, password);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HelloBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     HelloBuilder {
@@ -1378,6 +1425,8 @@ impl ::core::fmt::Debug for Hello<'_> {
       ds.field("tenant", &self.tenant());
       ds.field("client_name", &self.client_name());
       ds.field("read_consistency", &self.read_consistency());
+      ds.field("user", &self.user());
+      ds.field("password", &self.password());
       ds.finish()
   }
 }

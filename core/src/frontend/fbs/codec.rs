@@ -72,6 +72,8 @@ fn command_of(
                 tenant: hello.tenant().unwrap_or_default().to_owned(),
                 client_name: hello.client_name().unwrap_or_default().to_owned(),
                 stale_reads: hello.read_consistency() == wire::ReadConsistency::Stale,
+                user: hello.user().unwrap_or_default().to_owned(),
+                password: hello.password().unwrap_or_default().to_owned(),
             }
         }
         wire::Request::Ping => Command::Ping,

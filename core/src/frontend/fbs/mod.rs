@@ -31,15 +31,16 @@ use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use tinkerdb_schemas::frame::peek_frame;
 use tinkerdb_schemas::wire::ErrorCode;
-use tinkerdb_schemas::{FRAME_HEADER_BYTES, PROTOCOL_VERSION};
+use tinkerdb_schemas::{FRAME_HEADER_BYTES, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 
 use crate::coord::batches::{Pipeline, Ticket};
 use crate::coord::context::{now_ms, CoreContext};
 use crate::coord::multi::{execute_multi, one_shard_request, single_key_reply};
 use crate::coord::request::{Command, Reply};
 use crate::coord::routes;
-use crate::coord::session::Session;
+use crate::coord::session::{authenticate, Admission, Session};
 use crate::error::ProtocolError;
+use crate::frontend::resp::UNAUTHENTICATED_IDLE_TIMEOUT;
 use crate::net::stream::{close_lingering, Filled, ReadBuffer, READ_BUFFER_INITIAL_BYTES};
 use crate::shutdown::{ConnectionDrain, StopSignal};
 use codec::{decode_routed_command, encode_reply};
@@ -133,14 +134,19 @@ impl Connection {
                 }
                 continue;
             }
+            // A connection without a session on a node that requires
+            // authentication may not idle for long (as RESP's).
+            let stranger = self.session.is_none() && self.context.users.enabled();
+            let idle_limit = stranger.then_some(UNAUTHENTICATED_IDLE_TIMEOUT);
             match self
                 .input
-                .fill_unless_draining(&mut self.stream, bytes_wanted, &mut self.drain)
+                .fill_within(&mut self.stream, bytes_wanted, &mut self.drain, idle_limit)
                 .await?
             {
                 Filled::Bytes(0) => return Ok(()),
                 Filled::Bytes(_) => {}
                 Filled::Draining => return self.say_shutting_down().await,
+                Filled::Idle => return Ok(()),
             }
         }
     }
@@ -214,6 +220,22 @@ impl Connection {
             Ok(decoded) => decoded,
             Err((request_id, error)) => return (request_id, Pending::Ready(Reply::Error(error))),
         };
+        // A session whose user was deleted, disabled or given a new
+        // password ends here (`Session::admission`).
+        if let Some(session) = &self.session {
+            if session.admission(&self.context.users) == Admission::Revoked {
+                tracing::info!(
+                    user = session.user_name(),
+                    "ending a session whose user was deleted, disabled or given a new password"
+                );
+                self.session = None;
+                let error = ProtocolError::new(
+                    ErrorCode::Unauthenticated,
+                    "this session's user was deleted, disabled or given a new password: send Hello again",
+                );
+                return (request_id, Pending::Ready(Reply::Error(error)));
+            }
+        }
         // A route that is not current gets the typed answer; nothing runs.
         if let (Some(route), Some(session)) = (route, &self.session) {
             if !matches!(command, Command::Hello { .. }) {
@@ -228,10 +250,15 @@ impl Connection {
                     protocol_version,
                     tenant,
                     stale_reads,
+                    user,
+                    password,
                     ..
                 },
                 _,
-            ) => Pending::Ready(self.hello(protocol_version, &tenant, stale_reads)),
+            ) => Pending::Ready(
+                self.hello(protocol_version, &tenant, stale_reads, &user, &password)
+                    .await,
+            ),
             (_, None) => Pending::Ready(Reply::Error(ProtocolError::new(
                 ErrorCode::HandshakeRequired,
                 "send Hello before any other request",
@@ -259,11 +286,20 @@ impl Connection {
         (request_id, pending)
     }
 
-    fn hello(&mut self, protocol_version: u32, tenant: &str, stale_reads: bool) -> Reply {
-        if protocol_version != PROTOCOL_VERSION {
+    /// Binds the connection to a session: the tenant's (authentication
+    /// off) or the user's (on; the password checked off the core).
+    async fn hello(
+        &mut self,
+        protocol_version: u32,
+        tenant: &str,
+        stale_reads: bool,
+        user: &str,
+        password: &str,
+    ) -> Reply {
+        if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&protocol_version) {
             return Reply::Error(ProtocolError::new(
                 ErrorCode::UnsupportedVersion,
-                format!("protocol version {protocol_version} is not supported; this node speaks {PROTOCOL_VERSION}"),
+                format!("protocol version {protocol_version} is not supported; this node speaks {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}"),
             ));
         }
         if let Some(session) = &self.session {
@@ -275,7 +311,32 @@ impl Connection {
                 ),
             ));
         }
-        let session = match Session::open(&self.context.tenants, tenant, stale_reads) {
+        let users = &self.context.users;
+        let opened = if users.enabled() {
+            let generation = users.generation();
+            match authenticate(users, user.as_bytes(), password.as_bytes()).await {
+                None => {
+                    return Reply::Error(ProtocolError::new(
+                        ErrorCode::Unauthenticated,
+                        "this node requires authentication: the Hello's user and password \
+                         (protocol version 2) are missing or wrong, or the user is disabled",
+                    ))
+                }
+                Some(user) if !tenant.is_empty() && tenant != user.tenant => {
+                    return Reply::Error(ProtocolError::new(
+                        ErrorCode::InvalidArgument,
+                        format!(
+                            "user {:?} acts for tenant {:?}, not {tenant:?}: leave the Hello's tenant empty",
+                            user.name, user.tenant
+                        ),
+                    ))
+                }
+                Some(user) => Session::for_user(&self.context.tenants, &user, generation, stale_reads),
+            }
+        } else {
+            Session::open(&self.context.tenants, tenant, stale_reads)
+        };
+        let session = match opened {
             Ok(session) => session,
             Err(error) => return Reply::Error(error),
         };

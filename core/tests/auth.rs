@@ -1,0 +1,408 @@
+//! Authentication against a real node with `[auth] enabled = true`: RESP's
+//! ACL dialect byte for byte, the flatbuffers Hello's credentials, the
+//! admin API's basic auth, users made and removed at runtime (their open
+//! connections cut off), and credentials stored as hashes only.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{workspace_binary, TestNode};
+use tinkerdb_client::{Client, ClientConfig, ClientError};
+
+const ADMIN_PASSWORD: &str = "admin-secret-1";
+const ALICE_PASSWORD: &str = "alice-secret-2";
+const MALLORY_PASSWORD: &str = "mallory-secret-3";
+const WRONGPASS: &str = "-WRONGPASS invalid username-password pair or user is disabled.\r\n";
+const NOAUTH: &str = "-NOAUTH Authentication required.\r\n";
+
+/// A hash made by the node's own tool (`tinkerdb --hash-password`).
+fn hash_with_the_tool(password: &str) -> String {
+    let mut tool = Command::new(workspace_binary("tinkerdb"))
+        .arg("--hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(tool.stdin.take().unwrap(), "{password}").unwrap();
+    let output = tool.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let hash = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(!hash.contains(password));
+    hash
+}
+
+/// A node with authentication on: `admin` (cluster admin), `alice`
+/// (tenant `acme`), `mallory` (disabled).
+fn start_node() -> TestNode {
+    let hash = |password: &str| tinkerdb_admin::users::hash_password(password.as_bytes()).unwrap();
+    let config = format!(
+        r#"
+[[tenants]]
+name = "acme"
+
+[auth]
+enabled = true
+
+[[auth.users]]
+name = "admin"
+password_hash = "{}"
+cluster_admin = true
+
+[[auth.users]]
+name = "alice"
+password_hash = "{}"
+tenant = "acme"
+
+[[auth.users]]
+name = "mallory"
+password_hash = "{}"
+enabled = false
+"#,
+        hash_with_the_tool(ADMIN_PASSWORD),
+        hash(ALICE_PASSWORD),
+        hash(MALLORY_PASSWORD)
+    );
+    TestNode::start_with_config(2, &config)
+}
+
+/// A raw RESP connection: commands out, reply text back as sent.
+struct Raw(TcpStream);
+
+impl Raw {
+    fn connect(node: &TestNode) -> Raw {
+        let stream = TcpStream::connect(node.resp_addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        Raw(stream)
+    }
+
+    fn send(&mut self, args: &[&[u8]]) {
+        let mut bytes = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            bytes.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            bytes.extend_from_slice(arg);
+            bytes.extend_from_slice(b"\r\n");
+        }
+        self.0.write_all(&bytes).unwrap();
+    }
+
+    /// One reply: a line (`+`, `-`, `:`), or a bulk string with its line.
+    fn reply(&mut self) -> String {
+        let mut text = Vec::new();
+        let mut byte = [0u8];
+        while !text.ends_with(b"\r\n") {
+            assert_eq!(self.0.read(&mut byte).unwrap(), 1, "connection closed");
+            text.push(byte[0]);
+        }
+        if text[0] == b'$' && text != b"$-1\r\n" {
+            let length: usize = std::str::from_utf8(&text[1..text.len() - 2])
+                .unwrap()
+                .parse()
+                .unwrap();
+            let mut body = vec![0u8; length + 2];
+            self.0.read_exact(&mut body).unwrap();
+            text.extend_from_slice(&body);
+        }
+        String::from_utf8_lossy(&text).into_owned()
+    }
+
+    fn call(&mut self, args: &[&str]) -> String {
+        let args: Vec<&[u8]> = args.iter().map(|arg| arg.as_bytes()).collect();
+        self.send(&args);
+        self.reply()
+    }
+
+    /// Whether the node closed the connection (within the read timeout).
+    fn closed(&mut self) -> bool {
+        let mut byte = [0u8];
+        matches!(self.0.read(&mut byte), Ok(0) | Err(_))
+    }
+}
+
+fn admin_get(
+    node: &TestNode,
+    path: &str,
+    user: Option<(&str, &str)>,
+) -> reqwest::blocking::Response {
+    let request = reqwest::blocking::Client::new().get(format!("http://{}{path}", node.admin_addr));
+    let request = match user {
+        Some((user, password)) => request.basic_auth(user, Some(password)),
+        None => request,
+    };
+    request.send().unwrap()
+}
+
+#[test]
+fn resp_clients_authenticate_like_redis_and_every_failure_answers_the_same() {
+    let node = start_node();
+    let mut raw = Raw::connect(&node);
+    assert_eq!(raw.call(&["GET", "k"]), NOAUTH);
+    assert_eq!(raw.call(&["PING"]), NOAUTH);
+    assert_eq!(raw.call(&["ACL", "WHOAMI"]), NOAUTH);
+    assert!(raw
+        .call(&["HELLO", "3"])
+        .starts_with("-NOAUTH HELLO must be called"));
+    // Wrong, empty, near-miss and another user's password, an unknown
+    // user, a disabled user with its right password, Redis's one-argument
+    // form (user `default`, which does not exist): one answer.
+    for attempt in [
+        vec!["AUTH", "alice", "wrong"],
+        vec!["AUTH", "alice", ""],
+        vec!["AUTH", "alice", "alice-secret-"],
+        vec!["AUTH", "alice", "alice-secret-2 "],
+        vec!["AUTH", "alice", ADMIN_PASSWORD],
+        vec!["AUTH", "nobody", ALICE_PASSWORD],
+        vec!["AUTH", "mallory", MALLORY_PASSWORD],
+        vec!["AUTH", ALICE_PASSWORD],
+        vec!["HELLO", "3", "AUTH", "alice", "wrong"],
+    ] {
+        assert_eq!(raw.call(&attempt), WRONGPASS, "{attempt:?}");
+    }
+    assert_eq!(
+        raw.call(&["GET", "k"]),
+        NOAUTH,
+        "failures leave it unauthenticated"
+    );
+    assert_eq!(raw.call(&["AUTH", "alice", ALICE_PASSWORD]), "+OK\r\n");
+    assert_eq!(raw.call(&["ACL", "WHOAMI"]), "$5\r\nalice\r\n");
+    assert_eq!(raw.call(&["SET", "k", "alice's"]), "+OK\r\n");
+    // Alice acts for tenant acme: the admin API finds the key there.
+    let key = admin_get(
+        &node,
+        "/v1/tenants/acme/keys/k",
+        Some(("admin", ADMIN_PASSWORD)),
+    );
+    assert_eq!(key.status(), 200);
+    assert!(key.text().unwrap().contains("alice's"));
+    // Alice is no cluster admin.
+    assert!(raw
+        .call(&["ACL", "SETUSER", "eve", "on", ">pw"])
+        .starts_with("-NOPERM User alice has no permissions"));
+    assert!(raw.call(&["ACL", "LIST"]).starts_with("-NOPERM"));
+    // HELLO ... AUTH switches user and protocol at once.
+    let hello = raw.call(&["HELLO", "3", "AUTH", "admin", ADMIN_PASSWORD]);
+    assert!(hello.starts_with('%'), "{hello}");
+    // The rest of the RESP3 map, then a list that shows no hash.
+    let mut rest = Raw(raw.0.try_clone().unwrap());
+    for _ in 0..14 {
+        rest.reply();
+    }
+    raw.send(&[b"ACL", b"LIST"]);
+    let header = raw.reply();
+    assert_eq!(header, "*3\r\n");
+    let lines: Vec<String> = (0..3).map(|_| raw.reply()).collect();
+    assert!(lines
+        .iter()
+        .any(|line| line.contains("user alice on tenant=acme")));
+    assert!(lines.iter().any(|line| line.contains("user mallory off")));
+    assert!(lines.iter().all(|line| !line.contains("argon2")));
+    // A stranger cannot make the node buffer a large command.
+    let mut stranger = Raw::connect(&node);
+    let big = vec![b'x'; 64 << 10];
+    stranger.send(&[b"AUTH", b"alice", &big]);
+    assert!(stranger.reply().starts_with("-ERR Protocol error"));
+    assert!(stranger.closed());
+}
+
+#[test]
+fn a_deleted_or_disabled_user_is_cut_off_and_credentials_are_stored_as_hashes_only() {
+    let node = start_node();
+    let mut admin = Raw::connect(&node);
+    assert_eq!(admin.call(&["AUTH", "admin", ADMIN_PASSWORD]), "+OK\r\n");
+    assert_eq!(
+        admin.call(&["ACL", "SETUSER", "bob", "on", ">bob-pass-4", "tenant=acme"]),
+        "+OK\r\n"
+    );
+    assert!(admin
+        .call(&["ACL", "SETUSER", "eve", "on", "~*"])
+        .starts_with("-ERR Error in ACL SETUSER modifier '~*'"));
+    assert!(admin
+        .call(&["ACL", "SETUSER", "eve", "on"])
+        .contains("needs a password"));
+    let mut bob = Raw::connect(&node);
+    assert_eq!(bob.call(&["AUTH", "bob", "bob-pass-4"]), "+OK\r\n");
+    assert_eq!(bob.call(&["SET", "b", "1"]), "+OK\r\n");
+    assert_eq!(admin.call(&["ACL", "DELUSER", "bob", "nobody"]), ":1\r\n");
+    // Bob's next commands, pipelined: refused, and the connection closes.
+    bob.send(&[b"GET", b"b"]);
+    bob.send(&[b"GET", b"b"]);
+    assert_eq!(bob.reply(), NOAUTH);
+    assert!(bob.closed());
+    assert_eq!(
+        Raw::connect(&node).call(&["AUTH", "bob", "bob-pass-4"]),
+        WRONGPASS
+    );
+
+    // Through the admin API: a user made, then disabled while connected.
+    let http = reqwest::blocking::Client::new();
+    let url = |path: &str| format!("http://{}{path}", node.admin_addr);
+    let made = http
+        .post(url("/v1/users"))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .json(&serde_json::json!({"name": "carol", "password": "carol-pass-5", "tenant": "acme"}))
+        .send()
+        .unwrap();
+    assert_eq!(made.status(), 201);
+    let again = http
+        .post(url("/v1/users"))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .json(&serde_json::json!({"name": "carol", "password": "x"}))
+        .send()
+        .unwrap();
+    assert_eq!(again.status(), 409);
+    let mut carol = Raw::connect(&node);
+    assert_eq!(carol.call(&["AUTH", "carol", "carol-pass-5"]), "+OK\r\n");
+    let disabled = http
+        .put(url("/v1/users/carol"))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .json(&serde_json::json!({"enabled": false}))
+        .send()
+        .unwrap();
+    assert_eq!(disabled.status(), 200);
+    assert_eq!(carol.call(&["GET", "b"]), NOAUTH);
+    assert!(carol.closed());
+
+    // No password anywhere in the data directory: hashes only.
+    let data = node.data_dir().join("data");
+    let users = std::fs::read_to_string(data.join("users.json")).unwrap();
+    assert!(users.contains("$argon2id$"));
+    for password in ["bob-pass-4", "carol-pass-5", ADMIN_PASSWORD, ALICE_PASSWORD] {
+        assert_no_file_contains(&data, password.as_bytes());
+    }
+}
+
+fn assert_no_file_contains(dir: &Path, needle: &[u8]) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            assert_no_file_contains(&path, needle);
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            assert!(
+                !bytes.windows(needle.len()).any(|window| window == needle),
+                "{} holds a password",
+                path.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn the_admin_api_the_flatbuffers_hello_and_tinker_need_credentials() {
+    let node = start_node();
+    // Probes stay open; everything else needs a cluster admin.
+    assert_eq!(admin_get(&node, "/health", None).status(), 200);
+    let refused = admin_get(&node, "/v1/node", None);
+    assert_eq!(refused.status(), 401);
+    assert!(refused.headers().contains_key("www-authenticate"));
+    assert!(refused.text().unwrap().contains("unauthenticated"));
+    assert_eq!(admin_get(&node, "/metrics", None).status(), 401);
+    assert_eq!(
+        admin_get(&node, "/v1/node", Some(("admin", "wrong"))).status(),
+        401
+    );
+    assert_eq!(
+        admin_get(&node, "/v1/node", Some(("nobody", ADMIN_PASSWORD))).status(),
+        401
+    );
+    let not_admin = admin_get(&node, "/v1/users", Some(("alice", ALICE_PASSWORD)));
+    assert_eq!(not_admin.status(), 403);
+    assert!(not_admin.text().unwrap().contains("permission_denied"));
+    let users = admin_get(&node, "/v1/users", Some(("admin", ADMIN_PASSWORD)));
+    assert_eq!(users.status(), 200);
+    let users = users.text().unwrap();
+    assert!(
+        users.contains("alice") && !users.contains("argon2"),
+        "{users}"
+    );
+
+    // The flatbuffers Hello: credentials or nothing.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let addr = node.addr.to_string();
+        for config in [
+            ClientConfig::new(&addr),
+            ClientConfig::new(&addr).credentials("alice", "wrong"),
+            ClientConfig::new(&addr).credentials("mallory", MALLORY_PASSWORD),
+        ] {
+            match Client::connect(config).await {
+                Err(ClientError::Server { code, .. }) => {
+                    assert_eq!(code, tinkerdb_schemas::wire::ErrorCode::Unauthenticated)
+                }
+                Err(other) => panic!("expected Unauthenticated, got {other}"),
+                Ok(_) => panic!("connected without valid credentials"),
+            }
+        }
+        let alice = Client::connect(ClientConfig::new(&addr).credentials("alice", ALICE_PASSWORD))
+            .await
+            .unwrap();
+        assert_eq!(alice.tenant(), "acme");
+        alice.set("f", "flatbuffers").await.unwrap();
+    });
+
+    // tinker: admin commands with --user/--password, data with the user's.
+    let tinker = |args: &[&str], password: Option<&str>| {
+        let mut command = Command::new(workspace_binary("tinker"));
+        command
+            .args(["--addr", &node.addr.to_string()])
+            .args(["--admin", &node.admin_addr.to_string()])
+            .args(args);
+        if let Some(password) = password {
+            command.env("TINKER_PASSWORD", password);
+        }
+        command.output().unwrap()
+    };
+    let added = tinker(
+        &[
+            "--user",
+            "admin",
+            "user",
+            "add",
+            "dave",
+            "--new-password",
+            "dave-pass-6",
+            "--for-tenant",
+            "acme",
+        ],
+        Some(ADMIN_PASSWORD),
+    );
+    assert!(added.status.success(), "{added:?}");
+    let listed = tinker(&["--user", "admin", "user", "list"], Some(ADMIN_PASSWORD));
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("dave"));
+    let tenants = tinker(&["--user", "admin", "tenant", "list"], Some(ADMIN_PASSWORD));
+    assert!(String::from_utf8_lossy(&tenants.stdout).contains("acme"));
+    let read = tinker(&["--user", "dave", "get", "f"], Some("dave-pass-6"));
+    assert_eq!(String::from_utf8_lossy(&read.stdout).trim(), "flatbuffers");
+    let anonymous = tinker(&["get", "f"], None);
+    assert_eq!(anonymous.status.code(), Some(2));
+    let no_admin = tinker(&["user", "list"], None);
+    assert!(String::from_utf8_lossy(&no_admin.stderr).contains("unauthenticated"));
+}
+
+#[test]
+fn a_silent_stranger_is_closed_after_the_idle_timeout_but_a_user_is_not() {
+    let node = start_node();
+    let started = std::time::Instant::now();
+    let mut stranger = Raw::connect(&node);
+    let mut user = Raw::connect(&node);
+    assert_eq!(user.call(&["AUTH", "alice", ALICE_PASSWORD]), "+OK\r\n");
+    let mut byte = [0u8];
+    // Closed by the node (end of stream), not by our read timeout (20 s).
+    assert_eq!(stranger.0.read(&mut byte).unwrap(), 0);
+    let waited = started.elapsed();
+    assert!(
+        waited >= tinkerdb_core::frontend::resp::UNAUTHENTICATED_IDLE_TIMEOUT,
+        "closed after {waited:?}"
+    );
+    // The authenticated connection idled as long and still answers.
+    assert_eq!(user.call(&["PING"]), "+PONG\r\n");
+}
