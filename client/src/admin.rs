@@ -107,12 +107,24 @@ pub async fn request_async(
     body: Option<&serde_json::Value>,
     timeout: Duration,
 ) -> Result<serde_json::Value, AdminError> {
+    request_async_as(addr, method, path, body, timeout, None).await
+}
+
+/// [`request_async`] authenticated as `credentials` (HTTP basic auth).
+pub async fn request_async_as(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    timeout: Duration,
+    credentials: Option<&Credentials>,
+) -> Result<serde_json::Value, AdminError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let io = |source| io_error(addr, source);
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(io)?;
         stream
-            .write_all(&request_bytes(addr, method, path, body, None))
+            .write_all(&request_bytes(addr, method, path, body, credentials))
             .await
             .map_err(io)?;
         let mut answer = Vec::new();

@@ -336,7 +336,9 @@ pub const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(70)
 /// applied the membership that makes it a voter, so that "ready" means a
 /// member in its own eyes too. Async (tokio): `node::run` drives it on a
 /// current-thread runtime of its start-up thread; the cores never wait on
-/// it.
+/// it. Against members with authentication on, both requests carry the
+/// credentials in [`JOIN_USER_ENV`] and [`JOIN_PASSWORD_ENV`] (a
+/// `cluster_admin` user).
 pub async fn join(
     seed: &str,
     cluster: &ClusterConfig,
@@ -345,7 +347,15 @@ pub async fn join(
     ranges_per_core: usize,
     own_admin: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<()> {
-    use tinkerdb_client::admin::request_async;
+    use tinkerdb_client::admin::{request_async_as, Credentials};
+    let credentials = match (
+        std::env::var(JOIN_USER_ENV),
+        std::env::var(JOIN_PASSWORD_ENV),
+    ) {
+        (Ok(user), Ok(password)) => Some(Credentials { user, password }),
+        _ => None,
+    };
+    let credentials = credentials.as_ref();
     // The advertised Raft address: what the members will dial.
     let me = cluster.me();
     let body = serde_json::json!({
@@ -356,9 +366,27 @@ pub async fn join(
         "ranges_per_core": ranges_per_core,
     });
     tracing::info!(%seed, node_id = cluster.node_id, "asking to join the cluster");
-    let answer = request_async(seed, "POST", "/v1/cluster/nodes", Some(&body), JOIN_TIMEOUT)
-        .await
-        .map_err(|error| anyhow::anyhow!("cannot join the cluster through {seed}: {error}"))?;
+    let answer = request_async_as(
+        seed,
+        "POST",
+        "/v1/cluster/nodes",
+        Some(&body),
+        JOIN_TIMEOUT,
+        credentials,
+    )
+    .await
+    .map_err(|error| {
+        let hint = match &error {
+            tinkerdb_client::admin::AdminError::Api {
+                status: 401 | 403, ..
+            } => format!(
+                " (the members require authentication: set {JOIN_USER_ENV} and \
+                 {JOIN_PASSWORD_ENV} to a cluster_admin user)"
+            ),
+            _ => String::new(),
+        };
+        anyhow::anyhow!("cannot join the cluster through {seed}: {error}{hint}")
+    })?;
     tracing::info!(voters = %answer["voters"], "joined the cluster");
     let Some(own_admin) = own_admin else {
         return Ok(());
@@ -367,8 +395,15 @@ pub async fn join(
     let me = serde_json::json!(cluster.node_id);
     let learned = async {
         loop {
-            let status =
-                request_async(&own_admin, "GET", "/v1/cluster", None, JOIN_TIMEOUT).await?;
+            let status = request_async_as(
+                &own_admin,
+                "GET",
+                "/v1/cluster",
+                None,
+                JOIN_TIMEOUT,
+                credentials,
+            )
+            .await?;
             let voter_everywhere = status["shards"].as_array().is_some_and(|shards| {
                 shards.iter().all(|shard| {
                     shard["replicas"]
@@ -390,6 +425,15 @@ pub async fn join(
             )
         })?
 }
+
+/// The environment variable naming the user a node given `--join` asks
+/// the members as (with [`JOIN_PASSWORD_ENV`]; needed when authentication
+/// is on: environment, not flags or config, so the password stays out of
+/// process listings and files).
+pub const JOIN_USER_ENV: &str = "TINKERDB_JOIN_USER";
+
+/// The environment variable holding the password of [`JOIN_USER_ENV`].
+pub const JOIN_PASSWORD_ENV: &str = "TINKERDB_JOIN_PASSWORD";
 
 /// How often a joining node asks its own admin API whether its replicas
 /// have learned that it is a voter.

@@ -56,6 +56,12 @@ enum Pending {
     },
 }
 
+/// Largest frame a connection may send before its `Hello` succeeded, on a
+/// node that requires authentication: room for a `Hello` with the longest
+/// password and names, and no more (a stranger cannot make the node
+/// buffer `max_frame_bytes`).
+pub const UNAUTHENTICATED_MAX_FRAME_BYTES: usize = 8 << 10;
+
 /// Serves one client until it disconnects, the stream breaks or `drain` is
 /// tripped (graceful shutdown).
 pub async fn serve_connection(context: Rc<CoreContext>, stream: TcpStream, drain: StopSignal) {
@@ -98,7 +104,14 @@ impl Connection {
             let mut close_after_answers = false;
             let mut bytes_wanted = FRAME_HEADER_BYTES;
             while batch.len() < limits.max_pipelined_requests {
-                match peek_frame(self.input.unread(), limits.max_frame_bytes) {
+                // Before its Hello, a connection to a node that requires
+                // authentication gets a small frame limit (a Hello fits).
+                let stranger = self.session.is_none() && self.context.users.enabled();
+                let max_frame_bytes = match stranger {
+                    true => UNAUTHENTICATED_MAX_FRAME_BYTES,
+                    false => limits.max_frame_bytes,
+                };
+                match peek_frame(self.input.unread(), max_frame_bytes) {
                     Ok(Some(body_len)) => {
                         let unread = self.input.unread();
                         let frame = Bytes::copy_from_slice(
