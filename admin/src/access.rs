@@ -9,8 +9,10 @@
 //! `permission_denied`. `/metrics` is behind it too: Prometheus scrapes
 //! with `basic_auth` (docs/security.md says why: the metrics name tenants).
 //!
-//! A password check costs one Argon2id verification (tens of ms of CPU), and
-//! the dashboard polls several routes a second, so a successful check is
+//! A password check costs one Argon2id verification (tens of ms of CPU): it
+//! runs on the node's bounded password-checking threads like every front
+//! end's (`users::Users::check`; 503 `busy` when too many are queued). The
+//! dashboard polls several routes a second, so a successful check is
 //! remembered: keyed by a SHA-256 of (a random key of this process, user,
 //! password), never the password itself, and forgotten whenever the user
 //! list changes. At most [`MAX_REMEMBERED_CREDENTIALS`] are kept.
@@ -30,7 +32,7 @@ use utoipa::ToSchema;
 
 use crate::api::AppState;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
-use crate::users::{hash_password, UserError, UserSpec, Users};
+use crate::users::{hash_password, ChecksBusy, UserError, UserSpec, Users};
 
 /// Successful credential checks remembered (see the module docs).
 pub const MAX_REMEMBERED_CREDENTIALS: usize = 64;
@@ -99,29 +101,41 @@ fn unauthenticated() -> Response {
 }
 
 /// The user an `Authorization: Basic ...` header names, if its password
-/// is right.
-async fn authenticated_user(state: &AppState, authorization: Option<String>) -> Option<UserSpec> {
-    let authorization = authorization?;
+/// is right (checked on the node's password-checking threads, bounded:
+/// [`ChecksBusy`] when too many are queued).
+async fn authenticated_user(
+    state: &AppState,
+    authorization: Option<String>,
+) -> Result<Option<UserSpec>, ChecksBusy> {
+    let Some((user, password)) = authorization.as_deref().and_then(basic_credentials) else {
+        return Ok(None);
+    };
+    let users = state.node.users().clone();
+    let generation = users.generation();
+    let digest = state.credentials.digest(&user, &password);
+    if let Some(known) = state.credentials.lookup(&digest, generation) {
+        return Ok(Some(known));
+    }
+    let verified = match users.check(&user, &password) {
+        Ok(answered) => answered.await.ok().flatten(),
+        Err(busy) => return Err(busy),
+    };
+    if let Some(verified) = &verified {
+        state
+            .credentials
+            .remember(digest, generation, verified.clone());
+    }
+    Ok(verified)
+}
+
+/// The user and password of an `Authorization: Basic ...` header.
+fn basic_credentials(authorization: &str) -> Option<(Vec<u8>, Vec<u8>)> {
     let encoded = authorization.strip_prefix("Basic ")?;
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
         .ok()?;
     let colon = decoded.iter().position(|&byte| byte == b':')?;
-    let (user, password) = (decoded[..colon].to_vec(), decoded[colon + 1..].to_vec());
-    let users = state.node.users().clone();
-    let generation = users.generation();
-    let digest = state.credentials.digest(&user, &password);
-    if let Some(known) = state.credentials.lookup(&digest, generation) {
-        return Some(known);
-    }
-    let verified = tokio::task::spawn_blocking(move || users.verify(&user, &password))
-        .await
-        .ok()
-        .flatten()?;
-    state
-        .credentials
-        .remember(digest, generation, verified.clone());
-    Some(verified)
+    Some((decoded[..colon].to_vec(), decoded[colon + 1..].to_vec()))
 }
 
 /// The admin API's gate (see the module docs).
@@ -139,8 +153,9 @@ pub async fn require_cluster_admin(
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
     match authenticated_user(&state, authorization).await {
-        None => unauthenticated(),
-        Some(user) if !user.cluster_admin => ApiError::new(
+        Err(busy) => ApiError::new(ErrorCode::Busy, busy.to_string()).into_response(),
+        Ok(None) => unauthenticated(),
+        Ok(Some(user)) if !user.cluster_admin => ApiError::new(
             ErrorCode::PermissionDenied,
             format!(
                 "user {:?} is not a cluster_admin: the admin API is theirs",
@@ -148,7 +163,7 @@ pub async fn require_cluster_admin(
             ),
         )
         .into_response(),
-        Some(_) => next.run(request).await,
+        Ok(Some(_)) => next.run(request).await,
     }
 }
 

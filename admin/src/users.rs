@@ -8,32 +8,40 @@
 //! tenant its connections act for, whether it is enabled, and whether it
 //! administers the cluster (`cluster_admin`: the admin API, `ACL SETUSER`).
 //! Users come from the config file (`[[auth.users]]`, hashes made with
-//! `tinker hash-password`) and from `<data_dir>/users.json` (users created
-//! or changed at runtime, which override the config's, as `tenants.json`
-//! does for tenants). Like tenants they are kept **per node** until the
-//! cluster metadata of the issue "Scale-out" exists: a user made on one
-//! node is not known to the others (docs/security.md).
+//! `tinkerdb --hash-password`) and from `<data_dir>/users.json`, which
+//! records what changed at runtime: users made or changed (they override
+//! the config's, as `tenants.json` does for tenants) and the names of
+//! config users deleted (they stay deleted after a restart). A config user
+//! never changed at runtime follows the config file (a rotated hash there
+//! takes effect at the next start). Like tenants, users are kept **per
+//! node** until the cluster metadata of the issue "Scale-out" exists: a
+//! user made on one node is not known to the others (docs/security.md).
 //!
 //! # Checking a password
 //! [`Users::verify`] costs one Argon2id verification (about 37 ms of CPU
-//! here with the default parameters: m = 19 MiB, t = 2, p = 1), so it runs
-//! on a blocking thread, never on a shard core (glommio's one blocking
-//! thread per core bounds them: a flood of `AUTH`s queues there instead of
-//! taking the cores). An unknown or disabled user is checked against a
-//! dummy hash of the same parameters, so every failure costs the same and
-//! answers the same: a client cannot tell "no such user" from "wrong
-//! password" by the answer or by its time. The hash comparison itself is
-//! constant-time (the `argon2` crate).
+//! here with the default parameters: m = 19 MiB, t = 2, p = 1, the only
+//! ones accepted), so front ends never run it themselves: they queue it
+//! with [`Users::check`] on the node's [`PASSWORD_CHECK_THREADS`] checking
+//! threads, which run at nice [`PASSWORD_CHECK_NICE`] (the cores and the
+//! admin plane always win the CPU), behind a queue of at most
+//! [`MAX_QUEUED_PASSWORD_CHECKS`]. A full queue answers
+//! [`ChecksBusy`] at once: a flood of logins costs a bounded amount of CPU
+//! and memory (19 MiB per check running), never the data path. An unknown
+//! or disabled user is checked against a dummy hash of the same
+//! parameters, so every failure costs the same and answers the same: a
+//! client cannot tell "no such user" from "wrong password" by the answer
+//! or by its time. The hash comparison itself is constant-time (the
+//! `argon2` crate).
 //!
 //! # Changes and open connections
 //! A change ([`Users::change`]) writes the new list durably (temporary
 //! file, fsync, rename, directory fsync; mode 0600) before anyone sees it,
 //! then swaps it in and raises [`Users::generation`]. A session remembers
 //! the generation it last checked its user at; when it differs, the
-//! session looks its user up again before its next request and is cut off
-//! if the user was deleted, disabled or given a new password
-//! ([`Users::still_valid`]). Reading the generation is one atomic load: the
-//! data path takes no lock.
+//! session looks its user up again ([`Users::current`]) before its next
+//! request and is cut off if the user was deleted or changed in any way
+//! (disabled, a new password, another tenant, rights taken away). Reading
+//! the generation is one atomic load: the data path takes no lock.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -41,7 +49,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordVerifier, SaltString};
-use argon2::{Argon2, PasswordHasher};
+use argon2::{Argon2, Params, PasswordHasher};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -139,7 +147,10 @@ pub fn hash_password(password: &[u8]) -> Result<String, UserError> {
         .map_err(|error| UserError::Invalid(format!("cannot hash the password: {error}")))
 }
 
-/// Checks that `hash` is an Argon2id PHC string this node can verify.
+/// Checks that `hash` is an Argon2id PHC string with the default
+/// parameters (those of [`hash_password`] and of the dummy hash: a user
+/// whose hash took longer to check than an unknown name's would tell an
+/// attacker that the user exists).
 pub fn check_hash(hash: &str) -> Result<(), UserError> {
     let parsed = PasswordHash::new(hash)
         .map_err(|error| UserError::Invalid(format!("not a PHC password hash: {error}")))?;
@@ -147,6 +158,20 @@ pub fn check_hash(hash: &str) -> Result<(), UserError> {
         return Err(UserError::Invalid(format!(
             "password hashes must be argon2id, not {}",
             parsed.algorithm
+        )));
+    }
+    let params = Params::try_from(&parsed)
+        .map_err(|error| UserError::Invalid(format!("bad argon2id parameters: {error}")))?;
+    let default = Params::default();
+    if (params.m_cost(), params.t_cost(), params.p_cost())
+        != (default.m_cost(), default.t_cost(), default.p_cost())
+    {
+        return Err(UserError::Invalid(format!(
+            "password hashes must use argon2id's default parameters (m={}, t={}, p={}): \
+             make them with `tinkerdb --hash-password`",
+            default.m_cost(),
+            default.t_cost(),
+            default.p_cost()
         )));
     }
     Ok(())
@@ -163,10 +188,130 @@ pub fn check_user(user: &UserSpec) -> Result<(), UserError> {
     check_hash(&user.password_hash)
 }
 
+/// Threads that check passwords (see the module docs).
+pub const PASSWORD_CHECK_THREADS: usize = 2;
+
+/// Password checks waiting for a checking thread before [`Users::check`]
+/// answers [`ChecksBusy`].
+pub const MAX_QUEUED_PASSWORD_CHECKS: usize = 64;
+
+/// The nice value of the password-checking threads: the lowest priority,
+/// so the shard cores and the admin plane always win the CPU and a flood of
+/// logins slows other logins, not the data path.
+pub const PASSWORD_CHECK_NICE: libc::c_int = 19;
+
+/// Too many password checks are queued: the attempt is refused at once
+/// (retry later); nothing was checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChecksBusy;
+
+impl std::fmt::Display for ChecksBusy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "too many logins in progress ({MAX_QUEUED_PASSWORD_CHECKS} password checks queued): retry later"
+        )
+    }
+}
+
+type CheckJob = Box<dyn FnOnce() + Send>;
+
+/// Starts the checking threads; answers the queue that feeds them.
+fn start_checkers() -> std::sync::mpsc::SyncSender<CheckJob> {
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<CheckJob>(MAX_QUEUED_PASSWORD_CHECKS);
+    let receiver = Arc::new(Mutex::new(receiver));
+    for index in 0..PASSWORD_CHECK_THREADS {
+        let receiver = receiver.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("tinkerdb-password-{index}"))
+            .spawn(move || {
+                lower_this_threads_priority();
+                loop {
+                    // The lock is held only while waiting for a job.
+                    let job = receiver
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .recv();
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return, // the node is going away
+                    }
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::error!(%error, "cannot start a password-checking thread");
+        }
+    }
+    sender
+}
+
+/// Lowers the calling thread (one of ours) to [`PASSWORD_CHECK_NICE`]: on
+/// Linux a nice value is per thread, and `setpriority(PRIO_PROCESS, 0)`
+/// changes the calling thread only.
+fn lower_this_threads_priority() {
+    // SAFETY: setpriority reads no memory of ours; a failure leaves the
+    // thread at the priority it had.
+    #[allow(unsafe_code)]
+    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, PASSWORD_CHECK_NICE) };
+    if result != 0 {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "cannot lower the password-checking thread's priority"
+        );
+    }
+}
+
+/// What `users.json` holds: the runtime changes over the config's users.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuntimeUsers {
+    /// Users made or changed at runtime (override the config's).
+    users: Vec<UserSpec>,
+    /// Config users deleted at runtime.
+    deleted: Vec<String>,
+}
+
+/// The config's users with `runtime` applied.
+fn merge(config: &[UserSpec], runtime: &RuntimeUsers) -> Vec<UserSpec> {
+    let mut list: Vec<UserSpec> = config
+        .iter()
+        .filter(|user| !runtime.deleted.contains(&user.name))
+        .cloned()
+        .collect();
+    for user in &runtime.users {
+        match list.iter_mut().find(|known| known.name == user.name) {
+            Some(known) => *known = user.clone(),
+            None => list.push(user.clone()),
+        }
+    }
+    list
+}
+
+/// What differs between `list` and the config's users (the inverse of
+/// [`merge`]).
+fn runtime_changes(config: &[UserSpec], list: &[UserSpec]) -> RuntimeUsers {
+    RuntimeUsers {
+        users: list
+            .iter()
+            .filter(|user| !config.contains(user))
+            .cloned()
+            .collect(),
+        deleted: config
+            .iter()
+            .filter(|user| !list.iter().any(|kept| kept.name == user.name))
+            .map(|user| user.name.clone())
+            .collect(),
+    }
+}
+
 /// The node's users (see the module docs).
 pub struct Users {
     enabled: bool,
     data_dir: Option<PathBuf>,
+    /// The config file's users (`users.json` records changes over them).
+    config: Vec<UserSpec>,
+    /// The queue of the checking threads, started at the first check.
+    checkers: std::sync::OnceLock<std::sync::mpsc::SyncSender<CheckJob>>,
     list: RwLock<Arc<Vec<UserSpec>>>,
     generation: AtomicU64,
     /// Held by a change from reading the list to publishing it.
@@ -197,28 +342,35 @@ impl Users {
     ) -> anyhow::Result<Users> {
         let saved = match data_dir {
             Some(dir) => load(dir)?,
-            None => Vec::new(),
+            None => RuntimeUsers::default(),
         };
-        let mut list = config;
-        for user in saved {
-            match list.iter_mut().find(|known| known.name == user.name) {
-                Some(known) => *known = user,
-                None => list.push(user),
-            }
+        for user in &saved.users {
+            // Made or changed at runtime, maybe by anyone while
+            // authentication was off: the operator should see them.
+            tracing::info!(
+                user = %user.name,
+                tenant = %user.tenant,
+                enabled = user.enabled,
+                cluster_admin = user.cluster_admin,
+                "user from users.json (made or changed at runtime)"
+            );
         }
+        let list = merge(&config, &saved);
         for user in &list {
             check_user(user).map_err(|error| anyhow::anyhow!("user {:?}: {error}", user.name))?;
         }
         if enabled && !list.iter().any(|user| user.enabled && user.cluster_admin) {
             anyhow::bail!(
                 "authentication is on but no enabled user has cluster_admin = true: add one to \
-                 the config file ([[auth.users]] with a password_hash from `tinker hash-password`)"
+                 the config file ([[auth.users]] with a password_hash from `tinkerdb --hash-password`)"
             );
         }
         let dummy_hash = hash_password(b"no user has this password: it is random")?;
         Ok(Users {
             enabled,
             data_dir: data_dir.map(Path::to_owned),
+            config,
+            checkers: std::sync::OnceLock::new(),
             list: RwLock::new(Arc::new(list)),
             generation: AtomicU64::new(0),
             writer: Mutex::new(()),
@@ -232,6 +384,8 @@ impl Users {
         Users {
             enabled: false,
             data_dir: None,
+            config: Vec::new(),
+            checkers: std::sync::OnceLock::new(),
             list: RwLock::new(Arc::new(Vec::new())),
             generation: AtomicU64::new(0),
             writer: Mutex::new(()),
@@ -263,12 +417,31 @@ impl Users {
         self.list().iter().find(|user| user.name == name).cloned()
     }
 
-    /// Whether `name`, authenticated with the hash `password_hash`, may
-    /// still act: it exists, is enabled, and its password is unchanged.
-    pub fn still_valid(&self, name: &str, password_hash: &str) -> bool {
-        self.list()
-            .iter()
-            .any(|user| user.name == name && user.enabled && user.password_hash == password_hash)
+    /// The user `name` as it is now (a session compares it with what it
+    /// authenticated as).
+    pub fn current(&self, name: &str) -> Option<UserSpec> {
+        self.get(name)
+    }
+
+    /// Queues a check of `password` for user `name` on the checking
+    /// threads; the answer arrives on the returned channel (`None`: no
+    /// such user, disabled, or a wrong password; a dropped channel means
+    /// the same). [`ChecksBusy`] at once when the queue is full.
+    pub fn check(
+        self: &Arc<Self>,
+        name: &[u8],
+        password: &[u8],
+    ) -> Result<futures::channel::oneshot::Receiver<Option<UserSpec>>, ChecksBusy> {
+        let (answer, answered) = futures::channel::oneshot::channel();
+        let (users, name, password) = (self.clone(), name.to_vec(), password.to_vec());
+        let job: CheckJob = Box::new(move || {
+            let _ = answer.send(users.verify(&name, &password));
+        });
+        self.checkers
+            .get_or_init(start_checkers)
+            .try_send(job)
+            .map_err(|_| ChecksBusy)?;
+        Ok(answered)
     }
 
     /// The user `name` if `password` is its password and it is enabled.
@@ -315,7 +488,7 @@ impl Users {
             ));
         }
         if let Some(dir) = &self.data_dir {
-            save(dir, &list).map_err(|error| {
+            save(dir, &runtime_changes(&self.config, &list)).map_err(|error| {
                 UserError::Storage(format!("cannot save the user list: {error}"))
             })?;
         }
@@ -328,21 +501,22 @@ impl Users {
     }
 }
 
-/// The users saved in `data_dir` (none if the file does not exist).
-pub fn load(data_dir: &Path) -> anyhow::Result<Vec<UserSpec>> {
+/// The runtime changes saved in `data_dir` (none if the file does not
+/// exist).
+fn load(data_dir: &Path) -> anyhow::Result<RuntimeUsers> {
     let path = data_dir.join(USERS_FILE);
     match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map_err(|error| anyhow::anyhow!("{} is damaged: {error}", path.display())),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(RuntimeUsers::default()),
         Err(error) => Err(anyhow::anyhow!("cannot read {}: {error}", path.display())),
     }
 }
 
-/// Replaces the saved users with `users`, durably, readable by the node's
-/// own user only (the hashes are not passwords, but they would let an
-/// attacker guess offline).
-pub fn save(data_dir: &Path, users: &[UserSpec]) -> std::io::Result<()> {
+/// Replaces the saved runtime changes with `users`, durably, readable by
+/// the node's own user only (the hashes are not passwords, but they would
+/// let an attacker guess offline).
+fn save(data_dir: &Path, users: &RuntimeUsers) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let temp = data_dir.join(format!("{USERS_FILE}.tmp"));
     let mut file = std::fs::OpenOptions::new()
@@ -404,10 +578,15 @@ mod tests {
     fn a_change_is_saved_hashes_only_and_read_back_over_the_config() {
         let dir = std::env::temp_dir().join(format!("tinkerdb-users-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let users = Users::open(true, vec![user("admin", "pw-one", true)], Some(&dir)).unwrap();
+        let config = vec![
+            user("admin", "pw-one", true),
+            user("dave", "pw-dave", false),
+        ];
+        let users = Users::open(true, config.clone(), Some(&dir)).unwrap();
         users
             .change(|list| {
                 list.push(user("carol", "pw-two", false));
+                list.retain(|user| user.name != "dave");
                 Ok(())
             })
             .unwrap();
@@ -418,8 +597,20 @@ mod tests {
             std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
             0o600
         );
-        let again = Users::open(true, vec![user("admin", "pw-one", true)], Some(&dir)).unwrap();
+        // A restart keeps the runtime changes: carol made, dave deleted.
+        let again = Users::open(true, config.clone(), Some(&dir)).unwrap();
         assert_eq!(again.verify(b"carol", b"pw-two").unwrap().name, "carol");
+        assert_eq!(
+            again.get("dave"),
+            None,
+            "a deleted config user stays deleted"
+        );
+        // A config user never changed at runtime follows the config file.
+        let mut rotated = config.clone();
+        rotated[0] = user("admin", "pw-rotated", true);
+        let after_rotation = Users::open(true, rotated, Some(&dir)).unwrap();
+        assert!(after_rotation.verify(b"admin", b"pw-rotated").is_some());
+        assert!(after_rotation.verify(b"admin", b"pw-one").is_none());
         // The last cluster admin cannot be removed, and nothing changes.
         let refused = again.change(|list| {
             list.retain(|user| user.name != "admin");
@@ -428,6 +619,28 @@ mod tests {
         assert!(matches!(refused, Err(UserError::Invalid(_))), "{refused:?}");
         assert_eq!(again.list().len(), 2);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn checks_run_on_the_checking_threads_and_a_full_queue_is_refused_at_once() {
+        let users = Arc::new(Users::open(true, vec![user("admin", "pw", true)], None).unwrap());
+        let good = users.check(b"admin", b"pw").unwrap();
+        let bad = users.check(b"admin", b"nope").unwrap();
+        assert_eq!(
+            futures::executor::block_on(good).unwrap().unwrap().name,
+            "admin"
+        );
+        assert_eq!(futures::executor::block_on(bad).unwrap(), None);
+        // Far more checks than the queue holds, sent in microseconds while
+        // each takes tens of milliseconds: the overflow is refused at once.
+        let attempts: Vec<_> = (0..MAX_QUEUED_PASSWORD_CHECKS + 40)
+            .map(|_| users.check(b"nobody", b"x"))
+            .collect();
+        let refused = attempts.iter().filter(|attempt| attempt.is_err()).count();
+        assert!(refused >= 30, "{refused} refused");
+        for attempt in attempts.into_iter().flatten() {
+            assert_eq!(futures::executor::block_on(attempt).unwrap(), None);
+        }
     }
 
     #[test]
@@ -443,5 +656,16 @@ mod tests {
         assert!(Users::open(false, Vec::new(), None).is_ok());
         assert!(!valid_user_name("has space") && !valid_user_name(""));
         assert!(hash_password(b"").is_err());
+        // Other argon2id parameters would make a check take another time.
+        let cheap = Argon2::new(
+            argon2::Algorithm::Argon2id,
+            argon2::Version::V0x13,
+            Params::new(8192, 1, 1, None).unwrap(),
+        )
+        .hash_password(b"pw", &SaltString::generate(&mut OsRng))
+        .unwrap()
+        .to_string();
+        let error = check_hash(&cheap).unwrap_err().to_string();
+        assert!(error.contains("default parameters"), "{error}");
     }
 }

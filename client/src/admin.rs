@@ -47,13 +47,22 @@ pub enum AdminError {
     },
 }
 
-/// A user and password for HTTP basic auth.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A user and password (HTTP basic auth, the flatbuffers `Hello`).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     /// The user.
     pub user: String,
-    /// Its password.
+    /// Its password (`Debug` never shows it).
     pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 /// Sends `method path` with an optional JSON body to the admin API at

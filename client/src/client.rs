@@ -32,7 +32,9 @@ pub struct ClientConfig {
     /// User and password for a node with authentication on (the session
     /// then acts for the user's tenant: leave `tenant` as `default` or set
     /// it to that tenant). Sent in the clear over plain TCP.
-    pub credentials: Option<(String, String)>,
+    pub credentials: Option<crate::admin::Credentials>,
+    /// TLS, for a node with a `[tls]` table; `None`: plain TCP.
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 impl ClientConfig {
@@ -47,7 +49,14 @@ impl ClientConfig {
             request_timeout: Duration::from_secs(5),
             stale_reads: false,
             credentials: None,
+            tls: None,
         }
+    }
+
+    /// The same over TLS.
+    pub fn tls(mut self, tls: crate::tls::ClientTls) -> ClientConfig {
+        self.tls = Some(tls);
+        self
     }
 
     /// The same, authenticating as `user` with `password`.
@@ -56,7 +65,10 @@ impl ClientConfig {
         user: impl Into<String>,
         password: impl Into<String>,
     ) -> ClientConfig {
-        self.credentials = Some((user.into(), password.into()));
+        self.credentials = Some(crate::admin::Credentials {
+            user: user.into(),
+            password: password.into(),
+        });
         self
     }
 
@@ -577,7 +589,7 @@ async fn open(config: &ClientConfig) -> Result<(Connection, HelloInfo), ClientEr
     let credentials = config
         .credentials
         .as_ref()
-        .map(|(user, password)| (user.as_str(), password.as_str()));
+        .map(|credentials| (credentials.user.as_str(), credentials.password.as_str()));
     // A user acts for its own tenant: `default` (the config's default)
     // means "whatever the user's is".
     let tenant = match (&credentials, config.tenant.as_str()) {
@@ -590,6 +602,7 @@ async fn open(config: &ClientConfig) -> Result<(Connection, HelloInfo), ClientEr
         &config.client_name,
         config.stale_reads,
         credentials,
+        config.tls.as_ref(),
         config.connect_timeout,
         config.request_timeout,
     )

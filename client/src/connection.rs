@@ -70,9 +70,9 @@ impl Drop for Connection {
 }
 
 impl Connection {
-    /// Connects to `addr` and binds the connection to `tenant`, or to the
-    /// user of `credentials` (user, password) on a node with
-    /// authentication on.
+    /// Connects to `addr` (over TLS when `tls` is given) and binds the
+    /// connection to `tenant`, or to the user of `credentials` (user,
+    /// password) on a node with authentication on.
     #[allow(clippy::too_many_arguments)]
     pub async fn open(
         addr: &str,
@@ -80,6 +80,7 @@ impl Connection {
         client_name: &str,
         stale_reads: bool,
         credentials: Option<(&str, &str)>,
+        tls: Option<&crate::tls::ClientTls>,
         connect_timeout: Duration,
         request_timeout: Duration,
     ) -> Result<(Connection, HelloInfo), ClientError> {
@@ -94,7 +95,22 @@ impl Connection {
         stream
             .set_nodelay(true)
             .map_err(|error| failed(error.to_string()))?;
-        let (reader, writer) = stream.into_split();
+        let (reader, writer): (FrameReader, FrameWriter) = match tls {
+            None => {
+                let (reader, writer) = stream.into_split();
+                (Box::new(reader), Box::new(writer))
+            }
+            Some(tls) => {
+                let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+                let handshake = tls.connect(host, stream);
+                let stream = tokio::time::timeout(connect_timeout, handshake)
+                    .await
+                    .map_err(|_| failed(format!("no TLS handshake within {connect_timeout:?}")))?
+                    .map_err(|error| failed(format!("TLS: {error}")))?;
+                let (reader, writer) = tokio::io::split(stream);
+                (Box::new(reader), Box::new(writer))
+            }
+        };
         let in_flight = Arc::new(Mutex::new(InFlight::default()));
         let broken = Arc::new(AtomicBool::new(false));
         let (outbox, frames) = mpsc::channel(MAX_QUEUED_FRAMES);
@@ -227,8 +243,13 @@ impl Breaker {
     }
 }
 
+/// The write half of a connection, plain or TLS.
+type FrameWriter = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+/// The read half of a connection, plain or TLS.
+type FrameReader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+
 async fn write_frames(
-    mut writer: tokio::net::tcp::OwnedWriteHalf,
+    mut writer: FrameWriter,
     mut frames: mpsc::Receiver<Vec<u8>>,
     breaker: Breaker,
 ) {
@@ -249,7 +270,7 @@ async fn write_frames(
     }
 }
 
-async fn read_frames(reader: tokio::net::tcp::OwnedReadHalf, breaker: Breaker) {
+async fn read_frames(reader: FrameReader, breaker: Breaker) {
     let mut reader = BufReader::with_capacity(64 << 10, reader);
     let mut body = Vec::new();
     let error = loop {

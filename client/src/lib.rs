@@ -17,6 +17,7 @@
 //!   a reader task matching answers to requests by id.
 //! - [`codec`]: requests to frames, frames to [`codec::Response`].
 //! - [`error`]: the error type, [`ClientError`].
+//! - [`tls`]: TLS for connections to a node with a `[tls]` table.
 //! - [`admin`]: a small blocking client of a node's admin HTTP API (cluster
 //!   status and membership, for `tinker cluster` and joining nodes).
 //!
@@ -30,6 +31,7 @@ pub mod client;
 pub mod codec;
 pub mod connection;
 pub mod error;
+pub mod tls;
 
 pub use client::{
     Client, ClientConfig, ExpireCondition, RenameKind, ScanOptions, ScanPage, SetCondition,
@@ -37,3 +39,4 @@ pub use client::{
 };
 pub use error::{ClientError, Route, ShardOwner};
 pub use tinkerdb_schemas::wire::ErrorCode;
+pub use tls::ClientTls;

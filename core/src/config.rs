@@ -70,6 +70,51 @@ pub struct NodeConfig {
     /// Authentication: off by default (any client that reaches a port acts
     /// for any tenant, as before); see docs/security.md.
     pub auth: AuthConfig,
+    /// TLS on the client listeners (flatbuffers and RESP: TLS only when
+    /// set); absent: plain TCP. See docs/security.md.
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS on the client listeners (`net::tls`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The node's certificate chain, PEM (its own certificate first).
+    pub cert_file: PathBuf,
+    /// The certificate's private key, PEM.
+    pub key_file: PathBuf,
+    /// The CA client certificates must chain to (needed unless
+    /// `client_certs = "no"`), PEM.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Whether clients present a certificate: `no` (default), `optional`,
+    /// `required` (Redis's `tls-auth-clients`).
+    #[serde(default)]
+    pub client_certs: ClientCerts,
+    /// Longest a client may take to finish its TLS handshake before the
+    /// node closes the connection.
+    #[serde(default = "default_tls_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+}
+
+/// Default of [`TlsConfig::handshake_timeout_ms`].
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+
+fn default_tls_handshake_timeout_ms() -> u64 {
+    DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS
+}
+
+/// Whether TLS clients present a certificate.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCerts {
+    /// Not asked for.
+    #[default]
+    No,
+    /// Checked against `ca_file` when presented.
+    Optional,
+    /// Required and checked against `ca_file`.
+    Required,
 }
 
 /// Who may talk to the node (docs/security.md).
@@ -83,7 +128,7 @@ pub struct AuthConfig {
     pub enabled: bool,
     /// Users known at start (more are made with the admin API or `ACL
     /// SETUSER` and kept in the data directory's `users.json`). Each has a
-    /// `password_hash` made by `tinker hash-password`, never a password.
+    /// `password_hash` made by `tinkerdb --hash-password`, never a password.
     pub users: Vec<tinkerdb_admin::users::UserSpec>,
 }
 
@@ -243,6 +288,7 @@ impl Default for NodeConfig {
             databases: crate::tenants::DEFAULT_DATABASES,
             ranges_per_core: 1,
             auth: AuthConfig::default(),
+            tls: None,
         }
     }
 }
@@ -504,6 +550,14 @@ impl NodeConfig {
             }
             if !seen.insert(name) {
                 return invalid(format!("tenant {name:?} is listed twice"));
+            }
+        }
+        if let Some(tls) = &self.tls {
+            if tls.client_certs != ClientCerts::No && tls.ca_file.is_none() {
+                return invalid("tls.client_certs other than \"no\" needs tls.ca_file".into());
+            }
+            if tls.handshake_timeout_ms == 0 {
+                return invalid("tls.handshake_timeout_ms must be at least 1".into());
             }
         }
         let mut users = std::collections::HashSet::new();

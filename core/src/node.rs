@@ -33,6 +33,7 @@ use crate::coord::dispatch::serve_peer;
 use crate::coord::snapshots::drive_snapshots;
 use crate::frontend::fbs::serve_connection;
 use crate::net::listener::PortSharing;
+use crate::net::tls::ClientStream;
 use crate::shard::recovery::recover_core;
 use crate::shard::{Journal, Shard};
 use crate::shutdown::{stop_signal, CoreStopSignals, StopSignal};
@@ -159,6 +160,12 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
         config.auth.users.clone(),
         Some(&config.data_dir),
     )?);
+    // Loaded before any core starts: a bad certificate fails the start.
+    let tls = config
+        .tls
+        .as_ref()
+        .map(crate::net::tls::TlsSettings::load)
+        .transpose()?;
     if !users.enabled() {
         tracing::warn!(
             "authentication is off: anyone who reaches this node's ports can read and write \
@@ -226,6 +233,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
             move_claims: move_claims.clone(),
             tenants: tenants.clone(),
             users: users.clone(),
+            tls: tls.clone(),
             config: config.clone(),
             senders,
             receivers,
@@ -600,6 +608,8 @@ struct CoreSetup {
     tenants: Arc<TenantRegistry>,
     /// The node's users (shared by every core and the admin plane).
     users: Arc<Users>,
+    /// TLS on the client listeners (`[tls]`), loaded once.
+    tls: Option<crate::net::tls::TlsSettings>,
     config: NodeConfig,
     senders: Vec<Option<SharedSender<CoreMessage>>>,
     receivers: Vec<SharedReceiver<CoreMessage>>,
@@ -759,6 +769,7 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
             context.clone(),
             resp_listener,
             Protocol::Resp,
+            setup.tls.clone(),
             stop.drain.clone(),
         );
         glommio::spawn_local(accepting)
@@ -767,6 +778,7 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
         context.clone(),
         listener,
         Protocol::Flatbuffers,
+        setup.tls.clone(),
         stop.drain.clone(),
     )
     .await;
@@ -844,11 +856,14 @@ enum Protocol {
 }
 
 /// Accepts connections until `drain` is tripped (then drops the listener:
-/// new connections are refused by the kernel).
+/// new connections are refused by the kernel). With `tls`, each connection
+/// runs its TLS handshake in its own task first (bounded by the handshake
+/// timeout), so a slow or silent client never holds the loop.
 async fn accept_loop(
     context: Rc<CoreContext>,
     listener: TcpListener,
     protocol: Protocol,
+    tls: Option<crate::net::tls::TlsSettings>,
     drain: StopSignal,
 ) {
     let core = context.core;
@@ -889,7 +904,20 @@ async fn accept_loop(
         let connection_id =
             stats.connections_total.get() * context.slot_map.cores() as u64 + core as u64;
         let drain = drain.clone();
+        let tls = tls.clone();
         glommio::spawn_local(async move {
+            let stream = match tls {
+                None => ClientStream::Plain(stream),
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        tracing::debug!(core, %error, "TLS handshake failed");
+                        let open = &context.stats.connections_open;
+                        open.set(open.get() - 1);
+                        return;
+                    }
+                },
+            };
             match protocol {
                 Protocol::Flatbuffers => serve_connection(context.clone(), stream, drain).await,
                 Protocol::Resp => {

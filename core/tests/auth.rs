@@ -190,6 +190,16 @@ fn resp_clients_authenticate_like_redis_and_every_failure_answers_the_same() {
         .call(&["ACL", "SETUSER", "eve", "on", ">pw"])
         .starts_with("-NOPERM User alice has no permissions"));
     assert!(raw.call(&["ACL", "LIST"]).starts_with("-NOPERM"));
+    // A failed HELLO changes nothing: still RESP2 (a null is `$-1`).
+    assert_eq!(
+        raw.call(&["HELLO", "3", "AUTH", "alice", "wrong"]),
+        WRONGPASS
+    );
+    assert_eq!(raw.call(&["GET", "missing"]), "$-1\r\n");
+    // A snapshot covers every tenant: cluster admins only.
+    assert!(raw
+        .call(&["BGSAVE"])
+        .starts_with("-NOPERM User alice has no permissions to run the 'bgsave' command"));
     // HELLO ... AUTH switches user and protocol at once.
     let hello = raw.call(&["HELLO", "3", "AUTH", "admin", ADMIN_PASSWORD]);
     assert!(hello.starts_with('%'), "{hello}");
@@ -234,6 +244,34 @@ fn a_deleted_or_disabled_user_is_cut_off_and_credentials_are_stored_as_hashes_on
     assert_eq!(bob.call(&["AUTH", "bob", "bob-pass-4"]), "+OK\r\n");
     assert_eq!(bob.call(&["SET", "b", "1"]), "+OK\r\n");
     assert_eq!(admin.call(&["ACL", "DELUSER", "bob", "nobody"]), ":1\r\n");
+    // Taking a right away cuts the session off too (it would otherwise
+    // keep acting as a cluster admin).
+    assert_eq!(
+        admin.call(&[
+            "ACL",
+            "SETUSER",
+            "erin",
+            "on",
+            ">erin-pass-7",
+            "cluster-admin"
+        ]),
+        "+OK\r\n"
+    );
+    let mut erin = Raw::connect(&node);
+    assert_eq!(erin.call(&["AUTH", "erin", "erin-pass-7"]), "+OK\r\n");
+    assert_eq!(erin.call(&["ACL", "USERS"]), "*4\r\n");
+    for _ in 0..4 {
+        erin.reply();
+    }
+    assert_eq!(
+        admin.call(&["ACL", "SETUSER", "erin", "no-cluster-admin"]),
+        "+OK\r\n"
+    );
+    assert_eq!(
+        erin.call(&["ACL", "SETUSER", "erin", "cluster-admin"]),
+        NOAUTH
+    );
+    assert!(erin.closed());
     // Bob's next commands, pipelined: refused, and the connection closes.
     bob.send(&[b"GET", b"b"]);
     bob.send(&[b"GET", b"b"]);
@@ -405,21 +443,36 @@ fn the_admin_api_the_flatbuffers_hello_and_tinker_need_credentials() {
 }
 
 #[test]
-fn a_silent_stranger_is_closed_after_the_idle_timeout_but_a_user_is_not() {
+fn a_stranger_is_closed_after_the_authentication_timeout_even_dripping_bytes_but_a_user_is_not() {
     let node = start_node();
     let started = std::time::Instant::now();
-    let mut stranger = Raw::connect(&node);
+    let mut silent = Raw::connect(&node);
+    let dripping = Raw::connect(&node);
     let mut user = Raw::connect(&node);
     assert_eq!(user.call(&["AUTH", "alice", ALICE_PASSWORD]), "+OK\r\n");
+    // One byte of a command every 2 s: never a whole command, never idle
+    // for long, and still closed at the deadline counted from the accept.
+    let mut drip = dripping.0.try_clone().unwrap();
+    let dripper = std::thread::spawn(move || {
+        for byte in b"*1\r\n$4\r\nPIN".iter().cycle().take(30) {
+            if drip.write_all(&[*byte]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    });
     let mut byte = [0u8];
     // Closed by the node (end of stream), not by our read timeout (20 s).
-    assert_eq!(stranger.0.read(&mut byte).unwrap(), 0);
+    assert_eq!(silent.0.read(&mut byte).unwrap(), 0);
+    let mut dripping = dripping;
+    assert_eq!(dripping.0.read(&mut byte).unwrap(), 0);
     let waited = started.elapsed();
     assert!(
-        waited >= tinkerdb_core::frontend::resp::UNAUTHENTICATED_IDLE_TIMEOUT,
+        waited >= tinkerdb_core::coord::session::AUTHENTICATION_TIMEOUT,
         "closed after {waited:?}"
     );
-    // The authenticated connection idled as long and still answers.
+    dripper.join().unwrap();
+    // The authenticated connection lived as long and still answers.
     assert_eq!(user.call(&["PING"]), "+PONG\r\n");
 }
 
@@ -496,4 +549,16 @@ fn a_cluster_with_authentication_serves_users_on_every_node_and_a_node_joins_wit
     let mut late = Raw::connect(&node4);
     assert_eq!(late.call(&["AUTH", "alice", ALICE_PASSWORD]), "+OK\r\n");
     assert_eq!(late.call(&["GET", "c7"]), "$2\r\nv7\r\n");
+}
+
+#[test]
+fn with_authentication_off_users_cannot_be_made_over_resp() {
+    let node = TestNode::start(1);
+    let mut raw = Raw::connect(&node);
+    assert_eq!(raw.call(&["ACL", "WHOAMI"]), "$7\r\ndefault\r\n");
+    assert!(raw
+        .call(&["ACL", "SETUSER", "x", "on", ">pw", "cluster-admin"])
+        .starts_with("-ERR authentication is off on this node"));
+    // AUTH picks a tenant, as before authentication existed.
+    assert_eq!(raw.call(&["AUTH", "default", "anything"]), "+OK\r\n");
 }

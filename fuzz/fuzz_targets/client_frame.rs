@@ -95,7 +95,7 @@ fn encode_command(id: u64, command: &Command) -> Vec<u8> {
             client_name,
             stale_reads: *stale_reads,
             user,
-            password,
+            password: &password.0,
         }),
         Command::Ping => send(Request::Ping),
         Command::Get { key } => send(Request::Get { key }),

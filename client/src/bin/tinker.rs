@@ -46,6 +46,22 @@ struct Args {
         requires = "user"
     )]
     password: Option<String>,
+    /// Speak TLS to the node (its `[tls]` table), trusting --cacert.
+    #[arg(long, requires = "cacert")]
+    tls: bool,
+    /// PEM file of the CA the node's certificate chains to.
+    #[arg(long, env = "TINKER_CACERT")]
+    cacert: Option<std::path::PathBuf>,
+    /// PEM client certificate, for nodes that ask for one (with --key).
+    #[arg(long, requires = "key")]
+    cert: Option<std::path::PathBuf>,
+    /// PEM key of --cert.
+    #[arg(long, requires = "cert")]
+    key: Option<std::path::PathBuf>,
+    /// The name to expect in the node's certificate (default: the host of
+    /// --addr).
+    #[arg(long)]
+    sni: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -171,8 +187,10 @@ enum UserAction {
     Add {
         /// Its name.
         name: String,
-        /// Its password (only its Argon2id hash is kept).
-        #[arg(long)]
+        /// Its password (only its Argon2id hash is kept; prefer the
+        /// TINKER_NEW_PASSWORD environment variable: a command line is
+        /// visible to other local users).
+        #[arg(long, env = "TINKER_NEW_PASSWORD", hide_env_values = true)]
         new_password: String,
         /// The tenant its connections act for.
         #[arg(long, default_value = "default")]
@@ -185,8 +203,8 @@ enum UserAction {
     Passwd {
         /// The user.
         name: String,
-        /// The new password.
-        #[arg(long)]
+        /// The new password (or TINKER_NEW_PASSWORD).
+        #[arg(long, env = "TINKER_NEW_PASSWORD", hide_env_values = true)]
         new_password: String,
     },
     /// Let a user authenticate again.
@@ -315,7 +333,8 @@ fn main() -> ExitCode {
             .connections(1)
             .stale_reads(args.stale_reads)
             .request_timeout(Duration::from_millis(args.timeout_ms));
-        config.credentials = args.user.clone().zip(args.password.clone());
+        config.credentials = admin.credentials.clone();
+        config.tls = client_tls(&args);
         let client = match Client::connect(config).await {
             Ok(client) => client,
             Err(error) => {
@@ -337,6 +356,16 @@ fn main() -> ExitCode {
     })
 }
 
+/// The TLS settings of `--tls` (none without it).
+fn client_tls(args: &Args) -> Option<tinkerdb_client::ClientTls> {
+    let ca_file = args.cacert.clone().filter(|_| args.tls)?;
+    Some(tinkerdb_client::ClientTls {
+        ca_file,
+        server_name: args.sni.clone(),
+        client_cert: args.cert.clone().zip(args.key.clone()),
+    })
+}
+
 /// `tinker ping`: 0 if the node answers within `timeout` (connecting
 /// included), 1 otherwise (for health checks: never 2).
 async fn ping(args: &Args, timeout: Duration) -> ExitCode {
@@ -345,7 +374,12 @@ async fn ping(args: &Args, timeout: Duration) -> ExitCode {
         .connections(1)
         .request_timeout(timeout);
     config.connect_timeout = timeout;
-    config.credentials = args.user.clone().zip(args.password.clone());
+    config.credentials = args
+        .user
+        .clone()
+        .zip(args.password.clone())
+        .map(|(user, password)| admin::Credentials { user, password });
+    config.tls = client_tls(args);
     let attempt = async {
         let client = Client::connect(config).await?;
         client.ping().await

@@ -365,6 +365,26 @@ pub async fn join(
         "databases": databases,
         "ranges_per_core": ranges_per_core,
     });
+    // This node's own admin API must let the same credentials in (it is
+    // asked below whether the join took): checked before the cluster adds
+    // a voter that would then stop for want of them.
+    if let Some(own_admin) = own_admin {
+        request_async_as(
+            &own_admin.to_string(),
+            "GET",
+            "/v1/node",
+            None,
+            JOIN_TIMEOUT,
+            credentials,
+        )
+        .await
+        .map_err(|error| {
+            anyhow::anyhow!(
+                "this node's own admin API refuses the join's credentials ({JOIN_USER_ENV}, \
+                 {JOIN_PASSWORD_ENV}: a cluster_admin user of this node too): {error}"
+            )
+        })?;
+    }
     tracing::info!(%seed, node_id = cluster.node_id, "asking to join the cluster");
     let answer = request_async_as(
         seed,

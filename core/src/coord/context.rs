@@ -42,8 +42,9 @@ pub struct CoreMessage {
 pub struct CoreStats {
     /// Requests answered, errors included.
     pub requests_total: Cell<u64>,
-    /// Requests answered with an error, by `ErrorCode` value.
-    pub errors_total: [Cell<u64>; 22],
+    /// Requests answered with an error, by `ErrorCode` value (one counter
+    /// per code the schema defines).
+    pub errors_total: [Cell<u64>; ErrorCode::ENUM_MAX as usize + 1],
     /// Client connections accepted.
     pub connections_total: Cell<u64>,
     /// Client connections open now.

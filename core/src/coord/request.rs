@@ -23,8 +23,8 @@ pub enum Command {
         stale_reads: bool,
         /// The user to authenticate as (empty: none).
         user: String,
-        /// Its password (never logged).
-        password: String,
+        /// Its password (`Debug` never shows it).
+        password: Password,
     },
     /// No-op round trip.
     Ping,
@@ -189,5 +189,16 @@ pub enum Reply {
 impl From<ProtocolError> for Reply {
     fn from(error: ProtocolError) -> Reply {
         Reply::Error(error)
+    }
+}
+
+/// A password as it travels inside a request: `Debug` never shows it, so
+/// no log line or panic message of a request can carry one.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Password(pub String);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
     }
 }

@@ -4,16 +4,17 @@
 //! for every front end (flatbuffers Hello, RESP's start, AUTH and SELECT).
 //!
 //! Authentication (`tinkerdb_admin::users`): a front end checks a password
-//! with [`authenticate`], which runs the Argon2id verification on the
-//! core's blocking thread (never on the core itself), then opens the
+//! with [`authenticate`], which queues the Argon2id verification on the
+//! node's password-checking threads (never on a core), then opens the
 //! session for the user. Before each request it asks [`Session::admission`]:
 //! one atomic load while the user list is unchanged; after a change the
-//! session's user is looked up again, and a deleted or disabled user, or
-//! one whose password changed, is cut off.
+//! session's user is looked up again, and a user deleted or changed in any
+//! way (disabled, a new password, another tenant, rights taken away) is
+//! cut off.
 
 use std::sync::Arc;
 
-use tinkerdb_admin::users::{UserSpec, Users};
+use tinkerdb_admin::users::{ChecksBusy, UserSpec, Users};
 
 use tinkerdb_schemas::wire::ErrorCode;
 use tinkerdb_storage::TenantId;
@@ -39,16 +40,19 @@ pub struct Session {
 /// The user of an authenticated session.
 #[derive(Clone)]
 pub struct SessionUser {
-    /// The user's name.
-    pub name: Arc<str>,
-    /// The hash its password was checked against (a new password cuts the
-    /// session off).
-    password_hash: Arc<str>,
-    /// May change users (`ACL SETUSER`).
-    pub cluster_admin: bool,
-    /// The user list's generation it was last found valid at.
+    /// The user as it was when the session authenticated: any change of it
+    /// since (a new password, another tenant, rights taken away, disabled)
+    /// cuts the session off.
+    spec: Arc<UserSpec>,
+    /// The user list's generation it was last found unchanged at.
     checked_at: std::cell::Cell<u64>,
 }
+
+/// How long a connection to a node with authentication on may take to
+/// authenticate, counted from its accept (not from its last byte: a
+/// stranger dripping a byte now and then is closed all the same), before
+/// the node closes it: strangers cannot hold `max_connections_per_core`.
+pub const AUTHENTICATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Whether a session may run its next request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,48 +66,18 @@ pub enum Admission {
     Revoked,
 }
 
-/// The user `name` if `password` is its password: one Argon2id
-/// verification, on this core's blocking thread (glommio runs one per
-/// executor, so verifications of a core queue there and never run on the
-/// core itself), at the lowest CPU priority ([`PASSWORD_CHECK_NICE`]).
-/// Every kind of failure answers `None`, after the same work.
-pub async fn authenticate(users: &Arc<Users>, name: &[u8], password: &[u8]) -> Option<UserSpec> {
-    let (users, name, password) = (users.clone(), name.to_vec(), password.to_vec());
-    glommio::executor()
-        .spawn_blocking(move || {
-            lower_this_threads_priority();
-            users.verify(&name, &password)
-        })
-        .await
-}
-
-/// The nice value of the threads that check passwords: the lowest
-/// priority. A shard core and a password check share the CPUs; at nice 19
-/// the scheduler gives the cores the CPU whenever they want it, so a flood
-/// of `AUTH`s (37 ms of CPU each) slows other logins, not the data path.
-pub const PASSWORD_CHECK_NICE: libc::c_int = 19;
-
-/// Lowers the calling thread's priority to [`PASSWORD_CHECK_NICE`], once
-/// per thread (on Linux a nice value is per thread: `setpriority` with
-/// `PRIO_PROCESS` and 0 changes the calling thread only).
-fn lower_this_threads_priority() {
-    thread_local! {
-        static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    }
-    LOWERED.with(|lowered| {
-        if !lowered.replace(true) {
-            // SAFETY: setpriority reads no memory of ours; failure only
-            // leaves the thread at the priority it had.
-            #[allow(unsafe_code)]
-            let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, PASSWORD_CHECK_NICE) };
-            if result != 0 {
-                tracing::debug!(
-                    error = %std::io::Error::last_os_error(),
-                    "cannot lower the password-check thread's priority"
-                );
-            }
-        }
-    });
+/// The user `name` if `password` is its password (`Ok(None)`: no such
+/// user, disabled, or wrong: every failure alike, after the same work).
+/// The Argon2id verification runs on the node's password-checking threads
+/// (`tinkerdb_admin::users`), never on this core; `Err` when too many
+/// checks are queued (nothing was checked: retry later).
+pub async fn authenticate(
+    users: &Arc<Users>,
+    name: &[u8],
+    password: &[u8],
+) -> Result<Option<UserSpec>, ChecksBusy> {
+    let answered = users.check(name, password)?;
+    Ok(answered.await.ok().flatten())
 }
 
 impl Session {
@@ -146,9 +120,7 @@ impl Session {
     ) -> Result<Session, ProtocolError> {
         let mut session = Session::open(tenants, &user.tenant, stale_reads)?;
         session.user = Some(SessionUser {
-            name: Arc::from(user.name.as_str()),
-            password_hash: Arc::from(user.password_hash.as_str()),
-            cluster_admin: user.cluster_admin,
+            spec: Arc::new(user.clone()),
             checked_at: std::cell::Cell::new(generation),
         });
         Ok(session)
@@ -166,7 +138,10 @@ impl Session {
         if user.checked_at.get() == generation {
             return Admission::Admitted;
         }
-        if users.still_valid(&user.name, &user.password_hash) {
+        let unchanged = users
+            .current(&user.spec.name)
+            .is_some_and(|now| now.enabled && now == *user.spec);
+        if unchanged {
             user.checked_at.set(generation);
             Admission::Admitted
         } else {
@@ -174,15 +149,20 @@ impl Session {
         }
     }
 
-    /// Whether this session may administer users: a `cluster_admin` user,
-    /// or anyone with authentication off.
+    /// Whether this session may administer the node (snapshots, users):
+    /// a `cluster_admin` user (as of the last [`Session::admission`], which
+    /// runs before every request), or anyone with authentication off.
     pub fn may_administer(&self, users: &Users) -> bool {
-        !users.enabled() || self.user.as_ref().is_some_and(|user| user.cluster_admin)
+        !users.enabled()
+            || self
+                .user
+                .as_ref()
+                .is_some_and(|user| user.spec.cluster_admin)
     }
 
     /// The name `ACL WHOAMI` answers: the user, or `default`.
     pub fn user_name(&self) -> &str {
-        self.user.as_ref().map_or("default", |user| &user.name)
+        self.user.as_ref().map_or("default", |user| &user.spec.name)
     }
 
     /// `request` as this session reads: marked [`ShardRequest::Stale`] when

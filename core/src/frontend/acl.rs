@@ -11,8 +11,12 @@
 //! `ACL LIST` never shows a password hash.
 //!
 //! With authentication on, `USERS`, `LIST`, `SETUSER` and `DELUSER` need a
-//! `cluster_admin` user (`-NOPERM` otherwise). Hashing a new password and
-//! saving the list run on the core's blocking thread.
+//! `cluster_admin` user (`-NOPERM` otherwise). With it off, `SETUSER` and
+//! `DELUSER` are refused: anyone could otherwise make a `cluster_admin`
+//! that outlives the switch to authentication (users are then made with
+//! the config file or the admin API). Hashing a new password and saving
+//! the list run on a thread of their own, never on the core (nor on its
+//! blocking thread, which the WAL's renames use).
 
 use std::sync::Arc;
 
@@ -96,6 +100,13 @@ pub async fn command(context: &CoreContext, session: &Session, args: Vec<Bytes>)
     if !session.may_administer(users) {
         return no_permission(session, &sub);
     }
+    if !users.enabled() && matches!(sub.as_str(), "SETUSER" | "DELUSER") {
+        return RespValue::Error(
+            "ERR authentication is off on this node: make users in the config file or with \
+             the admin API (tinker user ...), then turn [auth] enabled on"
+                .into(),
+        );
+    }
     match sub.as_str() {
         "USERS" => RespValue::Array(
             users
@@ -119,9 +130,14 @@ pub async fn command(context: &CoreContext, session: &Session, args: Vec<Bytes>)
                 Ok(rules) => rules,
                 Err(error) => return RespValue::Error(error),
             };
+            // A tenant by its name (not one of its databases, `acme/3`).
+            let unknown = |tenant: &str| {
+                !tinkerdb_admin::tenants_file::valid_tenant_name(tenant)
+                    || context.tenants.by_name(tenant).is_none()
+            };
             if let Some(Rule::Tenant(tenant)) = rules
                 .iter()
-                .find(|rule| matches!(rule, Rule::Tenant(tenant) if context.tenants.by_name(tenant).is_none()))
+                .find(|rule| matches!(rule, Rule::Tenant(tenant) if unknown(tenant)))
             {
                 return RespValue::Error(format!(
                     "ERR tenant {tenant:?} is not defined on this node"
@@ -129,9 +145,7 @@ pub async fn command(context: &CoreContext, session: &Session, args: Vec<Bytes>)
             }
             let name = String::from_utf8_lossy(name).into_owned();
             let users = users.clone();
-            let changed = glommio::executor()
-                .spawn_blocking(move || set_user(&users, name, rules))
-                .await;
+            let changed = off_core(move || set_user(&users, name, rules)).await;
             match changed {
                 Ok(()) => RespValue::Simple("OK"),
                 Err(error) => RespValue::Error(format!("ERR {error}")),
@@ -148,15 +162,14 @@ pub async fn command(context: &CoreContext, session: &Session, args: Vec<Bytes>)
                 .map(|name| String::from_utf8_lossy(name).into_owned())
                 .collect();
             let users = users.clone();
-            let deleted = glommio::executor()
-                .spawn_blocking(move || {
-                    users.change(|list| {
-                        let before = list.len();
-                        list.retain(|user| !names.contains(&user.name));
-                        Ok(before - list.len())
-                    })
+            let deleted = off_core(move || {
+                users.change(|list| {
+                    let before = list.len();
+                    list.retain(|user| !names.contains(&user.name));
+                    Ok(before - list.len())
                 })
-                .await;
+            })
+            .await;
             match deleted {
                 Ok(count) => RespValue::Integer(count as i64),
                 Err(error) => RespValue::Error(format!("ERR {error}")),
@@ -164,6 +177,28 @@ pub async fn command(context: &CoreContext, session: &Session, args: Vec<Bytes>)
         }
         _ => unreachable!("subcommand checked above"),
     }
+}
+
+/// Runs `change` (a hash and an fsync: tens of ms) on a thread of its
+/// own and awaits its answer without blocking the core. User changes are
+/// rare and made by cluster admins only, so a thread each is cheap enough.
+async fn off_core<T: Send + 'static>(
+    change: impl FnOnce() -> Result<T, UserError> + Send + 'static,
+) -> Result<T, UserError> {
+    let (answer, answered) = futures_channel::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("tinkerdb-acl".into())
+        .spawn(move || {
+            let _ = answer.send(change());
+        });
+    if let Err(error) = spawned {
+        return Err(UserError::Storage(format!(
+            "cannot start a thread: {error}"
+        )));
+    }
+    answered
+        .await
+        .unwrap_or_else(|_| Err(UserError::Storage("the change's thread ended".into())))
 }
 
 /// Applies `rules` to user `name` (made if new: a new user needs a

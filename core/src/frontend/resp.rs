@@ -18,7 +18,9 @@
 //! is answered `-NOAUTH Authentication required.` until one succeeds, and
 //! every failure gets the same `-WRONGPASS ...`. A user acts for its
 //! tenant. Before authenticating, a connection's commands are held to
-//! [`UNAUTHENTICATED_MAX_ARGS`] arguments of [`UNAUTHENTICATED_MAX_BULK_BYTES`].
+//! [`UNAUTHENTICATED_MAX_ARGS`] arguments of [`UNAUTHENTICATED_MAX_BULK_BYTES`]
+//! (an inline command to 64 KiB), and a connection not authenticated within
+//! `AUTHENTICATION_TIMEOUT` of connecting is closed.
 //! A connection whose user is deleted, disabled or given a new password is
 //! answered NOAUTH and closed at its next command. `ACL WHOAMI`, `ACL
 //! USERS`, `ACL LIST`, `ACL SETUSER`, `ACL DELUSER` (the last three for
@@ -31,9 +33,9 @@
 
 use std::rc::Rc;
 
+use crate::net::tls::ClientStream;
 use bytes::Bytes;
 use futures_lite::AsyncWriteExt;
-use glommio::net::TcpStream;
 use tinkerdb_schemas::wire::ErrorCode;
 use tinkerdb_storage::{
     database_of, hash_slot, quota_owner, Expiry, SetOptions, TenantId, WriteCondition, SLOT_COUNT,
@@ -44,7 +46,7 @@ use crate::coord::batches::{Pipeline, Ticket};
 use crate::coord::context::{now_ms, CoreContext};
 use crate::coord::multi::{execute_multi, one_shard_request, quota_error, unexpected};
 use crate::coord::request::{Command, Reply};
-use crate::coord::session::{authenticate, Admission, Session};
+use crate::coord::session::{authenticate, Admission, Session, AUTHENTICATION_TIMEOUT};
 use crate::error::ProtocolError;
 use crate::net::stream::{close_lingering, Filled, ReadBuffer};
 use crate::shard::{
@@ -64,11 +66,6 @@ pub const RESP_MAX_PIPELINED_COMMANDS: usize = 1024;
 /// authenticated (authentication on): `HELLO 3 AUTH user pass SETNAME n`
 /// fits; a stranger cannot make the node buffer a huge command.
 pub const UNAUTHENTICATED_MAX_ARGS: usize = 8;
-
-/// How long a connection that has not authenticated (authentication on)
-/// may stay silent before the node closes it: a stranger cannot hold
-/// connections (`max_connections_per_core`) open for free.
-pub const UNAUTHENTICATED_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Longest argument of a command from a connection that has not
 /// authenticated (authentication on): above the longest password.
@@ -338,7 +335,7 @@ enum Pending {
 /// Serves one RESP client until it disconnects or sends QUIT.
 pub async fn serve_resp_connection(
     context: Rc<CoreContext>,
-    stream: TcpStream,
+    stream: ClientStream,
     connection_id: u64,
     drain: StopSignal,
 ) {
@@ -355,6 +352,7 @@ pub async fn serve_resp_connection(
         client_name: None,
         pipeline: Pipeline::default(),
         connection_id,
+        connected_at: std::time::Instant::now(),
         peer: peer.map(|p| p.to_string()).unwrap_or_default(),
         drain: ConnectionDrain::new(drain),
     };
@@ -368,7 +366,7 @@ struct RespConnection {
     /// answers what it has read, then closes (RESP2 has no way to say why).
     drain: ConnectionDrain,
     context: Rc<CoreContext>,
-    stream: TcpStream,
+    stream: ClientStream,
     input: ReadBuffer,
     output: Vec<u8>,
     session: Session,
@@ -376,6 +374,9 @@ struct RespConnection {
     client_name: Option<String>,
     pipeline: Pipeline,
     connection_id: u64,
+    /// When the connection was accepted (it must authenticate within
+    /// [`AUTHENTICATION_TIMEOUT`] of it, when authentication is on).
+    connected_at: std::time::Instant,
     peer: String,
 }
 
@@ -466,7 +467,8 @@ impl RespConnection {
             }
             let stranger =
                 self.session.admission(&self.context.users) == Admission::NotAuthenticated;
-            let idle_limit = stranger.then_some(UNAUTHENTICATED_IDLE_TIMEOUT);
+            let idle_limit = stranger
+                .then(|| AUTHENTICATION_TIMEOUT.saturating_sub(self.connected_at.elapsed()));
             match self
                 .input
                 .fill_within(&mut self.stream, 1, &mut self.drain, idle_limit)
@@ -475,7 +477,8 @@ impl RespConnection {
                 Filled::Bytes(0) => return Ok(()),
                 Filled::Bytes(_) => {}
                 Filled::Draining => return close_lingering(&mut self.stream).await,
-                // As Redis's `timeout`: closed without a word.
+                // Not authenticated in time: closed without a word (as
+                // Redis's `timeout`).
                 Filled::Idle => return Ok(()),
             }
         }
@@ -1119,6 +1122,14 @@ impl RespConnection {
             }
             "SAVE" | "BGSAVE" => {
                 arity!(argc <= 2);
+                // A snapshot is of the whole node, every tenant's keys.
+                if !self.session.may_administer(&self.context.users) {
+                    return ready(RespValue::error(format!(
+                        "NOPERM User {} has no permissions to run the '{}' command",
+                        self.session.user_name(),
+                        name.to_lowercase()
+                    )));
+                }
                 match self.multi(Command::Snapshot).await {
                     RespValue::Error(error) => RespValue::Error(error),
                     _ if name == "BGSAVE" => RespValue::Simple("Background saving started"),
@@ -1256,8 +1267,10 @@ impl RespConnection {
     async fn authenticate(&mut self, user: &[u8], password: &[u8]) -> RespValue {
         let users = &self.context.users;
         let generation = users.generation();
-        let Some(user) = authenticate(users, user, password).await else {
-            return RespValue::error(WRONGPASS);
+        let user = match authenticate(users, user, password).await {
+            Ok(Some(user)) => user,
+            Ok(None) => return RespValue::error(WRONGPASS),
+            Err(busy) => return RespValue::error(format!("ERR {busy}")),
         };
         match Session::for_user(&self.context.tenants, &user, generation, false) {
             Ok(session) => {
@@ -1288,24 +1301,18 @@ impl RespConnection {
         }
     }
 
+    /// HELLO: every option is parsed first, then the AUTH (if any) runs,
+    /// and only once it succeeded do the protocol and the name change (as
+    /// Redis: a failed HELLO changes nothing).
     async fn hello(&mut self, args: Vec<Bytes>) -> RespValue {
-        let authenticating = args.iter().any(|arg| arg.eq_ignore_ascii_case(b"AUTH"));
-        if !authenticating
-            && self.session.admission(&self.context.users) == Admission::NotAuthenticated
-        {
-            return RespValue::error(
-                "NOAUTH HELLO must be called with the client already authenticated, otherwise \
-                 the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the \
-                 client and select the RESP protocol version at the same time",
-            );
-        }
         let mut args = args.into_iter();
+        let mut protocol = None;
         if let Some(version) = args.next() {
             match std::str::from_utf8(&version)
                 .ok()
                 .and_then(|t| t.parse::<u8>().ok())
             {
-                Some(version @ (2 | 3)) => self.protocol = version,
+                Some(version @ (2 | 3)) => protocol = Some(version),
                 Some(_) => return RespValue::error("NOPROTO unsupported protocol version"),
                 None => {
                     return RespValue::error(
@@ -1314,25 +1321,20 @@ impl RespConnection {
                 }
             }
         }
+        let (mut credentials, mut name) = (None, None);
         while let Some(option) = args.next() {
             match option.to_ascii_uppercase().as_slice() {
                 b"AUTH" => {
                     let (Some(user), Some(password)) = (args.next(), args.next()) else {
                         return RespValue::error("ERR Syntax error in HELLO option 'auth'");
                     };
-                    let reply = match self.context.users.enabled() {
-                        true => self.authenticate(&user, &password).await,
-                        false => self.switch_tenant(&String::from_utf8_lossy(&user), true),
-                    };
-                    if let RespValue::Error(_) = reply {
-                        return reply;
-                    }
+                    credentials = Some((user, password));
                 }
                 b"SETNAME" => {
-                    let Some(name) = args.next() else {
+                    let Some(given) = args.next() else {
                         return RespValue::error("ERR Syntax error in HELLO option 'setname'");
                     };
-                    self.client_name = Some(String::from_utf8_lossy(&name).into_owned());
+                    name = Some(String::from_utf8_lossy(&given).into_owned());
                 }
                 other => {
                     return RespValue::error(format!(
@@ -1341,6 +1343,32 @@ impl RespConnection {
                     ))
                 }
             }
+        }
+        match credentials {
+            Some((user, password)) => {
+                let reply = match self.context.users.enabled() {
+                    true => self.authenticate(&user, &password).await,
+                    false => self.switch_tenant(&String::from_utf8_lossy(&user), true),
+                };
+                if let RespValue::Error(_) = reply {
+                    return reply;
+                }
+            }
+            None if self.session.admission(&self.context.users) == Admission::NotAuthenticated => {
+                return RespValue::error(
+                    "NOAUTH HELLO must be called with the client already authenticated, \
+                     otherwise the HELLO <proto> AUTH <user> <pass> option can be used to \
+                     authenticate the client and select the RESP protocol version at the same \
+                     time",
+                );
+            }
+            None => {}
+        }
+        if let Some(protocol) = protocol {
+            self.protocol = protocol;
+        }
+        if name.is_some() {
+            self.client_name = name;
         }
         RespValue::Map(vec![
             (RespValue::bulk("server"), RespValue::bulk("tinkerdb")),

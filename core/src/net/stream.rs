@@ -2,7 +2,8 @@
 //! fills, and the lingering close that lets a client read its last answers.
 
 use futures_lite::AsyncReadExt;
-use glommio::net::TcpStream;
+
+use crate::net::tls::ClientStream;
 
 use crate::shutdown::ConnectionDrain;
 
@@ -16,8 +17,8 @@ pub const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_millis(2
 /// or [`CLOSE_LINGER`] passes. Closing at once would make the kernel answer
 /// the client's unread bytes with a reset, which can destroy answers the
 /// client has not read yet.
-pub(crate) async fn close_lingering(stream: &mut TcpStream) -> std::io::Result<()> {
-    stream.shutdown(std::net::Shutdown::Write).await?;
+pub(crate) async fn close_lingering(stream: &mut ClientStream) -> std::io::Result<()> {
+    stream.shutdown_write().await?;
     let discard = async {
         let mut sink = [0u8; 4096];
         while matches!(stream.read(&mut sink).await, Ok(read) if read > 0) {}
@@ -85,7 +86,7 @@ impl ReadBuffer {
     /// with [`Filled::Idle`] when nothing arrives within it.
     pub(crate) async fn fill_within(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut ClientStream,
         bytes_wanted: usize,
         drain: &mut ConnectionDrain,
         idle_limit: Option<std::time::Duration>,
@@ -114,7 +115,7 @@ impl ReadBuffer {
     /// [`ReadBuffer::fill_within`] without a drain signal or idle limit.
     async fn fill(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut ClientStream,
         bytes_wanted: usize,
     ) -> std::io::Result<usize> {
         if self.start > 0

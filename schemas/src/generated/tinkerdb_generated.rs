@@ -13,10 +13,10 @@ pub mod wire {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 23;
+pub const ENUM_MAX_ERROR_CODE: u16 = 24;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 24] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 25] = [
   ErrorCode::None,
   ErrorCode::MalformedFrame,
   ErrorCode::UnsupportedVersion,
@@ -41,6 +41,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 24] = [
   ErrorCode::NotAnInteger,
   ErrorCode::StaleRoute,
   ErrorCode::Unauthenticated,
+  ErrorCode::PermissionDenied,
 ];
 
 /// Why a request failed. Stable numbers: clients switch on them.
@@ -120,9 +121,12 @@ impl ErrorCode {
   /// whose user was deleted, disabled or given a new password: the
   /// session ends there, and the connection needs a new Hello.
   pub const Unauthenticated: Self = Self(23);
+  /// Authentication on: the session's user may not do this (a Snapshot
+  /// covers every tenant: it needs a cluster_admin user). Nothing was done.
+  pub const PermissionDenied: Self = Self(24);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 23;
+  pub const ENUM_MAX: u16 = 24;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::MalformedFrame,
@@ -148,6 +152,7 @@ impl ErrorCode {
     Self::NotAnInteger,
     Self::StaleRoute,
     Self::Unauthenticated,
+    Self::PermissionDenied,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -176,6 +181,7 @@ impl ErrorCode {
       Self::NotAnInteger => Some("NotAnInteger"),
       Self::StaleRoute => Some("StaleRoute"),
       Self::Unauthenticated => Some("Unauthenticated"),
+      Self::PermissionDenied => Some("PermissionDenied"),
       _ => None,
     }
   }

@@ -73,7 +73,9 @@ fn command_of(
                 client_name: hello.client_name().unwrap_or_default().to_owned(),
                 stale_reads: hello.read_consistency() == wire::ReadConsistency::Stale,
                 user: hello.user().unwrap_or_default().to_owned(),
-                password: hello.password().unwrap_or_default().to_owned(),
+                password: crate::coord::request::Password(
+                    hello.password().unwrap_or_default().to_owned(),
+                ),
             }
         }
         wire::Request::Ping => Command::Ping,

@@ -25,10 +25,10 @@ pub mod codec;
 use std::rc::Rc;
 use std::time::Instant;
 
+use crate::net::tls::ClientStream;
 use bytes::Bytes;
 use flatbuffers::FlatBufferBuilder;
 use futures_lite::AsyncWriteExt;
-use glommio::net::TcpStream;
 use tinkerdb_schemas::frame::peek_frame;
 use tinkerdb_schemas::wire::ErrorCode;
 use tinkerdb_schemas::{FRAME_HEADER_BYTES, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
@@ -38,9 +38,8 @@ use crate::coord::context::{now_ms, CoreContext};
 use crate::coord::multi::{execute_multi, one_shard_request, single_key_reply};
 use crate::coord::request::{Command, Reply};
 use crate::coord::routes;
-use crate::coord::session::{authenticate, Admission, Session};
+use crate::coord::session::{authenticate, Admission, Session, AUTHENTICATION_TIMEOUT};
 use crate::error::ProtocolError;
-use crate::frontend::resp::UNAUTHENTICATED_IDLE_TIMEOUT;
 use crate::net::stream::{close_lingering, Filled, ReadBuffer, READ_BUFFER_INITIAL_BYTES};
 use crate::shutdown::{ConnectionDrain, StopSignal};
 use codec::{decode_routed_command, encode_reply};
@@ -64,7 +63,7 @@ pub const UNAUTHENTICATED_MAX_FRAME_BYTES: usize = 8 << 10;
 
 /// Serves one client until it disconnects, the stream breaks or `drain` is
 /// tripped (graceful shutdown).
-pub async fn serve_connection(context: Rc<CoreContext>, stream: TcpStream, drain: StopSignal) {
+pub async fn serve_connection(context: Rc<CoreContext>, stream: ClientStream, drain: StopSignal) {
     let peer = stream.peer_addr().ok();
     let mut connection = Connection {
         context,
@@ -75,6 +74,7 @@ pub async fn serve_connection(context: Rc<CoreContext>, stream: TcpStream, drain
         session: None,
         pipeline: Pipeline::default(),
         drain: ConnectionDrain::new(drain),
+        connected_at: Instant::now(),
     };
     if let Err(error) = connection.run().await {
         tracing::debug!(?peer, %error, "connection ended with an I/O error");
@@ -83,7 +83,7 @@ pub async fn serve_connection(context: Rc<CoreContext>, stream: TcpStream, drain
 
 struct Connection {
     context: Rc<CoreContext>,
-    stream: TcpStream,
+    stream: ClientStream,
     input: ReadBuffer,
     output: Vec<u8>,
     builder: FlatBufferBuilder<'static>,
@@ -91,6 +91,9 @@ struct Connection {
     pipeline: Pipeline,
     /// Tripped when the node begins a graceful shutdown.
     drain: ConnectionDrain,
+    /// When the connection was accepted (it must authenticate within
+    /// [`AUTHENTICATION_TIMEOUT`] of it, when authentication is on).
+    connected_at: Instant,
 }
 
 impl Connection {
@@ -150,7 +153,8 @@ impl Connection {
             // A connection without a session on a node that requires
             // authentication may not idle for long (as RESP's).
             let stranger = self.session.is_none() && self.context.users.enabled();
-            let idle_limit = stranger.then_some(UNAUTHENTICATED_IDLE_TIMEOUT);
+            let idle_limit = stranger
+                .then(|| AUTHENTICATION_TIMEOUT.saturating_sub(self.connected_at.elapsed()));
             match self
                 .input
                 .fill_within(&mut self.stream, bytes_wanted, &mut self.drain, idle_limit)
@@ -269,7 +273,7 @@ impl Connection {
                 },
                 _,
             ) => Pending::Ready(
-                self.hello(protocol_version, &tenant, stale_reads, &user, &password)
+                self.hello(protocol_version, &tenant, stale_reads, &user, &password.0)
                     .await,
             ),
             (_, None) => Pending::Ready(Reply::Error(ProtocolError::new(
@@ -277,6 +281,13 @@ impl Connection {
                 "send Hello before any other request",
             ))),
             (Command::Ping, Some(_)) => Pending::Ready(Reply::Pong),
+            // A snapshot is of the whole node, every tenant's keys.
+            (Command::Snapshot, Some(session)) if !session.may_administer(&self.context.users) => {
+                Pending::Ready(Reply::Error(ProtocolError::new(
+                    ErrorCode::PermissionDenied,
+                    "a snapshot covers every tenant: it needs a cluster_admin user",
+                )))
+            }
             (command, Some(session)) => {
                 match one_shard_request(&self.context, &session, command) {
                     Ok(Ok((slot, request))) => {
@@ -328,14 +339,15 @@ impl Connection {
         let opened = if users.enabled() {
             let generation = users.generation();
             match authenticate(users, user.as_bytes(), password.as_bytes()).await {
-                None => {
+                Err(busy) => return Reply::Error(ProtocolError::new(ErrorCode::Busy, busy.to_string())),
+                Ok(None) => {
                     return Reply::Error(ProtocolError::new(
                         ErrorCode::Unauthenticated,
                         "this node requires authentication: the Hello's user and password \
                          (protocol version 2) are missing or wrong, or the user is disabled",
                     ))
                 }
-                Some(user) if !tenant.is_empty() && tenant != user.tenant => {
+                Ok(Some(user)) if !tenant.is_empty() && tenant != user.tenant => {
                     return Reply::Error(ProtocolError::new(
                         ErrorCode::InvalidArgument,
                         format!(
@@ -344,7 +356,9 @@ impl Connection {
                         ),
                     ))
                 }
-                Some(user) => Session::for_user(&self.context.tenants, &user, generation, stale_reads),
+                Ok(Some(user)) => {
+                    Session::for_user(&self.context.tenants, &user, generation, stale_reads)
+                }
             }
         } else {
             Session::open(&self.context.tenants, tenant, stale_reads)
