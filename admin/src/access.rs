@@ -32,7 +32,7 @@ use utoipa::ToSchema;
 
 use crate::api::AppState;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
-use crate::users::{hash_password, ChecksBusy, UserError, UserSpec, Users};
+use crate::users::{hash_password, Access, ChecksBusy, UserError, UserSpec, Users};
 
 /// Successful credential checks remembered (see the module docs).
 pub const MAX_REMEMBERED_CREDENTIALS: usize = 64;
@@ -178,6 +178,8 @@ pub struct UserStatus {
     pub enabled: bool,
     /// Whether it may use the admin API and change users.
     pub cluster_admin: bool,
+    /// What it may do in its tenant.
+    pub access: Access,
 }
 
 impl From<&UserSpec> for UserStatus {
@@ -187,6 +189,7 @@ impl From<&UserSpec> for UserStatus {
             tenant: user.tenant.clone(),
             enabled: user.enabled,
             cluster_admin: user.cluster_admin,
+            access: user.access,
         }
     }
 }
@@ -205,6 +208,8 @@ pub struct NewUser {
     pub enabled: Option<bool>,
     /// Whether it may use the admin API and change users (default false).
     pub cluster_admin: Option<bool>,
+    /// What it may do in its tenant (default `write`).
+    pub access: Option<Access>,
 }
 
 /// Changes to a user; absent fields stay as they are.
@@ -219,6 +224,8 @@ pub struct UserChange {
     pub enabled: Option<bool>,
     /// Grant or revoke cluster administration.
     pub cluster_admin: Option<bool>,
+    /// Another access to its tenant (its open connections are cut off).
+    pub access: Option<Access>,
 }
 
 fn user_error(error: UserError) -> ApiError {
@@ -287,6 +294,7 @@ pub async fn create_user(
             tenant,
             enabled: new.enabled.unwrap_or(true),
             cluster_admin: new.cluster_admin.unwrap_or(false),
+            access: new.access.unwrap_or_default(),
         };
         users.change(|list| {
             if list.iter().any(|known| known.name == user.name) {
@@ -300,7 +308,7 @@ pub async fn create_user(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
-/// Changes a user: password, tenant, enabled, cluster_admin.
+/// Changes a user: password, tenant, enabled, cluster_admin, access.
 #[utoipa::path(put, path = "/v1/users/{user}", tag = "users", request_body = UserChange,
     params(("user" = String, Path, description = "User name")),
     responses((status = 200, body = UserStatus), (status = 400, body = ErrorBody),
@@ -335,6 +343,9 @@ pub async fn change_user(
             }
             if let Some(admin) = change.cluster_admin {
                 user.cluster_admin = admin;
+            }
+            if let Some(access) = change.access {
+                user.access = access;
             }
             Ok(UserStatus::from(&*user))
         })

@@ -5,8 +5,9 @@
 //! # What is stored
 //! A user is a name, an Argon2id hash of its password (a PHC string:
 //! algorithm, parameters, salt and hash; never the password itself), the
-//! tenant its connections act for, whether it is enabled, and whether it
-//! administers the cluster (`cluster_admin`: the admin API, `ACL SETUSER`).
+//! tenant its connections act for and its [`Access`] there (read, write,
+//! admin), whether it is enabled, and whether it administers the cluster
+//! (`cluster_admin`: the admin API, snapshots, `ACL SETUSER`).
 //! Users come from the config file (`[[auth.users]]`, hashes made with
 //! `tinkerdb --hash-password`) and from `<data_dir>/users.json`, which
 //! records what changed at runtime: users made or changed (they override
@@ -88,6 +89,37 @@ pub struct UserSpec {
     /// May use the admin API and change users (`ACL SETUSER`).
     #[serde(default)]
     pub cluster_admin: bool,
+    /// What the user may do in its tenant (default `write`).
+    #[serde(default)]
+    pub access: Access,
+}
+
+/// What a user may do in its tenant: a role on one tenant, as etcd's roles
+/// are on key ranges. Each level includes the one before.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// Reads only (GET, MGET, EXISTS, SCAN, KEYS, DBSIZE, TTL...).
+    Read,
+    /// Reads and writes of keys.
+    #[default]
+    Write,
+    /// Also the commands that empty the tenant's keyspace (FLUSHDB,
+    /// FLUSHALL).
+    Admin,
+}
+
+impl Access {
+    /// Its name, as written in the config and `ACL LIST`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Access::Read => "read",
+            Access::Write => "write",
+            Access::Admin => "admin",
+        }
+    }
 }
 
 fn default_tenant() -> String {
@@ -542,6 +574,7 @@ mod tests {
             tenant: "default".into(),
             enabled: true,
             cluster_admin: admin,
+            access: Access::Write,
         }
     }
 

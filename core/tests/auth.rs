@@ -562,3 +562,86 @@ fn with_authentication_off_users_cannot_be_made_over_resp() {
     // AUTH picks a tenant, as before authentication existed.
     assert_eq!(raw.call(&["AUTH", "default", "anything"]), "+OK\r\n");
 }
+
+#[test]
+fn access_levels_hold_on_every_front_end() {
+    let node = start_node();
+    let mut admin = Raw::connect(&node);
+    assert_eq!(admin.call(&["AUTH", "admin", ADMIN_PASSWORD]), "+OK\r\n");
+    for (user, access) in [("reader", "read"), ("writer", "write"), ("owner", "admin")] {
+        let password = format!(">{user}-pass");
+        let access = format!("access={access}");
+        let made = admin.call(&[
+            "ACL",
+            "SETUSER",
+            user,
+            "on",
+            &password,
+            "tenant=acme",
+            &access,
+        ]);
+        assert_eq!(made, "+OK\r\n");
+    }
+    let connect = |user: &str| {
+        let mut raw = Raw::connect(&node);
+        assert_eq!(
+            raw.call(&["AUTH", user, &format!("{user}-pass")]),
+            "+OK\r\n"
+        );
+        raw
+    };
+    let mut writer = connect("writer");
+    assert_eq!(writer.call(&["SET", "k", "v"]), "+OK\r\n");
+    assert!(writer
+        .call(&["FLUSHDB"])
+        .starts_with("-NOPERM user writer has write access to tenant acme: this needs admin"));
+    let mut reader = connect("reader");
+    assert_eq!(reader.call(&["GET", "k"]), "$1\r\nv\r\n");
+    for write in [
+        vec!["SET", "k", "w"],
+        vec!["INCR", "n"],
+        vec!["DEL", "k", "other"],
+        vec!["MSET", "a", "1", "b", "2"],
+        vec!["EXPIRE", "k", "100"],
+        vec!["FLUSHALL"],
+    ] {
+        let answer = reader.call(&write);
+        assert!(
+            answer.starts_with("-NOPERM user reader has read access to tenant acme"),
+            "{write:?}: {answer}"
+        );
+    }
+    // A pipelined write among reads is refused alone.
+    reader.send(&[b"SET", b"k", b"x"]);
+    reader.send(&[b"GET", b"k"]);
+    assert!(reader.reply().starts_with("-NOPERM"));
+    assert_eq!(reader.reply(), "$1\r\nv\r\n");
+    let mut owner = connect("owner");
+    assert_eq!(owner.call(&["FLUSHDB"]), "+OK\r\n");
+    assert_eq!(owner.call(&["GET", "k"]), "$-1\r\n");
+
+    // The flatbuffers protocol: the same check, a typed error.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let addr = node.addr.to_string();
+        let reader = Client::connect(ClientConfig::new(&addr).credentials("reader", "reader-pass"))
+            .await
+            .unwrap();
+        assert_eq!(reader.get("k").await.unwrap(), None);
+        for refused in [
+            reader.set("k", "v").await.map(|_| ()),
+            reader.mset(&[("a", "1"), ("b", "2")]).await.map(|_| ()),
+            reader.delete(&["a", "b"]).await.map(|_| ()),
+        ] {
+            match refused {
+                Err(ClientError::Server { code, .. }) => {
+                    assert_eq!(code, tinkerdb_schemas::wire::ErrorCode::PermissionDenied)
+                }
+                other => panic!("expected PermissionDenied, got {other:?}"),
+            }
+        }
+    });
+}

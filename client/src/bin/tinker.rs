@@ -198,6 +198,10 @@ enum UserAction {
         /// May use the admin API and change users.
         #[arg(long)]
         cluster_admin: bool,
+        /// What it may do in its tenant: read, write or admin (write and
+        /// flushes).
+        #[arg(long, default_value = "write")]
+        access: String,
     },
     /// Give a user a new password (its open connections are cut off).
     Passwd {
@@ -666,10 +670,11 @@ fn users(admin: &AdminTarget, action: UserAction) -> Result<(), AdminError> {
             new_password,
             for_tenant,
             cluster_admin,
+            access,
         } => {
             let body = serde_json::json!({
                 "name": name, "password": new_password, "tenant": for_tenant,
-                "cluster_admin": cluster_admin,
+                "cluster_admin": cluster_admin, "access": access,
             });
             admin.call("POST", "/v1/users", Some(&body))?;
             println!("user {name} created (tenant {for_tenant})");

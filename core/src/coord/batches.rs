@@ -165,7 +165,8 @@ pub struct Pipeline {
 impl Pipeline {
     /// Routes `request` (all its keys on the shard of `slot`) as `session`
     /// reads: inline when this core runs that shard's requests itself,
-    /// otherwise into the shard's batch.
+    /// otherwise into the shard's batch. A request the session's user may
+    /// not run (`Session::may_run`) is answered at once, never routed.
     pub fn submit(
         &mut self,
         context: &CoreContext,
@@ -173,6 +174,12 @@ impl Pipeline {
         slot: u16,
         request: ShardRequest,
     ) -> Ticket {
+        if let Err(refused) = session.may_run(&request) {
+            return Ticket::Ready {
+                reply: ShardReply::Error(refused),
+                durable_at: None,
+            };
+        }
         let request = session.reading(request);
         let owner = context.slot_map.owner(slot);
         if context.runs_inline(owner) {

@@ -269,6 +269,13 @@ pub(crate) async fn execute_multi(
     command: Command,
 ) -> Result<Reply, ProtocolError> {
     let tenant = session.tenant;
+    // The writes among these need the user's write access (reads pass).
+    if matches!(command, Command::Delete { .. } | Command::MSet { .. }) {
+        session.may_run(&ShardRequest::Delete {
+            tenant,
+            keys: Vec::new(),
+        })?;
+    }
     match command {
         Command::Delete { keys } => {
             let requests = group_by_range(context, session, keys)

@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use tinkerdb_admin::users::{ChecksBusy, UserSpec, Users};
+use tinkerdb_admin::users::{Access, ChecksBusy, UserSpec, Users};
 
 use tinkerdb_schemas::wire::ErrorCode;
 use tinkerdb_storage::TenantId;
@@ -158,6 +158,41 @@ impl Session {
                 .user
                 .as_ref()
                 .is_some_and(|user| user.spec.cluster_admin)
+    }
+
+    /// Whether this session may run `request` (a shard request, before it
+    /// is routed): with authentication on, a write needs the user's
+    /// `write` access to its tenant, emptying a keyspace (`Flush`) its
+    /// `admin` access. Checked by the coordinator for every front end
+    /// (`Pipeline::submit`, `execute_multi`, RESP's flushes).
+    pub fn may_run(&self, request: &ShardRequest) -> Result<(), ProtocolError> {
+        let Some(user) = &self.user else {
+            return Ok(()); // authentication off (admission handles strangers)
+        };
+        let needed = match request {
+            ShardRequest::Flush { .. } => Access::Admin,
+            ShardRequest::Batch(requests) => {
+                return requests
+                    .iter()
+                    .try_for_each(|request| self.may_run(request))
+            }
+            ShardRequest::Stale(request) => return self.may_run(request),
+            request if request.is_write() => Access::Write,
+            _ => Access::Read,
+        };
+        if user.spec.access >= needed {
+            return Ok(());
+        }
+        Err(ProtocolError::new(
+            ErrorCode::PermissionDenied,
+            format!(
+                "user {} has {} access to tenant {}: this needs {}",
+                user.spec.name,
+                user.spec.access.name(),
+                user.spec.tenant,
+                needed.name()
+            ),
+        ))
     }
 
     /// The name `ACL WHOAMI` answers: the user, or `default`.

@@ -2,12 +2,13 @@
 //! `WHOAMI`, `USERS`, `LIST`, `SETUSER`, `DELUSER`.
 //!
 //! TinkerDB's users are simpler than Redis's: a user has a password, a
-//! tenant it acts for, an enabled flag and the `cluster_admin` right (no
-//! per-command or per-key rules yet: roles come with the issue "Security
-//! and tracing", item 3). `ACL SETUSER` takes Redis's `on`, `off`,
-//! `>password` and `reset`, and TinkerDB's own `tenant=NAME`,
-//! `cluster-admin` and `no-cluster-admin`; any other rule is refused, so
-//! a Redis rule TinkerDB cannot enforce is never silently accepted.
+//! tenant it acts for with an access level there (read, write, admin), an
+//! enabled flag and the `cluster_admin` right (no per-command or per-key
+//! patterns, and one tenant per user so far). `ACL SETUSER` takes Redis's
+//! `on`, `off`, `>password` and `reset`, and TinkerDB's own `tenant=NAME`,
+//! `access=read|write|admin`, `cluster-admin` and `no-cluster-admin`; any
+//! other rule is refused, so a Redis rule TinkerDB cannot enforce is never
+//! silently accepted.
 //! `ACL LIST` never shows a password hash.
 //!
 //! With authentication on, `USERS`, `LIST`, `SETUSER` and `DELUSER` need a
@@ -21,7 +22,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tinkerdb_admin::users::{hash_password, UserError, UserSpec, Users};
+use tinkerdb_admin::users::{hash_password, Access, UserError, UserSpec, Users};
 
 use crate::coord::context::CoreContext;
 use crate::coord::session::Session;
@@ -34,6 +35,7 @@ enum Rule {
     Off,
     Password(Vec<u8>),
     Tenant(String),
+    Access(Access),
     ClusterAdmin(bool),
     /// Redis's `reset`: off, no password, no rights.
     Reset,
@@ -50,10 +52,14 @@ fn parse_rule(rule: &[u8]) -> Result<Rule, String> {
         "no-cluster-admin" => Rule::ClusterAdmin(false),
         _ if rule.first() == Some(&b'>') => Rule::Password(rule[1..].to_vec()),
         _ if lowered.starts_with("tenant=") => Rule::Tenant(text["tenant=".len()..].to_string()),
+        "access=read" => Rule::Access(Access::Read),
+        "access=write" => Rule::Access(Access::Write),
+        "access=admin" => Rule::Access(Access::Admin),
         _ => {
             return Err(format!(
                 "ERR Error in ACL SETUSER modifier '{}': Syntax error (TinkerDB takes on, off, \
-                 >password, reset, tenant=NAME, cluster-admin, no-cluster-admin)",
+                 >password, reset, tenant=NAME, access=read|write|admin, cluster-admin, \
+                 no-cluster-admin)",
                 text.chars().take(64).collect::<String>()
             ))
         }
@@ -70,10 +76,11 @@ fn no_permission(session: &Session, subcommand: &str) -> RespValue {
 
 fn user_line(user: &UserSpec) -> RespValue {
     let mut line = format!(
-        "user {} {} tenant={}",
+        "user {} {} tenant={} access={}",
         user.name,
         if user.enabled { "on" } else { "off" },
-        user.tenant
+        user.tenant,
+        user.access.name()
     );
     if user.cluster_admin {
         line.push_str(" cluster-admin");
@@ -223,6 +230,7 @@ fn set_user(users: &Arc<Users>, name: String, rules: Vec<Rule>) -> Result<(), Us
                 // Redis makes a new user off unless a rule says on.
                 enabled: false,
                 cluster_admin: false,
+                access: Access::default(),
             },
         };
         for rule in hashed {
@@ -231,10 +239,12 @@ fn set_user(users: &Arc<Users>, name: String, rules: Vec<Rule>) -> Result<(), Us
                 Err(Rule::On) => user.enabled = true,
                 Err(Rule::Off) => user.enabled = false,
                 Err(Rule::Tenant(tenant)) => user.tenant = tenant,
+                Err(Rule::Access(access)) => user.access = access,
                 Err(Rule::ClusterAdmin(admin)) => user.cluster_admin = admin,
                 Err(Rule::Reset) => {
                     user.enabled = false;
                     user.cluster_admin = false;
+                    user.access = Access::Read;
                     user.password_hash.clear();
                 }
                 Err(Rule::Password(_)) => unreachable!("hashed above"),

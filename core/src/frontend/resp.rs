@@ -1093,6 +1093,9 @@ impl RespConnection {
                         return ready(RespValue::error("ERR syntax error"));
                     }
                 }
+                if let Err(refused) = self.session.may_run(&ShardRequest::Flush { tenant }) {
+                    return ready(protocol_error(&refused));
+                }
                 self.pipeline.send(&self.context).await;
                 let keyspaces = if name == "FLUSHALL" {
                     self.databases().into_iter().map(|(_, id)| id).collect()
@@ -1941,6 +1944,10 @@ fn protocol_error(error: &ProtocolError) -> RespValue {
         }
         // Redis Cluster's error class for keys of different slots.
         _ if error.code == ErrorCode::StorageFailed => storage_error(&error.message),
+        // Redis's error class for a command the user may not run.
+        _ if error.code == ErrorCode::PermissionDenied => {
+            RespValue::error(format!("NOPERM {}", error.message))
+        }
         _ if error.code == ErrorCode::CrossShard => RespValue::error(
             "CROSSSLOT Keys in request don't hash to the same shard (atomic multi-key commands across shards need transactions, not built yet)",
         ),

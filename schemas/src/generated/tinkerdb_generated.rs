@@ -121,8 +121,9 @@ impl ErrorCode {
   /// whose user was deleted, disabled or given a new password: the
   /// session ends there, and the connection needs a new Hello.
   pub const Unauthenticated: Self = Self(23);
-  /// Authentication on: the session's user may not do this (a Snapshot
-  /// covers every tenant: it needs a cluster_admin user). Nothing was done.
+  /// Authentication on: the session's user may not do this (a write with
+  /// read access to its tenant; a Snapshot, which covers every tenant and
+  /// needs a cluster_admin user). Nothing was done.
   pub const PermissionDenied: Self = Self(24);
 
   pub const ENUM_MIN: u16 = 0;
