@@ -34,8 +34,14 @@ pub struct TenantSpec {
 
 /// Whether `name` is an acceptable tenant name.
 pub fn valid_tenant_name(name: &str) -> bool {
+    valid_name(name, MAX_TENANT_NAME_BYTES)
+}
+
+/// Whether `name` is 1 to `max_bytes` bytes of `[A-Za-z0-9_.-]`: the names
+/// of tenants and users (safe in paths, logs and URLs unescaped).
+pub fn valid_name(name: &str, max_bytes: usize) -> bool {
     !name.is_empty()
-        && name.len() <= MAX_TENANT_NAME_BYTES
+        && name.len() <= max_bytes
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')

@@ -155,13 +155,9 @@ impl std::fmt::Display for UserError {
 
 impl std::error::Error for UserError {}
 
-/// Whether `name` is an acceptable user name.
+/// Whether `name` is an acceptable user name (the rule of tenant names).
 pub fn valid_user_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_USER_NAME_BYTES
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+    crate::tenants_file::valid_name(name, MAX_USER_NAME_BYTES)
 }
 
 /// Hashes `password` with Argon2id (default parameters, a fresh random

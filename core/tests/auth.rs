@@ -377,11 +377,7 @@ fn the_admin_api_the_flatbuffers_hello_and_tinker_need_credentials() {
     assert!(!answer.is_empty(), "answered before closing");
 
     // The flatbuffers Hello: credentials or nothing.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    common::client_runtime().block_on(async {
         let addr = node.addr.to_string();
         for config in [
             ClientConfig::new(&addr),
@@ -621,11 +617,7 @@ fn access_levels_hold_on_every_front_end() {
     assert_eq!(owner.call(&["GET", "k"]), "$-1\r\n");
 
     // The flatbuffers protocol: the same check, a typed error.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    common::client_runtime().block_on(async {
         let addr = node.addr.to_string();
         let reader = Client::connect(ClientConfig::new(&addr).credentials("reader", "reader-pass"))
             .await

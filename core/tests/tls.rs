@@ -94,13 +94,6 @@ fn start_tls_node(pki: &Pki, client_certs: &str) -> TestNode {
     TestNode::start_with_config(2, &config)
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn redis_cli(node: &TestNode, tls: &[&str], args: &[&str]) -> std::process::Output {
     Command::new("redis-cli")
         .args(["-h", "127.0.0.1", "-p", &node.resp_addr.port().to_string()])
@@ -122,7 +115,7 @@ fn redis_cli_the_rust_client_and_tinker_speak_tls_and_strangers_get_nothing() {
     assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "over tls");
 
     let addr = node.addr.to_string();
-    runtime().block_on(async {
+    common::client_runtime().block_on(async {
         let mut trusted = ClientTls::new(&pki.ca);
         trusted.server_name = Some("localhost".into());
         let client = Client::connect(ClientConfig::new(&addr).tls(trusted.clone()))
@@ -198,7 +191,7 @@ fn required_client_certificates_are_checked() {
     let pki = make_pki(&dir.join("pki"));
     let node = start_tls_node(&pki, "required");
     let addr = node.addr.to_string();
-    runtime().block_on(async {
+    common::client_runtime().block_on(async {
         let mut without = ClientTls::new(&pki.ca);
         without.server_name = Some("localhost".into());
         // TLS 1.3: the handshake completes on the client's side and the

@@ -1560,40 +1560,62 @@ impl Planner {
     /// breadth-first from the most loaded node; the target is the reachable
     /// node with the fewest replicas (ties: shortest chain, lowest id).
     fn find_free_chain(&self, min_replicas: usize) -> Option<Vec<(RangeId, NodeId, NodeId)>> {
-        let mut sources = self.up_nodes.clone();
-        sources.sort_by_key(|&node| (Reverse(self.replicas_on(node)), node));
-        for &source in &sources {
-            let source_replicas = self.replicas_on(source);
-            if source_replicas <= min_replicas + self.tolerance {
-                break;
+        // A hop re-targets a copy this plan makes to `node`: only copies not
+        // yet made can be re-targeted.
+        let hops = |node: NodeId| {
+            let mut next_hops = Vec::new();
+            for &id in self.pending_copies.get(&node).into_iter().flatten() {
+                let range = self.range(id);
+                for &next in &self.up_nodes {
+                    if self.pending_copy_to(id, node, next).is_some()
+                        && self.may_move(range, node, next)
+                    {
+                        next_hops.push((next, id));
+                    }
+                }
             }
+            next_hops
+        };
+        self.find_chain(|node| self.replicas_on(node), min_replicas, hops)
+    }
+
+    /// The chain search of both balancers: breadth-first from each Up node,
+    /// most `load`ed first, along `hops` (a node's possible next hops, each
+    /// with the range that carries it), to the reachable node whose load is
+    /// the lowest and more than the tolerance below the source's (ties:
+    /// shortest chain, lowest id). Sources at or below `min_load` plus the
+    /// tolerance are not searched (no node is far enough below them).
+    fn find_chain(
+        &self,
+        load: impl Fn(NodeId) -> usize,
+        min_load: usize,
+        hops: impl Fn(NodeId) -> Vec<(NodeId, RangeId)>,
+    ) -> Option<Vec<(RangeId, NodeId, NodeId)>> {
+        let mut sources = self.up_nodes.clone();
+        sources.sort_by_key(|&node| (Reverse(load(node)), node));
+        for &source in &sources {
+            let source_load = load(source);
+            if source_load <= min_load + self.tolerance {
+                break; // no node is far enough below this one (or any later one)
+            }
+            // reached_from[v] = (previous node, range of the hop).
             let mut distance: BTreeMap<NodeId, usize> = BTreeMap::from([(source, 0)]);
             let mut reached_from: BTreeMap<NodeId, (NodeId, RangeId)> = BTreeMap::new();
             let mut queue = VecDeque::from([source]);
             let mut best: Option<(usize, usize, NodeId)> = None;
             while let Some(node) = queue.pop_front() {
-                let hops = distance.get(&node).copied().unwrap_or(0);
-                if node != source && self.replicas_on(node) + self.tolerance < source_replicas {
-                    let candidate = (self.replicas_on(node), hops, node);
+                let steps = distance.get(&node).copied().unwrap_or(0);
+                if node != source && load(node) + self.tolerance < source_load {
+                    let candidate = (load(node), steps, node);
                     if best.is_none_or(|current| candidate < current) {
                         best = Some(candidate);
                     }
                 }
-                // Only copies not yet made can be re-targeted.
-                let Some(pending_here) = self.pending_copies.get(&node) else {
-                    continue;
-                };
-                for &id in pending_here {
-                    let range = self.range(id);
-                    for &next in &self.up_nodes {
-                        if !distance.contains_key(&next)
-                            && self.pending_copy_to(id, node, next).is_some()
-                            && self.may_move(range, node, next)
-                        {
-                            distance.insert(next, hops + 1);
-                            reached_from.insert(next, (node, id));
-                            queue.push_back(next);
-                        }
+                for (next, range) in hops(node) {
+                    if let Entry::Vacant(unvisited) = distance.entry(next) {
+                        unvisited.insert(steps + 1);
+                        reached_from.insert(next, (node, range));
+                        queue.push_back(next);
                     }
                 }
             }
@@ -1694,42 +1716,16 @@ impl Planner {
         handoffs: &Handoffs,
         min_leaders: usize,
     ) -> Option<Vec<(RangeId, NodeId, NodeId)>> {
-        let mut sources = self.up_nodes.clone();
-        sources.sort_by_key(|&node| (Reverse(self.leaders_on(node)), node));
-        for &source in &sources {
-            let source_leaders = self.leaders_on(source);
-            if source_leaders <= min_leaders + self.tolerance {
-                break; // no node is far enough below this one (or any later one)
-            }
-            // Breadth-first search; reached_from[v] = (previous node, range).
-            let mut distance: BTreeMap<NodeId, usize> = BTreeMap::from([(source, 0)]);
-            let mut reached_from: BTreeMap<NodeId, (NodeId, RangeId)> = BTreeMap::new();
-            let mut queue = VecDeque::from([source]);
-            let mut best: Option<(usize, usize, NodeId)> = None;
-            while let Some(node) = queue.pop_front() {
-                let hops = distance.get(&node).copied().unwrap_or(0);
-                if node != source && self.leaders_on(node) + self.tolerance < source_leaders {
-                    let candidate = (self.leaders_on(node), hops, node);
-                    if best.is_none_or(|current| candidate < current) {
-                        best = Some(candidate);
-                    }
-                }
-                for (&next, ranges) in handoffs.get(&node).into_iter().flatten() {
-                    let Some(&range) = ranges.first() else {
-                        continue;
-                    };
-                    if let Entry::Vacant(unvisited) = distance.entry(next) {
-                        unvisited.insert(hops + 1);
-                        reached_from.insert(next, (node, range));
-                        queue.push_back(next);
-                    }
-                }
-            }
-            if let Some((_, _, target)) = best {
-                return Some(Self::walk_back(&reached_from, source, target));
-            }
-        }
-        None
+        // A hop hands a range `node` leads to a follower of it.
+        let hops = |node: NodeId| {
+            handoffs
+                .get(&node)
+                .into_iter()
+                .flatten()
+                .filter_map(|(&next, ranges)| ranges.first().map(|&range| (next, range)))
+                .collect()
+        };
+        self.find_chain(|node| self.leaders_on(node), min_leaders, hops)
     }
 }
 
