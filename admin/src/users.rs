@@ -39,7 +39,7 @@
 //! file, fsync, rename, directory fsync; mode 0600) before anyone sees it,
 //! then swaps it in and raises [`Users::generation`]. A session remembers
 //! the generation it last checked its user at; when it differs, the
-//! session looks its user up again ([`Users::current`]) before its next
+//! session looks its user up again ([`Users::get`]) before its next
 //! request and is cut off if the user was deleted or changed in any way
 //! (disabled, a new password, another tenant, rights taken away). Reading
 //! the generation is one atomic load: the data path takes no lock.
@@ -344,7 +344,8 @@ pub struct Users {
     generation: AtomicU64,
     /// Held by a change from reading the list to publishing it.
     writer: Mutex<()>,
-    /// What an unknown or disabled user's password is checked against.
+    /// What an unknown or disabled user's password is checked against
+    /// (empty with authentication off).
     dummy_hash: String,
 }
 
@@ -393,7 +394,14 @@ impl Users {
                  the config file ([[auth.users]] with a password_hash from `tinkerdb --hash-password`)"
             );
         }
-        let dummy_hash = hash_password(b"no user has this password: it is random")?;
+        // Only a node that checks passwords needs it (a hash costs tens of
+        // ms: not paid at every start of a node without authentication).
+        // Without it, an unknown user's check fails at once: with
+        // authentication off no client's password is ever checked.
+        let dummy_hash = match enabled {
+            true => hash_password(b"no user has this password: it is random")?,
+            false => String::new(),
+        };
         Ok(Users {
             enabled,
             data_dir: data_dir.map(Path::to_owned),
@@ -406,28 +414,13 @@ impl Users {
         })
     }
 
-    /// No authentication (a node whose config says so, and tests): every
-    /// client is let in as today, and no file is read or written.
-    pub fn disabled() -> Users {
-        Users {
-            enabled: false,
-            data_dir: None,
-            config: Vec::new(),
-            checkers: std::sync::OnceLock::new(),
-            list: RwLock::new(Arc::new(Vec::new())),
-            generation: AtomicU64::new(0),
-            writer: Mutex::new(()),
-            dummy_hash: String::new(),
-        }
-    }
-
     /// Whether clients must authenticate.
     pub fn enabled(&self) -> bool {
         self.enabled
     }
 
     /// Raised by every change; a session whose user was checked at an older
-    /// generation checks again ([`Users::still_valid`]).
+    /// generation looks its user up again ([`Users::get`]).
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
@@ -443,12 +436,6 @@ impl Users {
     /// The user `name`, if it exists.
     pub fn get(&self, name: &str) -> Option<UserSpec> {
         self.list().iter().find(|user| user.name == name).cloned()
-    }
-
-    /// The user `name` as it is now (a session compares it with what it
-    /// authenticated as).
-    pub fn current(&self, name: &str) -> Option<UserSpec> {
-        self.get(name)
     }
 
     /// Queues a check of `password` for user `name` on the checking

@@ -139,7 +139,7 @@ impl Session {
             return Admission::Admitted;
         }
         let unchanged = users
-            .current(&user.spec.name)
+            .get(&user.spec.name)
             .is_some_and(|now| now.enabled && now == *user.spec);
         if unchanged {
             user.checked_at.set(generation);
@@ -166,9 +166,6 @@ impl Session {
     /// `admin` access. Checked by the coordinator for every front end
     /// (`Pipeline::submit`, `execute_multi`, RESP's flushes).
     pub fn may_run(&self, request: &ShardRequest) -> Result<(), ProtocolError> {
-        let Some(user) = &self.user else {
-            return Ok(()); // authentication off (admission handles strangers)
-        };
         let needed = match request {
             ShardRequest::Flush { .. } => Access::Admin,
             ShardRequest::Batch(requests) => {
@@ -179,6 +176,16 @@ impl Session {
             ShardRequest::Stale(request) => return self.may_run(request),
             request if request.is_write() => Access::Write,
             _ => Access::Read,
+        };
+        self.requires(needed)
+    }
+
+    /// Whether this session's user has at least `needed` access to its
+    /// tenant (always, with authentication off: strangers are stopped by
+    /// [`Session::admission`] before any request).
+    pub fn requires(&self, needed: Access) -> Result<(), ProtocolError> {
+        let Some(user) = &self.user else {
+            return Ok(());
         };
         if user.spec.access >= needed {
             return Ok(());

@@ -54,7 +54,7 @@ use crate::shard::{
     UpdateOutcome, ValueRead,
 };
 use crate::shutdown::{ConnectionDrain, StopSignal};
-use tinkerdb_admin::users::{NOAUTH, WRONGPASS};
+use tinkerdb_admin::users::{Access, NOAUTH, WRONGPASS};
 
 /// Longest inline command (a line without the `*` array header), as Redis.
 pub const RESP_MAX_INLINE_BYTES: usize = 64 << 10;
@@ -398,9 +398,7 @@ impl RespConnection {
             let started = std::time::Instant::now();
             let mut after = After::Continue;
             while batch.len() < RESP_MAX_PIPELINED_COMMANDS {
-                let stranger =
-                    self.session.admission(&self.context.users) == Admission::NotAuthenticated;
-                let (max_args, max_bulk_bytes) = match stranger {
+                let (max_args, max_bulk_bytes) = match self.is_stranger() {
                     true => (UNAUTHENTICATED_MAX_ARGS, UNAUTHENTICATED_MAX_BULK_BYTES),
                     false => (max_args, max_bulk_bytes),
                 };
@@ -465,9 +463,8 @@ impl RespConnection {
                 self.stream.write_all(&self.output).await?;
                 return Ok(());
             }
-            let stranger =
-                self.session.admission(&self.context.users) == Admission::NotAuthenticated;
-            let idle_limit = stranger
+            let idle_limit = self
+                .is_stranger()
                 .then(|| AUTHENTICATION_TIMEOUT.saturating_sub(self.connected_at.elapsed()));
             match self
                 .input
@@ -1093,7 +1090,7 @@ impl RespConnection {
                         return ready(RespValue::error("ERR syntax error"));
                     }
                 }
-                if let Err(refused) = self.session.may_run(&ShardRequest::Flush { tenant }) {
+                if let Err(refused) = self.session.requires(Access::Admin) {
                     return ready(protocol_error(&refused));
                 }
                 self.pipeline.send(&self.context).await;
@@ -1263,6 +1260,12 @@ impl RespConnection {
             .filter_map(|database| registry.database(owner, u8::try_from(database).ok()?))
             .map(|keyspace| (database_of(keyspace.id), keyspace.id))
             .collect()
+    }
+
+    /// Whether the connection has not authenticated on a node that
+    /// requires it (small commands, the authentication deadline).
+    fn is_stranger(&self) -> bool {
+        self.context.users.enabled() && self.session.user.is_none()
     }
 
     /// Checks `user`'s `password` (authentication on) and binds the

@@ -93,23 +93,22 @@ impl ReadBuffer {
     ) -> std::io::Result<Filled> {
         // The drain first: a connection with bytes still arriving must not
         // keep a shutdown waiting past its grace.
-        futures_lite::future::or(
-            async {
-                drain.must_stop_reading().await;
-                Ok(Filled::Draining)
-            },
-            futures_lite::future::or(
-                async {
-                    match idle_limit {
-                        Some(limit) => glommio::timer::sleep(limit).await,
-                        None => futures_lite::future::pending::<()>().await,
-                    }
+        let draining = async {
+            drain.must_stop_reading().await;
+            Ok(Filled::Draining)
+        };
+        let read = async { self.fill(stream, bytes_wanted).await.map(Filled::Bytes) };
+        match idle_limit {
+            // Every read of an authenticated connection: no timer.
+            None => futures_lite::future::or(draining, read).await,
+            Some(limit) => {
+                let idle = async {
+                    glommio::timer::sleep(limit).await;
                     Ok(Filled::Idle)
-                },
-                async { self.fill(stream, bytes_wanted).await.map(Filled::Bytes) },
-            ),
-        )
-        .await
+                };
+                futures_lite::future::or(draining, futures_lite::future::or(idle, read)).await
+            }
+        }
     }
 
     /// [`ReadBuffer::fill_within`] without a drain signal or idle limit.

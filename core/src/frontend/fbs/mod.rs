@@ -109,8 +109,7 @@ impl Connection {
             while batch.len() < limits.max_pipelined_requests {
                 // Before its Hello, a connection to a node that requires
                 // authentication gets a small frame limit (a Hello fits).
-                let stranger = self.session.is_none() && self.context.users.enabled();
-                let max_frame_bytes = match stranger {
+                let max_frame_bytes = match self.is_stranger() {
                     true => UNAUTHENTICATED_MAX_FRAME_BYTES,
                     false => limits.max_frame_bytes,
                 };
@@ -152,8 +151,8 @@ impl Connection {
             }
             // A connection without a session on a node that requires
             // authentication may not idle for long (as RESP's).
-            let stranger = self.session.is_none() && self.context.users.enabled();
-            let idle_limit = stranger
+            let idle_limit = self
+                .is_stranger()
                 .then(|| AUTHENTICATION_TIMEOUT.saturating_sub(self.connected_at.elapsed()));
             match self
                 .input
@@ -166,6 +165,12 @@ impl Connection {
                 Filled::Idle => return Ok(()),
             }
         }
+    }
+
+    /// Whether the connection has no session yet on a node that requires
+    /// authentication (small frames, the authentication deadline).
+    fn is_stranger(&self) -> bool {
+        self.session.is_none() && self.context.users.enabled()
     }
 
     /// Tells the client the node is shutting down (request id 0: about the
