@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Makes a local CA and certificates for trying TLS (docs/security.md,
 # section 5): a node certificate for the names given (default: localhost and
-# 127.0.0.1) and a client certificate, all signed by a fresh CA. For a
+# 127.0.0.1; it serves clients and, in a cluster, dials other nodes, so it
+# has both purposes) and a client certificate, all signed by a fresh CA.
+# One node certificate for all the names of a test cluster's nodes is
+# enough on a laptop; give each node its own in earnest. For a
 # laptop or a test network only: the CA's key sits beside its certificate.
 #
 #   scripts/dev-certs.sh DIR [NAME ...]
@@ -14,6 +17,7 @@ dir=${1:?usage: scripts/dev-certs.sh DIR [NAME ...]}
 shift
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(localhost 127.0.0.1)
+peer_names=$(printf '"%s", ' "${names[@]}"); peer_names=${peer_names%, }
 command -v openssl >/dev/null || { echo "openssl is needed" >&2; exit 1; }
 mkdir -p "$dir"
 umask 077
@@ -35,7 +39,7 @@ leaf() { # name subject extensions
   rm -f "$dir/$name.csr"
 }
 leaf node "/CN=${names[0]}" "subjectAltName=$san
-extendedKeyUsage=serverAuth
+extendedKeyUsage=serverAuth,clientAuth
 keyUsage=critical,digitalSignature"
 leaf client "/CN=tinkerdb-client" "extendedKeyUsage=clientAuth
 keyUsage=critical,digitalSignature"
@@ -47,4 +51,5 @@ cert_file = "$(cd "$dir" && pwd)/node.pem"
 key_file = "$(cd "$dir" && pwd)/node-key.pem"
 ca_file = "$(cd "$dir" && pwd)/ca.pem"
 client_certs = "no"   # or "optional" / "required" (clients then use client.pem)
+peer_names = [$peer_names]   # cluster nodes: names a node's certificate may carry
 TOML

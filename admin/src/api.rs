@@ -50,6 +50,8 @@ pub struct AppState {
     pub moves: Arc<tokio::sync::Mutex<()>>,
     /// Basic-auth credentials that passed lately (`access`).
     pub credentials: Arc<crate::access::RememberedCredentials>,
+    /// The node's TLS, when it has any (`POST /v1/tls/reload`).
+    pub tls: Option<Arc<dyn crate::tls::ServerTls>>,
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -1294,6 +1296,40 @@ async fn scan_keys(
     }
 }
 
+/// What a TLS reload did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TlsReloadBody {
+    /// Always true: new connections on every listener (clients, RESP,
+    /// admin, peers) use the certificates just read; open ones keep theirs.
+    pub reloaded: bool,
+}
+
+/// Reads the node's certificate, key and CA files again (as SIGHUP does).
+/// On an error the node keeps serving the certificates it had.
+#[utoipa::path(post, path = "/v1/tls/reload", tag = "node",
+    responses((status = 200, body = TlsReloadBody),
+              (status = 400, description = "A file is missing or wrong; nothing changed", body = ErrorBody),
+              (status = 409, description = "The node has no [tls] table", body = ErrorBody)))]
+async fn reload_tls(State(state): State<AppState>) -> ApiResult<Json<TlsReloadBody>> {
+    let Some(tls) = state.tls.clone() else {
+        return Err(ApiError::new(
+            ErrorCode::Unsupported,
+            "this node has no [tls] table: nothing to reload",
+        ));
+    };
+    // Reading PEM files blocks: off the admin runtime's worker.
+    let outcome = tokio::task::spawn_blocking(move || tls.reload())
+        .await
+        .map_err(|error| ApiError::new(ErrorCode::Internal, error.to_string()))?;
+    match outcome {
+        Ok(()) => Ok(Json(TlsReloadBody { reloaded: true })),
+        Err(error) => Err(ApiError::new(
+            ErrorCode::InvalidArgument,
+            format!("certificates not reloaded (the old ones stay): {error}"),
+        )),
+    }
+}
+
 /// A snapshot's outcome.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SnapshotBody {
@@ -1392,7 +1428,7 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
 #[openapi(
     info(title = "TinkerDB admin API", description = "Node status, tenants, keys, snapshots and metrics of one TinkerDB node. Errors are `{\"error\": {\"code\", \"message\"}}` with a stable code."),
     paths(health, ready, node_status, cluster_status, add_node, remove_node, move_range, list_tenants, create_tenant, set_quota,
-          get_key, put_key, delete_key, scan_keys, take_snapshot, live_stats, metrics,
+          get_key, put_key, delete_key, scan_keys, take_snapshot, reload_tls, live_stats, metrics,
           crate::access::list_users, crate::access::create_user, crate::access::change_user,
           crate::access::delete_user),
     components(schemas(ErrorBody, ApiError, ErrorCode, TenantSpec, Consistency)),
@@ -1464,6 +1500,7 @@ pub fn router(state: AppState) -> Router {
             get(get_key).put(put_key).delete(delete_key),
         )
         .route("/v1/snapshot", post(take_snapshot))
+        .route("/v1/tls/reload", post(reload_tls))
         .route("/v1/stats/live", get(live_stats))
         .route(
             "/v1/users",

@@ -22,6 +22,7 @@
 //! - [`metrics`]: the Prometheus exposition;
 //! - [`report`]: what a core reports (counters, hdrhistograms);
 //! - [`tenants_file`]: tenants created at runtime, saved in the data dir;
+//! - [`tls`]: TLS on the admin port (the node's certificate, reloadable);
 //! - [`users`]: users, password hashes and their check (authentication);
 //! - [`error`]: error codes and the JSON error body.
 
@@ -34,6 +35,7 @@ pub mod live;
 pub mod metrics;
 pub mod report;
 pub mod tenants_file;
+pub mod tls;
 pub mod users;
 
 use std::net::SocketAddr;
@@ -71,8 +73,13 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     Ok(listener)
 }
 
-/// Starts the admin runtime on its own thread, serving `listener`.
-pub fn start(listener: std::net::TcpListener, node: NodeHandle) -> anyhow::Result<AdminServer> {
+/// Starts the admin runtime on its own thread, serving `listener` (TLS
+/// only, when `tls` is given).
+pub fn start(
+    listener: std::net::TcpListener,
+    node: NodeHandle,
+    tls: Option<Arc<dyn tls::ServerTls>>,
+) -> anyhow::Result<AdminServer> {
     let addr = listener.local_addr()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(ADMIN_WORKER_THREADS)
@@ -91,6 +98,7 @@ pub fn start(listener: std::net::TcpListener, node: NodeHandle) -> anyhow::Resul
                     admin_addr: addr,
                     moves: Arc::default(),
                     credentials: Arc::default(),
+                    tls: tls.clone(),
                 };
                 let listener = match tokio::net::TcpListener::from_std(listener) {
                     Ok(listener) => listener,
@@ -99,7 +107,14 @@ pub fn start(listener: std::net::TcpListener, node: NodeHandle) -> anyhow::Resul
                         return;
                     }
                 };
-                if let Err(error) = axum::serve(listener, api::router(state)).await {
+                let served = match tls {
+                    None => axum::serve(listener, api::router(state)).await,
+                    Some(tls) => match tls::TlsListener::new(listener, tls) {
+                        Ok(listener) => axum::serve(listener, api::router(state)).await,
+                        Err(error) => Err(error),
+                    },
+                };
+                if let Err(error) = served {
                     tracing::error!(%error, "admin server stopped");
                 }
             })

@@ -5,13 +5,18 @@
 //! One request per connection (`Connection: close`), HTTP/1.1, JSON bodies,
 //! HTTP basic auth when [`Credentials`] are given (a node with
 //! authentication on needs a `cluster_admin` user);
+//! TLS when the node has a `[tls]` table ([`ClientTls`]: the CA to trust,
+//! a client certificate if the node asks for one);
 //! the node's errors (`{"error":{"code","message"}}`) come back as
 //! [`AdminError::Api`] with their stable code. Every request has a deadline
 //! for connecting, writing and reading.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::ClientTls;
 
 /// The largest answer read (a cluster status of many shards is well below).
 pub const MAX_ADMIN_ANSWER_BYTES: usize = 16 << 20;
@@ -75,10 +80,17 @@ pub fn request(
     body: Option<&serde_json::Value>,
     timeout: Duration,
 ) -> Result<serde_json::Value, AdminError> {
-    request_as(addr, method, path, body, timeout, None)
+    request_as(addr, method, path, body, timeout, None, None)
 }
 
-/// [`request`] authenticated as `credentials` (HTTP basic auth).
+/// The host part of `host:port` (`[v6]:port` gives `v6`).
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// [`request`] authenticated as `credentials` (HTTP basic auth), over
+/// TLS when `tls` is given.
 pub fn request_as(
     addr: &str,
     method: &str,
@@ -86,8 +98,10 @@ pub fn request_as(
     body: Option<&serde_json::Value>,
     timeout: Duration,
     credentials: Option<&Credentials>,
+    tls: Option<&ClientTls>,
 ) -> Result<serde_json::Value, AdminError> {
     let io = |source| io_error(addr, source);
+    let tls_error = |detail: String| malformed(addr, format!("TLS: {detail}"));
     let socket = addr
         .to_socket_addrs()
         .map_err(io)?
@@ -96,14 +110,30 @@ pub fn request_as(
     let mut stream = TcpStream::connect_timeout(&socket, timeout).map_err(io)?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    stream
-        .write_all(&request_bytes(addr, method, path, body, credentials))
-        .map_err(io)?;
+    let request = request_bytes(addr, method, path, body, credentials);
     let mut answer = Vec::new();
-    stream
-        .take(MAX_ADMIN_ANSWER_BYTES as u64 + 1)
-        .read_to_end(&mut answer)
-        .map_err(io)?;
+    let limit = MAX_ADMIN_ANSWER_BYTES as u64 + 1;
+    match tls {
+        None => {
+            stream.write_all(&request).map_err(io)?;
+            stream.take(limit).read_to_end(&mut answer).map_err(io)?;
+        }
+        Some(tls) => {
+            let config = Arc::new(tls.config().map_err(tls_error)?);
+            let name = tls.expected_name(host_of(addr)).map_err(tls_error)?;
+            let connection = rustls::ClientConnection::new(config, name)
+                .map_err(|error| tls_error(error.to_string()))?;
+            let mut stream = rustls::StreamOwned::new(connection, stream);
+            stream.write_all(&request).map_err(io)?;
+            match stream.take(limit).read_to_end(&mut answer) {
+                Ok(_) => {}
+                // The node closes after its answer, maybe without a
+                // close_notify; the answer is whole if it parses.
+                Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {}
+                Err(error) => return Err(io(error)),
+            }
+        }
+    }
     parse_answer(addr, &answer)
 }
 
@@ -116,10 +146,11 @@ pub async fn request_async(
     body: Option<&serde_json::Value>,
     timeout: Duration,
 ) -> Result<serde_json::Value, AdminError> {
-    request_async_as(addr, method, path, body, timeout, None).await
+    request_async_as(addr, method, path, body, timeout, None, None).await
 }
 
-/// [`request_async`] authenticated as `credentials` (HTTP basic auth).
+/// [`request_async`] authenticated as `credentials` (HTTP basic auth),
+/// over TLS when `tls` is given.
 pub async fn request_async_as(
     addr: &str,
     method: &str,
@@ -127,22 +158,40 @@ pub async fn request_async_as(
     body: Option<&serde_json::Value>,
     timeout: Duration,
     credentials: Option<&Credentials>,
+    tls: Option<&ClientTls>,
 ) -> Result<serde_json::Value, AdminError> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
     let io = |source| io_error(addr, source);
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(io)?;
-        stream
-            .write_all(&request_bytes(addr, method, path, body, credentials))
-            .await
-            .map_err(io)?;
+    async fn exchange_on(
+        mut stream: impl AsyncRead + AsyncWrite + Unpin,
+        request: &[u8],
+    ) -> std::io::Result<Vec<u8>> {
+        stream.write_all(request).await?;
         let mut answer = Vec::new();
-        stream
+        let read = (&mut stream)
             .take(MAX_ADMIN_ANSWER_BYTES as u64 + 1)
             .read_to_end(&mut answer)
-            .await
-            .map_err(io)?;
-        Ok(answer)
+            .await;
+        match read {
+            Ok(_) => Ok(answer),
+            // See `request_as`: a TLS close without close_notify.
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => Ok(answer),
+            Err(error) => Err(error),
+        }
+    }
+    let request = request_bytes(addr, method, path, body, credentials);
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(addr).await.map_err(io)?;
+        match tls {
+            None => exchange_on(stream, &request).await.map_err(io),
+            Some(tls) => {
+                let stream = tls
+                    .connect(host_of(addr), stream)
+                    .await
+                    .map_err(|detail| malformed(addr, format!("TLS: {detail}")))?;
+                exchange_on(stream, &request).await.map_err(io)
+            }
+        }
     };
     let answer = tokio::time::timeout(timeout, exchange)
         .await

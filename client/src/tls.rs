@@ -32,7 +32,7 @@ impl ClientTls {
         }
     }
 
-    fn config(&self) -> Result<rustls::ClientConfig, String> {
+    pub(crate) fn config(&self) -> Result<rustls::ClientConfig, String> {
         let mut roots = rustls::RootCertStore::empty();
         let certificates = CertificateDer::pem_file_iter(&self.ca_file)
             .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
@@ -65,6 +65,13 @@ impl ClientTls {
         }
     }
 
+    /// The name the certificate of the node at `host` must carry.
+    pub(crate) fn expected_name(&self, host: &str) -> Result<ServerName<'static>, String> {
+        let name = self.server_name.as_deref().unwrap_or(host);
+        ServerName::try_from(name.to_owned())
+            .map_err(|error| format!("server name {name:?}: {error}"))
+    }
+
     /// Runs the client side of the handshake over `stream` to `host`.
     pub async fn connect(
         &self,
@@ -72,9 +79,7 @@ impl ClientTls {
         stream: TcpStream,
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
         let connector = tokio_rustls::TlsConnector::from(Arc::new(self.config()?));
-        let name = self.server_name.as_deref().unwrap_or(host);
-        let name = ServerName::try_from(name.to_owned())
-            .map_err(|error| format!("server name {name:?}: {error}"))?;
+        let name = self.expected_name(host)?;
         connector
             .connect(name, stream)
             .await

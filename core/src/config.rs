@@ -70,12 +70,13 @@ pub struct NodeConfig {
     /// Authentication: off by default (any client that reaches a port acts
     /// for any tenant, as before); see docs/security.md.
     pub auth: AuthConfig,
-    /// TLS on the client listeners (flatbuffers and RESP: TLS only when
-    /// set); absent: plain TCP. See docs/security.md.
+    /// TLS on every listener (flatbuffers, RESP, admin; the peer port
+    /// with mutual TLS in a cluster): TLS only when set; absent: plain TCP.
+    /// See docs/security.md.
     pub tls: Option<TlsConfig>,
 }
 
-/// TLS on the client listeners (`net::tls`).
+/// TLS on every listener (`net::tls`).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
@@ -95,6 +96,13 @@ pub struct TlsConfig {
     /// node closes the connection.
     #[serde(default = "default_tls_handshake_timeout_ms")]
     pub handshake_timeout_ms: u64,
+    /// In a cluster: the names (DNS names or IP addresses) a node's
+    /// certificate may carry. A peer connection's dialer must present a
+    /// certificate of `ca_file`'s CA naming one of them; a certificate of
+    /// that CA made for anything else (a client's) is refused. Needed,
+    /// with `ca_file`, on a cluster node with `[tls]`.
+    #[serde(default)]
+    pub peer_names: Vec<String>,
 }
 
 /// Default of [`TlsConfig::handshake_timeout_ms`].
@@ -555,6 +563,13 @@ impl NodeConfig {
         if let Some(tls) = &self.tls {
             if tls.client_certs != ClientCerts::No && tls.ca_file.is_none() {
                 return invalid("tls.client_certs other than \"no\" needs tls.ca_file".into());
+            }
+            if self.cluster.is_some() && (tls.ca_file.is_none() || tls.peer_names.is_empty()) {
+                return invalid(
+                    "a cluster node with [tls] needs tls.ca_file and tls.peer_names (the names \
+                     its nodes' certificates carry): peers speak mutual TLS"
+                        .into(),
+                );
             }
             if tls.handshake_timeout_ms == 0 {
                 return invalid("tls.handshake_timeout_ms must be at least 1".into());

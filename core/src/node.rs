@@ -79,6 +79,8 @@ pub struct NodeInfo {
     pub admin_addr: Option<SocketAddr>,
     /// Starts a graceful shutdown of this node.
     pub stopper: NodeStopper,
+    /// The node's TLS (`[tls]`), to reload its certificates (SIGHUP).
+    pub tls: Option<crate::net::tls::TlsSettings>,
 }
 
 /// The client address others are told (`advertise_listen`, else `bound`).
@@ -164,7 +166,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
     let tls = config
         .tls
         .as_ref()
-        .map(crate::net::tls::TlsSettings::load)
+        .map(|tls| crate::net::tls::TlsSettings::load(tls, config.cluster.is_some()))
         .transpose()?;
     if !users.enabled() {
         tracing::warn!(
@@ -324,7 +326,10 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
                 ranges_per_core: config.ranges_per_core,
             };
             let handle = NodeHandle::new(facts, admin_senders, tenant_specs, users.clone());
-            Some(tinkerdb_admin::start(listener, handle)?)
+            let admin_tls = tls.clone().map(|tls| {
+                std::sync::Arc::new(tls) as std::sync::Arc<dyn tinkerdb_admin::tls::ServerTls>
+            });
+            Some(tinkerdb_admin::start(listener, handle, admin_tls)?)
         }
         None => None,
     };
@@ -342,6 +347,10 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
                     config.databases,
                     config.ranges_per_core,
                     own_admin,
+                    config
+                        .tls
+                        .as_ref()
+                        .and_then(crate::cluster::admin_client_tls),
                 ))?;
         }
     }
@@ -354,6 +363,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
         durability,
         admin_addr: admin.as_ref().map(|admin| admin.addr),
         stopper,
+        tls: tls.clone(),
     });
     let shutdown_timeout = Duration::from_millis(config.shutdown_timeout_ms);
     // Set once a graceful shutdown has begun: its deadline, and progress.
@@ -750,6 +760,7 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
             &setup.config.data_dir,
             setup.move_claims.clone(),
             peer_sockets,
+            setup.tls.as_ref().and_then(|tls| tls.peers()),
         )
         .await?;
     }

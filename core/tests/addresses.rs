@@ -241,13 +241,13 @@ fn one_raft_port_per_node_routes_each_range_to_its_core() {
             let deadline = Duration::from_secs(10);
             let mut answers = Vec::new();
             for range in [0u64, 1, 2, 1 << 40] {
-                let client = PeerClient::new(raft, range);
+                let client = PeerClient::new(raft, range, None);
                 answers.push(client.call(ping(range), deadline).await);
             }
             // Core 1 serves its group's Raft calls: a vote request with a
             // garbage body reaches the group and is refused by its decoder,
             // not by the router.
-            let client = PeerClient::new(raft, 1);
+            let client = PeerClient::new(raft, 1, None);
             let garbage = client
                 .call(
                     PeerCall {

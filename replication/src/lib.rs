@@ -23,6 +23,7 @@
 //!   they replace is purged).
 //! - [`transport`]: node-to-node calls over TCP (flatbuffers `PeerFrame`),
 //!   one connection per peer per core, with a fault switch for partitions.
+//! - [`peer_tls`]: mutual TLS on peer connections, after the hello.
 //! - [`network`]: openraft's `RaftNetworkV2` over the transport.
 //! - [`group`]: starting one Raft group on a core (config, log store, state
 //!   machine, network), serving its peers' calls, writes, reads, membership
@@ -50,6 +51,7 @@ pub mod health;
 pub mod hibernate;
 pub mod log_store;
 pub mod network;
+pub mod peer_tls;
 pub mod runtime;
 pub mod snapshot_store;
 pub mod state_machine;

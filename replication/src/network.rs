@@ -31,6 +31,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tinkerdb_schemas::wire::PeerCallKind;
 
+use crate::peer_tls::PeerTls;
 use crate::transport::{PeerAddr, PeerCall, PeerClient, TransportError};
 use crate::{NodeId, TypeConfig};
 
@@ -38,6 +39,8 @@ use crate::{NodeId, TypeConfig};
 /// seed list and grows as memberships name new nodes (a node that joined
 /// later is reached at the address its membership entry gives).
 pub struct Peers {
+    /// TLS on every connection, when the node has it.
+    tls: Option<PeerTls>,
     /// The range every connection's hello names (one this core hosts);
     /// the peer hands the connection to its core that hosts it.
     hello_range: u64,
@@ -47,19 +50,23 @@ pub struct Peers {
 impl Peers {
     /// Peers from `(node id, the node's Raft address)` (an IP:PORT or a
     /// [`PeerAddr`] naming a host), whose connections are for the ranges
-    /// of `hello_range`'s core.
+    /// of `hello_range`'s core and speak TLS when `tls` is given.
     pub fn new<A: Into<PeerAddr>>(
         hello_range: u64,
         peers: impl IntoIterator<Item = (NodeId, A)>,
+        tls: Option<PeerTls>,
     ) -> Peers {
+        let clients = peers
+            .into_iter()
+            .map(|(id, addr)| {
+                let client = PeerClient::new(addr, hello_range, tls.clone());
+                (id, Rc::new(client))
+            })
+            .collect();
         Peers {
+            tls,
             hello_range,
-            clients: RefCell::new(
-                peers
-                    .into_iter()
-                    .map(|(id, addr)| (id, Rc::new(PeerClient::new(addr, hello_range))))
-                    .collect(),
-            ),
+            clients: RefCell::new(clients),
         }
     }
 
@@ -78,7 +85,7 @@ impl Peers {
             return Ok(client);
         }
         let addr = PeerAddr::parse(addr).map_err(|error| format!("node {id}'s address {error}"))?;
-        let client = Rc::new(PeerClient::new(addr, self.hello_range));
+        let client = Rc::new(PeerClient::new(addr, self.hello_range, self.tls.clone()));
         self.clients.borrow_mut().insert(id, client.clone());
         Ok(client)
     }

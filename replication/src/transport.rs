@@ -63,6 +63,8 @@ use tinkerdb_schemas::frame::{decode_peer_frame, peek_frame, write_frame};
 use tinkerdb_schemas::wire::{PeerCallKind, PeerFrame, PeerFrameArgs};
 use tinkerdb_schemas::FRAME_HEADER_BYTES;
 
+use crate::peer_tls::{PeerStream, PeerTls};
+
 /// Largest frame either side accepts (a snapshot travels in one frame).
 pub const MAX_PEER_FRAME_BYTES: usize = 256 << 20;
 
@@ -398,7 +400,7 @@ pub fn decode_peer(body: &[u8]) -> Result<DecodedFrame, String> {
 /// Reads frames from `reader` and hands each decoded one to `each`, until
 /// the stream ends or breaks.
 async fn read_frames(
-    mut reader: ReadHalf<TcpStream>,
+    mut reader: ReadHalf<PeerStream>,
     mut each: impl FnMut(DecodedFrame),
 ) -> Result<(), String> {
     let mut buffer: Vec<u8> = Vec::with_capacity(64 << 10);
@@ -429,7 +431,7 @@ async fn read_frames(
 
 /// Writes the frames sent to the returned queue, in order, until the queue
 /// or the stream closes.
-fn spawn_writer(mut writer: WriteHalf<TcpStream>) -> Rc<LocalSender<Vec<u8>>> {
+fn spawn_writer(mut writer: WriteHalf<PeerStream>) -> Rc<LocalSender<Vec<u8>>> {
     let (sender, receiver) = local_channel::new_bounded::<Vec<u8>>(PEER_WRITE_QUEUE);
     glommio::spawn_local(async move {
         while let Some(mut bytes) = receiver.recv().await {
@@ -466,6 +468,8 @@ struct Link {
 /// to the right core; later calls of that range use that connection.
 pub struct PeerClient {
     addr: PeerAddr,
+    /// TLS after the hello, when the node has it.
+    tls: Option<PeerTls>,
     hello_range: u64,
     link: RefCell<Option<Rc<Link>>>,
     /// Ranges whose calls travel on a connection of their own (see above).
@@ -497,10 +501,12 @@ const NO_GROUP_HERE: &str = "no group";
 impl PeerClient {
     /// A client for the node whose Raft address is `addr`, reaching the
     /// core that hosts range `hello_range` there (connects lazily; a host
-    /// name is resolved on each connection attempt).
-    pub fn new(addr: impl Into<PeerAddr>, hello_range: u64) -> PeerClient {
+    /// name is resolved on each connection attempt), speaking TLS after
+    /// the hello when `tls` is given.
+    pub fn new(addr: impl Into<PeerAddr>, hello_range: u64, tls: Option<PeerTls>) -> PeerClient {
         PeerClient {
             addr: addr.into(),
+            tls,
             hello_range,
             link: RefCell::new(None),
             rerouted: RefCell::default(),
@@ -597,6 +603,13 @@ impl PeerClient {
                 return Err(TransportError::Refused(self.addr.clone(), error))
             }
         }
+        let stream = match &self.tls {
+            None => PeerStream::Plain(stream),
+            Some(tls) => tls
+                .connect(self.addr.host(), stream, PEER_HELLO_TIMEOUT)
+                .await
+                .map_err(|error| unreachable(format!("TLS: {error}")))?,
+        };
         let (reader, writer) = futures_lite::io::split(stream);
         let pending: Pending = Rc::new(RefCell::new(HashMap::new()));
         let alive = Rc::new(Cell::new(true));
@@ -827,9 +840,14 @@ impl PeerRouter {
 /// Accepts the peer connections of a node on its one Raft address until
 /// the process ends, serving each on the core `router` names; each call
 /// runs in its own task and its answer goes back on the same connection.
-pub async fn serve_node_peers(listener: TcpListener, handler: CallHandler, router: PeerRouter) {
+pub async fn serve_node_peers(
+    listener: TcpListener,
+    handler: CallHandler,
+    router: PeerRouter,
+    tls: Option<PeerTls>,
+) {
     let (_never_closed, stop) = async_channel::bounded::<()>(1);
-    serve_routed_peers(listener, handler, router, stop).await
+    serve_routed_peers(listener, handler, router, stop, tls).await
 }
 
 /// Serves every range here ([`PeerRouter::all_here`]) until `stop` is
@@ -843,17 +861,19 @@ pub async fn serve_peers_until(
     handler: CallHandler,
     stop: async_channel::Receiver<()>,
 ) {
-    serve_routed_peers(listener, handler, PeerRouter::all_here(), stop).await
+    serve_routed_peers(listener, handler, PeerRouter::all_here(), stop, None).await
 }
 
 /// Accepts peer connections on `listener` (the node's one Raft address)
 /// until `stop` is closed: reads each one's hello, serves it here or hands
-/// it to the core `router` names (see the module docs).
+/// it to the core `router` names (see the module docs); with `tls`, the
+/// core that serves a connection runs the TLS handshake first.
 pub async fn serve_routed_peers(
     listener: TcpListener,
     handler: CallHandler,
     router: PeerRouter,
     stop: async_channel::Receiver<()>,
+    tls: Option<PeerTls>,
 ) {
     let router = Rc::new(router);
     let stopped = {
@@ -899,6 +919,7 @@ pub async fn serve_routed_peers(
         let handler = handler.clone();
         let router = router.clone();
         let stopped = stopped.clone();
+        let tls = tls.clone();
         open.set(open.get() + 1);
         let open = Open(open.clone());
         glommio::spawn_local(async move {
@@ -912,7 +933,7 @@ pub async fn serve_routed_peers(
             };
             if core == router.here {
                 let served = futures_lite::future::or(
-                    async { Some(serve_frames(stream, handler).await) },
+                    async { Some(serve_frames(stream, handler, tls.as_ref()).await) },
                     async {
                         stopped().await;
                         None
@@ -953,14 +974,15 @@ fn socket_of(stream: &TcpStream) -> std::io::Result<OwnedFd> {
 }
 
 /// Serves a connection another core accepted and handed to this one (its
-/// hello already answered) until it closes.
-pub async fn serve_connection(socket: OwnedFd, handler: CallHandler) {
+/// hello already answered; with `tls`, the handshake runs here) until it
+/// closes.
+pub async fn serve_connection(socket: OwnedFd, handler: CallHandler, tls: Option<PeerTls>) {
     use std::os::fd::{FromRawFd, IntoRawFd};
     // SAFETY: `socket` is an open TCP socket this function owns; the
     // stream takes it over (and closes it when dropped).
     #[allow(unsafe_code)]
     let stream = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
-    if let Err(error) = serve_frames(stream, handler).await {
+    if let Err(error) = serve_frames(stream, handler, tls.as_ref()).await {
         tracing::debug!(%error, "peer connection ended");
     }
 }
@@ -1010,8 +1032,25 @@ async fn accept_hello(stream: &mut TcpStream, router: &PeerRouter) -> Result<usi
     verdict
 }
 
-/// Answers the calls on an open connection (hello done) until it closes.
-async fn serve_frames(stream: TcpStream, handler: CallHandler) -> Result<(), String> {
+/// Answers the calls on an open connection (hello done) until it closes,
+/// after the TLS handshake when `tls` is given.
+async fn serve_frames(
+    stream: TcpStream,
+    handler: CallHandler,
+    tls: Option<&PeerTls>,
+) -> Result<(), String> {
+    let stream = match tls {
+        None => PeerStream::Plain(stream),
+        Some(tls) => match tls.accept(stream, PEER_HELLO_TIMEOUT).await {
+            Ok(stream) => stream,
+            Err(error) => {
+                // Worth a warning: a node with a bad certificate, or
+                // something that is not a node, knocking on the peer port.
+                tracing::warn!(%error, "peer connection refused: TLS handshake failed");
+                return Err(format!("TLS: {error}"));
+            }
+        },
+    };
     let (reader, writer) = futures_lite::io::split(stream);
     let answers = spawn_writer(writer);
     let builder = Rc::new(RefCell::new(FlatBufferBuilder::new()));
@@ -1081,7 +1120,13 @@ mod tests {
                 }
             })
         });
-        glommio::spawn_local(serve_node_peers(listener, handler, PeerRouter::all_here())).detach();
+        glommio::spawn_local(serve_node_peers(
+            listener,
+            handler,
+            PeerRouter::all_here(),
+            None,
+        ))
+        .detach();
         addr
     }
 
@@ -1097,7 +1142,7 @@ mod tests {
     fn calls_are_answered_matched_and_failures_are_typed() {
         run(async {
             let addr = echo_server();
-            let client = Rc::new(PeerClient::new(addr, 1));
+            let client = Rc::new(PeerClient::new(addr, 1, None));
             // Long enough for any call that must succeed, even on a busy
             // machine (the late answer takes 300 ms; the timeout case below
             // uses its own 50 ms).
@@ -1150,12 +1195,12 @@ mod tests {
                 let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
                 listener.local_addr().unwrap()
             };
-            let client = PeerClient::new(dead, 1);
+            let client = PeerClient::new(dead, 1, None);
             assert!(matches!(
                 client.call(call(1, b"x"), Duration::from_secs(1)).await,
                 Err(TransportError::Unreachable(..))
             ));
-            let client = PeerClient::new(echo_server(), 1);
+            let client = PeerClient::new(echo_server(), 1, None);
             let big = vec![5u8; 8 << 20];
             let answer = client
                 .call(call(1, &big), Duration::from_secs(60))
@@ -1206,11 +1251,11 @@ mod tests {
         let core_1 = tagged(1);
         glommio::spawn_local(async move {
             while let Some(socket) = handed.recv().await {
-                glommio::spawn_local(serve_connection(socket, core_1.clone())).detach();
+                glommio::spawn_local(serve_connection(socket, core_1.clone(), None)).detach();
             }
         })
         .detach();
-        glommio::spawn_local(serve_node_peers(listener, tagged(0), router)).detach();
+        glommio::spawn_local(serve_node_peers(listener, tagged(0), router, None)).detach();
         addr
     }
 
@@ -1219,8 +1264,8 @@ mod tests {
         run(async {
             let addr = routed_server();
             let deadline = Duration::from_secs(30);
-            let here = PeerClient::new(addr, 0);
-            let handed = PeerClient::new(addr, 1);
+            let here = PeerClient::new(addr, 0, None);
+            let handed = PeerClient::new(addr, 1, None);
             for round in 0..3u8 {
                 assert_eq!(
                     here.call(call(0, &[round]), deadline).await,
@@ -1232,13 +1277,13 @@ mod tests {
                 );
             }
             // A big frame right after the hand-off arrives whole.
-            let big = PeerClient::new(addr, 1);
+            let big = PeerClient::new(addr, 1, None);
             let answer = big
                 .call(call(1, &vec![7u8; 4 << 20]), deadline)
                 .await
                 .unwrap();
             assert_eq!((answer.len(), answer.last()), ((4 << 20) + 1, Some(&1)));
-            let nowhere = PeerClient::new(addr, 5);
+            let nowhere = PeerClient::new(addr, 5, None);
             assert!(matches!(
                 nowhere.call(call(5, b"x"), deadline).await,
                 Err(TransportError::Refused(_, why)) if why == "range 5 is not hosted here"
@@ -1254,7 +1299,7 @@ mod tests {
             // Connected for range 0 (core 0), asked for range 1, which the
             // peer runs on core 1: refused there, sent again on a
             // connection of its own, then served by it from then on.
-            let client = PeerClient::new(addr, 0);
+            let client = PeerClient::new(addr, 0, None);
             for round in 0..3u8 {
                 assert_eq!(
                     client.call(call(1, &[round]), deadline).await,
@@ -1315,7 +1360,7 @@ mod tests {
             assert!(exchange(addr, call(0, b"x"), 4).await.is_none());
             // A hello on an open connection is refused; the connection
             // goes on.
-            let client = PeerClient::new(addr, 0);
+            let client = PeerClient::new(addr, 0, None);
             let hello_again = PeerCall {
                 group: 0,
                 kind: PeerCallKind::Hello,

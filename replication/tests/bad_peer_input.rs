@@ -24,7 +24,7 @@ fn a_call_for_an_unknown_range_or_with_garbage_is_refused_and_the_node_goes_on()
     ));
     let addr = addrs[&1];
     let answers = GlommioRuntime::new(1).block_on(async move {
-        let client = PeerClient::new(addr, GROUP);
+        let client = PeerClient::new(addr, GROUP, None);
         let deadline = Duration::from_secs(10);
         let unknown = client
             .call(

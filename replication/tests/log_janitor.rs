@@ -37,6 +37,7 @@ fn an_idle_range_that_pins_the_log_is_made_to_snapshot_and_purge() {
         let peers = Rc::new(Peers::new(
             0,
             std::iter::empty::<(u64, std::net::SocketAddr)>(),
+            None,
         ));
         let groups: Rc<CoreGroups<MapApplier>> = Rc::new(CoreGroups::default());
         let mut rafts = BTreeMap::new();

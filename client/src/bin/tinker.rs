@@ -314,6 +314,7 @@ fn main() -> ExitCode {
             .clone()
             .zip(args.password.clone())
             .map(|(user, password)| admin::Credentials { user, password }),
+        tls: client_tls(&args),
     };
     if let Some(
         command @ (Command::Cluster { .. } | Command::User { .. } | Command::Tenant { .. }),
@@ -613,6 +614,8 @@ const CLUSTER_TIMEOUT: Duration = Duration::from_secs(70);
 struct AdminTarget {
     addr: String,
     credentials: Option<admin::Credentials>,
+    /// `--tls`: the admin port serves TLS with the node's certificate.
+    tls: Option<tinkerdb_client::ClientTls>,
 }
 
 impl AdminTarget {
@@ -629,6 +632,7 @@ impl AdminTarget {
             body,
             CLUSTER_TIMEOUT,
             self.credentials.as_ref(),
+            self.tls.as_ref(),
         )
     }
 

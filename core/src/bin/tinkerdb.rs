@@ -193,9 +193,13 @@ fn main() -> anyhow::Result<()> {
         _ => {}
     }
     let cluster = config.cluster.clone();
-    let stopper = watch_stop_signals()?;
+    let tls_on = config.tls.is_some();
+    let (stopper, reloader) = watch_signals()?;
     let outcome = tinkerdb_core::node::run(config, |info| {
         let _ = stopper.set(info.stopper.clone());
+        if let Some(tls) = &info.tls {
+            let _ = reloader.set(tls.clone());
+        }
         // Tests and scripts read this line: keep its shape.
         println!(
             "TinkerDB {} ready: clients on {} (cores: {}, durability: {}, data dir: {})",
@@ -212,7 +216,10 @@ fn main() -> anyhow::Result<()> {
             );
         }
         if let Some(admin_addr) = info.admin_addr {
-            println!("Admin API and dashboard on http://{admin_addr}/ (metrics: http://{admin_addr}/metrics)");
+            let scheme = if tls_on { "https" } else { "http" };
+            println!(
+                "Admin API and dashboard on {scheme}://{admin_addr}/ (metrics: {scheme}://{admin_addr}/metrics)"
+            );
         }
         if let Some(cluster) = &cluster {
             match &cluster.join {
@@ -246,20 +253,37 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The node's TLS, to reload on SIGHUP once the node is ready.
+type TlsReloader = Arc<OnceLock<tinkerdb_core::net::tls::TlsSettings>>;
+
 /// SIGTERM and SIGINT: the first starts a graceful shutdown once the node
 /// is ready (before that there is nothing to drain: it exits at once); a
 /// second exits at once, with status 128 + the signal's number as a shell
-/// reports a killed process.
-fn watch_stop_signals() -> anyhow::Result<Arc<OnceLock<NodeStopper>>> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
+/// reports a killed process. SIGHUP reloads the TLS certificates (a node
+/// without `[tls]` ignores it).
+fn watch_signals() -> anyhow::Result<(Arc<OnceLock<NodeStopper>>, TlsReloader)> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let stopper: Arc<OnceLock<NodeStopper>> = Arc::default();
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    let reloader: TlsReloader = Arc::default();
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     let watched = stopper.clone();
+    let tls = reloader.clone();
     std::thread::Builder::new()
         .name("tinkerdb-signals".into())
         .spawn(move || {
             let mut asked = false;
             for signal in signals.forever() {
+                if signal == SIGHUP {
+                    match tls.get().map(|tls| tls.reload()) {
+                        None => tracing::info!("SIGHUP: no [tls] to reload"),
+                        Some(Ok(())) => {}
+                        Some(Err(error)) => tracing::error!(
+                            error = format!("{error:#}"),
+                            "SIGHUP: certificates not reloaded (the old ones stay)"
+                        ),
+                    }
+                    continue;
+                }
                 match watched.get() {
                     Some(stopper) if !asked => {
                         asked = true;
@@ -276,5 +300,5 @@ fn watch_stop_signals() -> anyhow::Result<Arc<OnceLock<NodeStopper>>> {
                 }
             }
         })?;
-    Ok(stopper)
+    Ok((stopper, reloader))
 }

@@ -68,6 +68,7 @@ pub async fn start_replicas(
     data_dir: &std::path::Path,
     move_claims: std::sync::Arc<crate::slots::MoveClaims>,
     peer_sockets: PeerSocketEnds,
+    peer_tls: Option<tinkerdb_replication::peer_tls::PeerTls>,
 ) -> anyhow::Result<()> {
     let core = context.core;
     // Placement (`SlotMap::core_of`): every node places range r on the
@@ -83,6 +84,7 @@ pub async fn start_replicas(
             .iter()
             .filter(|node| node.id != cluster.node_id)
             .map(|node| (node.id, node.raft.clone())),
+        peer_tls.clone(),
     ));
     let groups: Rc<CoreGroups<ShardApplier>> = Rc::new(CoreGroups::default());
     let handler = groups.call_handler(peers.clone());
@@ -110,14 +112,18 @@ pub async fn start_replicas(
                 });
             }
             let router = peer_router(core, context.slot_map.clone(), Rc::new(connected));
-            glommio::spawn_local(transport::serve_node_peers(listener, handler, router)).detach();
+            glommio::spawn_local(transport::serve_node_peers(
+                listener, handler, router, peer_tls,
+            ))
+            .detach();
         }
         PeerSocketEnds::Receives(receiver) => {
             let receiver = receiver.connect().await;
             glommio::spawn_local(async move {
                 while let Some(socket) = receiver.recv().await {
-                    glommio::spawn_local(transport::serve_connection(socket, handler.clone()))
-                        .detach();
+                    let served =
+                        transport::serve_connection(socket, handler.clone(), peer_tls.clone());
+                    glommio::spawn_local(served).detach();
                 }
             })
             .detach();
@@ -327,6 +333,17 @@ fn open_core_log(core_dir: &std::path::Path) -> anyhow::Result<CoreLog> {
 /// as a learner included).
 pub const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(70);
 
+/// The TLS a node speaks to admin ports of its cluster (its own and the
+/// seed's, when joining): trusting `ca_file`, presenting its own
+/// certificate in case the port asks for one.
+pub fn admin_client_tls(tls: &crate::config::TlsConfig) -> Option<tinkerdb_client::ClientTls> {
+    Some(tinkerdb_client::ClientTls {
+        ca_file: tls.ca_file.clone()?,
+        server_name: None,
+        client_cert: Some((tls.cert_file.clone(), tls.key_file.clone())),
+    })
+}
+
 /// Asks the member whose admin API is at `seed` to add this node to every
 /// group (`POST /v1/cluster/nodes`); returns once it is a voter of all.
 /// Called at start by a node given `--join`, after its cores serve (the
@@ -346,8 +363,15 @@ pub async fn join(
     databases: u16,
     ranges_per_core: usize,
     own_admin: Option<std::net::SocketAddr>,
+    tls: Option<tinkerdb_client::ClientTls>,
 ) -> anyhow::Result<()> {
     use tinkerdb_client::admin::{request_async_as, Credentials};
+    // This node's own admin port may be bound to an unspecified address:
+    // its certificate names the host its peers dial.
+    let own_tls = tls.clone().map(|mut tls| {
+        tls.server_name = Some(cluster.me().raft.host().to_owned());
+        tls
+    });
     let credentials = match (
         std::env::var(JOIN_USER_ENV),
         std::env::var(JOIN_PASSWORD_ENV),
@@ -376,6 +400,7 @@ pub async fn join(
             None,
             JOIN_TIMEOUT,
             credentials,
+            own_tls.as_ref(),
         )
         .await
         .map_err(|error| {
@@ -393,6 +418,7 @@ pub async fn join(
         Some(&body),
         JOIN_TIMEOUT,
         credentials,
+        tls.as_ref(),
     )
     .await
     .map_err(|error| {
@@ -422,6 +448,7 @@ pub async fn join(
                 None,
                 JOIN_TIMEOUT,
                 credentials,
+                own_tls.as_ref(),
             )
             .await?;
             let voter_everywhere = status["shards"].as_array().is_some_and(|shards| {

@@ -243,6 +243,11 @@ async fn fan_out(
     session: &Session,
     requests: Vec<(RangeId, ShardRequest)>,
 ) -> Result<Vec<ShardReply>, ProtocolError> {
+    // Every part is allowed before any is sent: a refusal never leaves a
+    // multi-key write half done.
+    for (_, request) in &requests {
+        session.may_run(request)?;
+    }
     let mut dispatched = Vec::with_capacity(requests.len());
     for (range, request) in requests {
         dispatched.push(context.dispatch(range, session.reading(request)).await?);
@@ -269,10 +274,8 @@ pub(crate) async fn execute_multi(
     command: Command,
 ) -> Result<Reply, ProtocolError> {
     let tenant = session.tenant;
-    // The writes among these need the user's write access (reads pass).
-    if matches!(command, Command::Delete { .. } | Command::MSet { .. }) {
-        session.requires(tinkerdb_admin::users::Access::Write)?;
-    }
+    // Access: `fan_out` and the one-shard call below check each shard
+    // request with `Session::may_run` before sending any.
     match command {
         Command::Delete { keys } => {
             let requests = group_by_range(context, session, keys)
@@ -474,6 +477,7 @@ pub(crate) async fn execute_multi(
         // instead when it can).
         command => match one_shard_request(context, session, command) {
             Ok(Ok((slot, request))) => {
+                session.may_run(&request)?;
                 let owner = context.slot_map.owner(slot);
                 let reply = context.call(owner, session.reading(request)).await?;
                 Ok(single_key_reply(reply, session))

@@ -163,10 +163,23 @@ impl Session {
     /// Whether this session may run `request` (a shard request, before it
     /// is routed): with authentication on, a write needs the user's
     /// `write` access to its tenant, emptying a keyspace (`Flush`) its
-    /// `admin` access. Checked by the coordinator for every front end
-    /// (`Pipeline::submit`, `execute_multi`, RESP's flushes).
+    /// `admin` access, a snapshot a `cluster_admin` user. Checked by the
+    /// coordinator for every front end (`Pipeline::submit`,
+    /// `execute_multi`'s fan-outs and one-shard calls, RESP's flushes).
     pub fn may_run(&self, request: &ShardRequest) -> Result<(), ProtocolError> {
         let needed = match request {
+            ShardRequest::Snapshot => {
+                return match &self.user {
+                    Some(user) if !user.spec.cluster_admin => Err(ProtocolError::new(
+                        ErrorCode::PermissionDenied,
+                        format!(
+                            "user {} is not a cluster admin: a snapshot needs cluster_admin",
+                            user.spec.name
+                        ),
+                    )),
+                    _ => Ok(()),
+                }
+            }
             ShardRequest::Flush { .. } => Access::Admin,
             ShardRequest::Batch(requests) => {
                 return requests

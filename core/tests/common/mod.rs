@@ -184,7 +184,10 @@ impl Starting {
             if let Some(rest) = line.strip_prefix("Redis protocol on ") {
                 resp_addr = Some(rest.split_whitespace().next().unwrap().parse().unwrap());
             }
-            if let Some(rest) = line.strip_prefix("Admin API and dashboard on http://") {
+            if let Some(rest) = line
+                .strip_prefix("Admin API and dashboard on http://")
+                .or_else(|| line.strip_prefix("Admin API and dashboard on https://"))
+            {
                 break rest.split('/').next().unwrap().parse().unwrap();
             }
         };

@@ -145,6 +145,7 @@ fn start_node(
                         .iter()
                         .filter(|(p, _)| **p != id)
                         .map(|(p, a)| (*p, *a)),
+                    None,
                 ));
                 let table: Rc<CoreGroups<CountingApplier>> = Rc::new(CoreGroups::default());
                 let (stop_serving, stop) = async_channel::bounded::<()>(1);

@@ -146,6 +146,7 @@ pub fn start_node_with(
                         .iter()
                         .filter(|(p, _)| **p != id)
                         .map(|(p, a)| (*p, *a)),
+                    None,
                 ));
                 let groups: Rc<CoreGroups<MapApplier>> = Rc::new(CoreGroups::default());
                 // Closed at Stop: the listener must not outlive this node
