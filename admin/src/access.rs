@@ -3,7 +3,8 @@
 //! With authentication off (the node's `[auth] enabled = false`, the
 //! default) every route is open, as before. With it on, every route but
 //! the liveness probes (`/health`, `/ready`) needs HTTP basic auth of an
-//! enabled `cluster_admin` user: a request without valid credentials gets
+//! enabled `cluster_admin` user, or a bearer token one was given
+//! ([`crate::tokens`], `/v1/tokens`): a request without valid credentials gets
 //! 401 `unauthenticated` (with `WWW-Authenticate`, so a browser opening the
 //! dashboard asks for them), a valid user who is not a cluster admin 403
 //! `permission_denied`. `/metrics` is behind it too: Prometheus scrapes
@@ -90,7 +91,7 @@ impl RememberedCredentials {
 fn unauthenticated() -> Response {
     let mut response = ApiError::new(
         ErrorCode::Unauthenticated,
-        "authentication required: HTTP basic auth of an enabled user",
+        "authentication required: HTTP basic auth of an enabled user, or a bearer token",
     )
     .into_response();
     response.headers_mut().insert(
@@ -138,10 +139,20 @@ fn basic_credentials(authorization: &str) -> Option<(Vec<u8>, Vec<u8>)> {
     Some((decoded[..colon].to_vec(), decoded[colon + 1..].to_vec()))
 }
 
+/// Who a request came from, as the gate found (a request extension; absent
+/// with authentication off).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The user.
+    pub user: UserSpec,
+    /// Whether it showed a bearer token (else its password).
+    pub by_token: bool,
+}
+
 /// The admin API's gate (see the module docs).
 pub async fn require_cluster_admin(
     State(state): State<AppState>,
-    request: axum::extract::Request,
+    mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     if !state.node.users().enabled() || OPEN_ROUTES.contains(&request.uri().path()) {
@@ -152,10 +163,23 @@ pub async fn require_cluster_admin(
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
-    match authenticated_user(&state, authorization).await {
+    let token = authorization
+        .as_deref()
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim);
+    let found = match token {
+        Some(token) => Ok(state
+            .tokens
+            .resolve(token, state.node.users())
+            .map(|user| (user, true))),
+        None => authenticated_user(&state, authorization)
+            .await
+            .map(|user| user.map(|user| (user, false))),
+    };
+    match found {
         Err(busy) => ApiError::new(ErrorCode::Busy, busy.to_string()).into_response(),
         Ok(None) => unauthenticated(),
-        Ok(Some(user)) if !user.cluster_admin => ApiError::new(
+        Ok(Some((user, _))) if !user.cluster_admin => ApiError::new(
             ErrorCode::PermissionDenied,
             format!(
                 "user {:?} is not a cluster_admin: the admin API is theirs",
@@ -163,8 +187,99 @@ pub async fn require_cluster_admin(
             ),
         )
         .into_response(),
-        Ok(Some(_)) => next.run(request).await,
+        Ok(Some((user, by_token))) => {
+            request.extensions_mut().insert(Caller { user, by_token });
+            next.run(request).await
+        }
     }
+}
+
+/// What to ask of a new token.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    /// Its life in seconds (default 3600, at most 30 days).
+    pub ttl_seconds: Option<u64>,
+}
+
+/// A token just issued: shown once, never again.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct IssuedToken {
+    /// Send it as `Authorization: Bearer <token>`.
+    pub token: String,
+    /// The user it speaks for.
+    pub user: String,
+    /// When it stops working, Unix milliseconds.
+    pub expires_unix_ms: u64,
+}
+
+/// How many tokens were revoked.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RevokedTokens {
+    /// Tokens of the caller's user that no longer work.
+    pub revoked: usize,
+}
+
+fn no_tokens_without_authentication() -> ApiError {
+    ApiError::new(
+        ErrorCode::Unsupported,
+        "authentication is off on this node: there is nothing a token would prove",
+    )
+}
+
+/// Issues a bearer token for the caller's user (basic auth only: a token
+/// cannot mint another).
+#[utoipa::path(post, path = "/v1/tokens", tag = "users", request_body = NewToken,
+    responses((status = 201, body = IssuedToken),
+              (status = 403, description = "Asked with a token", body = ErrorBody),
+              (status = 409, description = "Authentication is off", body = ErrorBody),
+              (status = 503, description = "Too many live tokens", body = ErrorBody)))]
+pub async fn create_token(
+    State(state): State<AppState>,
+    caller: Option<axum::Extension<Caller>>,
+    body: Option<Json<NewToken>>,
+) -> Result<(StatusCode, Json<IssuedToken>), ApiError> {
+    let Some(axum::Extension(caller)) = caller else {
+        return Err(no_tokens_without_authentication());
+    };
+    if caller.by_token {
+        return Err(ApiError::new(
+            ErrorCode::PermissionDenied,
+            "a token cannot issue tokens: authenticate with the password (basic auth)",
+        ));
+    }
+    let ttl = body.and_then(|Json(new)| new.ttl_seconds).map_or(
+        crate::tokens::DEFAULT_TOKEN_TTL,
+        std::time::Duration::from_secs,
+    );
+    let (token, expires_unix_ms) = state
+        .tokens
+        .issue(&caller.user, ttl)
+        .map_err(|full| ApiError::new(ErrorCode::Busy, full.to_string()))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(IssuedToken {
+            token,
+            user: caller.user.name,
+            expires_unix_ms,
+        }),
+    ))
+}
+
+/// Revokes every token of the caller's user (on this node).
+#[utoipa::path(delete, path = "/v1/tokens", tag = "users",
+    responses((status = 200, body = RevokedTokens),
+              (status = 409, description = "Authentication is off", body = ErrorBody)))]
+pub async fn revoke_tokens(
+    State(state): State<AppState>,
+    caller: Option<axum::Extension<Caller>>,
+) -> Result<Json<RevokedTokens>, ApiError> {
+    let Some(axum::Extension(caller)) = caller else {
+        return Err(no_tokens_without_authentication());
+    };
+    Ok(Json(RevokedTokens {
+        revoked: state.tokens.revoke_user(&caller.user.name),
+    }))
 }
 
 /// A user as the API shows it: never its password or hash.

@@ -52,6 +52,8 @@ pub struct AppState {
     pub credentials: Arc<crate::access::RememberedCredentials>,
     /// The node's TLS, when it has any (`POST /v1/tls/reload`).
     pub tls: Option<Arc<dyn crate::tls::ServerTls>>,
+    /// Bearer tokens issued (`/v1/tokens`).
+    pub tokens: Arc<crate::tokens::Tokens>,
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -1430,7 +1432,7 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
     paths(health, ready, node_status, cluster_status, add_node, remove_node, move_range, list_tenants, create_tenant, set_quota,
           get_key, put_key, delete_key, scan_keys, take_snapshot, reload_tls, live_stats, metrics,
           crate::access::list_users, crate::access::create_user, crate::access::change_user,
-          crate::access::delete_user),
+          crate::access::delete_user, crate::access::create_token, crate::access::revoke_tokens),
     components(schemas(ErrorBody, ApiError, ErrorCode, TenantSpec, Consistency)),
     tags((name = "node"), (name = "tenants"), (name = "keys"), (name = "stats"), (name = "users"))
 )]
@@ -1505,6 +1507,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/users",
             get(crate::access::list_users).post(crate::access::create_user),
+        )
+        .route(
+            "/v1/tokens",
+            post(crate::access::create_token).delete(crate::access::revoke_tokens),
         )
         .route(
             "/v1/users/{user}",

@@ -23,6 +23,7 @@
 //! - [`report`]: what a core reports (counters, hdrhistograms);
 //! - [`tenants_file`]: tenants created at runtime, saved in the data dir;
 //! - [`tls`]: TLS on the admin port (the node's certificate, reloadable);
+//! - [`tokens`]: bearer tokens for the admin API;
 //! - [`users`]: users, password hashes and their check (authentication);
 //! - [`error`]: error codes and the JSON error body.
 
@@ -36,6 +37,7 @@ pub mod metrics;
 pub mod report;
 pub mod tenants_file;
 pub mod tls;
+pub mod tokens;
 pub mod users;
 
 use std::net::SocketAddr;
@@ -99,6 +101,7 @@ pub fn start(
                     moves: Arc::default(),
                     credentials: Arc::default(),
                     tls: tls.clone(),
+                    tokens: Arc::default(),
                 };
                 let listener = match tokio::net::TcpListener::from_std(listener) {
                     Ok(listener) => listener,

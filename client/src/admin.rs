@@ -70,6 +70,25 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// How an admin request proves who sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminAuth {
+    /// HTTP basic auth: a user and its password.
+    Basic(Credentials),
+    /// A bearer token (`POST /v1/tokens`; `Debug` never shows it).
+    Bearer(BearerToken),
+}
+
+/// A bearer token, redacted in `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BearerToken(pub String);
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(<redacted>)")
+    }
+}
+
 /// Sends `method path` with an optional JSON body to the admin API at
 /// `addr` and returns the JSON answer of a 2xx status (blocking: for the
 /// `tinker` CLI; a node uses [`request_async`]).
@@ -89,15 +108,15 @@ fn host_of(addr: &str) -> &str {
     host.trim_start_matches('[').trim_end_matches(']')
 }
 
-/// [`request`] authenticated as `credentials` (HTTP basic auth), over
-/// TLS when `tls` is given.
+/// [`request`] authenticated by `auth` (basic auth or a bearer token),
+/// over TLS when `tls` is given.
 pub fn request_as(
     addr: &str,
     method: &str,
     path: &str,
     body: Option<&serde_json::Value>,
     timeout: Duration,
-    credentials: Option<&Credentials>,
+    auth: Option<&AdminAuth>,
     tls: Option<&ClientTls>,
 ) -> Result<serde_json::Value, AdminError> {
     let io = |source| io_error(addr, source);
@@ -110,7 +129,7 @@ pub fn request_as(
     let mut stream = TcpStream::connect_timeout(&socket, timeout).map_err(io)?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    let request = request_bytes(addr, method, path, body, credentials);
+    let request = request_bytes(addr, method, path, body, auth);
     let mut answer = Vec::new();
     let limit = MAX_ADMIN_ANSWER_BYTES as u64 + 1;
     match tls {
@@ -149,15 +168,15 @@ pub async fn request_async(
     request_async_as(addr, method, path, body, timeout, None, None).await
 }
 
-/// [`request_async`] authenticated as `credentials` (HTTP basic auth),
-/// over TLS when `tls` is given.
+/// [`request_async`] authenticated by `auth` (basic auth or a bearer
+/// token), over TLS when `tls` is given.
 pub async fn request_async_as(
     addr: &str,
     method: &str,
     path: &str,
     body: Option<&serde_json::Value>,
     timeout: Duration,
-    credentials: Option<&Credentials>,
+    auth: Option<&AdminAuth>,
     tls: Option<&ClientTls>,
 ) -> Result<serde_json::Value, AdminError> {
     use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -179,7 +198,7 @@ pub async fn request_async_as(
             Err(error) => Err(error),
         }
     }
-    let request = request_bytes(addr, method, path, body, credentials);
+    let request = request_bytes(addr, method, path, body, auth);
     let exchange = async {
         let stream = tokio::net::TcpStream::connect(addr).await.map_err(io)?;
         match tls {
@@ -224,17 +243,23 @@ fn request_bytes(
     method: &str,
     path: &str,
     body: Option<&serde_json::Value>,
-    credentials: Option<&Credentials>,
+    auth: Option<&AdminAuth>,
 ) -> Vec<u8> {
     use base64::Engine;
     let body = body.map(|json| json.to_string()).unwrap_or_default();
-    let authorization = credentials.map_or_else(String::new, |credentials| {
-        let pair = format!("{}:{}", credentials.user, credentials.password);
-        format!(
-            "Authorization: Basic {}\r\n",
-            base64::engine::general_purpose::STANDARD.encode(pair)
-        )
-    });
+    let authorization = match auth {
+        None => String::new(),
+        Some(AdminAuth::Basic(credentials)) => {
+            let pair = format!("{}:{}", credentials.user, credentials.password);
+            format!(
+                "Authorization: Basic {}\r\n",
+                base64::engine::general_purpose::STANDARD.encode(pair)
+            )
+        }
+        Some(AdminAuth::Bearer(BearerToken(token))) => {
+            format!("Authorization: Bearer {token}\r\n")
+        }
+    };
     let mut bytes = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{authorization}\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",

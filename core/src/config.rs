@@ -70,10 +70,43 @@ pub struct NodeConfig {
     /// Authentication: off by default (any client that reaches a port acts
     /// for any tenant, as before); see docs/security.md.
     pub auth: AuthConfig,
+    /// OpenTelemetry tracing: off unless `otlp_endpoint` is set; see
+    /// docs/observability.md.
+    pub tracing: TracingConfig,
     /// TLS on every listener (flatbuffers, RESP, admin; the peer port
     /// with mutual TLS in a cluster): TLS only when set; absent: plain TCP.
     /// See docs/security.md.
     pub tls: Option<TlsConfig>,
+}
+
+/// OpenTelemetry tracing (`telemetry`): spans of sampled requests,
+/// exported with OTLP over HTTP/protobuf.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// Where spans are POSTed, e.g. `http://127.0.0.1:4318/v1/traces` (an
+    /// OpenTelemetry collector's OTLP/HTTP receiver; the path is used as
+    /// given). Absent: no tracing at all.
+    pub otlp_endpoint: Option<String>,
+    /// The share of client requests (pipelines) traced from the front end,
+    /// 0.0 to 1.0. A request that arrives with a sampled trace context
+    /// (another node's) is always traced.
+    pub sample_ratio: f64,
+    /// The `service.name` resource attribute of this node's spans.
+    pub service_name: String,
+}
+
+/// Default of [`TracingConfig::sample_ratio`]: one request in a hundred.
+pub const DEFAULT_TRACE_SAMPLE_RATIO: f64 = 0.01;
+
+impl Default for TracingConfig {
+    fn default() -> TracingConfig {
+        TracingConfig {
+            otlp_endpoint: None,
+            sample_ratio: DEFAULT_TRACE_SAMPLE_RATIO,
+            service_name: "tinkerdb".to_owned(),
+        }
+    }
 }
 
 /// TLS on every listener (`net::tls`).
@@ -296,6 +329,7 @@ impl Default for NodeConfig {
             databases: crate::tenants::DEFAULT_DATABASES,
             ranges_per_core: 1,
             auth: AuthConfig::default(),
+            tracing: TracingConfig::default(),
             tls: None,
         }
     }
@@ -558,6 +592,26 @@ impl NodeConfig {
             }
             if !seen.insert(name) {
                 return invalid(format!("tenant {name:?} is listed twice"));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.tracing.sample_ratio) {
+            return invalid(format!(
+                "tracing.sample_ratio {} is not between 0.0 and 1.0",
+                self.tracing.sample_ratio
+            ));
+        }
+        if let Some(endpoint) = &self.tracing.otlp_endpoint {
+            if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
+                return invalid(format!(
+                    "tracing.otlp_endpoint {endpoint:?} is not an http:// or https:// URL"
+                ));
+            }
+            if endpoint.starts_with("https://") {
+                return invalid(
+                    "tracing.otlp_endpoint: https is not supported (the exporter is built \
+                     without TLS); send to a collector on this host or network over http"
+                        .into(),
+                );
             }
         }
         if let Some(tls) = &self.tls {

@@ -23,6 +23,8 @@
 //!   (the WAL), the one write-operation encoding for Raft
 //!   ([`shard::write_op`]) and recovery.
 //! - [`net`]: listening sockets and connection streams.
+//! - [`telemetry`]: OpenTelemetry spans of sampled requests, across cores
+//!   and nodes.
 //! - Foundations: [`error`] (the error every front end encodes),
 //!   [`config`] (configuration and named limits), [`slots`] (slot -> core),
 //!   [`tenants`] (names, ids, quota shares), [`shutdown`], [`platform`].
@@ -41,4 +43,5 @@ pub mod platform;
 pub mod shard;
 pub mod shutdown;
 pub mod slots;
+pub mod telemetry;
 pub mod tenants;

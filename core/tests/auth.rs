@@ -153,6 +153,18 @@ fn resp_clients_authenticate_like_redis_and_every_failure_answers_the_same() {
     assert!(raw
         .call(&["HELLO", "3"])
         .starts_with("-NOAUTH HELLO must be called"));
+    // A stranger's long pipeline is answered in short rounds
+    // (UNAUTHENTICATED_MAX_PIPELINED), every command in order, and an AUTH
+    // behind it still counts.
+    for _ in 0..50 {
+        raw.send(&[b"GET", b"k"]);
+    }
+    raw.send(&[b"AUTH", b"alice", ALICE_PASSWORD.as_bytes()]);
+    for _ in 0..50 {
+        assert_eq!(raw.reply(), NOAUTH);
+    }
+    assert_eq!(raw.reply(), "+OK\r\n");
+    let mut raw = Raw::connect(&node);
     // Wrong, empty, near-miss and another user's password, an unknown
     // user, a disabled user with its right password, Redis's one-argument
     // form (user `default`, which does not exist): one answer.
@@ -636,4 +648,86 @@ fn access_levels_hold_on_every_front_end() {
             }
         }
     });
+}
+
+#[test]
+fn bearer_tokens_and_roles_from_the_cli() {
+    let node = start_node();
+    let tinker = |args: &[&str], env: &[(&str, &str)]| {
+        let output = Command::new(workspace_binary("tinker"))
+            .args(["--admin", &node.admin_addr.to_string()])
+            .args(args)
+            .env_remove("TINKER_TOKEN")
+            .env_remove("TINKER_PASSWORD")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        )
+    };
+    let as_admin = [("TINKER_PASSWORD", ADMIN_PASSWORD)];
+    let (status, token, _) = tinker(
+        &["--user", "admin", "token", "create", "--ttl-seconds", "600"],
+        &as_admin,
+    );
+    assert_eq!(status, Some(0));
+    assert!(token.starts_with("tdbt_"), "{token}");
+    let with_bearer = |token: &str, method: reqwest::Method, path: &str| {
+        reqwest::blocking::Client::new()
+            .request(method, format!("http://{}{path}", node.admin_addr))
+            .bearer_auth(token)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(with_bearer(&token, reqwest::Method::GET, "/v1/node"), 200);
+    assert_eq!(
+        with_bearer("tdbt_forged", reqwest::Method::GET, "/v1/node"),
+        401
+    );
+    // A token cannot mint another (a stolen one dies at its expiry).
+    assert_eq!(
+        with_bearer(&token, reqwest::Method::POST, "/v1/tokens"),
+        403
+    );
+    // The CLI with the token: roles granted and listed.
+    let as_token = [("TINKER_TOKEN", token.as_str())];
+    let (status, _, stderr) = tinker(
+        &["role", "grant", "alice", "read", "--on-tenant", "acme"],
+        &as_token,
+    );
+    assert_eq!(status, Some(0), "{stderr}");
+    let (status, roles, _) = tinker(&["role", "list"], &as_token);
+    assert_eq!(status, Some(0));
+    assert!(roles.contains("read on acme"), "{roles}");
+    assert!(roles.contains("cluster-admin"), "{roles}");
+    let (status, _, stderr) = tinker(&["role", "grant", "alice", "read"], &as_token);
+    assert_eq!(status, Some(2));
+    assert!(stderr.contains("needs --on-tenant"), "{stderr}");
+    // alice's role is what the RESP port enforces now.
+    let mut alice = Raw::connect(&node);
+    assert_eq!(alice.call(&["AUTH", "alice", ALICE_PASSWORD]), "+OK\r\n");
+    assert!(alice.call(&["SET", "k", "v"]).starts_with("-NOPERM"));
+    // A new password revokes the user's tokens at their next use.
+    let (status, _, stderr) = tinker(
+        &["user", "passwd", "admin"],
+        &[
+            ("TINKER_TOKEN", token.as_str()),
+            ("TINKER_NEW_PASSWORD", "admin-secret-9"),
+        ],
+    );
+    assert_eq!(status, Some(0), "{stderr}");
+    assert_eq!(with_bearer(&token, reqwest::Method::GET, "/v1/node"), 401);
+    // DELETE /v1/tokens revokes the caller's tokens.
+    let as_admin = [("TINKER_PASSWORD", "admin-secret-9")];
+    let (_, second, _) = tinker(&["--user", "admin", "token", "create"], &as_admin);
+    assert_eq!(with_bearer(&second, reqwest::Method::GET, "/v1/node"), 200);
+    let (status, revoked, _) = tinker(&["--token", &second, "token", "revoke"], &[]);
+    assert_eq!(status, Some(0));
+    assert_eq!(revoked, "1 token(s) revoked");
+    assert_eq!(with_bearer(&second, reqwest::Method::GET, "/v1/node"), 401);
 }

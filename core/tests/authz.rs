@@ -959,6 +959,14 @@ const ADMIN_TABLE: &[HttpRow] = &[
     // nodes have no [tls] table), users.
     http("POST", "/v1/snapshot", None, cluster_admins(Runs)),
     http("POST", "/v1/tls/reload", None, cluster_admins(Runs)),
+    // Bearer tokens: a cluster admin's, with its password.
+    http(
+        "POST",
+        "/v1/tokens",
+        Some(r#"{"ttl_seconds": 60}"#),
+        cluster_admins(Answers("201")),
+    ),
+    http("DELETE", "/v1/tokens", None, cluster_admins(Answers("200"))),
     http("GET", "/v1/users", None, cluster_admins(Answers("200"))),
     http(
         "POST",

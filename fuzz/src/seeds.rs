@@ -258,6 +258,7 @@ fn commands() -> Vec<Command> {
             tenant: "acme".into(),
             at_unix_ms: 1_700_000_000_000,
             payload: ops_payload(),
+            trace: None,
         },
     ]
 }

@@ -30,8 +30,14 @@
 //!
 //! | field | size |
 //! |---|---|
+//! | kind 5 only: the trace context, [`TraceParent`] | 25 |
 //! | the proposer's instant, Unix ms | 8 |
 //! | payload length, payload | 4 + n |
+//!
+//! Kind 5 is an `Ops` whose request was traced: the W3C trace context's
+//! fields (trace id 16 bytes, parent span id 8, flags 1) travel with the
+//! entry, so every replica's apply joins the proposer's trace
+//! (docs/observability.md). Untraced entries stay kind 4, byte for byte.
 //!
 //! A conditional write is judged when it is *applied*, identically on every
 //! replica: "does the key exist" depends on expiry, so the command carries
@@ -56,6 +62,7 @@ const KIND_PUT: u8 = 1;
 const KIND_DELETE: u8 = 2;
 const KIND_PUT_IF: u8 = 3;
 const KIND_OPS: u8 = 4;
+const KIND_OPS_TRACED: u8 = 5;
 /// `expires_at_unix_ms` of `None` on disk.
 const NEVER_EXPIRES: u64 = u64::MAX;
 
@@ -110,7 +117,88 @@ pub enum Command {
         at_unix_ms: u64,
         /// The operations, in the node's encoding.
         payload: Vec<u8>,
+        /// The trace the proposing request belongs to, if it was sampled.
+        trace: Option<TraceParent>,
     },
+}
+
+/// A W3C trace context (`traceparent`, version 00) in binary: the trace
+/// id, the id of the span that is the parent of what the receiver does,
+/// and the trace flags (bit 0: sampled). Carried by traced `Ops` entries
+/// and by messages between cores; never holds anything but ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceParent {
+    /// The trace id (all zero: invalid).
+    pub trace_id: [u8; 16],
+    /// The parent span's id (all zero: invalid).
+    pub span_id: [u8; 8],
+    /// Trace flags.
+    pub flags: u8,
+}
+
+impl TraceParent {
+    /// Bytes of the encoding.
+    pub const ENCODED_BYTES: usize = 16 + 8 + 1;
+
+    /// Whether both ids are non-zero, as W3C requires (an invalid one is
+    /// ignored by whoever receives it).
+    pub fn is_valid(&self) -> bool {
+        self.trace_id != [0; 16] && self.span_id != [0; 8]
+    }
+
+    /// The `traceparent` header's text: `00-<trace id>-<span id>-<flags>`.
+    pub fn to_w3c(&self) -> String {
+        let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        format!(
+            "00-{}-{}-{:02x}",
+            hex(&self.trace_id),
+            hex(&self.span_id),
+            self.flags
+        )
+    }
+
+    /// Parses a `traceparent` header (version 00, lowercase hex); `None`
+    /// for anything malformed or invalid.
+    pub fn parse_w3c(text: &str) -> Option<TraceParent> {
+        let mut parts = text.split('-');
+        let (version, trace, span, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || version != "00" {
+            return None;
+        }
+        fn hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+            if text.len() != 2 * N || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            {
+                return None;
+            }
+            let mut out = [0u8; N];
+            for (i, byte) in out.iter_mut().enumerate() {
+                *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+            }
+            Some(out)
+        }
+        let parent = TraceParent {
+            trace_id: hex::<16>(trace)?,
+            span_id: hex::<8>(span)?,
+            flags: hex::<1>(flags)?[0],
+        };
+        parent.is_valid().then_some(parent)
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.trace_id);
+        out.extend_from_slice(&self.span_id);
+        out.push(self.flags);
+    }
+
+    fn decode(reader: &mut Reader<'_>) -> Result<TraceParent, DecodeError> {
+        let bytes = reader.take(Self::ENCODED_BYTES)?;
+        Ok(TraceParent {
+            trace_id: bytes[..16].try_into().expect("16 bytes"),
+            span_id: bytes[16..24].try_into().expect("8 bytes"),
+            flags: bytes[24],
+        })
+    }
 }
 
 /// The condition of a [`Command::PutIf`].
@@ -222,7 +310,10 @@ impl Command {
             Command::Put { value, .. } => common + key + 8 + 4 + value.len(),
             Command::Delete { .. } => common + key,
             Command::PutIf { value, .. } => common + key + 8 + 1 + 8 + 8 + 4 + value.len(),
-            Command::Ops { payload, .. } => common + 8 + 4 + payload.len(),
+            Command::Ops { payload, trace, .. } => {
+                let trace = trace.map_or(0, |_| TraceParent::ENCODED_BYTES);
+                common + trace + 8 + 4 + payload.len()
+            }
         }
     }
 
@@ -245,7 +336,8 @@ impl Command {
             Command::Put { .. } => KIND_PUT,
             Command::Delete { .. } => KIND_DELETE,
             Command::PutIf { .. } => KIND_PUT_IF,
-            Command::Ops { .. } => KIND_OPS,
+            Command::Ops { trace: None, .. } => KIND_OPS,
+            Command::Ops { trace: Some(_), .. } => KIND_OPS_TRACED,
         };
         out.push(kind);
         out.push(self.tenant().len() as u8);
@@ -285,8 +377,12 @@ impl Command {
             Command::Ops {
                 at_unix_ms,
                 payload,
+                trace,
                 ..
             } => {
+                if let Some(trace) = trace {
+                    trace.encode(out);
+                }
                 put_u64(out, *at_unix_ms);
                 put_bytes_u32(out, payload);
             }
@@ -313,13 +409,18 @@ impl Command {
         let tenant_bytes = reader.u8()? as usize;
         let tenant = reader.take(tenant_bytes)?;
         let tenant = reader.utf8(tenant)?;
-        if kind == KIND_OPS {
+        if kind == KIND_OPS || kind == KIND_OPS_TRACED {
+            let trace = match kind {
+                KIND_OPS_TRACED => Some(TraceParent::decode(reader)?),
+                _ => None,
+            };
             let at_unix_ms = reader.u64()?;
             let payload = reader.bytes_u32()?.to_vec();
             return Ok(Command::Ops {
                 tenant,
                 at_unix_ms,
                 payload,
+                trace,
             });
         }
         let key = reader.bytes_u32()?.to_vec();
@@ -479,17 +580,50 @@ mod tests {
                 tenant: "acme".into(),
                 at_unix_ms: 1_700_000_000_000,
                 payload: vec![1, 2, 3],
+                trace: None,
             },
             Command::Ops {
                 tenant: String::new(),
                 at_unix_ms: 0,
                 payload: Vec::new(),
+                trace: None,
+            },
+            Command::Ops {
+                tenant: "acme".into(),
+                at_unix_ms: 7,
+                payload: vec![9; 40],
+                trace: Some(TraceParent {
+                    trace_id: [0xab; 16],
+                    span_id: [0xcd; 8],
+                    flags: 1,
+                }),
             },
         ] {
             let mut bytes = Vec::new();
             command.encode(&mut bytes).unwrap();
             assert_eq!(bytes.len(), command.encoded_len());
             assert_eq!(Command::decode(&bytes).unwrap(), command);
+        }
+    }
+
+    #[test]
+    fn trace_parents_read_w3c_text_and_refuse_anything_malformed() {
+        let text = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let parent = TraceParent::parse_w3c(text).unwrap();
+        assert_eq!(parent.to_w3c(), text);
+        assert_eq!(parent.flags, 1);
+        for malformed in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0x",
+        ] {
+            assert_eq!(TraceParent::parse_w3c(malformed), None, "{malformed:?}");
         }
     }
 

@@ -490,7 +490,19 @@ async fn forward_write<A: Applier>(
         kind: PeerCallKind::ForwardWrite,
         payload: encode(command),
     };
-    decode(&call_member(raft, peers, leader, call, REQUEST_DEADLINE).await?)
+    let forwarded =
+        async { decode(&call_member(raft, peers, leader, call, REQUEST_DEADLINE).await?) };
+    // A traced write (its entry carries the trace to the leader): the
+    // forward is a span of the trace too.
+    match command {
+        Command::Ops { trace: Some(_), .. } if !tracing::Span::current().is_disabled() => {
+            use tracing::Instrument;
+            forwarded
+                .instrument(tracing::info_span!("raft.forward", group, leader))
+                .await
+        }
+        _ => forwarded.await,
+    }
 }
 
 /// Waits until a read of this node's state machine is linearizable (read

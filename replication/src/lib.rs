@@ -60,7 +60,7 @@ pub mod transport;
 mod codec;
 
 pub use codec::DecodeError;
-pub use command::{Command, PutCondition, Response};
+pub use command::{Command, PutCondition, Response, TraceParent};
 pub use log_store::{CoreLog, RangeId};
 pub use runtime::GlommioRuntime;
 

@@ -46,6 +46,15 @@ struct Args {
         requires = "user"
     )]
     password: Option<String>,
+    /// A bearer token for the admin API (`tinker token create`), instead of
+    /// --user and its password (prefer TINKER_TOKEN).
+    #[arg(
+        long,
+        env = "TINKER_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "user"
+    )]
+    token: Option<String>,
     /// Speak TLS to the node (its `[tls]` table), trusting --cacert.
     #[arg(long, requires = "cacert")]
     tls: bool,
@@ -177,6 +186,57 @@ enum Command {
         #[command(subcommand)]
         action: TenantAction,
     },
+    /// Users' roles: an access level (read, write, admin) on one tenant,
+    /// and cluster-admin, through the admin API.
+    Role {
+        #[command(subcommand)]
+        action: RoleAction,
+    },
+    /// Bearer tokens for the admin API (`--token`), through the admin API.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RoleAction {
+    /// Every user's roles.
+    List,
+    /// Give a user a role: `read`, `write` or `admin` on a tenant (its one
+    /// tenant: the grant replaces its tenant and access), or
+    /// `cluster-admin`. Its open connections are cut off.
+    Grant {
+        /// The user.
+        user: String,
+        /// read, write, admin or cluster-admin.
+        role: String,
+        /// The tenant of a read, write or admin role.
+        #[arg(long)]
+        on_tenant: Option<String>,
+    },
+    /// Take `cluster-admin` from a user (tenant access is changed by
+    /// granting another level; a user with none is disabled: `tinker user
+    /// disable`).
+    Revoke {
+        /// The user.
+        user: String,
+        /// cluster-admin.
+        role: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenAction {
+    /// Issue a token for the --user given (with its password: a token
+    /// cannot issue tokens); prints it once.
+    Create {
+        /// Its life, seconds (default 3600, at most 30 days).
+        #[arg(long)]
+        ttl_seconds: Option<u64>,
+    },
+    /// Revoke every token of the authenticated user on this node.
+    Revoke,
 }
 
 #[derive(Subcommand, Debug)]
@@ -314,10 +374,15 @@ fn main() -> ExitCode {
             .clone()
             .zip(args.password.clone())
             .map(|(user, password)| admin::Credentials { user, password }),
+        token: args.token.clone(),
         tls: client_tls(&args),
     };
     if let Some(
-        command @ (Command::Cluster { .. } | Command::User { .. } | Command::Tenant { .. }),
+        command @ (Command::Cluster { .. }
+        | Command::User { .. }
+        | Command::Tenant { .. }
+        | Command::Role { .. }
+        | Command::Token { .. }),
     ) = args.command
     {
         // Admin API only: no data connection needed.
@@ -432,7 +497,11 @@ async fn interactive(client: &Client, addr: &str, admin: &AdminTarget) -> ExitCo
         match Line::try_parse_from(words) {
             Ok(Line {
                 command:
-                    command @ (Command::Cluster { .. } | Command::User { .. } | Command::Tenant { .. }),
+                    command @ (Command::Cluster { .. }
+                    | Command::User { .. }
+                    | Command::Tenant { .. }
+                    | Command::Role { .. }
+                    | Command::Token { .. }),
             }) => {
                 if let Err(error) = admin.run(command) {
                     println!("(error) {error}");
@@ -598,7 +667,11 @@ async fn run(client: &Client, command: Command, interactive: bool) -> Result<Out
             Outcome::Done
         }
         // Handled before a data connection is made (main, interactive).
-        Command::Cluster { .. } | Command::User { .. } | Command::Tenant { .. } => {
+        Command::Cluster { .. }
+        | Command::User { .. }
+        | Command::Tenant { .. }
+        | Command::Role { .. }
+        | Command::Token { .. } => {
             return Err(ClientError::InvalidRequest(
                 "cluster, user and tenant commands go to the admin API (--admin)".into(),
             ))
@@ -614,11 +687,22 @@ const CLUSTER_TIMEOUT: Duration = Duration::from_secs(70);
 struct AdminTarget {
     addr: String,
     credentials: Option<admin::Credentials>,
+    /// `--token`: used for admin requests instead of the credentials.
+    token: Option<String>,
     /// `--tls`: the admin port serves TLS with the node's certificate.
     tls: Option<tinkerdb_client::ClientTls>,
 }
 
 impl AdminTarget {
+    /// How admin requests authenticate: the token if given, else the user.
+    fn auth(&self) -> Option<admin::AdminAuth> {
+        match (&self.token, &self.credentials) {
+            (Some(token), _) => Some(admin::AdminAuth::Bearer(admin::BearerToken(token.clone()))),
+            (None, Some(credentials)) => Some(admin::AdminAuth::Basic(credentials.clone())),
+            (None, None) => None,
+        }
+    }
+
     fn call(
         &self,
         method: &str,
@@ -631,7 +715,7 @@ impl AdminTarget {
             path,
             body,
             CLUSTER_TIMEOUT,
-            self.credentials.as_ref(),
+            self.auth().as_ref(),
             self.tls.as_ref(),
         )
     }
@@ -641,6 +725,8 @@ impl AdminTarget {
         match command {
             Command::Cluster { action } => cluster(self, action),
             Command::User { action } => users(self, action),
+            Command::Role { action } => roles(self, action),
+            Command::Token { action } => tokens(self, action),
             Command::Tenant { action } => tenants(self, action),
             other => unreachable!("not an admin command: {other:?}"),
         }
@@ -656,14 +742,15 @@ fn users(admin: &AdminTarget, action: UserAction) -> Result<(), AdminError> {
         UserAction::List => {
             let users = admin.call("GET", "/v1/users", None)?;
             println!(
-                "{:<24} {:<24} {:<8} CLUSTER-ADMIN",
-                "USER", "TENANT", "ENABLED"
+                "{:<24} {:<24} {:<8} {:<8} CLUSTER-ADMIN",
+                "USER", "TENANT", "ACCESS", "ENABLED"
             );
             for user in users.as_array().into_iter().flatten() {
                 println!(
-                    "{:<24} {:<24} {:<8} {}",
+                    "{:<24} {:<24} {:<8} {:<8} {}",
                     opt(&user["name"]),
                     opt(&user["tenant"]),
+                    opt(&user["access"]),
                     opt(&user["enabled"]),
                     opt(&user["cluster_admin"])
                 );
@@ -698,6 +785,104 @@ fn users(admin: &AdminTarget, action: UserAction) -> Result<(), AdminError> {
         UserAction::Delete { name } => {
             admin.call("DELETE", &format!("/v1/users/{name}"), None)?;
             println!("user {name} deleted");
+        }
+    }
+    Ok(())
+}
+
+fn roles(admin: &AdminTarget, action: RoleAction) -> Result<(), AdminError> {
+    let change = |user: &str, body: serde_json::Value| {
+        admin
+            .call("PUT", &format!("/v1/users/{user}"), Some(&body))
+            .map(|_| ())
+    };
+    let refuse = |message: String| AdminError::Api {
+        status: 400,
+        code: "invalid_argument".into(),
+        message,
+    };
+    match action {
+        RoleAction::List => {
+            let users = admin.call("GET", "/v1/users", None)?;
+            println!("{:<24} ROLES", "USER");
+            for user in users.as_array().into_iter().flatten() {
+                let mut roles = vec![format!(
+                    "{} on {}",
+                    opt(&user["access"]),
+                    opt(&user["tenant"])
+                )];
+                if user["cluster_admin"] == true {
+                    roles.push("cluster-admin".into());
+                }
+                if user["enabled"] == false {
+                    roles.push("(disabled)".into());
+                }
+                println!("{:<24} {}", opt(&user["name"]), roles.join(", "));
+            }
+        }
+        RoleAction::Grant {
+            user,
+            role,
+            on_tenant,
+        } => match (role.as_str(), on_tenant) {
+            ("cluster-admin", None) => {
+                change(&user, serde_json::json!({ "cluster_admin": true }))?;
+                println!("user {user} is a cluster admin");
+            }
+            ("read" | "write" | "admin", Some(tenant)) => {
+                change(
+                    &user,
+                    serde_json::json!({ "tenant": tenant, "access": role }),
+                )?;
+                println!("user {user} has {role} access to tenant {tenant}");
+            }
+            ("read" | "write" | "admin", None) => {
+                return Err(refuse(format!("a {role} role needs --on-tenant")))
+            }
+            ("cluster-admin", Some(_)) => {
+                return Err(refuse(
+                    "cluster-admin is cluster-wide: no --on-tenant".into(),
+                ))
+            }
+            (other, _) => {
+                return Err(refuse(format!(
+                    "no role {other:?}: read, write, admin or cluster-admin"
+                )))
+            }
+        },
+        RoleAction::Revoke { user, role } => match role.as_str() {
+            "cluster-admin" => {
+                change(&user, serde_json::json!({ "cluster_admin": false }))?;
+                println!("user {user} is no longer a cluster admin");
+            }
+            other => {
+                return Err(refuse(format!(
+                    "only cluster-admin is revoked; change {other:?} access by granting \
+                     another level, or disable the user"
+                )))
+            }
+        },
+    }
+    Ok(())
+}
+
+fn tokens(admin: &AdminTarget, action: TokenAction) -> Result<(), AdminError> {
+    match action {
+        TokenAction::Create { ttl_seconds } => {
+            let body = serde_json::json!({ "ttl_seconds": ttl_seconds });
+            let issued = admin.call("POST", "/v1/tokens", Some(&body))?;
+            // The token alone on stdout (for TINKER_TOKEN=$(...)); the
+            // rest on stderr.
+            println!("{}", opt(&issued["token"]));
+            eprintln!(
+                "token for {} (expires at Unix ms {}); send it with --token or TINKER_TOKEN",
+                opt(&issued["user"]),
+                opt(&issued["expires_unix_ms"])
+            );
+        }
+        TokenAction::Revoke => {
+            let revoked = admin.call("DELETE", "/v1/tokens", None)?;
+            println!("{} token(s) revoked", opt(&revoked["revoked"]));
         }
     }
     Ok(())

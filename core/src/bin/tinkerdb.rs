@@ -108,7 +108,7 @@ fn main() -> anyhow::Result<()> {
         println!("{hash}");
         return Ok(());
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let log_filter = tracing_subscriber::EnvFilter::try_from_default_env()
         // glommio logs an ERROR when a filesystem lacks io_uring polled I/O
         // (it falls back on its own): not an error of ours. openraft logs
         // every vote and election at info: warn is enough by default; and
@@ -120,14 +120,6 @@ fn main() -> anyhow::Result<()> {
                 "info,glommio::reactor=off,openraft=warn,openraft::core::heartbeat=error",
             )
         });
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
-    }
-
     let mut config = match &args.config {
         Some(path) => NodeConfig::from_file(path)?,
         None => NodeConfig::default(),
@@ -193,6 +185,46 @@ fn main() -> anyhow::Result<()> {
         _ => {}
     }
     let cluster = config.cluster.clone();
+    // Logs (and traces) start once the configuration is read: its
+    // [tracing] table says whether spans are exported. Errors before this
+    // point end `main` with their message.
+    let instance = match &cluster {
+        Some(cluster) => format!("node-{}", cluster.node_id),
+        None => "standalone".to_owned(),
+    };
+    let telemetry = tinkerdb_core::telemetry::init(&config.tracing, &instance)?;
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        use tracing_subscriber::Layer;
+        let logs = match args.log_format {
+            LogFormat::Text => tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .boxed(),
+            LogFormat::Json => tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(std::io::stderr)
+                .boxed(),
+        };
+        let traces = telemetry.as_ref().map(|telemetry| {
+            tracing_opentelemetry::layer()
+                .with_tracer(telemetry.tracer())
+                .with_filter(tracing_subscriber::filter::filter_fn(
+                    tinkerdb_core::telemetry::only_traced_spans,
+                ))
+        });
+        tracing_subscriber::registry()
+            .with(logs.with_filter(log_filter))
+            .with(traces)
+            .init();
+    }
+    if let Some(endpoint) = &config.tracing.otlp_endpoint {
+        tracing::info!(
+            %endpoint,
+            sample_ratio = config.tracing.sample_ratio,
+            "tracing: exporting spans of sampled requests (OTLP/HTTP)"
+        );
+    }
     let tls_on = config.tls.is_some();
     let (stopper, reloader) = watch_signals()?;
     let outcome = tinkerdb_core::node::run(config, |info| {
@@ -242,6 +274,10 @@ fn main() -> anyhow::Result<()> {
             "node ready"
         );
     });
+    // The spans of the last requests leave before the process does.
+    if let Some(telemetry) = &telemetry {
+        telemetry.shutdown();
+    }
     match outcome {
         // What the machine lacks (io_uring, locked memory): the message
         // alone, its first line stable (`io_uring is unavailable: ...`).

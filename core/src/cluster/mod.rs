@@ -365,7 +365,7 @@ pub async fn join(
     own_admin: Option<std::net::SocketAddr>,
     tls: Option<tinkerdb_client::ClientTls>,
 ) -> anyhow::Result<()> {
-    use tinkerdb_client::admin::{request_async_as, Credentials};
+    use tinkerdb_client::admin::{request_async_as, AdminAuth, Credentials};
     // This node's own admin port may be bound to an unspecified address:
     // its certificate names the host its peers dial.
     let own_tls = tls.clone().map(|mut tls| {
@@ -376,7 +376,7 @@ pub async fn join(
         std::env::var(JOIN_USER_ENV),
         std::env::var(JOIN_PASSWORD_ENV),
     ) {
-        (Ok(user), Ok(password)) => Some(Credentials { user, password }),
+        (Ok(user), Ok(password)) => Some(AdminAuth::Basic(Credentials { user, password })),
         _ => None,
     };
     let credentials = credentials.as_ref();

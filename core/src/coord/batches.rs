@@ -202,10 +202,16 @@ impl Pipeline {
     /// inline writes are durable (one wait for them all: group commit).
     pub async fn settle(&mut self, context: &CoreContext) {
         self.batches.flush(context).await;
-        let durable = context
-            .wait_durable(self.durable_at.take())
-            .await
-            .map_err(|reason| storage_failed(&reason));
+        let durable_at = self.durable_at.take();
+        let waited = match durable_at.is_some() && crate::telemetry::in_trace() {
+            true => {
+                use tracing::Instrument;
+                let span = tracing::info_span!("wal.durable", core = context.core);
+                context.wait_durable(durable_at).instrument(span).await
+            }
+            false => context.wait_durable(durable_at).await,
+        };
+        let durable = waited.map_err(|reason| storage_failed(&reason));
         self.durable = Some(durable);
     }
 

@@ -33,6 +33,9 @@ pub struct CoreMessage {
     pub request: ShardRequest,
     /// Where the owning core puts the answer.
     pub reply_to: oneshot::Sender<ShardReply>,
+    /// The sender's trace, when the request is traced
+    /// (`crate::telemetry`).
+    pub trace: Option<tinkerdb_replication::TraceParent>,
 }
 
 /// Counters of one core, reported to the admin plane on request (the

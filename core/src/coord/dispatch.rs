@@ -154,10 +154,20 @@ impl CoreContext {
                     .upgrade()
                     .expect("a core's context outlives the requests it serves");
                 let (reply_to, receiver) = oneshot::channel();
-                glommio::spawn_local(async move {
+                let run = async move {
                     let _ = reply_to.send(context.execute_local(range, request).await);
-                })
-                .detach();
+                };
+                // A spawned task starts outside any span: a traced request
+                // takes its span along.
+                match crate::telemetry::in_trace() {
+                    true => {
+                        use tracing::Instrument;
+                        glommio::spawn_local(run.instrument(tracing::Span::current())).detach();
+                    }
+                    false => {
+                        glommio::spawn_local(run).detach();
+                    }
+                }
                 return Ok(Dispatched::Pending(receiver));
             }
             return Ok(Dispatched::Ready(self.execute_local(range, request).await));
@@ -170,6 +180,7 @@ impl CoreContext {
             range,
             request,
             reply_to,
+            trace: crate::telemetry::current_parent(),
         })
         .await
         .map_err(|_| shutting_down())?;
@@ -200,8 +211,15 @@ pub async fn serve_peer(
         range,
         request,
         reply_to,
+        trace,
     }) = inbound.recv().await
     {
+        // A traced request's hop to this core (a span of this thread,
+        // under the sender's).
+        let span = trace.map(|trace| {
+            let span = tracing::info_span!(parent: None, "coord.hop", range, core = context.core);
+            crate::telemetry::child_of(span, &trace)
+        });
         let stats = &context.stats;
         stats
             .peer_requests_total
@@ -219,13 +237,24 @@ pub async fn serve_peer(
             // for a quorum); requests that must stay ordered arrive in one
             // Batch, which runs in order.
             let context = context.clone();
-            glommio::spawn_local(async move {
+            let run = async move {
                 let _ = reply_to.send(context.execute_local(range, request).await);
-            })
-            .detach();
+            };
+            match span {
+                Some(span) => {
+                    use tracing::Instrument;
+                    glommio::spawn_local(run.instrument(span)).detach();
+                }
+                None => {
+                    glommio::spawn_local(run).detach();
+                }
+            }
             continue;
         }
-        let (reply, ack_point) = context.execute_here(range, request);
+        let (reply, ack_point) = match &span {
+            Some(span) => span.in_scope(|| context.execute_here(range, request)),
+            None => context.execute_here(range, request),
+        };
         // The requester may have gone (connection closed): nothing to do then.
         match (ack_point, &context.wal) {
             (Some(index), Some(wal)) => wal.when_durable(index, move |result| {

@@ -148,6 +148,79 @@ fn refused(code: ErrorCode, message: impl Into<String>) -> Response {
 
 impl Applier for ShardApplier {
     fn apply(&mut self, command: &Command) -> Response {
+        // A traced write's entry joins its trace here, on every replica.
+        if let Command::Ops {
+            trace: Some(trace), ..
+        } = command
+        {
+            if crate::telemetry::is_on() {
+                let span = tracing::info_span!(
+                    parent: None,
+                    "raft.apply",
+                    range = self.range,
+                    core = self.context.core
+                );
+                return crate::telemetry::child_of(span, trace)
+                    .in_scope(|| self.apply_now(command));
+            }
+        }
+        self.apply_now(command)
+    }
+
+    fn begin_snapshot(&mut self, last_index: u64) -> Result<(), String> {
+        self.context
+            .shard(self.range)
+            .borrow_mut()
+            .begin_snapshot_at(last_index, now_ms())
+    }
+
+    fn snapshot_step(&mut self) -> (Vec<u8>, bool) {
+        self.context.shard(self.range).borrow_mut().snapshot_step()
+    }
+
+    fn finish_snapshot(&mut self) -> Vec<u8> {
+        self.context
+            .shard(self.range)
+            .borrow_mut()
+            .finish_snapshot()
+            .0
+    }
+
+    fn abort_snapshot(&mut self) {
+        self.context.shard(self.range).borrow_mut().abort_snapshot();
+    }
+
+    fn membership_applied(&mut self, log_index: u64) {
+        self.context.slot_map.raise_epoch(self.range, log_index);
+    }
+
+    fn restore(&mut self, data_file: &std::path::Path) -> Result<(), String> {
+        let context = &self.context;
+        let registry = context.tenants.get();
+        let mut store = tinkerdb_storage::Store::new();
+        let info = snapshot::load(data_file, |op| match op {
+            LoggedOp::Put { .. } => crate::shard::recovery::apply(&mut store, &registry, op),
+            other => Err(format!("a snapshot holds only puts, not {other:?}")),
+        })
+        .map_err(|error| error.to_string())?;
+        // Versions continue from the cut's counter on every replica alike.
+        store.raise_last_version(info.last_version);
+        let shard = context.shard(self.range);
+        let mut shard = shard.borrow_mut();
+        // A snapshot of this shard still being written keeps describing
+        // its cut: copy what it has not reached before the data goes.
+        shard.snapshot_cover_all();
+        *shard.store_mut() = store;
+        drop(shard);
+        // The fresh store has no quotas yet: set every range's share again.
+        crate::coord::quotas::apply_quotas(context, &context.tenants.get());
+        Ok(())
+    }
+}
+
+impl ShardApplier {
+    /// [`Applier::apply`] itself, inside the apply span when traced.
+    fn apply_now(&mut self, command: &Command) -> Response {
         let context = &self.context;
         let Some(tenant) = context.tenants.by_name(command.tenant()) else {
             return refused(
@@ -259,56 +332,6 @@ impl Applier for ShardApplier {
             ShardReply::Written(Err(error)) => refused(ErrorCode::QuotaExceeded, error.to_string()),
             other => refused(ErrorCode::Internal, format!("{other:?}")),
         }
-    }
-
-    fn begin_snapshot(&mut self, last_index: u64) -> Result<(), String> {
-        self.context
-            .shard(self.range)
-            .borrow_mut()
-            .begin_snapshot_at(last_index, now_ms())
-    }
-
-    fn snapshot_step(&mut self) -> (Vec<u8>, bool) {
-        self.context.shard(self.range).borrow_mut().snapshot_step()
-    }
-
-    fn finish_snapshot(&mut self) -> Vec<u8> {
-        self.context
-            .shard(self.range)
-            .borrow_mut()
-            .finish_snapshot()
-            .0
-    }
-
-    fn abort_snapshot(&mut self) {
-        self.context.shard(self.range).borrow_mut().abort_snapshot();
-    }
-
-    fn membership_applied(&mut self, log_index: u64) {
-        self.context.slot_map.raise_epoch(self.range, log_index);
-    }
-
-    fn restore(&mut self, data_file: &std::path::Path) -> Result<(), String> {
-        let context = &self.context;
-        let registry = context.tenants.get();
-        let mut store = tinkerdb_storage::Store::new();
-        let info = snapshot::load(data_file, |op| match op {
-            LoggedOp::Put { .. } => crate::shard::recovery::apply(&mut store, &registry, op),
-            other => Err(format!("a snapshot holds only puts, not {other:?}")),
-        })
-        .map_err(|error| error.to_string())?;
-        // Versions continue from the cut's counter on every replica alike.
-        store.raise_last_version(info.last_version);
-        let shard = context.shard(self.range);
-        let mut shard = shard.borrow_mut();
-        // A snapshot of this shard still being written keeps describing
-        // its cut: copy what it has not reached before the data goes.
-        shard.snapshot_cover_all();
-        *shard.store_mut() = store;
-        drop(shard);
-        // The fresh store has no quotas yet: set every range's share again.
-        crate::coord::quotas::apply_quotas(context, &context.tenants.get());
-        Ok(())
     }
 }
 
@@ -457,10 +480,17 @@ async fn propose_ops(
     ops: Vec<WriteOp>,
 ) -> Vec<ShardReply> {
     let count = ops.len();
+    // A traced request's proposal: its own span, whose context the entry
+    // carries to every replica's apply.
+    let span = crate::telemetry::in_trace()
+        .then(|| tracing::info_span!("raft.propose", range = replica.group, ops = count));
     let command = Command::Ops {
         tenant: context.tenants.name_of(tenant).to_string(),
         at_unix_ms: now_ms(),
         payload: write_op::encode_ops(&ops),
+        trace: span
+            .as_ref()
+            .and_then(|span| span.in_scope(crate::telemetry::current_parent)),
     };
     let failed = |reply: ShardReply| {
         let ShardReply::Error(error) = reply else {
@@ -470,7 +500,14 @@ async fn propose_ops(
             .map(|_| ShardReply::Error(error.clone()))
             .collect()
     };
-    match propose(replica, command).await {
+    let proposed = match span {
+        Some(span) => {
+            use tracing::Instrument;
+            propose(replica, command).instrument(span).await
+        }
+        None => propose(replica, command).await,
+    };
+    match proposed {
         Ok(Response::Ops(bytes)) => {
             let answers = write_op::decode_answers(&bytes)
                 .unwrap_or_else(|error| panic!("own state machine's answers: {error}"));

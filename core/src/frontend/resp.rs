@@ -67,6 +67,12 @@ pub const RESP_MAX_PIPELINED_COMMANDS: usize = 1024;
 /// fits; a stranger cannot make the node buffer a huge command.
 pub const UNAUTHENTICATED_MAX_ARGS: usize = 8;
 
+/// Most commands a connection that has not authenticated (authentication
+/// on) may pipeline before its answers: a client authenticates with one;
+/// a stranger gets no more than a few NOAUTH answers per round trip (its
+/// pipeline waits in the socket, bounded by the kernel's buffer).
+pub const UNAUTHENTICATED_MAX_PIPELINED: usize = 8;
+
 /// Longest argument of a command from a connection that has not
 /// authenticated (authentication on): above the longest password.
 pub const UNAUTHENTICATED_MAX_BULK_BYTES: usize = 2 * tinkerdb_admin::users::MAX_PASSWORD_BYTES;
@@ -397,15 +403,39 @@ impl RespConnection {
             // Latency is measured from the read that completed the batch.
             let started = std::time::Instant::now();
             let mut after = After::Continue;
-            while batch.len() < RESP_MAX_PIPELINED_COMMANDS {
-                let (max_args, max_bulk_bytes) = match self.is_stranger() {
-                    true => (UNAUTHENTICATED_MAX_ARGS, UNAUTHENTICATED_MAX_BULK_BYTES),
-                    false => (max_args, max_bulk_bytes),
+            // A sampled pipeline's root span (`crate::telemetry`): named
+            // by its first command; arguments never enter a span.
+            let mut trace: Option<tracing::Span> = None;
+            loop {
+                let (max_args, max_bulk_bytes, max_pipelined) = match self.is_stranger() {
+                    true => (
+                        UNAUTHENTICATED_MAX_ARGS,
+                        UNAUTHENTICATED_MAX_BULK_BYTES,
+                        UNAUTHENTICATED_MAX_PIPELINED,
+                    ),
+                    false => (max_args, max_bulk_bytes, RESP_MAX_PIPELINED_COMMANDS),
                 };
+                if batch.len() >= max_pipelined {
+                    break;
+                }
                 match parse_command(self.input.unread(), max_args, max_bulk_bytes) {
                     Parsed::Command(args, used) => {
                         self.input.consume(used);
-                        let (pending, then) = self.plan(args).await;
+                        if batch.is_empty() && crate::telemetry::start_trace() {
+                            let name = args.first().map_or(String::new(), |name| {
+                                String::from_utf8_lossy(&name[..name.len().min(32)])
+                                    .to_ascii_uppercase()
+                            });
+                            trace = Some(tracing::info_span!(
+                                parent: None,
+                                "resp.pipeline",
+                                command = %name,
+                                commands = tracing::field::Empty,
+                                connection = self.connection_id
+                            ));
+                        }
+                        let (pending, then) =
+                            crate::telemetry::within(trace.as_ref(), self.plan(args)).await;
                         batch.push(pending);
                         if let After::Close = then {
                             after = After::Close;
@@ -422,8 +452,11 @@ impl RespConnection {
                 }
             }
             if !batch.is_empty() {
-                self.pipeline.settle(&self.context).await;
+                crate::telemetry::within(trace.as_ref(), self.pipeline.settle(&self.context)).await;
                 let answered = batch.len() as u64;
+                if let Some(trace) = &trace {
+                    trace.record("commands", answered);
+                }
                 for pending in batch.drain(..) {
                     let value = match pending {
                         Pending::Ready(value) => value,
@@ -431,7 +464,12 @@ impl RespConnection {
                             ticket,
                             finish,
                             session,
-                        } => match self.pipeline.reply(ticket).await {
+                        } => match crate::telemetry::within(
+                            trace.as_ref(),
+                            self.pipeline.reply(ticket),
+                        )
+                        .await
+                        {
                             Ok(reply) => finish_reply(finish, reply, &session),
                             Err(error) => protocol_error(&error),
                         },

@@ -106,13 +106,22 @@ impl Connection {
             let started = Instant::now();
             let mut close_after_answers = false;
             let mut bytes_wanted = FRAME_HEADER_BYTES;
-            while batch.len() < limits.max_pipelined_requests {
+            // A sampled pipeline's root span (`crate::telemetry`).
+            let mut trace: Option<tracing::Span> = None;
+            loop {
                 // Before its Hello, a connection to a node that requires
-                // authentication gets a small frame limit (a Hello fits).
-                let max_frame_bytes = match self.is_stranger() {
-                    true => UNAUTHENTICATED_MAX_FRAME_BYTES,
-                    false => limits.max_frame_bytes,
+                // authentication gets a small frame limit (a Hello fits)
+                // and a short pipeline.
+                let (max_frame_bytes, max_pipelined) = match self.is_stranger() {
+                    true => (
+                        UNAUTHENTICATED_MAX_FRAME_BYTES,
+                        crate::frontend::resp::UNAUTHENTICATED_MAX_PIPELINED,
+                    ),
+                    false => (limits.max_frame_bytes, limits.max_pipelined_requests),
                 };
+                if batch.len() >= max_pipelined {
+                    break;
+                }
                 match peek_frame(self.input.unread(), max_frame_bytes) {
                     Ok(Some(body_len)) => {
                         let unread = self.input.unread();
@@ -120,7 +129,15 @@ impl Connection {
                             &unread[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + body_len],
                         );
                         self.input.consume(FRAME_HEADER_BYTES + body_len);
-                        let answer = self.start(frame).await;
+                        if batch.is_empty() && crate::telemetry::start_trace() {
+                            trace = Some(tracing::info_span!(
+                                parent: None,
+                                "fbs.pipeline",
+                                requests = tracing::field::Empty
+                            ));
+                        }
+                        let answer =
+                            crate::telemetry::within(trace.as_ref(), self.start(frame)).await;
                         batch.push(answer);
                     }
                     Ok(None) => {
@@ -141,8 +158,11 @@ impl Connection {
                 }
             }
             if !batch.is_empty() {
-                self.pipeline.settle(&self.context).await;
-                self.answer(&mut batch, started).await?;
+                if let Some(trace) = &trace {
+                    trace.record("requests", batch.len());
+                }
+                crate::telemetry::within(trace.as_ref(), self.pipeline.settle(&self.context)).await;
+                crate::telemetry::within(trace.as_ref(), self.answer(&mut batch, started)).await?;
                 self.pipeline.clear();
                 if close_after_answers {
                     return Ok(());
