@@ -39,9 +39,10 @@ done
 # positive/negative_data_acceptance are left out: JSON Schema's "integer"
 # admits 3.0, and an absent PUT body is a valid empty value.
 checks=not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance
-# First without quota changes (fuzzed quotas soon refuse every write, which
-# would leave the write path untested), then everything.
-st run "http://$admin/v1/openapi.json" --checks "$checks" --exclude-path-regex '/quota$' \
+# First without quota changes or tenant deletions (fuzzed quotas soon
+# refuse every write, and a deleted tenant every key route, which would
+# leave the write path untested), then everything.
+st run "http://$admin/v1/openapi.json" --checks "$checks" --exclude-path-regex '/quota$|^/v1/tenants/[^/]+$' \
   --max-examples "$examples" --seed 1 --no-color
 st run "http://$admin/v1/openapi.json" --checks "$checks" \
   --max-examples "$examples" --seed 2 --no-color

@@ -231,14 +231,25 @@ fn no_tokens_without_authentication() -> ApiError {
 /// cannot mint another).
 #[utoipa::path(post, path = "/v1/tokens", tag = "users", request_body = NewToken,
     responses((status = 201, body = IssuedToken),
+              (status = 400, description = "The body is not a NewToken", body = ErrorBody),
               (status = 403, description = "Asked with a token", body = ErrorBody),
               (status = 409, description = "Authentication is off", body = ErrorBody),
               (status = 503, description = "Too many live tokens", body = ErrorBody)))]
 pub async fn create_token(
     State(state): State<AppState>,
     caller: Option<axum::Extension<Caller>>,
-    body: Option<Json<NewToken>>,
+    body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<IssuedToken>), ApiError> {
+    // An empty body asks for the defaults.
+    let new: NewToken = match body.is_empty() {
+        true => NewToken::default(),
+        false => serde_json::from_slice(&body).map_err(|error| {
+            ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!("the body is not a NewToken: {error}"),
+            )
+        })?,
+    };
     let Some(axum::Extension(caller)) = caller else {
         return Err(no_tokens_without_authentication());
     };
@@ -248,7 +259,7 @@ pub async fn create_token(
             "a token cannot issue tokens: authenticate with the password (basic auth)",
         ));
     }
-    let ttl = body.and_then(|Json(new)| new.ttl_seconds).map_or(
+    let ttl = new.ttl_seconds.map_or(
         crate::tokens::DEFAULT_TOKEN_TTL,
         std::time::Duration::from_secs,
     );
@@ -365,10 +376,19 @@ async fn change_users<T: Send + 'static>(
         .map_err(user_error)
 }
 
-async fn check_tenant(state: &AppState, tenant: &str) -> Result<(), ApiError> {
+/// The node's tenant list, locked, if `tenant` is a live tenant in it:
+/// the caller holds the guard until its user change is made, so no
+/// deletion of the tenant runs between the check and the change.
+async fn check_tenant<'a>(
+    state: &'a AppState,
+    tenant: &str,
+) -> Result<tokio::sync::MutexGuard<'a, Vec<crate::tenants_file::TenantSpec>>, ApiError> {
     let known = state.node.tenants().lock().await;
-    if known.iter().any(|spec| spec.name == tenant) {
-        Ok(())
+    if known
+        .iter()
+        .any(|spec| spec.name == tenant && !spec.deleted)
+    {
+        Ok(known)
     } else {
         Err(crate::api::unknown_tenant(tenant))
     }
@@ -401,7 +421,7 @@ pub async fn create_user(
 ) -> Result<(StatusCode, Json<UserStatus>), ApiError> {
     let Json(new) = body.map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.body_text()))?;
     let tenant = new.tenant.unwrap_or_else(|| "default".into());
-    check_tenant(&state, &tenant).await?;
+    let _tenants = check_tenant(&state, &tenant).await?;
     let created = change_users(state.node.users().clone(), move |users| {
         let user = UserSpec {
             password_hash: hash_password(new.password.as_bytes())?,
@@ -435,9 +455,10 @@ pub async fn change_user(
 ) -> Result<Json<UserStatus>, ApiError> {
     let Json(change) =
         body.map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.body_text()))?;
-    if let Some(tenant) = &change.tenant {
-        check_tenant(&state, tenant).await?;
-    }
+    let _tenants = match &change.tenant {
+        Some(tenant) => Some(check_tenant(&state, tenant).await?),
+        None => None,
+    };
     let changed = change_users(state.node.users().clone(), move |users| {
         let new_hash = match &change.password {
             Some(password) => Some(hash_password(password.as_bytes())?),

@@ -926,6 +926,7 @@ async fn list_tenants(State(state): State<AppState>) -> ApiResult<Json<TenantLis
         tenants: tenants
             .iter()
             .enumerate()
+            .filter(|(_, spec)| !spec.deleted)
             .map(|(id, spec)| {
                 tenant_status(
                     spec,
@@ -981,7 +982,10 @@ async fn create_tenant(
         ));
     }
     let mut tenants = state.node.tenants().lock().await;
-    if tenants.iter().any(|spec| spec.name == new.name) {
+    if tenants
+        .iter()
+        .any(|spec| spec.name == new.name && !spec.deleted)
+    {
         return Err(ApiError::new(
             ErrorCode::TenantExists,
             format!("tenant {:?} already exists", new.name),
@@ -991,15 +995,153 @@ async fn create_tenant(
         name: new.name,
         max_keys: new.max_keys,
         max_bytes: new.max_bytes,
+        deleted: false,
     };
     let mut changed = tenants.clone();
-    changed.push(spec.clone());
+    // A deleted tenant of that name comes back at its old id, flushed once
+    // more first: whatever its deletion left (a crash before its flush, a
+    // flush that failed), the log then holds a flush after every record of
+    // the old tenant, so neither now nor after a restart does it show.
+    match changed.iter_mut().find(|known| known.name == spec.name) {
+        Some(tombstone) => {
+            flush_tenant(&state, &spec.name).await?;
+            *tombstone = spec.clone();
+        }
+        None => changed.push(spec.clone()),
+    }
     publish_tenants(&state.node, &changed).await?;
     *tenants = changed;
     Ok((
         StatusCode::CREATED,
         Json(tenant_status(&spec, Usage::default(), 0)),
     ))
+}
+
+/// `DELETE /v1/tenants/{tenant}` options.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteTenantQuery {
+    /// Delete it even if it holds keys (they are removed).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// What deleting a tenant did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeletedTenant {
+    /// The tenant.
+    pub deleted: String,
+    /// Keys removed with it (every database).
+    pub keys_removed: u64,
+}
+
+/// Longest the removal of a deleted tenant's keys may take.
+pub const TENANT_FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Removes every key of tenant `name` (deleted or not) on every range.
+async fn flush_tenant(state: &AppState, name: &str) -> ApiResult<u64> {
+    let core = state.node.any_core();
+    let request = CoreRequest::FlushTenant {
+        tenant: name.to_owned(),
+    };
+    match state
+        .node
+        .call_within(core, request, TENANT_FLUSH_TIMEOUT)
+        .await?
+    {
+        CoreResponse::Flushed(removed) => Ok(removed),
+        CoreResponse::Failed(error) => Err(error),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Deletes a tenant: refused for `default`, for a tenant users act for,
+/// and for one that holds keys unless `force`; refused in cluster mode
+/// (tenants are per node there: a flush through Raft would reach the
+/// other nodes' live tenant). Its name is unknown from then on (open
+/// sessions bound to it are refused at their next request), then its keys
+/// are removed; it can be created again, empty. Deleting a deleted tenant
+/// runs its flush again (finishing a deletion a crash interrupted).
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}", tag = "tenants",
+    params(("tenant" = String, Path, description = "Tenant name"), DeleteTenantQuery),
+    responses((status = 200, body = DeletedTenant),
+              (status = 400, description = "The default tenant", body = ErrorBody),
+              (status = 404, body = ErrorBody),
+              (status = 409, description = "It holds keys (without force), users act for it, or the node is in a cluster", body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+async fn delete_tenant(
+    State(state): State<AppState>,
+    Path(tenant): Path<String>,
+    query: Result<Query<DeleteTenantQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<DeletedTenant>> {
+    let Query(query) =
+        query.map_err(|error| ApiError::new(ErrorCode::InvalidArgument, error.body_text()))?;
+    if tenant == "default" {
+        return Err(ApiError::new(
+            ErrorCode::InvalidArgument,
+            "the default tenant cannot be deleted",
+        ));
+    }
+    if state.node.facts().cluster {
+        return Err(ApiError::new(
+            ErrorCode::Unsupported,
+            "tenants cannot be deleted in cluster mode yet: each node keeps its own tenant \
+             list, and the flush would reach the other nodes' tenant through Raft",
+        ));
+    }
+    // Held to the end: no create or delete of a tenant runs meanwhile.
+    let mut tenants = state.node.tenants().lock().await;
+    let Some(index) = tenants.iter().position(|spec| spec.name == tenant) else {
+        return Err(unknown_tenant(&tenant));
+    };
+    if tenants[index].deleted {
+        let keys_removed = flush_tenant(&state, &tenant).await?;
+        return Ok(Json(DeletedTenant {
+            deleted: tenant,
+            keys_removed,
+        }));
+    }
+    let users: Vec<String> = state
+        .node
+        .users()
+        .list()
+        .iter()
+        .filter(|user| user.tenant == tenant)
+        .map(|user| user.name.clone())
+        .collect();
+    if !users.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::TenantInUse,
+            format!(
+                "users act for tenant {tenant:?}: {}; give them another tenant or delete them first",
+                users.join(", ")
+            ),
+        ));
+    }
+    let keys = usage_by_tenant(&state.node)
+        .await?
+        .get(index)
+        .map_or(0, |usage| usage.keys);
+    if keys > 0 && !query.force {
+        return Err(ApiError::new(
+            ErrorCode::TenantNotEmpty,
+            format!(
+                "tenant {tenant:?} holds {keys} keys: delete it with force=true to remove them too"
+            ),
+        ));
+    }
+    // The tombstone first (no session adds keys after it: the front ends
+    // and the shards refuse a deleted tenant's writes), then the keys.
+    let mut changed = tenants.clone();
+    changed[index].deleted = true;
+    publish_tenants(&state.node, &changed).await?;
+    *tenants = changed;
+    let keys_removed = flush_tenant(&state, &tenant).await?;
+    Ok(Json(DeletedTenant {
+        deleted: tenant,
+        keys_removed,
+    }))
 }
 
 /// Changes a tenant's quota. Keys over a lowered quota stay; new writes are
@@ -1014,7 +1156,10 @@ async fn set_quota(
 ) -> ApiResult<Json<QuotaBody>> {
     let Json(quota) = body.map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.body_text()))?;
     let mut tenants = state.node.tenants().lock().await;
-    let Some(index) = tenants.iter().position(|spec| spec.name == tenant) else {
+    let Some(index) = tenants
+        .iter()
+        .position(|spec| spec.name == tenant && !spec.deleted)
+    else {
         return Err(unknown_tenant(&tenant));
     };
     let mut changed = tenants.clone();
@@ -1087,6 +1232,7 @@ pub enum Consistency {
 
 /// Read options.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct GetQuery {
     /// `linearizable` (default) or `stale`.
@@ -1095,6 +1241,7 @@ pub struct GetQuery {
 
 /// Write options.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PutQuery {
     /// Time to live in milliseconds (absent: no expiry).
@@ -1103,6 +1250,7 @@ pub struct PutQuery {
 
 /// Scan parameters.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ScanQuery {
     /// Only keys starting with this.
@@ -1368,6 +1516,7 @@ async fn take_snapshot(State(state): State<AppState>) -> ApiResult<Json<Snapshot
 
 /// Live series parameters.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LiveQuery {
     /// Only samples with a larger `seq` (absent: all kept).
@@ -1388,7 +1537,7 @@ pub struct LiveBody {
 
 /// Per-second throughput and latency of the node and each core.
 #[utoipa::path(get, path = "/v1/stats/live", tag = "stats", params(LiveQuery),
-    responses((status = 200, body = LiveBody)))]
+    responses((status = 200, body = LiveBody), (status = 400, description = "A malformed query", body = ErrorBody)))]
 async fn live_stats(
     State(state): State<AppState>,
     query: Result<Query<LiveQuery>, axum::extract::rejection::QueryRejection>,
@@ -1429,7 +1578,7 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "TinkerDB admin API", description = "Node status, tenants, keys, snapshots and metrics of one TinkerDB node. Errors are `{\"error\": {\"code\", \"message\"}}` with a stable code."),
-    paths(health, ready, node_status, cluster_status, add_node, remove_node, move_range, list_tenants, create_tenant, set_quota,
+    paths(health, ready, node_status, cluster_status, add_node, remove_node, move_range, list_tenants, create_tenant, delete_tenant, set_quota,
           get_key, put_key, delete_key, scan_keys, take_snapshot, reload_tls, live_stats, metrics,
           crate::access::list_users, crate::access::create_user, crate::access::change_user,
           crate::access::delete_user, crate::access::create_token, crate::access::revoke_tokens),
@@ -1495,6 +1644,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/cluster/nodes/{id}", delete(remove_node))
         .route("/v1/ranges/{range}/move", post(move_range))
         .route("/v1/tenants", get(list_tenants).post(create_tenant))
+        .route("/v1/tenants/{tenant}", delete(delete_tenant))
         .route("/v1/tenants/{tenant}/quota", put(set_quota))
         .route("/v1/tenants/{tenant}/keys", get(scan_keys))
         .route(

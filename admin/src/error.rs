@@ -48,6 +48,10 @@ pub enum ErrorCode {
     UnknownUser,
     /// The user already exists.
     UserExists,
+    /// The tenant holds keys (deleting it needs `force`).
+    TenantNotEmpty,
+    /// The tenant is what users act for (change or delete them first).
+    TenantInUse,
 }
 
 impl ErrorCode {
@@ -58,9 +62,11 @@ impl ErrorCode {
             | ErrorCode::KeyNotFound
             | ErrorCode::NotFound
             | ErrorCode::UnknownUser => StatusCode::NOT_FOUND,
-            ErrorCode::TenantExists | ErrorCode::Unsupported | ErrorCode::UserExists => {
-                StatusCode::CONFLICT
-            }
+            ErrorCode::TenantExists
+            | ErrorCode::Unsupported
+            | ErrorCode::UserExists
+            | ErrorCode::TenantNotEmpty
+            | ErrorCode::TenantInUse => StatusCode::CONFLICT,
             ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
             ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
             ErrorCode::InvalidArgument => StatusCode::BAD_REQUEST,

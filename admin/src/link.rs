@@ -56,6 +56,13 @@ pub enum CoreRequest {
     /// Replace this core's tenant list (ids are list positions; the list
     /// only ever grows, so ids held by open connections stay valid).
     InstallTenants(Arc<Vec<TenantSpec>>),
+    /// Remove every key of every database of tenant `tenant` (deleted or
+    /// not), on every range (the receiving core fans out); answered with
+    /// `Flushed`.
+    FlushTenant {
+        /// Tenant name.
+        tenant: String,
+    },
     /// Cluster mode: make node `id` a voter of this core's group, reached
     /// at its Raft address `raft`.
     AddMember {
@@ -168,6 +175,8 @@ pub enum CoreResponse {
     },
     /// Answer to `Delete`: whether the key existed.
     Deleted(bool),
+    /// Answer to `FlushTenant`: keys removed.
+    Flushed(u64),
     /// Answer to `Scan`.
     Scanned {
         /// Keys found.
@@ -264,6 +273,8 @@ pub struct NodeFacts {
     /// Ranges each core hosts (`ranges_per_core`): every node of a cluster
     /// must have the same count.
     pub ranges_per_core: usize,
+    /// Whether the node is a cluster member (Raft), not standalone.
+    pub cluster: bool,
 }
 
 /// The admin plane's handle on the node: the cores' channels and the

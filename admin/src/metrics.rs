@@ -285,6 +285,9 @@ pub fn render(scrape: &Scrape<'_>) -> String {
         GAUGE,
     );
     for (id, tenant) in scrape.tenants.iter().enumerate() {
+        if tenant.deleted {
+            continue;
+        }
         let pairs = [("tenant", tenant.name.clone())];
         let requests: u64 = scrape
             .reports

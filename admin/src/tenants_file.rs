@@ -30,6 +30,11 @@ pub struct TenantSpec {
     pub max_keys: Option<u64>,
     /// Most key + value bytes (null: unlimited).
     pub max_bytes: Option<u64>,
+    /// Deleted at runtime: kept as a tombstone (its local id stays taken;
+    /// recovery skips records that name it). Never shown by the API.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[schema(ignore)]
+    pub deleted: bool,
 }
 
 /// Whether `name` is an acceptable tenant name.
@@ -95,6 +100,7 @@ mod tests {
             name: name.into(),
             max_keys,
             max_bytes: None,
+            deleted: false,
         }
     }
 

@@ -6,13 +6,16 @@
 //! next connection, the handshake timeout, and a reload
 //! (`POST /v1/tls/reload`). Each accepted connection's handshake runs in a
 //! task of its own, bounded by the timeout, so a client that connects and
-//! says nothing neither holds the accept loop nor stays open; at most
-//! [`MAX_ADMIN_HANDSHAKES`] run at once (beyond, new connections are
-//! closed at once).
+//! says nothing neither holds the accept loop nor stays open. At most
+//! [`MAX_ADMIN_HANDSHAKES`] run at once (beyond, new connections wait in
+//! the kernel's backlog until one ends), and at most
+//! [`MAX_ADMIN_HANDSHAKES_PER_ADDRESS`] from one client address (beyond,
+//! closed at once): one client holding silent connections cannot lock the
+//! others (orchestrators' probes, operators, joining nodes) out.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -33,6 +36,36 @@ pub trait ServerTls: Send + Sync {
 /// Handshakes in flight on the admin port at most.
 pub const MAX_ADMIN_HANDSHAKES: usize = 64;
 
+/// Handshakes in flight from one client address at most.
+pub const MAX_ADMIN_HANDSHAKES_PER_ADDRESS: usize = 8;
+
+/// Handshakes in flight, by client address (entries removed at zero).
+#[derive(Default)]
+struct InFlight(Mutex<HashMap<IpAddr, usize>>);
+
+impl InFlight {
+    /// Counts one more from `address`, unless it has its share already.
+    fn enter(&self, address: IpAddr) -> bool {
+        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(address).or_default();
+        if *count >= MAX_ADMIN_HANDSHAKES_PER_ADDRESS {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    fn leave(&self, address: IpAddr) {
+        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&address) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&address);
+            }
+        }
+    }
+}
+
 /// Connections whose handshake finished, waiting for axum to take them.
 const ADMIN_ACCEPTED_QUEUE: usize = 64;
 
@@ -48,9 +81,15 @@ impl TlsListener {
     pub fn new(listener: TcpListener, tls: Arc<dyn ServerTls>) -> std::io::Result<TlsListener> {
         let addr = listener.local_addr()?;
         let (sender, accepted) = mpsc::channel(ADMIN_ACCEPTED_QUEUE);
-        let in_flight = Arc::new(AtomicUsize::new(0));
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_HANDSHAKES));
+        let in_flight = Arc::new(InFlight::default());
         tokio::spawn(async move {
             loop {
+                // A slot before the accept: beyond the limit, connections
+                // wait in the backlog (never closed for want of one).
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
                 let (tcp, peer) = match listener.accept().await {
                     Ok(accepted) => accepted,
                     Err(error) => {
@@ -63,8 +102,8 @@ impl TlsListener {
                 if sender.is_closed() {
                     return;
                 }
-                if in_flight.fetch_add(1, Ordering::Relaxed) >= MAX_ADMIN_HANDSHAKES {
-                    in_flight.fetch_sub(1, Ordering::Relaxed);
+                if !in_flight.enter(peer.ip()) {
+                    tracing::debug!(%peer, "admin TLS: too many handshakes from one address");
                     drop(tcp);
                     continue;
                 }
@@ -74,7 +113,8 @@ impl TlsListener {
                 let in_flight = in_flight.clone();
                 tokio::spawn(async move {
                     let handshake = tokio::time::timeout(timeout, acceptor.accept(tcp)).await;
-                    in_flight.fetch_sub(1, Ordering::Relaxed);
+                    in_flight.leave(peer.ip());
+                    drop(slot);
                     match handshake {
                         Ok(Ok(stream)) => {
                             let _ = sender.send((stream, peer)).await;

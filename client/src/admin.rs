@@ -293,6 +293,17 @@ fn parse_answer(addr: &str, answer: &[u8]) -> Result<serde_json::Value, AdminErr
             .starts_with("transfer-encoding: chunked")
     });
     let raw = &answer[split + 4..];
+    // A TLS answer may end without close_notify (see `request_as`): one cut
+    // short is refused, never taken for a whole one.
+    let length = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().ok())?
+    });
+    if length.is_some_and(|length| raw.len() < length) {
+        return Err(malformed(addr, "the answer was cut short".into()));
+    }
     let payload = if chunked {
         dechunk(raw).ok_or_else(|| malformed(addr, "bad chunked body".into()))?
     } else {

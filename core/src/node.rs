@@ -149,10 +149,11 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
             name: tenant.name.clone(),
             max_keys: tenant.max_keys,
             max_bytes: tenant.max_bytes,
+            deleted: false,
         })
         .collect();
     let tenant_specs = tenants_file::merge(configured, tenants_file::load(&config.data_dir)?);
-    let tenants = Arc::new(TenantRegistry::with_databases(
+    let tenants = Arc::new(TenantRegistry::with_tombstones(
         crate::frontend::admin::tenant_quotas(&tenant_specs),
         config.databases,
     ));
@@ -324,6 +325,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
                 max_value_bytes: config.limits.max_value_bytes,
                 databases: config.databases,
                 ranges_per_core: config.ranges_per_core,
+                cluster: config.cluster.is_some(),
             };
             let handle = NodeHandle::new(facts, admin_senders, tenant_specs, users.clone());
             let admin_tls = tls.clone().map(|tls| {

@@ -103,7 +103,7 @@ pub fn init(config: &TracingConfig, instance: &str) -> anyhow::Result<Option<Tel
         .with_endpoint(endpoint.as_str())
         .with_timeout(EXPORT_TIMEOUT)
         .build()
-        .map_err(|error| anyhow::anyhow!("tracing.otlp_endpoint {endpoint:?}: {error}"))?;
+        .map_err(|error| anyhow::anyhow!("tracing.otlp_endpoint: {error}"))?;
     let processor = BatchSpanProcessor::builder(exporter)
         .with_batch_config(
             BatchConfigBuilder::default()

@@ -6,7 +6,12 @@
 //! the admin API). A tenant created or changed at runtime reaches each core
 //! as a message carrying the whole new list; each core swaps its own
 //! [`CoreTenants`] (never shared mutation across cores). The list only
-//! grows, so the id a connection bound to stays valid.
+//! grows, so the id a connection bound to stays valid: a deleted tenant
+//! stays in it as a tombstone (`TenantSpec::deleted`), its id kept, its
+//! name unknown to new sessions; sessions bound to it are refused
+//! ([`CoreTenants::is_live`]), and at recovery the records that name it
+//! are skipped ([`TenantRegistry::is_deleted`]): its keys were flushed
+//! before it was deleted.
 //!
 //! Databases: each tenant has `databases` keyspaces (Redis's SELECT 0 to
 //! `databases - 1`, 16 by default). Database 0 is the tenant itself; the
@@ -44,6 +49,8 @@ pub struct TenantRegistry {
     tenants: Vec<Tenant>,
     id_by_name: HashMap<Arc<str>, TenantId>,
     databases: u16,
+    /// Tombstones, by id (database 0's): deleted tenants.
+    deleted: Vec<bool>,
 }
 
 impl TenantRegistry {
@@ -56,6 +63,39 @@ impl TenantRegistry {
     /// Builds the registry from validated (name, node-wide quota) pairs,
     /// each tenant with `databases` databases (1 to 256).
     pub fn with_databases<'a>(
+        tenants: impl IntoIterator<Item = (&'a str, Quota)>,
+        databases: u16,
+    ) -> TenantRegistry {
+        TenantRegistry::with_tombstones(
+            tenants
+                .into_iter()
+                .map(|(name, quota)| (name, quota, false)),
+            databases,
+        )
+    }
+
+    /// Builds the registry from validated (name, node-wide quota, deleted)
+    /// triples: a deleted tenant keeps its id (its list position) and is
+    /// known by name only to [`TenantRegistry::is_deleted`].
+    pub fn with_tombstones<'a>(
+        tenants: impl IntoIterator<Item = (&'a str, Quota, bool)>,
+        databases: u16,
+    ) -> TenantRegistry {
+        let (live, deleted): (Vec<(&str, Quota)>, Vec<bool>) = tenants
+            .into_iter()
+            .map(|(name, quota, deleted)| ((name, quota), deleted))
+            .unzip();
+        let mut registry = TenantRegistry::build(live, databases);
+        for (tenant, &deleted) in registry.tenants.iter().zip(&deleted) {
+            if deleted {
+                registry.id_by_name.remove(&tenant.name);
+            }
+        }
+        registry.deleted = deleted;
+        registry
+    }
+
+    fn build<'a>(
         tenants: impl IntoIterator<Item = (&'a str, Quota)>,
         databases: u16,
     ) -> TenantRegistry {
@@ -76,11 +116,43 @@ impl TenantRegistry {
             })
             .collect();
         let id_by_name = tenants.iter().map(|t| (t.name.clone(), t.id)).collect();
+        let deleted = vec![false; tenants.len()];
         TenantRegistry {
             tenants,
             id_by_name,
             databases,
+            deleted,
         }
+    }
+
+    /// Whether keyspace `name` (`tenant` or `tenant/n`) belongs to a
+    /// deleted tenant (recovery skips what such records say).
+    pub fn is_deleted(&self, name: &str) -> bool {
+        let owner = match self.id_by_name.get(name) {
+            Some(_) => return false,
+            None => name.rsplit_once('/').map_or(name, |(tenant, _)| tenant),
+        };
+        self.tenants
+            .iter()
+            .zip(&self.deleted)
+            .any(|(tenant, &deleted)| deleted && *tenant.name == *owner)
+    }
+
+    /// The id of tenant `name` (database 0), deleted or not.
+    pub fn id_of_any(&self, name: &str) -> Option<TenantId> {
+        self.tenants
+            .iter()
+            .find(|tenant| *tenant.name == *name)
+            .map(|tenant| tenant.id)
+    }
+
+    /// Whether keyspace `id` belongs to a tenant that is not deleted.
+    pub fn is_live(&self, id: TenantId) -> bool {
+        !self
+            .deleted
+            .get(quota_owner(id) as usize)
+            .copied()
+            .unwrap_or(true)
     }
 
     /// Databases per tenant.
@@ -176,6 +248,12 @@ impl CoreTenants {
     /// The keyspace called `name` (`tenant` or `tenant/n`), now.
     pub fn by_name(&self, name: &str) -> Option<Tenant> {
         self.current.borrow().by_name(name)
+    }
+
+    /// Whether keyspace `id`'s tenant still exists (a session bound to a
+    /// deleted one is refused at its next request).
+    pub fn is_live(&self, id: TenantId) -> bool {
+        self.current.borrow().is_live(id)
     }
 
     /// The name of keyspace `id`.

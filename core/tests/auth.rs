@@ -153,9 +153,9 @@ fn resp_clients_authenticate_like_redis_and_every_failure_answers_the_same() {
     assert!(raw
         .call(&["HELLO", "3"])
         .starts_with("-NOAUTH HELLO must be called"));
-    // A stranger's long pipeline is answered in short rounds
-    // (UNAUTHENTICATED_MAX_PIPELINED), every command in order, and an AUTH
-    // behind it still counts.
+    // A stranger's long pipeline (answered in rounds of
+    // UNAUTHENTICATED_MAX_PIPELINED, which a client cannot tell apart):
+    // every command answered, in order, and an AUTH behind it counts.
     for _ in 0..50 {
         raw.send(&[b"GET", b"k"]);
     }
@@ -514,6 +514,13 @@ fn a_cluster_with_authentication_serves_users_on_every_node_and_a_node_joins_wit
         "no leaders"
     );
     assert_eq!(admin_get(&nodes[0], "/v1/cluster", None).status(), 401);
+    // Tenants are per node: deleting one is refused in cluster mode.
+    let refused = reqwest::blocking::Client::new()
+        .delete(format!("http://{}/v1/tenants/acme", nodes[0].admin_addr))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .send()
+        .unwrap();
+    assert_eq!(refused.status(), 409);
     // Writes through one node (forwarded to each range's leader), read
     // back through another, as alice (tenant acme).
     let mut writer = Raw::connect(&nodes[1]);

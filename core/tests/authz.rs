@@ -967,6 +967,13 @@ const ADMIN_TABLE: &[HttpRow] = &[
         cluster_admins(Answers("201")),
     ),
     http("DELETE", "/v1/tokens", None, cluster_admins(Answers("200"))),
+    // Deleting a tenant (the default one: refused after the gate, 400).
+    http(
+        "DELETE",
+        "/v1/tenants/default",
+        None,
+        cluster_admins(Answers("400")),
+    ),
     http("GET", "/v1/users", None, cluster_admins(Answers("200"))),
     http(
         "POST",

@@ -185,3 +185,90 @@ async fn byte_quota_is_enforced() {
         "{total} bytes stored under a 2000-byte quota"
     );
 }
+
+/// `tinker tenant delete`: refused with keys unless --force; then the name
+/// is unknown, open connections bound to it are refused, and a restart
+/// after a crash (kill -9) replays the WAL past the deleted tenant's
+/// records; created again, it is empty.
+#[test]
+fn a_tenant_is_deleted_its_sessions_refused_and_it_stays_deleted_across_a_crash() {
+    let node = TestNode::start_with_config(2, CONFIG);
+    let tinker = |node: &TestNode, args: &[&str]| {
+        let output = std::process::Command::new(common::workspace_binary("tinker"))
+            .args(["--admin", &node.admin_addr.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        )
+    };
+    let (status, _, stderr) = tinker(&node, &["tenant", "create", "doomed"]);
+    assert_eq!(status, Some(0), "{stderr}");
+    let runtime = common::client_runtime();
+    let doomed = runtime.block_on(async {
+        let doomed = tenant_client(&node, "doomed").await;
+        for i in 0..50 {
+            doomed.set(format!("k{i}"), "v").await.unwrap();
+        }
+        // A key in another database of it, too.
+        let doomed7 = tenant_client(&node, "doomed/7").await;
+        doomed7.set("elsewhere", "v").await.unwrap();
+        doomed
+    });
+    let mut redis = redis::Client::open(format!("redis://{}/", node.resp_addr))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("AUTH")
+        .arg("doomed")
+        .arg("pw")
+        .query(&mut redis)
+        .unwrap();
+    let (status, _, stderr) = tinker(&node, &["tenant", "delete", "doomed"]);
+    assert_eq!(status, Some(2));
+    assert!(stderr.contains("tenant_not_empty"), "{stderr}");
+    let (status, _, stderr) = tinker(&node, &["tenant", "delete", "default"]);
+    assert_eq!(status, Some(2));
+    assert!(stderr.contains("cannot be deleted"), "{stderr}");
+    let (status, stdout, stderr) = tinker(&node, &["tenant", "delete", "doomed", "--force"]);
+    assert_eq!(status, Some(0), "{stderr}");
+    assert_eq!(stdout, "tenant doomed deleted (51 keys removed)");
+    let (_, listed, _) = tinker(&node, &["tenant", "list"]);
+    assert!(!listed.contains("doomed"), "{listed}");
+    // Open sessions bound to it: refused, on both protocols.
+    let refused: redis::RedisResult<Option<String>> = redis::cmd("GET").arg("k1").query(&mut redis);
+    assert!(refused
+        .unwrap_err()
+        .to_string()
+        .contains("tenant doomed was deleted"),);
+    runtime.block_on(async {
+        let error = doomed.set("k", "v").await.unwrap_err();
+        assert_eq!(error.code(), Some(ErrorCode::UnknownTenant), "{error}");
+        let refused =
+            Client::connect(ClientConfig::new(node.addr.to_string()).tenant("doomed")).await;
+        assert_eq!(
+            refused.err().and_then(|error| error.code()),
+            Some(ErrorCode::UnknownTenant)
+        );
+    });
+    // A crash: the WAL still holds the deleted tenant's writes; recovery
+    // skips them and the tenant stays deleted.
+    let dir = node.crash();
+    let node = TestNode::start_in(2, CONFIG, &dir, &[]);
+    let (_, listed, _) = tinker(&node, &["tenant", "list"]);
+    assert!(!listed.contains("doomed"), "{listed}");
+    // Created again: empty, in every database.
+    let (status, _, stderr) = tinker(&node, &["tenant", "create", "doomed"]);
+    assert_eq!(status, Some(0), "{stderr}");
+    runtime.block_on(async {
+        let again = tenant_client(&node, "doomed").await;
+        assert_eq!(again.count().await.unwrap(), 0);
+        assert_eq!(again.get("k1").await.unwrap(), None);
+        let again7 = tenant_client(&node, "doomed/7").await;
+        assert_eq!(again7.get("elsewhere").await.unwrap(), None);
+        again.set("fresh", "v").await.unwrap();
+    });
+}

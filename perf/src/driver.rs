@@ -50,8 +50,14 @@ pub enum Answer {
 }
 
 impl Connection {
-    /// Connects and, for TinkerDB, performs the handshake.
-    pub async fn open(addr: &str, target: Target) -> io::Result<Connection> {
+    /// Connects and, for TinkerDB, performs the handshake; with `login`
+    /// (user, password) it authenticates first (TinkerDB's Hello, RESP's
+    /// `AUTH user password`).
+    pub async fn open(
+        addr: &str,
+        target: Target,
+        login: Option<(&str, &str)>,
+    ) -> io::Result<Connection> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (reader, writer) = stream.into_split();
@@ -66,13 +72,28 @@ impl Connection {
             line: Vec::new(),
             next_request_id: 1,
         };
+        let (user, password) = login.unwrap_or(("", ""));
+        if connection.target == Target::Redis && login.is_some() {
+            connection.out.extend_from_slice(b"*3\r\n$4\r\nAUTH\r\n");
+            for arg in [user, password] {
+                connection
+                    .out
+                    .extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+                connection.out.extend_from_slice(arg.as_bytes());
+                connection.out.extend_from_slice(b"\r\n");
+            }
+            connection.flush().await?;
+            if connection.read_answer().await? != Answer::Ok {
+                return Err(io::Error::other(format!("AUTH refused for user {user:?}")));
+            }
+        }
         if let Target::TinkerDb { tenant } = connection.target.clone() {
             let hello = Request::Hello {
                 tenant: &tenant,
                 client_name: "tinkerdb-bench",
                 stale_reads: false,
-                user: "",
-                password: "",
+                user,
+                password,
             };
             encode_request(&mut connection.builder, 0, &hello, &mut connection.out);
             connection.flush().await?;

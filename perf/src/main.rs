@@ -101,6 +101,18 @@ struct RunArgs {
     /// Tokio worker threads of the generator.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Authenticate as this user (with TINKERDB_BENCH_PASSWORD): TinkerDB's
+    /// Hello, or RESP's AUTH user password.
+    #[arg(long, requires = "password")]
+    user: Option<String>,
+    /// The user's password.
+    #[arg(
+        long,
+        env = "TINKERDB_BENCH_PASSWORD",
+        hide_env_values = true,
+        requires = "user"
+    )]
+    password: Option<String>,
 }
 
 /// One run's figures (one JSON line).
@@ -160,6 +172,10 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+fn login_of(args: &RunArgs) -> Option<(&str, &str)> {
+    args.user.as_deref().zip(args.password.as_deref())
+}
+
 fn target_of(args: &RunArgs) -> Target {
     match args.target {
         TargetKind::Tinkerdb => Target::TinkerDb {
@@ -178,7 +194,8 @@ async fn preload(args: &RunArgs) -> anyhow::Result<()> {
         let args = args.clone();
         let value = value.clone();
         tasks.push(tokio::spawn(async move {
-            let mut connection = Connection::open(&args.addr, target_of(&args)).await?;
+            let mut connection =
+                Connection::open(&args.addr, target_of(&args), login_of(&args)).await?;
             let mut n = c;
             while n < args.keys {
                 let mut batch = 0;
@@ -223,7 +240,8 @@ async fn run(args: RunArgs) -> anyhow::Result<RunResult> {
         tasks.push(tokio::spawn(async move {
             let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
             let mut errors = 0u64;
-            let mut connection = Connection::open(&args.addr, target_of(&args)).await?;
+            let mut connection =
+                Connection::open(&args.addr, target_of(&args), login_of(&args)).await?;
             let mut workload = Workload::new(args.mix, args.distribution, args.keys, c as u64 + 1);
             // Spread the connections' schedules over one interval.
             let mut intended = start

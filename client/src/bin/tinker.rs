@@ -46,14 +46,9 @@ struct Args {
         requires = "user"
     )]
     password: Option<String>,
-    /// A bearer token for the admin API (`tinker token create`), instead of
-    /// --user and its password (prefer TINKER_TOKEN).
-    #[arg(
-        long,
-        env = "TINKER_TOKEN",
-        hide_env_values = true,
-        conflicts_with = "user"
-    )]
+    /// A bearer token for the admin API (`tinker token create`), used there
+    /// instead of --user and its password (prefer TINKER_TOKEN).
+    #[arg(long, env = "TINKER_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Speak TLS to the node (its `[tls]` table), trusting --cacert.
     #[arg(long, requires = "cacert")]
@@ -313,6 +308,16 @@ enum TenantAction {
         /// Most key + value bytes.
         #[arg(long)]
         max_bytes: Option<u64>,
+    },
+    /// Delete a tenant (refused while users act for it, or while it holds
+    /// keys unless --force, which removes them); open connections bound to
+    /// it are refused from then on.
+    Delete {
+        /// Its name.
+        name: String,
+        /// Remove its keys too.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -869,8 +874,20 @@ fn roles(admin: &AdminTarget, action: RoleAction) -> Result<(), AdminError> {
 fn tokens(admin: &AdminTarget, action: TokenAction) -> Result<(), AdminError> {
     match action {
         TokenAction::Create { ttl_seconds } => {
+            // Only a password issues tokens: --user's, even with a token
+            // in the environment.
+            let with_password = AdminTarget {
+                addr: admin.addr.clone(),
+                credentials: admin.credentials.clone(),
+                token: admin
+                    .credentials
+                    .is_none()
+                    .then(|| admin.token.clone())
+                    .flatten(),
+                tls: admin.tls.clone(),
+            };
             let body = serde_json::json!({ "ttl_seconds": ttl_seconds });
-            let issued = admin.call("POST", "/v1/tokens", Some(&body))?;
+            let issued = with_password.call("POST", "/v1/tokens", Some(&body))?;
             // The token alone on stdout (for TINKER_TOKEN=$(...)); the
             // rest on stderr.
             println!("{}", opt(&issued["token"]));
@@ -916,6 +933,14 @@ fn tenants(admin: &AdminTarget, action: TenantAction) -> Result<(), AdminError> 
                 serde_json::json!({ "name": name, "max_keys": max_keys, "max_bytes": max_bytes });
             admin.call("POST", "/v1/tenants", Some(&body))?;
             println!("tenant {name} created");
+        }
+        TenantAction::Delete { name, force } => {
+            let path = format!("/v1/tenants/{name}?force={force}");
+            let deleted = admin.call("DELETE", &path, None)?;
+            println!(
+                "tenant {name} deleted ({} keys removed)",
+                opt(&deleted["keys_removed"])
+            );
         }
         TenantAction::Quota {
             name,

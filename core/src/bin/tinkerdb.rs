@@ -219,6 +219,16 @@ fn main() -> anyhow::Result<()> {
             .init();
     }
     if let Some(endpoint) = &config.tracing.otlp_endpoint {
+        // Never a password of the URL's (http://user:pass@host/...).
+        let endpoint = match endpoint.split_once("://") {
+            Some((scheme, rest)) => match rest.split_once('@') {
+                Some((_, host)) if !host.contains('/') || rest.find('@') < rest.find('/') => {
+                    format!("{scheme}://***@{host}")
+                }
+                _ => endpoint.clone(),
+            },
+            None => endpoint.clone(),
+        };
         tracing::info!(
             %endpoint,
             sample_ratio = config.tracing.sample_ratio,

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tinkerdb_schemas::wire::ErrorCode;
-use tinkerdb_storage::{hash_slot, Expiry, SetOptions, StoreError, WriteCondition, SLOT_COUNT};
+use tinkerdb_storage::{
+    hash_slot, Expiry, SetOptions, StoreError, TenantId, WriteCondition, SLOT_COUNT,
+};
 
 use crate::coord::context::{now_ms, CoreContext};
 use crate::coord::request::{Command, Reply};
@@ -264,6 +266,41 @@ async fn fan_out(
     match refused {
         Some(error) => Err(error),
         None => Ok(replies),
+    }
+}
+
+/// Empties keyspaces `keyspaces` (tenant databases) on every range, in
+/// range order; the keys removed. What FLUSHDB, FLUSHALL and deleting a
+/// tenant do (the caller checks the rights).
+pub(crate) async fn flush_keyspaces(
+    context: &CoreContext,
+    keyspaces: &[TenantId],
+) -> Result<u64, ProtocolError> {
+    let mut removed = 0;
+    let mut failed = None;
+    for range in 0..context.slot_map.ranges() {
+        let flushes = keyspaces
+            .iter()
+            .map(|&tenant| ShardRequest::Flush { tenant })
+            .collect();
+        match context.call(range, ShardRequest::Batch(flushes)).await {
+            Ok(ShardReply::Batch(replies)) => {
+                for reply in replies {
+                    match reply {
+                        ShardReply::Count(count) => removed += count,
+                        ShardReply::Error(error) => failed = Some(error),
+                        ShardReply::Refused(reason) => failed = Some(storage_failed(&reason)),
+                        other => failed = Some(unexpected(&other)),
+                    }
+                }
+            }
+            Ok(other) => failed = Some(unexpected(&other)),
+            Err(error) => failed = Some(error),
+        }
+    }
+    match failed {
+        Some(error) => Err(error),
+        None => Ok(removed),
     }
 }
 

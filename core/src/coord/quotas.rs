@@ -13,10 +13,10 @@ use crate::tenants::{quota_share, TenantRegistry};
 /// every quota.
 pub fn install_tenants<'a>(
     context: &CoreContext,
-    tenants: impl IntoIterator<Item = (&'a str, Quota)>,
+    tenants: impl IntoIterator<Item = (&'a str, Quota, bool)>,
 ) {
     let databases = context.tenants.get().databases();
-    let registry = Arc::new(TenantRegistry::with_databases(tenants, databases));
+    let registry = Arc::new(TenantRegistry::with_tombstones(tenants, databases));
     context.tenants.install(registry.clone());
     apply_quotas(context, &registry);
 }

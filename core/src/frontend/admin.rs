@@ -47,6 +47,13 @@ pub async fn serve_admin(context: Rc<CoreContext>, mut inbox: CoreInbox) {
                 install_tenants(&context, tenant_quotas(&specs));
                 let _ = reply.send(CoreResponse::Done);
             }
+            CoreRequest::FlushTenant { tenant } => {
+                let context = context.clone();
+                glommio::spawn_local(async move {
+                    let _ = reply.send(flush_tenant(&context, &tenant).await);
+                })
+                .detach();
+            }
             CoreRequest::Snapshot => {
                 let context = context.clone();
                 glommio::spawn_local(async move {
@@ -228,6 +235,23 @@ async fn run_command(
     match reply {
         Reply::Error(error) => Err(error),
         reply => Ok(reply),
+    }
+}
+
+/// Empties every database of tenant `name`, deleted or not (deleting a
+/// tenant: its tombstone is installed first, so no session adds keys
+/// after this runs).
+async fn flush_tenant(context: &CoreContext, name: &str) -> CoreResponse {
+    let registry = context.tenants.get();
+    let Some(tenant) = registry.id_of_any(name) else {
+        return CoreResponse::Failed(tinkerdb_admin::api::unknown_tenant(name));
+    };
+    let keyspaces: Vec<_> = (0..registry.databases())
+        .map(|database| tinkerdb_storage::keyspace(tenant, database as u8))
+        .collect();
+    match crate::coord::multi::flush_keyspaces(context, &keyspaces).await {
+        Ok(removed) => CoreResponse::Flushed(removed),
+        Err(error) => CoreResponse::Failed(api_error(error)),
     }
 }
 
@@ -476,12 +500,12 @@ fn tenant_usage(context: &CoreContext) -> Vec<Usage> {
 
 /// The (name, node-wide quota) pairs of the admin plane's tenant specs:
 /// what the core's tenant registry is built from.
-pub fn tenant_quotas(specs: &[TenantSpec]) -> impl Iterator<Item = (&str, Quota)> {
+pub fn tenant_quotas(specs: &[TenantSpec]) -> impl Iterator<Item = (&str, Quota, bool)> {
     specs.iter().map(|spec| {
         let quota = Quota {
             max_keys: spec.max_keys,
             max_bytes: spec.max_bytes,
         };
-        (spec.name.as_str(), quota)
+        (spec.name.as_str(), quota, spec.deleted)
     })
 }

@@ -44,7 +44,7 @@ use tinkerdb_storage::{
 use crate::config::DEFAULT_TENANT;
 use crate::coord::batches::{Pipeline, Ticket};
 use crate::coord::context::{now_ms, CoreContext};
-use crate::coord::multi::{execute_multi, one_shard_request, quota_error, unexpected};
+use crate::coord::multi::{execute_multi, one_shard_request, quota_error};
 use crate::coord::request::{Command, Reply};
 use crate::coord::session::{authenticate, Admission, Session, AUTHENTICATION_TIMEOUT};
 use crate::error::ProtocolError;
@@ -58,6 +58,75 @@ use tinkerdb_admin::users::{Access, NOAUTH, WRONGPASS};
 
 /// Longest inline command (a line without the `*` array header), as Redis.
 pub const RESP_MAX_INLINE_BYTES: usize = 64 << 10;
+
+/// Every command this listener implements, sorted (a test keeps it equal
+/// to the dispatch's arms). A trace names its pipeline by one of these,
+/// or `UNKNOWN`: never by bytes a client made up.
+pub const RESP_COMMANDS: [&str; 56] = [
+    "ACL",
+    "APPEND",
+    "AUTH",
+    "BGSAVE",
+    "CLIENT",
+    "COMMAND",
+    "COPY",
+    "DBSIZE",
+    "DECR",
+    "DECRBY",
+    "DEL",
+    "ECHO",
+    "EXISTS",
+    "EXPIRE",
+    "EXPIREAT",
+    "EXPIRETIME",
+    "FLUSHALL",
+    "FLUSHDB",
+    "GET",
+    "GETDEL",
+    "GETEX",
+    "GETRANGE",
+    "GETSET",
+    "HELLO",
+    "INCR",
+    "INCRBY",
+    "INCRBYFLOAT",
+    "INFO",
+    "KEYS",
+    "MGET",
+    "MSET",
+    "MSETNX",
+    "PERSIST",
+    "PEXPIRE",
+    "PEXPIREAT",
+    "PEXPIRETIME",
+    "PING",
+    "PSETEX",
+    "PTTL",
+    "QUIT",
+    "RANDOMKEY",
+    "READONLY",
+    "READWRITE",
+    "RENAME",
+    "RENAMENX",
+    "SAVE",
+    "SCAN",
+    "SELECT",
+    "SET",
+    "SETEX",
+    "SETNX",
+    "SETRANGE",
+    "STRLEN",
+    "TIME",
+    "TTL",
+    "UNLINK",
+];
+
+/// The name a span gives command `name` (uppercase already).
+fn traced_command_name(name: &str) -> &'static str {
+    RESP_COMMANDS
+        .binary_search(&name)
+        .map_or("UNKNOWN", |index| RESP_COMMANDS[index])
+}
 
 /// Most commands read from one connection before answering them.
 pub const RESP_MAX_PIPELINED_COMMANDS: usize = 1024;
@@ -429,7 +498,7 @@ impl RespConnection {
                             trace = Some(tracing::info_span!(
                                 parent: None,
                                 "resp.pipeline",
-                                command = %name,
+                                command = traced_command_name(&name),
                                 commands = tracing::field::Empty,
                                 connection = self.connection_id
                             ));
@@ -650,6 +719,16 @@ impl RespConnection {
                     return ready(wrong_arity());
                 }
             };
+        }
+        // A session bound to a tenant deleted since may only re-bind
+        // (AUTH, HELLO) or leave.
+        if !self.context.tenants.is_live(self.session.tenant)
+            && !matches!(name.as_str(), "AUTH" | "HELLO" | "QUIT")
+        {
+            return ready(RespValue::error(format!(
+                "ERR tenant {} was deleted",
+                self.session.tenant_name
+            )));
         }
         match self.session.admission(&self.context.users) {
             Admission::Admitted => {}
@@ -1137,26 +1216,10 @@ impl RespConnection {
                 } else {
                     vec![tenant]
                 };
-                let mut failed = None;
-                for range in 0..self.context.slot_map.ranges() {
-                    let flushes = keyspaces
-                        .iter()
-                        .map(|&tenant| ShardRequest::Flush { tenant })
-                        .collect();
-                    match self.context.call(range, ShardRequest::Batch(flushes)).await {
-                        Ok(ShardReply::Batch(replies)) => {
-                            for reply in replies {
-                                match reply {
-                                    ShardReply::Count(_) => {}
-                                    other => failed = Some(protocol_error(&unexpected(&other))),
-                                }
-                            }
-                        }
-                        Ok(other) => failed = Some(protocol_error(&unexpected(&other))),
-                        Err(error) => failed = Some(protocol_error(&error)),
-                    }
+                match crate::coord::multi::flush_keyspaces(&self.context, &keyspaces).await {
+                    Ok(_) => RespValue::Simple("OK"),
+                    Err(error) => protocol_error(&error),
                 }
-                failed.unwrap_or(RespValue::Simple("OK"))
             }
             "SAVE" | "BGSAVE" => {
                 arity!(argc <= 2);
@@ -2010,6 +2073,29 @@ fn truncate(text: &str, max: usize) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// `RESP_COMMANDS` is sorted and names exactly the dispatch's arms.
+    #[test]
+    fn the_command_list_is_the_dispatch() {
+        assert!(RESP_COMMANDS.windows(2).all(|pair| pair[0] < pair[1]));
+        let source = include_str!("resp.rs");
+        let dispatch = &source[source
+            .find("let pending = match name.as_str() {")
+            .expect("the dispatch")..];
+        let dispatch = &dispatch[..dispatch.find("            _ => {").expect("its last arm")];
+        let mut armed: Vec<&str> = dispatch
+            .lines()
+            .map(str::trim)
+            .filter(|line| line.starts_with('"') && line.contains("=>"))
+            .flat_map(|line| line[..line.find("=>").unwrap()].split('|'))
+            .map(|name| name.trim().trim_matches('"'))
+            .collect();
+        armed.sort_unstable();
+        armed.dedup();
+        assert_eq!(armed, RESP_COMMANDS.to_vec());
+        assert_eq!(traced_command_name("SET"), "SET");
+        assert_eq!(traced_command_name("MYPASSWORD"), "UNKNOWN");
+    }
 
     fn args(parsed: Parsed) -> Vec<String> {
         match parsed {

@@ -234,6 +234,22 @@ fn load_files(tls: &TlsConfig, cluster: bool) -> anyhow::Result<Loaded> {
                         .map_err(|error| anyhow::anyhow!("tls.peer_names {name:?}: {error}"))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
+            // This node dials its peers with its own certificate: one that
+            // names no allowed node would be refused by all of them.
+            let own = rustls::server::ParsedCertificate::try_from(&chain[0]).map_err(|error| {
+                anyhow::anyhow!("tls.cert_file {}: {error}", tls.cert_file.display())
+            })?;
+            if !allowed
+                .iter()
+                .any(|name| rustls::client::verify_server_name(&own, name).is_ok())
+            {
+                anyhow::bail!(
+                    "tls.cert_file {}: the node's certificate names none of tls.peer_names {:?} \
+                     (its peers would refuse it)",
+                    tls.cert_file.display(),
+                    tls.peer_names
+                );
+            }
             let verifier =
                 WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
                     .build()?;

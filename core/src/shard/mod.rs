@@ -609,6 +609,19 @@ impl ShardRequest {
         }
     }
 
+    /// The tenant a write (other than a flush) changes.
+    fn written_tenant(&self) -> Option<TenantId> {
+        match self {
+            ShardRequest::Set { tenant, .. }
+            | ShardRequest::SetMany { tenant, .. }
+            | ShardRequest::Delete { tenant, .. }
+            | ShardRequest::Update { tenant, .. }
+            | ShardRequest::SetManyIfAbsent { tenant, .. }
+            | ShardRequest::Move { tenant, .. } => Some(*tenant),
+            _ => None,
+        }
+    }
+
     /// Does this request only read the store?
     pub fn is_read(&self) -> bool {
         matches!(
@@ -766,6 +779,20 @@ impl Shard {
         if request.is_write() {
             if let Some(reason) = self.journal.refusal() {
                 return ShardReply::Refused(reason);
+            }
+            // A write that passed its front end's check before its tenant
+            // was deleted lands here after the tenant's flush, in order on
+            // this core: refused, never written under the tombstone.
+            if let Some(tenant) = request.written_tenant() {
+                if !self.journal.tenants.is_live(tenant) {
+                    return ShardReply::Error(ProtocolError::new(
+                        tinkerdb_schemas::wire::ErrorCode::UnknownTenant,
+                        format!(
+                            "tenant {} was deleted",
+                            self.journal.tenants.name_of(tenant)
+                        ),
+                    ));
+                }
             }
         }
         let Shard {

@@ -61,6 +61,17 @@ pub(crate) fn apply(
                 }
             })
     };
+    // A deleted tenant's records are void (its keys were flushed before
+    // it was deleted; the flush may lie in a later segment).
+    let named = match &op {
+        LoggedOp::Put { tenant, .. }
+        | LoggedOp::Delete { tenant, .. }
+        | LoggedOp::Expire { tenant, .. }
+        | LoggedOp::Flush { tenant } => *tenant,
+    };
+    if tenants.by_name(named).is_none() && tenants.is_deleted(named) {
+        return Ok(());
+    }
     match op {
         LoggedOp::Put {
             tenant,

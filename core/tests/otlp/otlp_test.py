@@ -7,8 +7,9 @@ Checks that one RESP SET, sent to one node, yields spans on that node (the
 front end's root span, the proposal) and an apply span on every node (the
 leader and both followers), all under one trace id; that the trace of a
 request is joined across nodes through the Raft entry (every apply span
-is a child of the proposal); and that no password, key or value ever
-reaches the exporter.
+is a child of the proposal); that no password, key or value ever
+reaches the exporter; and that the password is in no line the nodes log
+(their own crates at debug).
 
 Run by scripts/test.sh (TINKERDB_BIN: the node binary; default
 target/debug/tinkerdb). Every wait is bounded; on failure it prints the
@@ -118,7 +119,9 @@ class Node:
              "--config", config_path],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, errors="replace", bufsize=1,
-            env={**os.environ, "RUST_LOG": "warn,openraft=error"})
+            # The node's own crates at debug: the password must not be in
+            # any line they write.
+            env={**os.environ, "RUST_LOG": "info,openraft=error,tinkerdb_core=debug,tinkerdb_admin=debug"})
         threading.Thread(target=self._read, args=(self.child.stdout, "out"), daemon=True).start()
         threading.Thread(target=self._read, args=(self.child.stderr, "err"), daemon=True).start()
 
@@ -269,8 +272,13 @@ cluster_admin = true
         for body in bodies:
             for secret in (PASSWORD.encode(), KEY, VALUE):
                 assert secret not in body, f"{secret!r} reached the exporter"
+        for node in nodes:
+            with node.lock:
+                logged = node.out + node.err
+            assert PASSWORD not in logged, f"node {node.node_id} logged the password"
         print(f"OK: {len(spans)} spans from {len({s['node'] for s in spans})} nodes, "
-              f"{len(bodies)} exports, no password, key or value in any")
+              f"{len(bodies)} exports, no password, key or value in any; "
+              f"no password in {sum(len(n.err.splitlines()) for n in nodes)} log lines")
     except BaseException:
         for node in nodes:
             print(f"--- node {node.node_id} stdout ---\n{node.out}\n"

@@ -278,6 +278,17 @@ impl Connection {
                 return (request_id, Pending::Ready(Reply::Error(error)));
             }
         }
+        // A session bound to a tenant deleted since: refused (a Hello
+        // binds another).
+        if let (Some(session), false) = (&self.session, matches!(command, Command::Hello { .. })) {
+            if !self.context.tenants.is_live(session.tenant) {
+                let error = ProtocolError::new(
+                    ErrorCode::UnknownTenant,
+                    format!("tenant {} was deleted", session.tenant_name),
+                );
+                return (request_id, Pending::Ready(Reply::Error(error)));
+            }
+        }
         // A route that is not current gets the typed answer; nothing runs.
         if let (Some(route), Some(session)) = (route, &self.session) {
             if !matches!(command, Command::Hello { .. }) {
