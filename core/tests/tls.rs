@@ -608,6 +608,8 @@ fn make_cluster_pki(dir: &Path) -> ClusterPki {
     );
     // A node's name, but another CA.
     write("forged", leaf_with(&other, &["127.0.0.1"], &both, false));
+    // The right CA and a node's name, but expired.
+    write("expired", leaf_with(&ca, &["127.0.0.1"], &both, true));
     std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
     ClusterPki {
         dir: dir.to_owned(),
@@ -735,14 +737,15 @@ fn peers_speak_mutual_tls_and_a_certificate_that_names_no_node_is_refused() {
         }
     });
     // The peer port: a node's certificate is served (the control); one of
-    // the right CA naming no node, one of another CA and plaintext are
-    // refused, the first two on their first reply (after a handshake the
-    // dialer saw complete).
+    // the right CA naming no node, one of another CA, an expired one and
+    // plaintext are refused, all but plaintext on their first reply (after
+    // a handshake the dialer saw complete).
     let raft = std::net::SocketAddr::from(([127, 0, 0, 1], ports[0]));
     assert_eq!(peer_ping(raft, &pki, Some("node")), Ok(Vec::new()));
     for (cert, case) in [
         (Some("intruder"), "a name that is no node's"),
         (Some("forged"), "another CA"),
+        (Some("expired"), "an expired certificate"),
         (None, "plaintext"),
     ] {
         match peer_ping(raft, &pki, cert) {
