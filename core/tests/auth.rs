@@ -487,17 +487,7 @@ fn a_stranger_is_closed_after_the_authentication_timeout_even_dripping_bytes_but
 #[test]
 fn a_cluster_with_authentication_serves_users_on_every_node_and_a_node_joins_with_credentials() {
     let config = auth_config();
-    let ports: Vec<u16> = (0..3).map(|_| common::free_port_block(1)).collect();
-    let peers = (1..=3)
-        .map(|id| format!("{id}=127.0.0.1:{}", ports[id - 1]))
-        .collect::<Vec<_>>()
-        .join(",");
-    let nodes: Vec<TestNode> = (1..=3)
-        .map(|id: usize| {
-            let args = ["--node-id", &id.to_string(), "--peers", &peers].map(String::from);
-            TestNode::start_with_args(2, &config, &common::fresh_dir(), &[], &args)
-        })
-        .collect();
+    let (nodes, _) = common::start_cluster(3, 2, &config);
     let admin = Some(("admin", ADMIN_PASSWORD));
     let leaders_everywhere = |node: &TestNode| {
         let status = admin_get(node, "/v1/cluster", admin);

@@ -1221,17 +1221,7 @@ fn every_command_and_route_standalone() {
 #[test]
 fn every_command_and_route_in_a_3_node_cluster() {
     let config = authz_config();
-    let ports: Vec<u16> = (0..3).map(|_| common::free_port_block(1)).collect();
-    let peers = (1..=3)
-        .map(|id| format!("{id}=127.0.0.1:{}", ports[id - 1]))
-        .collect::<Vec<_>>()
-        .join(",");
-    let nodes: Vec<TestNode> = (1..=3)
-        .map(|id: usize| {
-            let args = ["--node-id", &id.to_string(), "--peers", &peers].map(String::from);
-            TestNode::start_with_args(2, &config, &common::fresh_dir(), &[], &args)
-        })
-        .collect();
+    let (nodes, _) = common::start_cluster(3, 2, &config);
     let (user, password) = login_of(ROOT);
     let agent = reqwest::blocking::Client::new();
     let leaders_everywhere = |node: &TestNode| {

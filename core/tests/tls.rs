@@ -682,17 +682,7 @@ fn peers_speak_mutual_tls_and_a_certificate_that_names_no_node_is_refused() {
         pki.file("node-key.pem"),
         pki.ca
     );
-    let ports: Vec<u16> = (0..3).map(|_| common::free_port_block(1)).collect();
-    let peers = (1..=3)
-        .map(|id| format!("{id}=127.0.0.1:{}", ports[id - 1]))
-        .collect::<Vec<_>>()
-        .join(",");
-    let nodes: Vec<TestNode> = (1..=3)
-        .map(|id: usize| {
-            let args = ["--node-id", &id.to_string(), "--peers", &peers].map(String::from);
-            TestNode::start_with_args(2, &config, &common::fresh_dir(), &[], &args)
-        })
-        .collect();
+    let (nodes, ports) = common::start_cluster(3, 2, &config);
     let node_tls = {
         let mut tls = ClientTls::new(&pki.ca);
         tls.server_name = Some("localhost".into());

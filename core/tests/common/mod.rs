@@ -135,6 +135,27 @@ impl TestNode {
     }
 }
 
+/// A cluster of `count` nodes (ids 1 to `count`) of `cores` cores each,
+/// all with `config_toml`, each with its own Raft port on loopback (listed
+/// in `--peers` for all), started one after another; the nodes and their
+/// Raft ports, in id order.
+pub fn start_cluster(count: usize, cores: usize, config_toml: &str) -> (Vec<TestNode>, Vec<u16>) {
+    let ports: Vec<u16> = (0..count).map(|_| free_port_block(1)).collect();
+    let peers = ports
+        .iter()
+        .enumerate()
+        .map(|(index, port)| format!("{}=127.0.0.1:{port}", index + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let nodes = (1..=count)
+        .map(|id| {
+            let args = ["--node-id", &id.to_string(), "--peers", &peers].map(String::from);
+            TestNode::start_with_args(cores, config_toml, &fresh_dir(), &[], &args)
+        })
+        .collect();
+    (nodes, ports)
+}
+
 /// Longest a node may take to print its ready lines (recovery, a join)
 /// before the test fails: generous for a loaded machine, but bounded.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
