@@ -489,18 +489,13 @@ fn a_cluster_with_authentication_serves_users_on_every_node_and_a_node_joins_wit
     let config = auth_config();
     let (nodes, _) = common::start_cluster(3, 2, &config);
     let admin = Some(("admin", ADMIN_PASSWORD));
-    let leaders_everywhere = |node: &TestNode| {
+    let cluster_status = |node: &TestNode| {
         let status = admin_get(node, "/v1/cluster", admin);
         assert_eq!(status.status(), 200);
-        let status: serde_json::Value = status.json().unwrap();
-        status["shards"]
-            .as_array()
-            .is_some_and(|shards| shards.iter().all(|shard| shard["leader"].is_u64()))
+        Some(status.json::<serde_json::Value>().unwrap())
     };
     assert!(
-        common::eventually(Duration::from_secs(60), || nodes
-            .iter()
-            .all(leaders_everywhere)),
+        common::wait_for_leaders(&nodes, cluster_status),
         "no leaders"
     );
     assert_eq!(admin_get(&nodes[0], "/v1/cluster", None).status(), 401);

@@ -1224,28 +1224,19 @@ fn every_command_and_route_in_a_3_node_cluster() {
     let (nodes, _) = common::start_cluster(3, 2, &config);
     let (user, password) = login_of(ROOT);
     let agent = reqwest::blocking::Client::new();
-    let leaders_everywhere = |node: &TestNode| {
+    let cluster_status = |node: &TestNode| {
         let status = agent
             .get(format!("http://{}/v1/cluster", node.admin_addr))
             .basic_auth(user, Some(password))
-            .send();
-        let Ok(status) = status else {
-            return false;
-        };
+            .send()
+            .ok()?;
         if status.status() != 200 {
-            return false;
+            return None;
         }
-        let Ok(status) = status.json::<serde_json::Value>() else {
-            return false;
-        };
-        status["shards"]
-            .as_array()
-            .is_some_and(|shards| shards.iter().all(|shard| shard["leader"].is_u64()))
+        status.json::<serde_json::Value>().ok()
     };
     assert!(
-        common::eventually(Duration::from_secs(60), || nodes
-            .iter()
-            .all(&leaders_everywhere)),
+        common::wait_for_leaders(&nodes, cluster_status),
         "no leaders"
     );
     check_table(&nodes);

@@ -636,16 +636,7 @@ impl ShardRequest {
 
     /// Does this request change the store?
     pub fn is_write(&self) -> bool {
-        matches!(
-            self,
-            ShardRequest::Set { .. }
-                | ShardRequest::SetMany { .. }
-                | ShardRequest::Delete { .. }
-                | ShardRequest::Update { .. }
-                | ShardRequest::SetManyIfAbsent { .. }
-                | ShardRequest::Move { .. }
-                | ShardRequest::Flush { .. }
-        )
+        self.written_tenant().is_some() || matches!(self, ShardRequest::Flush { .. })
     }
 }
 

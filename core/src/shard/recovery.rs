@@ -47,11 +47,19 @@ pub(crate) fn apply(
     tenants: &TenantRegistry,
     op: LoggedOp<'_>,
 ) -> Result<(), String> {
-    let tenant_of = |name: &str| {
-        tenants
-            .by_name(name)
-            .map(|tenant| tenant.id)
-            .ok_or_else(|| match name.rsplit_once('/') {
+    let name = match &op {
+        LoggedOp::Put { tenant, .. }
+        | LoggedOp::Delete { tenant, .. }
+        | LoggedOp::Expire { tenant, .. }
+        | LoggedOp::Flush { tenant } => *tenant,
+    };
+    let tenant = match tenants.by_name(name) {
+        Some(tenant) => tenant.id,
+        // A deleted tenant's records are void (its keys were flushed
+        // before it was deleted; the flush may lie in a later segment).
+        None if tenants.is_deleted(name) => return Ok(()),
+        None => {
+            return Err(match name.rsplit_once('/') {
                 Some((tenant, database)) => format!(
                     "it names database {database} of tenant {tenant:?}, which the configuration no longer defines (its tenants and their `databases` count, {})",
                     tenants.databases()
@@ -60,40 +68,30 @@ pub(crate) fn apply(
                     format!("it names tenant {name:?}, which the configuration no longer defines")
                 }
             })
+        }
     };
-    // A deleted tenant's records are void (its keys were flushed before
-    // it was deleted; the flush may lie in a later segment).
-    let named = match &op {
-        LoggedOp::Put { tenant, .. }
-        | LoggedOp::Delete { tenant, .. }
-        | LoggedOp::Expire { tenant, .. }
-        | LoggedOp::Flush { tenant } => *tenant,
-    };
-    if tenants.by_name(named).is_none() && tenants.is_deleted(named) {
-        return Ok(());
-    }
     match op {
         LoggedOp::Put {
-            tenant,
             slot,
             key,
             value,
             version,
             expires_at_ms,
-        } => store.restore(tenant_of(tenant)?, slot, key, value, version, expires_at_ms),
-        LoggedOp::Delete { tenant, slot, key } => {
-            store.delete(tenant_of(tenant)?, slot, key, 0);
+            ..
+        } => store.restore(tenant, slot, key, value, version, expires_at_ms),
+        LoggedOp::Delete { slot, key, .. } => {
+            store.delete(tenant, slot, key, 0);
         }
         LoggedOp::Expire {
-            tenant,
             slot,
             key,
             expires_at_ms,
+            ..
         } => {
-            store.set_expiry(tenant_of(tenant)?, slot, key, expires_at_ms, 0);
+            store.set_expiry(tenant, slot, key, expires_at_ms, 0);
         }
-        LoggedOp::Flush { tenant } => {
-            store.flush_tenant(tenant_of(tenant)?);
+        LoggedOp::Flush { .. } => {
+            store.flush_tenant(tenant);
         }
     }
     Ok(())

@@ -156,6 +156,23 @@ pub fn start_cluster(count: usize, cores: usize, config_toml: &str) -> (Vec<Test
     (nodes, ports)
 }
 
+/// Waits (at most 60 s) until every node's cluster status, as `status`
+/// fetches it (`None`: not available yet), shows a leader for every shard.
+pub fn wait_for_leaders(
+    nodes: &[TestNode],
+    status: impl Fn(&TestNode) -> Option<serde_json::Value>,
+) -> bool {
+    eventually(Duration::from_secs(60), || {
+        nodes.iter().all(|node| {
+            status(node).is_some_and(|status| {
+                status["shards"]
+                    .as_array()
+                    .is_some_and(|shards| shards.iter().all(|shard| shard["leader"].is_u64()))
+            })
+        })
+    })
+}
+
 /// Longest a node may take to print its ready lines (recovery, a join)
 /// before the test fails: generous for a loaded machine, but bounded.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
