@@ -113,6 +113,12 @@ struct RunArgs {
         requires = "user"
     )]
     password: Option<String>,
+    /// The server's process id: report its CPU time (user + system, every
+    /// thread, from `/proc/PID/stat`) per answered operation over the
+    /// measured window. Repeat for a server of several processes (a
+    /// cluster on one machine).
+    #[arg(long = "server-pid")]
+    server_pids: Vec<u32>,
 }
 
 /// One run's figures (one JSON line).
@@ -152,6 +158,10 @@ pub struct RunResult {
     pub p999_us: u64,
     /// max.
     pub max_us: u64,
+    /// Server CPU time (user + system) per answered operation over the
+    /// measured window, microseconds (absent without `--server-pid`).
+    #[serde(default)]
+    pub server_cpu_us_per_op: Option<f64>,
     /// Machine and commit, so every figure says where it came from.
     pub machine: String,
 }
@@ -233,6 +243,10 @@ async fn run(args: RunArgs) -> anyhow::Result<RunResult> {
         let batches_per_second = args.rate as f64 / (args.connections * args.pipeline) as f64;
         Duration::from_secs_f64(1.0 / batches_per_second)
     });
+    let cpu_window = (!args.server_pids.is_empty()).then(|| {
+        let pids = args.server_pids.clone();
+        tokio::spawn(server_cpu_between(pids, measure_from, end))
+    });
     let mut tasks = Vec::new();
     for c in 0..args.connections {
         let args = args.clone();
@@ -289,6 +303,10 @@ async fn run(args: RunArgs) -> anyhow::Result<RunResult> {
         errors += e;
     }
     let ops = histogram.len();
+    let server_cpu_us_per_op = match cpu_window {
+        Some(task) => Some(task.await?? * 1e6 / ops.max(1) as f64),
+        None => None,
+    };
     Ok(RunResult {
         target: format!("{:?}", args.target).to_lowercase(),
         label: args.label.clone(),
@@ -307,6 +325,35 @@ async fn run(args: RunArgs) -> anyhow::Result<RunResult> {
         p99_us: histogram.value_at_quantile(0.99),
         p999_us: histogram.value_at_quantile(0.999),
         max_us: histogram.max(),
+        server_cpu_us_per_op,
         machine: std::env::var("BENCH_MACHINE").unwrap_or_default(),
     })
+}
+
+/// CPU seconds (user + system, all threads) the processes `pids` used from
+/// `from` to `to`, read from `/proc/PID/stat` (fields 14 and 15, in clock
+/// ticks: 10 ms at the usual 100 Hz, so a window of seconds is accurate to
+/// a fraction of a percent).
+async fn server_cpu_between(pids: Vec<u32>, from: Instant, to: Instant) -> anyhow::Result<f64> {
+    fn cpu_ticks(pids: &[u32]) -> anyhow::Result<u64> {
+        let mut total = 0;
+        for pid in pids {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .with_context(|| format!("server process {pid}"))?;
+            // The command name (field 2) may hold spaces: count from its ')'.
+            let after_name = &stat[stat.rfind(')').context("malformed /proc stat")? + 2..];
+            let fields: Vec<&str> = after_name.split_whitespace().collect();
+            // Fields 14 and 15 of the line are the 12th and 13th after the name.
+            total += fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+        }
+        Ok(total)
+    }
+    // USER_HZ: the unit of these fields is fixed at 100 by Linux's ABI on
+    // every architecture this runs on (what `getconf CLK_TCK` prints).
+    let ticks_per_second = 100.0;
+    tokio::time::sleep_until(from.into()).await;
+    let before = cpu_ticks(&pids)?;
+    tokio::time::sleep_until(to.into()).await;
+    let after = cpu_ticks(&pids)?;
+    Ok(after.saturating_sub(before) as f64 / ticks_per_second)
 }

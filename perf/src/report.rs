@@ -28,6 +28,8 @@ struct Summary {
     p50_us: f64,
     p99_us: f64,
     p999_us: f64,
+    /// Median server CPU per operation, when the runs measured it.
+    cpu_us_per_op: Option<f64>,
     errors: u64,
 }
 
@@ -47,6 +49,10 @@ fn summarise(runs: &[&RunResult]) -> Summary {
         p50_us: pick(|r| r.p50_us as f64),
         p99_us: pick(|r| r.p99_us as f64),
         p999_us: pick(|r| r.p999_us as f64),
+        cpu_us_per_op: {
+            let mut values: Vec<f64> = runs.iter().filter_map(|r| r.server_cpu_us_per_op).collect();
+            (!values.is_empty()).then(|| median(&mut values))
+        },
         errors: runs.iter().map(|r| r.errors).sum(),
     }
 }
@@ -166,7 +172,7 @@ pub fn print(path: &Path) -> anyhow::Result<()> {
         println!("machine: {machine}");
     }
     println!(
-        "{:<42} {:<9} {:>3} {:>10} {:>19} {:>8} {:>8} {:>8} {:>6}",
+        "{:<42} {:<9} {:>3} {:>10} {:>19} {:>8} {:>8} {:>8} {:>6} {:>9}",
         "configuration",
         "target",
         "n",
@@ -175,7 +181,8 @@ pub fn print(path: &Path) -> anyhow::Result<()> {
         "p50 ms",
         "p99 ms",
         "p99.9 ms",
-        "errors"
+        "errors",
+        "cpu us/op"
     );
     let mut throughput_rows = Vec::new();
     let mut p99_rows = Vec::new();
@@ -184,7 +191,7 @@ pub fn print(path: &Path) -> anyhow::Result<()> {
         for (target, runs) in targets {
             let s = summarise(runs);
             println!(
-                "{:<42} {:<9} {:>3} {:>10.0} {:>9.0}-{:<9.0} {:>8.3} {:>8.3} {:>8.3} {:>6}",
+                "{:<42} {:<9} {:>3} {:>10.0} {:>9.0}-{:<9.0} {:>8.3} {:>8.3} {:>8.3} {:>6} {:>9}",
                 config,
                 target,
                 s.rounds,
@@ -194,7 +201,9 @@ pub fn print(path: &Path) -> anyhow::Result<()> {
                 s.p50_us / 1000.0,
                 s.p99_us / 1000.0,
                 s.p999_us / 1000.0,
-                s.errors
+                s.errors,
+                s.cpu_us_per_op
+                    .map_or_else(|| "-".to_string(), |cpu| format!("{cpu:.2}"))
             );
             summaries.insert(target.clone(), s);
         }
@@ -220,8 +229,12 @@ pub fn print(path: &Path) -> anyhow::Result<()> {
                 .find(|(t, _)| t.as_str() != "tinkerdb")
                 .map(|(_, s)| s),
         ) {
+            let cpu_ratio = ours
+                .cpu_us_per_op
+                .zip(peer.cpu_us_per_op)
+                .map_or_else(String::new, |(ours, peer)| format!("{:.2}x", ours / peer));
             println!(
-                "{:<42} {:<9} {:>3} {:>9.2}x {:>19} {:>7.2}x {:>7.2}x {:>7.2}x",
+                "{:<42} {:<9} {:>3} {:>9.2}x {:>19} {:>7.2}x {:>7.2}x {:>7.2}x {:>6} {:>9}",
                 "",
                 "ratio",
                 "",
@@ -229,7 +242,9 @@ pub fn print(path: &Path) -> anyhow::Result<()> {
                 "(tinkerdb/peer)",
                 ours.p50_us / peer.p50_us,
                 ours.p99_us / peer.p99_us,
-                ours.p999_us / peer.p999_us
+                ours.p999_us / peer.p999_us,
+                "",
+                cpu_ratio
             );
         }
     }

@@ -8,8 +8,9 @@
 //! tables grow), scans of one tenant that never touch another tenant's keys,
 //! and, later, moving a slot to another shard by handing over its tables.
 //!
-//! Each entry is one heap allocation holding the key followed by the value,
-//! plus 40 bytes in the table (see `docs/ARCHITECTURE.md`, "Memory per key").
+//! Each entry is one heap allocation holding a 12-byte header (20 with an
+//! expiry), the key and the value,
+//! plus 16 bytes in the table (see `docs/ARCHITECTURE.md`, "Memory per key").
 //!
 //! # Expiry
 //! An entry whose `expires_at_ms` has passed is invisible at once to every
@@ -199,51 +200,142 @@ fn next_version(counter: &mut u64, given: Option<u64>) -> u64 {
     }
 }
 
-/// One stored key: key bytes then value bytes in one allocation.
+/// One stored key: a small header, the key bytes and the value bytes, all
+/// in one allocation, so that a table slot is only the 16-byte pointer and
+/// length (see `docs/ARCHITECTURE.md`, "Memory per key").
+///
+/// The header, little-endian:
+/// - `key_len: u32`, its top bit ([`HAS_EXPIRY`]) set when the key has an
+///   expiry;
+/// - `version: u64`;
+/// - `expires_at_ms: u64`, only when the key has an expiry (most keys have
+///   none and pay nothing for it).
 struct Entry {
-    key_and_value: Box<[u8]>,
-    key_len: u32,
-    /// Unix ms; `NO_EXPIRY` when the key never expires.
-    expires_at_ms: u64,
-    version: u64,
+    bytes: Box<[u8]>,
 }
 
+/// `expires_at_ms()` of a key that never expires.
 const NO_EXPIRY: u64 = u64::MAX;
+
+/// The flag in an entry's `key_len` word: an expiry follows the version.
+const HAS_EXPIRY: u32 = 1 << 31;
+
+/// Header bytes before the key: `key_len` and `version`, and the expiry
+/// when there is one.
+const fn header_len(has_expiry: bool) -> usize {
+    if has_expiry {
+        20
+    } else {
+        12
+    }
+}
 
 impl Entry {
     fn new(key: &[u8], value: &[u8], expires_at_ms: u64, version: u64) -> Entry {
-        let mut key_and_value = Vec::with_capacity(key.len() + value.len());
-        key_and_value.extend_from_slice(key);
-        key_and_value.extend_from_slice(value);
+        let key_len = u32::try_from(key.len()).expect("key length checked by the caller");
+        assert!(key_len < HAS_EXPIRY, "key length checked by the caller");
+        let has_expiry = expires_at_ms != NO_EXPIRY;
+        let mut bytes = Vec::with_capacity(header_len(has_expiry) + key.len() + value.len());
+        let flagged = if has_expiry {
+            key_len | HAS_EXPIRY
+        } else {
+            key_len
+        };
+        bytes.extend_from_slice(&flagged.to_le_bytes());
+        bytes.extend_from_slice(&version.to_le_bytes());
+        if has_expiry {
+            bytes.extend_from_slice(&expires_at_ms.to_le_bytes());
+        }
+        bytes.extend_from_slice(key);
+        bytes.extend_from_slice(value);
         Entry {
-            key_and_value: key_and_value.into_boxed_slice(),
-            key_len: u32::try_from(key.len()).expect("key length checked by the caller"),
-            expires_at_ms,
-            version,
+            bytes: bytes.into_boxed_slice(),
         }
     }
 
+    fn key_len_word(&self) -> u32 {
+        u32::from_le_bytes(self.bytes[..4].try_into().expect("4 bytes"))
+    }
+
+    fn has_expiry(&self) -> bool {
+        self.key_len_word() & HAS_EXPIRY != 0
+    }
+
+    /// Where the key starts and ends.
+    fn key_span(&self) -> (usize, usize) {
+        let word = self.key_len_word();
+        let start = header_len(word & HAS_EXPIRY != 0);
+        (start, start + (word & !HAS_EXPIRY) as usize)
+    }
+
     fn key(&self) -> &[u8] {
-        &self.key_and_value[..self.key_len as usize]
+        let (start, end) = self.key_span();
+        &self.bytes[start..end]
     }
 
     fn value(&self) -> &[u8] {
-        &self.key_and_value[self.key_len as usize..]
+        &self.bytes[self.key_span().1..]
     }
 
+    fn version(&self) -> u64 {
+        u64::from_le_bytes(self.bytes[4..12].try_into().expect("8 bytes"))
+    }
+
+    /// Unix ms; `NO_EXPIRY` when the key never expires.
+    fn expires_at_ms(&self) -> u64 {
+        if self.has_expiry() {
+            u64::from_le_bytes(self.bytes[12..20].try_into().expect("8 bytes"))
+        } else {
+            NO_EXPIRY
+        }
+    }
+
+    /// Gives the entry a new value, expiry and version: in place when the
+    /// layout is unchanged (same value size, expiry kept or not alike), so
+    /// an overwrite of the common kind allocates nothing.
+    fn rewrite(&mut self, value: &[u8], expires_at_ms: u64, version: u64) {
+        let (key_start, key_end) = self.key_span();
+        if self.value().len() == value.len() && self.has_expiry() == (expires_at_ms != NO_EXPIRY) {
+            self.bytes[4..12].copy_from_slice(&version.to_le_bytes());
+            if self.has_expiry() {
+                self.bytes[12..20].copy_from_slice(&expires_at_ms.to_le_bytes());
+            }
+            self.bytes[key_end..].copy_from_slice(value);
+        } else {
+            *self = Entry::new(
+                &self.bytes[key_start..key_end],
+                value,
+                expires_at_ms,
+                version,
+            );
+        }
+    }
+
+    /// Gives the entry a new expiry (`NO_EXPIRY`: none), keeping its value
+    /// and version; in place when it had an expiry and keeps one.
+    fn set_expiry(&mut self, expires_at_ms: u64) {
+        if self.has_expiry() && expires_at_ms != NO_EXPIRY {
+            self.bytes[12..20].copy_from_slice(&expires_at_ms.to_le_bytes());
+        } else if self.has_expiry() != (expires_at_ms != NO_EXPIRY) {
+            *self = Entry::new(self.key(), self.value(), expires_at_ms, self.version());
+        }
+    }
+
+    /// Bytes charged to the tenant: key and value (the header is ours).
     fn charged_bytes(&self) -> u64 {
-        self.key_and_value.len() as u64
+        (self.bytes.len() - self.key_span().0) as u64
     }
 
     fn is_expired(&self, now_ms: u64) -> bool {
-        self.expires_at_ms <= now_ms
+        self.expires_at_ms() <= now_ms
     }
 
     fn view(&self) -> EntryView<'_> {
+        let expires_at_ms = self.expires_at_ms();
         EntryView {
             value: self.value(),
-            version: self.version,
-            expires_at_ms: (self.expires_at_ms != NO_EXPIRY).then_some(self.expires_at_ms),
+            version: self.version(),
+            expires_at_ms: (expires_at_ms != NO_EXPIRY).then_some(expires_at_ms),
         }
     }
 }
@@ -368,7 +460,8 @@ impl Store {
     }
 
     /// [`Store::set`], with the version given (`restore`) or, for `None`,
-    /// the next one from the counter.
+    /// the next one from the counter. A restore (a version given) is never
+    /// refused for quota: it puts back what was once accepted.
     #[allow(clippy::too_many_arguments)]
     fn write(
         &mut self,
@@ -394,6 +487,7 @@ impl Store {
             last_version,
             ..
         } = self;
+        let restoring = given_version.is_some();
         let hash = hasher.hash_one(key);
         let usage = tenants.entry(tenant).or_default();
         let owner = owners.entry(quota_owner(tenant)).or_default();
@@ -411,7 +505,7 @@ impl Store {
             TableEntry::Occupied(mut occupied) => {
                 let entry = occupied.get_mut();
                 let live = !entry.is_expired(now_ms);
-                let current_version = if live { entry.version } else { 0 };
+                let current_version = if live { entry.version() } else { 0 };
                 if !condition_holds(options.condition, live.then_some(current_version)) {
                     return Ok(WriteOutcome {
                         applied: false,
@@ -420,12 +514,12 @@ impl Store {
                 }
                 let old_bytes = entry.charged_bytes();
                 let owner_bytes_after = owner.bytes - old_bytes + new_bytes;
-                if let Some(max_bytes) = owner.quota.max_bytes {
+                if let Some(max_bytes) = owner.quota.max_bytes.filter(|_| !restoring) {
                     if new_bytes > old_bytes && owner_bytes_after > max_bytes {
                         return Err(StoreError::ByteQuotaExceeded { tenant, max_bytes });
                     }
                 }
-                let old_expires_at_ms = entry.expires_at_ms;
+                let old_expires_at_ms = entry.expires_at_ms();
                 let new_expires_at_ms = match options.expiry {
                     Expiry::Never => NO_EXPIRY,
                     Expiry::AtMs(at) => at,
@@ -434,15 +528,7 @@ impl Store {
                     Expiry::Keep => NO_EXPIRY,
                 };
                 let version = next_version(last_version, given_version);
-                if entry.value().len() == value.len() {
-                    // Same size: overwrite in place, no allocation.
-                    let key_len = entry.key_len as usize;
-                    entry.key_and_value[key_len..].copy_from_slice(value);
-                } else {
-                    entry.key_and_value = Entry::new(key, value, 0, 0).key_and_value;
-                }
-                entry.expires_at_ms = new_expires_at_ms;
-                entry.version = version;
+                entry.rewrite(value, new_expires_at_ms, version);
                 usage.bytes = usage.bytes - old_bytes + new_bytes;
                 owner.bytes = owner_bytes_after;
                 (old_expires_at_ms, new_expires_at_ms, version)
@@ -454,12 +540,12 @@ impl Store {
                         version: 0,
                     });
                 }
-                if let Some(max_keys) = owner.quota.max_keys {
+                if let Some(max_keys) = owner.quota.max_keys.filter(|_| !restoring) {
                     if owner.keys >= max_keys {
                         return Err(StoreError::KeyQuotaExceeded { tenant, max_keys });
                     }
                 }
-                if let Some(max_bytes) = owner.quota.max_bytes {
+                if let Some(max_bytes) = owner.quota.max_bytes.filter(|_| !restoring) {
                     if owner.bytes + new_bytes > max_bytes {
                         return Err(StoreError::ByteQuotaExceeded { tenant, max_bytes });
                     }
@@ -530,7 +616,8 @@ impl Store {
         if new_expires_at_ms <= now_ms {
             return self.delete(tenant, slot, key, now_ms);
         }
-        let old_expires_at_ms = std::mem::replace(&mut entry.expires_at_ms, new_expires_at_ms);
+        let old_expires_at_ms = entry.expires_at_ms();
+        entry.set_expiry(new_expires_at_ms);
         match (
             old_expires_at_ms == NO_EXPIRY,
             new_expires_at_ms == NO_EXPIRY,
@@ -561,10 +648,7 @@ impl Store {
                 return true;
             }
             removed += table.len() as u64;
-            removed_with_expiry += table
-                .iter()
-                .filter(|e| e.expires_at_ms != NO_EXPIRY)
-                .count();
+            removed_with_expiry += table.iter().filter(|e| e.has_expiry()).count();
             false
         });
         self.keys_with_expiry -= removed_with_expiry;
@@ -623,9 +707,6 @@ impl Store {
             (1..=MAX_VERSION).contains(&version),
             "restored version {version} out of range"
         );
-        let owner = quota_owner(tenant);
-        let quota = self.owner_usage(owner).quota;
-        self.set_quota(owner, Quota::default());
         let expiry = expires_at_ms.map_or(Expiry::Never, Expiry::AtMs);
         let options = SetOptions {
             condition: WriteCondition::Always,
@@ -637,8 +718,7 @@ impl Store {
         // by fuzzing: taking a version from the counter first overflowed it
         // when a restored version sat at the top of the range).
         self.write(tenant, slot, key, value, options, 0, Some(version))
-            .expect("no quota while restoring");
-        self.set_quota(owner, quota);
+            .expect("a restore is never refused for quota");
     }
 
     /// Moves the version counter up to at least `version` (from a snapshot's
@@ -683,7 +763,7 @@ impl Store {
             let Reverse(item) = self.expiry_queue.pop().expect("peeked");
             let hash = self.hasher.hash_one(&item.key);
             let due = |entry: &Entry| {
-                entry.key() == &*item.key && entry.expires_at_ms == item.expires_at_ms
+                entry.key() == &*item.key && entry.expires_at_ms() == item.expires_at_ms
             };
             if self
                 .remove_entry(item.tenant, item.slot, hash, due)
@@ -711,7 +791,7 @@ impl Store {
             tables
                 .get(&(item.tenant, item.slot))
                 .and_then(|table| table.find(hash, |entry| entry.key() == &*item.key))
-                .is_some_and(|entry| entry.expires_at_ms == item.expires_at_ms)
+                .is_some_and(|entry| entry.expires_at_ms() == item.expires_at_ms)
         });
     }
 
@@ -741,7 +821,7 @@ impl Store {
         assert!(owner.keys >= 1 && owner.bytes >= entry.charged_bytes());
         owner.keys -= 1;
         owner.bytes -= entry.charged_bytes();
-        if entry.expires_at_ms != NO_EXPIRY {
+        if entry.has_expiry() {
             self.keys_with_expiry -= 1;
         }
         Some(entry)
@@ -793,6 +873,72 @@ mod tests {
         assert_eq!(store.last_version(), MAX_VERSION, "the counter only rises");
         store.restore(1, 4, b"k", b"v", 7, None);
         assert_eq!(store.last_version(), MAX_VERSION);
+    }
+
+    /// The compact entry (see `Entry`): a table slot is one fat pointer, and
+    /// every change of value size or of having an expiry keeps key, value,
+    /// version, expiry and the charged bytes exact.
+    #[test]
+    fn entries_keep_their_fields_through_every_change_of_layout() {
+        assert_eq!(
+            std::mem::size_of::<Entry>(),
+            16,
+            "a table slot is a Box<[u8]>"
+        );
+        let mut entry = Entry::new(b"key", b"value", NO_EXPIRY, 7);
+        assert_eq!(entry.bytes.len(), 12 + 3 + 5);
+        let check = |entry: &Entry, value: &[u8], expires: u64, version: u64| {
+            assert_eq!(entry.key(), b"key");
+            assert_eq!(entry.value(), value);
+            assert_eq!(entry.expires_at_ms(), expires);
+            assert_eq!(entry.has_expiry(), expires != NO_EXPIRY);
+            assert_eq!(entry.version(), version);
+            assert_eq!(entry.charged_bytes(), 3 + value.len() as u64);
+        };
+        check(&entry, b"value", NO_EXPIRY, 7);
+        entry.rewrite(b"VALUE", NO_EXPIRY, 8); // in place
+        check(&entry, b"VALUE", NO_EXPIRY, 8);
+        entry.rewrite(b"VALUE", 1_000, 9); // gains an expiry
+        assert_eq!(entry.bytes.len(), 20 + 3 + 5);
+        check(&entry, b"VALUE", 1_000, 9);
+        entry.set_expiry(2_000); // in place
+        check(&entry, b"VALUE", 2_000, 9);
+        entry.rewrite(b"", 2_000, 10); // empty value
+        check(&entry, b"", 2_000, 10);
+        entry.set_expiry(NO_EXPIRY); // loses it
+        check(&entry, b"", NO_EXPIRY, 10);
+        entry.rewrite(&[b'x'; 300], NO_EXPIRY, 11);
+        check(&entry, &[b'x'; 300], NO_EXPIRY, 11);
+        let empty_key = Entry::new(b"", b"v", 5, MAX_VERSION);
+        assert_eq!(
+            (
+                empty_key.key(),
+                empty_key.value(),
+                empty_key.expires_at_ms()
+            ),
+            (&b""[..], &b"v"[..], 5)
+        );
+        assert_eq!(empty_key.version(), MAX_VERSION);
+    }
+
+    /// A restore puts back what was once accepted, whatever the quota says
+    /// now, and leaves the quota as it was for later writes.
+    #[test]
+    fn restores_ignore_the_quota_and_keep_it() {
+        let mut store = Store::new();
+        let quota = Quota {
+            max_keys: Some(1),
+            max_bytes: Some(10),
+        };
+        store.set_quota(T, quota);
+        store.restore(T, 0, b"a", b"0123456789", 1, None);
+        store.restore(T, 1, b"b", b"0123456789", 2, Some(5));
+        store.restore(T, 1, b"b", b"01234567890123456789", 3, None);
+        assert_eq!(store.owner_usage(T).keys, 2);
+        assert_eq!(store.owner_usage(T).bytes, 11 + 21);
+        assert_eq!(store.owner_usage(T).quota, quota);
+        let refused = store.set(T, 2, b"c", b"v", SetOptions::default(), 0);
+        assert!(matches!(refused, Err(StoreError::KeyQuotaExceeded { .. })));
     }
 
     #[test]

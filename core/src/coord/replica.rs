@@ -198,8 +198,9 @@ impl Applier for ShardApplier {
         let context = &self.context;
         let registry = context.tenants.get();
         let mut store = tinkerdb_storage::Store::new();
+        let mut tenants = crate::shard::recovery::ReplayTenants::new(&registry);
         let info = snapshot::load(data_file, |op| match op {
-            LoggedOp::Put { .. } => crate::shard::recovery::apply(&mut store, &registry, op),
+            LoggedOp::Put { .. } => crate::shard::recovery::apply(&mut store, &mut tenants, op),
             other => Err(format!("a snapshot holds only puts, not {other:?}")),
         })
         .map_err(|error| error.to_string())?;

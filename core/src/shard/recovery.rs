@@ -11,7 +11,7 @@ use std::path::Path;
 use anyhow::Context;
 use tinkerdb_storage::log_op::{LoggedOp, RECORD_KIND_KV};
 use tinkerdb_storage::wal::{self, DurabilityMode, Recovered};
-use tinkerdb_storage::{snapshot, Store};
+use tinkerdb_storage::{snapshot, Store, TenantId};
 
 use crate::tenants::TenantRegistry;
 
@@ -40,11 +40,60 @@ impl RecoveredCore {
     }
 }
 
+/// The tenants a replay's records name, resolved through the registry and
+/// remembered one at a time: a log's records mostly name the same tenant,
+/// and resolving a name costs a hash of it and a copy of the tenant (about
+/// 3% of a restart's CPU before this cache).
+pub(crate) struct ReplayTenants<'a> {
+    registry: &'a TenantRegistry,
+    /// The last name resolved, and its keyspace (`None`: a deleted tenant).
+    last: Option<(Box<str>, Option<TenantId>)>,
+}
+
+impl<'a> ReplayTenants<'a> {
+    pub(crate) fn new(registry: &'a TenantRegistry) -> ReplayTenants<'a> {
+        ReplayTenants {
+            registry,
+            last: None,
+        }
+    }
+
+    /// The keyspace `name` names (`None`: a deleted tenant, whose records
+    /// are void), or why the record cannot be replayed.
+    fn resolve(&mut self, name: &str) -> Result<Option<TenantId>, String> {
+        if let Some((last, id)) = &self.last {
+            if **last == *name {
+                return Ok(*id);
+            }
+        }
+        let tenants = self.registry;
+        let id = match tenants.by_name(name) {
+            Some(tenant) => Some(tenant.id),
+            // A deleted tenant's records are void (its keys were flushed
+            // before it was deleted; the flush may lie in a later segment).
+            None if tenants.is_deleted(name) => None,
+            None => {
+                return Err(match name.rsplit_once('/') {
+                    Some((tenant, database)) => format!(
+                        "it names database {database} of tenant {tenant:?}, which the configuration no longer defines (its tenants and their `databases` count, {})",
+                        tenants.databases()
+                    ),
+                    None => {
+                        format!("it names tenant {name:?}, which the configuration no longer defines")
+                    }
+                })
+            }
+        };
+        self.last = Some((name.into(), id));
+        Ok(id)
+    }
+}
+
 /// Applies one logged operation to `store` (also how a Raft snapshot's
 /// entries are loaded, `coord::replica::ShardApplier::restore`).
 pub(crate) fn apply(
     store: &mut Store,
-    tenants: &TenantRegistry,
+    tenants: &mut ReplayTenants<'_>,
     op: LoggedOp<'_>,
 ) -> Result<(), String> {
     let name = match &op {
@@ -53,22 +102,8 @@ pub(crate) fn apply(
         | LoggedOp::Expire { tenant, .. }
         | LoggedOp::Flush { tenant } => *tenant,
     };
-    let tenant = match tenants.by_name(name) {
-        Some(tenant) => tenant.id,
-        // A deleted tenant's records are void (its keys were flushed
-        // before it was deleted; the flush may lie in a later segment).
-        None if tenants.is_deleted(name) => return Ok(()),
-        None => {
-            return Err(match name.rsplit_once('/') {
-                Some((tenant, database)) => format!(
-                    "it names database {database} of tenant {tenant:?}, which the configuration no longer defines (its tenants and their `databases` count, {})",
-                    tenants.databases()
-                ),
-                None => {
-                    format!("it names tenant {name:?}, which the configuration no longer defines")
-                }
-            })
-        }
+    let Some(tenant) = tenants.resolve(name)? else {
+        return Ok(());
     };
     match op {
         LoggedOp::Put {
@@ -120,9 +155,10 @@ pub fn recover_core(
     for dir in [core_dir, core_dir.parent().unwrap_or(core_dir)] {
         wal::sync_dir(dir).with_context(|| format!("cannot fsync {}", dir.display()))?;
     }
+    let mut tenants = ReplayTenants::new(tenants);
     let (snapshot_cut, snapshot_entries) = match snapshot::newest(core_dir)? {
         Some((_, path)) => {
-            let info = snapshot::load(&path, |op| apply(&mut store, tenants, op))?;
+            let info = snapshot::load(&path, |op| apply(&mut store, &mut tenants, op))?;
             store.raise_last_version(info.last_version);
             (info.cut_index, info.entries)
         }
@@ -143,7 +179,7 @@ pub fn recover_core(
         let mut at = 0;
         while at < record.payload.len() {
             let (op, used) = LoggedOp::decode(&record.payload[at..]).map_err(|e| e.to_string())?;
-            apply(&mut store, tenants, op)?;
+            apply(&mut store, &mut tenants, op)?;
             at += used;
         }
         Ok(())
