@@ -1,8 +1,14 @@
 //! A connection's pipeline on its way to the shards: [`Pipeline`] takes
-//! each one-shard request (from any front end), runs it inline or gathers
-//! it into its destination shard's batch ([`RemoteBatches`]: one message
-//! per shard per pipeline), waits once for the durability of the local
-//! writes, and hands the replies back in request order.
+//! each one-shard request (from any front end) and gathers it into its
+//! destination range's batch ([`RangeBatches`]: one message per range per
+//! pipeline for ranges on other cores, one inline run for this core's),
+//! waits once for the durability of the local writes, and hands the
+//! replies back in request order.
+//!
+//! This core's requests are gathered too, not run as they are read: a
+//! batch warms its keys' memory before it runs (`Store::warm`), so the
+//! cache misses of a pipeline's lookups overlap instead of queueing one
+//! behind another (docs/PERFORMANCE.md).
 
 use crate::coord::context::CoreContext;
 use crate::coord::dispatch::Dispatched;
@@ -12,15 +18,16 @@ use crate::error::ProtocolError;
 use crate::shard::{ShardReply, ShardRequest};
 use crate::slots::RangeId;
 
-/// Single-key requests for other ranges, gathered while a pipeline is read
-/// and sent as one `ShardRequest::Batch` message per range: one cross-core
-/// hop per range per pipeline instead of one per request.
+/// Single-key requests gathered per range while a pipeline is read, each
+/// range's run as one `ShardRequest::Batch`: inline for a range this core
+/// runs, otherwise one message (one cross-core hop per range per pipeline
+/// instead of one per request).
 ///
-/// Order: a batch is sent (`flush`) before any multi-key request starts and
-/// at the end of the pipeline, so requests still reach each range in the
-/// order the client sent them.
+/// Order: the batches are run or sent (`flush`) before any multi-key
+/// request starts and at the end of the pipeline, so requests still reach
+/// each range in the order the client sent them.
 #[derive(Default)]
-struct RemoteBatches {
+struct RangeBatches {
     /// Requests gathered per range, not yet sent (index = range).
     gathering: Vec<(Vec<ShardRequest>, Option<usize>)>,
     /// Batches sent: the reply to await, then the replies once received.
@@ -30,6 +37,9 @@ struct RemoteBatches {
 enum SentBatch {
     InFlight(Dispatched),
     Answered(Vec<Option<ShardReply>>),
+    /// Run inline on this core: its writes' replies wait for the WAL
+    /// index the pipeline settles on (`Pipeline::settle`).
+    RanHere(Vec<Option<ShardReply>>),
     Failed(ProtocolError),
 }
 
@@ -45,7 +55,7 @@ impl SentBatch {
     }
 }
 
-impl RemoteBatches {
+impl RangeBatches {
     /// Queues `request` for `range`; returns (batch id, index in it).
     fn push(&mut self, ranges: usize, range: RangeId, request: ShardRequest) -> (usize, usize) {
         if self.gathering.is_empty() {
@@ -60,18 +70,41 @@ impl RemoteBatches {
         (batch, requests.len() - 1)
     }
 
-    /// Sends every gathered batch.
-    async fn flush(&mut self, context: &CoreContext) {
+    /// Runs every gathered batch of a range this core runs and sends the
+    /// others. Returns the WAL index the inline writes must be durable at
+    /// before their replies go out.
+    async fn flush(&mut self, context: &CoreContext) -> Option<u64> {
+        let mut durable_at = None;
         for (range, (requests, batch_id)) in self.gathering.iter_mut().enumerate() {
             let Some(batch) = batch_id.take() else {
                 continue;
             };
             let requests = std::mem::take(requests);
+            // Asked again here, not when gathered: a front end may have
+            // awaited since (a standalone node's ranges never move, but
+            // this costs one comparison).
+            if context.runs_inline(range) {
+                let (reply, ack_point) = match <[ShardRequest; 1]>::try_from(requests) {
+                    // One request: no batch to warm, nothing to wrap.
+                    Ok([request]) => {
+                        let (reply, ack_point) = context.execute_here(range, request);
+                        (ShardReply::Batch(vec![reply]), ack_point)
+                    }
+                    Err(requests) => context.execute_here(range, ShardRequest::Batch(requests)),
+                };
+                durable_at = durable_at.max(ack_point);
+                self.sent[batch] = match SentBatch::of_reply(Ok(reply)) {
+                    SentBatch::Answered(replies) => SentBatch::RanHere(replies),
+                    other => other,
+                };
+                continue;
+            }
             self.sent[batch] = match context.dispatch(range, ShardRequest::Batch(requests)).await {
                 Ok(dispatched) => SentBatch::InFlight(dispatched),
                 Err(error) => SentBatch::Failed(error),
             };
         }
+        durable_at
     }
 
     /// Sends every gathered batch and, in cluster mode, waits for their
@@ -79,10 +112,10 @@ impl RemoteBatches {
     /// must not overtake them. A standalone node keeps the order without
     /// waiting: its cross-core channels are FIFO and its own core runs
     /// inline, while in cluster mode each batch is a task of its own.
-    async fn flush_ordered(&mut self, context: &CoreContext) {
-        self.flush(context).await;
+    async fn flush_ordered(&mut self, context: &CoreContext) -> Option<u64> {
+        let durable_at = self.flush(context).await;
         if context.dispatch_keeps_order() {
-            return;
+            return durable_at;
         }
         for slot in &mut self.sent {
             if let SentBatch::InFlight(_) = slot {
@@ -94,10 +127,16 @@ impl RemoteBatches {
                 *slot = SentBatch::of_reply(dispatched.reply().await);
             }
         }
+        durable_at
     }
 
-    /// The reply to request `index` of batch `batch`.
-    async fn take(&mut self, batch: usize, index: usize) -> Result<ShardReply, ProtocolError> {
+    /// The reply to request `index` of batch `batch`, and whether it ran
+    /// inline (a write's reply then waits for the pipeline's durability).
+    async fn take(
+        &mut self,
+        batch: usize,
+        index: usize,
+    ) -> Result<(ShardReply, bool), ProtocolError> {
         let slot = &mut self.sent[batch];
         if let SentBatch::InFlight(_) = slot {
             let SentBatch::InFlight(dispatched) =
@@ -107,11 +146,12 @@ impl RemoteBatches {
             };
             *slot = SentBatch::of_reply(dispatched.reply().await);
         }
+        let ran_here = matches!(slot, SentBatch::RanHere(_));
         match slot {
-            SentBatch::Answered(replies) => replies
+            SentBatch::Answered(replies) | SentBatch::RanHere(replies) => replies
                 .get_mut(index)
                 .and_then(Option::take)
-                .map(Ok)
+                .map(|reply| Ok((reply, ran_here)))
                 .expect("a batch answers each of its requests once"),
             SentBatch::Failed(error) => Err(error.clone()),
             SentBatch::InFlight(_) => unreachable!("awaited above"),
@@ -130,15 +170,14 @@ impl RemoteBatches {
 /// Where one request of a pipeline stands (see [`Pipeline::submit`]).
 #[derive(Debug)]
 pub enum Ticket {
-    /// Executed inline; a local write's reply waits for WAL index
-    /// `durable_at` (see [`Pipeline::settle`]).
+    /// Answered at once (refused before it was routed).
     Ready {
-        /// The shard's answer.
+        /// The answer.
         reply: ShardReply,
         /// The WAL index the answer must not be sent before.
         durable_at: Option<u64>,
     },
-    /// Gathered into a shard's batch: request `index` of batch `batch`.
+    /// Gathered into a range's batch: request `index` of batch `batch`.
     Batched {
         /// The batch.
         batch: usize,
@@ -155,8 +194,8 @@ pub enum Ticket {
 /// order with [`Self::reply`].
 #[derive(Default)]
 pub struct Pipeline {
-    batches: RemoteBatches,
-    /// The highest WAL index of the inline writes submitted.
+    batches: RangeBatches,
+    /// The highest WAL index of the inline writes run.
     durable_at: Option<u64>,
     /// What waiting for `durable_at` gave (after `settle`).
     durable: Option<Result<(), ProtocolError>>,
@@ -164,9 +203,10 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Routes `request` (all its keys on the shard of `slot`) as `session`
-    /// reads: inline when this core runs that shard's requests itself,
-    /// otherwise into the shard's batch. A request the session's user may
-    /// not run (`Session::may_run`) is answered at once, never routed.
+    /// reads into its range's batch, which runs inline (if this core runs
+    /// the range) or is sent at the next [`Self::send`] or
+    /// [`Self::settle`]. A request the session's user may not run
+    /// (`Session::may_run`) is answered at once, never routed.
     pub fn submit(
         &mut self,
         context: &CoreContext,
@@ -182,11 +222,6 @@ impl Pipeline {
         }
         let request = session.reading(request);
         let owner = context.slot_map.owner(slot);
-        if context.runs_inline(owner) {
-            let (reply, durable_at) = context.execute_here(owner, request);
-            self.durable_at = self.durable_at.max(durable_at);
-            return Ticket::Ready { reply, durable_at };
-        }
         let (batch, index) = self.batches.push(context.slot_map.ranges(), owner, request);
         Ticket::Batched { batch, index }
     }
@@ -195,14 +230,15 @@ impl Pipeline {
     /// could overtake one another, waits for them: what the caller runs
     /// next (a fan-out, a flush) must come after them.
     pub async fn send(&mut self, context: &CoreContext) {
-        self.batches.flush_ordered(context).await;
+        let durable_at = self.batches.flush_ordered(context).await;
+        self.durable_at = self.durable_at.max(durable_at);
     }
 
     /// The pipeline is read: sends what is gathered and waits until the
     /// inline writes are durable (one wait for them all: group commit).
     pub async fn settle(&mut self, context: &CoreContext) {
-        self.batches.flush(context).await;
-        let durable_at = self.durable_at.take();
+        let ran_here = self.batches.flush(context).await;
+        let durable_at = self.durable_at.take().max(ran_here);
         let waited = match durable_at.is_some() && crate::telemetry::in_trace() {
             true => {
                 use tracing::Instrument;
@@ -216,20 +252,18 @@ impl Pipeline {
     }
 
     /// The reply of `ticket`, once [`Self::settle`]d: a batched request's
-    /// from its shard, an inline write's only if it became durable.
+    /// from its shard; an inline write's only if it became durable.
     pub async fn reply(&mut self, ticket: Ticket) -> Result<ShardReply, ProtocolError> {
-        match ticket {
-            Ticket::Ready {
-                reply,
-                durable_at: None,
-            } => Ok(reply),
-            Ticket::Ready { reply, .. } => {
-                match self.durable.as_ref().expect("settled before replies") {
-                    Ok(()) => Ok(reply),
-                    Err(error) => Err(error.clone()),
-                }
-            }
-            Ticket::Batched { batch, index } => self.batches.take(batch, index).await,
+        let (reply, waits_for_durability) = match ticket {
+            Ticket::Ready { reply, durable_at } => (reply, durable_at.is_some()),
+            Ticket::Batched { batch, index } => self.batches.take(batch, index).await?,
+        };
+        if !waits_for_durability {
+            return Ok(reply);
+        }
+        match self.durable.as_ref().expect("settled before replies") {
+            Ok(()) => Ok(reply),
+            Err(error) => Err(error.clone()),
         }
     }
 

@@ -135,7 +135,7 @@ impl CoreContext {
     /// for other cores meanwhile, as it would to a remote core. Requests
     /// dispatched so are not ordered among themselves: a caller that needs
     /// order waits for one before dispatching the next (see
-    /// `RemoteBatches::flush_ordered`).
+    /// `RangeBatches::flush_ordered`).
     pub async fn dispatch(
         &self,
         range: RangeId,

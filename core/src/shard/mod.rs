@@ -609,6 +609,18 @@ impl ShardRequest {
         }
     }
 
+    /// The one key a single-key request reads or writes: (keyspace, slot,
+    /// key). What a batch warms before it runs (`Store::warm`).
+    pub fn single_key(&self) -> Option<(TenantId, Slot, &[u8])> {
+        match self {
+            ShardRequest::Get { tenant, key }
+            | ShardRequest::Set { tenant, key, .. }
+            | ShardRequest::Update { tenant, key, .. } => Some((*tenant, key.slot, &key.key[..])),
+            ShardRequest::Stale(request) => request.single_key(),
+            _ => None,
+        }
+    }
+
     /// The tenant a write (other than a flush) changes.
     fn written_tenant(&self) -> Option<TenantId> {
         match self {
@@ -977,18 +989,23 @@ impl Shard {
                 ShardReply::Count(removed)
             }
             ShardRequest::Stale(read) => self.execute(*read, now_ms),
-            ShardRequest::Batch(requests) => ShardReply::Batch(
-                requests
-                    .into_iter()
-                    .map(|request| {
-                        assert!(
-                            !matches!(request, ShardRequest::Batch(_)),
-                            "batches do not nest"
-                        );
-                        self.execute(request, now_ms)
-                    })
-                    .collect(),
-            ),
+            ShardRequest::Batch(requests) => {
+                if requests.len() > 1 {
+                    store.warm(requests.iter().filter_map(ShardRequest::single_key));
+                }
+                ShardReply::Batch(
+                    requests
+                        .into_iter()
+                        .map(|request| {
+                            assert!(
+                                !matches!(request, ShardRequest::Batch(_)),
+                                "batches do not nest"
+                            );
+                            self.execute(request, now_ms)
+                        })
+                        .collect(),
+                )
+            }
             ShardRequest::SetQuota { tenant, quota } => {
                 store.set_quota(tenant, quota);
                 ShardReply::Done
