@@ -9,8 +9,8 @@
 //! and, later, moving a slot to another shard by handing over its tables.
 //!
 //! Each entry is one heap allocation holding a 12-byte header (20 with an
-//! expiry), the key and the value,
-//! plus 16 bytes in the table (see `docs/ARCHITECTURE.md`, "Memory per key").
+//! expiry), the key and the value, plus 16 bytes in the table (see
+//! `docs/ARCHITECTURE.md`, "Memory per key").
 //!
 //! # Expiry
 //! An entry whose `expires_at_ms` has passed is invisible at once to every
@@ -447,7 +447,7 @@ impl Store {
     /// waits on three or four dependent cache misses; this loop has no
     /// other work between lookups, so the CPU runs several lookups' misses
     /// at once, where executing a request between lookups would leave them
-    /// one after another (see docs/PERFORMANCE.md, "Memory per key").
+    /// one after another (docs/thread-per-core.md, section 6.3).
     pub fn warm<'k>(&self, keys: impl IntoIterator<Item = (TenantId, Slot, &'k [u8])>) {
         for (tenant, slot, key) in keys {
             let found = self
@@ -979,13 +979,16 @@ mod tests {
                 .set(T, (n % 7) as Slot, &key, b"v", options, 0)
                 .unwrap();
         }
-        let before: Vec<_> = (0..100u32)
-            .map(|n| {
-                store
-                    .get(T, (n % 7) as Slot, &n.to_le_bytes(), 0)
-                    .map(|v| v.version)
-            })
-            .collect();
+        let versions = |store: &Store| -> Vec<Option<u64>> {
+            (0..100u32)
+                .map(|n| {
+                    store
+                        .get(T, (n % 7) as Slot, &n.to_le_bytes(), 0)
+                        .map(|v| v.version)
+                })
+                .collect()
+        };
+        let before = versions(&store);
         let keys: Vec<[u8; 4]> = (0..200u32).map(u32::to_le_bytes).collect();
         store.warm(
             keys.iter()
@@ -993,14 +996,7 @@ mod tests {
                 .map(|(n, key)| (T, (n % 9) as Slot, &key[..])),
         );
         store.warm([(T + 1, 3, &b"nothing"[..])]);
-        let after: Vec<_> = (0..100u32)
-            .map(|n| {
-                store
-                    .get(T, (n % 7) as Slot, &n.to_le_bytes(), 0)
-                    .map(|v| v.version)
-            })
-            .collect();
-        assert_eq!(before, after);
+        assert_eq!(before, versions(&store));
         assert_eq!(store.key_count(), 100);
         assert_eq!(store.tenant_usage(T).bytes, 100 * 5);
     }

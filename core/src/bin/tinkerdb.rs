@@ -27,7 +27,7 @@ const MI_DEFAULT_PURGE_DELAY_MS: std::os::raw::c_long = 1000;
 /// thread, so a core that goes quiet after a burst (a bulk load, a flood of
 /// connections whose buffers were freed) kept the burst's freed pages
 /// resident for as long as it stayed quiet: about 8% of the RSS of 100k
-/// keys (docs/PERFORMANCE.md, "Memory per key"). Throughput with and
+/// keys (docs/PERFORMANCE.md, "Issue 18"). Throughput with and
 /// without is within noise (measured there). If the option is not where
 /// this build expects it (another mimalloc), nothing is changed.
 #[allow(unsafe_code)]
