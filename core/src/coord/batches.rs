@@ -32,6 +32,9 @@ struct RangeBatches {
     gathering: Vec<(Vec<ShardRequest>, Option<usize>)>,
     /// Batches sent: the reply to await, then the replies once received.
     sent: Vec<SentBatch>,
+    /// The highest WAL index of the writes run inline: their replies wait
+    /// until it is durable (`Pipeline::settle`).
+    ran_here_durable_at: Option<u64>,
 }
 
 enum SentBatch {
@@ -70,41 +73,31 @@ impl RangeBatches {
         (batch, requests.len() - 1)
     }
 
-    /// Runs every gathered batch of a range this core runs and sends the
-    /// others. Returns the WAL index the inline writes must be durable at
-    /// before their replies go out.
-    async fn flush(&mut self, context: &CoreContext) -> Option<u64> {
-        let mut durable_at = None;
+    /// Runs every gathered batch of a range this core runs (raising
+    /// `ran_here_durable_at` to its writes' WAL index) and sends the others.
+    async fn flush(&mut self, context: &CoreContext) {
         for (range, (requests, batch_id)) in self.gathering.iter_mut().enumerate() {
             let Some(batch) = batch_id.take() else {
                 continue;
             };
-            let requests = std::mem::take(requests);
+            let requests = ShardRequest::Batch(std::mem::take(requests));
             // Asked again here, not when gathered: a front end may have
             // awaited since (a standalone node's ranges never move, but
             // this costs one comparison).
             if context.runs_inline(range) {
-                let (reply, ack_point) = match <[ShardRequest; 1]>::try_from(requests) {
-                    // One request: no batch to warm, nothing to wrap.
-                    Ok([request]) => {
-                        let (reply, ack_point) = context.execute_here(range, request);
-                        (ShardReply::Batch(vec![reply]), ack_point)
-                    }
-                    Err(requests) => context.execute_here(range, ShardRequest::Batch(requests)),
-                };
-                durable_at = durable_at.max(ack_point);
+                let (reply, ack_point) = context.execute_here(range, requests);
+                self.ran_here_durable_at = self.ran_here_durable_at.max(ack_point);
                 self.sent[batch] = match SentBatch::of_reply(Ok(reply)) {
                     SentBatch::Answered(replies) => SentBatch::RanHere(replies),
                     other => other,
                 };
                 continue;
             }
-            self.sent[batch] = match context.dispatch(range, ShardRequest::Batch(requests)).await {
+            self.sent[batch] = match context.dispatch(range, requests).await {
                 Ok(dispatched) => SentBatch::InFlight(dispatched),
                 Err(error) => SentBatch::Failed(error),
             };
         }
-        durable_at
     }
 
     /// Sends every gathered batch and, in cluster mode, waits for their
@@ -112,10 +105,10 @@ impl RangeBatches {
     /// must not overtake them. A standalone node keeps the order without
     /// waiting: its cross-core channels are FIFO and its own core runs
     /// inline, while in cluster mode each batch is a task of its own.
-    async fn flush_ordered(&mut self, context: &CoreContext) -> Option<u64> {
-        let durable_at = self.flush(context).await;
+    async fn flush_ordered(&mut self, context: &CoreContext) {
+        self.flush(context).await;
         if context.dispatch_keeps_order() {
-            return durable_at;
+            return;
         }
         for slot in &mut self.sent {
             if let SentBatch::InFlight(_) = slot {
@@ -127,7 +120,6 @@ impl RangeBatches {
                 *slot = SentBatch::of_reply(dispatched.reply().await);
             }
         }
-        durable_at
     }
 
     /// The reply to request `index` of batch `batch`, and whether it ran
@@ -163,6 +155,10 @@ impl RangeBatches {
             .gathering
             .iter()
             .all(|(requests, batch)| requests.is_empty() && batch.is_none()));
+        assert!(
+            self.ran_here_durable_at.is_none(),
+            "a pipeline settled before it is cleared"
+        );
         self.sent.clear();
     }
 }
@@ -171,12 +167,7 @@ impl RangeBatches {
 #[derive(Debug)]
 pub enum Ticket {
     /// Answered at once (refused before it was routed).
-    Ready {
-        /// The answer.
-        reply: ShardReply,
-        /// The WAL index the answer must not be sent before.
-        durable_at: Option<u64>,
-    },
+    Ready(ShardReply),
     /// Gathered into a range's batch: request `index` of batch `batch`.
     Batched {
         /// The batch.
@@ -195,9 +186,8 @@ pub enum Ticket {
 #[derive(Default)]
 pub struct Pipeline {
     batches: RangeBatches,
-    /// The highest WAL index of the inline writes run.
-    durable_at: Option<u64>,
-    /// What waiting for `durable_at` gave (after `settle`).
+    /// What waiting for the inline writes' durability gave (after
+    /// `settle`).
     durable: Option<Result<(), ProtocolError>>,
 }
 
@@ -215,10 +205,7 @@ impl Pipeline {
         request: ShardRequest,
     ) -> Ticket {
         if let Err(refused) = session.may_run(&request) {
-            return Ticket::Ready {
-                reply: ShardReply::Error(refused),
-                durable_at: None,
-            };
+            return Ticket::Ready(ShardReply::Error(refused));
         }
         let request = session.reading(request);
         let owner = context.slot_map.owner(slot);
@@ -230,15 +217,14 @@ impl Pipeline {
     /// could overtake one another, waits for them: what the caller runs
     /// next (a fan-out, a flush) must come after them.
     pub async fn send(&mut self, context: &CoreContext) {
-        let durable_at = self.batches.flush_ordered(context).await;
-        self.durable_at = self.durable_at.max(durable_at);
+        self.batches.flush_ordered(context).await;
     }
 
     /// The pipeline is read: sends what is gathered and waits until the
     /// inline writes are durable (one wait for them all: group commit).
     pub async fn settle(&mut self, context: &CoreContext) {
-        let ran_here = self.batches.flush(context).await;
-        let durable_at = self.durable_at.take().max(ran_here);
+        self.batches.flush(context).await;
+        let durable_at = self.batches.ran_here_durable_at.take();
         let waited = match durable_at.is_some() && crate::telemetry::in_trace() {
             true => {
                 use tracing::Instrument;
@@ -255,7 +241,7 @@ impl Pipeline {
     /// from its shard; an inline write's only if it became durable.
     pub async fn reply(&mut self, ticket: Ticket) -> Result<ShardReply, ProtocolError> {
         let (reply, waits_for_durability) = match ticket {
-            Ticket::Ready { reply, durable_at } => (reply, durable_at.is_some()),
+            Ticket::Ready(reply) => (reply, false),
             Ticket::Batched { batch, index } => self.batches.take(batch, index).await?,
         };
         if !waits_for_durability {
@@ -271,9 +257,5 @@ impl Pipeline {
     pub fn clear(&mut self) {
         self.batches.clear();
         self.durable = None;
-        assert!(
-            self.durable_at.is_none(),
-            "a pipeline settled before it is cleared"
-        );
     }
 }
