@@ -59,6 +59,23 @@ pub const ACTIVE_EXPIRY_INTERVAL: Duration = Duration::from_millis(100);
 /// Most expiry-queue items one core looks at per tick (bounds the pause).
 pub const ACTIVE_EXPIRY_MAX_ITEMS_PER_TICK: usize = 10_000;
 
+/// How often each core calls the hook of [`release_freed_memory_with`].
+pub const FREED_MEMORY_RELEASE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The hook each core calls every [`FREED_MEMORY_RELEASE_INTERVAL`].
+static FREED_MEMORY_RELEASE: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Has every core call `release` on its own thread every
+/// [`FREED_MEMORY_RELEASE_INTERVAL`], so that memory a core freed goes
+/// back to the kernel even while the core is quiet. The allocator is the
+/// binary's choice (`tinkerdb` uses mimalloc, which otherwise purges only
+/// from inside a later allocation of the same thread), so the binary
+/// provides the hook; without one, cores do nothing of the kind. The first
+/// hook set stays.
+pub fn release_freed_memory_with(release: fn()) {
+    let _ = FREED_MEMORY_RELEASE.set(release);
+}
+
 /// What a started node tells its caller.
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
@@ -771,6 +788,9 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
         glommio::spawn_local(serve_peer(context.clone(), inbound)).detach();
     }
     glommio::spawn_local(active_expiry(context.clone())).detach();
+    if let Some(&release) = FREED_MEMORY_RELEASE.get() {
+        glommio::spawn_local(release_freed_memory_periodically(release)).detach();
+    }
     if let Some(inbox) = setup.admin_inbox {
         glommio::spawn_local(serve_admin(context.clone(), inbox)).detach();
     }
@@ -990,6 +1010,15 @@ async fn active_expiry(context: Rc<CoreContext>) {
                 .store_mut()
                 .expire_due(now, ACTIVE_EXPIRY_MAX_ITEMS_PER_TICK);
         }
+    }
+}
+
+/// Calls `release` every [`FREED_MEMORY_RELEASE_INTERVAL`], forever (the
+/// core's executor ends with the node).
+async fn release_freed_memory_periodically(release: fn()) {
+    loop {
+        glommio::timer::sleep(FREED_MEMORY_RELEASE_INTERVAL).await;
+        release();
     }
 }
 

@@ -12,34 +12,23 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc's `mi_option_purge_delay` (`mimalloc.h` of mimalloc v3, the
-/// version libmimalloc-sys builds: the option before
-/// `mi_option_use_numa_nodes`, which libmimalloc-sys names).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t =
-    libmimalloc_sys::mi_option_use_numa_nodes - 1;
-
-/// mimalloc v3's default purge delay, milliseconds (`options.c`): read
-/// back to check that [`MI_OPTION_PURGE_DELAY`] names the option it should.
-const MI_DEFAULT_PURGE_DELAY_MS: std::os::raw::c_long = 1000;
-
-/// Gives freed pages back to the kernel at once instead of a second later.
-/// mimalloc purges only from inside a later `malloc` or `free` of the same
-/// thread, so a core that goes quiet after a burst (a bulk load, a flood of
+/// Hands this thread's freed pages back to the kernel: mimalloc's
+/// `mi_collect(false)` frees the thread's empty pages and purges the
+/// freed memory whose purge delay (1 s by default) has passed.
+///
+/// Why a core calls it (`node::release_freed_memory_with`): mimalloc
+/// purges only from inside a later `malloc` or `free` of the same thread,
+/// so a core that went quiet after a burst (a bulk load, a flood of
 /// connections whose buffers were freed) kept the burst's freed pages
 /// resident for as long as it stayed quiet: about 8% of the RSS of 100k
-/// keys (docs/PERFORMANCE.md, "Issue 18"). Throughput with and
-/// without is within noise (measured there). If the option is not where
-/// this build expects it (another mimalloc), nothing is changed.
+/// keys. Setting the purge delay to 0 instead fixed that but cost a busy
+/// node 15% of its CPU per replicated write, the pages it freed being
+/// faulted in again a moment later (docs/PERFORMANCE.md, "Issue 18").
 #[allow(unsafe_code)]
-fn purge_freed_memory_promptly() {
-    // SAFETY: mi_option_get/mi_option_set read and write one integer of
-    // mimalloc's option table; any option index in range is valid, and the
-    // value is checked before it is changed.
-    unsafe {
-        if libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) == MI_DEFAULT_PURGE_DELAY_MS {
-            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
-        }
-    }
+fn release_freed_memory() {
+    // SAFETY: mi_collect only walks the calling thread's own heap and the
+    // arenas' purge lists; it takes no pointer from the caller.
+    unsafe { libmimalloc_sys::mi_collect(false) }
 }
 
 use std::net::SocketAddr;
@@ -128,7 +117,7 @@ enum LogFormat {
 }
 
 fn main() -> anyhow::Result<()> {
-    purge_freed_memory_promptly();
+    tinkerdb_core::node::release_freed_memory_with(release_freed_memory);
     let args = Args::parse();
     if args.hash_password {
         let mut password = String::new();

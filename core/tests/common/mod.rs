@@ -47,6 +47,12 @@ impl TestNode {
         TestNode::start_in(cores, config_toml, &fresh_dir(), &[])
     }
 
+    /// The node's process id.
+    #[allow(dead_code)] // not every test binary looks at the process
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops the node with SIGKILL (a crash: nothing is flushed or closed)
     /// and returns its directory, kept for a restart.
     pub fn crash(mut self) -> PathBuf {
