@@ -609,14 +609,14 @@ fn refuse_shared_ports(config: &NodeConfig) -> anyhow::Result<()> {
 /// Fails if another process already listens on `addr`. Needed because the
 /// cores bind with `SO_REUSEPORT`: without this check a second node on the
 /// same port would start and silently share its connections with the first.
-/// The probe has `SO_REUSEADDR` (as std sets it), so the TIME_WAIT
-/// connections a crashed node left behind do not fail it (see `listener`).
+/// The probe binds without listening (`listener::probe_port_is_free`), so
+/// neither the TIME_WAIT connections a crashed node left behind nor a
+/// client connecting at that instant are affected.
 fn refuse_address_in_use(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
     if addr.port() == 0 {
         return Ok(());
     }
-    crate::net::listener::retry_while_in_use(|| std::net::TcpListener::bind(addr))
-        .map(drop)
+    crate::net::listener::retry_while_in_use(|| crate::net::listener::probe_port_is_free(addr))
         .with_context(|| format!("cannot listen for {what} on {addr}"))
 }
 

@@ -61,6 +61,24 @@ pub enum PortSharing {
     Exclusive,
 }
 
+/// Fails with `EADDRINUSE` if a socket already listens on `addr`, without
+/// ever listening itself: the socket is bound (with `SO_REUSEADDR`, so the
+/// TIME_WAIT connections of a crashed node do not count) and closed. Had
+/// it listened, as `std::net::TcpListener::bind` does, a client connecting
+/// in that instant would complete its handshake into the probe's backlog
+/// and be reset when the probe closed (seen by benchmark scripts that
+/// connect as soon as the port opens). `SO_REUSEADDR` never lets a socket
+/// bind a port another socket listens on, whatever that one's options.
+pub fn probe_port_is_free(addr: SocketAddr) -> io::Result<()> {
+    let domain = match addr {
+        SocketAddr::V4(_) => Domain::IPV4,
+        SocketAddr::V6(_) => Domain::IPV6,
+    };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&SockAddr::from(addr))
+}
+
 /// A glommio listener on `addr` bound with `SO_REUSEADDR` (and
 /// `SO_REUSEPORT` when `sharing` is [`PortSharing::AllCores`]). Must be
 /// called on a glommio executor, which the listener then belongs to.
@@ -87,4 +105,34 @@ pub fn bind(addr: SocketAddr, sharing: PortSharing) -> io::Result<TcpListener> {
     #[allow(unsafe_code)]
     let listener = unsafe { TcpListener::from_raw_fd(fd) };
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listener made as the cores make theirs (`SO_REUSEADDR` and
+    /// `SO_REUSEPORT`) on an ephemeral loopback port.
+    fn listening_with_reuse_port() -> (Socket, SocketAddr) {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+        socket.set_reuse_address(true).unwrap();
+        socket.set_reuse_port(true).unwrap();
+        socket
+            .bind(&SockAddr::from(SocketAddr::from(([127, 0, 0, 1], 0))))
+            .unwrap();
+        socket.listen(8).unwrap();
+        let addr = socket.local_addr().unwrap().as_socket().unwrap();
+        (socket, addr)
+    }
+
+    #[test]
+    fn the_probe_refuses_a_port_another_socket_listens_on_and_frees_it_after() {
+        let (held, addr) = listening_with_reuse_port();
+        let refused = probe_port_is_free(addr).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::AddrInUse);
+        drop(held);
+        probe_port_is_free(addr).expect("a port nobody listens on is free");
+        // The probe never listened: nothing accepts on the port after it.
+        assert!(std::net::TcpStream::connect(addr).is_err());
+    }
 }
