@@ -53,16 +53,6 @@ pub const IO_MEMORY_BYTES_PER_CORE: usize = 1 << 20;
 /// Scheduler shares of the snapshot task queue (requests have 1000).
 pub const SNAPSHOT_SHARES: usize = 100;
 
-/// How long a task queue may keep its core before glommio asks it to yield
-/// (`yield_if_needed` answers yes, and the executor looks at its rings and
-/// other queues). glommio's default is 100 ms; shares only divide the time
-/// *between* turns, so a snapshot serialising its store held the core for
-/// up to that long while requests waited. At 1 ms the p99 of `sync` SET at
-/// pipeline 16 with snapshots running fell from 21-23 ms to 15-16 ms at the
-/// same throughput (docs/PERFORMANCE.md, "The cluster rows"); a busy core
-/// pays one more executor turn per millisecond.
-pub const PREEMPT_TIMER: Duration = Duration::from_millis(1);
-
 /// How often each core removes expired keys (active expiry).
 pub const ACTIVE_EXPIRY_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -279,7 +269,6 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("tinkerdb-core-{core}"))
             .io_memory(IO_MEMORY_BYTES_PER_CORE)
-            .preempt_timer(PREEMPT_TIMER)
             .spawn({
                 let stopped = events_tx.clone();
                 move || async move {
