@@ -221,7 +221,17 @@ pub fn parse_cpu_max(text: &str) -> Option<usize> {
 
 /// The process's resident memory in bytes (`VmRSS`; 0 if unknown).
 pub fn resident_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    resident_bytes_in("/proc/self/status")
+}
+
+/// Resident memory of process `pid` in bytes (`VmRSS`; 0 if unknown), as
+/// [`resident_bytes`] reads it for this one (tests watch a node's).
+pub fn process_resident_bytes(pid: u32) -> u64 {
+    resident_bytes_in(&format!("/proc/{pid}/status"))
+}
+
+fn resident_bytes_in(status_path: &str) -> u64 {
+    std::fs::read_to_string(status_path)
         .ok()
         .and_then(|status| {
             let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;

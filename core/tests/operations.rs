@@ -456,12 +456,7 @@ async fn a_routed_request_runs_only_on_a_current_route() {
 
 /// Resident memory of a process, KiB.
 fn resident_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    tinkerdb_core::platform::process_resident_bytes(pid) / 1024
 }
 
 /// Memory a node freed goes back to the kernel while the node is idle:

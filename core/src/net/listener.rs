@@ -70,32 +70,26 @@ pub enum PortSharing {
 /// connect as soon as the port opens). `SO_REUSEADDR` never lets a socket
 /// bind a port another socket listens on, whatever that one's options.
 pub fn probe_port_is_free(addr: SocketAddr) -> io::Result<()> {
-    let domain = match addr {
-        SocketAddr::V4(_) => Domain::IPV4,
-        SocketAddr::V6(_) => Domain::IPV6,
-    };
-    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    bound_socket(addr, PortSharing::Exclusive).map(drop)
+}
+
+/// A TCP socket bound to `addr` with `SO_REUSEADDR` (and `SO_REUSEPORT`
+/// when `sharing` is [`PortSharing::AllCores`]), not listening yet.
+fn bound_socket(addr: SocketAddr, sharing: PortSharing) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
-    socket.bind(&SockAddr::from(addr))
+    if sharing == PortSharing::AllCores {
+        socket.set_reuse_port(true)?;
+    }
+    socket.bind(&SockAddr::from(addr))?;
+    Ok(socket)
 }
 
 /// A glommio listener on `addr` bound with `SO_REUSEADDR` (and
 /// `SO_REUSEPORT` when `sharing` is [`PortSharing::AllCores`]). Must be
 /// called on a glommio executor, which the listener then belongs to.
 pub fn bind(addr: SocketAddr, sharing: PortSharing) -> io::Result<TcpListener> {
-    let domain = match addr {
-        SocketAddr::V4(_) => Domain::IPV4,
-        SocketAddr::V6(_) => Domain::IPV6,
-    };
-    let socket = retry_while_in_use(|| {
-        let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_reuse_address(true)?;
-        if sharing == PortSharing::AllCores {
-            socket.set_reuse_port(true)?;
-        }
-        socket.bind(&SockAddr::from(addr))?;
-        Ok(socket)
-    })?;
+    let socket = retry_while_in_use(|| bound_socket(addr, sharing))?;
     socket.listen(LISTEN_BACKLOG)?;
     let fd = socket.into_raw_fd();
     // SAFETY: `fd` is a TCP socket this function created, bound and put in
