@@ -294,6 +294,47 @@ pub struct ClusterNode {
     pub rtt_us: Option<u64>,
     /// Why its last probe failed, if it did.
     pub last_error: Option<String>,
+    /// Where it serves, as it registered itself in the cluster metadata
+    /// (cluster mode; absent until its registration is applied here).
+    pub registered: Option<RegisteredAddresses>,
+}
+
+/// A node's addresses and make-up, from its record in the cluster
+/// metadata.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RegisteredAddresses {
+    /// Client (flatbuffers) address.
+    pub client: String,
+    /// Redis-protocol address, if it serves one.
+    pub resp: Option<String>,
+    /// Admin API address, if it serves one.
+    pub admin: Option<String>,
+    /// Its cores.
+    pub cores: u32,
+    /// The TinkerDB version it runs.
+    pub version: String,
+}
+
+/// The cluster metadata group (cluster mode) as this node's replica sees
+/// it: a Raft group of its own on core 0 of every node, holding the node
+/// registry.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClusterMetadata {
+    /// This node's role in the group.
+    pub role: String,
+    /// The group's leader, if known.
+    pub leader: Option<u64>,
+    /// Current term.
+    pub term: u64,
+    /// Voters.
+    pub voters: Vec<u64>,
+    /// Learners (nodes being added).
+    pub learners: Vec<u64>,
+    /// Last index this replica applied.
+    pub applied_index: Option<u64>,
+    /// Nodes registered, in id order (the members' own view of where they
+    /// serve).
+    pub registered_nodes: Vec<u64>,
 }
 
 /// A member's progress as the shard's leader sees it.
@@ -361,6 +402,8 @@ pub struct ClusterStatus {
     pub nodes: Vec<ClusterNode>,
     /// Shards.
     pub shards: Vec<ClusterShard>,
+    /// The cluster metadata group (cluster mode only).
+    pub metadata: Option<ClusterMetadata>,
 }
 
 /// Cluster topology: nodes, shards, leaders, terms.
@@ -411,10 +454,23 @@ async fn cluster_status(State(state): State<AppState>) -> ApiResult<Json<Cluster
             .collect();
         // In range order, whichever core hosts each (ranges move).
         shards.sort_by_key(|shard| shard.id);
+        let metadata = reports
+            .iter()
+            .find_map(|report| report.metadata.as_ref())
+            .map(|meta| ClusterMetadata {
+                role: meta.state.clone(),
+                leader: meta.leader,
+                term: meta.term,
+                voters: meta.voters.clone(),
+                learners: meta.learners.clone(),
+                applied_index: meta.applied_index,
+                registered_nodes: meta.nodes.iter().map(|node| node.id).collect(),
+            });
         return Ok(Json(ClusterStatus {
             mode: "raft".into(),
             nodes,
             shards,
+            metadata,
         }));
     }
     // A standalone node: each core's slot range is one shard that this node
@@ -430,7 +486,9 @@ async fn cluster_status(State(state): State<AppState>) -> ApiResult<Json<Cluster
             last_seen_ms: None,
             rtt_us: None,
             last_error: None,
+            registered: None,
         }],
+        metadata: None,
         shards: facts
             .core_slots
             .iter()
@@ -478,6 +536,19 @@ fn cluster_nodes(me: u64, reports: &[CoreReport]) -> Vec<ClusterNode> {
                 last_seen_ms: None,
                 rtt_us: None,
                 last_error: None,
+                registered: None,
+            });
+        }
+    }
+    let registry = reports.iter().find_map(|report| report.metadata.as_ref());
+    for record in registry.map_or(&[][..], |meta| &meta.nodes[..]) {
+        if let Some(node) = nodes.get_mut(&record.id) {
+            node.registered = Some(RegisteredAddresses {
+                client: record.client.clone(),
+                resp: record.resp.clone(),
+                admin: record.admin.clone(),
+                cores: record.cores,
+                version: record.version.clone(),
             });
         }
     }

@@ -97,6 +97,44 @@ pub struct PeerReport {
     pub last_error: Option<String>,
 }
 
+/// A node as it registered itself in the cluster metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredNode {
+    /// Node id.
+    pub id: u64,
+    /// Its Raft address.
+    pub raft: String,
+    /// Its client (flatbuffers) address.
+    pub client: String,
+    /// Its Redis-protocol address, if it serves one.
+    pub resp: Option<String>,
+    /// Its admin API address, if it serves one.
+    pub admin: Option<String>,
+    /// Its cores.
+    pub cores: u32,
+    /// The TinkerDB version it runs.
+    pub version: String,
+}
+
+/// The cluster metadata group as core 0's replica sees it (cluster mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataReport {
+    /// `Leader`, `Follower`, `Learner`, ... on this node.
+    pub state: String,
+    /// The group's leader, if known.
+    pub leader: Option<u64>,
+    /// Current term.
+    pub term: u64,
+    /// Voters.
+    pub voters: Vec<u64>,
+    /// Learners (nodes being added).
+    pub learners: Vec<u64>,
+    /// Last index applied by this replica.
+    pub applied_index: Option<u64>,
+    /// The registered nodes, by id, as this replica has applied them.
+    pub nodes: Vec<RegisteredNode>,
+}
+
 /// One core's state, cumulative since start.
 #[derive(Debug, Clone)]
 pub struct CoreReport {
@@ -134,4 +172,6 @@ pub struct CoreReport {
     /// Cluster mode: this core's Raft replicas, one per range it hosts
     /// (empty on a standalone node).
     pub ranges: Vec<RaftReport>,
+    /// Cluster mode, core 0: the cluster metadata group.
+    pub metadata: Option<MetadataReport>,
 }

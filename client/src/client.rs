@@ -13,8 +13,13 @@ use crate::error::{ClientError, Route};
 /// How to reach a node and how patient to be.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// `host:port` of the node's client protocol.
+    /// `host:port` of the node's client protocol: the first address tried.
     pub addr: String,
+    /// More addresses of the same cluster, tried in turn when the ones
+    /// before cannot be reached (`tinker --addr a,b,c`). The client also
+    /// learns every member's address from the node it reaches
+    /// (`HelloOk.nodes`), so one seed is enough while that node is up.
+    pub seeds: Vec<String>,
     /// Tenant to bind every connection to.
     pub tenant: String,
     /// Name shown in the node's logs.
@@ -42,6 +47,7 @@ impl ClientConfig {
     pub fn new(addr: impl Into<String>) -> ClientConfig {
         ClientConfig {
             addr: addr.into(),
+            seeds: Vec::new(),
             tenant: "default".into(),
             client_name: "tinkerdb-client".into(),
             connections: 2,
@@ -51,6 +57,12 @@ impl ClientConfig {
             credentials: None,
             tls: None,
         }
+    }
+
+    /// The same with more seed addresses (see [`ClientConfig::seeds`]).
+    pub fn seeds(mut self, seeds: impl IntoIterator<Item = impl Into<String>>) -> ClientConfig {
+        self.seeds.extend(seeds.into_iter().map(Into::into));
+        self
     }
 
     /// The same over TLS.
@@ -199,6 +211,76 @@ struct Inner {
     pool: Vec<tokio::sync::Mutex<Option<Arc<Connection>>>>,
     next: AtomicUsize,
     hello: HelloInfo,
+    addresses: Addresses,
+}
+
+/// Where the client may reach its cluster: the address that answered last
+/// first, then the config's address and seeds, then members learned from
+/// handshakes (`HelloOk.nodes`). A connection that breaks is opened again
+/// at the first of them that answers; requests already sent on it fail
+/// (their outcome unknown), the next ones go to the new node, which routes
+/// them like any other.
+#[derive(Debug)]
+struct Addresses {
+    known: std::sync::Mutex<Vec<String>>,
+}
+
+impl Addresses {
+    fn new(config: &ClientConfig) -> Addresses {
+        let mut known = vec![config.addr.clone()];
+        for seed in &config.seeds {
+            if !known.contains(seed) {
+                known.push(seed.clone());
+            }
+        }
+        Addresses {
+            known: std::sync::Mutex::new(known),
+        }
+    }
+
+    fn list(&self) -> Vec<String> {
+        self.known
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// `addr` answered, announcing `members`: it goes first, new members
+    /// last.
+    fn answered(&self, addr: &str, members: &[(u64, String)]) {
+        let mut known = self
+            .known
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        known.retain(|known| known != addr);
+        known.insert(0, addr.to_owned());
+        for (_, member) in members {
+            if !known.contains(member) {
+                known.push(member.clone());
+            }
+        }
+    }
+
+    /// Opens a connection at the first address that answers: an address
+    /// that cannot be reached passes to the next; any other failure (a
+    /// refused handshake: unknown tenant, wrong password) is the answer.
+    async fn open_any(
+        &self,
+        config: &ClientConfig,
+    ) -> Result<(Connection, HelloInfo), ClientError> {
+        let mut unreachable = None;
+        for addr in self.list() {
+            match open(config, &addr).await {
+                Ok((connection, hello)) => {
+                    self.answered(&addr, &hello.nodes);
+                    return Ok((connection, hello));
+                }
+                Err(error @ ClientError::Connection { .. }) => unreachable = Some(error),
+                Err(other) => return Err(other),
+            }
+        }
+        Err(unreachable.expect("the config's address is always known"))
+    }
 }
 
 fn ttl_ms(ttl: Option<Duration>) -> u64 {
@@ -212,8 +294,9 @@ impl Client {
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
         let mut pool = Vec::with_capacity(config.connections.max(1));
         let mut hello = None;
+        let addresses = Addresses::new(&config);
         for _ in 0..config.connections.max(1) {
-            let (connection, info) = open(&config).await?;
+            let (connection, info) = addresses.open_any(&config).await?;
             hello = Some(info);
             pool.push(tokio::sync::Mutex::new(Some(Arc::new(connection))));
         }
@@ -223,8 +306,21 @@ impl Client {
                 pool,
                 next: AtomicUsize::new(0),
                 hello: hello.expect("at least one connection"),
+                addresses,
             }),
         })
+    }
+
+    /// The addresses this client may reach its cluster at, the one that
+    /// answered last first (its config's, then those the cluster
+    /// announced).
+    pub fn known_addresses(&self) -> Vec<String> {
+        self.inner.addresses.list()
+    }
+
+    /// The id of the node the client first connected to (0: standalone).
+    pub fn node_id(&self) -> u64 {
+        self.inner.hello.node_id
     }
 
     /// Tenant the client is bound to, as the node confirmed it.
@@ -243,7 +339,7 @@ impl Client {
         if let Some(connection) = slot.as_ref().filter(|c| !c.is_broken()) {
             return Ok(connection.clone());
         }
-        let (connection, _) = open(&self.inner.config).await?;
+        let (connection, _) = self.inner.addresses.open_any(&self.inner.config).await?;
         let connection = Arc::new(connection);
         *slot = Some(connection.clone());
         Ok(connection)
@@ -585,7 +681,7 @@ impl Client {
     }
 }
 
-async fn open(config: &ClientConfig) -> Result<(Connection, HelloInfo), ClientError> {
+async fn open(config: &ClientConfig, addr: &str) -> Result<(Connection, HelloInfo), ClientError> {
     let credentials = config
         .credentials
         .as_ref()
@@ -597,7 +693,7 @@ async fn open(config: &ClientConfig) -> Result<(Connection, HelloInfo), ClientEr
         (_, tenant) => tenant,
     };
     Connection::open(
-        &config.addr,
+        addr,
         tenant,
         &config.client_name,
         config.stale_reads,

@@ -146,6 +146,10 @@ pub enum Response {
         tenant: String,
         /// Node's cores.
         cores: u32,
+        /// The answering node's id (0: standalone).
+        node_id: u64,
+        /// Cluster mode: every registered member's id and client address.
+        nodes: Vec<(u64, String)>,
         /// Node's largest key.
         max_key_bytes: u32,
         /// Node's largest value.
@@ -510,6 +514,18 @@ pub fn decode(body: &[u8]) -> Result<(u64, Response), ClientError> {
             Response::HelloOk {
                 tenant: hello.tenant().unwrap_or_default().to_owned(),
                 cores: hello.cores(),
+                node_id: hello.node_id(),
+                nodes: hello
+                    .nodes()
+                    .map(|nodes| {
+                        nodes
+                            .iter()
+                            .filter_map(|node| {
+                                Some((node.node_id(), node.client_addr()?.to_owned()))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
                 max_key_bytes: limits.map_or(u32::MAX, |l| l.max_key_bytes()),
                 max_value_bytes: limits.map_or(u32::MAX, |l| l.max_value_bytes()),
             }

@@ -50,6 +50,10 @@ pub struct HelloInfo {
     pub tenant: String,
     /// Node's cores.
     pub cores: u32,
+    /// The node's id (0: standalone).
+    pub node_id: u64,
+    /// Cluster mode: every registered member's id and client address.
+    pub nodes: Vec<(u64, String)>,
 }
 
 /// A connected, handshaken connection.
@@ -139,9 +143,21 @@ impl Connection {
             password,
         };
         match connection.call(&hello, request_timeout).await? {
-            Response::HelloOk { tenant, cores, .. } => {
-                Ok((connection, HelloInfo { tenant, cores }))
-            }
+            Response::HelloOk {
+                tenant,
+                cores,
+                node_id,
+                nodes,
+                ..
+            } => Ok((
+                connection,
+                HelloInfo {
+                    tenant,
+                    cores,
+                    node_id,
+                    nodes,
+                },
+            )),
             Response::Error {
                 code,
                 message,

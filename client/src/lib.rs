@@ -23,7 +23,11 @@
 //!
 //! # Invariants
 //! - A request gets exactly one outcome: its answer, a timeout, or the error
-//!   that broke its connection; a broken connection is replaced on next use.
+//!   that broke its connection; a broken connection is replaced on next use,
+//!   at the first address that answers: the last one that did, the
+//!   configured address and seeds, then the cluster members the nodes
+//!   announced (`HelloOk.nodes`). A request is never resent on its own (a
+//!   write whose connection broke may or may not have been applied).
 //! - `Client` is cheap to clone and safe to share between tasks.
 
 pub mod admin;

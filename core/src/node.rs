@@ -108,6 +108,38 @@ fn advertised_client(config: &NodeConfig, bound: SocketAddr) -> String {
     }
 }
 
+/// This node's record in the cluster metadata (`cluster::meta`): the
+/// addresses it serves at as others can dial them. An address bound to
+/// every interface (`0.0.0.0`, `::`) is given with the host of the node's
+/// advertised Raft address instead; the client address is
+/// `advertise_listen` when set.
+fn node_record(
+    config: &NodeConfig,
+    cluster: &crate::config::ClusterConfig,
+    client: SocketAddr,
+    resp: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+    cores: usize,
+) -> crate::cluster::meta::NodeRecord {
+    let raft = cluster.me().raft.clone();
+    let reachable = |bound: SocketAddr| match bound.ip().is_unspecified() {
+        true => crate::net::host_port(raft.host(), bound.port()),
+        false => bound.to_string(),
+    };
+    crate::cluster::meta::NodeRecord {
+        id: cluster.node_id,
+        raft: raft.to_string(),
+        client: match &config.advertise_listen {
+            Some(addr) => addr.to_string(),
+            None => reachable(client),
+        },
+        resp: resp.map(reachable),
+        admin: admin.map(reachable),
+        cores: cores as u32,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    }
+}
+
 /// Runs a node until its cores stop. Calls `on_ready` once every core is
 /// serving. Returns `Ok` after a graceful shutdown ([`NodeInfo::stopper`]),
 /// an error if a core failed or the shutdown overran
@@ -239,6 +271,9 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
         client: config.listen,
         resp: config.resp_enabled.then_some(config.resp_listen),
     };
+    let directory = Arc::new(crate::coord::context::NodeDirectory::new(
+        config.cluster.as_ref().map_or(0, |cluster| cluster.node_id),
+    ));
     let mut handles = Vec::with_capacity(cores);
     for (core, (senders, receivers)) in outbound.into_iter().zip(inbound).enumerate() {
         // Pin each core to its own CPU when there are enough CPUs.
@@ -261,6 +296,10 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
             bound: bound_tx.clone(),
             events: events_tx.clone(),
             admin_inbox: admin_listener.is_some().then(|| admin_inboxes.remove(0)),
+            admin_addr: admin_listener
+                .as_ref()
+                .and_then(|listener| listener.local_addr().ok()),
+            directory: directory.clone(),
             stop: CoreStopSignals {
                 drain: drain.clone(),
                 exit: exit.clone(),
@@ -650,6 +689,11 @@ struct CoreSetup {
     events: mpsc::Sender<CoreEvent>,
     /// This core's admin channel, if the admin plane runs.
     admin_inbox: Option<CoreInbox>,
+    /// Where the admin plane listens, if it runs (for the node's record
+    /// in the cluster metadata).
+    admin_addr: Option<SocketAddr>,
+    /// Where the cluster's members serve clients (one for the node).
+    directory: Arc<crate::coord::context::NodeDirectory>,
     /// The shutdown's two phases.
     stop: CoreStopSignals,
 }
@@ -753,6 +797,7 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
         wal,
         core_dir,
         peers,
+        setup.directory.clone(),
     );
     if let Some(writer) = writer {
         glommio::spawn_local(writer.run()).detach();
@@ -774,12 +819,18 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
             .expect("cluster mode makes the hand-off channels");
         crate::cluster::start_replicas(
             &context,
-            cluster,
-            &setup.config.raft,
-            &setup.config.data_dir,
+            &setup.config,
             setup.move_claims.clone(),
             peer_sockets,
             setup.tls.as_ref().and_then(|tls| tls.peers()),
+            node_record(
+                &setup.config,
+                cluster,
+                client_addr,
+                resp.as_ref().map(|(addr, _)| *addr),
+                setup.admin_addr,
+                setup.slot_map.cores(),
+            ),
         )
         .await?;
     }
@@ -830,6 +881,11 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
             tracing::warn!(core, group = replica.group, %error, "Raft group did not shut down cleanly");
         }
     }
+    if let Some(meta) = crate::cluster::meta::on_this_core() {
+        if let Err(error) = meta.raft.shutdown().await {
+            tracing::warn!(core, %error, "the metadata group did not shut down cleanly");
+        }
+    }
     tracing::debug!(core, "core stopped");
     Ok(())
 }
@@ -858,6 +914,17 @@ async fn drain_core(context: &CoreContext, timeout: Duration) {
                 to = leader,
                 "leadership handed off"
             );
+        }
+    }
+    if let Some(meta) = crate::cluster::meta::on_this_core() {
+        let handed_to = tinkerdb_replication::group::hand_off_leadership(
+            &meta.raft,
+            crate::cluster::meta::META_GROUP,
+            tinkerdb_replication::group::ELECTION_TIMEOUT_MAX,
+        )
+        .await;
+        if let Some(leader) = handed_to {
+            tracing::info!(core, to = leader, "metadata leadership handed off");
         }
     }
     let open = || context.stats.connections_open.get();

@@ -115,6 +115,48 @@ impl Cluster {
         body["shards"].as_array().unwrap().clone()
     }
 
+    /// Node `id`'s `/v1/cluster` as a whole.
+    fn status(&self, id: u64) -> serde_json::Value {
+        let url = format!("http://{}/v1/cluster", self.nodes[&id].admin_addr);
+        reqwest::blocking::get(url).unwrap().json().unwrap()
+    }
+
+    /// Waits (bounded) until node `id`'s replica of the cluster metadata
+    /// has exactly `members` as voters and as registered nodes, each
+    /// registered with the addresses it serves at; panics with what it
+    /// saw last.
+    fn wait_for_metadata(&self, id: u64, members: &[u64]) {
+        let mut last = serde_json::Value::Null;
+        let settled = common::eventually(Duration::from_secs(60), || {
+            last = self.status(id);
+            let meta = &last["metadata"];
+            let ids = |field: &str| -> Vec<u64> {
+                let list = meta[field].as_array().cloned().unwrap_or_default();
+                list.iter().filter_map(serde_json::Value::as_u64).collect()
+            };
+            let registered_where_they_serve = last["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|node| members.contains(&node["id"].as_u64().unwrap()))
+                .all(|node| {
+                    let served = &self.nodes[&node["id"].as_u64().unwrap()];
+                    let registered = &node["registered"];
+                    registered["client"] == served.addr.to_string()
+                        && registered["resp"] == served.resp_addr.to_string()
+                        && registered["admin"] == served.admin_addr.to_string()
+                });
+            ids("voters") == members
+                && ids("registered_nodes") == members
+                && meta["leader"].as_u64().is_some()
+                && registered_where_they_serve
+        });
+        assert!(
+            settled,
+            "node {id}'s metadata never settled on {members:?}: {last}"
+        );
+    }
+
     /// Waits (bounded) until every node sees a leader for every group.
     fn wait_for_leaders(&self) {
         assert!(
@@ -592,6 +634,17 @@ fn a_node_joins_and_another_leaves_under_load_and_health_shows_a_dead_peer() {
         "{status}"
     );
     assert!(rows.values().all(|(role, _)| role == "voter"), "{status}");
+    // The cluster metadata follows: node 4 is a member of its group and
+    // registered where it serves, as every node sees it.
+    for id in [1, 4] {
+        cluster.wait_for_metadata(id, &[1, 2, 3, 4]);
+    }
+    let status = tinker_admin(cluster.nodes[&4].admin_addr, &["cluster", "status"]);
+    assert!(
+        status.contains(&format!("serves clients at {}", cluster.nodes[&4].addr)),
+        "{status}"
+    );
+    assert!(status.contains("nodes registered [1,2,3,4]"), "{status}");
 
     // Node 1 leaves, asked through node 2.
     let removed = tinker_admin(cluster.nodes[&2].admin_addr, &["cluster", "remove", "1"]);
@@ -644,6 +697,8 @@ fn a_node_joins_and_another_leaves_under_load_and_health_shows_a_dead_peer() {
         slowest = slowest.max(slow);
     }
     assert!(acked.len() > 20, "only {} writes under load", acked.len());
+    // The metadata forgets the node that left.
+    cluster.wait_for_metadata(2, &[2, 3, 4]);
     cluster.kill(1);
 
     // Everything acknowledged reads back through the new node.
@@ -677,10 +732,88 @@ fn a_node_joins_and_another_leaves_under_load_and_health_shows_a_dead_peer() {
     runtime().block_on(async {
         client.set("after-node-3-died", "v").await.unwrap();
     });
+    // So does the metadata group (2 of its 3 voters), whose leader may
+    // have been node 3: a leader among the living.
+    assert!(
+        common::eventually(Duration::from_secs(60), || {
+            let meta = cluster.status(4)["metadata"].clone();
+            meta["leader"].as_u64().is_some_and(|leader| leader != 3)
+        }),
+        "the metadata group has no leader after node 3 died: {}",
+        cluster.status(4)
+    );
     eprintln!(
         "membership (processes): node 4 joined in {join_took:?}, node 1 removed; {} writes under load, \
          none failed, slowest {slowest:?}; node 3 killed and reported down\n{status}",
         acked.len()
+    );
+}
+
+#[test]
+fn a_client_given_one_node_learns_the_others_and_fails_over_when_it_dies() {
+    let _alone = one_cluster_at_a_time();
+    let mut cluster = Cluster::start();
+    cluster.wait_for_leaders();
+    cluster.wait_for_metadata(1, &[1, 2, 3]);
+    let addr = |id: u64| cluster.nodes[&id].addr.to_string();
+    let (addr1, addr2, addr3) = (addr(1), addr(2), addr(3));
+    let config = ClientConfig::new(&addr1)
+        .connections(1)
+        .request_timeout(Duration::from_secs(15));
+    let client = runtime().block_on(Client::connect(config)).unwrap();
+    // Node 1's handshake named every member.
+    let mut known = client.known_addresses();
+    assert_eq!(known[0], addr1, "{known:?}");
+    known.sort();
+    let mut members = vec![addr1.clone(), addr2.clone(), addr3.clone()];
+    members.sort();
+    assert_eq!(known, members);
+    assert_eq!(client.node_id(), 1);
+    let keys: Vec<String> = (0..20).map(|i| format!("failover:{i}")).collect();
+    runtime().block_on(async {
+        for key in &keys {
+            client.set(key, key).await.unwrap();
+        }
+    });
+
+    // Node 1 dies: the request in flight (if any) fails, the next ones go
+    // to another member through a new connection.
+    cluster.kill(1);
+    let mut failed = Vec::new();
+    runtime().block_on(async {
+        for key in &keys {
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                match client.get(key).await {
+                    Ok(value) => {
+                        let value = value.map(|value| value.value);
+                        assert_eq!(value.as_deref(), Some(key.as_bytes()), "{key}");
+                        break;
+                    }
+                    Err(error) if attempts < 3 => failed.push(format!("{key}: {error}")),
+                    Err(error) => panic!("{key} after {attempts} attempts: {error}; {failed:?}"),
+                }
+            }
+        }
+        client.set("failover:after", "v").await.unwrap();
+    });
+    // At most the connection's one break was seen, on one request.
+    assert!(failed.len() <= 1, "{failed:?}");
+    let now = client.known_addresses()[0].clone();
+    assert!(now == addr2 || now == addr3, "{now} after node 1 died");
+
+    // A client whose first address is dead starts at the next seed.
+    let config = ClientConfig::new(&addr1)
+        .seeds([addr3.clone()])
+        .connections(1);
+    let seeded = runtime().block_on(Client::connect(config)).unwrap();
+    assert_eq!(seeded.node_id(), 3);
+    let read = runtime().block_on(seeded.get("failover:after")).unwrap();
+    assert_eq!(read.map(|read| read.value).as_deref(), Some(&b"v"[..]));
+    eprintln!(
+        "client failover: {} request(s) failed while node 1 went away: {failed:?}",
+        failed.len()
     );
 }
 
@@ -858,6 +991,11 @@ fn a_rolling_restart_under_load_loses_no_write_and_costs_no_election_timeout() {
         &acked,
         "node 1 after the rolling restart",
     ));
+    // Each node restarted with its metadata (log and snapshots on core 0)
+    // and is registered where it serves now.
+    for id in 1..=3 {
+        cluster.wait_for_metadata(id, &[1, 2, 3]);
+    }
     eprintln!(
         "rolling restart: {}; {} writes acknowledged, none lost; wait median {:?}, p99 {:?}, max {:?}",
         stops.join(", "),

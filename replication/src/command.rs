@@ -34,6 +34,11 @@
 //! | the proposer's instant, Unix ms | 8 |
 //! | payload length, payload | 4 + n |
 //!
+//! Kind 6, `Meta`, is a change of the cluster's metadata (the metadata
+//! group's only command; its payload is the node's encoding, opaque here),
+//! laid out as kind, a tenant name length of 0, then the proposer's instant
+//! (Unix ms, 8) and the payload (4 + n).
+//!
 //! Kind 5 is an `Ops` whose request was traced: the W3C trace context's
 //! fields (trace id 16 bytes, parent span id 8, flags 1) travel with the
 //! entry, so every replica's apply joins the proposer's trace
@@ -63,6 +68,7 @@ const KIND_DELETE: u8 = 2;
 const KIND_PUT_IF: u8 = 3;
 const KIND_OPS: u8 = 4;
 const KIND_OPS_TRACED: u8 = 5;
+const KIND_META: u8 = 6;
 /// `expires_at_unix_ms` of `None` on disk.
 const NEVER_EXPIRES: u64 = u64::MAX;
 
@@ -119,6 +125,15 @@ pub enum Command {
         payload: Vec<u8>,
         /// The trace the proposing request belongs to, if it was sampled.
         trace: Option<TraceParent>,
+    },
+    /// A change of the cluster's metadata (nodes, later the range table,
+    /// tenants and users), the metadata group's command: encoded by the
+    /// node, applied by its metadata state machine at `at_unix_ms`.
+    Meta {
+        /// The proposer's instant, Unix milliseconds.
+        at_unix_ms: u64,
+        /// The change, in the node's encoding.
+        payload: Vec<u8>,
     },
 }
 
@@ -289,6 +304,7 @@ impl Command {
             | Command::Delete { tenant, .. }
             | Command::PutIf { tenant, .. }
             | Command::Ops { tenant, .. } => tenant,
+            Command::Meta { .. } => "",
         }
     }
 
@@ -298,7 +314,7 @@ impl Command {
             Command::Put { key, .. } | Command::Delete { key, .. } | Command::PutIf { key, .. } => {
                 Some(key)
             }
-            Command::Ops { .. } => None,
+            Command::Ops { .. } | Command::Meta { .. } => None,
         }
     }
 
@@ -314,6 +330,7 @@ impl Command {
                 let trace = trace.map_or(0, |_| TraceParent::ENCODED_BYTES);
                 common + trace + 8 + 4 + payload.len()
             }
+            Command::Meta { payload, .. } => common + 8 + 4 + payload.len(),
         }
     }
 
@@ -338,6 +355,7 @@ impl Command {
             Command::PutIf { .. } => KIND_PUT_IF,
             Command::Ops { trace: None, .. } => KIND_OPS,
             Command::Ops { trace: Some(_), .. } => KIND_OPS_TRACED,
+            Command::Meta { .. } => KIND_META,
         };
         out.push(kind);
         out.push(self.tenant().len() as u8);
@@ -386,6 +404,13 @@ impl Command {
                 put_u64(out, *at_unix_ms);
                 put_bytes_u32(out, payload);
             }
+            Command::Meta {
+                at_unix_ms,
+                payload,
+            } => {
+                put_u64(out, *at_unix_ms);
+                put_bytes_u32(out, payload);
+            }
             Command::Delete { .. } => {}
         }
         assert_eq!(
@@ -409,6 +434,17 @@ impl Command {
         let tenant_bytes = reader.u8()? as usize;
         let tenant = reader.take(tenant_bytes)?;
         let tenant = reader.utf8(tenant)?;
+        if kind == KIND_META {
+            if !tenant.is_empty() {
+                return Err(reader.error("a metadata command names no tenant"));
+            }
+            let at_unix_ms = reader.u64()?;
+            let payload = reader.bytes_u32()?.to_vec();
+            return Ok(Command::Meta {
+                at_unix_ms,
+                payload,
+            });
+        }
         if kind == KIND_OPS || kind == KIND_OPS_TRACED {
             let trace = match kind {
                 KIND_OPS_TRACED => Some(TraceParent::decode(reader)?),
@@ -468,14 +504,21 @@ const SHOWN_KEY_BYTES: usize = 32;
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let Some(key) = self.key() else {
-            let Command::Ops {
+            let (Command::Ops {
                 at_unix_ms,
                 payload,
                 ..
-            } = self
+            }
+            | Command::Meta {
+                at_unix_ms,
+                payload,
+            }) = self
             else {
-                unreachable!("only Ops name no key")
+                unreachable!("only Ops and Meta name no key")
             };
+            if matches!(self, Command::Meta { .. }) {
+                return write!(f, "meta ({} bytes at {at_unix_ms})", payload.len());
+            }
             return write!(
                 f,
                 "ops {} ({} bytes at {at_unix_ms})",
@@ -501,7 +544,7 @@ impl fmt::Display for Command {
                 value.len()
             ),
             Command::Delete { .. } => write!(f, "delete {}/{shown}{ellipsis}", self.tenant()),
-            Command::Ops { .. } => unreachable!("handled above"),
+            Command::Ops { .. } | Command::Meta { .. } => unreachable!("handled above"),
             Command::PutIf {
                 value, condition, ..
             } => write!(
@@ -588,6 +631,14 @@ mod tests {
                 payload: Vec::new(),
                 trace: None,
             },
+            Command::Meta {
+                at_unix_ms: 1_700_000_000_000,
+                payload: br#"{"register":1}"#.to_vec(),
+            },
+            Command::Meta {
+                at_unix_ms: 0,
+                payload: Vec::new(),
+            },
             Command::Ops {
                 tenant: "acme".into(),
                 at_unix_ms: 7,
@@ -639,6 +690,16 @@ mod tests {
         assert!(Command::decode(&longer).is_err());
         bytes[0] = 7;
         assert!(Command::decode(&bytes).is_err());
+        // A metadata command naming a tenant is not one this node wrote.
+        let mut meta = Vec::new();
+        Command::Meta {
+            at_unix_ms: 1,
+            payload: vec![1],
+        }
+        .encode(&mut meta)
+        .unwrap();
+        meta.splice(1..2, [1, b'x']);
+        assert!(Command::decode(&meta).is_err());
     }
 
     #[test]

@@ -17,7 +17,8 @@ use tinkerdb_client::{Client, ClientConfig, ClientError, ScanOptions, SetConditi
 #[derive(Parser, Debug)]
 #[command(name = "tinker", version, about = "TinkerDB command-line client")]
 struct Args {
-    /// Node address.
+    /// Node address, or several of one cluster separated by commas
+    /// (`a:7379,b:7379`): tried in turn when one cannot be reached.
     #[arg(long, default_value = "127.0.0.1:7379", env = "TINKER_ADDR")]
     addr: String,
     /// Tenant.
@@ -403,7 +404,7 @@ fn main() -> ExitCode {
         return runtime.block_on(ping(&args, Duration::from_millis(timeout_ms)));
     }
     runtime.block_on(async move {
-        let mut config = ClientConfig::new(&args.addr)
+        let mut config = client_config(&args.addr)
             .tenant(&args.tenant)
             .connections(1)
             .stale_reads(args.stale_reads)
@@ -441,10 +442,18 @@ fn client_tls(args: &Args) -> Option<tinkerdb_client::ClientTls> {
     })
 }
 
+/// The client configuration for `--addr`: its first address, the others
+/// as seeds.
+fn client_config(addr: &str) -> ClientConfig {
+    let mut addrs = addr.split(',').map(str::trim).filter(|a| !a.is_empty());
+    let first = addrs.next().unwrap_or(addr);
+    ClientConfig::new(first).seeds(addrs)
+}
+
 /// `tinker ping`: 0 if the node answers within `timeout` (connecting
 /// included), 1 otherwise (for health checks: never 2).
 async fn ping(args: &Args, timeout: Duration) -> ExitCode {
-    let mut config = ClientConfig::new(&args.addr)
+    let mut config = client_config(&args.addr)
         .tenant(&args.tenant)
         .connections(1)
         .request_timeout(timeout);
@@ -1050,6 +1059,41 @@ fn format_cluster_status(status: &serde_json::Value) -> String {
         if let Some(error) = node["last_error"].as_str() {
             let _ = writeln!(out, "      last probe failed: {error}");
         }
+        let registered = &node["registered"];
+        if registered.is_object() {
+            let _ = writeln!(
+                out,
+                "      serves clients at {}, RESP at {}, admin at {}; {} cores, version {}",
+                opt(&registered["client"]),
+                opt(&registered["resp"]),
+                opt(&registered["admin"]),
+                opt(&registered["cores"]),
+                opt(&registered["version"]),
+            );
+        }
+    }
+    let metadata = &status["metadata"];
+    if metadata.is_object() {
+        let ids = |list: &serde_json::Value| {
+            list.as_array()
+                .unwrap_or(&empty)
+                .iter()
+                .map(opt)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let _ = writeln!(
+            out,
+            "\nmetadata group: leader {}, term {}, voters [{}], learners [{}], applied {}, \
+             role here {}; nodes registered [{}]",
+            opt(&metadata["leader"]),
+            opt(&metadata["term"]),
+            ids(&metadata["voters"]),
+            ids(&metadata["learners"]),
+            opt(&metadata["applied_index"]),
+            opt(&metadata["role"]),
+            ids(&metadata["registered_nodes"]),
+        );
     }
     let _ = writeln!(
         out,

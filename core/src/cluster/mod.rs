@@ -2,11 +2,13 @@
 //! groups (its share of the node's one peer listener, the groups on the
 //! core's shared log, the first-leader nudge), joining a running cluster,
 //! and adding or removing a member. The request path through a replica is
-//! `coord::replica`. [`placement`] is the planner that decides which nodes
+//! `coord::replica`. [`meta`] is the cluster metadata group (the node
+//! registry, on core 0). [`placement`] is the planner that decides which nodes
 //! hold each range's replicas and which moves rebalance them (pure code,
 //! checked by its simulator; the scheduler that executes its operations is
 //! the issue "Scale-out").
 
+pub mod meta;
 pub mod moves;
 pub mod placement;
 
@@ -25,7 +27,7 @@ use tinkerdb_replication::transport::{self, PeerAddr, PeerRouter};
 use tinkerdb_replication::{CoreLog, Node};
 use tinkerdb_schemas::wire::ErrorCode;
 
-use crate::config::{ClusterConfig, RaftTuning};
+use crate::config::ClusterConfig;
 use crate::coord::context::CoreContext;
 use crate::coord::replica::{CoreReplication, Replica, ShardApplier};
 use crate::slots::RangeId;
@@ -61,16 +63,23 @@ pub fn handoff_channels(cores: usize) -> Vec<PeerSocketEnds> {
 /// Starts this core's replicas, one per range it hosts: its share of the
 /// peer listener, the groups (initialised with every node on first
 /// start), the leader nudge, health probes and hibernation.
+/// `config` is the node's (in cluster mode: its `cluster` table is set);
+/// `me` is this node's record for the cluster metadata.
 pub async fn start_replicas(
     context: &Rc<CoreContext>,
-    cluster: &ClusterConfig,
-    tuning: &RaftTuning,
-    data_dir: &std::path::Path,
+    config: &crate::config::NodeConfig,
     move_claims: std::sync::Arc<crate::slots::MoveClaims>,
     peer_sockets: PeerSocketEnds,
     peer_tls: Option<tinkerdb_replication::peer_tls::PeerTls>,
+    me: meta::NodeRecord,
 ) -> anyhow::Result<()> {
     let core = context.core;
+    let cluster: &ClusterConfig = config
+        .cluster
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("core {core}: replicas need a cluster configuration"))?;
+    let tuning = &config.raft;
+    let data_dir = &config.data_dir;
     // Placement (`SlotMap::core_of`): every node places range r on the
     // same core at first, so this core's peer connections reach the core
     // of the peers that hosts the same ranges; a hello names the first of
@@ -87,7 +96,52 @@ pub async fn start_replicas(
         peer_tls.clone(),
     ));
     let groups: Rc<CoreGroups<ShardApplier>> = Rc::new(CoreGroups::default());
-    let handler = groups.call_handler(peers.clone());
+    let ranges_handler = groups.call_handler(peers.clone());
+    // Every range of the core on its one shared Raft log (core 0's holds
+    // the metadata group's log too).
+    let log = open_core_log(&context.core_dir)?;
+    let members: BTreeMap<u64, Node> = cluster
+        .nodes
+        .iter()
+        .map(|node| (node.id, Node::new(node.raft.to_string())))
+        .collect();
+    // Core 0 hosts the metadata group, on connections of its own (their
+    // hello names `meta::META_GROUP`, which core 0's router keeps here).
+    let meta = match core {
+        0 => {
+            let meta_peers = Rc::new(Peers::new(
+                meta::META_GROUP,
+                cluster
+                    .nodes
+                    .iter()
+                    .filter(|node| node.id != cluster.node_id)
+                    .map(|node| (node.id, node.raft.clone())),
+                peer_tls.clone(),
+            ));
+            let initial_members = cluster.join.is_none().then(|| members.clone());
+            let replica = meta::start(
+                cluster.node_id,
+                &context.core_dir,
+                context.directory.clone(),
+                log.clone(),
+                meta_peers,
+                initial_members,
+            )
+            .await?;
+            Some(replica)
+        }
+        _ => None,
+    };
+    let handler: transport::CallHandler = match &meta {
+        Some(meta) => {
+            let meta_handler = meta.groups.call_handler(meta.peers.clone());
+            Rc::new(move |call: transport::PeerCall| match call.group {
+                meta::META_GROUP => meta_handler(call),
+                _ => ranges_handler(call),
+            })
+        }
+        None => ranges_handler,
+    };
     // A hand-off channel's two ends wait for each other while connecting:
     // both are connected here, and no core waits on another's replicas
     // before it reaches this point, so they meet.
@@ -129,8 +183,6 @@ pub async fn start_replicas(
             .detach();
         }
     }
-    // Every range of the core on its one shared Raft log.
-    let log = open_core_log(&context.core_dir)?;
     let health = Rc::new(HealthTable::default());
     let replication = CoreReplication {
         node_id: cluster.node_id,
@@ -150,6 +202,9 @@ pub async fn start_replicas(
     // holds but the placement gives another core (a move that stopped
     // before or after its switch).
     for range in log.range_ids() {
+        if range == meta::META_GROUP && core == 0 {
+            continue;
+        }
         if usize::try_from(range).is_ok_and(|range| range >= context.slot_map.ranges()) {
             anyhow::bail!(
                 "core {core}: its Raft log holds range {range}, but this node has ranges 0..{} \
@@ -167,11 +222,6 @@ pub async fn start_replicas(
                 .map_err(|error| anyhow::anyhow!("core {core}, range {range}: {error}"))?;
         }
     }
-    let members: BTreeMap<u64, Node> = cluster
-        .nodes
-        .iter()
-        .map(|node| (node.id, Node::new(node.raft.to_string())))
-        .collect();
     for &range in &hosted {
         // A node that joins a running cluster waits to be added.
         let initial_members = cluster.join.is_none().then(|| members.clone());
@@ -185,11 +235,30 @@ pub async fn start_replicas(
     }
     glommio::spawn_local(group::release_pinned_segments(
         groups.clone(),
-        log,
+        log.clone(),
         group::MAX_SEGMENTS_PINNED,
         group::PINNED_CHECK_INTERVAL,
     ))
     .detach();
+    if let Some(meta) = &meta {
+        // The metadata group shares core 0's log: it too is asked to
+        // snapshot when it holds segments back.
+        glommio::spawn_local(group::release_pinned_segments(
+            meta.groups.clone(),
+            log,
+            group::MAX_SEGMENTS_PINNED,
+            group::PINNED_CHECK_INTERVAL,
+        ))
+        .detach();
+        let context = Rc::downgrade(context);
+        let range_members = move || {
+            let context = context.upgrade()?;
+            let first = context.replicas().into_iter().next()?;
+            let status = group::status(&first.raft, first.group);
+            Some((status.voters, status.learners))
+        };
+        glommio::spawn_local(meta::reconcile(meta.clone(), me.clone(), range_members)).detach();
+    }
     // One set of probes per core: every range of it has the same members
     // once changes settle; the first range hosted now is probed.
     let members = {
@@ -213,6 +282,15 @@ pub async fn start_replicas(
             std::time::Duration::from_millis(tuning.hibernate_after_ms),
         ))
         .detach();
+        if let Some(meta) = &meta {
+            glommio::spawn_local(hibernate::run(
+                meta.groups.clone(),
+                health.clone(),
+                cluster.node_id,
+                std::time::Duration::from_millis(tuning.hibernate_after_ms),
+            ))
+            .detach();
+        }
     }
     Ok(())
 }
@@ -281,6 +359,7 @@ fn peer_router(
     PeerRouter {
         here,
         locate: Box::new(move |range| match usize::try_from(range) {
+            _ if range == meta::META_GROUP => Ok(0),
             Ok(range) if range < slot_map.ranges() => Ok(slot_map.core_of(range)),
             _ => Err(format!(
                 "range {range} is not hosted on this node (it hosts ranges 0..{})",

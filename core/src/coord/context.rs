@@ -106,6 +106,45 @@ impl CoreStats {
     }
 }
 
+/// Where the cluster's members serve clients, as the cluster metadata's
+/// node registry holds it on this node (cluster mode): written whole by
+/// core 0's metadata state machine (`cluster::meta`), read by every core's
+/// handshake (`HelloOk.nodes`). One per node, shared by its cores; the lock
+/// is taken once per handshake and per registry change, never on a
+/// request's path.
+#[derive(Debug, Default)]
+pub struct NodeDirectory {
+    /// This node's id (0 on a standalone node).
+    pub node_id: u64,
+    clients: std::sync::RwLock<Arc<Vec<(u64, String)>>>,
+}
+
+impl NodeDirectory {
+    /// The directory of node `node_id`, empty until published.
+    pub fn new(node_id: u64) -> NodeDirectory {
+        NodeDirectory {
+            node_id,
+            clients: Default::default(),
+        }
+    }
+
+    /// Every registered member's client address, by node id.
+    pub fn clients(&self) -> Arc<Vec<(u64, String)>> {
+        self.clients
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Replaces the list (the registry changed).
+    pub fn publish(&self, clients: Vec<(u64, String)>) {
+        *self
+            .clients
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(clients);
+    }
+}
+
 /// Everything one core's tasks share. Lives in an `Rc` on its core.
 pub struct CoreContext {
     /// This core.
@@ -135,6 +174,9 @@ pub struct CoreContext {
     pub(super) peers: Vec<Option<ConnectedSender<CoreMessage>>>,
     /// Counters.
     pub stats: CoreStats,
+    /// Where the cluster's members serve clients (shared by the node's
+    /// cores; empty on a standalone node).
+    pub directory: Arc<NodeDirectory>,
     /// Cluster mode: this core's share of the cluster (its groups, peer
     /// clients, shared Raft log), set once at start. When set, every
     /// request goes through its range's replica
@@ -188,6 +230,7 @@ impl CoreContext {
         wal: Option<Wal>,
         core_dir: PathBuf,
         peers: Vec<Option<ConnectedSender<CoreMessage>>>,
+        directory: Arc<NodeDirectory>,
     ) -> Rc<CoreContext> {
         assert_eq!(peers.len(), slot_map.cores());
         assert!(peers[core].is_none(), "no channel from a core to itself");
@@ -215,6 +258,7 @@ impl CoreContext {
             core_dir,
             peers,
             stats: CoreStats::default(),
+            directory,
             replication: std::cell::OnceCell::new(),
             replicas: RefCell::new(vec![None; ranges]),
             moving: RefCell::default(),

@@ -223,6 +223,13 @@ impl ShardApplier {
     /// [`Applier::apply`] itself, inside the apply span when traced.
     fn apply_now(&mut self, command: &Command) -> Response {
         let context = &self.context;
+        if matches!(command, Command::Meta { .. }) {
+            // Only the metadata group (`cluster::meta`) proposes these.
+            return refused(
+                ErrorCode::Internal,
+                format!("range {}: a metadata command is not a range's", self.range),
+            );
+        }
         let Some(tenant) = context.tenants.by_name(command.tenant()) else {
             return refused(
                 ErrorCode::UnknownTenant,
@@ -309,7 +316,7 @@ impl ShardApplier {
                 // replica (whether the key has expired decides NX and XX).
                 (value, expires_at_unix_ms, (*condition).into(), *at_unix_ms)
             }
-            Command::Ops { .. } => unreachable!("handled above"),
+            Command::Ops { .. } | Command::Meta { .. } => unreachable!("handled above"),
         };
         let request = ShardRequest::Set {
             tenant: tenant.id,

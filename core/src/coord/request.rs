@@ -153,6 +153,10 @@ pub enum Reply {
         tenant: String,
         /// Cores of the node.
         cores: u32,
+        /// This node's id (0 on a standalone node).
+        node_id: u64,
+        /// Cluster mode: every registered member's client address.
+        nodes: std::sync::Arc<Vec<(u64, String)>>,
     },
     /// Answer to Ping.
     Pong,

@@ -408,6 +408,7 @@ fn report(context: &CoreContext) -> CoreReport {
         },
     };
     CoreReport {
+        metadata: crate::cluster::meta::on_this_core().map(|meta| meta.report()),
         core: context.core,
         requests_total: stats.requests_total.get(),
         errors_total: stats.errors_sum.get(),

@@ -46,10 +46,12 @@ impl Applier for MapApplier {
             Command::Delete { key, .. } => Response::Delete {
                 existed: self.map.remove(key).is_some(),
             },
-            Command::PutIf { .. } | Command::Ops { .. } => Response::Refused {
-                code: 0,
-                message: "the test applier has only puts and deletes".into(),
-            },
+            Command::PutIf { .. } | Command::Ops { .. } | Command::Meta { .. } => {
+                Response::Refused {
+                    code: 0,
+                    message: "the test applier has only puts and deletes".into(),
+                }
+            }
         }
     }
     fn begin_snapshot(&mut self, _last_index: u64) -> Result<(), String> {

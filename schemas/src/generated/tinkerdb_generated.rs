@@ -4326,6 +4326,122 @@ impl ::core::fmt::Debug for Limits<'_> {
       ds.finish()
   }
 }
+pub enum NodeAddressOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A member of a cluster and where clients reach it (from the cluster
+/// metadata's node registry).
+pub struct NodeAddress<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for NodeAddress<'a> {
+  type Inner = NodeAddress<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> NodeAddress<'a> {
+  pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_CLIENT_ADDR: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    NodeAddress { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args NodeAddressArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<NodeAddress<'bldr>> {
+    let mut builder = NodeAddressBuilder::new(_fbb);
+    builder.add_node_id(args.node_id);
+    if let Some(x) = args.client_addr { builder.add_client_addr(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn node_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(NodeAddress::VT_NODE_ID, Some(0)).unwrap()}
+  }
+  /// `HOST:PORT` of its client (flatbuffers) listener.
+  #[inline]
+  pub fn client_addr(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(NodeAddress::VT_CLIENT_ADDR, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for NodeAddress<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("node_id", Self::VT_NODE_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("client_addr", Self::VT_CLIENT_ADDR, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct NodeAddressArgs<'a> {
+    pub node_id: u64,
+    pub client_addr: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for NodeAddressArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    NodeAddressArgs {
+      node_id: 0,
+      client_addr: None,
+    }
+  }
+}
+
+pub struct NodeAddressBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> NodeAddressBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_node_id(&mut self, node_id: u64) {
+    self.fbb_.push_slot::<u64>(NodeAddress::VT_NODE_ID, node_id, 0);
+  }
+  #[inline]
+  pub fn add_client_addr(&mut self, client_addr: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(NodeAddress::VT_CLIENT_ADDR, client_addr);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> NodeAddressBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    NodeAddressBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<NodeAddress<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for NodeAddress<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("NodeAddress");
+      ds.field("node_id", &self.node_id());
+      ds.field("client_addr", &self.client_addr());
+      ds.finish()
+  }
+}
 pub enum HelloOkOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -4347,6 +4463,8 @@ impl<'a> HelloOk<'a> {
   pub const VT_TENANT: ::flatbuffers::VOffsetT = 8;
   pub const VT_CORES: ::flatbuffers::VOffsetT = 10;
   pub const VT_LIMITS: ::flatbuffers::VOffsetT = 12;
+  pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 14;
+  pub const VT_NODES: ::flatbuffers::VOffsetT = 16;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4358,6 +4476,8 @@ impl<'a> HelloOk<'a> {
     args: &'args HelloOkArgs<'args>
   ) -> ::flatbuffers::WIPOffset<HelloOk<'bldr>> {
     let mut builder = HelloOkBuilder::new(_fbb);
+    builder.add_node_id(args.node_id);
+    if let Some(x) = args.nodes { builder.add_nodes(x); }
     if let Some(x) = args.limits { builder.add_limits(x); }
     builder.add_cores(args.cores);
     if let Some(x) = args.tenant { builder.add_tenant(x); }
@@ -4402,6 +4522,24 @@ impl<'a> HelloOk<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<Limits>>(HelloOk::VT_LIMITS, None)}
   }
+  /// The answering node's id (0 on a standalone node).
+  #[inline]
+  pub fn node_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(HelloOk::VT_NODE_ID, Some(0)).unwrap()}
+  }
+  /// Cluster mode: every registered member's client address, the
+  /// answering node's included, so a client given one seed learns the
+  /// others (empty on a standalone node, or before the registry is known).
+  #[inline]
+  pub fn nodes(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<NodeAddress<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<NodeAddress>>>>(HelloOk::VT_NODES, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for HelloOk<'_> {
@@ -4415,6 +4553,8 @@ impl ::flatbuffers::Verifiable for HelloOk<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("tenant", Self::VT_TENANT, false)?
      .visit_field::<u32>("cores", Self::VT_CORES, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<Limits>>("limits", Self::VT_LIMITS, false)?
+     .visit_field::<u64>("node_id", Self::VT_NODE_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<NodeAddress>>>>("nodes", Self::VT_NODES, false)?
      .finish();
     Ok(())
   }
@@ -4425,6 +4565,8 @@ pub struct HelloOkArgs<'a> {
     pub tenant: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub cores: u32,
     pub limits: Option<::flatbuffers::WIPOffset<Limits<'a>>>,
+    pub node_id: u64,
+    pub nodes: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<NodeAddress<'a>>>>>,
 }
 impl<'a> Default for HelloOkArgs<'a> {
   #[inline]
@@ -4435,6 +4577,8 @@ impl<'a> Default for HelloOkArgs<'a> {
       tenant: None,
       cores: 0,
       limits: None,
+      node_id: 0,
+      nodes: None,
     }
   }
 }
@@ -4465,6 +4609,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HelloOkBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<Limits>>(HelloOk::VT_LIMITS, limits);
   }
   #[inline]
+  pub fn add_node_id(&mut self, node_id: u64) {
+    self.fbb_.push_slot::<u64>(HelloOk::VT_NODE_ID, node_id, 0);
+  }
+  #[inline]
+  pub fn add_nodes(&mut self, nodes: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<NodeAddress<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(HelloOk::VT_NODES, nodes);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HelloOkBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     HelloOkBuilder {
@@ -4487,6 +4639,8 @@ impl ::core::fmt::Debug for HelloOk<'_> {
       ds.field("tenant", &self.tenant());
       ds.field("cores", &self.cores());
       ds.field("limits", &self.limits());
+      ds.field("node_id", &self.node_id());
+      ds.field("nodes", &self.nodes());
       ds.finish()
   }
 }

@@ -347,7 +347,26 @@ pub fn encode_reply(
             );
             (wire::Response::Error, table.as_union_value())
         }
-        Reply::HelloOk { tenant, cores } => {
+        Reply::HelloOk {
+            tenant,
+            cores,
+            node_id,
+            nodes,
+        } => {
+            let nodes: Vec<_> = nodes
+                .iter()
+                .map(|(id, client)| {
+                    let client_addr = builder.create_string(client);
+                    wire::NodeAddress::create(
+                        builder,
+                        &wire::NodeAddressArgs {
+                            node_id: *id,
+                            client_addr: Some(client_addr),
+                        },
+                    )
+                })
+                .collect();
+            let nodes = builder.create_vector(&nodes);
             let server_version = builder.create_string(env!("CARGO_PKG_VERSION"));
             let tenant = builder.create_string(tenant);
             let to_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
@@ -368,6 +387,8 @@ pub fn encode_reply(
                     tenant: Some(tenant),
                     cores: *cores,
                     limits: Some(limits),
+                    node_id: *node_id,
+                    nodes: Some(nodes),
                 },
             );
             (wire::Response::HelloOk, table.as_union_value())

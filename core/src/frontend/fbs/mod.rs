@@ -408,6 +408,8 @@ impl Connection {
         Reply::HelloOk {
             tenant,
             cores: self.context.slot_map.cores() as u32,
+            node_id: self.context.directory.node_id,
+            nodes: self.context.directory.clients(),
         }
     }
 }
