@@ -360,6 +360,7 @@ fn user_error(error: UserError) -> ApiError {
         UserError::Unknown(_) => ErrorCode::UnknownUser,
         UserError::Exists(_) => ErrorCode::UserExists,
         UserError::Storage(_) => ErrorCode::StorageFailed,
+        UserError::Unavailable(_) => ErrorCode::Unavailable,
     };
     ApiError::new(code, error.to_string())
 }

@@ -14,9 +14,20 @@
 //! the config's, as `tenants.json` does for tenants) and the names of
 //! config users deleted (they stay deleted after a restart). A config user
 //! never changed at runtime follows the config file (a rotated hash there
-//! takes effect at the next start). Like tenants, users are kept **per
-//! node** until the cluster metadata of the issue "Scale-out" exists: a
-//! user made on one node is not known to the others (docs/security.md).
+//! takes effect at the next start).
+//!
+//! # In a cluster
+//! The runtime changes are the cluster's, not the node's: each node keeps
+//! its config file's users, and the changes made at runtime on any node
+//! (users made, changed, deleted) are agreed on in the cluster metadata
+//! group and applied by every node over its own config users
+//! ([`UserOverlay`], [`Users::apply_agreed`]). The node sets a
+//! [`Replicator`] at start ([`Users::set_replicator`]); a change then
+//! computes the new list as on a standalone node, checks it, and hands
+//! what differs ([`UserOp`]s) to the replicator, which returns once the
+//! cluster agreed and this node applied it. `users.json` then holds the
+//! cluster's overlay as this node last applied it, so a restarted node
+//! starts with it before its metadata replica catches up.
 //!
 //! # Checking a password
 //! [`Users::verify`] costs one Argon2id verification (about 37 ms of CPU
@@ -141,12 +152,18 @@ pub enum UserError {
     Exists(String),
     /// The users file could not be written (nothing changed).
     Storage(String),
+    /// Cluster mode: the cluster could not agree on the change (no quorum
+    /// in the metadata group before the deadline): it may or may not
+    /// apply later, as a write whose answer was lost.
+    Unavailable(String),
 }
 
 impl std::fmt::Display for UserError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            UserError::Invalid(why) | UserError::Storage(why) => f.write_str(why),
+            UserError::Invalid(why) | UserError::Storage(why) | UserError::Unavailable(why) => {
+                f.write_str(why)
+            }
             UserError::Unknown(name) => write!(f, "user {name:?} does not exist"),
             UserError::Exists(name) => write!(f, "user {name:?} already exists"),
         }
@@ -289,6 +306,68 @@ fn lower_this_threads_priority() {
     }
 }
 
+/// One change of one user, as a cluster agrees on it (see the module
+/// docs, "In a cluster").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserOp {
+    /// Make or replace the user.
+    Put(UserSpec),
+    /// Delete the user (a config user included).
+    Delete(String),
+}
+
+/// The runtime user changes a cluster agreed on, applied by each node over
+/// its config's users.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserOverlay {
+    /// Users made or changed, by name.
+    pub users: std::collections::BTreeMap<String, UserSpec>,
+    /// Users deleted, by name (a user is in one of the two at most).
+    pub deleted: std::collections::BTreeSet<String>,
+}
+
+impl UserOverlay {
+    /// Applies one agreed change.
+    pub fn apply(&mut self, op: UserOp) {
+        match op {
+            UserOp::Put(user) => {
+                self.deleted.remove(&user.name);
+                self.users.insert(user.name.clone(), user);
+            }
+            UserOp::Delete(name) => {
+                self.users.remove(&name);
+                self.deleted.insert(name);
+            }
+        }
+    }
+
+    fn as_runtime(&self) -> RuntimeUsers {
+        RuntimeUsers {
+            users: self.users.values().cloned().collect(),
+            deleted: self.deleted.iter().cloned().collect(),
+        }
+    }
+}
+
+/// Cluster mode: proposes user changes to the cluster and returns once
+/// they are agreed and applied on this node (or why not). Called from the
+/// blocking thread a change runs on, never from a core.
+pub type Replicator = Box<dyn Fn(Vec<UserOp>) -> Result<(), UserError> + Send + Sync>;
+
+/// What differs from `old` to `new`, as changes of single users.
+fn user_ops(old: &[UserSpec], new: &[UserSpec]) -> Vec<UserOp> {
+    let changed = new
+        .iter()
+        .filter(|user| !old.contains(user))
+        .map(|user| UserOp::Put(user.clone()));
+    let deleted = old
+        .iter()
+        .filter(|user| !new.iter().any(|kept| kept.name == user.name))
+        .map(|user| UserOp::Delete(user.name.clone()));
+    changed.chain(deleted).collect()
+}
+
 /// What `users.json` holds: the runtime changes over the config's users.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -347,6 +426,8 @@ pub struct Users {
     /// What an unknown or disabled user's password is checked against
     /// (empty with authentication off).
     dummy_hash: String,
+    /// Cluster mode: where changes go to be agreed on.
+    replicator: std::sync::OnceLock<Replicator>,
 }
 
 impl std::fmt::Debug for Users {
@@ -411,6 +492,7 @@ impl Users {
             generation: AtomicU64::new(0),
             writer: Mutex::new(()),
             dummy_hash,
+            replicator: std::sync::OnceLock::new(),
         })
     }
 
@@ -488,11 +570,12 @@ impl Users {
         &self,
         change: impl FnOnce(&mut Vec<UserSpec>) -> Result<T, UserError>,
     ) -> Result<T, UserError> {
-        let _one_writer = self
+        let one_writer = self
             .writer
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut list = self.list().as_ref().clone();
+        let old = self.list();
+        let mut list = old.as_ref().clone();
         let answer = change(&mut list)?;
         for user in &list {
             check_user(user)?;
@@ -501,6 +584,17 @@ impl Users {
             return Err(UserError::Invalid(
                 "the change would leave no enabled cluster_admin user".into(),
             ));
+        }
+        if let Some(replicate) = self.replicator.get() {
+            // The cluster's turn: what differs goes through the metadata
+            // group, whose apply on this node ([`Users::apply_agreed`])
+            // takes the writer's lock again.
+            drop(one_writer);
+            let ops = user_ops(&old, &list);
+            if !ops.is_empty() {
+                replicate(ops)?;
+            }
+            return Ok(answer);
         }
         if let Some(dir) = &self.data_dir {
             save(dir, &runtime_changes(&self.config, &list)).map_err(|error| {
@@ -513,6 +607,50 @@ impl Users {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(list);
         self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(answer)
+    }
+}
+
+impl Users {
+    /// Cluster mode: from now on, changes go through `replicator` (set
+    /// once, at start; a second call is ignored). [`Users::change`] then
+    /// blocks on it: it must never run on a core's thread.
+    pub fn set_replicator(&self, replicator: Replicator) {
+        let _ = self.replicator.set(replicator);
+    }
+
+    /// Cluster mode: the cluster agreed on `overlay` (every runtime change
+    /// so far): this node's list becomes its config's users with the
+    /// overlay applied, saved to `users.json` before anyone sees it. Users
+    /// the overlay would make invalid here (a hash this version does not
+    /// accept) are left out, with a warning. Blocking (a file write and
+    /// fsyncs).
+    pub fn apply_agreed(&self, overlay: &UserOverlay) -> Result<(), UserError> {
+        let _one_writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let runtime = overlay.as_runtime();
+        let list: Vec<UserSpec> = merge(&self.config, &runtime)
+            .into_iter()
+            .filter(|user| match check_user(user) {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::warn!(user = %user.name, %error, "an agreed user is not valid here");
+                    false
+                }
+            })
+            .collect();
+        if let Some(dir) = &self.data_dir {
+            save(dir, &runtime).map_err(|error| {
+                UserError::Storage(format!("cannot save the user list: {error}"))
+            })?;
+        }
+        *self
+            .list
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(list);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(())
     }
 }
 
@@ -549,6 +687,31 @@ fn save(data_dir: &Path, users: &RuntimeUsers) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_change_becomes_single_user_ops_that_rebuild_it_on_another_node() {
+        let config = vec![user("admin", "a", true), user("carol", "c", false)];
+        let old = config.clone();
+        let mut new = old.clone();
+        new.retain(|user| user.name != "carol");
+        new.push(user("dave", "d", false));
+        new[0].enabled = false;
+        let ops = user_ops(&old, &new);
+        assert_eq!(ops.len(), 3, "{ops:?}");
+        // Another node with the same config users ends with the same list.
+        let mut overlay = UserOverlay::default();
+        for op in ops {
+            overlay.apply(op);
+        }
+        let rebuilt = merge(&config, &overlay.as_runtime());
+        let names = |list: &[UserSpec]| {
+            let mut names: Vec<_> = list.iter().map(|u| (u.name.clone(), u.enabled)).collect();
+            names.sort();
+            names
+        };
+        assert_eq!(names(&rebuilt), names(&new));
+        assert!(user_ops(&new, &new).is_empty());
+    }
 
     fn user(name: &str, password: &str, admin: bool) -> UserSpec {
         UserSpec {

@@ -817,6 +817,137 @@ fn a_client_given_one_node_learns_the_others_and_fails_over_when_it_dies() {
     );
 }
 
+/// The admin password of [`users_made_on_one_node_authenticate_on_every_node`].
+const ADMIN_PASSWORD: &str = "admin-password-1";
+
+/// `AUTH user password` on a fresh RESP connection to node `id`: the
+/// answer, `OK` or the error's text.
+fn resp_auth(cluster: &Cluster, id: u64, user: &str, password: &str) -> String {
+    let url = format!("redis://{}/", cluster.nodes[&id].resp_addr);
+    let mut connection = redis::Client::open(url).unwrap().get_connection().unwrap();
+    match redis::cmd("AUTH")
+        .arg(user)
+        .arg(password)
+        .query::<String>(&mut connection)
+    {
+        Ok(answer) => answer,
+        Err(error) => error.to_string(),
+    }
+}
+
+#[test]
+fn users_made_on_one_node_authenticate_on_every_node() {
+    let _alone = one_cluster_at_a_time();
+    let hash = tinkerdb_admin::users::hash_password(ADMIN_PASSWORD.as_bytes()).unwrap();
+    let auth = format!(
+        "\n[auth]\nenabled = true\n\n[[auth.users]]\nname = \"admin\"\npassword_hash = \"{hash}\"\ncluster_admin = true\n"
+    );
+    let mut cluster = Cluster::start_with_config(1, &auth);
+    // (Node 1 stays up throughout; nodes 2 and 3 are asked before any
+    // restart.)
+    let admin_addrs: BTreeMap<u64, std::net::SocketAddr> = cluster
+        .nodes
+        .iter()
+        .map(|(id, node)| (*id, node.admin_addr))
+        .collect();
+    let admin = |id: u64, method: reqwest::Method, path: &str, body: Option<serde_json::Value>| {
+        let url = format!("http://{}{path}", admin_addrs[&id]);
+        let mut request = reqwest::blocking::Client::new()
+            .request(method, url)
+            .basic_auth("admin", Some(ADMIN_PASSWORD));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let answer = request.send().unwrap();
+        let status = answer.status().as_u16();
+        (
+            status,
+            answer.json::<serde_json::Value>().unwrap_or_default(),
+        )
+    };
+    let user_names = |id: u64| -> Vec<String> {
+        let (status, list) = admin(id, reqwest::Method::GET, "/v1/users", None);
+        assert_eq!(status, 200, "{list}");
+        let names = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|user| user["name"].to_string());
+        names
+            .map(|name| name.trim_matches('"').to_owned())
+            .collect()
+    };
+    assert!(
+        common::eventually(Duration::from_secs(60), || {
+            let (_, status) = admin(1, reqwest::Method::GET, "/v1/cluster", None);
+            status["metadata"]["leader"].as_u64().is_some()
+                && status["metadata"]["voters"] == serde_json::json!([1, 2, 3])
+        }),
+        "no metadata leader"
+    );
+
+    // Made through node 1's admin API: node 1 knows it when the call
+    // returns, the others once they applied it.
+    let body = serde_json::json!({ "name": "alice", "password": "alice-password" });
+    let (status, made) = admin(1, reqwest::Method::POST, "/v1/users", Some(body));
+    assert_eq!(status, 201, "{made}");
+    assert!(user_names(1).contains(&"alice".to_owned()));
+    let everywhere = |name: &str, present: bool| {
+        common::eventually(Duration::from_secs(30), || {
+            (1..=3).all(|id| user_names(id).contains(&name.to_owned()) == present)
+        })
+    };
+    assert!(everywhere("alice", true), "alice never reached every node");
+    assert_eq!(resp_auth(&cluster, 3, "alice", "alice-password"), "OK");
+
+    // Made and deleted through RESP on node 3, as a cluster admin.
+    let url = format!("redis://{}/", cluster.nodes[&3].resp_addr);
+    let mut redis = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let _: String = redis::cmd("AUTH")
+        .arg("admin")
+        .arg(ADMIN_PASSWORD)
+        .query(&mut redis)
+        .unwrap();
+    let _: String = redis::cmd("ACL")
+        .arg(&["SETUSER", "bob", "on", ">bob-password"])
+        .query(&mut redis)
+        .unwrap();
+    let deleted: i64 = redis::cmd("ACL")
+        .arg(&["DELUSER", "alice"])
+        .query(&mut redis)
+        .unwrap();
+    assert_eq!(deleted, 1);
+    assert!(everywhere("bob", true), "bob never reached every node");
+    assert!(
+        everywhere("alice", false),
+        "alice was never deleted everywhere"
+    );
+    assert_eq!(resp_auth(&cluster, 1, "bob", "bob-password"), "OK");
+    assert!(resp_auth(&cluster, 1, "alice", "alice-password").contains("WRONGPASS"));
+
+    // A restarted node starts with what it applied.
+    cluster.kill(2);
+    cluster.start_node(2);
+    assert_eq!(resp_auth(&cluster, 2, "bob", "bob-password"), "OK");
+    assert!(resp_auth(&cluster, 2, "alice", "alice-password").contains("WRONGPASS"));
+
+    // Without a quorum a change is refused in bounded time, typed, and
+    // the node asked keeps its users.
+    cluster.kill(2);
+    cluster.kill(3);
+    let asked = Instant::now();
+    let body = serde_json::json!({ "name": "erin", "password": "erin-password" });
+    let (status, refused) = admin(1, reqwest::Method::POST, "/v1/users", Some(body));
+    let waited = asked.elapsed();
+    assert_eq!(
+        refused["error"]["code"], "unavailable",
+        "{status} {refused}"
+    );
+    assert!(waited < Duration::from_secs(30), "refused after {waited:?}");
+    assert!(!user_names(1).contains(&"erin".to_owned()));
+    assert_eq!(resp_auth(&cluster, 1, "bob", "bob-password"), "OK");
+}
+
 #[test]
 fn stale_reads_answer_without_a_quorum_and_linearizable_reads_refuse() {
     let _alone = one_cluster_at_a_time();

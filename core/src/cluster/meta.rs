@@ -2,13 +2,18 @@
 //! system keyspace): what every node must agree on about the cluster
 //! itself, as opposed to the data in the ranges.
 //!
-//! What it holds today: the **node registry**, each member's id, Raft
-//! address, client, Redis-protocol and admin addresses, core count and
-//! version ([`NodeRecord`]). Each node registers itself when it starts
-//! (and again whenever its record differs: a new address, a new version),
-//! so any node can tell a client or an operator where every other node
-//! serves. The range table, the moves in flight, tenants and users are to
-//! follow (issue "Scale-out"); [`MetaState::FORMAT`] versions the snapshot.
+//! What it holds today:
+//! - the **node registry**, each member's id, Raft address, client,
+//!   Redis-protocol and admin addresses, core count and version
+//!   ([`NodeRecord`]). Each node registers itself when it starts (and again
+//!   whenever its record differs: a new address, a new version), so any
+//!   node can tell a client or an operator where every other node serves;
+//! - the **users** made, changed or deleted at runtime, through any node's
+//!   admin API or `ACL SETUSER`/`DELUSER` (a [`UserOverlay`] that every
+//!   node applies over its config file's users, `Users::apply_agreed`).
+//!
+//! The range table, the moves in flight and the tenants are to follow
+//! (issue "Scale-out"); [`MetaState::FORMAT`] versions the snapshot.
 //!
 //! How it runs:
 //! - one group, id [`META_GROUP`], hosted by core 0 of every node, its log
@@ -44,6 +49,8 @@ use tinkerdb_replication::network::Peers;
 use tinkerdb_replication::state_machine::{Applier, WholeCopy};
 use tinkerdb_replication::{Command, CoreLog, Node, NodeId, Response};
 
+use tinkerdb_admin::users::{check_user, UserError, UserOp, UserOverlay, Users};
+
 use crate::coord::context::NodeDirectory;
 
 /// The metadata group's id. Range ids are small (`0..ranges`), so the top
@@ -66,6 +73,10 @@ pub const SNAPSHOT_EVERY_ENTRIES: u64 = 1_000;
 
 /// Longest address text a node record may carry (a host name and a port).
 pub const MAX_ADDRESS_BYTES: usize = 300;
+
+/// Most user changes one metadata entry may carry (one change on one node
+/// touches a user or a few).
+pub const MAX_USER_OPS: usize = 1_000;
 
 /// One member as it registered itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +131,9 @@ pub enum MetaChange {
         /// The node.
         id: NodeId,
     },
+    /// Users made, changed or deleted (one change on one node, which may
+    /// touch several users).
+    Users(Vec<UserOp>),
 }
 
 impl MetaChange {
@@ -139,6 +153,9 @@ pub struct MetaState {
     pub format: u32,
     /// Registered nodes, by id.
     pub nodes: BTreeMap<NodeId, NodeRecord>,
+    /// The users changed at runtime, over each node's config users.
+    #[serde(default)]
+    pub users: UserOverlay,
     /// Changes applied (a replay counts again; for the curious only).
     pub changes_applied: u64,
 }
@@ -165,6 +182,24 @@ impl MetaState {
             MetaChange::ForgetNode { id } => {
                 self.nodes.remove(&id);
             }
+            MetaChange::Users(ops) => {
+                // Checked whole before any applies: all or nothing.
+                if ops.len() > MAX_USER_OPS {
+                    return Err(format!(
+                        "{} user changes in one entry, over the limit of {MAX_USER_OPS}",
+                        ops.len()
+                    ));
+                }
+                for op in &ops {
+                    if let UserOp::Put(user) = op {
+                        check_user(user)
+                            .map_err(|error| format!("user {:?}: {error}", user.name))?;
+                    }
+                }
+                for op in ops {
+                    self.users.apply(op);
+                }
+            }
         }
         self.changes_applied += 1;
         Ok(())
@@ -179,6 +214,9 @@ pub struct MetaApplier {
     /// Where the registry's client addresses are published for the
     /// node's cores (their handshakes announce them).
     directory: Arc<NodeDirectory>,
+    /// The node's users, which apply the agreed overlay (`None` in unit
+    /// tests).
+    users: Option<Arc<Users>>,
 }
 
 impl MetaApplier {
@@ -189,6 +227,26 @@ impl MetaApplier {
             state,
             snapshot: WholeCopy::default(),
             directory,
+            users: None,
+        }
+    }
+
+    /// The same, also applying the agreed users to `users`.
+    pub fn with_users(mut self, users: Arc<Users>) -> MetaApplier {
+        self.users = Some(users);
+        self
+    }
+
+    /// Makes the node's users what the cluster agreed on. Blocking (a file
+    /// write and fsyncs, on this core): user changes are rare. A failure
+    /// (the disk) leaves the node's users as they were until the next
+    /// change or restart, and is logged: the metadata itself is applied.
+    fn apply_users(&self) {
+        let Some(users) = &self.users else {
+            return;
+        };
+        if let Err(error) = users.apply_agreed(&self.state.borrow().users) {
+            tracing::error!(%error, "cannot apply the cluster's users on this node");
         }
     }
 
@@ -224,10 +282,14 @@ impl Applier for MetaApplier {
             Ok(change) => change,
             Err(error) => return refused(format!("undecodable metadata change: {error}")),
         };
+        let touches_users = matches!(change, MetaChange::Users(_));
         let applied = self.state.borrow_mut().apply(change);
         match applied {
             Ok(()) => {
                 self.publish();
+                if touches_users {
+                    self.apply_users();
+                }
                 Response::Empty
             }
             Err(reason) => refused(reason),
@@ -267,8 +329,14 @@ impl Applier for MetaApplier {
                 MetaState::FORMAT
             ));
         }
+        let has_users = state.users != UserOverlay::default();
         *self.state.borrow_mut() = state;
         self.publish();
+        // A cluster that never changed a user leaves the node's own
+        // runtime users (from before it joined) alone.
+        if has_users {
+            self.apply_users();
+        }
         Ok(())
     }
 }
@@ -335,6 +403,7 @@ pub async fn start(
     node_id: NodeId,
     core_dir: &Path,
     directory: Arc<NodeDirectory>,
+    users: Arc<Users>,
     log: CoreLog,
     peers: Rc<Peers>,
     initial_members: Option<BTreeMap<NodeId, Node>>,
@@ -350,7 +419,8 @@ pub async fn start(
         logs_kept_after_snapshot: SNAPSHOT_EVERY_ENTRIES / 10,
     };
     let state = Rc::new(RefCell::new(MetaState::new()));
-    let applier = Rc::new(RefCell::new(MetaApplier::new(state.clone(), directory)));
+    let applier = MetaApplier::new(state.clone(), directory).with_users(users.clone());
+    let applier = Rc::new(RefCell::new(applier));
     let raft = group::start(&spec, applier, peers.clone())
         .await
         .map_err(|error| anyhow::anyhow!("the metadata group: {error}"))?;
@@ -363,7 +433,57 @@ pub async fn start(
         state,
     });
     THIS_CORE.with(|slot| *slot.borrow_mut() = Some(replica.clone()));
+    replicate_users(&users, replica.clone());
     Ok(replica)
+}
+
+/// A user change waiting for the metadata group, with where its answer
+/// goes.
+type UserProposal = (
+    Vec<UserOp>,
+    futures_channel::oneshot::Sender<Result<(), String>>,
+);
+
+/// Routes the node's user changes through the metadata group: the
+/// blocking thread a change runs on (`Users::change`, from the admin API
+/// or `ACL SETUSER` on any core) queues it here and waits; core 0 proposes
+/// it and answers once this node applied it.
+fn replicate_users(users: &Users, replica: Rc<MetaReplica>) {
+    let (proposals, mut incoming) = futures_channel::mpsc::unbounded::<UserProposal>();
+    let stopped =
+        || UserError::Unavailable("this node's cluster metadata group has stopped".into());
+    users.set_replicator(Box::new(move |ops| {
+        let (reply, answer) = futures_channel::oneshot::channel();
+        proposals
+            .unbounded_send((ops, reply))
+            .map_err(|_| stopped())?;
+        futures_lite::future::block_on(answer)
+            .map_err(|_| stopped())?
+            .map_err(|why| {
+                UserError::Unavailable(format!("the cluster did not take the change: {why}"))
+            })
+    }));
+    glommio::spawn_local(async move {
+        use futures_lite::StreamExt;
+        while let Some((ops, reply)) = incoming.next().await {
+            let replica = replica.clone();
+            glommio::spawn_local(async move {
+                let _ = reply.send(propose_and_apply(&replica, &MetaChange::Users(ops)).await);
+            })
+            .detach();
+        }
+    })
+    .detach();
+}
+
+/// [`propose`], then waits until this node has applied everything the
+/// leader had committed (the change included): what the caller changed,
+/// it sees here at once.
+pub async fn propose_and_apply(replica: &MetaReplica, change: &MetaChange) -> Result<(), String> {
+    propose(replica, change).await?;
+    group::read_barrier(&replica.raft, &replica.peers, META_GROUP)
+        .await
+        .map_err(|group::ReadRefused::Failed(error)| error.to_string())
 }
 
 /// Proposes `change` through the metadata leader (forwarded there when
@@ -506,6 +626,38 @@ mod tests {
             vec![1]
         );
         assert_eq!(*directory.clients(), vec![(1, moved.client)]);
+    }
+
+    #[test]
+    fn user_changes_build_the_overlay_all_or_nothing() {
+        let hash = tinkerdb_admin::users::hash_password(b"pw").unwrap();
+        let user = |name: &str| tinkerdb_admin::users::UserSpec {
+            name: name.into(),
+            password_hash: hash.clone(),
+            tenant: "default".into(),
+            enabled: true,
+            cluster_admin: false,
+            access: Default::default(),
+        };
+        let mut state = MetaState::new();
+        let change = MetaChange::Users(vec![UserOp::Put(user("alice")), UserOp::Put(user("bob"))]);
+        state.apply(change).unwrap();
+        state
+            .apply(MetaChange::Users(vec![UserOp::Delete("alice".into())]))
+            .unwrap();
+        assert_eq!(state.users.users.keys().collect::<Vec<_>>(), vec!["bob"]);
+        assert!(state.users.deleted.contains("alice"));
+        // A bad user anywhere in the entry: nothing of it applies.
+        let mut bad = user("carol");
+        bad.password_hash = "not a hash".into();
+        let before = state.clone();
+        let refused = MetaChange::Users(vec![UserOp::Delete("bob".into()), UserOp::Put(bad)]);
+        assert!(state.apply(refused).is_err());
+        let too_many = (0..=MAX_USER_OPS)
+            .map(|i| UserOp::Delete(format!("u{i}")))
+            .collect();
+        assert!(state.apply(MetaChange::Users(too_many)).is_err());
+        assert_eq!(state, before);
     }
 
     #[test]

@@ -123,6 +123,7 @@ pub async fn start_replicas(
                 cluster.node_id,
                 &context.core_dir,
                 context.directory.clone(),
+                context.users.clone(),
                 log.clone(),
                 meta_peers,
                 initial_members,
