@@ -262,8 +262,9 @@ impl Addresses {
     }
 
     /// Opens a connection at the first address that answers: an address
-    /// that cannot be reached passes to the next; any other failure (a
-    /// refused handshake: unknown tenant, wrong password) is the answer.
+    /// that cannot be reached, or whose node does not finish the handshake
+    /// in time, passes to the next; any other failure (a refused
+    /// handshake: unknown tenant, wrong password) is the answer.
     async fn open_any(
         &self,
         config: &ClientConfig,
@@ -275,7 +276,9 @@ impl Addresses {
                     self.answered(&addr, &hello.nodes);
                     return Ok((connection, hello));
                 }
-                Err(error @ ClientError::Connection { .. }) => unreachable = Some(error),
+                Err(error @ (ClientError::Connection { .. } | ClientError::Timeout(_))) => {
+                    unreachable = Some(error)
+                }
                 Err(other) => return Err(other),
             }
         }
