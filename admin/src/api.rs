@@ -1037,12 +1037,13 @@ async fn publish_tenants(node: &NodeHandle, tenants: &[TenantSpec]) -> ApiResult
         (status = 201, body = TenantStatus),
         (status = 400, body = ErrorBody),
         (status = 503, body = ErrorBody),
-        (status = 409, description = "The tenant exists", body = ErrorBody)))]
+        (status = 409, description = "The tenant exists, or the node is in a cluster (tenants come from every node's config there)", body = ErrorBody)))]
 async fn create_tenant(
     State(state): State<AppState>,
     body: Result<Json<NewTenant>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<TenantStatus>)> {
     let Json(new) = body.map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.body_text()))?;
+    refuse_tenant_change_in_cluster(&state, "created")?;
     if !valid_tenant_name(&new.name) {
         return Err(ApiError::new(
             ErrorCode::InvalidArgument,
@@ -1219,13 +1220,15 @@ async fn delete_tenant(
 /// refused until usage is under it.
 #[utoipa::path(put, path = "/v1/tenants/{tenant}/quota", tag = "tenants", request_body = QuotaBody,
     params(("tenant" = String, Path, description = "Tenant name")),
-    responses((status = 200, body = QuotaBody), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = QuotaBody), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "The node is in a cluster (quotas come from every node's config there)", body = ErrorBody)))]
 async fn set_quota(
     State(state): State<AppState>,
     Path(tenant): Path<String>,
     body: Result<Json<QuotaBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<QuotaBody>> {
     let Json(quota) = body.map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.body_text()))?;
+    refuse_tenant_change_in_cluster(&state, "given another quota")?;
     let mut tenants = state.node.tenants().lock().await;
     let Some(index) = tenants
         .iter()
@@ -1239,6 +1242,27 @@ async fn set_quota(
     publish_tenants(&state.node, &changed).await?;
     *tenants = changed;
     Ok(Json(quota))
+}
+
+/// Refuses a runtime change of the tenants on a cluster node. Each node
+/// keeps its own tenant list and quotas, and every replica judges a
+/// replicated write against its own: a tenant made, or a quota changed, on
+/// one node only would make the replicas of a range apply the same entry
+/// differently (one writes, another refuses) and diverge. Until the cluster
+/// metadata group keeps tenants (issue "Scale-out"), a cluster's tenants
+/// and quotas come from the same `[[tenants]]` in every node's config.
+fn refuse_tenant_change_in_cluster(state: &AppState, what: &str) -> Result<(), ApiError> {
+    if state.node.facts().cluster {
+        return Err(ApiError::new(
+            ErrorCode::Unsupported,
+            format!(
+                "tenants cannot be {what} at runtime in cluster mode yet: every replica \
+                 judges a write by its own node's tenants and quotas, so they must be the same \
+                 on every node; define them in every node's config file ([[tenants]])"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The error for a tenant name the node does not know.

@@ -506,6 +506,35 @@ fn a_cluster_with_authentication_serves_users_on_every_node_and_a_node_joins_wit
         .send()
         .unwrap();
     assert_eq!(refused.status(), 409);
+    // Nor made, nor given another quota, at runtime: every replica judges
+    // a write by its own node's tenants and quotas, so a change on one
+    // node only would make the replicas diverge.
+    let http = reqwest::blocking::Client::new();
+    let made = http
+        .post(format!("http://{}/v1/tenants", nodes[0].admin_addr))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .json(&serde_json::json!({ "name": "beta" }))
+        .send()
+        .unwrap();
+    assert_eq!(made.status(), 409);
+    let why: serde_json::Value = made.json().unwrap();
+    assert!(
+        why["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("config file"),
+        "{why}"
+    );
+    let quota = http
+        .put(format!(
+            "http://{}/v1/tenants/acme/quota",
+            nodes[0].admin_addr
+        ))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .json(&serde_json::json!({ "max_keys": 5, "max_bytes": null }))
+        .send()
+        .unwrap();
+    assert_eq!(quota.status(), 409);
     // Writes through one node (forwarded to each range's leader), read
     // back through another, as alice (tenant acme).
     let mut writer = Raw::connect(&nodes[1]);

@@ -204,18 +204,27 @@ fn reply_for(id: u64, command: &Command, limits: &Limits) -> (Reply, Response) {
         (read, client)
     };
     match command {
-        Command::Hello { tenant, .. } => (
-            Reply::HelloOk {
-                tenant: tenant.clone(),
-                cores: id as u32,
-            },
-            Response::HelloOk {
-                tenant: tenant.clone(),
-                cores: id as u32,
-                max_key_bytes: limits.max_key_bytes as u32,
-                max_value_bytes: limits.max_value_bytes as u32,
-            },
-        ),
+        Command::Hello { tenant, .. } => {
+            // The cluster's members, made of the fuzzed bytes too: any
+            // text must come back as sent.
+            let nodes = vec![(id, tenant.clone()), (id.wrapping_add(1), String::new())];
+            (
+                Reply::HelloOk {
+                    tenant: tenant.clone(),
+                    cores: id as u32,
+                    node_id: id,
+                    nodes: std::sync::Arc::new(nodes.clone()),
+                },
+                Response::HelloOk {
+                    tenant: tenant.clone(),
+                    cores: id as u32,
+                    node_id: id,
+                    nodes,
+                    max_key_bytes: limits.max_key_bytes as u32,
+                    max_value_bytes: limits.max_value_bytes as u32,
+                },
+            )
+        }
         Command::Ping => (Reply::Pong, Response::Pong),
         Command::Get { key } => {
             let (read, client) = value_read(key, id);

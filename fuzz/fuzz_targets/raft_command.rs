@@ -6,13 +6,16 @@
 //! openraft's messages) round-trips too. An `Ops` command's payload goes
 //! through the node's operation decoder (`core/src/write_op.rs`): what
 //! decodes re-encodes to the same operations and turns into shard requests
-//! without a panic.
+//! without a panic. A `Meta` command goes through the cluster metadata's
+//! state machine (`core/src/cluster/meta.rs`): applied or refused, never a
+//! panic.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use tinkerdb_core::shard::write_op::{decode_ops, encode_ops};
 use tinkerdb_replication::network::{decode, encode};
+use tinkerdb_replication::state_machine::Applier;
 use tinkerdb_replication::{Command, PutCondition};
 
 fuzz_target!(|data: &[u8]| {
@@ -39,6 +42,11 @@ fuzz_target!(|data: &[u8]| {
     let back: Command = decode(&wire).expect("the serde form decodes");
     assert_eq!(back, command);
     let _ = command.to_string();
+    if let Command::Meta { .. } = &command {
+        use tinkerdb_core::cluster::meta::{MetaApplier, MetaState};
+        let state = std::rc::Rc::new(std::cell::RefCell::new(MetaState::new()));
+        let _ = MetaApplier::new(state, Default::default()).apply(&command);
+    }
     if let Command::Ops { payload, .. } = &command {
         if let Ok(ops) = decode_ops(payload) {
             // Compared as bytes: an f64 increment may be NaN (not equal to itself).

@@ -260,6 +260,14 @@ fn commands() -> Vec<Command> {
             payload: ops_payload(),
             trace: None,
         },
+        Command::Meta {
+            at_unix_ms: 1_700_000_000_000,
+            payload: br#"{"register_node":{"id":2,"raft":"10.0.0.2:7390","client":"10.0.0.2:7379","resp":null,"admin":"10.0.0.2:7380","cores":2,"version":"0.1.0"}}"#.to_vec(),
+        },
+        Command::Meta {
+            at_unix_ms: 1,
+            payload: br#"{"users":[{"delete":"alice"}]}"#.to_vec(),
+        },
     ]
 }
 
