@@ -78,6 +78,10 @@ pub const MAX_ADDRESS_BYTES: usize = 300;
 /// touches a user or a few).
 pub const MAX_USER_OPS: usize = 1_000;
 
+/// User changes queued for core 0 to propose at once (each waits on a
+/// blocking thread of its own); one more is refused as `unavailable`.
+pub const MAX_QUEUED_USER_CHANGES: usize = 64;
+
 /// One member as it registered itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -449,14 +453,26 @@ type UserProposal = (
 /// or `ACL SETUSER` on any core) queues it here and waits; core 0 proposes
 /// it and answers once this node applied it.
 fn replicate_users(users: &Users, replica: Rc<MetaReplica>) {
-    let (proposals, mut incoming) = futures_channel::mpsc::unbounded::<UserProposal>();
+    let (proposals, mut incoming) =
+        futures_channel::mpsc::channel::<UserProposal>(MAX_QUEUED_USER_CHANGES);
+    let proposals = std::sync::Mutex::new(proposals);
     let stopped =
         || UserError::Unavailable("this node's cluster metadata group has stopped".into());
     users.set_replicator(Box::new(move |ops| {
         let (reply, answer) = futures_channel::oneshot::channel();
-        proposals
-            .unbounded_send((ops, reply))
-            .map_err(|_| stopped())?;
+        let queued = proposals
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .try_send((ops, reply));
+        if let Err(refused) = queued {
+            return Err(match refused.is_full() {
+                true => UserError::Unavailable(format!(
+                    "{MAX_QUEUED_USER_CHANGES} user changes are already waiting for the \
+                     cluster: retry later"
+                )),
+                false => stopped(),
+            });
+        }
         futures_lite::future::block_on(answer)
             .map_err(|_| stopped())?
             .map_err(|why| {
