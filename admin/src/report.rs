@@ -97,8 +97,10 @@ pub struct PeerReport {
     pub last_error: Option<String>,
 }
 
-/// A node as it registered itself in the cluster metadata.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A node as it registered itself in the cluster metadata (also the
+/// record the metadata group replicates, `core::cluster::meta::NodeRecord`:
+/// its JSON form is part of the metadata's log entries and snapshots).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RegisteredNode {
     /// Node id.
     pub id: u64,

@@ -596,8 +596,20 @@ impl Users {
             }
             return Ok(answer);
         }
+        self.save_and_publish(&runtime_changes(&self.config, &list), list)?;
+        Ok(answer)
+    }
+
+    /// Saves `runtime` (the changes over the config that make `list`) to
+    /// `users.json`, then makes `list` the one everyone sees and raises
+    /// the generation. The caller holds the writer's lock.
+    fn save_and_publish(
+        &self,
+        runtime: &RuntimeUsers,
+        list: Vec<UserSpec>,
+    ) -> Result<(), UserError> {
         if let Some(dir) = &self.data_dir {
-            save(dir, &runtime_changes(&self.config, &list)).map_err(|error| {
+            save(dir, runtime).map_err(|error| {
                 UserError::Storage(format!("cannot save the user list: {error}"))
             })?;
         }
@@ -606,7 +618,7 @@ impl Users {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(list);
         self.generation.fetch_add(1, Ordering::AcqRel);
-        Ok(answer)
+        Ok(())
     }
 }
 
@@ -640,17 +652,7 @@ impl Users {
                 }
             })
             .collect();
-        if let Some(dir) = &self.data_dir {
-            save(dir, &runtime).map_err(|error| {
-                UserError::Storage(format!("cannot save the user list: {error}"))
-            })?;
-        }
-        *self
-            .list
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(list);
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        Ok(())
+        self.save_and_publish(&runtime, list)
     }
 }
 

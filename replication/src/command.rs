@@ -504,27 +504,23 @@ const SHOWN_KEY_BYTES: usize = 32;
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let Some(key) = self.key() else {
-            let (Command::Ops {
-                at_unix_ms,
-                payload,
-                ..
-            }
-            | Command::Meta {
-                at_unix_ms,
-                payload,
-            }) = self
-            else {
-                unreachable!("only Ops and Meta name no key")
+            return match self {
+                Command::Meta {
+                    at_unix_ms,
+                    payload,
+                } => write!(f, "meta ({} bytes at {at_unix_ms})", payload.len()),
+                Command::Ops {
+                    at_unix_ms,
+                    payload,
+                    ..
+                } => write!(
+                    f,
+                    "ops {} ({} bytes at {at_unix_ms})",
+                    self.tenant(),
+                    payload.len()
+                ),
+                _ => unreachable!("only Ops and Meta name no key"),
             };
-            if matches!(self, Command::Meta { .. }) {
-                return write!(f, "meta ({} bytes at {at_unix_ms})", payload.len());
-            }
-            return write!(
-                f,
-                "ops {} ({} bytes at {at_unix_ms})",
-                self.tenant(),
-                payload.len()
-            );
         };
         let shown = String::from_utf8_lossy(&key[..key.len().min(SHOWN_KEY_BYTES)]);
         let ellipsis = if key.len() > SHOWN_KEY_BYTES {

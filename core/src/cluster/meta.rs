@@ -82,46 +82,33 @@ pub const MAX_USER_OPS: usize = 1_000;
 /// blocking thread of its own); one more is refused as `unavailable`.
 pub const MAX_QUEUED_USER_CHANGES: usize = 64;
 
-/// One member as it registered itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeRecord {
-    /// The node's id.
-    pub id: NodeId,
-    /// Its Raft address, as its peers dial it.
-    pub raft: String,
-    /// Its client (flatbuffers) address, as clients are told to dial it.
-    pub client: String,
-    /// Its Redis-protocol address, if it serves one.
-    pub resp: Option<String>,
-    /// Its admin API address, if it serves one.
-    pub admin: Option<String>,
-    /// Its cores (each hosts ranges).
-    pub cores: u32,
-    /// The TinkerDB version it runs.
-    pub version: String,
-}
+/// One member as it registered itself: the admin plane's
+/// `RegisteredNode`, so that what the registry holds is what a core
+/// reports, with no copy between the two shapes.
+pub use tinkerdb_admin::report::RegisteredNode as NodeRecord;
 
-impl NodeRecord {
-    /// Checks the limits (a record is proposed by a node and applied by
-    /// every node alike: a bad one is refused everywhere).
-    pub fn check(&self) -> Result<(), String> {
-        let addresses = [Some(&self.raft), Some(&self.client)]
-            .into_iter()
-            .chain([self.resp.as_ref(), self.admin.as_ref()])
-            .flatten();
-        for address in addresses {
-            if address.is_empty() || address.len() > MAX_ADDRESS_BYTES {
-                return Err(format!(
-                    "node {}: address {address:?} is empty or over {MAX_ADDRESS_BYTES} bytes",
-                    self.id
-                ));
-            }
+/// Checks a record's limits (a record is proposed by a node and applied
+/// by every node alike: a bad one is refused everywhere).
+pub fn check_record(record: &NodeRecord) -> Result<(), String> {
+    let addresses = [Some(&record.raft), Some(&record.client)]
+        .into_iter()
+        .chain([record.resp.as_ref(), record.admin.as_ref()])
+        .flatten();
+    for address in addresses {
+        if address.is_empty() || address.len() > MAX_ADDRESS_BYTES {
+            return Err(format!(
+                "node {}: address {address:?} is empty or over {MAX_ADDRESS_BYTES} bytes",
+                record.id
+            ));
         }
-        if self.id == 0 || self.cores == 0 {
-            return Err(format!("node {}: id and cores must be at least 1", self.id));
-        }
-        Ok(())
     }
+    if record.id == 0 || record.cores == 0 {
+        return Err(format!(
+            "node {}: id and cores must be at least 1",
+            record.id
+        ));
+    }
+    Ok(())
 }
 
 /// A change of the metadata (the payload of a [`Command::Meta`]).
@@ -160,8 +147,6 @@ pub struct MetaState {
     /// The users changed at runtime, over each node's config users.
     #[serde(default)]
     pub users: UserOverlay,
-    /// Changes applied (a replay counts again; for the curious only).
-    pub changes_applied: u64,
 }
 
 impl MetaState {
@@ -180,7 +165,7 @@ impl MetaState {
     pub fn apply(&mut self, change: MetaChange) -> Result<(), String> {
         match change {
             MetaChange::RegisterNode(record) => {
-                record.check()?;
+                check_record(&record)?;
                 self.nodes.insert(record.id, record);
             }
             MetaChange::ForgetNode { id } => {
@@ -205,7 +190,6 @@ impl MetaState {
                 }
             }
         }
-        self.changes_applied += 1;
         Ok(())
     }
 }
@@ -369,21 +353,7 @@ impl MetaReplica {
             voters: ids(&status.voters),
             learners: ids(&status.learners),
             applied_index: status.applied_index,
-            nodes: self
-                .state
-                .borrow()
-                .nodes
-                .values()
-                .map(|node| tinkerdb_admin::report::RegisteredNode {
-                    id: node.id,
-                    raft: node.raft.clone(),
-                    client: node.client.clone(),
-                    resp: node.resp.clone(),
-                    admin: node.admin.clone(),
-                    cores: node.cores,
-                    version: node.version.clone(),
-                })
-                .collect(),
+            nodes: self.state.borrow().nodes.values().cloned().collect(),
         }
     }
 }

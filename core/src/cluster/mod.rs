@@ -86,15 +86,17 @@ pub async fn start_replicas(
     // this core's home ranges. A range placed otherwise on a peer (moved)
     // gets a connection of its own (`transport::PeerClient`).
     let hosted = context.hosted_ranges();
-    let peers = Rc::new(Peers::new(
-        context.slot_map.home_ranges(core).start as u64,
-        cluster
+    // This core's clients of the seed nodes, for connections whose hello
+    // names `hello`.
+    let peers_for = |hello: u64| {
+        let others = cluster
             .nodes
             .iter()
-            .filter(|node| node.id != cluster.node_id)
-            .map(|node| (node.id, node.raft.clone())),
-        peer_tls.clone(),
-    ));
+            .filter(|node| node.id != cluster.node_id);
+        let others = others.map(|node| (node.id, node.raft.clone()));
+        Rc::new(Peers::new(hello, others, peer_tls.clone()))
+    };
+    let peers = peers_for(context.slot_map.home_ranges(core).start as u64);
     let groups: Rc<CoreGroups<ShardApplier>> = Rc::new(CoreGroups::default());
     let ranges_handler = groups.call_handler(peers.clone());
     // Every range of the core on its one shared Raft log (core 0's holds
@@ -109,15 +111,7 @@ pub async fn start_replicas(
     // hello names `meta::META_GROUP`, which core 0's router keeps here).
     let meta = match core {
         0 => {
-            let meta_peers = Rc::new(Peers::new(
-                meta::META_GROUP,
-                cluster
-                    .nodes
-                    .iter()
-                    .filter(|node| node.id != cluster.node_id)
-                    .map(|node| (node.id, node.raft.clone())),
-                peer_tls.clone(),
-            ));
+            let meta_peers = peers_for(meta::META_GROUP);
             let initial_members = cluster.join.is_none().then(|| members.clone());
             let replica = meta::start(
                 cluster.node_id,
