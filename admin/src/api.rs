@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -1428,6 +1427,43 @@ async fn get_key(
     }
 }
 
+/// Bytes of an oversized request body read and dropped before the `413`
+/// is sent: a client still writing its body then reads the answer instead
+/// of a reset connection (hyper closes a connection whose request body was
+/// left unread). A body larger still is cut off there.
+pub const MAX_DRAINED_BODY_BYTES: usize = 64 << 20;
+
+/// A key's value from a request body: at most `max` bytes kept; a longer
+/// body is read on (and dropped) up to [`MAX_DRAINED_BODY_BYTES`], then
+/// answered `value_too_large`.
+async fn read_value(body: axum::body::Body, max: usize) -> Result<Bytes, ApiError> {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut value = bytes::BytesMut::new();
+    let mut total = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|error| {
+            ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!("cannot read the body: {error}"),
+            )
+        })?;
+        total = total.saturating_add(chunk.len());
+        if total <= max {
+            value.extend_from_slice(&chunk);
+        } else if total > MAX_DRAINED_BODY_BYTES {
+            break;
+        }
+    }
+    if total > max {
+        return Err(ApiError::new(
+            ErrorCode::ValueTooLarge,
+            format!("the value is over max_value_bytes ({max})"),
+        ));
+    }
+    Ok(value.freeze())
+}
+
 /// Writes a key; the request body is the value. Answered once the write is
 /// as durable as the node's durability mode promises.
 #[utoipa::path(put, path = "/v1/tenants/{tenant}/keys/{key}", tag = "keys",
@@ -1441,22 +1477,16 @@ async fn put_key(
     State(state): State<AppState>,
     Path((tenant, key)): Path<(String, String)>,
     query: Result<Query<PutQuery>, axum::extract::rejection::QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> ApiResult<Json<WrittenBody>> {
+    let max = state.node.facts().max_value_bytes;
+    // Read first, even when the key or query is bad: an answer sent while
+    // the client still writes its body reaches it as a reset connection.
+    let value = read_value(body, max).await;
     let Query(query) =
         query.map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.body_text()))?;
     check_key(&state, &key)?;
-    let max = state.node.facts().max_value_bytes;
-    let value = body.map_err(|error| {
-        if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                ErrorCode::ValueTooLarge,
-                format!("the value is over max_value_bytes ({max})"),
-            )
-        } else {
-            ApiError::new(ErrorCode::InvalidArgument, error.body_text())
-        }
-    })?;
+    let value = value?;
     if value.len() > max {
         return Err(ApiError::new(
             ErrorCode::ValueTooLarge,

@@ -67,6 +67,13 @@ pub struct NodeConfig {
     /// value, fixed for a data directory (its NODE file). A standalone node
     /// hosts one range per core.
     pub ranges_per_core: usize,
+    /// Cluster mode: replicas of each range (odd, 1 to
+    /// [`MAX_REPLICATION_FACTOR`]). A cluster of at most this many seed
+    /// nodes replicates every range on every node; a larger one places each
+    /// range's replicas on this many of them (`cluster::layout`), so a node
+    /// holds a share of the data and forwards requests for the rest. Fixed
+    /// for a data directory (its `RANGES` file).
+    pub replication_factor: usize,
     /// Authentication: off by default (any client that reaches a port acts
     /// for any tenant, as before); see docs/security.md.
     pub auth: AuthConfig,
@@ -328,12 +335,20 @@ impl Default for NodeConfig {
             shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
             databases: crate::tenants::DEFAULT_DATABASES,
             ranges_per_core: 1,
+            replication_factor: DEFAULT_REPLICATION_FACTOR,
             auth: AuthConfig::default(),
             tracing: TracingConfig::default(),
             tls: None,
         }
     }
 }
+
+/// Default of [`NodeConfig::replication_factor`]: survives one node down.
+pub const DEFAULT_REPLICATION_FACTOR: usize = 3;
+
+/// Largest [`NodeConfig::replication_factor`]: every write waits for a
+/// majority, and more copies buy little beyond surviving three failures.
+pub const MAX_REPLICATION_FACTOR: usize = 7;
 
 /// Default of [`NodeConfig::shutdown_timeout_ms`]: room for a leadership
 /// hand-off and the slowest in-flight answer, well inside the 10 s that
@@ -534,6 +549,14 @@ impl NodeConfig {
                  and snapshots hold one range)"
                     .into(),
             );
+        }
+        let factor = self.replication_factor;
+        if !(1..=MAX_REPLICATION_FACTOR).contains(&factor) || factor.is_multiple_of(2) {
+            return invalid(format!(
+                "replication_factor must be odd and 1 to {MAX_REPLICATION_FACTOR}, not {factor} \
+                 (2f + 1 replicas survive f failures; an even count survives no more than the \
+                 odd count below it)"
+            ));
         }
         if self.raft.snapshot_every_entries == 0 {
             return invalid("raft.snapshot_every_entries must be at least 1".into());

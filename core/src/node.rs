@@ -189,7 +189,48 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
             .load_placement(&config.data_dir)
             .map_err(|error| anyhow!("{error}"))?;
     }
-    let move_claims = Arc::new(MoveClaims::new(slot_map.ranges()));
+    // Cluster mode: which nodes replicate each range (fixed at the
+    // cluster's creation, recorded in the data directory); the ranges
+    // other nodes hold are forwarded there.
+    let node_cluster = match &config.cluster {
+        Some(cluster) => {
+            let seeds: Vec<u64> = match cluster.join {
+                Some(_) => Vec::new(),
+                None => cluster.nodes.iter().map(|node| node.id).collect(),
+            };
+            let layout = crate::cluster::layout::RangeLayout::load_or_plan(
+                &config.data_dir,
+                &seeds,
+                slot_map.ranges(),
+                config.replication_factor,
+            )?;
+            for range in 0..slot_map.ranges() {
+                if !layout.replicates(cluster.node_id, range) {
+                    slot_map.set_remote(range);
+                }
+            }
+            // Where the ranges this node does not hold are: their
+            // replicas and the seeds' Raft addresses.
+            let remote: Vec<Vec<u64>> = (0..slot_map.ranges())
+                .map(|range| match slot_map.is_remote(range) {
+                    true => layout.replicas_of(range).unwrap_or_default().to_vec(),
+                    false => Vec::new(),
+                })
+                .collect();
+            let addresses = cluster
+                .nodes
+                .iter()
+                .map(|node| (node.id, node.raft.to_string()))
+                .collect();
+            let remote = crate::coord::forward::RangeReplicas::new(remote, addresses);
+            Some(Arc::new(crate::cluster::NodeCluster {
+                move_claims: Arc::new(MoveClaims::new(slot_map.ranges())),
+                layout: Arc::new(layout),
+                remote_ranges: Arc::new(remote),
+            }))
+        }
+        None => None,
+    };
     // The config's tenants, then those created or changed at runtime.
     let configured = config
         .tenants
@@ -285,7 +326,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
             core,
             addrs,
             slot_map: slot_map.clone(),
-            move_claims: move_claims.clone(),
+            node_cluster: node_cluster.clone(),
             tenants: tenants.clone(),
             users: users.clone(),
             tls: tls.clone(),
@@ -671,8 +712,9 @@ struct CoreSetup {
     core: CoreId,
     addrs: BoundAddrs,
     slot_map: Arc<SlotMap>,
-    /// The node's range moves under way (cluster mode).
-    move_claims: Arc<MoveClaims>,
+    /// Cluster mode: what the cores share (range moves, the range layout,
+    /// where the ranges other nodes hold are).
+    node_cluster: Option<Arc<crate::cluster::NodeCluster>>,
     tenants: Arc<TenantRegistry>,
     /// The node's users (shared by every core and the admin plane).
     users: Arc<Users>,
@@ -817,10 +859,14 @@ async fn run_core(setup: CoreSetup) -> anyhow::Result<()> {
         let peer_sockets = setup
             .peer_sockets
             .expect("cluster mode makes the hand-off channels");
+        let node_cluster = setup
+            .node_cluster
+            .clone()
+            .expect("cluster mode makes the node's cluster share");
         crate::cluster::start_replicas(
             &context,
             &setup.config,
-            setup.move_claims.clone(),
+            &node_cluster,
             peer_sockets,
             setup.tls.as_ref().and_then(|tls| tls.peers()),
             node_record(

@@ -19,7 +19,7 @@
 //! and one that saw the old core is sent on by it.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 
 use tinkerdb_storage::{Slot, SLOT_COUNT};
 
@@ -45,6 +45,10 @@ pub struct SlotMap {
     /// Each range's epoch on this node (cluster mode; 0 on a standalone
     /// node): see [`SlotMap::epoch`].
     epoch_by_range: Box<[AtomicU64]>,
+    /// Cluster mode: the ranges this node does not replicate (the
+    /// cluster's layout places them on other nodes, `cluster::layout`);
+    /// their requests are forwarded (`coord::forward`).
+    remote_by_range: Box<[AtomicBool]>,
     /// Held while the placement file is written.
     placement_lock: std::sync::Mutex<()>,
     ranges_per_core: usize,
@@ -80,6 +84,7 @@ impl SlotMap {
         SlotMap {
             range_by_slot,
             epoch_by_range: (0..ranges).map(|_| AtomicU64::new(0)).collect(),
+            remote_by_range: (0..ranges).map(|_| AtomicBool::new(false)).collect(),
             placement_lock: std::sync::Mutex::new(()),
             core_by_range,
             ranges_per_core,
@@ -143,11 +148,27 @@ impl SlotMap {
         self.ranges_per_core
     }
 
-    /// The ranges `core` hosts now, in id order.
+    /// The ranges `core` hosts now, in id order (a range this node does
+    /// not replicate is hosted by no core).
     pub fn ranges_of(&self, core: CoreId) -> Vec<RangeId> {
         (0..self.ranges())
-            .filter(|&range| self.core_of(range) == core)
+            .filter(|&range| self.core_of(range) == core && !self.is_remote(range))
             .collect()
+    }
+
+    /// Whether `range` is replicated by other nodes only: no core of this
+    /// node hosts it, and its requests are forwarded to a node that does.
+    /// ([`Self::core_of`] still names a core: the range's home core, whose
+    /// peer connections carry the forwarded requests.)
+    #[inline]
+    pub fn is_remote(&self, range: RangeId) -> bool {
+        self.remote_by_range[range].load(Ordering::Acquire)
+    }
+
+    /// Marks `range` as replicated by other nodes only (set before the
+    /// cores start, from the cluster's layout).
+    pub fn set_remote(&self, range: RangeId) {
+        self.remote_by_range[range].store(true, Ordering::Release);
     }
 
     /// The ranges whose home is `core` (contiguous).

@@ -56,10 +56,24 @@ impl Peers {
         peers: impl IntoIterator<Item = (NodeId, A)>,
         tls: Option<PeerTls>,
     ) -> Peers {
+        let peers = peers.into_iter().map(|(id, addr)| (id, addr, hello_range));
+        Peers::with_hellos(hello_range, peers, tls)
+    }
+
+    /// Peers from `(node id, Raft address, hello range)`: each connection's
+    /// hello names a range of its own, one that peer hosts (a node that
+    /// replicates only some ranges refuses a hello naming another). Nodes
+    /// added later ([`Self::get_or_add`]) get `default_hello`.
+    pub fn with_hellos<A: Into<PeerAddr>>(
+        default_hello: u64,
+        peers: impl IntoIterator<Item = (NodeId, A, u64)>,
+        tls: Option<PeerTls>,
+    ) -> Peers {
+        let hello_range = default_hello;
         let clients = peers
             .into_iter()
-            .map(|(id, addr)| {
-                let client = PeerClient::new(addr, hello_range, tls.clone());
+            .map(|(id, addr, hello)| {
+                let client = PeerClient::new(addr, hello, tls.clone());
                 (id, Rc::new(client))
             })
             .collect();

@@ -639,6 +639,17 @@ impl PeerClient {
         Ok(link)
     }
 
+    /// Opens (or checks) the connection a call of `group` would use, and
+    /// says why it cannot be had. A caller that must know whether a call
+    /// was sent at all (a forwarded write is never sent twice) connects
+    /// first: a failure here means nothing was sent.
+    pub async fn ensure_connected(&self, group: u64) -> Result<(), TransportError> {
+        if self.blocked.get() {
+            return Err(TransportError::Blocked(self.addr.clone()));
+        }
+        self.connect(group).await.map(|_| ())
+    }
+
     /// Sends `call` and waits for its answer's payload (at most `deadline`
     /// per attempt; a call refused as [`is_no_group_here`] is sent once
     /// more, rerouted: see [`PeerClient`]).

@@ -75,6 +75,10 @@ struct Args {
     /// Cores (executors) to run; 0 = one per CPU [default: 0].
     #[arg(long)]
     cores: Option<usize>,
+    /// Cluster mode: replicas of each range, odd [default: 3]; a cluster of
+    /// more seed nodes places each range on this many of them.
+    #[arg(long)]
+    replication_factor: Option<usize>,
     /// When writes are acknowledged [default: sync].
     #[arg(long, value_enum)]
     durability: Option<Durability>,
@@ -168,6 +172,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(cores) = args.cores {
         config.cores = cores;
     }
+    if let Some(factor) = args.replication_factor {
+        config.replication_factor = factor;
+    }
     if let Some(advertise) = args.advertise_listen {
         config.advertise_listen = Some(advertise);
     }
@@ -205,6 +212,7 @@ fn main() -> anyhow::Result<()> {
         _ => {}
     }
     let cluster = config.cluster.clone();
+    let (ranges_per_core, replication_factor) = (config.ranges_per_core, config.replication_factor);
     // Logs (and traces) start once the configuration is read: its
     // [tracing] table says whether spans are exported. Errors before this
     // point end `main` with their message.
@@ -284,13 +292,23 @@ fn main() -> anyhow::Result<()> {
             );
         }
         if let Some(cluster) = &cluster {
+            let ranges = info.cores * ranges_per_core;
             match &cluster.join {
                 Some(join) => println!(
-                    "Cluster node {}: joined through {join}; one Raft group per core, replicated on every node",
+                    "Cluster node {}: joined through {join}; {ranges} ranges (Raft groups), each \
+                     replicated on every node",
                     cluster.node_id
                 ),
+                None if cluster.nodes.len() > replication_factor => println!(
+                    "Cluster node {} of {}: {ranges} ranges (Raft groups), each replicated on \
+                     {replication_factor} of the {} nodes; the others' are forwarded",
+                    cluster.node_id,
+                    cluster.nodes.len(),
+                    cluster.nodes.len()
+                ),
                 None => println!(
-                    "Cluster node {} of {}: one Raft group per core, replicated on every node",
+                    "Cluster node {} of {}: {ranges} ranges (Raft groups), each replicated on \
+                     every node",
                     cluster.node_id,
                     cluster.nodes.len()
                 ),

@@ -8,6 +8,7 @@
 //! checked by its simulator; the scheduler that executes its operations is
 //! the issue "Scale-out").
 
+pub mod layout;
 pub mod meta;
 pub mod moves;
 pub mod placement;
@@ -60,6 +61,17 @@ pub fn handoff_channels(cores: usize) -> Vec<PeerSocketEnds> {
     ends
 }
 
+/// What the cores of a node share in cluster mode, made before they
+/// start.
+pub struct NodeCluster {
+    /// The node's range moves between its cores under way.
+    pub move_claims: std::sync::Arc<crate::slots::MoveClaims>,
+    /// Which nodes replicate each range.
+    pub layout: std::sync::Arc<layout::RangeLayout>,
+    /// Where the ranges this node does not replicate are.
+    pub remote_ranges: std::sync::Arc<crate::coord::forward::RangeReplicas>,
+}
+
 /// Starts this core's replicas, one per range it hosts: its share of the
 /// peer listener, the groups (initialised with every node on first
 /// start), the leader nudge, health probes and hibernation.
@@ -68,12 +80,13 @@ pub fn handoff_channels(cores: usize) -> Vec<PeerSocketEnds> {
 pub async fn start_replicas(
     context: &Rc<CoreContext>,
     config: &crate::config::NodeConfig,
-    move_claims: std::sync::Arc<crate::slots::MoveClaims>,
+    node: &NodeCluster,
     peer_sockets: PeerSocketEnds,
     peer_tls: Option<tinkerdb_replication::peer_tls::PeerTls>,
     me: meta::NodeRecord,
 ) -> anyhow::Result<()> {
     let core = context.core;
+    let layout = &node.layout;
     let cluster: &ClusterConfig = config
         .cluster
         .as_ref()
@@ -87,16 +100,34 @@ pub async fn start_replicas(
     // gets a connection of its own (`transport::PeerClient`).
     let hosted = context.hosted_ranges();
     // This core's clients of the seed nodes, for connections whose hello
-    // names `hello`.
-    let peers_for = |hello: u64| {
+    // names `hello` (`None`: for each peer, the first range of this core
+    // that the peer replicates too, else the first it replicates at all:
+    // a node of a partial layout refuses a hello naming a range it does
+    // not hold).
+    let default_hello = hosted
+        .first()
+        .copied()
+        .unwrap_or(context.slot_map.home_ranges(core).start) as u64;
+    let peers_for = |hello: Option<u64>| {
         let others = cluster
             .nodes
             .iter()
             .filter(|node| node.id != cluster.node_id);
-        let others = others.map(|node| (node.id, node.raft.clone()));
-        Rc::new(Peers::new(hello, others, peer_tls.clone()))
+        let others = others.map(|node| {
+            let shared = || {
+                let mut ranges = hosted.iter().copied().chain(0..context.slot_map.ranges());
+                ranges.find(|&range| layout.replicates(node.id, range))
+            };
+            let hello = hello.unwrap_or_else(|| shared().unwrap_or(default_hello as usize) as u64);
+            (node.id, node.raft.clone(), hello)
+        });
+        Rc::new(Peers::with_hellos(
+            hello.unwrap_or(default_hello),
+            others,
+            peer_tls.clone(),
+        ))
     };
-    let peers = peers_for(context.slot_map.home_ranges(core).start as u64);
+    let peers = peers_for(None);
     let groups: Rc<CoreGroups<ShardApplier>> = Rc::new(CoreGroups::default());
     let ranges_handler = groups.call_handler(peers.clone());
     // Every range of the core on its one shared Raft log (core 0's holds
@@ -111,7 +142,7 @@ pub async fn start_replicas(
     // hello names `meta::META_GROUP`, which core 0's router keeps here).
     let meta = match core {
         0 => {
-            let meta_peers = peers_for(meta::META_GROUP);
+            let meta_peers = peers_for(Some(meta::META_GROUP));
             let initial_members = cluster.join.is_none().then(|| members.clone());
             let replica = meta::start(
                 cluster.node_id,
@@ -127,7 +158,7 @@ pub async fn start_replicas(
         }
         _ => None,
     };
-    let handler: transport::CallHandler = match &meta {
+    let groups_handler: transport::CallHandler = match &meta {
         Some(meta) => {
             let meta_handler = meta.groups.call_handler(meta.peers.clone());
             Rc::new(move |call: transport::PeerCall| match call.group {
@@ -136,6 +167,23 @@ pub async fn start_replicas(
             })
         }
         None => ranges_handler,
+    };
+    let forward =
+        crate::coord::forward::Forwarder::new(node.remote_ranges.clone(), peer_tls.clone());
+    // Requests other nodes forward here (for ranges they do not hold) run
+    // as this node's own; everything else is Raft's.
+    let handler: transport::CallHandler = {
+        let context = context.clone();
+        Rc::new(move |call: transport::PeerCall| match call.kind {
+            tinkerdb_schemas::wire::PeerCallKind::Execute => {
+                let context = context.clone();
+                Box::pin(async move {
+                    crate::coord::forward::serve_forwarded(&context, call.group, &call.payload)
+                        .await
+                })
+            }
+            _ => groups_handler(call),
+        })
     };
     // A hand-off channel's two ends wait for each other while connecting:
     // both are connected here, and no core waits on another's replicas
@@ -188,7 +236,9 @@ pub async fn start_replicas(
         log: log.clone(),
         snapshot_every_entries: tuning.snapshot_every_entries,
         logs_kept_after_snapshot: tuning.logs_kept_after_snapshot,
-        move_claims,
+        move_claims: node.move_claims.clone(),
+        forward,
+        full_layout: layout.is_full(),
     };
     if context.replication.set(replication).is_err() {
         anyhow::bail!("core {core} started its replicas twice");
@@ -218,11 +268,26 @@ pub async fn start_replicas(
         }
     }
     for &range in &hosted {
-        // A node that joins a running cluster waits to be added.
-        let initial_members = cluster.join.is_none().then(|| members.clone());
+        // A node that joins a running cluster waits to be added; in a
+        // partial layout a range starts on its replicas only.
+        let initial_members = cluster
+            .join
+            .is_none()
+            .then(|| match layout.replicas_of(range) {
+                None => members.clone(),
+                Some(replicas) => members
+                    .iter()
+                    .filter(|(id, _)| replicas.contains(id))
+                    .map(|(id, node)| (*id, node.clone()))
+                    .collect(),
+            });
         let replica = start_range(context, range, initial_members).await?;
-        // Spread first leaders: range r prefers node (r mod n) + 1.
-        let preferred = cluster.nodes[range % cluster.nodes.len()].id;
+        // Spread first leaders: the layout's first replica, or, in a full
+        // layout, node (r mod n) + 1 for range r.
+        let preferred = match layout.replicas_of(range) {
+            Some(replicas) => replicas[0],
+            None => cluster.nodes[range % cluster.nodes.len()].id,
+        };
         if preferred == cluster.node_id && replica.raft.current_leader().await.is_none() {
             let _ = replica.raft.trigger().elect(false).await;
         }
@@ -246,26 +311,44 @@ pub async fn start_replicas(
         ))
         .detach();
         let context = Rc::downgrade(context);
-        let range_members = move || {
-            let context = context.upgrade()?;
-            let first = context.replicas().into_iter().next()?;
-            let status = group::status(&first.raft, first.group);
-            Some((status.voters, status.learners))
+        let full_layout = layout.is_full();
+        let meta_replica = meta.clone();
+        // The cluster's nodes: in a full layout, the voters of this core's
+        // first range (every node holds it, and joins and removals change
+        // every range); in a partial one, the metadata group's own members
+        // (fixed until the scheduler moves replicas).
+        let range_members = move || match full_layout {
+            true => {
+                let context = context.upgrade()?;
+                let first = context.replicas().into_iter().next()?;
+                let status = group::status(&first.raft, first.group);
+                Some((status.voters, status.learners))
+            }
+            false => {
+                let status = group::status(&meta_replica.raft, meta::META_GROUP);
+                Some((status.voters, status.learners))
+            }
         };
         glommio::spawn_local(meta::reconcile(meta.clone(), me.clone(), range_members)).detach();
     }
-    // One set of probes per core: every range of it has the same members
-    // once changes settle; the first range hosted now is probed.
+    // One set of probes per core: the other members of its ranges (all
+    // the same in a full layout, a mix in a partial one).
+    let full_layout_members = layout.is_full();
     let members = {
         let context = Rc::downgrade(context);
         move || {
             let Some(context) = context.upgrade() else {
                 return Vec::new();
             };
-            let first = context.replicas().into_iter().next();
-            first.map_or_else(Vec::new, |replica| {
-                group::status(&replica.raft, replica.group).other_members()
-            })
+            let mut members = BTreeMap::new();
+            for replica in context.replicas() {
+                let status = group::status(&replica.raft, replica.group);
+                members.extend(status.other_members());
+                if full_layout_members {
+                    break; // every range has the same members
+                }
+            }
+            members.into_iter().collect()
         }
     };
     glommio::spawn_local(health::probe_peers(peers.clone(), health.clone(), members)).detach();
@@ -355,6 +438,9 @@ fn peer_router(
         here,
         locate: Box::new(move |range| match usize::try_from(range) {
             _ if range == meta::META_GROUP => Ok(0),
+            Ok(range) if range < slot_map.ranges() && slot_map.is_remote(range) => Err(format!(
+                "range {range} is not hosted on this node (other nodes replicate it)"
+            )),
             Ok(range) if range < slot_map.ranges() => Ok(slot_map.core_of(range)),
             _ => Err(format!(
                 "range {range} is not hosted on this node (it hosts ranges 0..{})",

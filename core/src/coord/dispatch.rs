@@ -63,6 +63,9 @@ impl CoreContext {
             }
         }
         if !self.hosts(range) {
+            if self.slot_map.is_remote(range) {
+                return self.forward(range, request).await;
+            }
             return Box::pin(self.send_on(range, request)).await;
         }
         if self.replicated() {
@@ -110,6 +113,18 @@ impl CoreContext {
         }
     }
 
+    /// Runs a request for `range`, which other nodes replicate, on one of
+    /// them (`coord::forward`).
+    async fn forward(&self, range: RangeId, request: ShardRequest) -> ShardReply {
+        match self.replication.get() {
+            Some(replication) => replication.forward.forward(self, range, request).await,
+            None => ShardReply::Error(ProtocolError::new(
+                ErrorCode::Internal,
+                format!("range {range} is remote on a node without replication"),
+            )),
+        }
+    }
+
     /// Sends on a request for `range`, which left this core after the
     /// request was routed here.
     async fn send_on(&self, range: RangeId, request: ShardRequest) -> ShardReply {
@@ -141,6 +156,20 @@ impl CoreContext {
         range: RangeId,
         request: ShardRequest,
     ) -> Result<Dispatched, ProtocolError> {
+        if self.slot_map.is_remote(range) {
+            // Another node's range: forwarded from this core, in a task of
+            // its own (no hop to the range's home core first).
+            let context = self
+                .this
+                .upgrade()
+                .expect("a core's context outlives the requests it serves");
+            let (reply_to, receiver) = oneshot::channel();
+            glommio::spawn_local(async move {
+                let _ = reply_to.send(context.forward(range, request).await);
+            })
+            .detach();
+            return Ok(Dispatched::Pending(receiver));
+        }
         let core = self.slot_map.core_of(range);
         if core == self.core {
             if let ShardRequest::Snapshot = request {

@@ -14,12 +14,15 @@
 //! - [`batches`]: a pipeline's requests gathered per destination shard.
 //! - [`multi`]: requests that fan out to several shards.
 //! - [`replica`]: the path through a shard's Raft group (cluster mode).
+//! - [`forward`]: the path to another node, for a range this node does not
+//!   replicate (cluster mode, a partial layout).
 //! - [`snapshots`]: the per-core snapshot driver.
 //! - [`quotas`]: tenant lists and quota shares on a core.
 
 pub mod batches;
 pub mod context;
 pub mod dispatch;
+pub mod forward;
 pub mod multi;
 pub mod quotas;
 pub mod replica;

@@ -85,6 +85,11 @@ pub struct CoreReplication {
     pub logs_kept_after_snapshot: u64,
     /// The node's range moves under way (shared by its cores).
     pub move_claims: std::sync::Arc<crate::slots::MoveClaims>,
+    /// Sends this core's requests for ranges other nodes replicate.
+    pub forward: crate::coord::forward::Forwarder,
+    /// Whether every node replicates every range (a full layout:
+    /// `cluster::layout`); adding or removing a node is only possible then.
+    pub full_layout: bool,
 }
 
 /// This core's replica of one range's group.

@@ -165,10 +165,23 @@ fn change_member(
 ) {
     let context = context.clone();
     glommio::spawn_local(async move {
-        if context.replication.get().is_none() {
+        let Some(replication) = context.replication.get() else {
             let _ = reply.send(CoreResponse::Failed(ApiError::new(
                 ApiCode::Unsupported,
                 "this node is standalone: there is no cluster to change",
+            )));
+            return;
+        };
+        if !replication.full_layout {
+            // Each node holds only some ranges: a node comes or goes by
+            // moving replicas, range by range, which the scheduler will
+            // do (cluster::layout); adding it to this node's ranges only
+            // would leave the others unbalanced and the layout untrue.
+            let _ = reply.send(CoreResponse::Failed(ApiError::new(
+                ApiCode::Unsupported,
+                "this cluster places each range on some of its nodes (more nodes than \
+                 replication_factor): adding or removing a node needs moving replicas \
+                 between nodes, which is not built yet (docs/placement.md)",
             )));
             return;
         }

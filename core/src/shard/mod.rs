@@ -12,6 +12,7 @@
 //! flatbuffers.
 
 pub mod recovery;
+pub mod remote;
 pub mod write_op;
 
 use std::rc::Rc;

@@ -905,10 +905,10 @@ pub struct ResponseUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_PEER_CALL_KIND: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_PEER_CALL_KIND: u8 = 9;
+pub const ENUM_MAX_PEER_CALL_KIND: u8 = 10;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_PEER_CALL_KIND: [PeerCallKind; 10] = [
+pub const ENUM_VALUES_PEER_CALL_KIND: [PeerCallKind; 11] = [
   PeerCallKind::None,
   PeerCallKind::AppendEntries,
   PeerCallKind::Vote,
@@ -919,6 +919,7 @@ pub const ENUM_VALUES_PEER_CALL_KIND: [PeerCallKind; 10] = [
   PeerCallKind::Ping,
   PeerCallKind::TransferLeader,
   PeerCallKind::Hello,
+  PeerCallKind::Execute,
 ];
 
 /// What a peer call asks for.
@@ -955,9 +956,15 @@ impl PeerCallKind {
   /// (postcard `u32`) and hands the connection to that core, or answers an
   /// error and closes it (no such range here, another version).
   pub const Hello: Self = Self(9);
+  /// A client request for a range this node does not replicate, forwarded
+  /// whole to a node that does (`core/src/coord/forward.rs`); the payload
+  /// is a postcard `RemoteRequest`, the answer a postcard `RemoteAnswer`
+  /// (`core/src/shard/remote.rs`). Refused with "no group" by a node that
+  /// does not host the range either, so the caller tries another replica.
+  pub const Execute: Self = Self(10);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 9;
+  pub const ENUM_MAX: u8 = 10;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::AppendEntries,
@@ -969,6 +976,7 @@ impl PeerCallKind {
     Self::Ping,
     Self::TransferLeader,
     Self::Hello,
+    Self::Execute,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -983,6 +991,7 @@ impl PeerCallKind {
       Self::Ping => Some("Ping"),
       Self::TransferLeader => Some("TransferLeader"),
       Self::Hello => Some("Hello"),
+      Self::Execute => Some("Execute"),
       _ => None,
     }
   }
