@@ -191,6 +191,12 @@ pub fn render(scrape: &Scrape<'_>) -> String {
         )
         .per_core(scrape, true, |r| r.peer_requests_total as f64),
         Family::new(
+            "tinkerdb_forwarded_requests_total",
+            "Requests for ranges this node does not replicate, forwarded to a node that does.",
+            COUNTER,
+        )
+        .per_core(scrape, true, |r| r.forwarded_requests_total as f64),
+        Family::new(
             "tinkerdb_connections_accepted_total",
             "Client connections accepted.",
             COUNTER,

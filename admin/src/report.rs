@@ -148,6 +148,9 @@ pub struct CoreReport {
     pub errors_total: u64,
     /// Requests received from other cores.
     pub peer_requests_total: u64,
+    /// Requests for ranges this node does not replicate, sent to a node
+    /// that does (cluster mode, a partial layout).
+    pub forwarded_requests_total: u64,
     /// Client connections accepted.
     pub connections_total: u64,
     /// Client connections open now.

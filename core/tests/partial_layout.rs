@@ -223,7 +223,7 @@ fn peer_calls_for_ranges_a_node_does_not_hold_are_refused(
     raft_ports: &[u16],
     holders: &BTreeMap<u64, BTreeSet<u64>>,
 ) {
-    use tinkerdb_core::shard::remote::{self, RemoteAnswer, RemoteOp};
+    use tinkerdb_core::shard::remote::{self, RemoteAnswer, RemoteOp, RemoteRequest};
     use tinkerdb_replication::transport::{PeerCall, PeerClient, TransportError};
     use tinkerdb_schemas::wire::PeerCallKind;
     let node_id = 1u64;
@@ -232,9 +232,13 @@ fn peer_calls_for_ranges_a_node_does_not_hold_are_refused(
     let own = *holders.keys().find(|range| held(range)).unwrap();
     let raft = std::net::SocketAddr::from(([127, 0, 0, 1], raft_ports[0]));
     let get = |tenant: &str| {
-        remote::encode_op(&RemoteOp::Get {
-            tenant: tenant.into(),
-            key: b"key:1".to_vec(),
+        remote::encode_request(&RemoteRequest {
+            batch: false,
+            ops: vec![RemoteOp::Get {
+                tenant: tenant.into(),
+                key: b"key:1".to_vec(),
+                stale: false,
+            }],
         })
     };
     let (foreign_hello, foreign_call, garbage, unknown_tenant) =
@@ -272,12 +276,12 @@ fn peer_calls_for_ranges_a_node_does_not_hold_are_refused(
         matches!(&garbage, Err(TransportError::Refused(_, why)) if why.contains("undecodable")),
         "{garbage:?}"
     );
-    let answer = remote::decode_reply(&unknown_tenant.unwrap())
+    let answers = remote::decode_reply(&unknown_tenant.unwrap())
         .unwrap()
-        .answer;
+        .answers;
     assert!(
-        matches!(&answer, RemoteAnswer::Error { code, .. } if *code == tinkerdb_schemas::wire::ErrorCode::UnknownTenant.0),
-        "{answer:?}"
+        matches!(&answers[..], [RemoteAnswer::Error { code, .. }] if *code == tinkerdb_schemas::wire::ErrorCode::UnknownTenant.0),
+        "{answers:?}"
     );
     // Still serving.
     let value = runtime()

@@ -12,6 +12,9 @@ use openraft::type_config::alias::SnapshotMetaOf;
 use openraft::EntryPayload;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tinkerdb_core::shard::remote::{RemoteOp, RemoteReply, RemoteRequest};
+use tinkerdb_core::shard::write_op::WriteOp;
+use tinkerdb_core::shard::ShardRequest;
 use tinkerdb_replication::group::{GroupError, MemberChange};
 use tinkerdb_replication::log_store::{
     check_storable, decode_entry_for_fuzzing, encode_entry_for_fuzzing,
@@ -133,6 +136,24 @@ pub fn check_payload(kind: PeerCallKind, is_answer: bool, payload: &[u8]) {
         (K::ReadIndex, true) => {
             round_trip_eq::<u64>(payload);
         }
+        // A request forwarded for a range the sender does not hold, run
+        // by the receiver as its own (`coord::forward::serve_forwarded`):
+        // decoding and resolving it never panics. (No equality check: an
+        // INCRBYFLOAT increment may be NaN.)
+        (K::Execute, false) => {
+            if let Some(request) = round_trip::<RemoteRequest>(payload) {
+                let _ = request.into_request(&tenant_id);
+            }
+        }
+        // Its answer, fitted to each kind of request the sender may have
+        // sent: a reply that does not fit is an error, never a panic.
+        (K::Execute, true) => {
+            if let Some(reply) = round_trip_eq::<RemoteReply>(payload) {
+                for request in forwardable_requests() {
+                    let _ = reply.clone().into_reply(&request);
+                }
+            }
+        }
         // A hello carries the peer protocol version, its answer a core.
         (K::Hello, _) => {
             round_trip_eq::<u32>(payload);
@@ -140,4 +161,74 @@ pub fn check_payload(kind: PeerCallKind, is_answer: bool, payload: &[u8]) {
         // ReadIndex and Ping calls carry nothing; other kinds are refused.
         _ => {}
     }
+}
+
+/// The receiving node's tenants, for forwarded requests: `default` only.
+fn tenant_id(name: &str) -> Option<tinkerdb_storage::TenantId> {
+    (name == "default").then_some(0)
+}
+
+/// One request of each kind a node forwards, as the sender holds it.
+pub fn forwardable_requests() -> Vec<ShardRequest> {
+    let get = |stale| RemoteOp::Get {
+        tenant: "default".into(),
+        key: b"k".to_vec(),
+        stale,
+    };
+    let delete = || RemoteOp::Write {
+        tenant: "default".into(),
+        op: WriteOp::Delete {
+            keys: vec![b"k".to_vec()],
+        },
+    };
+    let single = vec![
+        get(false),
+        get(true),
+        RemoteOp::GetMany {
+            tenant: "default".into(),
+            keys: vec![b"k".to_vec(), b"l".to_vec()],
+            max_bytes: 1 << 20,
+            stale: false,
+        },
+        RemoteOp::Exists {
+            tenant: "default".into(),
+            keys: vec![b"k".to_vec()],
+            stale: false,
+        },
+        RemoteOp::Scan {
+            tenant: "default".into(),
+            start_slot: 0,
+            prefix: Vec::new(),
+            pattern: Vec::new(),
+            max_keys: 10,
+            stale: false,
+        },
+        RemoteOp::Usage {
+            tenant: "default".into(),
+            stale: false,
+        },
+        delete(),
+        RemoteOp::Write {
+            tenant: "default".into(),
+            op: WriteOp::IncrBy {
+                key: b"n".to_vec(),
+                by: 1,
+            },
+        },
+    ];
+    let mut requests: Vec<RemoteRequest> = single
+        .into_iter()
+        .map(|op| RemoteRequest {
+            batch: false,
+            ops: vec![op],
+        })
+        .collect();
+    requests.push(RemoteRequest {
+        batch: true,
+        ops: vec![get(false), delete(), get(true)],
+    });
+    requests
+        .into_iter()
+        .map(|request| request.into_request(&tenant_id).expect("a valid request"))
+        .collect()
 }

@@ -541,6 +541,47 @@ fn peer_payloads() -> Vec<(PeerCallKind, bool, Vec<u8>)> {
     ] {
         payloads.push((K::ForwardWrite, true, encode(&answer)));
     }
+    // Forwarded requests and their answers (`coord::forward`).
+    use tinkerdb_core::shard::remote::{self, RemoteAnswer, RemoteReply, RemoteRequest};
+    for request in crate::peer::forwardable_requests() {
+        let wire = RemoteRequest::of_request(&request, &|_| std::sync::Arc::from("default"))
+            .expect("forwardable");
+        payloads.push((K::Execute, false, remote::encode_request(&wire)));
+    }
+    let answers = [
+        (false, vec![RemoteAnswer::Count(2)]),
+        (false, vec![RemoteAnswer::Value(None)]),
+        (
+            false,
+            vec![RemoteAnswer::Scanned {
+                keys: vec![b"k".to_vec()],
+                next_slot: 16384,
+            }],
+        ),
+        (
+            true,
+            vec![
+                RemoteAnswer::Value(None),
+                RemoteAnswer::Count(1),
+                RemoteAnswer::Value(None),
+            ],
+        ),
+        (
+            false,
+            vec![RemoteAnswer::Error {
+                code: 5,
+                message: "no tenant".into(),
+            }],
+        ),
+    ];
+    for (batch, answers) in answers {
+        let reply = RemoteReply {
+            batch,
+            answers,
+            leader: Some(2),
+        };
+        payloads.push((K::Execute, true, remote::encode_reply(&reply)));
+    }
     payloads
 }
 

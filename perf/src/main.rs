@@ -59,7 +59,8 @@ struct RunArgs {
     /// Server kind.
     #[arg(long, value_enum)]
     target: TargetKind,
-    /// Server address.
+    /// Server address, or several separated by commas (a cluster's nodes:
+    /// connection c goes to address c mod their count).
     #[arg(long)]
     addr: String,
     /// A label for the report (e.g. "memory", "sync").
@@ -195,6 +196,12 @@ fn target_of(args: &RunArgs) -> Target {
     }
 }
 
+/// The address connection `connection` opens (`--addr` lists one or more).
+fn addr_of(args: &RunArgs, connection: u64) -> &str {
+    let addrs: Vec<&str> = args.addr.split(',').map(str::trim).collect();
+    addrs[connection as usize % addrs.len()]
+}
+
 async fn preload(args: &RunArgs) -> anyhow::Result<()> {
     const DEPTH: u64 = 256;
     let value = vec![b'v'; args.value_bytes];
@@ -205,7 +212,7 @@ async fn preload(args: &RunArgs) -> anyhow::Result<()> {
         let value = value.clone();
         tasks.push(tokio::spawn(async move {
             let mut connection =
-                Connection::open(&args.addr, target_of(&args), login_of(&args)).await?;
+                Connection::open(addr_of(&args, c), target_of(&args), login_of(&args)).await?;
             let mut n = c;
             while n < args.keys {
                 let mut batch = 0;
@@ -255,7 +262,8 @@ async fn run(args: RunArgs) -> anyhow::Result<RunResult> {
             let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
             let mut errors = 0u64;
             let mut connection =
-                Connection::open(&args.addr, target_of(&args), login_of(&args)).await?;
+                Connection::open(addr_of(&args, c as u64), target_of(&args), login_of(&args))
+                    .await?;
             let mut workload = Workload::new(args.mix, args.distribution, args.keys, c as u64 + 1);
             // Spread the connections' schedules over one interval.
             let mut intended = start

@@ -54,6 +54,9 @@ pub struct CoreStats {
     pub connections_open: Cell<u64>,
     /// Requests received from other cores.
     pub peer_requests_total: Cell<u64>,
+    /// Requests (a batch counts once) forwarded to another node, for ranges
+    /// this node does not replicate.
+    pub forwarded_requests_total: Cell<u64>,
     /// Client requests answered with an error (any code, both protocols).
     pub errors_sum: Cell<u64>,
     /// Server-side latency of client requests, microseconds: from the read
@@ -71,6 +74,7 @@ impl Default for CoreStats {
             connections_total: Cell::default(),
             connections_open: Cell::default(),
             peer_requests_total: Cell::default(),
+            forwarded_requests_total: Cell::default(),
             errors_sum: Cell::default(),
             request_latency: RefCell::new(latency_histogram()),
             tenant_requests: RefCell::new(Vec::new()),

@@ -117,7 +117,11 @@ impl CoreContext {
     /// them (`coord::forward`).
     async fn forward(&self, range: RangeId, request: ShardRequest) -> ShardReply {
         match self.replication.get() {
-            Some(replication) => replication.forward.forward(self, range, request).await,
+            Some(replication) => {
+                let forwarded = &self.stats.forwarded_requests_total;
+                forwarded.set(forwarded.get() + 1);
+                replication.forward.forward(self, range, request).await
+            }
             None => ShardReply::Error(ProtocolError::new(
                 ErrorCode::Internal,
                 format!("range {range} is remote on a node without replication"),

@@ -45,7 +45,7 @@ use tinkerdb_schemas::wire::{ErrorCode, PeerCallKind};
 
 use crate::coord::context::CoreContext;
 use crate::error::ProtocolError;
-use crate::shard::remote::{self, RemoteAnswer, RemoteOp, RemoteReply};
+use crate::shard::remote::{self, RemoteReply, RemoteRequest};
 use crate::shard::{ShardReply, ShardRequest};
 use crate::slots::RangeId;
 
@@ -174,12 +174,13 @@ impl Forwarder {
         range: RangeId,
         request: ShardRequest,
     ) -> ShardReply {
-        let op = match RemoteOp::of_request(&request, &|tenant| context.tenants.name_of(tenant)) {
-            Ok(op) => op,
-            Err(error) => return ShardReply::Error(error),
-        };
-        let writes = op.writes();
-        let payload = remote::encode_op(&op);
+        let wire =
+            match RemoteRequest::of_request(&request, &|tenant| context.tenants.name_of(tenant)) {
+                Ok(wire) => wire,
+                Err(error) => return ShardReply::Error(error),
+            };
+        let writes = wire.writes();
+        let payload = remote::encode_request(&wire);
         let candidates = self.ranges.candidates(range);
         if candidates.is_empty() {
             return ShardReply::Error(ProtocolError::new(
@@ -194,7 +195,7 @@ impl Forwarder {
                     if let Some(leader) = reply.leader {
                         self.ranges.note_leader(range, leader);
                     }
-                    return reply.answer.into_reply(&request);
+                    return reply.into_reply(&request);
                 }
                 Err(Attempt::NotRun(why)) => failures.push(format!("node {node}: {why}")),
                 Err(Attempt::Unknown(why)) if writes => {
@@ -265,13 +266,16 @@ pub async fn serve_forwarded(
     let Some(range) = hosted else {
         return Err(transport::no_group_here(range));
     };
-    let op = remote::decode_op(payload)?;
-    let answer = match op.into_request(&|name| context.tenants.by_name(name).map(|t| t.id)) {
-        Ok(request) => RemoteAnswer::of_reply(context.execute_local(range, request).await),
-        Err(error) => RemoteAnswer::error(&error),
+    let wire = remote::decode_request(payload)?;
+    let reply = match wire.into_request(&|name| context.tenants.by_name(name).map(|t| t.id)) {
+        Ok(request) => {
+            let reply = context.execute_local(range, request).await;
+            let leader = context
+                .replica(range)
+                .and_then(|replica| group::leader(&replica.raft));
+            RemoteReply::of_reply(reply, leader)
+        }
+        Err(error) => RemoteReply::error(&error),
     };
-    let leader = context
-        .replica(range)
-        .and_then(|replica| group::leader(&replica.raft));
-    Ok(remote::encode_reply(&RemoteReply { answer, leader }))
+    Ok(remote::encode_reply(&reply))
 }

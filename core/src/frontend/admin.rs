@@ -426,6 +426,7 @@ fn report(context: &CoreContext) -> CoreReport {
         requests_total: stats.requests_total.get(),
         errors_total: stats.errors_sum.get(),
         peer_requests_total: stats.peer_requests_total.get(),
+        forwarded_requests_total: stats.forwarded_requests_total.get(),
         connections_total: stats.connections_total.get(),
         connections_open: stats.connections_open.get(),
         keys,

@@ -9,9 +9,11 @@
 //! itself, and its shard refuses a key of another range (`WrongShard`), so
 //! a request cannot reach data its keys do not name.
 //!
-//! Encoding: postcard, like the Raft entries. Control requests that only
-//! mean something on their own node (an on-demand snapshot, a quota share)
-//! are never forwarded: [`RemoteOp::of_request`] refuses them.
+//! Encoding: postcard, like the Raft entries, of flat types: a batch is a
+//! list of requests, a stale read a flag, so no input makes the decoder
+//! recurse (postcard has no depth limit). Control requests that only mean
+//! something on their own node (an on-demand snapshot, a quota share) are
+//! never forwarded: [`RemoteRequest::of_request`] refuses them.
 
 use std::sync::Arc;
 
@@ -24,7 +26,19 @@ use crate::error::ProtocolError;
 use crate::shard::write_op::{OpAnswer, WriteOp};
 use crate::shard::{KeyFilter, ShardReply, ShardRequest, SlotKey, ValueRead};
 
-/// A forwarded request (the twin of a [`ShardRequest`] that can travel).
+/// A forwarded request: one request, or a pipeline's batch of them (run in
+/// order). Flat on purpose: nothing on the wire nests, so no input can make
+/// the decoder recurse deeply (postcard has no depth limit).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoteRequest {
+    /// A `ShardRequest::Batch` (answered by a batch), or a single request
+    /// (`ops` holds exactly one).
+    pub batch: bool,
+    /// The requests.
+    pub ops: Vec<RemoteOp>,
+}
+
+/// One forwarded request (the twin of a [`ShardRequest`] that can travel).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum RemoteOp {
     /// Any write: the op a Raft entry carries.
@@ -40,6 +54,8 @@ pub enum RemoteOp {
         tenant: String,
         /// Key.
         key: Vec<u8>,
+        /// A stale read (`ShardRequest::Stale`).
+        stale: bool,
     },
     /// `ShardRequest::GetMany`.
     GetMany {
@@ -49,6 +65,8 @@ pub enum RemoteOp {
         keys: Vec<Vec<u8>>,
         /// Byte budget of the values.
         max_bytes: u64,
+        /// A stale read.
+        stale: bool,
     },
     /// `ShardRequest::Exists`.
     Exists {
@@ -56,6 +74,8 @@ pub enum RemoteOp {
         tenant: String,
         /// Keys.
         keys: Vec<Vec<u8>>,
+        /// A stale read.
+        stale: bool,
     },
     /// `ShardRequest::Scan`.
     Scan {
@@ -69,16 +89,16 @@ pub enum RemoteOp {
         pattern: Vec<u8>,
         /// Keys to gather before stopping.
         max_keys: u64,
+        /// A stale read.
+        stale: bool,
     },
     /// `ShardRequest::Usage`.
     Usage {
         /// The tenant's name.
         tenant: String,
+        /// A stale read.
+        stale: bool,
     },
-    /// `ShardRequest::Batch`: run in order.
-    Batch(Vec<RemoteOp>),
-    /// `ShardRequest::Stale`.
-    Stale(Box<RemoteOp>),
 }
 
 /// A value read, as it travels.
@@ -89,7 +109,7 @@ pub struct ValueOnWire {
     expires_at_ms: Option<u64>,
 }
 
-/// A forwarded request's answer (the twin of a [`ShardReply`]).
+/// The answer to one [`RemoteOp`] (the twin of a [`ShardReply`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum RemoteAnswer {
     /// A write's answer, as a replica computed it.
@@ -123,8 +143,6 @@ pub enum RemoteAnswer {
     },
     /// `ShardReply::Refused`.
     Refused(String),
-    /// `ShardReply::Batch`.
-    Batch(Vec<RemoteAnswer>),
     /// `ShardReply::Error` (the owner hint does not travel: the routing
     /// answer is the forwarding node's to give).
     Error {
@@ -135,13 +153,15 @@ pub enum RemoteAnswer {
     },
 }
 
-/// What the receiving node answers a forwarded request with: the answer,
-/// and the leader of the range as that node knows it (the sender's next
-/// request goes there first).
+/// What the receiving node answers a forwarded request with: the answers
+/// (one, or a batch's, in order), and the leader of the range as that node
+/// knows it (the sender's next request goes there first).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RemoteReply {
-    /// The answer.
-    pub answer: RemoteAnswer,
+    /// A `ShardReply::Batch`'s answers, or a single answer.
+    pub batch: bool,
+    /// The answers.
+    pub answers: Vec<RemoteAnswer>,
     /// The range's leader, if the node knows it.
     pub leader: Option<u64>,
 }
@@ -153,10 +173,70 @@ fn not_forwarded(what: &str) -> ProtocolError {
     )
 }
 
-impl RemoteOp {
+fn malformed(what: &str) -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::MalformedFrame,
+        format!("a forwarded request {what}"),
+    )
+}
+
+impl RemoteRequest {
     /// The wire form of `request`, naming tenants with `name_of`. Control
     /// requests (snapshot, quota share) are refused: they are this node's.
     pub fn of_request(
+        request: &ShardRequest,
+        name_of: &impl Fn(TenantId) -> Arc<str>,
+    ) -> Result<RemoteRequest, ProtocolError> {
+        Ok(match request {
+            ShardRequest::Batch(requests) => RemoteRequest {
+                batch: true,
+                ops: requests
+                    .iter()
+                    .map(|request| RemoteOp::of_request(request, name_of))
+                    .collect::<Result<_, _>>()?,
+            },
+            request => RemoteRequest {
+                batch: false,
+                ops: vec![RemoteOp::of_request(request, name_of)?],
+            },
+        })
+    }
+
+    /// Whether running this may change data (a sender never sends such a
+    /// request twice: its first attempt may have been applied).
+    pub fn writes(&self) -> bool {
+        self.ops
+            .iter()
+            .any(|op| matches!(op, RemoteOp::Write { .. }))
+    }
+
+    /// The request this stands for on the receiving node, its tenants
+    /// resolved with `id_of` (an unknown name is `UnknownTenant`).
+    pub fn into_request(
+        self,
+        id_of: &impl Fn(&str) -> Option<TenantId>,
+    ) -> Result<ShardRequest, ProtocolError> {
+        match self.batch {
+            true => Ok(ShardRequest::Batch(
+                self.ops
+                    .into_iter()
+                    .map(|op| op.into_request(id_of))
+                    .collect::<Result<_, _>>()?,
+            )),
+            false => {
+                let [op]: [RemoteOp; 1] = self
+                    .ops
+                    .try_into()
+                    .map_err(|_| malformed("that is not a batch holds other than one request"))?;
+                op.into_request(id_of)
+            }
+        }
+    }
+}
+
+impl RemoteOp {
+    /// The wire form of one request (not a batch).
+    fn of_request(
         request: &ShardRequest,
         name_of: &impl Fn(TenantId) -> Arc<str>,
     ) -> Result<RemoteOp, ProtocolError> {
@@ -166,11 +246,16 @@ impl RemoteOp {
                 op,
             });
         }
+        let (read, stale) = match request {
+            ShardRequest::Stale(read) => (&**read, true),
+            read => (read, false),
+        };
         let keys = |keys: &[SlotKey]| keys.iter().map(|key| key.key.to_vec()).collect();
-        Ok(match request {
+        Ok(match read {
             ShardRequest::Get { tenant, key } => RemoteOp::Get {
                 tenant: name_of(*tenant).to_string(),
                 key: key.key.to_vec(),
+                stale,
             },
             ShardRequest::GetMany {
                 tenant,
@@ -180,10 +265,12 @@ impl RemoteOp {
                 tenant: name_of(*tenant).to_string(),
                 keys: keys(many),
                 max_bytes: *max_bytes as u64,
+                stale,
             },
             ShardRequest::Exists { tenant, keys: many } => RemoteOp::Exists {
                 tenant: name_of(*tenant).to_string(),
                 keys: keys(many),
+                stale,
             },
             ShardRequest::Scan {
                 tenant,
@@ -196,39 +283,20 @@ impl RemoteOp {
                 prefix: filter.prefix.to_vec(),
                 pattern: filter.pattern.to_vec(),
                 max_keys: *max_keys as u64,
+                stale,
             },
             ShardRequest::Usage { tenant } => RemoteOp::Usage {
                 tenant: name_of(*tenant).to_string(),
+                stale,
             },
-            ShardRequest::Batch(requests) => RemoteOp::Batch(
-                requests
-                    .iter()
-                    .map(|request| RemoteOp::of_request(request, name_of))
-                    .collect::<Result<_, _>>()?,
-            ),
-            ShardRequest::Stale(read) => {
-                RemoteOp::Stale(Box::new(RemoteOp::of_request(read, name_of)?))
-            }
             ShardRequest::Snapshot => return Err(not_forwarded("a snapshot")),
             ShardRequest::SetQuota { .. } => return Err(not_forwarded("a quota share")),
             other => return Err(not_forwarded(&format!("{other:?}"))),
         })
     }
 
-    /// Whether running this may change data (a sender never sends such a
-    /// request twice: its first attempt may have been applied).
-    pub fn writes(&self) -> bool {
-        match self {
-            RemoteOp::Write { .. } => true,
-            RemoteOp::Batch(ops) => ops.iter().any(RemoteOp::writes),
-            RemoteOp::Stale(op) => op.writes(),
-            _ => false,
-        }
-    }
-
-    /// The request this stands for on the receiving node, its tenants
-    /// resolved with `id_of` (an unknown name is `UnknownTenant`).
-    pub fn into_request(
+    /// The request this stands for on the receiving node.
+    fn into_request(
         self,
         id_of: &impl Fn(&str) -> Option<TenantId>,
     ) -> Result<ShardRequest, ProtocolError> {
@@ -250,63 +318,70 @@ impl RemoteOp {
         let slot_keys = |tenant: &str, keys: Vec<Vec<u8>>| -> Vec<SlotKey> {
             keys.into_iter().map(|key| slot_key(tenant, key)).collect()
         };
-        Ok(match self {
-            RemoteOp::Write { tenant, op } => op.into_request(tenant_id(&tenant)?, &tenant),
-            RemoteOp::Get { tenant, key } => ShardRequest::Get {
-                tenant: tenant_id(&tenant)?,
-                key: slot_key(&tenant, key),
-            },
+        let (read, stale) = match self {
+            RemoteOp::Write { tenant, op } => {
+                return Ok(op.into_request(tenant_id(&tenant)?, &tenant))
+            }
+            RemoteOp::Get { tenant, key, stale } => (
+                ShardRequest::Get {
+                    tenant: tenant_id(&tenant)?,
+                    key: slot_key(&tenant, key),
+                },
+                stale,
+            ),
             RemoteOp::GetMany {
                 tenant,
                 keys,
                 max_bytes,
-            } => ShardRequest::GetMany {
-                tenant: tenant_id(&tenant)?,
-                keys: slot_keys(&tenant, keys),
-                max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
-            },
-            RemoteOp::Exists { tenant, keys } => ShardRequest::Exists {
-                tenant: tenant_id(&tenant)?,
-                keys: slot_keys(&tenant, keys),
-            },
+                stale,
+            } => (
+                ShardRequest::GetMany {
+                    tenant: tenant_id(&tenant)?,
+                    keys: slot_keys(&tenant, keys),
+                    max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+                },
+                stale,
+            ),
+            RemoteOp::Exists {
+                tenant,
+                keys,
+                stale,
+            } => (
+                ShardRequest::Exists {
+                    tenant: tenant_id(&tenant)?,
+                    keys: slot_keys(&tenant, keys),
+                },
+                stale,
+            ),
             RemoteOp::Scan {
                 tenant,
                 start_slot,
                 prefix,
                 pattern,
                 max_keys,
-            } => ShardRequest::Scan {
-                tenant: tenant_id(&tenant)?,
-                start_slot,
-                filter: Arc::new(KeyFilter {
-                    prefix: Bytes::from(prefix),
-                    pattern: Bytes::from(pattern),
-                }),
-                max_keys: usize::try_from(max_keys).unwrap_or(usize::MAX),
-            },
-            RemoteOp::Usage { tenant } => ShardRequest::Usage {
-                tenant: tenant_id(&tenant)?,
-            },
-            RemoteOp::Batch(ops) => ShardRequest::Batch(
-                ops.into_iter()
-                    .map(|op| match op {
-                        RemoteOp::Batch(_) => Err(ProtocolError::new(
-                            ErrorCode::MalformedFrame,
-                            "a forwarded batch inside a batch",
-                        )),
-                        op => op.into_request(id_of),
-                    })
-                    .collect::<Result<_, _>>()?,
+                stale,
+            } => (
+                ShardRequest::Scan {
+                    tenant: tenant_id(&tenant)?,
+                    start_slot,
+                    filter: Arc::new(KeyFilter {
+                        prefix: Bytes::from(prefix),
+                        pattern: Bytes::from(pattern),
+                    }),
+                    max_keys: usize::try_from(max_keys).unwrap_or(usize::MAX),
+                },
+                stale,
             ),
-            RemoteOp::Stale(op) => match *op {
-                RemoteOp::Batch(_) | RemoteOp::Stale(_) => {
-                    return Err(ProtocolError::new(
-                        ErrorCode::MalformedFrame,
-                        "a forwarded stale read of a batch",
-                    ))
-                }
-                op => ShardRequest::Stale(Box::new(op.into_request(id_of)?)),
-            },
+            RemoteOp::Usage { tenant, stale } => (
+                ShardRequest::Usage {
+                    tenant: tenant_id(&tenant)?,
+                },
+                stale,
+            ),
+        };
+        Ok(match stale {
+            true => ShardRequest::Stale(Box::new(read)),
+            false => read,
         })
     }
 }
@@ -329,9 +404,77 @@ impl ValueOnWire {
     }
 }
 
+impl RemoteReply {
+    /// The wire form of the reply the receiving node gave, with the
+    /// range's leader as it knows it.
+    pub fn of_reply(reply: ShardReply, leader: Option<u64>) -> RemoteReply {
+        let (batch, answers) = match reply {
+            ShardReply::Batch(replies) => (
+                true,
+                replies.into_iter().map(RemoteAnswer::of_reply).collect(),
+            ),
+            reply => (false, vec![RemoteAnswer::of_reply(reply)]),
+        };
+        RemoteReply {
+            batch,
+            answers,
+            leader,
+        }
+    }
+
+    /// An error answering the whole request.
+    pub fn error(error: &ProtocolError) -> RemoteReply {
+        RemoteReply {
+            batch: false,
+            answers: vec![RemoteAnswer::error(error)],
+            leader: None,
+        }
+    }
+
+    /// The reply this stands for, to `request` as the sending node made it
+    /// (its tenant ids). An answer that does not fit the request (another
+    /// version, a bug) becomes an `Internal` error, never a panic.
+    pub fn into_reply(self, request: &ShardRequest) -> ShardReply {
+        match (self.batch, request) {
+            (true, ShardRequest::Batch(requests)) if self.answers.len() == requests.len() => {
+                ShardReply::Batch(
+                    self.answers
+                        .into_iter()
+                        .zip(requests)
+                        .map(|(answer, request)| answer.into_reply(request))
+                        .collect(),
+                )
+            }
+            (false, request) if self.answers.len() == 1 => {
+                let answer = self.answers.into_iter().next().expect("one answer");
+                match (answer, request) {
+                    // An error or refusal answers a whole batch too.
+                    (answer @ (RemoteAnswer::Error { .. } | RemoteAnswer::Refused(_)), _) => {
+                        answer.into_reply(request)
+                    }
+                    (_, ShardRequest::Batch(_)) => mismatch("a single answer to a batch"),
+                    (answer, request) => answer.into_reply(request),
+                }
+            }
+            _ => mismatch(&format!(
+                "{} answers (batch: {})",
+                self.answers.len(),
+                self.batch
+            )),
+        }
+    }
+}
+
+fn mismatch(what: &str) -> ShardReply {
+    ShardReply::Error(ProtocolError::new(
+        ErrorCode::Internal,
+        format!("a forwarded request got an answer that does not fit it: {what}"),
+    ))
+}
+
 impl RemoteAnswer {
-    /// The wire form of the reply the receiving node's shard gave.
-    pub fn of_reply(reply: ShardReply) -> RemoteAnswer {
+    /// The wire form of one (not a batch's) reply.
+    fn of_reply(reply: ShardReply) -> RemoteAnswer {
         match reply {
             reply @ (ShardReply::Written(_)
             | ShardReply::WrittenMany(..)
@@ -356,55 +499,35 @@ impl RemoteAnswer {
                 max_bytes: usage.quota.max_bytes,
             },
             ShardReply::Refused(reason) => RemoteAnswer::Refused(reason),
-            ShardReply::Batch(replies) => {
-                RemoteAnswer::Batch(replies.into_iter().map(RemoteAnswer::of_reply).collect())
-            }
             ShardReply::Error(error) => RemoteAnswer::error(&error),
-            other @ (ShardReply::Done | ShardReply::Snapshotted(_)) => RemoteAnswer::Error {
-                code: ErrorCode::Internal.0,
-                message: format!("a forwarded request answered {other:?}"),
-            },
+            other @ (ShardReply::Done | ShardReply::Snapshotted(_) | ShardReply::Batch(_)) => {
+                RemoteAnswer::Error {
+                    code: ErrorCode::Internal.0,
+                    message: format!("a forwarded request answered {other:?}"),
+                }
+            }
         }
     }
 
-    /// The wire form of an error.
-    pub fn error(error: &ProtocolError) -> RemoteAnswer {
+    fn error(error: &ProtocolError) -> RemoteAnswer {
         RemoteAnswer::Error {
             code: error.code.0,
             message: error.message.clone(),
         }
     }
 
-    /// The reply this stands for, to `request` as the sending node made it
-    /// (its tenant ids). An answer that does not fit the request (another
-    /// version, a bug) becomes an `Internal` error, never a panic.
-    pub fn into_reply(self, request: &ShardRequest) -> ShardReply {
-        let mismatch = |answer: &RemoteAnswer| {
-            ShardReply::Error(ProtocolError::new(
-                ErrorCode::Internal,
-                format!("a forwarded request got an answer that does not fit it: {answer:?}"),
-            ))
-        };
+    /// The reply to one request (not a batch).
+    fn into_reply(self, request: &ShardRequest) -> ShardReply {
         match (self, request) {
             (RemoteAnswer::Error { code, message }, _) => {
                 ShardReply::Error(ProtocolError::new(ErrorCode(code), message))
             }
             (RemoteAnswer::Refused(reason), _) => ShardReply::Refused(reason),
+            (_, ShardRequest::Batch(_)) => mismatch("an answer inside a batch to a batch"),
             (answer, ShardRequest::Stale(read)) => answer.into_reply(read),
-            (RemoteAnswer::Batch(answers), ShardRequest::Batch(requests))
-                if answers.len() == requests.len() =>
-            {
-                ShardReply::Batch(
-                    answers
-                        .into_iter()
-                        .zip(requests)
-                        .map(|(answer, request)| answer.into_reply(request))
-                        .collect(),
-                )
-            }
             (RemoteAnswer::Write(answer), request) => match WriteOp::of_request(request) {
                 Some((tenant, _)) => answer.into_reply(tenant),
-                None => mismatch(&RemoteAnswer::Write(answer)),
+                None => mismatch(&format!("{answer:?}")),
             },
             (RemoteAnswer::Value(read), ShardRequest::Get { .. }) => {
                 ShardReply::Value(read.map(ValueOnWire::into_read))
@@ -419,9 +542,7 @@ impl RemoteAnswer {
                 ShardReply::TooLarge(usize::try_from(bytes).unwrap_or(usize::MAX))
             }
             // Exists, and writes that answer a count (DEL, MSETNX, FLUSHDB).
-            (RemoteAnswer::Count(count), request) if !matches!(request, ShardRequest::Batch(_)) => {
-                ShardReply::Count(count)
-            }
+            (RemoteAnswer::Count(count), _) => ShardReply::Count(count),
             (RemoteAnswer::Scanned { keys, next_slot }, ShardRequest::Scan { .. }) => {
                 ShardReply::Scanned {
                     keys: keys.into_iter().map(Bytes::from).collect(),
@@ -444,18 +565,18 @@ impl RemoteAnswer {
                     max_bytes,
                 },
             }),
-            (answer, _) => mismatch(&answer),
+            (answer, _) => mismatch(&format!("{answer:?}")),
         }
     }
 }
 
 /// Encodes a forwarded request.
-pub fn encode_op(op: &RemoteOp) -> Vec<u8> {
-    postcard::to_allocvec(op).expect("a forwarded request serialises")
+pub fn encode_request(request: &RemoteRequest) -> Vec<u8> {
+    postcard::to_allocvec(request).expect("a forwarded request serialises")
 }
 
 /// Decodes a forwarded request.
-pub fn decode_op(bytes: &[u8]) -> Result<RemoteOp, String> {
+pub fn decode_request(bytes: &[u8]) -> Result<RemoteRequest, String> {
     postcard::from_bytes(bytes).map_err(|error| format!("undecodable forwarded request: {error}"))
 }
 
@@ -493,26 +614,33 @@ mod tests {
     }
 
     /// Through the wire and back: the same request's debug form.
-    fn round_trip(request: ShardRequest) -> ShardRequest {
-        let op = RemoteOp::of_request(&request, &name_of).unwrap();
-        let op = decode_op(&encode_op(&op)).unwrap();
-        let back = op.into_request(&id_of).unwrap();
+    fn round_trip(request: ShardRequest) {
+        let wire = RemoteRequest::of_request(&request, &name_of).unwrap();
+        let wire = decode_request(&encode_request(&wire)).unwrap();
+        let back = wire.into_request(&id_of).unwrap();
         assert_eq!(format!("{back:?}"), format!("{request:?}"));
-        back
+    }
+
+    fn get(text: &str) -> ShardRequest {
+        ShardRequest::Get {
+            tenant: TENANT,
+            key: key(text),
+        }
+    }
+
+    fn set(text: &str) -> ShardRequest {
+        ShardRequest::Set {
+            tenant: TENANT,
+            key: key(text),
+            value: Bytes::from_static(b"v"),
+            options: SetOptions::default(),
+        }
     }
 
     #[test]
     fn every_forwardable_request_survives_the_wire() {
-        round_trip(ShardRequest::Get {
-            tenant: TENANT,
-            key: key("a"),
-        });
-        round_trip(ShardRequest::Set {
-            tenant: TENANT,
-            key: key("a"),
-            value: Bytes::from_static(b"v"),
-            options: SetOptions::default(),
-        });
+        round_trip(get("a"));
+        round_trip(set("a"));
         round_trip(ShardRequest::GetMany {
             tenant: TENANT,
             keys: vec![key("a"), key("b")],
@@ -542,58 +670,51 @@ mod tests {
                 tenant: TENANT,
                 keys: vec![key("a")],
             },
+            ShardRequest::Stale(Box::new(get("b"))),
         ]));
-        round_trip(ShardRequest::Stale(Box::new(ShardRequest::Get {
-            tenant: TENANT,
-            key: key("a"),
-        })));
+        round_trip(ShardRequest::Stale(Box::new(get("a"))));
     }
 
     #[test]
-    fn control_requests_and_unknown_tenants_are_refused_not_forwarded() {
-        assert!(RemoteOp::of_request(&ShardRequest::Snapshot, &name_of).is_err());
-        let op = RemoteOp::Get {
-            tenant: "nobody".into(),
-            key: b"a".to_vec(),
+    fn control_requests_unknown_tenants_and_malformed_ones_are_refused() {
+        assert!(RemoteRequest::of_request(&ShardRequest::Snapshot, &name_of).is_err());
+        let unknown = RemoteRequest {
+            batch: false,
+            ops: vec![RemoteOp::Get {
+                tenant: "nobody".into(),
+                key: b"a".to_vec(),
+                stale: false,
+            }],
         };
-        let error = op.into_request(&id_of).unwrap_err();
-        assert_eq!(error.code, ErrorCode::UnknownTenant);
-        let nested = RemoteOp::Batch(vec![RemoteOp::Batch(vec![])]);
-        assert!(nested.into_request(&id_of).is_err());
-        assert!(decode_op(b"\xff\xff\xff").is_err());
+        assert_eq!(
+            unknown.into_request(&id_of).unwrap_err().code,
+            ErrorCode::UnknownTenant
+        );
+        let two_unbatched = RemoteRequest {
+            batch: false,
+            ops: vec![],
+        };
+        assert!(two_unbatched.into_request(&id_of).is_err());
+        assert!(decode_request(b"\xff\xff\xff").is_err());
     }
 
     #[test]
     fn answers_come_back_as_the_reply_the_request_expects() {
-        let get = ShardRequest::Get {
-            tenant: TENANT,
-            key: key("a"),
-        };
         let read = ValueRead {
             value: Bytes::from_static(b"v"),
             version: 9,
             expires_at_ms: Some(5),
         };
-        let answer = RemoteAnswer::of_reply(ShardReply::Value(Some(read.clone())));
-        let reply = decode_reply(&encode_reply(&RemoteReply {
-            answer,
-            leader: Some(2),
-        }))
-        .unwrap();
+        let reply = RemoteReply::of_reply(ShardReply::Value(Some(read.clone())), Some(2));
+        let reply = decode_reply(&encode_reply(&reply)).unwrap();
         assert_eq!(reply.leader, Some(2));
-        assert!(matches!(reply.answer.into_reply(&get), ShardReply::Value(Some(r)) if r == read));
-        let set = ShardRequest::Set {
-            tenant: TENANT,
-            key: key("a"),
-            value: Bytes::from_static(b"v"),
-            options: SetOptions::default(),
-        };
+        assert!(matches!(reply.into_reply(&get("a")), ShardReply::Value(Some(r)) if r == read));
+        // A quota refusal names the sender's tenant id, not the receiver's.
         let refused = ShardReply::Written(Err(StoreError::KeyQuotaExceeded {
             tenant: 99,
             max_keys: 4,
         }));
-        // A quota refusal names the sender's tenant id, not the receiver's.
-        let reply = RemoteAnswer::of_reply(refused).into_reply(&set);
+        let reply = RemoteReply::of_reply(refused, None).into_reply(&set("a"));
         assert!(matches!(
             reply,
             ShardReply::Written(Err(StoreError::KeyQuotaExceeded {
@@ -605,20 +726,38 @@ mod tests {
             applied: true,
             version: 3,
         }));
-        let reply = RemoteAnswer::of_reply(written).into_reply(&set);
-        assert!(matches!(reply, ShardReply::Written(Ok(o)) if o.version == 3));
+        let batch = ShardRequest::Batch(vec![set("a"), get("a")]);
+        let reply = RemoteReply::of_reply(
+            ShardReply::Batch(vec![written, ShardReply::Value(None)]),
+            None,
+        );
+        assert!(matches!(
+            reply.into_reply(&batch),
+            ShardReply::Batch(replies) if matches!(replies[..], [ShardReply::Written(Ok(_)), ShardReply::Value(None)])
+        ));
         let delete = ShardRequest::Delete {
             tenant: TENANT,
             keys: vec![key("a")],
         };
-        let reply = RemoteAnswer::of_reply(ShardReply::Count(1)).into_reply(&delete);
+        let reply = RemoteReply::of_reply(ShardReply::Count(1), None).into_reply(&delete);
         assert!(matches!(reply, ShardReply::Count(1)));
-        // A reply that does not fit: an error, not a panic.
-        let reply = RemoteAnswer::Scanned {
-            keys: vec![],
-            next_slot: 0,
-        }
-        .into_reply(&get);
-        assert!(matches!(reply, ShardReply::Error(e) if e.code == ErrorCode::Internal));
+        // An error answers a whole batch.
+        let error = ProtocolError::new(ErrorCode::UnknownTenant, "no tenant");
+        let reply = RemoteReply::error(&error).into_reply(&batch);
+        assert!(matches!(reply, ShardReply::Error(e) if e.code == ErrorCode::UnknownTenant));
+        // Answers that do not fit: an error, not a panic.
+        let scanned = RemoteReply::of_reply(
+            ShardReply::Scanned {
+                keys: vec![],
+                next_slot: 0,
+            },
+            None,
+        );
+        assert!(
+            matches!(scanned.clone().into_reply(&get("a")), ShardReply::Error(e) if e.code == ErrorCode::Internal)
+        );
+        assert!(
+            matches!(scanned.into_reply(&batch), ShardReply::Error(e) if e.code == ErrorCode::Internal)
+        );
     }
 }
