@@ -334,6 +334,10 @@ pub struct ClusterMetadata {
     /// Nodes registered, in id order (the members' own view of where they
     /// serve).
     pub registered_nodes: Vec<u64>,
+    /// The range table: each range's replicas and leader as its leader
+    /// last reported them, in range order (every range, also those this
+    /// node does not hold).
+    pub ranges: Vec<crate::report::RangeRecord>,
 }
 
 /// A member's progress as the shard's leader sees it.
@@ -464,6 +468,7 @@ async fn cluster_status(State(state): State<AppState>) -> ApiResult<Json<Cluster
                 learners: meta.learners.clone(),
                 applied_index: meta.applied_index,
                 registered_nodes: meta.nodes.iter().map(|node| node.id).collect(),
+                ranges: meta.ranges.clone(),
             });
         return Ok(Json(ClusterStatus {
             mode: "raft".into(),

@@ -118,6 +118,26 @@ pub struct RegisteredNode {
     pub version: String,
 }
 
+/// A range as the cluster metadata's range table holds it: what the range's
+/// leader last reported (also the record the metadata group replicates,
+/// `core::cluster::meta`: its JSON form is part of the metadata's log
+/// entries and snapshots).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct RangeRecord {
+    /// The range (its Raft group's id).
+    pub id: u64,
+    /// Voting replicas, by node id.
+    pub voters: Vec<u64>,
+    /// Replicas catching up (learners), by node id.
+    pub learners: Vec<u64>,
+    /// The node that reported: the range's leader in `term`.
+    pub leader: u64,
+    /// The Raft term of that leadership.
+    pub term: u64,
+    /// The range's epoch (the log index of its membership) when reported.
+    pub epoch: u64,
+}
+
 /// The cluster metadata group as core 0's replica sees it (cluster mode).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetadataReport {
@@ -135,6 +155,8 @@ pub struct MetadataReport {
     pub applied_index: Option<u64>,
     /// The registered nodes, by id, as this replica has applied them.
     pub nodes: Vec<RegisteredNode>,
+    /// The range table, by range id, as this replica has applied it.
+    pub ranges: Vec<RangeRecord>,
 }
 
 /// One core's state, cumulative since start.

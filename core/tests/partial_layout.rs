@@ -60,6 +60,27 @@ fn hosted(node: &TestNode) -> BTreeMap<u64, (BTreeSet<u64>, Option<u64>)> {
         .collect()
 }
 
+/// The cluster metadata's range table as `node` applied it: range ->
+/// (voters, leader).
+fn range_table(node: &TestNode) -> BTreeMap<u64, (BTreeSet<u64>, u64)> {
+    let status = status(node);
+    let ranges = status["metadata"]["ranges"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    ranges
+        .iter()
+        .map(|range| {
+            let voters = range["voters"].as_array().unwrap();
+            let voters = voters.iter().filter_map(|id| id.as_u64()).collect();
+            (
+                range["id"].as_u64().unwrap(),
+                (voters, range["leader"].as_u64().unwrap()),
+            )
+        })
+        .collect()
+}
+
 /// The key's range (ranges split the slots evenly).
 fn range_of(key: &str) -> usize {
     let slot = tinkerdb_storage::hash_slot("default", key.as_bytes());
@@ -103,6 +124,22 @@ fn five_nodes_keep_three_replicas_of_each_range_and_any_node_serves_any_key() {
     for (range, on) in &holders {
         assert_eq!(on.len(), REPLICAS, "range {range} is on {on:?}");
     }
+    // Every node, also one holding a few ranges, sees the whole range
+    // table in the cluster metadata, as the ranges' leaders reported it.
+    let mut table = BTreeMap::new();
+    let settled = common::eventually(Duration::from_secs(30), || {
+        nodes.iter().all(|node| {
+            table = range_table(node);
+            table.len() == RANGES
+                && table.iter().all(|(range, (voters, leader))| {
+                    voters == &holders[range] && voters.contains(leader)
+                })
+        })
+    });
+    assert!(
+        settled,
+        "the range table never listed every range: {table:?}"
+    );
 
     // Writes through every node, for keys of every range; each key read
     // back through every node.
@@ -207,6 +244,17 @@ fn five_nodes_keep_three_replicas_of_each_range_and_any_node_serves_any_key() {
     load_while(&nodes, || {
         victim.crash();
     });
+    // The range table follows: no range is led by the dead node.
+    let victim_id = victim_index as u64 + 1;
+    let mut table = BTreeMap::new();
+    let moved_on = common::eventually(Duration::from_secs(30), || {
+        table = range_table(&nodes[0]);
+        table.len() == RANGES && table.values().all(|(_, leader)| *leader != victim_id)
+    });
+    assert!(
+        moved_on,
+        "ranges still led by the dead node {victim_id}: {table:?}"
+    );
     eprintln!(
         "node {} led {} ranges when it was killed",
         victim_index + 1,

@@ -1141,5 +1141,36 @@ fn format_cluster_status(status: &serde_json::Value) -> String {
             opt(&shard["snapshot_index"]),
         );
     }
+    // A node of a cluster with more nodes than replicas holds some ranges
+    // only: the others, as the metadata's range table has them.
+    let here: Vec<&serde_json::Value> = shards.iter().map(|shard| &shard["id"]).collect();
+    let elsewhere: Vec<&serde_json::Value> = status["metadata"]["ranges"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .filter(|range| !here.contains(&&range["id"]))
+        .collect();
+    if !elsewhere.is_empty() {
+        let _ = writeln!(
+            out,
+            "
+ranges held by other nodes (the metadata's range table):
+{:<7}{:<7}{:<8}{:<6}VOTERS",
+            "RANGE", "EPOCH", "LEADER", "TERM"
+        );
+        for range in elsewhere {
+            let voters = range["voters"].as_array().unwrap_or(&empty);
+            let voters: Vec<String> = voters.iter().map(opt).collect();
+            let _ = writeln!(
+                out,
+                "{:<7}{:<7}{:<8}{:<6}{}",
+                opt(&range["id"]),
+                opt(&range["epoch"]),
+                opt(&range["leader"]),
+                opt(&range["term"]),
+                voters.join(",")
+            );
+        }
+    }
     out
 }

@@ -10,9 +10,16 @@
 //!   node can tell a client or an operator where every other node serves;
 //! - the **users** made, changed or deleted at runtime, through any node's
 //!   admin API or `ACL SETUSER`/`DELUSER` (a [`UserOverlay`] that every
-//!   node applies over its config file's users, `Users::apply_agreed`).
+//!   node applies over its config file's users, `Users::apply_agreed`);
+//! - the **range table**: each range's voters, learners, leader, term and
+//!   epoch ([`RangeRecord`]) as its leader last reported them. Each core
+//!   publishes the ranges it leads ([`publish_led_ranges`]) and core 0
+//!   proposes the records that differ from the table ([`reconcile`]), so
+//!   any node (one that holds few ranges too) can show every range and
+//!   find its leader. A deposed leader's late report loses to a newer
+//!   term's.
 //!
-//! The range table, the moves in flight and the tenants are to follow
+//! The moves in flight and the tenants are to follow
 //! (issue "Scale-out"); [`MetaState::FORMAT`] versions the snapshot.
 //!
 //! How it runs:
@@ -49,6 +56,7 @@ use tinkerdb_replication::network::Peers;
 use tinkerdb_replication::state_machine::{Applier, WholeCopy};
 use tinkerdb_replication::{Command, CoreLog, Node, NodeId, Response};
 
+use tinkerdb_admin::report::RangeRecord;
 use tinkerdb_admin::users::{check_user, UserError, UserOp, UserOverlay, Users};
 
 use crate::coord::context::NodeDirectory;
@@ -111,6 +119,43 @@ pub fn check_record(record: &NodeRecord) -> Result<(), String> {
     Ok(())
 }
 
+/// Most replicas (voters and learners together) a range's record may list.
+pub const MAX_RANGE_MEMBERS: usize = 16;
+
+/// Most range records one [`MetaChange::ReportRanges`] entry may carry.
+pub const MAX_RANGE_REPORTS: usize = 1024;
+
+/// How often each core publishes the ranges it leads for core 0 to report
+/// ([`publish_led_ranges`]).
+pub const RANGE_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Most ranges the range table may hold (range ids are below this).
+pub const MAX_RANGES: u64 = tinkerdb_storage::SLOT_COUNT as u64;
+
+/// Refuses a range record no cluster could have: an id past
+/// [`MAX_RANGES`], no voters, a repeated node, more than
+/// [`MAX_RANGE_MEMBERS`], a leader that is not a voter.
+pub fn check_range(record: &RangeRecord) -> Result<(), String> {
+    let members: Vec<NodeId> = record
+        .voters
+        .iter()
+        .chain(&record.learners)
+        .copied()
+        .collect();
+    let mut distinct = members.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if record.id >= MAX_RANGES
+        || record.voters.is_empty()
+        || members.len() > MAX_RANGE_MEMBERS
+        || distinct.len() != members.len()
+        || !record.voters.contains(&record.leader)
+    {
+        return Err(format!("range record {record:?} is not a possible range"));
+    }
+    Ok(())
+}
+
 /// A change of the metadata (the payload of a [`Command::Meta`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -125,6 +170,12 @@ pub enum MetaChange {
     /// Users made, changed or deleted (one change on one node, which may
     /// touch several users).
     Users(Vec<UserOp>),
+    /// Ranges' leaders report the ranges' replicas (one node's reports of
+    /// one round, at most [`MAX_RANGE_REPORTS`]): each record replaces the
+    /// table's unless the table's is newer (a higher epoch, or the same
+    /// epoch from a later term: a deposed leader's late report is
+    /// ignored). All or nothing: one impossible record refuses the entry.
+    ReportRanges(Vec<RangeRecord>),
 }
 
 impl MetaChange {
@@ -147,6 +198,9 @@ pub struct MetaState {
     /// The users changed at runtime, over each node's config users.
     #[serde(default)]
     pub users: UserOverlay,
+    /// The range table: each range as its leader last reported it.
+    #[serde(default)]
+    pub ranges: BTreeMap<u64, RangeRecord>,
 }
 
 impl MetaState {
@@ -161,6 +215,14 @@ impl MetaState {
         }
     }
 
+    /// Whether the range table takes `record`: it has none for the range,
+    /// or an older or equal one (epoch, then term).
+    pub fn takes(&self, record: &RangeRecord) -> bool {
+        self.ranges
+            .get(&record.id)
+            .is_none_or(|held| (record.epoch, record.term) >= (held.epoch, held.term))
+    }
+
     /// Applies one change; refused changes leave the state as it was.
     pub fn apply(&mut self, change: MetaChange) -> Result<(), String> {
         match change {
@@ -170,6 +232,22 @@ impl MetaState {
             }
             MetaChange::ForgetNode { id } => {
                 self.nodes.remove(&id);
+            }
+            MetaChange::ReportRanges(records) => {
+                if records.len() > MAX_RANGE_REPORTS {
+                    return Err(format!(
+                        "{} range reports in one entry, over the limit of {MAX_RANGE_REPORTS}",
+                        records.len()
+                    ));
+                }
+                for record in &records {
+                    check_range(record)?;
+                }
+                for record in records {
+                    if self.takes(&record) {
+                        self.ranges.insert(record.id, record);
+                    }
+                }
             }
             MetaChange::Users(ops) => {
                 // Checked whole before any applies: all or nothing.
@@ -238,16 +316,17 @@ impl MetaApplier {
         }
     }
 
-    /// Publishes the registry's client addresses (after every change).
+    /// Publishes the registry's client addresses and the range table
+    /// (after every change).
     fn publish(&self) {
-        let clients = self
-            .state
-            .borrow()
+        let state = self.state.borrow();
+        let clients = state
             .nodes
             .values()
             .map(|node| (node.id, node.client.clone()))
             .collect();
         self.directory.publish(clients);
+        self.directory.publish_ranges(state.ranges.clone());
     }
 }
 
@@ -354,6 +433,7 @@ impl MetaReplica {
             learners: ids(&status.learners),
             applied_index: status.applied_index,
             nodes: self.state.borrow().nodes.values().cloned().collect(),
+            ranges: self.state.borrow().ranges.values().cloned().collect(),
         }
     }
 }
@@ -483,6 +563,61 @@ pub async fn propose(replica: &MetaReplica, change: &MetaChange) -> Result<(), S
     }
 }
 
+/// Proposes, in one entry, the records of the ranges this node leads that
+/// the range table would take and does not hold yet (at most
+/// [`MAX_RANGE_REPORTS`] a round). A failure is retried next round.
+async fn report_led_ranges(replica: &MetaReplica, directory: &NodeDirectory) {
+    let reports: Vec<RangeRecord> = {
+        let state = replica.state.borrow();
+        directory
+            .led()
+            .into_values()
+            .filter(|record| state.ranges.get(&record.id) != Some(record) && state.takes(record))
+            .take(MAX_RANGE_REPORTS)
+            .collect()
+    };
+    if reports.is_empty() {
+        return;
+    }
+    let count = reports.len();
+    if let Err(error) = propose(replica, &MetaChange::ReportRanges(reports)).await {
+        tracing::debug!(%error, count, "cannot report the ranges this node leads yet");
+    }
+}
+
+/// Publishes, every [`RANGE_REPORT_INTERVAL`], the ranges this core leads
+/// to the node's directory, where core 0 picks them up for the range table
+/// ([`report_led_ranges`]). Runs on every core for the node's life.
+pub async fn publish_led_ranges(
+    context: std::rc::Weak<crate::coord::context::CoreContext>,
+    node_id: NodeId,
+) {
+    loop {
+        glommio::timer::sleep(RANGE_REPORT_INTERVAL).await;
+        let Some(context) = context.upgrade() else {
+            return;
+        };
+        let replicas = context.replicas();
+        let hosted: Vec<u64> = replicas.iter().map(|replica| replica.group).collect();
+        let ids = |members: &[(NodeId, String)]| members.iter().map(|(id, _)| *id).collect();
+        let led = replicas
+            .iter()
+            .filter(|replica| group::leader(&replica.raft) == Some(node_id))
+            .map(|replica| group::status(&replica.raft, replica.group))
+            .filter(|status| status.leader == Some(node_id) && status.fatal.is_none())
+            .map(|status| RangeRecord {
+                id: status.group,
+                voters: ids(&status.voters),
+                learners: ids(&status.learners),
+                leader: node_id,
+                term: status.term,
+                epoch: status.epoch,
+            })
+            .collect();
+        context.directory.note_led(&hosted, led);
+    }
+}
+
 /// Keeps this node's record current, and (on the metadata leader) the
 /// group's members in line with the ranges': runs on core 0 for the
 /// node's life. `me` is this node's record; `range_members` answers the
@@ -490,6 +625,7 @@ pub async fn propose(replica: &MetaReplica, change: &MetaChange) -> Result<(), S
 /// addresses), the membership every range shares today.
 pub async fn reconcile(
     replica: Rc<MetaReplica>,
+    directory: Arc<NodeDirectory>,
     me: NodeRecord,
     range_members: impl Fn() -> Option<(Vec<(NodeId, String)>, Vec<(NodeId, String)>)>,
 ) {
@@ -512,6 +648,9 @@ pub async fn reconcile(
                 Ok(()) => tracing::info!(node = me.id, "registered in the cluster metadata"),
                 Err(error) => tracing::debug!(%error, "cannot register in the metadata yet"),
             }
+        }
+        if status.leader.is_some() {
+            report_led_ranges(&replica, &directory).await;
         }
         if status.leader != Some(me.id) {
             continue;
@@ -644,6 +783,55 @@ mod tests {
             .collect();
         assert!(state.apply(MetaChange::Users(too_many)).is_err());
         assert_eq!(state, before);
+    }
+
+    fn range(id: u64, voters: &[NodeId], leader: NodeId, term: u64, epoch: u64) -> RangeRecord {
+        RangeRecord {
+            id,
+            voters: voters.to_vec(),
+            learners: Vec::new(),
+            leader,
+            term,
+            epoch,
+        }
+    }
+
+    #[test]
+    fn the_range_table_keeps_the_newest_report_of_each_range() {
+        let state = Rc::new(RefCell::new(MetaState::new()));
+        let directory = Arc::new(NodeDirectory::new(1));
+        let mut applier = MetaApplier::new(state.clone(), directory.clone());
+        let report = |records| MetaChange::ReportRanges(records);
+        let first = vec![range(0, &[1, 2, 3], 1, 2, 5), range(1, &[2, 3, 4], 4, 2, 5)];
+        assert_eq!(apply(&mut applier, &report(first)), Response::Empty);
+        // A new leader in a later term replaces; a deposed leader's late
+        // report (older term) does not; a newer epoch does, whatever term.
+        let later = range(0, &[1, 2, 3], 3, 3, 5);
+        apply(&mut applier, &report(vec![later.clone()]));
+        apply(&mut applier, &report(vec![range(0, &[1, 2, 3], 1, 2, 5)]));
+        assert_eq!(state.borrow().ranges[&0], later);
+        let moved = range(0, &[1, 2, 5], 5, 1, 9);
+        apply(&mut applier, &report(vec![moved.clone()]));
+        assert_eq!(state.borrow().ranges[&0], moved);
+        // Published for the node's cores (the forwarders' leader hints).
+        assert_eq!(directory.ranges()[&0], moved);
+        assert_eq!(directory.ranges()[&1].leader, 4);
+        // Impossible records refuse the whole entry.
+        for bad in [
+            range(2, &[], 1, 1, 1),
+            range(2, &[1, 1, 2], 1, 1, 1),
+            range(2, &[1, 2, 3], 9, 1, 1),
+            range(MAX_RANGES, &[1], 1, 1, 1),
+        ] {
+            let answer = apply(&mut applier, &report(vec![range(3, &[1], 1, 1, 1), bad]));
+            assert!(matches!(answer, Response::Refused { .. }), "{answer:?}");
+        }
+        let too_many = vec![range(3, &[1], 1, 1, 1); MAX_RANGE_REPORTS + 1];
+        assert!(matches!(
+            apply(&mut applier, &report(too_many)),
+            Response::Refused { .. }
+        ));
+        assert_eq!(state.borrow().ranges.len(), 2);
     }
 
     #[test]

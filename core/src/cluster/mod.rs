@@ -293,6 +293,12 @@ pub async fn start_replicas(
         }
         context.set_replica(replica);
     }
+    // The ranges this core leads, for the metadata's range table.
+    glommio::spawn_local(meta::publish_led_ranges(
+        Rc::downgrade(context),
+        cluster.node_id,
+    ))
+    .detach();
     glommio::spawn_local(group::release_pinned_segments(
         groups.clone(),
         log.clone(),
@@ -310,6 +316,7 @@ pub async fn start_replicas(
             group::PINNED_CHECK_INTERVAL,
         ))
         .detach();
+        let directory = context.directory.clone();
         let context = Rc::downgrade(context);
         let full_layout = layout.is_full();
         let meta_replica = meta.clone();
@@ -329,7 +336,13 @@ pub async fn start_replicas(
                 Some((status.voters, status.learners))
             }
         };
-        glommio::spawn_local(meta::reconcile(meta.clone(), me.clone(), range_members)).detach();
+        glommio::spawn_local(meta::reconcile(
+            meta.clone(),
+            directory,
+            me.clone(),
+            range_members,
+        ))
+        .detach();
     }
     // One set of probes per core: the other members of its ranges (all
     // the same in a full layout, a mix in a partial one).

@@ -121,7 +121,15 @@ pub struct NodeDirectory {
     /// This node's id (0 on a standalone node).
     pub node_id: u64,
     clients: std::sync::RwLock<Arc<Vec<(u64, String)>>>,
+    /// The cluster metadata's range table, as this node applied it.
+    ranges: std::sync::RwLock<Arc<RangeTable>>,
+    /// The ranges this node leads now, as their cores last saw them: what
+    /// core 0 reports to the range table (`cluster::meta::reconcile`).
+    led: std::sync::Mutex<RangeTable>,
 }
+
+/// Range records by range id (`tinkerdb_admin::report::RangeRecord`).
+pub type RangeTable = std::collections::BTreeMap<u64, tinkerdb_admin::report::RangeRecord>;
 
 impl NodeDirectory {
     /// The directory of node `node_id`, empty until published.
@@ -129,7 +137,49 @@ impl NodeDirectory {
         NodeDirectory {
             node_id,
             clients: Default::default(),
+            ranges: Default::default(),
+            led: Default::default(),
         }
+    }
+
+    /// The range table (every range, whichever nodes hold it).
+    pub fn ranges(&self) -> Arc<RangeTable> {
+        self.ranges
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Replaces the range table (the metadata applied a change).
+    pub fn publish_ranges(&self, ranges: RangeTable) {
+        *self
+            .ranges
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(ranges);
+    }
+
+    /// Records what `core`'s ranges look like now: `led` are those this
+    /// node leads (replacing `core`'s earlier ones: `hosted` lists every
+    /// range the core hosts, led or not).
+    pub fn note_led(&self, hosted: &[u64], led: Vec<tinkerdb_admin::report::RangeRecord>) {
+        let mut board = self
+            .led
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for range in hosted {
+            board.remove(range);
+        }
+        for record in led {
+            board.insert(record.id, record);
+        }
+    }
+
+    /// The ranges this node leads, as their cores last saw them.
+    pub fn led(&self) -> RangeTable {
+        self.led
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// Every registered member's client address, by node id.

@@ -43,7 +43,7 @@ use tinkerdb_replication::transport::{self, PeerCall, PeerClient, TransportError
 use tinkerdb_replication::NodeId;
 use tinkerdb_schemas::wire::{ErrorCode, PeerCallKind};
 
-use crate::coord::context::CoreContext;
+use crate::coord::context::{CoreContext, RangeTable};
 use crate::error::ProtocolError;
 use crate::shard::remote::{self, RemoteReply, RemoteRequest};
 use crate::shard::{ShardReply, ShardRequest};
@@ -71,10 +71,7 @@ impl RangeReplicas {
     /// From each range's replicas (first: its preferred leader; empty for
     /// a range hosted here) and the nodes' Raft addresses.
     pub fn new(replicas: Vec<Vec<NodeId>>, addresses: HashMap<NodeId, String>) -> RangeReplicas {
-        let leaders = replicas
-            .iter()
-            .map(|nodes| AtomicU64::new(nodes.first().copied().unwrap_or(0)))
-            .collect();
+        let leaders = replicas.iter().map(|_| AtomicU64::new(0)).collect();
         RangeReplicas {
             replicas,
             addresses,
@@ -82,13 +79,17 @@ impl RangeReplicas {
         }
     }
 
-    /// The nodes to try for `range`, in order: its leader hint, then the
-    /// other replicas.
-    fn candidates(&self, range: RangeId) -> Vec<NodeId> {
+    /// The nodes to try for `range`, in order: its leader hint (the last
+    /// answer's, else the range table's), then the other replicas.
+    fn candidates(&self, range: RangeId, table: &RangeTable) -> Vec<NodeId> {
         let Some(replicas) = self.replicas.get(range) else {
             return Vec::new();
         };
-        let hint = self.leaders[range].load(Ordering::Relaxed);
+        let record = table.get(&(range as u64));
+        let hint = match self.leaders[range].load(Ordering::Relaxed) {
+            0 => record.map_or(0, |record| record.leader),
+            hint => hint,
+        };
         let mut order: Vec<NodeId> = Vec::with_capacity(replicas.len());
         if replicas.contains(&hint) {
             order.push(hint);
@@ -181,7 +182,7 @@ impl Forwarder {
             };
         let writes = wire.writes();
         let payload = remote::encode_request(&wire);
-        let candidates = self.ranges.candidates(range);
+        let candidates = self.ranges.candidates(range, &context.directory.ranges());
         if candidates.is_empty() {
             return ShardReply::Error(ProtocolError::new(
                 ErrorCode::Internal,
