@@ -199,6 +199,30 @@ fn five_nodes_keep_three_replicas_of_each_range_and_any_node_serves_any_key() {
         );
     });
 
+    // Leaders end spread as the layout planned them (8 ranges on 5 nodes:
+    // one or two each), whichever nodes won the first elections. Writes
+    // to every range keep the groups awake meanwhile (a sleeping group's
+    // leadership is left alone).
+    let mut leaders: Vec<usize> = Vec::new();
+    let spread = common::eventually(Duration::from_secs(60), || {
+        runtime().block_on(async {
+            for i in 0..40 {
+                clients[0].set(format!("wake:{i}"), "x").await.unwrap();
+            }
+        });
+        leaders = (1..=NODES as u64)
+            .map(|id| {
+                let ranges = hosted(&nodes[id as usize - 1]);
+                ranges
+                    .values()
+                    .filter(|(_, leader)| *leader == Some(id))
+                    .count()
+            })
+            .collect();
+        leaders.iter().all(|count| (1..=2).contains(count))
+    });
+    assert!(spread, "leaders per node never evened out: {leaders:?}");
+
     // Adding or removing a node would need replicas moved between nodes:
     // refused with a reason, nothing changes.
     let http = reqwest::blocking::Client::new();

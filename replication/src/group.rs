@@ -913,6 +913,45 @@ pub async fn hand_off_leadership<A: Applier>(
     None
 }
 
+/// Hands this replica's leadership to `target` if `target` is a voter
+/// that has acknowledged the leader within the last second and holds
+/// every entry the leader has (so it wins the election at once); answers
+/// whether `target` leads within `timeout`. Does nothing on a follower, a
+/// sleeping group (an idle range's leader matters little; it is balanced
+/// once it wakes) or for a target that is behind or silent.
+pub async fn transfer_leadership_to<A: Applier>(
+    raft: &GroupRaft<A>,
+    group: u64,
+    target: NodeId,
+    timeout: Duration,
+) -> bool {
+    let before = status(raft, group);
+    if before.leader != Some(before.node_id)
+        || target == before.node_id
+        || crate::hibernate::is_asleep(group)
+        || !before.voters.iter().any(|(id, _)| *id == target)
+    {
+        return false;
+    }
+    let ready = before.followers.iter().any(|follower| {
+        follower.node_id == target
+            && follower.lag == 0
+            && follower.last_ack_ms.is_some_and(|ms| ms < 1_000)
+    });
+    if !ready || raft.trigger().transfer_leader(target).await.is_err() {
+        return false;
+    }
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        match status(raft, group).leader {
+            Some(leader) if leader == target => return true,
+            Some(leader) if leader != before.node_id => return false,
+            _ => glommio::timer::sleep(HAND_OFF_POLL).await,
+        }
+    }
+    false
+}
+
 /// A range whose oldest live entry keeps more than this many segments of
 /// its core's shared log alive (16 MiB each) is made to let go.
 pub const MAX_SEGMENTS_PINNED: usize = 8;

@@ -293,6 +293,16 @@ pub async fn start_replicas(
         }
         context.set_replica(replica);
     }
+    // In a partial layout, leaders go back to the replica the layout
+    // planned for them (spread evenly) once it is up and caught up.
+    if !layout.is_full() {
+        glommio::spawn_local(balance_leaders(
+            Rc::downgrade(context),
+            layout.clone(),
+            cluster.node_id,
+        ))
+        .detach();
+    }
     // The ranges this core leads, for the metadata's range table.
     glommio::spawn_local(meta::publish_led_ranges(
         Rc::downgrade(context),
@@ -384,6 +394,51 @@ pub async fn start_replicas(
         }
     }
     Ok(())
+}
+
+/// How often a core of a node in a partial layout looks for ranges it leads
+/// whose preferred replica (the layout's first) is another node.
+pub const LEADER_BALANCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Hands each range this core leads to the replica the layout planned as
+/// its leader, once that replica is a voter, awake, heard from and caught
+/// up (`group::transfer_leadership_to`). The layout spreads leaders
+/// evenly (`placement::place_initial`: within one per node); elections
+/// after a start or a failure do not, so without this the nodes started
+/// first, or those that survived a failure, keep most leaderships and
+/// their CPU. The preferred replica never hands its leadership on, so
+/// leaderships cannot bounce. (TiKV's balance-leader scheduler and
+/// CockroachDB's lease preferences do this cluster-wide; here the layout
+/// is fixed, so each leader can decide alone.)
+async fn balance_leaders(
+    context: std::rc::Weak<CoreContext>,
+    layout: std::sync::Arc<layout::RangeLayout>,
+    node_id: u64,
+) {
+    loop {
+        glommio::timer::sleep(LEADER_BALANCE_INTERVAL).await;
+        let Some(context) = context.upgrade() else {
+            return;
+        };
+        for replica in context.replicas() {
+            let range = replica.range();
+            let Some(&preferred) = layout.replicas_of(range).and_then(|nodes| nodes.first()) else {
+                continue;
+            };
+            if preferred == node_id || group::leader(&replica.raft) != Some(node_id) {
+                continue;
+            }
+            let timeout = group::ELECTION_TIMEOUT_MAX;
+            if group::transfer_leadership_to(&replica.raft, replica.group, preferred, timeout).await
+            {
+                tracing::info!(
+                    range,
+                    to = preferred,
+                    "leadership handed to the planned leader"
+                );
+            }
+        }
+    }
 }
 
 /// Starts this core's replica of `range` (hosted here, its log in the
