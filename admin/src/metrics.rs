@@ -125,11 +125,15 @@ impl Family {
     }
 }
 
-/// Resident memory of this process in bytes, from `/proc/self/statm`.
+/// Resident memory of this process in bytes: `VmRSS` of
+/// `/proc/self/status`, which the kernel gives in KiB whatever the page
+/// size (`statm` counts pages, 4 KiB on x86-64 but 16 or 64 KiB on some
+/// arm64 kernels).
 pub fn resident_memory_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Renders one scrape as Prometheus text.
@@ -184,6 +188,23 @@ pub fn render(scrape: &Scrape<'_>) -> String {
             COUNTER,
         )
         .per_core(scrape, true, |r| r.errors_total as f64),
+        scrape.reports.iter().fold(
+            Family::new(
+                "tinkerdb_request_errors_by_code_total",
+                "Client requests answered with an error, by code: the flatbuffers \
+                 protocol's ErrorCode names, Redis errors by their prefix (ERR, WRONGTYPE...).",
+                COUNTER,
+            ),
+            |family, report| {
+                report
+                    .errors_by_code
+                    .iter()
+                    .fold(family, |family, (code, count)| {
+                        let pairs = [("core", report.core.to_string()), ("code", code.clone())];
+                        family.counter(&pairs, *count as f64)
+                    })
+            },
+        ),
         Family::new(
             "tinkerdb_peer_requests_total",
             "Requests received from other cores.",

@@ -168,6 +168,11 @@ pub struct CoreReport {
     pub requests_total: u64,
     /// Client requests answered with an error.
     pub errors_total: u64,
+    /// The same by error code: flatbuffers requests by their `ErrorCode`
+    /// name (`UnknownTenant`), Redis-protocol commands by their error
+    /// prefix (`ERR`, `WRONGTYPE`, `NOAUTH`); codes answered at least once
+    /// only.
+    pub errors_by_code: Vec<(String, u64)>,
     /// Requests received from other cores.
     pub peer_requests_total: u64,
     /// Requests for ranges this node does not replicate, sent to a node

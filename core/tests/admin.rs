@@ -355,6 +355,11 @@ fn metrics_and_live_series_follow_traffic() {
         }
     };
     load(&mut redis);
+    // Two refusals of one kind: counted by their code.
+    for _ in 0..2 {
+        let refused: redis::RedisResult<i64> = redis::cmd("INCR").arg("m0").query(&mut redis);
+        assert!(refused.is_err());
+    }
     // A tenant with quotas, so the quota gauges exist.
     let quota = serde_json::json!({"name": "capped", "max_keys": 10, "max_bytes": 1000});
     assert_eq!(
@@ -393,6 +398,24 @@ fn metrics_and_live_series_follow_traffic() {
     assert!(metric_sum(&text, "tinkerdb_wal_written_bytes_total", "") >= 4096.0);
     assert_eq!(metric_sum(&text, "tinkerdb_wal_poisoned", ""), 0.0);
     assert_eq!(metric_sum(&text, "tinkerdb_cores", ""), 2.0);
+    // Counted by their Redis prefix (with the client library's own
+    // refused CLIENT SETINFO at connect).
+    assert!(
+        metric_sum(
+            &text,
+            "tinkerdb_request_errors_by_code_total",
+            "code=\"ERR\""
+        ) >= 2.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric_sum(&text, "tinkerdb_request_errors_by_code_total", ""),
+        metric_sum(&text, "tinkerdb_request_errors_total", "")
+    );
+    // Resident memory in bytes: more than the 1 MiB of io_uring buffers
+    // each core pins, less than the machine.
+    let resident = metric_sum(&text, "tinkerdb_resident_memory_bytes", "");
+    assert!((2.0 * 1048576.0..64e9).contains(&resident), "{resident}");
     // Prometheus conventions: counters end in _total, and every family has
     // HELP and TYPE lines.
     for line in text.lines().filter(|line| line.starts_with("# TYPE")) {

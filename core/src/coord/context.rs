@@ -38,6 +38,10 @@ pub struct CoreMessage {
     pub trace: Option<tinkerdb_replication::TraceParent>,
 }
 
+/// Distinct Redis error prefixes counted one by one per core (the server
+/// answers a dozen kinds; a bound all the same).
+pub const MAX_RESP_ERROR_PREFIXES: usize = 32;
+
 /// Counters of one core, reported to the admin plane on request (the
 /// admin adapter, `frontend::admin`, turns them into its `CoreReport`). Plain cells: only this core
 /// writes or reads them.
@@ -59,6 +63,10 @@ pub struct CoreStats {
     pub forwarded_requests_total: Cell<u64>,
     /// Client requests answered with an error (any code, both protocols).
     pub errors_sum: Cell<u64>,
+    /// Redis-protocol errors by their prefix (`ERR`, `WRONGTYPE`,
+    /// `NOAUTH`...), at most [`MAX_RESP_ERROR_PREFIXES`] distinct ones
+    /// (later ones count as `OTHER`).
+    pub resp_errors: RefCell<Vec<(String, u64)>>,
     /// Server-side latency of client requests, microseconds: from the read
     /// that completed a request to the write of its answer.
     pub request_latency: RefCell<Histogram<u64>>,
@@ -76,6 +84,7 @@ impl Default for CoreStats {
             peer_requests_total: Cell::default(),
             forwarded_requests_total: Cell::default(),
             errors_sum: Cell::default(),
+            resp_errors: RefCell::default(),
             request_latency: RefCell::new(latency_histogram()),
             tenant_requests: RefCell::new(Vec::new()),
         }
@@ -99,6 +108,21 @@ impl CoreStats {
             by_tenant.resize(index + 1, 0);
         }
         by_tenant[index] += count;
+    }
+
+    /// Counts one Redis-protocol error answered with `prefix` (its first
+    /// word). No allocation once the prefix was seen.
+    pub fn count_resp_error(&self, prefix: &str) {
+        self.errors_sum.set(self.errors_sum.get() + 1);
+        let mut counts = self.resp_errors.borrow_mut();
+        let prefix = match counts.len() < MAX_RESP_ERROR_PREFIXES {
+            true => prefix,
+            false => "OTHER",
+        };
+        match counts.iter_mut().find(|(seen, _)| seen == prefix) {
+            Some((_, count)) => *count += 1,
+            None => counts.push((prefix.to_owned(), 1)),
+        }
     }
 
     /// Counts one error answered with `code`.

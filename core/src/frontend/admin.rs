@@ -425,6 +425,17 @@ fn report(context: &CoreContext) -> CoreReport {
         core: context.core,
         requests_total: stats.requests_total.get(),
         errors_total: stats.errors_sum.get(),
+        errors_by_code: stats
+            .errors_total
+            .iter()
+            .enumerate()
+            .filter(|(_, count)| count.get() > 0)
+            .map(|(code, count)| {
+                let name = ErrorCode(code as u16).variant_name().unwrap_or("Unknown");
+                (name.to_owned(), count.get())
+            })
+            .chain(stats.resp_errors.borrow().iter().cloned())
+            .collect(),
         peer_requests_total: stats.peer_requests_total.get(),
         forwarded_requests_total: stats.forwarded_requests_total.get(),
         connections_total: stats.connections_total.get(),

@@ -543,9 +543,11 @@ impl RespConnection {
                             Err(error) => protocol_error(&error),
                         },
                     };
-                    if let RespValue::Error(_) = &value {
-                        let errors = &self.context.stats.errors_sum;
-                        errors.set(errors.get() + 1);
+                    if let RespValue::Error(text) = &value {
+                        // By its Redis error prefix (ERR, WRONGTYPE, NOAUTH...),
+                        // as Redis's INFO errorstats counts them.
+                        let prefix = text.split(' ').next().unwrap_or_default();
+                        self.context.stats.count_resp_error(prefix);
                     }
                     value.encode(self.protocol, &mut self.output);
                 }
