@@ -98,6 +98,8 @@ pub struct NodeInfo {
     pub stopper: NodeStopper,
     /// The node's TLS (`[tls]`), to reload its certificates (SIGHUP).
     pub tls: Option<crate::net::tls::TlsSettings>,
+    /// Cluster mode: the node's range layout (which nodes hold each range).
+    pub layout: Option<Arc<crate::cluster::layout::RangeLayout>>,
 }
 
 /// The client address others are told (`advertise_listen`, else `bound`).
@@ -198,11 +200,17 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
                 Some(_) => Vec::new(),
                 None => cluster.nodes.iter().map(|node| node.id).collect(),
             };
+            // Raft state from before layouts: every range was on every node.
+            let has_raft_state = (0..cores).any(|core| {
+                let core_dir = config.data_dir.join(format!("core-{core}"));
+                core_dir.join(crate::cluster::CORE_LOG_DIR).exists()
+            });
             let layout = crate::cluster::layout::RangeLayout::load_or_plan(
                 &config.data_dir,
                 &seeds,
                 slot_map.ranges(),
                 config.replication_factor,
+                has_raft_state,
             )?;
             for range in 0..slot_map.ranges() {
                 if !layout.replicates(cluster.node_id, range) {
@@ -463,6 +471,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
         admin_addr: admin.as_ref().map(|admin| admin.addr),
         stopper,
         tls: tls.clone(),
+        layout: node_cluster.as_ref().map(|cluster| cluster.layout.clone()),
     });
     let shutdown_timeout = Duration::from_millis(config.shutdown_timeout_ms);
     // Set once a graceful shutdown has begun: its deadline, and progress.

@@ -212,7 +212,7 @@ fn main() -> anyhow::Result<()> {
         _ => {}
     }
     let cluster = config.cluster.clone();
-    let (ranges_per_core, replication_factor) = (config.ranges_per_core, config.replication_factor);
+    let ranges_per_core = config.ranges_per_core;
     // Logs (and traces) start once the configuration is read: its
     // [tracing] table says whether spans are exported. Errors before this
     // point end `main` with their message.
@@ -293,20 +293,22 @@ fn main() -> anyhow::Result<()> {
         }
         if let Some(cluster) = &cluster {
             let ranges = info.cores * ranges_per_core;
-            match &cluster.join {
-                Some(join) => println!(
+            let partial = info.layout.as_ref().filter(|layout| !layout.is_full());
+            match (&cluster.join, partial) {
+                (Some(join), _) => println!(
                     "Cluster node {}: joined through {join}; {ranges} ranges (Raft groups), each \
                      replicated on every node",
                     cluster.node_id
                 ),
-                None if cluster.nodes.len() > replication_factor => println!(
+                (None, Some(layout)) => println!(
                     "Cluster node {} of {}: {ranges} ranges (Raft groups), each replicated on \
-                     {replication_factor} of the {} nodes; the others' are forwarded",
+                     {} of the {} nodes; the others' are forwarded",
                     cluster.node_id,
                     cluster.nodes.len(),
+                    layout.replication_factor,
                     cluster.nodes.len()
                 ),
-                None => println!(
+                (None, None) => println!(
                     "Cluster node {} of {}: {ranges} ranges (Raft groups), each replicated on \
                      every node",
                     cluster.node_id,

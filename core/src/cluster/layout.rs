@@ -133,13 +133,18 @@ impl RangeLayout {
     /// The layout recorded in `data_dir`, or, on a first start, the one
     /// planned for `seeds` (a joining node, `seeds` empty, takes a full
     /// layout: only a full cluster accepts a join), recorded durably
-    /// before it is returned. Refuses a recorded layout of another
+    /// before it is returned. A data directory that already holds Raft
+    /// state but no layout (`has_raft_state`: written by a version before
+    /// layouts, when every node held every range) takes a full layout
+    /// whatever the seeds: planning a partial one would make the node drop
+    /// the ranges it was not given. Refuses a recorded layout of another
     /// replication factor or range count, or a file it cannot read.
     pub fn load_or_plan(
         data_dir: &Path,
         seeds: &[NodeId],
         ranges: usize,
         replication_factor: usize,
+        has_raft_state: bool,
     ) -> anyhow::Result<RangeLayout> {
         let path = data_dir.join(LAYOUT_FILE);
         match std::fs::read(&path) {
@@ -152,7 +157,7 @@ impl RangeLayout {
                 Ok(layout)
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                let layout = match seeds.is_empty() {
+                let layout = match seeds.is_empty() || has_raft_state {
                     true => RangeLayout::full(replication_factor),
                     false => RangeLayout::plan(seeds, ranges, replication_factor)?,
                 };
@@ -258,23 +263,28 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("layout-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let first = RangeLayout::load_or_plan(&dir, &[1, 2, 3, 4, 5], 8, 3).unwrap();
+        let first = RangeLayout::load_or_plan(&dir, &[1, 2, 3, 4, 5], 8, 3, false).unwrap();
         assert!(!first.is_full());
         // Other seeds on a restart: the recorded layout stands.
-        let again = RangeLayout::load_or_plan(&dir, &[1, 2, 3], 8, 3).unwrap();
+        let again = RangeLayout::load_or_plan(&dir, &[1, 2, 3], 8, 3, false).unwrap();
         assert_eq!(first, again);
-        let refused = RangeLayout::load_or_plan(&dir, &[1, 2, 3, 4, 5], 8, 5).unwrap_err();
+        let refused = RangeLayout::load_or_plan(&dir, &[1, 2, 3, 4, 5], 8, 5, false).unwrap_err();
         assert!(
             format!("{refused:#}").contains("replication_factor = 3"),
             "{refused:#}"
         );
-        let refused = RangeLayout::load_or_plan(&dir, &[1, 2, 3, 4, 5], 16, 3).unwrap_err();
+        let refused = RangeLayout::load_or_plan(&dir, &[1, 2, 3, 4, 5], 16, 3, false).unwrap_err();
         assert!(
             format!("{refused:#}").contains("lists 8 ranges"),
             "{refused:#}"
         );
         std::fs::write(dir.join(LAYOUT_FILE), b"{not json").unwrap();
-        assert!(RangeLayout::load_or_plan(&dir, &[1, 2, 3], 8, 3).is_err());
+        assert!(RangeLayout::load_or_plan(&dir, &[1, 2, 3], 8, 3, false).is_err());
+        // A node of five from before layouts (every range on every node):
+        // it stays full rather than drop the ranges a plan would not give it.
+        std::fs::remove_file(dir.join(LAYOUT_FILE)).unwrap();
+        let upgraded = RangeLayout::load_or_plan(&dir, &[1, 2, 3, 4, 5], 8, 3, true).unwrap();
+        assert!(upgraded.is_full());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

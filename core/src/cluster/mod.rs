@@ -73,8 +73,10 @@ pub struct NodeCluster {
 }
 
 /// Starts this core's replicas, one per range it hosts: its share of the
-/// peer listener, the groups (initialised with every node on first
-/// start), the leader nudge, health probes and hibernation.
+/// peer listener, the groups (initialised on first start with the range's
+/// replicas: every node in a full layout), the leader nudge, health
+/// probes, hibernation, the range reports and (partial layouts) leader
+/// balancing.
 /// `config` is the node's (in cluster mode: its `cluster` table is set);
 /// `me` is this node's record for the cluster metadata.
 pub async fn start_replicas(

@@ -98,17 +98,6 @@ impl RangeReplicas {
         order
     }
 
-    /// The replicas of `range` (empty when this node hosts it).
-    pub fn replicas_of(&self, range: RangeId) -> &[NodeId] {
-        self.replicas.get(range).map_or(&[], Vec::as_slice)
-    }
-
-    /// The leader of `range` last heard of.
-    pub fn leader_hint(&self, range: RangeId) -> Option<NodeId> {
-        let leader = self.leaders.get(range)?.load(Ordering::Relaxed);
-        (leader != 0).then_some(leader)
-    }
-
     fn note_leader(&self, range: RangeId, leader: NodeId) {
         if let Some(slot) = self.leaders.get(range) {
             slot.store(leader, Ordering::Relaxed);
@@ -141,11 +130,6 @@ impl Forwarder {
             tls,
             clients: RefCell::default(),
         }
-    }
-
-    /// The node-wide table of remote ranges.
-    pub fn ranges(&self) -> &Arc<RangeReplicas> {
-        &self.ranges
     }
 
     /// This core's client of `node`; its first connection's hello names
