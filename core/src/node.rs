@@ -217,20 +217,14 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&NodeInfo)) -> anyhow::
                     slot_map.set_remote(range);
                 }
             }
-            // Where the ranges this node does not hold are: their
-            // replicas and the seeds' Raft addresses.
+            // Where the ranges this node does not hold are.
             let remote: Vec<Vec<u64>> = (0..slot_map.ranges())
                 .map(|range| match slot_map.is_remote(range) {
                     true => layout.replicas_of(range).unwrap_or_default().to_vec(),
                     false => Vec::new(),
                 })
                 .collect();
-            let addresses = cluster
-                .nodes
-                .iter()
-                .map(|node| (node.id, node.raft.to_string()))
-                .collect();
-            let remote = crate::coord::forward::RangeReplicas::new(remote, addresses);
+            let remote = crate::coord::forward::RangeReplicas::new(remote);
             Some(Arc::new(crate::cluster::NodeCluster {
                 move_claims: Arc::new(MoveClaims::new(slot_map.ranges())),
                 layout: Arc::new(layout),

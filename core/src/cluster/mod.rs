@@ -170,8 +170,7 @@ pub async fn start_replicas(
         }
         None => ranges_handler,
     };
-    let forward =
-        crate::coord::forward::Forwarder::new(node.remote_ranges.clone(), peer_tls.clone());
+    let forward = crate::coord::forward::Forwarder::new(node.remote_ranges.clone());
     // Requests other nodes forward here (for ranges they do not hold) run
     // as this node's own; everything else is Raft's.
     let handler: transport::CallHandler = {

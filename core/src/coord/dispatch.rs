@@ -120,7 +120,10 @@ impl CoreContext {
             Some(replication) => {
                 let forwarded = &self.stats.forwarded_requests_total;
                 forwarded.set(forwarded.get() + 1);
-                replication.forward.forward(self, range, request).await
+                let forward = &replication.forward;
+                forward
+                    .forward(self, &replication.peers, range, request)
+                    .await
             }
             None => ShardReply::Error(ProtocolError::new(
                 ErrorCode::Internal,

@@ -30,16 +30,14 @@
 //! node that does not host the range refuses it, so stale views cannot
 //! make a loop.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tinkerdb_replication::group;
-use tinkerdb_replication::peer_tls::PeerTls;
-use tinkerdb_replication::transport::{self, PeerCall, PeerClient, TransportError};
+use tinkerdb_replication::network::Peers;
+use tinkerdb_replication::transport::{self, PeerCall, TransportError};
 use tinkerdb_replication::NodeId;
 use tinkerdb_schemas::wire::{ErrorCode, PeerCallKind};
 
@@ -54,29 +52,23 @@ use crate::slots::RangeId;
 pub const FORWARD_TIMEOUT: Duration =
     Duration::from_millis(group::REQUEST_DEADLINE.as_millis() as u64 + 2_000);
 
-/// Which nodes replicate each range this node does not, and where to reach
-/// them: one for the node, shared by its cores. Fixed at start (from the
+/// Which nodes replicate each range this node does not: one for the node,
+/// shared by its cores. Fixed at start (from the
 /// cluster's layout); only the leader hints change (one atomic per range).
 #[derive(Debug)]
 pub struct RangeReplicas {
     /// By range: the nodes replicating it (empty for a range hosted here).
     replicas: Vec<Vec<NodeId>>,
-    /// Each node's Raft address (`HOST:PORT`).
-    addresses: HashMap<NodeId, String>,
     /// By range: the leader last heard of (0: none known).
     leaders: Box<[AtomicU64]>,
 }
 
 impl RangeReplicas {
     /// From each range's replicas (first: its preferred leader; empty for
-    /// a range hosted here) and the nodes' Raft addresses.
-    pub fn new(replicas: Vec<Vec<NodeId>>, addresses: HashMap<NodeId, String>) -> RangeReplicas {
+    /// a range hosted here).
+    pub fn new(replicas: Vec<Vec<NodeId>>) -> RangeReplicas {
         let leaders = replicas.iter().map(|_| AtomicU64::new(0)).collect();
-        RangeReplicas {
-            replicas,
-            addresses,
-            leaders,
-        }
+        RangeReplicas { replicas, leaders }
     }
 
     /// The nodes to try for `range`, in order: its leader hint (the last
@@ -113,42 +105,19 @@ enum Attempt {
     Unknown(String),
 }
 
-/// One core's sender of forwarded requests (its clients of the other
-/// nodes, made on first use).
+/// One core's sender of forwarded requests. It sends them on the core's
+/// own peer connections (`CoreReplication::peers`, which reach every seed
+/// node with a hello naming a range that node holds); a call for a range
+/// the connection's core there does not run is rerouted by the client or
+/// hopped on by that node.
 pub struct Forwarder {
     ranges: Arc<RangeReplicas>,
-    tls: Option<PeerTls>,
-    clients: RefCell<HashMap<NodeId, Rc<PeerClient>>>,
 }
 
 impl Forwarder {
-    /// A core's forwarder over the node's `ranges`, speaking TLS to peers
-    /// when `tls` is given.
-    pub fn new(ranges: Arc<RangeReplicas>, tls: Option<PeerTls>) -> Forwarder {
-        Forwarder {
-            ranges,
-            tls,
-            clients: RefCell::default(),
-        }
-    }
-
-    /// This core's client of `node`; its first connection's hello names
-    /// `range` (one the node hosts; calls of other ranges are rerouted by
-    /// the client if that core does not run them).
-    fn client(&self, node: NodeId, range: RangeId) -> Result<Rc<PeerClient>, String> {
-        if let Some(client) = self.clients.borrow().get(&node) {
-            return Ok(client.clone());
-        }
-        let addr = self
-            .ranges
-            .addresses
-            .get(&node)
-            .ok_or_else(|| format!("no address known for node {node}"))?;
-        let addr = transport::PeerAddr::parse(addr)
-            .map_err(|error| format!("node {node}'s address {error}"))?;
-        let client = Rc::new(PeerClient::new(addr, range as u64, self.tls.clone()));
-        self.clients.borrow_mut().insert(node, client.clone());
-        Ok(client)
+    /// A core's forwarder over the node's `ranges`.
+    pub fn new(ranges: Arc<RangeReplicas>) -> Forwarder {
+        Forwarder { ranges }
     }
 
     /// Runs `request` for `range` (one this node does not replicate) on a
@@ -156,6 +125,7 @@ impl Forwarder {
     pub async fn forward(
         &self,
         context: &CoreContext,
+        peers: &Peers,
         range: RangeId,
         request: ShardRequest,
     ) -> ShardReply {
@@ -175,7 +145,7 @@ impl Forwarder {
         }
         let mut failures = Vec::new();
         for node in candidates {
-            match self.attempt(node, range, payload.clone()).await {
+            match attempt(peers, node, range, payload.clone()).await {
                 Ok(reply) => {
                     if let Some(leader) = reply.leader {
                         self.ranges.note_leader(range, leader);
@@ -203,34 +173,36 @@ impl Forwarder {
             ),
         ))
     }
+}
 
-    /// One attempt on `node`.
-    async fn attempt(
-        &self,
-        node: NodeId,
-        range: RangeId,
-        payload: Vec<u8>,
-    ) -> Result<RemoteReply, Attempt> {
-        let client = self.client(node, range).map_err(Attempt::NotRun)?;
-        // Connected first: a failure here means nothing was sent.
-        client
-            .ensure_connected(range as u64)
-            .await
-            .map_err(|error| Attempt::NotRun(error.to_string()))?;
-        let call = PeerCall {
-            group: range as u64,
-            kind: PeerCallKind::Execute,
-            payload,
-        };
-        match client.call(call, FORWARD_TIMEOUT).await {
-            Ok(bytes) => remote::decode_reply(&bytes).map_err(Attempt::Unknown),
-            // Refused: the node did not run it (it does not host the range,
-            // or could not read the call).
-            Err(error @ (TransportError::Refused(..) | TransportError::Blocked(_))) => {
-                Err(Attempt::NotRun(error.to_string()))
-            }
-            Err(error) => Err(Attempt::Unknown(error.to_string())),
+/// One attempt on `node`.
+async fn attempt(
+    peers: &Peers,
+    node: NodeId,
+    range: RangeId,
+    payload: Vec<u8>,
+) -> Result<RemoteReply, Attempt> {
+    let client = peers
+        .get(node)
+        .ok_or_else(|| Attempt::NotRun(format!("no connection to node {node}")))?;
+    // Connected first: a failure here means nothing was sent.
+    client
+        .ensure_connected(range as u64)
+        .await
+        .map_err(|error| Attempt::NotRun(error.to_string()))?;
+    let call = PeerCall {
+        group: range as u64,
+        kind: PeerCallKind::Execute,
+        payload,
+    };
+    match client.call(call, FORWARD_TIMEOUT).await {
+        Ok(bytes) => remote::decode_reply(&bytes).map_err(Attempt::Unknown),
+        // Refused: the node did not run it (it does not host the range,
+        // or could not read the call).
+        Err(error @ (TransportError::Refused(..) | TransportError::Blocked(_))) => {
+            Err(Attempt::NotRun(error.to_string()))
         }
+        Err(error) => Err(Attempt::Unknown(error.to_string())),
     }
 }
 
